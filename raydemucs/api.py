@@ -1,0 +1,205 @@
+"""WorkerManager: the Python API (and what the CLI and notebooks call).
+
+    from raydemucs import WorkerManager
+    manager = WorkerManager()                      # RAY_ADDRESS, a running cluster, or local Ray
+    task_id = manager.add_task(input_path="song.mp3", project_name="My Project", priority="high")
+    manager.wait(task_id)["outputs"]               # {"drums": ".../drums.wav", ...}
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from .audio import validate_input
+from .config import Config, coerce, load_config
+from .errors import (RayDemucsError, ServiceUnavailable, TaskCancelled, TaskFailed, WaitTimedOut)
+from .models import check_model_name
+from .names import name_from_filename
+from .outputs import check_writable, resolve_output_folder
+from .pool import NAMESPACE
+from .task import TaskSpec, TaskState, new_task_id, parse_priority
+
+OPTION_ALIASES = {"name": "model", "stem": "two_stems"}
+
+
+def _unwrap(call: Callable[[], Any]) -> Any:
+    """Run a Ray call, re-raising our own errors as themselves and lost actors as unavailable."""
+    import ray
+    from ray.exceptions import RayActorError, RayTaskError
+
+    try:
+        return call()
+    except RayTaskError as exc:
+        if isinstance(exc.cause, RayDemucsError):
+            raise exc.cause from None
+        raise
+    except RayActorError as exc:
+        raise ServiceUnavailable(f"the raydemucs scheduler is unreachable: {exc}") from None
+    except ray.exceptions.RaySystemError as exc:
+        raise ServiceUnavailable(f"Ray is unreachable: {exc}") from None
+
+
+class WorkerManager:
+    """Connects to (or starts) Ray and a named scheduler; submits, watches and cancels tasks."""
+
+    def __init__(self, config: Config | None = None, address: str | None = None,
+                 profile: str | None = None):
+        self.config = config or load_config(profile)
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self._scheduler = None
+        self.started_ray = False
+        self.owns_scheduler = False
+
+    @property
+    def scheduler_name(self) -> str:
+        return f"{self.config.service.name}:scheduler"
+
+    # -- connection -------------------------------------------------------------------------
+    def connect(self, start_local: bool = True) -> None:
+        """Join the cluster at `address` (or the one running here), else start Ray locally."""
+        import ray
+
+        if ray.is_initialized():
+            return
+        kwargs = dict(namespace=NAMESPACE, log_to_driver=False, logging_level="WARNING")
+        try:
+            ray.init(address=self.address or "auto", **kwargs)
+            return
+        except (ConnectionError, RuntimeError) as exc:
+            if self.address or not start_local:
+                where = self.address or "this machine"
+                raise ServiceUnavailable(f"no Ray cluster reachable at {where}: "
+                                         f"{str(exc).splitlines()[0]}") from None
+        ray.init(dashboard_host=self.config.service.dashboard_host, **kwargs)
+        self.started_ray = True
+
+    def scheduler(self, create: bool = True, detached: bool = False):
+        """The named scheduler actor; created here if allowed and none is running."""
+        import ray
+
+        if self._scheduler is not None:
+            return self._scheduler
+        self.connect(start_local=create)
+        try:
+            self._scheduler = ray.get_actor(self.scheduler_name, namespace=NAMESPACE)
+        except ValueError:
+            if not create:
+                raise ServiceUnavailable(
+                    f"no raydemucs service {self.config.service.name!r} is running; start one "
+                    "with `python -m raydemucs start` or use `submit --wait`") from None
+            from .service import SchedulerService
+
+            self._scheduler = ray.remote(SchedulerService).options(
+                name=self.scheduler_name, namespace=NAMESPACE, get_if_exists=True,
+                lifetime="detached" if detached else None, num_cpus=0,
+                max_restarts=-1, max_task_retries=-1, max_concurrency=1000,
+                resources={"node:__internal_head__": 0.001},
+            ).remote(self.config.to_dict())
+            self.owns_scheduler = not detached
+        _unwrap(lambda: ray.get(self._scheduler.ping.remote()))
+        return self._scheduler
+
+    def _call(self, method: str, *args, create: bool = False):
+        import ray
+
+        handle = self.scheduler(create=create)
+        return _unwrap(lambda: ray.get(getattr(handle, method).remote(*args)))
+
+    # -- tasks ------------------------------------------------------------------------------
+    def prepare_task(self, input_path: str | os.PathLike, file_id: str | None = None,
+                     output_dir: str | os.PathLike | None = None, project_name: str = "default",
+                     priority: str | int = "normal", force: bool = False,
+                     timeout_s: float | None = None, **options) -> TaskSpec:
+        """Check everything that can be checked here and build the spec; nothing is queued."""
+        checked = {}
+        for key, value in options.items():
+            key = OPTION_ALIASES.get(key, key)
+            checked[key] = coerce("separation", key, value, "option")
+        separation = dataclasses.replace(self.config.separation, **checked)
+        if separation.repo:
+            separation = dataclasses.replace(separation,
+                                             repo=str(Path(separation.repo).expanduser().absolute()))
+        check_model_name(separation.model, separation.repo)
+        path = Path(input_path).expanduser().absolute()
+        validate_input(path, self.config.input)
+        output_dir = Path(output_dir or self.config.service.output_dir).expanduser().absolute()
+        file_id = file_id if file_id is not None else name_from_filename(path.stem)
+        resolve_output_folder(output_dir, project_name, file_id)
+        check_writable(output_dir)
+        if timeout_s is not None:
+            timeout_s = coerce("tasks", "timeout_s", timeout_s, "option")
+        return TaskSpec(task_id=new_task_id(), project=project_name, file_id=file_id,
+                        input_path=str(path), output_dir=str(output_dir),
+                        priority=parse_priority(priority), options=separation, force=force,
+                        timeout_s=timeout_s)
+
+    def submit(self, specs: Iterable[TaskSpec], create: bool = False) -> list[dict]:
+        """Queue prepared specs; returns their records (an existing task for a known key)."""
+        return self._call("submit", [spec.to_dict() for spec in specs], create=create)
+
+    def add_task(self, input_path: str | os.PathLike, file_id: str | None = None,
+                 output_dir: str | os.PathLike | None = None, project_name: str = "default",
+                 priority: str | int = "normal", **options) -> str:
+        """Validate and queue one file; returns its task id (the same one for a known key)."""
+        spec = self.prepare_task(input_path, file_id, output_dir, project_name, priority, **options)
+        return self.submit([spec], create=True)[0]["task_id"]
+
+    def get_status(self, task_id: str | None = None) -> dict:
+        """One task's record, or the service: queue counts by state and every worker."""
+        if task_id is not None:
+            return self._call("get_task", task_id)
+        return self._call("status")
+
+    def get_tasks(self, task_ids: list[str]) -> list[dict]:
+        return self._call("get_tasks", list(task_ids))
+
+    def list_tasks(self, state: str | None = None, limit: int = 100) -> list[dict]:
+        return self._call("list_tasks", state, limit)
+
+    def wait(self, task_id: str, timeout: float | None = None, poll_s: float = 0.5) -> dict:
+        """Block until the task ends; returns its record, or raises TaskFailed / TaskCancelled."""
+        return self.wait_all([task_id], timeout=timeout, poll_s=poll_s, raise_on_failure=True)[0]
+
+    def wait_all(self, task_ids: list[str], timeout: float | None = None, poll_s: float = 0.5,
+                 on_update: Callable[[list[dict]], None] | None = None,
+                 raise_on_failure: bool = False) -> list[dict]:
+        """Poll until every task is terminal, calling `on_update(records)` after each poll."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            records = self.get_tasks(task_ids)
+            if on_update is not None:
+                on_update(records)
+            if all(TaskState(r["state"]).is_terminal() for r in records):
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                pending = [r["task_id"] for r in records if not TaskState(r["state"]).is_terminal()]
+                raise WaitTimedOut(f"still not finished after {timeout:g} s: {', '.join(pending)}")
+            time.sleep(poll_s)
+        if raise_on_failure:
+            for record in records:
+                if record["state"] == TaskState.FAILED.value:
+                    error = record["error"] or {}
+                    raise TaskFailed(f"task {record['task_id']} failed: {error.get('type')}: "
+                                     f"{error.get('message')}", record)
+                if record["state"] == TaskState.CANCELLED.value:
+                    raise TaskCancelled(f"task {record['task_id']} was cancelled")
+        return records
+
+    def cancel(self, task_id: str) -> dict:
+        """Cancel a queued task, or abort a running one; its partial output never appears."""
+        return self._call("cancel", task_id)
+
+    def shutdown(self, now: bool = False, grace_s: float | None = None) -> dict:
+        """Drain (running tasks finish within the grace, queued ones wait for the next start), then stop."""
+        import ray
+
+        summary = self._call("drain", 0.0 if now else grace_s)
+        ray.kill(self.scheduler(create=False), no_restart=True)
+        self._scheduler = None
+        if self.started_ray:
+            ray.shutdown()
+            self.started_ray = False
+        return summary

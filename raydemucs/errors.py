@@ -1,0 +1,114 @@
+"""One hierarchy of errors, mapped to exit codes by the CLI and to dicts across Ray."""
+from __future__ import annotations
+
+
+class RayDemucsError(Exception):
+    """Base class of every error raydemucs raises on purpose."""
+
+    exit_code = 1
+    retryable = False
+
+    def to_dict(self) -> dict:
+        return {"type": type(self).__name__, "message": str(self)}
+
+
+class ConfigError(RayDemucsError):
+    """Raised when a config key is unknown or a value is out of its allowed range."""
+
+    exit_code = 2
+
+
+class InvalidInput(RayDemucsError):
+    """Raised when an input file, a name or a separation option cannot be accepted."""
+
+    exit_code = 2
+
+
+class InvalidName(InvalidInput):
+    """Raised when a project name or file id is unsafe as a folder name."""
+
+
+class OutputNotWritable(InvalidInput):
+    """Raised at submit when the output directory cannot be written."""
+
+
+class ModelNotFound(RayDemucsError):
+    """Raised when a model cannot be found or loaded (unknown name, no network, bad checkpoint)."""
+
+    exit_code = 2
+
+
+class TaskNotFound(RayDemucsError):
+    """Raised when a task id is not in the journal."""
+
+    exit_code = 2
+
+
+class TaskTimeout(RayDemucsError):
+    """Raised when an attempt runs past its deadline."""
+
+    retryable = True
+
+
+class WorkerDied(RayDemucsError):
+    """Raised when the worker holding an attempt died (process killed, node lost)."""
+
+    retryable = True
+
+
+class OutOfMemory(RayDemucsError):
+    """Raised when an attempt ran out of memory."""
+
+    retryable = True
+
+
+class OutputWriteFailed(RayDemucsError):
+    """Raised when writing stems failed mid-task (disk full, directory became unwritable)."""
+
+    retryable = True
+
+
+class SeparationAborted(RayDemucsError):
+    """Raised inside a worker when the scheduler asked it to stop the current task."""
+
+
+class TaskCancelled(RayDemucsError):
+    """Raised when waiting on a task that was cancelled."""
+
+
+class TaskFailed(RayDemucsError):
+    """Raised when waiting on a task that ended failed; carries its record."""
+
+    def __init__(self, message: str, record: dict | None = None):
+        super().__init__(message)
+        self.record = record
+
+
+class WaitTimedOut(RayDemucsError):
+    """Raised when `wait` gives up before its tasks ended (the tasks go on)."""
+
+
+class ServiceUnavailable(RayDemucsError):
+    """Raised when no Ray cluster or no raydemucs service can be reached."""
+
+    exit_code = 3
+
+
+class ShuttingDown(ServiceUnavailable):
+    """Raised when a task is submitted to a service that is draining."""
+
+
+class InternalError(RayDemucsError):
+    """Raised for an unexpected exception inside a worker; not retried."""
+
+
+_BY_NAME = {cls.__name__: cls for cls in (
+    ConfigError, InvalidInput, InvalidName, OutputNotWritable, ModelNotFound, TaskNotFound,
+    TaskTimeout, WorkerDied, OutOfMemory, OutputWriteFailed, SeparationAborted, TaskCancelled,
+    WaitTimedOut, ServiceUnavailable, ShuttingDown, InternalError,
+)}
+
+
+def error_from_dict(data: dict) -> RayDemucsError:
+    """Rebuild an error sent across a process boundary as `{"type", "message"}`."""
+    return _BY_NAME.get(data.get("type", ""), InternalError)(data.get("message", ""))

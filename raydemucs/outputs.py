@@ -1,0 +1,136 @@
+"""Where stems go: safe folder resolution, atomic writing through a staging folder, the manifest."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Callable
+
+from .errors import OutputNotWritable, OutputWriteFailed
+from .names import check_name
+
+MANIFEST = "manifest.json"
+
+
+def resolve_output_folder(output_dir: str | os.PathLike, project: str, file_id: str) -> Path:
+    """`OUTPUT_DIR/PROJECT/FILE_ID`, refusing names or symlinks that would lead outside it."""
+    check_name("project name", project)
+    check_name("file id", file_id)
+    root = Path(output_dir).expanduser().absolute()
+    folder = root / project / file_id
+    for path in (root / project, folder):
+        if path.is_symlink():
+            raise OutputNotWritable(f"{path} is a symlink; raydemucs never writes through one")
+    if not folder.resolve().is_relative_to(root.resolve()):
+        raise OutputNotWritable(f"{folder} resolves outside the output directory {root}")
+    return folder
+
+
+def check_writable(output_dir: str | os.PathLike) -> None:
+    """Raise `OutputNotWritable` unless the directory (or the parent that would hold it) is writable."""
+    path = Path(output_dir).expanduser().absolute()
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputNotWritable(f"output directory {path}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputNotWritable(f"output directory {path} is not writable ({probe})")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _remove_stale_staging(folder: Path) -> None:
+    for stale in folder.parent.glob(f".{glob_escape(folder.name)}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def write_outputs(folder: Path, stems: dict, ext: str, save: Callable[[object, Path], None],
+                  manifest: dict) -> dict[str, str]:
+    """Write every stem and `manifest.json` into a staging folder, sync, then rename into place.
+
+    The folder is either absent or complete: an existing one is replaced only after the new one
+    is whole. Returns `{stem: path}`.
+    """
+    staging = folder.parent / f".{folder.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_staging(folder)
+        staging.mkdir()
+        entries = {}
+        for name, wav in stems.items():
+            path = staging / f"{name}.{ext}"
+            save(wav, path)
+            _fsync(path)
+            entries[name] = {"file": path.name, "bytes": path.stat().st_size, "sha256": _sha256(path)}
+        manifest = {**manifest, "stems": entries}
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+        _fsync(staging / MANIFEST)
+        _fsync(staging)
+        _swap_into_place(staging, folder)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise OutputWriteFailed(f"writing stems to {folder} failed: {exc.strerror or exc}") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return {name: str(folder / entry["file"]) for name, entry in entries.items()}
+
+
+def _swap_into_place(staging: Path, folder: Path) -> None:
+    old = None
+    if folder.exists():
+        old = folder.parent / f".{folder.name}.{uuid.uuid4().hex[:8]}.tmp"
+        os.rename(folder, old)
+    os.rename(staging, folder)
+    _fsync(folder.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_manifest(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def output_is_complete(folder: Path, task_id: str | None = None) -> bool:
+    """True when `manifest.json` exists (for `task_id`, if given) and lists files that exist whole."""
+    manifest = read_manifest(folder)
+    if not manifest or not isinstance(manifest.get("stems"), dict):
+        return False
+    if task_id is not None and manifest.get("task_id") != task_id:
+        return False
+    for entry in manifest["stems"].values():
+        path = folder / entry["file"]
+        if not path.is_file() or path.stat().st_size != entry["bytes"]:
+            return False
+    return True
+
+
+def manifest_outputs(folder: Path) -> dict[str, str]:
+    """`{stem: path}` from a complete output folder's manifest."""
+    manifest = read_manifest(folder) or {"stems": {}}
+    return {stem: str(folder / entry["file"]) for stem, entry in manifest["stems"].items()}

@@ -1,0 +1,187 @@
+"""The worker pool: Ray actors created from config, explicit idle/busy, kill-and-replace.
+
+Workers are created here, in one place, as `ray.remote(SeparatorWorker)`. A dead actor never
+returns to the pool: its slot gets a fresh actor (which reloads the model) under a new name.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import ray
+from ray.exceptions import RayActorError, RayError
+
+from .config import Config
+from .errors import InternalError
+from .task import TaskSpec
+from .worker import SeparatorWorker
+
+logger = logging.getLogger("raydemucs.pool")
+
+NAMESPACE = "raydemucs"
+RESPAWN_DELAY_S = 1.0
+
+
+@dataclass
+class WorkerSlot:
+    """One place in the pool and what is known of the actor in it."""
+
+    worker_id: str
+    handle: Any = None
+    actor_name: str = ""
+    state: str = "starting"  # starting, idle, busy, restarting, dead
+    task_id: str | None = None
+    node: str | None = None
+    pid: int | None = None
+    models: frozenset = frozenset()
+    device: str | None = None
+    load_error: str | None = None
+    rss_bytes: int | None = None
+    cpu_percent: float | None = None
+    num_threads: int | None = None
+    tasks_done: int = 0
+    tasks_failed: int = 0
+    restarts: int = 0
+    started_at: float = field(default_factory=time.time)
+    last_poll_at: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"worker_id": self.worker_id, "actor_name": self.actor_name, "state": self.state,
+                "task_id": self.task_id, "node": self.node, "pid": self.pid,
+                "models": sorted(name for name, _ in self.models), "device": self.device,
+                "load_error": self.load_error, "rss_bytes": self.rss_bytes,
+                "cpu_percent": self.cpu_percent, "num_threads": self.num_threads,
+                "tasks_done": self.tasks_done, "tasks_failed": self.tasks_failed,
+                "restarts": self.restarts, "uptime_s": time.time() - self.started_at}
+
+
+class RayWorkerPool:
+    """Implements the scheduler's `Pool` with Ray actors; reports back through callbacks."""
+
+    def __init__(self, config: Config, on_ready: Callable[[], None],
+                 on_result: Callable[[str, int, dict], None],
+                 on_lost: Callable[[str, str], None]):
+        self.config = config
+        self.prefix = config.service.name
+        self.on_ready, self.on_result, self.on_lost = on_ready, on_result, on_lost
+        self.slots = {f"worker-{i}": WorkerSlot(f"worker-{i}")
+                      for i in range(config.workers.max_workers)}
+        self._tasks: set[asyncio.Task] = set()
+
+    def start_workers(self) -> None:
+        for slot in self.slots.values():
+            self._spawn(slot)
+
+    # -- the scheduler's Pool protocol ------------------------------------------------------
+    def idle_workers(self) -> list[WorkerSlot]:
+        return [slot for slot in self.slots.values() if slot.state == "idle"]
+
+    def start(self, worker_id: str, spec: TaskSpec, attempt: int) -> None:
+        slot = self.slots[worker_id]
+        slot.state, slot.task_id = "busy", spec.task_id
+        ref = slot.handle.separate.remote(spec.to_dict(), attempt)
+        self._background(self._await_result(slot, slot.handle, ref, spec.task_id, attempt))
+
+    def abort(self, worker_id: str, task_id: str) -> None:
+        slot = self.slots[worker_id]
+        if slot.handle is not None:
+            slot.handle.abort.remote(task_id)
+
+    def replace(self, worker_id: str, reason: str) -> None:
+        slot = self.slots[worker_id]
+        logger.warning("%s: replacing worker (%s)", worker_id, reason)
+        if slot.handle is not None:
+            ray.kill(slot.handle, no_restart=True)
+        slot.restarts += 1
+        slot.state, slot.task_id, slot.handle = "restarting", None, None
+        self._spawn(slot)
+
+    # -- health and progress ----------------------------------------------------------------
+    async def poll(self) -> list[dict]:
+        """Ask every live worker for its figures; returns the answers of busy ones."""
+        live = [s for s in self.slots.values() if s.state in ("idle", "busy") and s.handle]
+        timeout_s = max(5.0, 10 * self.config.service.poll_interval_s)
+        answers = await asyncio.gather(
+            *(asyncio.wait_for(s.handle.poll.remote(), timeout_s) for s in live),
+            return_exceptions=True)
+        busy = []
+        for slot, answer in zip(live, answers):
+            if isinstance(answer, BaseException):
+                continue
+            slot.rss_bytes, slot.cpu_percent = answer["rss_bytes"], answer["cpu_percent"]
+            slot.num_threads, slot.last_poll_at = answer["num_threads"], time.time()
+            if answer["task_id"] is not None:
+                busy.append(answer)
+        return busy
+
+    def snapshot(self) -> list[dict]:
+        return [slot.to_dict() for slot in self.slots.values()]
+
+    def shutdown(self) -> None:
+        for slot in self.slots.values():
+            if slot.handle is not None:
+                ray.kill(slot.handle, no_restart=True)
+            slot.state, slot.handle = "dead", None
+        for task in self._tasks:
+            task.cancel()
+
+    # -- internals --------------------------------------------------------------------------
+    def _spawn(self, slot: WorkerSlot) -> None:
+        workers = self.config.workers
+        base = f"{self.prefix}:{slot.worker_id}"
+        slot.actor_name = base if slot.restarts == 0 else f"{base}.{slot.restarts}"
+        slot.handle = ray.remote(SeparatorWorker).options(
+            name=slot.actor_name, namespace=NAMESPACE, num_cpus=workers.num_cpus,
+            num_gpus=workers.num_gpus, memory=workers.memory_mb * 2**20 or None,
+            max_restarts=0, max_task_retries=0, max_concurrency=4,
+        ).remote(slot.worker_id, self.config.to_dict())
+        slot.started_at = time.time()
+        self._background(self._await_ready(slot, slot.handle))
+
+    async def _await_ready(self, slot: WorkerSlot, handle) -> None:
+        try:
+            info = await handle.ready.remote()
+        except RayError as exc:
+            if slot.handle is not handle:
+                return
+            logger.error("%s: failed to start: %s", slot.worker_id, str(exc).splitlines()[0])
+            slot.state = "dead"
+            await asyncio.sleep(RESPAWN_DELAY_S * min(60, 2 ** slot.restarts))
+            if slot.handle is handle:
+                self.replace(slot.worker_id, "it failed to start")
+            return
+        if slot.handle is not handle:
+            return
+        slot.pid, slot.node, slot.device = info["pid"], info["node"], info["device"]
+        slot.models, slot.load_error = frozenset(map(tuple, info["models"])), info["load_error"]
+        slot.state = "idle"
+        logger.info("%s: ready (pid %s)", slot.worker_id, slot.pid)
+        self.on_ready()
+
+    async def _await_result(self, slot: WorkerSlot, handle, ref, task_id: str, attempt: int) -> None:
+        try:
+            result = await ref
+        except RayActorError as exc:
+            if slot.handle is handle:
+                self.on_lost(slot.worker_id, str(exc).splitlines()[0])
+            return
+        except RayError as exc:
+            result = {"ok": False, "error": InternalError(str(exc).splitlines()[0]).to_dict()}
+        if slot.handle is not handle:
+            return
+        slot.state, slot.task_id = "idle", None
+        slot.models = frozenset(map(tuple, result.get("models", slot.models)))
+        if result["ok"]:
+            slot.tasks_done += 1
+        else:
+            slot.tasks_failed += 1
+        self.on_result(task_id, attempt, result)
+
+    def _background(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+

@@ -1,0 +1,251 @@
+"""Scheduling logic, free of Ray: priorities, dispatch, timeouts, retries, cancel, recovery.
+
+`Scheduler` is driven by calls (submit, tick, task_succeeded, task_failed, worker_lost) and acts
+through an injected pool, journal and clock, so tests step it deterministically. The Ray actor
+that hosts it lives in `service.py`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from .config import Config
+from .errors import (RayDemucsError, SeparationAborted, ShuttingDown, TaskNotFound, TaskTimeout,
+                     WorkerDied)
+from .outputs import manifest_outputs, output_is_complete
+from .queue import DelayedTasks, TaskQueue
+from .store import TaskStore
+from .task import TaskRecord, TaskSpec, TaskState
+
+logger = logging.getLogger("raydemucs.scheduler")
+
+
+class IdleWorker(Protocol):
+    worker_id: str
+    node: str | None
+    models: frozenset
+
+
+class Pool(Protocol):
+    """What the scheduler needs from a worker pool; idle/busy bookkeeping is the pool's."""
+
+    def idle_workers(self) -> list[IdleWorker]: ...
+    def start(self, worker_id: str, spec: TaskSpec, attempt: int) -> None: ...
+    def abort(self, worker_id: str, task_id: str) -> None: ...
+    def replace(self, worker_id: str, reason: str) -> None: ...
+
+
+@dataclass
+class Running:
+    worker_id: str
+    attempt: int
+    deadline: float
+    abort_sent_at: float | None = None
+    cancel_requested: bool = False
+
+
+def model_key(options) -> tuple:
+    return (options.model, options.repo)
+
+
+def retry_delay_s(attempt: int, base_s: float, max_s: float, rng: Callable[[], float]) -> float:
+    """Exponential backoff with jitter: base * 2^(attempt-1), capped, scaled by [0.5, 1)."""
+    return min(max_s, base_s * 2 ** max(0, attempt - 1)) * (0.5 + 0.5 * rng())
+
+
+class Scheduler:
+    def __init__(self, config: Config, store: TaskStore, pool: Pool,
+                 clock: Callable[[], float] = time.time, rng: Callable[[], float] = random.random):
+        self.config = config
+        self.store = store
+        self.pool = pool
+        self.clock = clock
+        self.rng = rng
+        self.queue = TaskQueue()
+        self.delayed = DelayedTasks()
+        self.running: dict[str, Running] = {}
+        self.active: dict[str, TaskRecord] = {}
+        self.accepting = True
+        self.dispatching = True
+
+    # -- submission -------------------------------------------------------------------------
+    def recover(self) -> None:
+        """Requeue what the journal holds unfinished: in order, running ones as interrupted."""
+        for record in self.store.unfinished():
+            if output_is_complete(record.spec.output_folder, record.task_id):
+                self._finish(record, TaskState.SUCCEEDED, outputs=manifest_outputs(record.spec.output_folder))
+                continue
+            if record.state is TaskState.RUNNING:
+                record.error = WorkerDied("interrupted by a service restart").to_dict()
+                self._set_state(record, TaskState.QUEUED)
+            self.active[record.task_id] = record
+            self.queue.push(record.task_id, record.spec.priority, record.seq)
+
+    def submit(self, spec: TaskSpec) -> TaskRecord:
+        """Accept a task (committed before returning); the same (project, file id) is the same task."""
+        if not self.accepting:
+            raise ShuttingDown("the service is shutting down and accepts no new tasks")
+        existing = self.active.get(spec.task_id) or self.store.find(spec.project, spec.file_id)
+        if existing is not None:
+            if not existing.state.is_terminal() or not (
+                    spec.force or existing.state is not TaskState.SUCCEEDED):
+                return self.active.get(existing.task_id, existing)
+            record = dataclasses.replace(
+                existing, spec=dataclasses.replace(spec, task_id=existing.task_id),
+                seq=self.store.next_seq(), attempts=0, progress=0.0, error=None, outputs=None,
+                worker=None, node=None, submitted_at=self.clock(), started_at=None,
+                finished_at=None, retry_at=None)
+            self._set_state(record, TaskState.QUEUED)
+        else:
+            record = self.store.insert(TaskRecord(spec=spec, seq=self.store.next_seq(),
+                                                  submitted_at=self.clock()))
+            if record.task_id != spec.task_id:
+                return record
+            logger.info("task %s: queued (%s/%s, priority %d)", spec.task_id, spec.project,
+                        spec.file_id, spec.priority)
+        self.active[record.task_id] = record
+        self.queue.push(record.task_id, record.spec.priority, record.seq)
+        return record
+
+    def cancel(self, task_id: str) -> TaskRecord:
+        """Drop a queued task, or abort a running one (killing its worker if it does not stop)."""
+        record = self.get(task_id)
+        if record.state.is_terminal():
+            return record
+        run = self.running.get(task_id)
+        if run is None:
+            self.queue.remove(task_id)
+            self.delayed.remove(task_id)
+            self._finish(record, TaskState.CANCELLED)
+        elif not run.cancel_requested:
+            run.cancel_requested = True
+            run.abort_sent_at = run.abort_sent_at or self.clock()
+            self.pool.abort(run.worker_id, task_id)
+        return record
+
+    # -- dispatch and time ------------------------------------------------------------------
+    def dispatch(self) -> int:
+        """Start queued tasks on idle workers, best priority first; returns how many started."""
+        started = 0
+        while self.dispatching and len(self.queue):
+            idle = self.pool.idle_workers()
+            if not idle:
+                break
+            record = self.active[self.queue.pop()]
+            key = model_key(record.spec.options)
+            worker = next((w for w in idle if key in w.models), idle[0])
+            now = self.clock()
+            record.attempts += 1
+            record.worker, record.node = worker.worker_id, worker.node
+            record.started_at, record.progress, record.retry_at = now, 0.0, None
+            self._set_state(record, TaskState.RUNNING)
+            timeout_s = record.spec.timeout_s or self.config.tasks.timeout_s
+            self.running[record.task_id] = Running(worker.worker_id, record.attempts, now + timeout_s)
+            self.pool.start(worker.worker_id, record.spec, record.attempts)
+            started += 1
+        return started
+
+    def tick(self) -> None:
+        """Release due retries, enforce deadlines (abort, then kill after the grace), dispatch."""
+        now = self.clock()
+        for task_id in self.delayed.pop_ready(now):
+            record = self.active[task_id]
+            self.queue.push(task_id, record.spec.priority, record.seq)
+        grace_s = self.config.tasks.abort_grace_s
+        for task_id, run in list(self.running.items()):
+            if run.abort_sent_at is None and now >= run.deadline:
+                logger.warning("task %s attempt %d: past its deadline, aborting", task_id, run.attempt)
+                run.abort_sent_at = now
+                self.pool.abort(run.worker_id, task_id)
+            elif run.abort_sent_at is not None and now >= run.abort_sent_at + grace_s:
+                reason = f"did not stop within {grace_s:g} s of an abort"
+                self.pool.replace(run.worker_id, reason)
+                self._attempt_ended(task_id, run, TaskTimeout(f"task timed out; worker {reason}"))
+        self.dispatch()
+
+    # -- results ----------------------------------------------------------------------------
+    def report_progress(self, task_id: str, attempt: int, progress: float) -> None:
+        run = self.running.get(task_id)
+        if run is not None and run.attempt == attempt:
+            record = self.active[task_id]
+            record.progress = max(record.progress, min(1.0, float(progress)))
+
+    def task_succeeded(self, task_id: str, attempt: int, outputs: dict) -> None:
+        run = self.running.get(task_id)
+        if run is None or run.attempt != attempt:
+            return
+        del self.running[task_id]
+        self._finish(self.active[task_id], TaskState.SUCCEEDED, outputs=outputs)
+
+    def task_failed(self, task_id: str, attempt: int, error: RayDemucsError) -> None:
+        run = self.running.get(task_id)
+        if run is None or run.attempt != attempt:
+            return
+        self._attempt_ended(task_id, run, error)
+
+    def worker_lost(self, worker_id: str, reason: str) -> None:
+        """A worker died: fail its attempt as retryable and have the pool replace it."""
+        self.pool.replace(worker_id, reason)
+        for task_id, run in list(self.running.items()):
+            if run.worker_id == worker_id:
+                self._attempt_ended(task_id, run, WorkerDied(f"worker {worker_id} died: {reason}"))
+
+    def _attempt_ended(self, task_id: str, run: Running, error: RayDemucsError) -> None:
+        del self.running[task_id]
+        record = self.active[task_id]
+        if run.cancel_requested:
+            self._finish(record, TaskState.CANCELLED)
+            return
+        if isinstance(error, SeparationAborted) and run.abort_sent_at is not None:
+            error = TaskTimeout(f"task ran past its timeout of "
+                                f"{record.spec.timeout_s or self.config.tasks.timeout_s:g} s")
+        record.error = error.to_dict()
+        retryable = error.retryable or isinstance(error, SeparationAborted)
+        if retryable and record.attempts <= self.config.tasks.max_retries:
+            tasks = self.config.tasks
+            delay = retry_delay_s(record.attempts, tasks.retry_backoff_s, tasks.retry_backoff_max_s,
+                                  self.rng)
+            record.retry_at = self.clock() + delay
+            self._set_state(record, TaskState.QUEUED, note=f"retry in {delay:.2f} s: {error}")
+            self.delayed.push(task_id, record.retry_at)
+        else:
+            self._finish(record, TaskState.FAILED)
+
+    # -- shutdown ---------------------------------------------------------------------------
+    def stop_accepting(self) -> None:
+        """Refuse new submissions and start no more tasks; queued ones stay in the journal."""
+        self.accepting = False
+        self.dispatching = False
+
+    # -- queries ----------------------------------------------------------------------------
+    def get(self, task_id: str) -> TaskRecord:
+        record = self.active.get(task_id) or self.store.get(task_id)
+        if record is None:
+            raise TaskNotFound(f"no task with id {task_id!r}")
+        return record
+
+    def queue_counts(self) -> dict[str, int]:
+        counts = self.store.count_by_state()
+        counts["waiting_retry"] = len(self.delayed)
+        return counts
+
+    # -- journal ----------------------------------------------------------------------------
+    def _set_state(self, record: TaskRecord, state: TaskState, note: str = "") -> None:
+        previous, record.state = record.state, state
+        self.store.save(record)
+        elapsed = self.clock() - record.submitted_at
+        logger.info("task %s attempt %d: %s -> %s after %.2f s%s", record.task_id, record.attempts,
+                    previous.value, state.value, elapsed, f" ({note})" if note else "")
+
+    def _finish(self, record: TaskRecord, state: TaskState, outputs: dict | None = None) -> None:
+        record.finished_at = self.clock()
+        if state is TaskState.SUCCEEDED:
+            record.outputs, record.error, record.progress = outputs, None, 1.0
+        self.active.pop(record.task_id, None)
+        self._set_state(record, state, note=(record.error or {}).get("message", "")
+                        if state is TaskState.FAILED else "")
+

@@ -1,0 +1,123 @@
+"""The scheduler actor: a thin async Ray actor around `Scheduler`, its journal and its pool.
+
+It never blocks on `ray.get`: worker results, readiness and polls are awaited as asyncio tasks,
+and one loop ticks the scheduler (deadlines, retries, dispatch) every `poll_interval_s`.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+
+from .config import Config
+from .errors import error_from_dict
+from .logs import configure_logging
+from .pool import RayWorkerPool
+from .scheduler import Scheduler
+from .store import TaskStore
+from .task import TaskSpec, TaskState
+
+logger = logging.getLogger("raydemucs.service")
+
+JOURNAL_FILE = "journal.db"
+
+
+class SchedulerService:
+    """Owns priorities, timeouts, retries and worker restarts for one named service."""
+
+    def __init__(self, config: dict):
+        self.config = Config.from_dict(config)
+        configure_logging(self.config.service.log_level)
+        self.store = TaskStore(self.config.state_path / JOURNAL_FILE)
+        self.pool = RayWorkerPool(self.config, on_ready=self._dispatch,
+                                  on_result=self._on_result, on_lost=self._on_lost)
+        self.core = Scheduler(self.config, self.store, self.pool)
+        self.core.recover()
+        self.started_at = time.time()
+        self._loop: asyncio.Task | None = None
+        logger.info("scheduler %s started (pid %d); journal %s; %d unfinished task(s) recovered",
+                    self.config.service.name, os.getpid(), self.store.path, len(self.core.active))
+
+    def _ensure_running(self) -> None:
+        if self._loop is None:
+            self.pool.start_workers()
+            self._loop = asyncio.get_running_loop().create_task(self._tick_forever())
+
+    async def _tick_forever(self) -> None:
+        while True:
+            try:
+                for answer in await self.pool.poll():
+                    self.core.report_progress(answer["task_id"], answer["attempt"], answer["progress"])
+                self.core.tick()
+            except Exception:
+                logger.exception("scheduler tick failed")
+            await asyncio.sleep(self.config.service.poll_interval_s)
+
+    def _dispatch(self) -> None:
+        self.core.dispatch()
+
+    def _on_result(self, task_id: str, attempt: int, result: dict) -> None:
+        if result["ok"]:
+            self.core.task_succeeded(task_id, attempt, result["outputs"])
+        else:
+            self.core.task_failed(task_id, attempt, error_from_dict(result["error"]))
+        self.core.dispatch()
+
+    def _on_lost(self, worker_id: str, reason: str) -> None:
+        self.core.worker_lost(worker_id, reason)
+        self.core.dispatch()
+
+    # -- the API the client calls -----------------------------------------------------------
+    async def ping(self) -> dict:
+        self._ensure_running()
+        return {"name": self.config.service.name, "pid": os.getpid(),
+                "accepting": self.core.accepting, "journal": self.store.path}
+
+    async def submit(self, specs: list[dict]) -> list[dict]:
+        """Accept tasks (each committed to the journal before this returns)."""
+        self._ensure_running()
+        records = [self.core.submit(TaskSpec.from_dict(spec)).to_dict() for spec in specs]
+        self.core.dispatch()
+        return records
+
+    async def get_task(self, task_id: str) -> dict:
+        return self.core.get(task_id).to_dict()
+
+    async def get_tasks(self, task_ids: list[str]) -> list[dict]:
+        return [self.core.get(task_id).to_dict() for task_id in task_ids]
+
+    async def list_tasks(self, state: str | None = None, limit: int = 100) -> list[dict]:
+        records = self.store.list(TaskState(state) if state else None, limit)
+        return [self.core.active.get(r.task_id, r).to_dict() for r in records]
+
+    async def cancel(self, task_id: str) -> dict:
+        return self.core.cancel(task_id).to_dict()
+
+    async def status(self) -> dict:
+        self._ensure_running()
+        running = [self.core.active[task_id].to_dict() for task_id in self.core.running]
+        return {"service": self.config.service.name, "accepting": self.core.accepting,
+                "uptime_s": time.time() - self.started_at, "journal": self.store.path,
+                "queue": self.core.queue_counts(), "workers": self.pool.snapshot(),
+                "running": [{k: r[k] for k in ("task_id", "project", "file_id", "attempts",
+                                                "progress", "worker")} for r in running]}
+
+    async def drain(self, grace_s: float | None = None) -> dict:
+        """Stop accepting and dispatching; wait for running tasks up to `grace_s`, then abort them.
+
+        Queued tasks stay in the journal, and aborted ones stay `running` there: the next start
+        requeues both.
+        """
+        self.core.stop_accepting()
+        grace_s = self.config.service.shutdown_grace_s if grace_s is None else grace_s
+        deadline = time.time() + grace_s
+        while self.core.running and time.time() < deadline:
+            await asyncio.sleep(0.1)
+        interrupted = list(self.core.running)
+        self.pool.shutdown()
+        if self._loop is not None:
+            self._loop.cancel()
+        logger.info("drained: %d running task(s) interrupted, %d left queued for the next start",
+                    len(interrupted), len(self.core.queue) + len(self.core.delayed))
+        return {"interrupted": interrupted, "queued": len(self.core.queue) + len(self.core.delayed)}

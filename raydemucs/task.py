@@ -1,0 +1,112 @@
+"""What was asked (TaskSpec, frozen) and what happened (TaskRecord)."""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import SeparationConfig
+from .errors import InvalidInput
+
+PRIORITIES = {"high": 0, "normal": 5, "low": 9}
+
+
+class TaskState(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def is_terminal(self) -> bool:
+        return self in (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED)
+
+
+def parse_priority(value: str | int) -> int:
+    """`high`, `normal`, `low`, or an integer from 0 (first) to 9 (last)."""
+    if isinstance(value, str) and value.lower() in PRIORITIES:
+        return PRIORITIES[value.lower()]
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = -1
+    if isinstance(value, bool) or not 0 <= number <= 9:
+        raise InvalidInput(f"priority {value!r} must be high, normal, low or 0-9")
+    return number
+
+
+def priority_name(priority: int) -> str:
+    return next((name for name, p in PRIORITIES.items() if p == priority), str(priority))
+
+
+def new_task_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """An accepted request: input, where stems go, and how to separate."""
+
+    task_id: str
+    project: str
+    file_id: str
+    input_path: str
+    output_dir: str
+    priority: int = PRIORITIES["normal"]
+    options: SeparationConfig = field(default_factory=SeparationConfig)
+    force: bool = False
+    timeout_s: float | None = None
+
+    @property
+    def output_folder(self) -> Path:
+        return Path(self.output_dir) / self.project / self.file_id
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TaskSpec":
+        return cls(**{**data, "options": SeparationConfig(**data["options"])})
+
+
+@dataclass
+class TaskRecord:
+    """A task's state in the journal; `seq` orders submissions (FIFO within a priority)."""
+
+    spec: TaskSpec
+    seq: int
+    state: TaskState = TaskState.QUEUED
+    attempts: int = 0
+    progress: float = 0.0
+    error: dict | None = None
+    outputs: dict | None = None
+    worker: str | None = None
+    node: str | None = None
+    submitted_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    retry_at: float | None = None
+
+    @property
+    def task_id(self) -> str:
+        return self.spec.task_id
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as `status TASK_ID --json` prints it."""
+        data = dataclasses.asdict(self)
+        spec = data.pop("spec")
+        data["state"] = self.state.value
+        data.update(task_id=spec["task_id"], project=spec["project"], file_id=spec["file_id"],
+                    priority=priority_name(spec["priority"]), spec=spec)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TaskRecord":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in fields}
+        values["spec"] = TaskSpec.from_dict(data["spec"])
+        values["state"] = TaskState(data["state"])
+        return cls(**values)

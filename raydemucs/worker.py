@@ -1,0 +1,205 @@
+"""SeparatorWorker: one process, models loaded once, one task at a time, abortable, observable."""
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import socket
+import threading
+import time
+
+import psutil
+
+from . import __version__
+from .audio import decode, validate_input
+from .config import Config
+from .errors import (InternalError, InvalidInput, ModelNotFound, OutOfMemory, RayDemucsError,
+                     SeparationAborted)
+from .logs import configure_logging
+from .models import ModelCache, check_options
+from .outputs import read_manifest, resolve_output_folder, write_outputs
+from .task import TaskSpec
+
+logger = logging.getLogger("raydemucs.worker")
+
+DEPTH_KWARGS = {"int16": {"bits_per_sample": 16}, "int24": {"bits_per_sample": 24},
+                "float32": {"as_float": True}}
+
+
+def resolve_device(device: str, num_gpus: float) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
+    return device
+
+
+def pick_stems(stems: dict, two_stems: str | None) -> dict:
+    """All stems, or `STEM` and `no_STEM` (the sum of the others), as `demucs.separate` writes them."""
+    if two_stems is None:
+        return stems
+    others = [wav for name, wav in stems.items() if name != two_stems]
+    return {two_stems: stems[two_stems], f"no_{two_stems}": sum(others[1:], others[0].clone())}
+
+
+def expected_chunks(model, length: int, options) -> int:
+    """How many segment forward passes `apply_model` will run (for progress)."""
+    from demucs.apply import BagOfModels
+
+    models = model.models if isinstance(model, BagOfModels) else [model]
+    total = 0
+    for sub in models:
+        segment = options.segment or float(sub.segment)
+        stride = max(1, int((1 - options.overlap) * int(sub.samplerate * segment)))
+        padded = length + (sub.samplerate // 2 if options.shifts else 0)
+        total += math.ceil(padded / stride) * max(1, options.shifts)
+    return total
+
+
+class SeparatorWorker:
+    """Separates one task at a time with models it keeps loaded; `abort` and `poll` are thread-safe."""
+
+    def __init__(self, worker_id: str, config: dict):
+        self.config = Config.from_dict(config)
+        configure_logging(self.config.service.log_level)
+        import torch
+
+        threads = max(1, round(self.config.workers.num_cpus))
+        torch.set_num_threads(threads)
+        self.worker_id = worker_id
+        self.device = resolve_device(self.config.separation.device, self.config.workers.num_gpus)
+        self.models = ModelCache(self.config.workers.max_models, self.device)
+        self._busy = threading.Lock()
+        self._abort = threading.Event()
+        self._current: tuple[str, int] | None = None
+        self._chunks_done = 0
+        self._chunks_expected = 1
+        self.tasks_done = 0
+        self.tasks_failed = 0
+        self.started_at = time.time()
+        self._process = psutil.Process()
+        self._process.cpu_percent(None)
+        self.load_error: str | None = None
+        default = self.config.separation
+        try:
+            self.models.get(default.model, default.repo)
+        except ModelNotFound as exc:
+            self.load_error = str(exc)
+            logger.error("%s: default model not loaded: %s", worker_id, exc)
+        logger.info("%s ready on %s with %d threads (pid %d)", worker_id, self.device, threads,
+                    os.getpid())
+
+    def ready(self) -> dict:
+        return {"worker_id": self.worker_id, "pid": os.getpid(), "node": _node_id(),
+                "device": self.device, "models": self.models.keys(), "load_error": self.load_error}
+
+    def abort(self, task_id: str) -> bool:
+        """Ask the running task to stop at its next segment boundary."""
+        current = self._current
+        if current is not None and current[0] == task_id:
+            self._abort.set()
+            return True
+        return False
+
+    def poll(self) -> dict:
+        """Current task, progress and process figures; cheap enough to call every second."""
+        current = self._current
+        with self._process.oneshot():
+            rss, cpu = self._process.memory_info().rss, self._process.cpu_percent(None)
+            threads = self._process.num_threads()
+        return {"worker_id": self.worker_id, "pid": os.getpid(),
+                "task_id": current[0] if current else None,
+                "attempt": current[1] if current else None,
+                "progress": min(0.99, self._chunks_done / self._chunks_expected) if current else None,
+                "rss_bytes": rss, "cpu_percent": cpu, "num_threads": threads,
+                "tasks_done": self.tasks_done, "tasks_failed": self.tasks_failed,
+                "models": self.models.keys(), "uptime_s": time.time() - self.started_at}
+
+    def separate(self, spec: dict, attempt: int) -> dict:
+        """Run one attempt; never raises: returns `{"ok": True, "outputs", "manifest"}` or an error."""
+        task = TaskSpec.from_dict(spec)
+        with self._busy:
+            self._abort.clear()
+            self._chunks_done, self._chunks_expected = 0, 1
+            self._current = (task.task_id, attempt)
+            try:
+                result = self._separate(task, attempt)
+                self.tasks_done += 1
+                return {"ok": True, "models": self.models.keys(), **result}
+            except RayDemucsError as exc:
+                error = exc
+            except KeyboardInterrupt:
+                error = SeparationAborted("stopped on request")
+            except MemoryError:
+                error = OutOfMemory("the worker ran out of memory")
+            except Exception as exc:
+                if "out of memory" in str(exc).lower():
+                    error = OutOfMemory(f"out of memory: {str(exc).splitlines()[0]}")
+                else:
+                    logger.exception("task %s: unexpected error", task.task_id)
+                    error = InternalError(f"{type(exc).__name__}: {exc}")
+            finally:
+                self._current = None
+            self.tasks_failed += 1
+            return {"ok": False, "models": self.models.keys(), "error": error.to_dict()}
+
+    def _on_chunk(self, info: dict) -> None:
+        if self._abort.is_set():
+            raise KeyboardInterrupt
+        if info["state"] == "end":
+            self._chunks_done += 1
+
+    def _separate(self, task: TaskSpec, attempt: int) -> dict:
+        from demucs.api import save_audio
+
+        options = task.options
+        folder = resolve_output_folder(task.output_dir, task.project, task.file_id)
+        previous = read_manifest(folder)
+        if previous and previous.get("task_id") != task.task_id and not task.force:
+            raise InvalidInput(f"{folder} already holds the stems of task {previous.get('task_id')}; "
+                               "pass --force to replace them")
+        duration_s = validate_input(task.input_path, self.config.input)
+        separator = self.models.get(options.model, options.repo)
+        check_options(separator.model, options)
+        timings = {}
+        started = time.time()
+        wav = decode(task.input_path, separator.samplerate, separator.audio_channels)
+        timings["decode_s"] = time.time() - started
+        self._chunks_expected = expected_chunks(separator.model, wav.shape[-1], options)
+        separator.update_parameter(device=self.device, shifts=options.shifts,
+                                   overlap=options.overlap, segment=options.segment,
+                                   callback=self._on_chunk)
+        started = time.time()
+        _, stems = separator.separate_tensor(wav)
+        timings["separate_s"] = time.time() - started
+        save = functools.partial(save_audio, samplerate=separator.samplerate,
+                                 bitrate=options.mp3_bitrate, preset=options.mp3_preset,
+                                 clip=options.clip_mode, **DEPTH_KWARGS[options.wav_depth])
+        manifest = {
+            "task_id": task.task_id, "project": task.project, "file_id": task.file_id,
+            "input": {"path": task.input_path, "duration_s": duration_s},
+            "model": options.model, "options": task.to_dict()["options"],
+            "samplerate": separator.samplerate, "attempt": attempt, "worker": self.worker_id,
+            "node": _node_id(), "device": self.device, "timings": timings,
+            "raydemucs_version": __version__, "created_at": time.time(),
+        }
+        started = time.time()
+        outputs = write_outputs(folder, pick_stems(stems, options.two_stems), options.format,
+                                save, manifest)
+        timings["write_s"] = time.time() - started
+        logger.info("task %s attempt %d: separated %.1f s of audio in %.2f s", task.task_id,
+                    attempt, duration_s, sum(timings.values()))
+        return {"outputs": outputs, "timings": timings, "duration_s": duration_s}
+
+
+@functools.lru_cache(maxsize=1)
+def _node_id() -> str:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.get_runtime_context().get_node_id()
+    except Exception:
+        pass
+    return socket.gethostname()
