@@ -192,12 +192,24 @@ class WorkerManager:
         """Cancel a queued task, or abort a running one; its partial output never appears."""
         return self._call("cancel", task_id)
 
-    def shutdown(self, now: bool = False, grace_s: float | None = None) -> dict:
-        """Drain (running tasks finish within the grace, queued ones wait for the next start), then stop."""
+    def shutdown(self, now: bool = False, grace_s: float | None = None,
+                 hurry: Callable[[], bool] | None = None) -> dict:
+        """Drain, then stop the scheduler and its workers.
+
+        Running tasks get `grace_s` (default: config) to finish, none with `now=True` or once
+        `hurry()` turns true; queued and interrupted tasks wait in the journal for the next start.
+        """
         import ray
 
-        summary = self._call("drain", 0.0 if now else grace_s)
-        ray.kill(self.scheduler(create=False), no_restart=True)
+        handle = self.scheduler(create=False)
+        ref = handle.drain.remote(0.0 if now else grace_s)
+        hurried = now
+        while not ray.wait([ref], timeout=0.2)[0]:
+            if hurry is not None and not hurried and hurry():
+                handle.drain.remote(0.0)
+                hurried = True
+        summary = _unwrap(lambda: ray.get(ref))
+        ray.kill(handle, no_restart=True)
         self._scheduler = None
         if self.started_ray:
             ray.shutdown()

@@ -1,0 +1,237 @@
+"""`python -m raydemucs`: thin click commands over WorkerManager; the only place that exits."""
+from __future__ import annotations
+
+import functools
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import click
+
+from .api import WorkerManager
+from .config import load_config
+from .errors import RayDemucsError, ServiceUnavailable
+from .logs import configure_logging
+from .render import print_outputs, progress_bars, status_table, task_line
+
+RAY_MARKER = "ray-started-by-raydemucs"
+
+
+def service_options(func):
+    """--address, --profile and --config, turned into a WorkerManager passed as `manager`."""
+    @click.option("--address", envvar="RAY_ADDRESS", help="Ray cluster address (ray://, host:port); "
+                  "default: the cluster running here, else a new local one.")
+    @click.option("--profile", help="Shipped profile: default, dev, prod, test.")
+    @click.option("--config", "config_file", type=click.Path(dir_okay=False),
+                  help="YAML file overriding config keys.")
+    @functools.wraps(func)
+    def wrapper(address, profile, config_file, **kwargs):
+        config = load_config(profile, config_file)
+        configure_logging(config.service.log_level)
+        return func(manager=WorkerManager(config, address=address), **kwargs)
+    return wrapper
+
+
+def _emit(data, as_json: bool, text: str) -> None:
+    click.echo(json.dumps(data, ensure_ascii=False) if as_json else text)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="raydemucs")
+def cli():
+    """Separate songs into stems with Demucs on a Ray actor pool."""
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("-o", "--out", "output_dir", help="Output directory (default: service.output_dir).")
+@click.option("--project", default="default", show_default=True, help="Project name (a folder).")
+@click.option("--file-id", help="Output folder name; default: the input's name without extension.")
+@click.option("--priority", default="normal", show_default=True, help="high, normal, low or 0-9.")
+@click.option("-n", "--name", "model", help="Model name, as demucs's -n (default: config).")
+@click.option("--repo", type=click.Path(), help="Local folder of models (.yaml and .th files).")
+@click.option("--shifts", type=int, help="Random shifts averaged (demucs default 1).")
+@click.option("--overlap", type=float, help="Overlap between segments (default 0.25).")
+@click.option("--segment", type=float, help="Segment length in seconds.")
+@click.option("--two-stems", metavar="STEM", help="Only STEM and no_STEM.")
+@click.option("--mp3", "fmt", flag_value="mp3", help="Write mp3 stems.")
+@click.option("--flac", "fmt", flag_value="flac", help="Write flac stems.")
+@click.option("--mp3-bitrate", type=int, help="mp3 bitrate in kbps (default 320).")
+@click.option("--mp3-preset", type=click.IntRange(2, 7), help="2 best quality .. 7 fastest.")
+@click.option("--int24", "depth", flag_value="int24", help="24-bit wav.")
+@click.option("--float32", "depth", flag_value="float32", help="32-bit float wav.")
+@click.option("--clip-mode", type=click.Choice(["rescale", "clamp", "none"]))
+@click.option("-d", "--device", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--timeout", "timeout_s", type=float, help="Seconds per attempt (default: config).")
+@click.option("--force", is_flag=True, help="Replace stems that already exist.")
+@click.option("--wait", is_flag=True, help="Show progress and wait; starts Ray and a scheduler "
+              "for this run when no service is running.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per task.")
+@service_options
+def submit(manager, inputs, output_dir, project, file_id, priority, fmt, depth, timeout_s, force,
+           wait, as_json, **flags):
+    """Queue INPUT files for separation into OUT/PROJECT/FILE_ID/."""
+    if file_id and len(inputs) > 1:
+        raise click.UsageError("--file-id names one input; give one INPUT or drop it")
+    options = {key: value for key, value in flags.items() if value is not None}
+    options.update({"format": fmt} if fmt else {})
+    options.update({"wav_depth": depth} if depth else {})
+    specs = [manager.prepare_task(path, file_id, output_dir, project, priority, force=force,
+                                  timeout_s=timeout_s, **options) for path in inputs]
+    records = manager.submit(specs, create=wait)
+    for record in records:
+        _emit({k: record[k] for k in ("task_id", "file_id", "project", "state")}, as_json,
+              task_line(record))
+    if not wait:
+        return
+    try:
+        with progress_bars(records, enabled=not as_json) as update:
+            records = manager.wait_all([r["task_id"] for r in records], on_update=update)
+    except KeyboardInterrupt:
+        if manager.owns_scheduler:
+            manager.shutdown(now=True)
+        raise
+    if manager.owns_scheduler:
+        manager.shutdown()
+    for record in records:
+        _emit(record, as_json, print_outputs(record))
+    sys.exit(1 if any(r["state"] != "succeeded" for r in records) else 0)
+
+
+@cli.command()
+@click.argument("task_id", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--watch", type=float, metavar="SECONDS", help="Refresh every SECONDS until Ctrl-C.")
+@service_options
+def status(manager, task_id, as_json, watch):
+    """The service (queue and workers), or one task."""
+    while True:
+        data = manager.get_status(task_id)
+        text = task_line(data, detail=True) if task_id else status_table(data)
+        if watch and not as_json:
+            click.clear()
+        _emit(data, as_json, text)
+        if not watch:
+            return
+        time.sleep(watch)
+
+
+@cli.command("wait")
+@click.argument("task_ids", nargs=-1, required=True)
+@click.option("--timeout", type=float, help="Give up after SECONDS (the tasks go on).")
+@click.option("--json", "as_json", is_flag=True)
+@service_options
+def wait_command(manager, task_ids, timeout, as_json):
+    """Wait until tasks end; exit 1 if any failed or was cancelled."""
+    manager.scheduler(create=False)
+    records = manager.wait_all(list(task_ids), timeout=timeout)
+    for record in records:
+        _emit(record, as_json, print_outputs(record))
+    sys.exit(1 if any(r["state"] != "succeeded" for r in records) else 0)
+
+
+@cli.command()
+@click.argument("task_id")
+@click.option("--json", "as_json", is_flag=True)
+@service_options
+def cancel(manager, task_id, as_json):
+    """Cancel a queued task or abort a running one."""
+    record = manager.cancel(task_id)
+    _emit(record, as_json, task_line(record))
+
+
+@cli.command()
+@click.option("--foreground", is_flag=True, help="Stay attached; SIGINT/SIGTERM drain and stop.")
+@service_options
+def start(manager, foreground):
+    """Start the service: the scheduler actor and its workers (harmless if already running)."""
+    if not foreground and not manager.address:
+        _ensure_ray_head(manager)
+    manager.scheduler(create=True, detached=not foreground)
+    workers = manager.config.workers.max_workers
+    click.echo(f"raydemucs service {manager.config.service.name!r} running with {workers} "
+               f"worker(s); journal in {manager.config.state_path}")
+    if foreground:
+        _serve_until_signal(manager)
+
+
+def _ensure_ray_head(manager) -> None:
+    """Start a local Ray head that outlives this command, unless a cluster already runs here."""
+    try:
+        manager.connect(start_local=False)
+        return
+    except ServiceUnavailable:
+        pass
+    subprocess.run(["ray", "start", "--head", "--disable-usage-stats",
+                    f"--dashboard-host={manager.config.service.dashboard_host}"],
+                   check=True, capture_output=True)
+    manager.config.state_path.mkdir(parents=True, exist_ok=True)
+    (manager.config.state_path / RAY_MARKER).touch()
+
+
+def _serve_until_signal(manager) -> None:
+    signals = []
+
+    def on_signal(signum, _frame):
+        signals.append(signum)
+        if len(signals) == 1:
+            click.echo(f"draining (up to {manager.config.service.shutdown_grace_s:g} s); "
+                       "send the signal again to stop now", err=True)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    while not signals:
+        time.sleep(0.2)
+        try:
+            manager.get_status()
+        except ServiceUnavailable:
+            click.echo("the service was stopped elsewhere", err=True)
+            return
+    summary = manager.shutdown(hurry=lambda: len(signals) > 1)
+    click.echo(f"stopped: {len(summary['interrupted'])} task(s) interrupted, {summary['queued']} "
+               "queued; both resume on the next start")
+
+
+@cli.command()
+@click.option("--now", is_flag=True, help="Do not wait for running tasks (they are retried on the next start).")
+@click.option("--grace", type=float, help="Seconds to let running tasks finish (default: config).")
+@service_options
+def stop(manager, now, grace):
+    """Drain and stop the service; queued tasks wait in the journal for the next start."""
+    manager.scheduler(create=False)
+    summary = manager.shutdown(now=now, grace_s=grace)
+    marker = manager.config.state_path / RAY_MARKER
+    if marker.exists():
+        subprocess.run(["ray", "stop"], check=False, capture_output=True)
+        marker.unlink()
+    click.echo(f"stopped: {len(summary['interrupted'])} task(s) interrupted, {summary['queued']} "
+               "queued for the next start")
+
+
+@cli.command()
+@click.option("--repo", type=click.Path(), help="List a local model folder instead.")
+def models(repo):
+    """List model names (demucs's pretrained ones, or those in --repo)."""
+    from .models import list_models
+
+    for name in list_models(repo):
+        click.echo(name)
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except RayDemucsError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)

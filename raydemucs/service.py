@@ -36,6 +36,7 @@ class SchedulerService:
         self.core.recover()
         self.started_at = time.time()
         self._loop: asyncio.Task | None = None
+        self._drain_deadline = float("inf")
         logger.info("scheduler %s started (pid %d); journal %s; %d unfinished task(s) recovered",
                     self.config.service.name, os.getpid(), self.store.path, len(self.core.active))
 
@@ -106,18 +107,19 @@ class SchedulerService:
     async def drain(self, grace_s: float | None = None) -> dict:
         """Stop accepting and dispatching; wait for running tasks up to `grace_s`, then abort them.
 
-        Queued tasks stay in the journal, and aborted ones stay `running` there: the next start
-        requeues both.
+        A second call with a shorter grace hurries the first. Queued tasks stay in the journal,
+        and aborted ones stay `running` there: the next start requeues both.
         """
         self.core.stop_accepting()
         grace_s = self.config.service.shutdown_grace_s if grace_s is None else grace_s
-        deadline = time.time() + grace_s
-        while self.core.running and time.time() < deadline:
+        self._drain_deadline = min(self._drain_deadline, time.time() + grace_s)
+        while self.core.running and time.time() < self._drain_deadline:
             await asyncio.sleep(0.1)
         interrupted = list(self.core.running)
         self.pool.shutdown()
         if self._loop is not None:
             self._loop.cancel()
+        queued = len(self.core.queue) + len(self.core.delayed)
         logger.info("drained: %d running task(s) interrupted, %d left queued for the next start",
-                    len(interrupted), len(self.core.queue) + len(self.core.delayed))
-        return {"interrupted": interrupted, "queued": len(self.core.queue) + len(self.core.delayed)}
+                    len(interrupted), queued)
+        return {"interrupted": interrupted, "queued": queued}

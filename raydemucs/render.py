@@ -1,0 +1,74 @@
+"""Text the CLI prints: task lines, the status table, progress bars."""
+from __future__ import annotations
+
+import contextlib
+
+from tqdm import tqdm
+
+
+def _mb(value) -> str:
+    return "-" if value is None else f"{value / 2**20:.0f} MB"
+
+
+def task_line(record: dict, detail: bool = False) -> str:
+    line = f"{record['task_id']}  {record['state']:<9}  {record['project']}/{record['file_id']}"
+    if not detail:
+        return line
+    lines = [line, f"  attempts: {record['attempts']}  progress: {record['progress']:.0%}  "
+                   f"worker: {record['worker'] or '-'}"]
+    if record.get("error"):
+        lines.append(f"  error: {record['error']['type']}: {record['error']['message']}")
+    for stem, path in (record.get("outputs") or {}).items():
+        lines.append(f"  {stem}: {path}")
+    return "\n".join(lines)
+
+
+def print_outputs(record: dict) -> str:
+    return task_line(record, detail=True)
+
+
+def status_table(status: dict) -> str:
+    queue = status["queue"]
+    lines = [f"service {status['service']}  "
+             f"{'accepting' if status['accepting'] else 'draining'}  "
+             f"uptime {status['uptime_s']:.0f} s",
+             "tasks: " + "  ".join(f"{state} {count}" for state, count in queue.items()), "",
+             f"{'WORKER':<10} {'STATE':<10} {'TASK':<17} {'PROGRESS':>8} {'PID':>7} {'RSS':>8} "
+             f"{'CPU%':>6} {'DONE':>5} {'FAILED':>6} {'RESTARTS':>8}"]
+    progress = {r["task_id"]: r["progress"] for r in status.get("running", [])}
+    for w in status["workers"]:
+        task = w["task_id"] or "-"
+        done = f"{progress[task]:.0%}" if task in progress else "-"
+        cpu = "-" if w["cpu_percent"] is None else f"{w['cpu_percent']:.0f}"
+        lines.append(f"{w['worker_id']:<10} {w['state']:<10} {task:<17} {done:>8} "
+                     f"{w['pid'] or '-':>7} {_mb(w['rss_bytes']):>8} {cpu:>6} "
+                     f"{w['tasks_done']:>5} {w['tasks_failed']:>6} {w['restarts']:>8}")
+        if w.get("load_error"):
+            lines.append(f"  model load error: {w['load_error']}")
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def progress_bars(records: list[dict], enabled: bool = True):
+    """One bar per task and an overall one; yields `update(records)`."""
+    names = {r["task_id"]: f"{r['project']}/{r['file_id']}"[-30:] for r in records}
+    bars = {task_id: tqdm(total=100, desc=name, position=i + 1, leave=True, disable=not enabled,
+                          bar_format="{desc} {bar} {n:3.0f}%")
+            for i, (task_id, name) in enumerate(names.items())}
+    overall = tqdm(total=100 * len(records), desc="all", position=0, disable=not enabled,
+                   bar_format="{desc:<40} {bar} {percentage:3.0f}%")
+
+    def update(current: list[dict]) -> None:
+        for record in current:
+            bar = bars[record["task_id"]]
+            bar.n = round(100 * record["progress"])
+            bar.set_description_str(f"{names[record['task_id']]:<30} {record['state']:<9}")
+        overall.n = sum(bars[r["task_id"]].n for r in current)
+        overall.refresh()
+
+    try:
+        yield update
+    finally:
+        for bar in bars.values():
+            bar.close()
+        overall.close()
