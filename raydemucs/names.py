@@ -39,7 +39,7 @@ def check_name(kind: str, value: object) -> str:
 
 def name_from_filename(stem: str) -> str:
     """A valid file id derived from an input file's name (other characters become `_`)."""
-    cleaned = "".join(c if _allowed(c) else "_" for c in stem).strip().lstrip(".")
+    cleaned = "".join(c if _allowed(c) else "_" for c in stem)
     while ".." in cleaned:
         cleaned = cleaned.replace("..", ".")
-    return cleaned[:MAX_NAME_CHARS] or "audio"
+    return cleaned[:MAX_NAME_CHARS].lstrip(". ").rstrip() or "audio"

@@ -1,0 +1,122 @@
+"""Shared fixtures: audio files made here, a random-weight model repo, one real Ray per session."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+SAMPLERATE = 44100
+TEST_PROFILE_OVERRIDES = {"workers": {"memory_mb": 0}}
+
+
+def make_signal(seconds: float, samplerate: int = SAMPLERATE, channels: int = 2, seed: int = 0):
+    """A mix of two tones and noise, `[time, channels]` float32 in [-0.5, 0.5]."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * samplerate)) / samplerate
+    tones = [0.25 * np.sin(2 * np.pi * f * t) for f in (220.0, 330.0, 440.0, 550.0)[:channels]]
+    while len(tones) < channels:
+        tones.append(tones[-1])
+    mix = np.stack(tones, axis=1) + 0.05 * rng.standard_normal((len(t), channels))
+    return mix.astype(np.float32)
+
+
+def write_audio(path: Path, seconds: float = 3.0, samplerate: int = SAMPLERATE,
+                channels: int = 2, seed: int = 0) -> Path:
+    """Write a test clip as wav or flac (soundfile) or mp3 (ffmpeg), by `path`'s suffix."""
+    data = make_signal(seconds, samplerate, channels, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".mp3":
+        wav = path.with_suffix(".src.wav")
+        sf.write(wav, data, samplerate, subtype="PCM_16")
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(wav), str(path)], check=True)
+        wav.unlink()
+    else:
+        sf.write(path, data, samplerate, subtype="PCM_16")
+    return path
+
+
+@pytest.fixture
+def audio(tmp_path):
+    """`audio("name.wav", seconds=3)` writes a clip under a fresh folder and returns its path."""
+    def factory(name: str = "song.wav", **kwargs) -> Path:
+        return write_audio(tmp_path / "inputs" / name, **kwargs)
+    return factory
+
+
+def save_tiny_htdemucs(repo: Path, name: str = "tiny", seed: int = 0) -> Path:
+    """A small HTDemucs with random weights saved in demucs's repo format: `sig.th` + `name.yaml`."""
+    import torch
+    import yaml
+    from demucs.htdemucs import HTDemucs
+    from demucs.pretrained import SOURCES
+
+    torch.manual_seed(seed)
+    model = HTDemucs(sources=SOURCES, channels=8, t_layers=1)
+    args, kwargs = model._init_args_kwargs
+    repo.mkdir(parents=True, exist_ok=True)
+    signature = f"{name}sig"
+    torch.save({"klass": HTDemucs, "args": args, "kwargs": kwargs, "state": model.state_dict()},
+               repo / f"{signature}.th")
+    (repo / f"{name}.yaml").write_text(yaml.safe_dump({"models": [signature]}))
+    return repo
+
+
+@pytest.fixture(scope="session")
+def tiny_repo(tmp_path_factory) -> Path:
+    return save_tiny_htdemucs(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One real local Ray for the whole session (token auth on, as Ray's default)."""
+    import ray
+
+    ray.init(num_cpus=4, namespace="raydemucs", include_dashboard=False, log_to_driver=False)
+    address = ray.get_runtime_context().gcs_address
+    yield address
+    ray.shutdown()
+
+
+def service_config(tmp_path: Path, **sections):
+    """The test profile with a unique service name and its own journal, plus overrides."""
+    from raydemucs.config import load_config
+
+    overrides = {"service": {"name": f"t{uuid.uuid4().hex[:8]}",
+                             "state_dir": str(tmp_path / "state")}, **TEST_PROFILE_OVERRIDES}
+    for section, values in sections.items():
+        overrides[section] = {**overrides.get(section, {}), **values}
+    return load_config("test", overrides=overrides, environ={})
+
+
+@pytest.fixture
+def make_service(ray_cluster, tmp_path):
+    """`make_service(workers={...}, tasks={...})` starts a scheduler with its workers; stopped after."""
+    from raydemucs import WorkerManager
+
+    managers = []
+
+    def factory(**sections):
+        manager = WorkerManager(service_config(tmp_path, **sections))
+        manager.scheduler(create=True)
+        managers.append(manager)
+        return manager
+
+    yield factory
+    for manager in managers:
+        try:
+            manager.shutdown(now=True)
+        except Exception:
+            pass
+
+
+def run_cli(*args, env=None, timeout=300, cwd=None) -> subprocess.CompletedProcess:
+    """`python -m raydemucs ARGS` in a subprocess; returns the completed process."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "raydemucs", *map(str, args)], env=full_env,
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd)

@@ -1,0 +1,136 @@
+"""Atomic stem writing, output folder safety, input checks and decoding."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from raydemucs.audio import check_input_file, decode, validate_input
+from raydemucs.config import InputConfig
+from raydemucs.errors import InvalidInput, OutputNotWritable, OutputWriteFailed
+from raydemucs.outputs import (check_writable, output_is_complete, read_manifest,
+                               resolve_output_folder, write_outputs)
+
+
+def _save_bytes(data, path):
+    path.write_bytes(data)
+
+
+def test_outputs_are_written_whole_with_a_manifest(tmp_path):
+    folder = tmp_path / "out" / "p" / "f"
+    outputs = write_outputs(folder, {"drums": b"d", "bass": b"bb"}, "bin", _save_bytes, {"task_id": "t1"})
+    assert outputs == {"drums": str(folder / "drums.bin"), "bass": str(folder / "bass.bin")}
+    manifest = read_manifest(folder)
+    assert manifest["stems"]["bass"]["bytes"] == 2 and len(manifest["stems"]["bass"]["sha256"]) == 64
+    assert output_is_complete(folder, "t1") and not output_is_complete(folder, "t2")
+    assert sorted(os.listdir(folder.parent)) == ["f"]
+
+
+def test_a_failed_write_leaves_no_folder_and_keeps_the_old_one(tmp_path):
+    folder = tmp_path / "p" / "f"
+    write_outputs(folder, {"drums": b"old"}, "bin", _save_bytes, {"task_id": "t"})
+
+    def failing(data, path):
+        if data == b"boom":
+            raise OSError(28, "No space left on device")
+        path.write_bytes(data)
+
+    with pytest.raises(OutputWriteFailed, match="No space left"):
+        write_outputs(folder, {"drums": b"new", "bass": b"boom"}, "bin", failing, {"task_id": "t"})
+    assert (folder / "drums.bin").read_bytes() == b"old"
+    assert sorted(os.listdir(folder.parent)) == ["f"]
+
+
+def test_a_rerun_replaces_the_folder(tmp_path):
+    folder = tmp_path / "p" / "f"
+    write_outputs(folder, {"drums": b"1", "bass": b"1"}, "bin", _save_bytes, {"task_id": "t"})
+    write_outputs(folder, {"vocals": b"2"}, "bin", _save_bytes, {"task_id": "t"})
+    assert sorted(os.listdir(folder)) == ["manifest.json", "vocals.bin"]
+    assert sorted(os.listdir(folder.parent)) == ["f"]
+
+
+def test_stale_staging_folders_are_removed_by_the_next_write(tmp_path):
+    folder = tmp_path / "p" / "f"
+    (tmp_path / "p" / ".f.deadbeef.tmp").mkdir(parents=True)
+    write_outputs(folder, {"drums": b"1"}, "bin", _save_bytes, {"task_id": "t"})
+    assert sorted(os.listdir(folder.parent)) == ["f"]
+
+
+def test_incomplete_outputs_are_detected(tmp_path):
+    folder = tmp_path / "p" / "f"
+    write_outputs(folder, {"drums": b"123"}, "bin", _save_bytes, {"task_id": "t"})
+    (folder / "drums.bin").write_bytes(b"1")
+    assert not output_is_complete(folder)
+    (folder / "manifest.json").write_text("{not json")
+    assert not output_is_complete(folder)
+    assert not output_is_complete(tmp_path / "missing")
+
+
+def test_output_folders_never_go_through_a_symlink(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    root = tmp_path / "out"
+    root.mkdir()
+    (root / "proj").symlink_to(outside)
+    with pytest.raises(OutputNotWritable, match="symlink"):
+        resolve_output_folder(root, "proj", "song")
+    assert resolve_output_folder(root, "My Project", "song") == root / "My Project" / "song"
+
+
+def test_unwritable_output_directory(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.geteuid() != 0:
+            with pytest.raises(OutputNotWritable):
+                check_writable(locked / "new")
+        not_a_dir = tmp_path / "file"
+        not_a_dir.write_text("x")
+        with pytest.raises(OutputNotWritable, match="not a directory"):
+            check_writable(not_a_dir / "sub")
+        check_writable(tmp_path / "fresh" / "deeper")
+    finally:
+        locked.chmod(0o700)
+
+
+@pytest.mark.parametrize("suffix", [".wav", ".mp3", ".flac"])
+def test_inputs_of_each_format_decode_at_the_model_rate(audio, suffix):
+    path = audio(f"clip{suffix}", seconds=2.0, samplerate=22050, channels=1)
+    assert 1.9 < validate_input(path, InputConfig()) < 2.2
+    wav = decode(path, 44100, 2)
+    assert wav.shape[0] == 2 and abs(wav.shape[1] - 88200) < 3000
+    assert wav.dtype.is_floating_point
+
+
+def test_input_checks(tmp_path, audio):
+    with pytest.raises(InvalidInput, match="does not exist"):
+        check_input_file(tmp_path / "nope.wav", 100)
+    with pytest.raises(InvalidInput, match="directory"):
+        check_input_file(tmp_path, 100)
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    with pytest.raises(InvalidInput, match="empty"):
+        check_input_file(empty, 100)
+    big = audio("big.wav", seconds=2.0)
+    with pytest.raises(InvalidInput, match="over the 0.1 MB limit"):
+        check_input_file(big, 0.1)
+    text = tmp_path / "notes.mp3"
+    text.write_text("this is not audio\n" * 100)
+    with pytest.raises(InvalidInput, match="not a decodable audio file"):
+        validate_input(text, InputConfig())
+    with pytest.raises(InvalidInput, match="over the 1 s limit"):
+        validate_input(big, InputConfig(max_duration_s=1.0))
+    with pytest.raises(InvalidInput, match="shorter than"):
+        validate_input(audio("short.wav", seconds=0.05), InputConfig())
+
+
+def test_nan_samples_are_refused(tmp_path):
+    path = tmp_path / "nan.wav"
+    data = np.zeros((44100, 2), dtype=np.float32)
+    data[100, 0] = np.nan
+    sf.write(path, data, 44100, subtype="FLOAT")
+    with pytest.raises(InvalidInput, match="NaN or infinite"):
+        decode(path, 44100, 2)

@@ -1,0 +1,273 @@
+"""Scheduler logic with a fake pool and a fake clock: no Ray, no threads, every step explicit."""
+from __future__ import annotations
+
+import pytest
+
+from raydemucs.config import load_config
+from raydemucs.errors import (InvalidInput, SeparationAborted, ShuttingDown, TaskNotFound,
+                              WorkerDied)
+from raydemucs.scheduler import Scheduler, retry_delay_s
+from raydemucs.store import TaskStore
+from raydemucs.task import TaskSpec, TaskState, new_task_id
+from fakes import FakeClock, FakePool
+
+
+def make(tmp_path, workers=1, **tasks):
+    config = load_config(overrides={"tasks": {"max_retries": 2, "retry_backoff_s": 1.0,
+                                              "retry_backoff_max_s": 10.0, "timeout_s": 30.0,
+                                              "abort_grace_s": 5.0, **tasks}}, environ={})
+    clock, pool = FakeClock(), FakePool.with_workers(workers)
+    store = TaskStore(tmp_path / "journal.db")
+    return Scheduler(config, store, pool, clock=clock, rng=lambda: 1.0), pool, clock
+
+
+def spec(file_id, priority=5, project="p", **kwargs):
+    return TaskSpec(task_id=new_task_id(), project=project, file_id=file_id, input_path="/in.wav",
+                    output_dir="/nonexistent-out", priority=priority, **kwargs)
+
+
+def finish(scheduler, pool, worker_id="worker-0"):
+    task_id, attempt = pool.workers[worker_id].busy_with
+    pool.free(worker_id)
+    scheduler.task_succeeded(task_id, attempt, {"drums": "x"})
+    scheduler.dispatch()
+    return task_id
+
+
+def test_priority_order_then_fifo_within_a_priority(tmp_path):
+    scheduler, pool, _ = make(tmp_path)
+    blocker = scheduler.submit(spec("blocker"))
+    scheduler.dispatch()
+    ids = {name: scheduler.submit(spec(name, prio)).task_id
+           for name, prio in [("low1", 9), ("n1", 5), ("high1", 0), ("n2", 5), ("high2", 0), ("low2", 9)]}
+    finished = [finish(scheduler, pool) for _ in range(7)]
+    assert finished[0] == blocker.task_id
+    names = {v: k for k, v in ids.items()}
+    assert [names[t] for t in finished[1:]] == ["high1", "high2", "n1", "n2", "low1", "low2"]
+
+
+def test_submit_is_committed_and_idempotent_by_project_and_file_id(tmp_path):
+    scheduler, pool, _ = make(tmp_path, workers=0)
+    first = scheduler.submit(spec("song"))
+    again = scheduler.submit(spec("song"))
+    other_project = scheduler.submit(spec("song", project="q"))
+    assert again.task_id == first.task_id
+    assert other_project.task_id != first.task_id
+    reopened = TaskStore(scheduler.store.path)
+    assert reopened.get(first.task_id).state is TaskState.QUEUED
+    assert len(scheduler.queue) == 2
+
+
+def test_resubmitting_a_succeeded_task_returns_it_unless_forced(tmp_path):
+    scheduler, pool, _ = make(tmp_path)
+    first = scheduler.submit(spec("song"))
+    scheduler.dispatch()
+    finish(scheduler, pool)
+    assert scheduler.submit(spec("song")).state is TaskState.SUCCEEDED
+    forced = scheduler.submit(spec("song", force=True))
+    assert forced.task_id == first.task_id and forced.state is TaskState.QUEUED
+
+
+def test_resubmitting_a_failed_task_runs_it_again(tmp_path):
+    scheduler, pool, _ = make(tmp_path)
+    first = scheduler.submit(spec("song"))
+    scheduler.dispatch()
+    pool.free("worker-0")
+    scheduler.task_failed(first.task_id, 1, InvalidInput("bad"))
+    assert scheduler.get(first.task_id).state is TaskState.FAILED
+    again = scheduler.submit(spec("song"))
+    assert again.task_id == first.task_id and again.state is TaskState.QUEUED
+    assert again.attempts == 0 and again.error is None
+
+
+def test_retryable_failure_backs_off_then_retries_until_max_retries(tmp_path):
+    scheduler, pool, clock = make(tmp_path)
+    task = scheduler.submit(spec("song"))
+    delays = []
+    for attempt in (1, 2, 3):
+        scheduler.tick()
+        assert pool.started[-1] == ("worker-0", task.task_id, attempt)
+        pool.free("worker-0")
+        scheduler.task_failed(task.task_id, attempt, WorkerDied("boom"))
+        record = scheduler.get(task.task_id)
+        if attempt <= 2:
+            assert record.state is TaskState.QUEUED
+            delays.append(record.retry_at - clock.now)
+            clock.advance(delays[-1] - 0.01)
+            scheduler.tick()
+            assert len(pool.started) == attempt  # not before its backoff
+            clock.advance(0.01)
+    assert delays == [1.0, 2.0]
+    record = scheduler.get(task.task_id)
+    assert record.state is TaskState.FAILED and record.attempts == 3
+    assert record.error["type"] == "WorkerDied"
+
+
+def test_non_retryable_failure_fails_at_once(tmp_path):
+    scheduler, pool, _ = make(tmp_path)
+    task = scheduler.submit(spec("song"))
+    scheduler.dispatch()
+    scheduler.task_failed(task.task_id, 1, InvalidInput("not audio"))
+    record = scheduler.get(task.task_id)
+    assert record.state is TaskState.FAILED and record.attempts == 1
+    assert record.error == {"type": "InvalidInput", "message": "not audio"}
+
+
+def test_backoff_is_capped_and_jittered():
+    assert retry_delay_s(1, 2.0, 60.0, lambda: 0.0) == 1.0
+    assert retry_delay_s(3, 2.0, 60.0, lambda: 1.0) == 8.0
+    assert retry_delay_s(10, 2.0, 60.0, lambda: 1.0) == 60.0
+
+
+def test_timeout_aborts_then_kills_and_replaces_a_worker_that_does_not_answer(tmp_path):
+    scheduler, pool, clock = make(tmp_path, max_retries=0)
+    slow = scheduler.submit(spec("slow"))
+    nxt = scheduler.submit(spec("next"))
+    scheduler.tick()
+    clock.advance(30.0)
+    scheduler.tick()
+    assert pool.aborted == [("worker-0", slow.task_id)]
+    assert not pool.replaced
+    clock.advance(5.0)
+    scheduler.tick()
+    assert pool.replaced and pool.replaced[0][0] == "worker-0"
+    record = scheduler.get(slow.task_id)
+    assert record.state is TaskState.FAILED and record.error["type"] == "TaskTimeout"
+    assert pool.started[-1][1] == nxt.task_id  # the next task runs on the fresh worker
+    scheduler.task_succeeded(slow.task_id, 1, {})  # a late answer of the killed attempt is ignored
+    assert scheduler.get(slow.task_id).state is TaskState.FAILED
+
+
+def test_timeout_with_cooperative_abort_is_retried(tmp_path):
+    scheduler, pool, clock = make(tmp_path)
+    task = scheduler.submit(spec("slow", timeout_s=3.0))
+    scheduler.tick()
+    clock.advance(3.0)
+    scheduler.tick()
+    pool.free("worker-0")
+    scheduler.task_failed(task.task_id, 1, SeparationAborted("stopped"))
+    record = scheduler.get(task.task_id)
+    assert record.state is TaskState.QUEUED and record.error["type"] == "TaskTimeout"
+    assert not pool.replaced
+
+
+def test_cancel_a_queued_task_drops_it(tmp_path):
+    scheduler, pool, _ = make(tmp_path, workers=0)
+    task = scheduler.submit(spec("song"))
+    assert scheduler.cancel(task.task_id).state is TaskState.CANCELLED
+    assert len(scheduler.queue) == 0
+    assert scheduler.store.get(task.task_id).state is TaskState.CANCELLED
+
+
+def test_cancel_a_running_task_aborts_it_and_ends_cancelled(tmp_path):
+    scheduler, pool, clock = make(tmp_path)
+    task = scheduler.submit(spec("song"))
+    scheduler.dispatch()
+    scheduler.cancel(task.task_id)
+    assert pool.aborted == [("worker-0", task.task_id)]
+    pool.free("worker-0")
+    scheduler.task_failed(task.task_id, 1, SeparationAborted("stopped"))
+    assert scheduler.get(task.task_id).state is TaskState.CANCELLED
+
+
+def test_cancel_of_a_running_task_that_ignores_the_abort_kills_its_worker(tmp_path):
+    scheduler, pool, clock = make(tmp_path)
+    task = scheduler.submit(spec("song"))
+    scheduler.dispatch()
+    scheduler.cancel(task.task_id)
+    clock.advance(5.0)
+    scheduler.tick()
+    assert pool.replaced and scheduler.get(task.task_id).state is TaskState.CANCELLED
+
+
+def test_worker_lost_retries_its_task_and_replaces_it(tmp_path):
+    scheduler, pool, clock = make(tmp_path)
+    task = scheduler.submit(spec("song"))
+    scheduler.dispatch()
+    scheduler.worker_lost("worker-0", "SIGKILL")
+    assert pool.replaced == [("worker-0", "SIGKILL")]
+    record = scheduler.get(task.task_id)
+    assert record.state is TaskState.QUEUED and record.error["type"] == "WorkerDied"
+    clock.advance(10)
+    scheduler.tick()
+    assert pool.started[-1] == ("worker-0", task.task_id, 2)
+
+
+def test_tasks_go_to_a_worker_that_already_holds_their_model(tmp_path):
+    scheduler, pool, _ = make(tmp_path, workers=2)
+    pool.workers["worker-1"].models = frozenset({("tiny", "/repo")})
+    from raydemucs.config import SeparationConfig
+    task = scheduler.submit(spec("song", options=SeparationConfig(model="tiny", repo="/repo")))
+    scheduler.dispatch()
+    assert pool.started == [("worker-1", task.task_id, 1)]
+
+
+def test_recovery_requeues_in_order_and_counts_running_as_interrupted(tmp_path):
+    scheduler, pool, _ = make(tmp_path)
+    running = scheduler.submit(spec("a"))
+    scheduler.dispatch()
+    queued = [scheduler.submit(spec(name)).task_id for name in ("b", "c")]
+    restarted, pool2, _ = make(tmp_path)
+    restarted.recover()
+    assert restarted.get(running.task_id).state is TaskState.QUEUED
+    restarted.dispatch()
+    finished = [finish(restarted, pool2) for _ in range(3)]
+    assert finished == [running.task_id, *queued]
+    assert restarted.get(running.task_id).attempts == 2
+
+
+def test_recovery_marks_a_task_with_complete_output_succeeded(tmp_path):
+    from raydemucs.outputs import write_outputs
+
+    scheduler, pool, _ = make(tmp_path)
+    task = scheduler.submit(TaskSpec(task_id=new_task_id(), project="p", file_id="done",
+                                     input_path="/in.wav", output_dir=str(tmp_path / "out")))
+    scheduler.dispatch()
+    folder = task.spec.output_folder
+    write_outputs(folder, {"drums": b"x"}, "bin", lambda data, path: path.write_bytes(data),
+                  {"task_id": task.task_id})
+    restarted, pool2, _ = make(tmp_path)
+    restarted.recover()
+    record = restarted.get(task.task_id)
+    assert record.state is TaskState.SUCCEEDED
+    assert record.outputs == {"drums": str(folder / "drums.bin")}
+    assert not pool2.started
+
+
+def test_progress_is_kept_for_the_current_attempt_only(tmp_path):
+    scheduler, pool, _ = make(tmp_path)
+    task = scheduler.submit(spec("song"))
+    scheduler.dispatch()
+    scheduler.report_progress(task.task_id, 1, 0.4)
+    scheduler.report_progress(task.task_id, 1, 0.3)
+    scheduler.report_progress(task.task_id, 7, 0.9)
+    assert scheduler.get(task.task_id).progress == 0.4
+
+
+def test_draining_refuses_submissions_and_starts_nothing(tmp_path):
+    scheduler, pool, _ = make(tmp_path)
+    queued = scheduler.submit(spec("a"))
+    scheduler.stop_accepting()
+    with pytest.raises(ShuttingDown):
+        scheduler.submit(spec("b"))
+    scheduler.tick()
+    assert not pool.started
+    assert scheduler.store.get(queued.task_id).state is TaskState.QUEUED
+
+
+def test_unknown_task_id(tmp_path):
+    scheduler, _, _ = make(tmp_path)
+    with pytest.raises(TaskNotFound):
+        scheduler.get("nope")
+    with pytest.raises(TaskNotFound):
+        scheduler.cancel("nope")
+
+
+def test_every_transition_is_journaled(tmp_path):
+    scheduler, pool, _ = make(tmp_path)
+    task = scheduler.submit(spec("song"))
+    scheduler.dispatch()
+    assert TaskStore(scheduler.store.path).get(task.task_id).state is TaskState.RUNNING
+    finish(scheduler, pool)
+    stored = TaskStore(scheduler.store.path).get(task.task_id)
+    assert stored.state is TaskState.SUCCEEDED and stored.outputs == {"drums": "x"}
