@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -42,6 +43,19 @@ def _unwrap(call: Callable[[], Any]) -> Any:
         raise ServiceUnavailable(f"Ray is unreachable: {exc}") from None
 
 
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on a `host:port` nobody listens on (ray.init would retry for minutes)."""
+    if address in ("auto", "local") or "://" in address and not address.startswith("ray://"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not port.isdigit():
+        return
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ServiceUnavailable(f"no Ray cluster reachable at {address}: {exc.strerror or exc}") from None
+
+
 class WorkerManager:
     """Connects to (or starts) Ray and a named scheduler; submits, watches and cancels tasks."""
 
@@ -50,6 +64,7 @@ class WorkerManager:
         self.config = config or load_config(profile)
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self._scheduler = None
+        self._service_config: Config | None = None
         self.started_ray = False
         self.owns_scheduler = False
 
@@ -65,6 +80,8 @@ class WorkerManager:
         if ray.is_initialized():
             return
         kwargs = dict(namespace=NAMESPACE, log_to_driver=False, logging_level="WARNING")
+        if self.address:
+            _check_reachable(self.address)
         try:
             ray.init(address=self.address or "auto", **kwargs)
             return
@@ -99,8 +116,18 @@ class WorkerManager:
                 resources={"node:__internal_head__": 0.001},
             ).remote(self.config.to_dict())
             self.owns_scheduler = not detached
-        _unwrap(lambda: ray.get(self._scheduler.ping.remote()))
+        info = _unwrap(lambda: ray.get(self._scheduler.ping.remote()))
+        self._service_config = Config.from_dict(info["config"])
         return self._scheduler
+
+    def service_config(self) -> Config:
+        """The running service's config (its defaults and limits apply to tasks), else our own."""
+        if self._service_config is None:
+            try:
+                self.scheduler(create=False)
+            except ServiceUnavailable:
+                return self.config
+        return self._service_config
 
     def _call(self, method: str, *args, create: bool = False):
         import ray
@@ -113,19 +140,23 @@ class WorkerManager:
                      output_dir: str | os.PathLike | None = None, project_name: str = "default",
                      priority: str | int = "normal", force: bool = False,
                      timeout_s: float | None = None, **options) -> TaskSpec:
-        """Check everything that can be checked here and build the spec; nothing is queued."""
+        """Check everything that can be checked here and build the spec; nothing is queued.
+
+        Defaults and limits come from the running service's config when there is one.
+        """
+        config = self.service_config()
         checked = {}
         for key, value in options.items():
             key = OPTION_ALIASES.get(key, key)
             checked[key] = coerce("separation", key, value, "option")
-        separation = dataclasses.replace(self.config.separation, **checked)
+        separation = dataclasses.replace(config.separation, **checked)
         if separation.repo:
             separation = dataclasses.replace(separation,
                                              repo=str(Path(separation.repo).expanduser().absolute()))
         check_model_name(separation.model, separation.repo)
         path = Path(input_path).expanduser().absolute()
-        validate_input(path, self.config.input)
-        output_dir = Path(output_dir or self.config.service.output_dir).expanduser().absolute()
+        validate_input(path, config.input)
+        output_dir = Path(output_dir or config.service.output_dir).expanduser().absolute()
         file_id = file_id if file_id is not None else name_from_filename(path.stem)
         resolve_output_folder(output_dir, project_name, file_id)
         check_writable(output_dir)

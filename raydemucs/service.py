@@ -73,7 +73,8 @@ class SchedulerService:
     async def ping(self) -> dict:
         self._ensure_running()
         return {"name": self.config.service.name, "pid": os.getpid(),
-                "accepting": self.core.accepting, "journal": self.store.path}
+                "accepting": self.core.accepting, "journal": self.store.path,
+                "config": self.config.to_dict()}
 
     async def submit(self, specs: list[dict]) -> list[dict]:
         """Accept tasks (each committed to the journal before this returns)."""

@@ -1,0 +1,112 @@
+"""The command line as a user runs it: subprocesses against the session's Ray."""
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture
+def cli_env(ray_cluster, tmp_path):
+    """Environment that points the CLI at the session's Ray, a fresh service name and journal."""
+    return {"RAY_ADDRESS": ray_cluster, "RAYDEMUCS_SERVICE_NAME": f"cli{uuid.uuid4().hex[:6]}",
+            "RAYDEMUCS_SERVICE_STATE_DIR": str(tmp_path / "state"),
+            "RAYDEMUCS_WORKERS_MEMORY_MB": "0", "LOG_LEVEL": "warning"}
+
+
+def test_submit_wait_without_a_service_runs_and_stops_its_own(cli_env, audio, tmp_path):
+    songs = [audio(f"{name}.wav", seconds=1.5, seed=i) for i, name in enumerate("abc")]
+    result = run_cli("submit", *songs, "-o", tmp_path / "out", "--project", "My Project",
+                     "-n", "demucs_unittest", "--shifts", "0", "--wait", "--json", env=cli_env)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    accepted, finished = lines[:3], lines[3:]
+    assert [a["file_id"] for a in accepted] == ["a", "b", "c"]
+    assert {a["state"] for a in accepted} == {"queued"}
+    assert [f["state"] for f in finished] == ["succeeded"] * 3
+    for record in finished:
+        for path in record["outputs"].values():
+            assert path.startswith(str(tmp_path / "out" / "My Project" / record["file_id"]))
+    status = run_cli("status", env=cli_env)
+    assert status.returncode == 3 and "no raydemucs service" in status.stderr
+
+
+def test_service_start_submit_status_wait_cancel_stop(cli_env, audio, tmp_path):
+    started = run_cli("start", "--profile", "test", env=cli_env)
+    assert started.returncode == 0, started.stderr
+    try:
+        assert run_cli("start", "--profile", "test", env=cli_env).returncode == 0  # harmless twice
+        submitted = run_cli("submit", audio("song.wav", seconds=1.0), "-o", tmp_path / "out",
+                            "--json", "--priority", "high", env=cli_env)
+        assert submitted.returncode == 0, submitted.stderr
+        task = json.loads(submitted.stdout)
+        assert set(task) == {"task_id", "file_id", "project", "state"}
+        waited = run_cli("wait", task["task_id"], "--timeout", "120", env=cli_env)
+        assert waited.returncode == 0, waited.stderr
+        assert "succeeded" in waited.stdout and "vocals:" in waited.stdout
+        record = json.loads(run_cli("status", task["task_id"], "--json", env=cli_env).stdout)
+        assert record["state"] == "succeeded" and record["attempts"] == 1
+        assert record["error"] is None and set(record["outputs"]) == {"drums", "bass", "other", "vocals"}
+        assert record["priority"] == "high" and record["worker"].startswith("worker-")
+        service = json.loads(run_cli("status", "--json", env=cli_env).stdout)
+        assert service["queue"]["succeeded"] == 1
+        for worker in service["workers"]:
+            assert {"state", "task_id", "pid", "rss_bytes", "cpu_percent", "tasks_done",
+                    "restarts"} <= set(worker)
+        table = run_cli("status", env=cli_env).stdout
+        assert "WORKER" in table and "worker-0" in table
+        cancelled = run_cli("cancel", task["task_id"], env=cli_env)
+        assert cancelled.returncode == 0 and "succeeded" in cancelled.stdout  # already finished
+    finally:
+        stopped = run_cli("stop", env=cli_env)
+    assert stopped.returncode == 0, stopped.stderr
+    assert run_cli("status", env=cli_env).returncode == 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["submit", "{missing}"], "does not exist"),
+    (["submit", "{text}"], "not a decodable audio file"),
+    (["submit", "{song}", "--project", "../escape"], "project name"),
+    (["submit", "{song}", "--file-id", "a/b"], "file id"),
+    (["submit", "{song}", "-n", "no_such_model"], "unknown model 'no_such_model'"),
+    (["submit", "{song}", "--shifts", "-1"], "separation.shifts"),
+    (["submit", "{song}", "--priority", "urgent"], "priority 'urgent'"),
+    (["submit", "{song}", "--profile", "nope"], "unknown profile"),
+    (["submit", "{song}", "-o", "{song}"], "not a directory"),
+    (["submit", "{song}", "{song}", "--file-id", "x"], "--file-id names one input"),
+])
+def test_bad_input_exits_2_with_one_line_and_queues_nothing(cli_env, audio, tmp_path, args, message):
+    song = audio("song.wav", seconds=0.5)
+    text = tmp_path / "text.wav"
+    text.write_text("not audio")
+    names = {"missing": tmp_path / "missing.wav", "text": text, "song": song}
+    result = run_cli(*[a.format(**names) for a in args], "--wait", env=cli_env)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) <= 2
+    assert not list((tmp_path / "state").glob("*.db"))
+
+
+def test_a_failed_task_exits_1(cli_env, audio, tmp_path):
+    result = run_cli("submit", audio("song.wav", seconds=0.5), "-o", tmp_path / "out",
+                     "-n", "demucs_unittest", "--two-stems", "piano", "--wait", env=cli_env)
+    assert result.returncode == 1
+    assert "failed" in result.stdout and "InvalidInput" in result.stdout
+
+
+def test_no_service_and_no_ray_exit_3(tmp_path, audio):
+    env = {"RAY_ADDRESS": "127.0.0.1:1", "RAYDEMUCS_SERVICE_STATE_DIR": str(tmp_path / "state")}
+    result = run_cli("submit", audio("song.wav", seconds=0.5), env=env, timeout=120)
+    assert result.returncode == 3 and "error:" in result.stderr
+
+
+def test_models_and_help():
+    listed = run_cli("models")
+    assert listed.returncode == 0 and "htdemucs" in listed.stdout.split()
+    assert "demucs_unittest" in listed.stdout.split()
+    for command in ("submit", "status", "wait", "cancel", "start", "stop", "models"):
+        assert run_cli(command, "--help").returncode == 0
