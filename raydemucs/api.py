@@ -90,7 +90,7 @@ class WorkerManager:
                 where = self.address or "this machine"
                 raise ServiceUnavailable(f"no Ray cluster reachable at {where}: "
                                          f"{str(exc).splitlines()[0]}") from None
-        ray.init(dashboard_host=self.config.service.dashboard_host, **kwargs)
+        ray.init(address="local", dashboard_host=self.config.service.dashboard_host, **kwargs)
         self.started_ray = True
 
     def scheduler(self, create: bool = True, detached: bool = False):

@@ -77,7 +77,8 @@ def ray_cluster():
     """One real local Ray for the whole session (token auth on, as Ray's default)."""
     import ray
 
-    ray.init(num_cpus=4, namespace="raydemucs", include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, namespace="raydemucs", include_dashboard=False,
+             log_to_driver=False)
     address = ray.get_runtime_context().gcs_address
     yield address
     ray.shutdown()
