@@ -57,9 +57,16 @@ class WorkerDied(RayDemucsError):
 
 
 class OutOfMemory(RayDemucsError):
-    """Raised when an attempt ran out of memory."""
+    """Raised when an attempt ran out of memory; `segment_s` is the segment length it used."""
 
     retryable = True
+
+    def __init__(self, message: str, segment_s: float | None = None):
+        super().__init__(message)
+        self.segment_s = segment_s
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "segment_s": self.segment_s}
 
 
 class OutputWriteFailed(RayDemucsError):
@@ -110,5 +117,10 @@ _BY_NAME = {cls.__name__: cls for cls in (
 
 
 def error_from_dict(data: dict) -> RayDemucsError:
-    """Rebuild an error sent across a process boundary as `{"type", "message"}`."""
-    return _BY_NAME.get(data.get("type", ""), InternalError)(data.get("message", ""))
+    """Rebuild an error sent across a process boundary as `{"type", "message", ...}`."""
+    cls = _BY_NAME.get(data.get("type", ""), InternalError)
+    extra = {k: v for k, v in data.items() if k not in ("type", "message")}
+    try:
+        return cls(data.get("message", ""), **extra)
+    except TypeError:
+        return cls(data.get("message", ""))

@@ -107,3 +107,11 @@ class ModelCache:
 
     def keys(self) -> list[tuple]:
         return list(self._separators)
+
+
+def default_segment_s(model) -> float:
+    """The segment length `apply_model` uses when none is given."""
+    from demucs.apply import BagOfModels
+
+    first = model.models[0] if isinstance(model, BagOfModels) else model
+    return float(first.segment)

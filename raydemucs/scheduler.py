@@ -14,20 +14,28 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from .config import Config
-from .errors import (RayDemucsError, SeparationAborted, ShuttingDown, TaskNotFound, TaskTimeout,
-                     WorkerDied)
+from .errors import (OutOfMemory, RayDemucsError, SeparationAborted, ShuttingDown, TaskNotFound,
+                     TaskTimeout, WorkerDied)
 from .outputs import manifest_outputs, output_is_complete
 from .queue import DelayedTasks, TaskQueue
 from .store import TaskStore
-from .task import TaskRecord, TaskSpec, TaskState
+from .task import TaskRecord, TaskSpec, TaskState, priority_name
 
 logger = logging.getLogger("raydemucs.scheduler")
+
+MIN_OOM_SEGMENT_S = 1.0
 
 
 class IdleWorker(Protocol):
     worker_id: str
     node: str | None
     models: frozenset
+
+
+class Listener(Protocol):
+    """Told of every committed state change (metrics hang here)."""
+
+    def on_transition(self, record: TaskRecord, previous: TaskState | None) -> None: ...
 
 
 class Pool(Protocol):
@@ -59,8 +67,10 @@ def retry_delay_s(attempt: int, base_s: float, max_s: float, rng: Callable[[], f
 
 class Scheduler:
     def __init__(self, config: Config, store: TaskStore, pool: Pool,
-                 clock: Callable[[], float] = time.time, rng: Callable[[], float] = random.random):
+                 clock: Callable[[], float] = time.time, rng: Callable[[], float] = random.random,
+                 listener: Listener | None = None):
         self.config = config
+        self.listener = listener
         self.store = store
         self.pool = pool
         self.clock = clock
@@ -98,13 +108,16 @@ class Scheduler:
                 existing, spec=dataclasses.replace(spec, task_id=existing.task_id),
                 seq=self.store.next_seq(), attempts=0, progress=0.0, error=None, outputs=None,
                 worker=None, node=None, submitted_at=self.clock(), started_at=None,
-                finished_at=None, retry_at=None)
+                finished_at=None, retry_at=None, queued_at=self.clock(), audio_duration_s=None)
             self._set_state(record, TaskState.QUEUED)
         else:
+            now = self.clock()
             record = self.store.insert(TaskRecord(spec=spec, seq=self.store.next_seq(),
-                                                  submitted_at=self.clock()))
+                                                  submitted_at=now, queued_at=now))
             if record.task_id != spec.task_id:
                 return record
+            if self.listener is not None:
+                self.listener.on_transition(record, None)
             logger.info("task %s: queued (%s/%s, priority %d)", spec.task_id, spec.project,
                         spec.file_id, spec.priority)
         self.active[record.task_id] = record
@@ -174,12 +187,15 @@ class Scheduler:
             record = self.active[task_id]
             record.progress = max(record.progress, min(1.0, float(progress)))
 
-    def task_succeeded(self, task_id: str, attempt: int, outputs: dict) -> None:
+    def task_succeeded(self, task_id: str, attempt: int, outputs: dict,
+                       audio_duration_s: float | None = None) -> None:
         run = self.running.get(task_id)
         if run is None or run.attempt != attempt:
             return
         del self.running[task_id]
-        self._finish(self.active[task_id], TaskState.SUCCEEDED, outputs=outputs)
+        record = self.active[task_id]
+        record.audio_duration_s = audio_duration_s
+        self._finish(record, TaskState.SUCCEEDED, outputs=outputs)
 
     def task_failed(self, task_id: str, attempt: int, error: RayDemucsError) -> None:
         run = self.running.get(task_id)
@@ -209,8 +225,14 @@ class Scheduler:
             tasks = self.config.tasks
             delay = retry_delay_s(record.attempts, tasks.retry_backoff_s, tasks.retry_backoff_max_s,
                                   self.rng)
-            record.retry_at = self.clock() + delay
-            self._set_state(record, TaskState.QUEUED, note=f"retry in {delay:.2f} s: {error}")
+            note = f"retry in {delay:.2f} s: {error}"
+            if isinstance(error, OutOfMemory) and error.segment_s:
+                segment_s = max(MIN_OOM_SEGMENT_S, error.segment_s / 2)
+                options = dataclasses.replace(record.spec.options, segment=segment_s)
+                record.spec = dataclasses.replace(record.spec, options=options)
+                note += f"; with a {segment_s:g} s segment"
+            record.retry_at = record.queued_at = self.clock() + delay
+            self._set_state(record, TaskState.QUEUED, note=note)
             self.delayed.push(task_id, record.retry_at)
         else:
             self._finish(record, TaskState.FAILED)
@@ -228,6 +250,15 @@ class Scheduler:
             raise TaskNotFound(f"no task with id {task_id!r}")
         return record
 
+    def queued_by_priority(self) -> dict[str, int]:
+        """Tasks waiting to run (ready or awaiting a retry), by priority name."""
+        counts: dict[str, int] = {}
+        for record in self.active.values():
+            if record.state is TaskState.QUEUED:
+                name = priority_name(record.spec.priority)
+                counts[name] = counts.get(name, 0) + 1
+        return counts
+
     def queue_counts(self) -> dict[str, int]:
         counts = self.store.count_by_state()
         counts["waiting_retry"] = len(self.delayed)
@@ -237,6 +268,8 @@ class Scheduler:
     def _set_state(self, record: TaskRecord, state: TaskState, note: str = "") -> None:
         previous, record.state = record.state, state
         self.store.save(record)
+        if self.listener is not None:
+            self.listener.on_transition(record, previous)
         elapsed = self.clock() - record.submitted_at
         logger.info("task %s attempt %d: %s -> %s after %.2f s%s", record.task_id, record.attempts,
                     previous.value, state.value, elapsed, f" ({note})" if note else "")

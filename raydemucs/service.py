@@ -60,7 +60,7 @@ class SchedulerService:
 
     def _on_result(self, task_id: str, attempt: int, result: dict) -> None:
         if result["ok"]:
-            self.core.task_succeeded(task_id, attempt, result["outputs"])
+            self.core.task_succeeded(task_id, attempt, result["outputs"], result["duration_s"])
         else:
             self.core.task_failed(task_id, attempt, error_from_dict(result["error"]))
         self.core.dispatch()

@@ -42,6 +42,10 @@ def priority_name(priority: int) -> str:
     return next((name for name, p in PRIORITIES.items() if p == priority), str(priority))
 
 
+def _elapsed(start: float | None, end: float | None) -> float | None:
+    return None if start is None or end is None or end < start else end - start
+
+
 def new_task_id() -> str:
     return uuid.uuid4().hex[:16]
 
@@ -89,6 +93,8 @@ class TaskRecord:
     started_at: float | None = None
     finished_at: float | None = None
     retry_at: float | None = None
+    queued_at: float | None = None
+    audio_duration_s: float | None = None
 
     @property
     def task_id(self) -> str:
@@ -100,13 +106,15 @@ class TaskRecord:
         spec = data.pop("spec")
         data["state"] = self.state.value
         data.update(task_id=spec["task_id"], project=spec["project"], file_id=spec["file_id"],
-                    priority=priority_name(spec["priority"]), spec=spec)
+                    priority=priority_name(spec["priority"]), spec=spec,
+                    queue_wait_s=_elapsed(self.queued_at, self.started_at),
+                    run_s=_elapsed(self.started_at, self.finished_at))
         return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "TaskRecord":
         fields = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in data.items() if k in fields}
+        values = {k: v for k, v in data.items() if k in fields and k != "spec"}
         values["spec"] = TaskSpec.from_dict(data["spec"])
         values["state"] = TaskState(data["state"])
         return cls(**values)

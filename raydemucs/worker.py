@@ -17,12 +17,13 @@ from .config import Config
 from .errors import (InternalError, InvalidInput, ModelNotFound, OutOfMemory, RayDemucsError,
                      SeparationAborted)
 from .logs import configure_logging
-from .models import ModelCache, check_options
+from .models import ModelCache, check_options, default_segment_s
 from .outputs import read_manifest, resolve_output_folder, write_outputs
 from .task import TaskSpec
 
 logger = logging.getLogger("raydemucs.worker")
 
+OOM_TEXTS = ("out of memory", "can't allocate memory")
 DEPTH_KWARGS = {"int16": {"bits_per_sample": 16}, "int24": {"bits_per_sample": 24},
                 "float32": {"as_float": True}}
 
@@ -75,6 +76,7 @@ class SeparatorWorker:
         self._current: tuple[str, int] | None = None
         self._chunks_done = 0
         self._chunks_expected = 1
+        self._segment_s: float | None = None
         self.tasks_done = 0
         self.tasks_failed = 0
         self.started_at = time.time()
@@ -121,7 +123,7 @@ class SeparatorWorker:
         task = TaskSpec.from_dict(spec)
         with self._busy:
             self._abort.clear()
-            self._chunks_done, self._chunks_expected = 0, 1
+            self._chunks_done, self._chunks_expected, self._segment_s = 0, 1, None
             self._current = (task.task_id, attempt)
             try:
                 result = self._separate(task, attempt)
@@ -132,10 +134,10 @@ class SeparatorWorker:
             except KeyboardInterrupt:
                 error = SeparationAborted("stopped on request")
             except MemoryError:
-                error = OutOfMemory("the worker ran out of memory")
+                error = OutOfMemory("the worker ran out of memory", self._segment_s)
             except Exception as exc:
-                if "out of memory" in str(exc).lower():
-                    error = OutOfMemory(f"out of memory: {str(exc).splitlines()[0]}")
+                if any(text in str(exc).lower() for text in OOM_TEXTS):
+                    error = OutOfMemory(f"out of memory: {str(exc).splitlines()[0]}", self._segment_s)
                 else:
                     logger.exception("task %s: unexpected error", task.task_id)
                     error = InternalError(f"{type(exc).__name__}: {exc}")
@@ -167,6 +169,7 @@ class SeparatorWorker:
         wav = decode(task.input_path, separator.samplerate, separator.audio_channels)
         timings["decode_s"] = time.time() - started
         self._chunks_expected = expected_chunks(separator.model, wav.shape[-1], options)
+        self._segment_s = options.segment or default_segment_s(separator.model)
         separator.update_parameter(device=self.device, shifts=options.shifts,
                                    overlap=options.overlap, segment=options.segment,
                                    callback=self._on_chunk)

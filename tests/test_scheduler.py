@@ -271,3 +271,42 @@ def test_every_transition_is_journaled(tmp_path):
     finish(scheduler, pool)
     stored = TaskStore(scheduler.store.path).get(task.task_id)
     assert stored.state is TaskState.SUCCEEDED and stored.outputs == {"drums": "x"}
+
+
+def test_out_of_memory_is_retried_with_half_the_segment(tmp_path):
+    from raydemucs.errors import OutOfMemory, error_from_dict
+
+    scheduler, pool, clock = make(tmp_path)
+    task = scheduler.submit(spec("long"))
+    scheduler.dispatch()
+    pool.free("worker-0")
+    error = error_from_dict(OutOfMemory("out of memory", segment_s=7.8).to_dict())
+    scheduler.task_failed(task.task_id, 1, error)
+    record = scheduler.get(task.task_id)
+    assert record.state is TaskState.QUEUED and record.spec.options.segment == 3.9
+    assert scheduler.store.get(task.task_id).spec.options.segment == 3.9
+
+
+class RecordingListener:
+    def __init__(self):
+        self.seen = []
+
+    def on_transition(self, record, previous):
+        self.seen.append((record.task_id, previous.value, record.state.value))
+
+
+def test_the_listener_hears_every_transition_and_queue_counts_by_priority(tmp_path):
+    scheduler, pool, clock = make(tmp_path)
+    scheduler.listener = listener = RecordingListener()
+    first = scheduler.submit(spec("a", priority=0))
+    scheduler.submit(spec("b", priority=9))
+    scheduler.submit(spec("c", priority=9))
+    scheduler.dispatch()
+    assert scheduler.queued_by_priority() == {"low": 2}
+    clock.advance(2.0)
+    scheduler.task_succeeded(first.task_id, 1, {}, audio_duration_s=12.5)
+    assert listener.seen[-2:] == [(first.task_id, "queued", "running"),
+                                  (first.task_id, "running", "succeeded")]
+    record = scheduler.get(first.task_id).to_dict()
+    assert record["audio_duration_s"] == 12.5 and record["run_s"] == 2.0
+    assert record["queue_wait_s"] == 0.0
