@@ -292,7 +292,7 @@ class RecordingListener:
         self.seen = []
 
     def on_transition(self, record, previous):
-        self.seen.append((record.task_id, previous.value, record.state.value))
+        self.seen.append((record.task_id, previous and previous.value, record.state.value))
 
 
 def test_the_listener_hears_every_transition_and_queue_counts_by_priority(tmp_path):
