@@ -1,93 +1,259 @@
 """Input checks and decoding, the way demucs reads audio (sphn first, ffmpeg as fallback)."""
 from __future__ import annotations
 
+import json
 import os
 import stat
+import struct
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .config import InputConfig
 from .errors import InvalidInput
+from .names import printable
+
+# Fewer samples than this cannot be separated (demucs fails on a single one); 10 ms at 44.1 kHz.
+MIN_SAMPLES = 441
+# A decoded start this much shorter than the minimum duration still counts as long enough.
+DURATION_SLACK_S = 0.005
+PROBE_RATE = 44100
+SCAN_BLOCK = 1 << 20
+FLOAT_WAV_DTYPES = {32: "<f4", 64: "<f8"}
+WAVE_FORMAT_IEEE_FLOAT = 3
+WAVE_FORMAT_EXTENSIBLE = 0xFFFE
+
+
+def _is_decoder_failure(exc: BaseException) -> bool:
+    """sphn reports bad files as exceptions, and as Rust panics that are not `Exception`s."""
+    if isinstance(exc, MemoryError):
+        return False
+    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
+
+
+def _sphn(call: Callable[[], object]) -> object | None:
+    """`call()`, or None when sphn cannot read the file."""
+    try:
+        return call()
+    except BaseException as exc:
+        if not _is_decoder_failure(exc):
+            raise
+        return None
 
 
 def check_input_file(path: str | os.PathLike, max_file_mb: float) -> Path:
     """The input exists, is a readable regular file, is not empty and not over the size limit."""
     path = Path(path).expanduser()
+    shown = printable(path)
     try:
         info = path.stat()
     except FileNotFoundError:
-        raise InvalidInput(f"input {path} does not exist") from None
+        raise InvalidInput(f"input {shown} does not exist") from None
+    except ValueError:
+        raise InvalidInput(f"input path {shown} holds a NUL character") from None
     except OSError as exc:
-        raise InvalidInput(f"input {path} cannot be read: {exc.strerror}") from None
+        raise InvalidInput(f"input {shown} cannot be read: {exc.strerror}") from None
     if stat.S_ISDIR(info.st_mode):
-        raise InvalidInput(f"input {path} is a directory, not an audio file")
+        raise InvalidInput(f"input {shown} is a directory, not an audio file")
     if not stat.S_ISREG(info.st_mode):
-        raise InvalidInput(f"input {path} is not a regular file (FIFO, device or socket)")
+        raise InvalidInput(f"input {shown} is not a regular file (FIFO, device or socket)")
     if not os.access(path, os.R_OK):
-        raise InvalidInput(f"input {path} is not readable (permission denied)")
+        raise InvalidInput(f"input {shown} is not readable (permission denied)")
     if info.st_size == 0:
-        raise InvalidInput(f"input {path} is empty")
+        raise InvalidInput(f"input {shown} is empty")
     limit = max_file_mb * 1024 * 1024
     if info.st_size > limit:
-        raise InvalidInput(f"input {path} is {info.st_size / 2**20:.1f} MB, over the "
+        raise InvalidInput(f"input {shown} is {info.st_size / 2**20:.1f} MB, over the "
                            f"{max_file_mb:g} MB limit (input.max_file_mb)")
     return path
+
+
+@dataclass(frozen=True)
+class WavLayout:
+    """What a RIFF/WAVE header declares, and where its samples lie."""
+
+    format_tag: int
+    channels: int
+    samplerate: int
+    bits: int
+    data_offset: int
+    data_bytes: int
+
+
+def _riff_chunks(handle):
+    """`(id, offset, size)` of each chunk after the 12-byte RIFF header."""
+    while True:
+        header = handle.read(8)
+        if len(header) < 8:
+            return
+        kind, size = header[:4], int.from_bytes(header[4:], "little")
+        offset = handle.tell()
+        yield kind, offset, size
+        handle.seek(offset + size + (size & 1))
+
+
+def wav_layout(path: Path) -> WavLayout | None:
+    """The layout of a WAV file (RIFF or RF64), or None for any other file."""
+    with open(path, "rb") as handle:
+        head = handle.read(12)
+        if head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
+            return None
+        fmt = None
+        for kind, offset, size in _riff_chunks(handle):
+            if kind == b"fmt " and size >= 16:
+                fmt = handle.read(min(size, 40))
+            elif kind == b"data" and fmt is not None:
+                tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", fmt[:16])
+                if tag == WAVE_FORMAT_EXTENSIBLE and len(fmt) >= 26:
+                    tag = int.from_bytes(fmt[24:26], "little")
+                return WavLayout(tag, channels, rate, bits, offset, size)
+    return None
+
+
+def _check_finite_samples(path: Path, layout: WavLayout) -> None:
+    """Scan a float WAV's samples in blocks; NaN or infinity is refused."""
+    import numpy as np
+
+    dtype = np.dtype(FLOAT_WAV_DTYPES[layout.bits])
+    available = max(0, path.stat().st_size - layout.data_offset)
+    count = min(layout.data_bytes, available) // dtype.itemsize
+    if count == 0:
+        return
+    samples = np.memmap(path, dtype=dtype, mode="r", offset=layout.data_offset, shape=(count,))
+    for start in range(0, count, SCAN_BLOCK):
+        if not np.isfinite(samples[start:start + SCAN_BLOCK]).all():
+            raise InvalidInput(f"input {printable(path)} holds NaN or infinite samples")
+
+
+def check_wav_header(path: Path) -> None:
+    """A WAV declares channels and a sample rate, and its float samples are finite."""
+    try:
+        layout = wav_layout(path)
+    except OSError as exc:
+        raise InvalidInput(f"input {printable(path)} cannot be read: {exc.strerror}") from None
+    if layout is None:
+        return
+    if layout.channels == 0 or layout.samplerate == 0:
+        raise InvalidInput(f"input {printable(path)} is a WAV file declaring {layout.channels} "
+                           f"channel(s) at {layout.samplerate} Hz")
+    if layout.format_tag == WAVE_FORMAT_IEEE_FLOAT and layout.bits in FLOAT_WAV_DTYPES:
+        _check_finite_samples(path, layout)
+
+
+def _ffprobe_duration_s(path: Path) -> float:
+    try:
+        output = subprocess.run(
+            ["ffprobe", "-v", "error", "-select_streams", "a", "-show_entries",
+             "stream=index:format=duration", "-of", "json", str(path)],
+            capture_output=True, text=True, timeout=60, check=True).stdout
+        info = json.loads(output)
+        if not info.get("streams"):
+            raise InvalidInput(f"input {printable(path)} holds no audio stream")
+        return float(info["format"]["duration"])
+    except FileNotFoundError:
+        raise InvalidInput(f"input {printable(path)} is not audio that sphn can read, and "
+                           "ffmpeg is not installed to try it") from None
+    except (subprocess.SubprocessError, ValueError, KeyError, TypeError):
+        raise InvalidInput(f"input {printable(path)} is not a decodable audio file") from None
 
 
 def probe_duration_s(path: Path) -> float:
     """Duration in seconds from the file's header (sphn, then ffprobe); `InvalidInput` if not audio."""
     import sphn
 
+    duration = _sphn(lambda: sphn.durations([str(path)])[0])
+    return float(duration) if duration is not None else _ffprobe_duration_s(path)
+
+
+def _decode_start_ffmpeg(path: Path, seconds: float):
+    import numpy as np
+
     try:
-        duration = sphn.durations([str(path)])[0]
-    except Exception:
-        duration = None
-    if duration is None:
-        try:
-            output = subprocess.run(
-                ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
-                 "format=duration", "-of", "default=nw=1:nk=1", str(path)],
-                capture_output=True, text=True, timeout=60, check=True).stdout.strip()
-            duration = float(output)
-        except FileNotFoundError:
-            raise InvalidInput(f"input {path} is not audio that sphn can read, and ffmpeg is "
-                               "not installed to try it") from None
-        except (subprocess.SubprocessError, ValueError):
-            raise InvalidInput(f"input {path} is not a decodable audio file") from None
-    return float(duration)
+        output = subprocess.run(
+            ["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-map", "0:a:0", "-t",
+             f"{seconds:.6f}", "-ac", "1", "-ar", str(PROBE_RATE), "-f", "f32le", "-"],
+            capture_output=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        raise InvalidInput(f"input {printable(path)} could not be decoded as audio") from None
+    return np.frombuffer(output[:len(output) // 4 * 4], dtype="<f4"), PROBE_RATE
+
+
+def _decode_start(path: Path, seconds: float):
+    """The first `seconds` of audio as `(samples, rate)`: sphn, else ffmpeg (mono)."""
+    import sphn
+
+    def read():
+        reader = sphn.FileReader(str(path))
+        samples = reader.decode(0.0, seconds)
+        return (samples, reader.sample_rate) if samples.size else None
+
+    return _sphn(read) or _decode_start_ffmpeg(path, seconds)
+
+
+def check_decodes(path: Path, min_duration_s: float) -> None:
+    """Decode the start: it holds at least the minimum duration of finite samples."""
+    import numpy as np
+
+    window_s = max(min_duration_s, MIN_SAMPLES / PROBE_RATE)
+    samples, rate = _decode_start(path, window_s)
+    decoded_s = samples.shape[-1] / rate
+    if samples.shape[-1] == 0:
+        raise InvalidInput(f"input {printable(path)} holds no audio samples")
+    if decoded_s + DURATION_SLACK_S < min_duration_s:
+        raise InvalidInput(f"input {printable(path)} holds {decoded_s:.3f} s of audio, shorter "
+                           f"than the {min_duration_s:g} s minimum")
+    if not np.isfinite(samples).all():
+        raise InvalidInput(f"input {printable(path)} holds NaN or infinite samples")
 
 
 def validate_input(path: str | os.PathLike, limits: InputConfig) -> float:
-    """All checks that need no decoding; returns the duration in seconds."""
+    """Every check short of decoding the whole file; returns the duration in seconds."""
     path = check_input_file(path, limits.max_file_mb)
+    check_wav_header(path)
     duration = probe_duration_s(path)
-    if duration != duration or duration < limits.min_duration_s:
-        raise InvalidInput(f"input {path} lasts {duration:.3f} s, shorter than the "
+    if not duration >= limits.min_duration_s:
+        raise InvalidInput(f"input {printable(path)} lasts {duration:.3f} s, shorter than the "
                            f"{limits.min_duration_s:g} s minimum")
     if duration > limits.max_duration_s:
-        raise InvalidInput(f"input {path} lasts {duration:.0f} s, over the "
+        raise InvalidInput(f"input {printable(path)} lasts {duration:.0f} s, over the "
                            f"{limits.max_duration_s:g} s limit (input.max_duration_s)")
+    check_decodes(path, limits.min_duration_s)
     return duration
+
+
+def _read_with_ffmpeg(path: Path, samplerate: int, channels: int):
+    from demucs.audio import AudioFile
+
+    try:
+        return AudioFile(path).read(streams=0, samplerate=samplerate, channels=channels)
+    except FileNotFoundError:
+        raise InvalidInput(f"input {printable(path)}: sphn cannot read it and ffmpeg is not "
+                           "installed") from None
+    except MemoryError:
+        raise
+    except Exception:
+        raise InvalidInput(f"input {printable(path)} could not be decoded as audio") from None
 
 
 def decode(path: Path, samplerate: int, channels: int):
     """Decode to a float32 `[channels, time]` tensor at the model's rate, as `demucs.api` does."""
     import sphn
     import torch
-    from demucs.audio import AudioFile, convert_audio
+    from demucs.audio import convert_audio
 
-    try:
+    def read():
         data, rate = sphn.read(str(path))
-        wav = convert_audio(torch.from_numpy(data), int(rate), samplerate, channels)
-    except Exception:
-        try:
-            wav = AudioFile(path).read(streams=0, samplerate=samplerate, channels=channels)
-        except FileNotFoundError:
-            raise InvalidInput(f"input {path}: sphn cannot read it and ffmpeg is not installed") from None
-        except (subprocess.CalledProcessError, KeyError, IndexError, ValueError):
-            raise InvalidInput(f"input {path} could not be decoded as audio") from None
+        return convert_audio(torch.from_numpy(data), int(rate), samplerate, channels) if data.size else None
+
+    wav = _sphn(read)
+    if wav is None:
+        wav = _read_with_ffmpeg(path, samplerate, channels)
     if wav.shape[-1] == 0:
-        raise InvalidInput(f"input {path} holds no samples")
+        raise InvalidInput(f"input {printable(path)} holds no samples")
+    if wav.shape[-1] < MIN_SAMPLES:
+        raise InvalidInput(f"input {printable(path)} holds {wav.shape[-1]} samples at "
+                           f"{samplerate} Hz, too few to separate (at least {MIN_SAMPLES})")
     if not torch.isfinite(wav).all():
-        raise InvalidInput(f"input {path} holds NaN or infinite samples")
+        raise InvalidInput(f"input {printable(path)} holds NaN or infinite samples")
     return wav.float()

@@ -18,6 +18,7 @@ import yaml
 from .errors import ConfigError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 FORMATS = ("wav", "mp3", "flac")
 WAV_DEPTHS = ("int16", "int24", "float32")
 CLIP_MODES = ("rescale", "clamp", "none")
@@ -35,6 +36,9 @@ class WorkersConfig:
     num_gpus: float = _opt(0.0, min=0.0, max=16.0, doc="Ray GPUs per worker (fractions share one)")
     memory_mb: int = _opt(2048, min=0, max=1 << 20, doc="Ray memory reserved per worker")
     max_models: int = _opt(2, min=1, max=16, doc="models kept loaded per worker")
+    max_rss_mb: int = _opt(0, min=0, max=1 << 24, doc="recycle a worker above this RSS (0: never)")
+    min_free_memory_mb: int = _opt(256, min=0, max=1 << 24, doc="pause dispatch below this free memory")
+    max_missed_pings: int = _opt(6, min=1, max=1000, doc="unanswered health polls before a replace")
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ class ServiceConfig:
     state_dir: str = _opt("~/.raydemucs", doc="journal and service files (on the head node)")
     output_dir: str = _opt("separated", doc="default output directory")
     log_level: str = _opt("info", choices=LOG_LEVELS, doc="LOG_LEVEL")
+    log_format: str = _opt("text", choices=LOG_FORMATS, doc="text, or json for log shippers")
     poll_interval_s: float = _opt(0.5, min=0.01, max=60.0, doc="progress and health polling")
     shutdown_grace_s: float = _opt(60.0, min=0.0, max=86400.0, doc="drain time for running tasks")
     dashboard_host: str = _opt("127.0.0.1", doc="where a locally started Ray serves its dashboard")

@@ -6,6 +6,8 @@ import unicodedata
 from .errors import InvalidName
 
 MAX_NAME_CHARS = 128
+# A folder name holds at most 255 bytes; the staging folder `.{name}.{8 hex}.tmp` adds 14.
+MAX_NAME_BYTES = 240
 _PUNCTUATION = frozenset(" ._-")
 
 
@@ -19,7 +21,7 @@ def check_name(kind: str, value: object) -> str:
 
     Letters of any script, digits, combining marks, spaces, `.`, `_` and `-` are allowed; path
     separators (and look-alikes, which are not letters), `..`, a leading dot, control characters,
-    surrounding spaces and names over 128 characters are not.
+    surrounding spaces, names over 128 characters and names over 240 bytes in UTF-8 are not.
     """
     if not isinstance(value, str) or not value:
         raise InvalidName(f"{kind} must be a non-empty string")
@@ -34,6 +36,10 @@ def check_name(kind: str, value: object) -> str:
         raise InvalidName(f"{kind} {shown} may not start with '.' or hold '..'")
     if value != value.strip():
         raise InvalidName(f"{kind} {shown} may not start or end with a space")
+    size = len(value.encode("utf-8"))
+    if size > MAX_NAME_BYTES:
+        raise InvalidName(f"{kind} {shown} takes {size} bytes in UTF-8, over the "
+                          f"{MAX_NAME_BYTES}-byte limit of a folder name")
     return value
 
 
@@ -42,4 +48,13 @@ def name_from_filename(stem: str) -> str:
     cleaned = "".join(c if _allowed(c) else "_" for c in stem)
     while ".." in cleaned:
         cleaned = cleaned.replace("..", ".")
-    return cleaned[:MAX_NAME_CHARS].lstrip(". ").rstrip() or "audio"
+    cleaned = cleaned[:MAX_NAME_CHARS]
+    while len(cleaned.encode("utf-8")) > MAX_NAME_BYTES:
+        cleaned = cleaned[:-1]
+    return cleaned.lstrip(". ").rstrip() or "audio"
+
+
+def printable(value: object) -> str:
+    """`value` as text fit for a one-line message: as is if printable, else escaped by `ascii`."""
+    text = str(value)
+    return text if text.isprintable() else ascii(text)

@@ -16,6 +16,7 @@ from ray.exceptions import RayActorError, RayError
 
 from .config import Config
 from .errors import InternalError
+from .health import HealthPolicy
 from .task import TaskSpec
 from .worker import SeparatorWorker
 
@@ -42,6 +43,9 @@ class WorkerSlot:
     rss_bytes: int | None = None
     cpu_percent: float | None = None
     num_threads: int | None = None
+    node_available_bytes: int | None = None
+    gpu_memory_bytes: int | None = None
+    missed_pings: int = 0
     tasks_done: int = 0
     tasks_failed: int = 0
     restarts: int = 0
@@ -54,6 +58,8 @@ class WorkerSlot:
                 "models": sorted(name for name, _ in self.models), "device": self.device,
                 "load_error": self.load_error, "rss_bytes": self.rss_bytes,
                 "cpu_percent": self.cpu_percent, "num_threads": self.num_threads,
+                "node_available_bytes": self.node_available_bytes,
+                "gpu_memory_bytes": self.gpu_memory_bytes, "missed_pings": self.missed_pings,
                 "tasks_done": self.tasks_done, "tasks_failed": self.tasks_failed,
                 "restarts": self.restarts, "uptime_s": time.time() - self.started_at}
 
@@ -65,6 +71,7 @@ class RayWorkerPool:
                  on_result: Callable[[str, int, dict], None],
                  on_lost: Callable[[str, str], None]):
         self.config = config
+        self.policy = HealthPolicy.from_config(config.workers)
         self.prefix = config.service.name
         self.on_ready, self.on_result, self.on_lost = on_ready, on_result, on_lost
         self.slots = {f"worker-{i}": WorkerSlot(f"worker-{i}")
@@ -77,7 +84,9 @@ class RayWorkerPool:
 
     # -- the scheduler's Pool protocol ------------------------------------------------------
     def idle_workers(self) -> list[WorkerSlot]:
-        return [slot for slot in self.slots.values() if slot.state == "idle"]
+        """Idle workers on nodes with enough free memory (dispatch pauses instead of an OOM kill)."""
+        return [slot for slot in self.slots.values() if slot.state == "idle"
+                and self.policy.node_has_room(slot.node_available_bytes)]
 
     def start(self, worker_id: str, spec: TaskSpec, attempt: int) -> None:
         slot = self.slots[worker_id]
@@ -97,11 +106,16 @@ class RayWorkerPool:
             ray.kill(slot.handle, no_restart=True)
         slot.restarts += 1
         slot.state, slot.task_id, slot.handle = "restarting", None, None
+        slot.missed_pings, slot.rss_bytes, slot.cpu_percent = 0, None, None
         self._spawn(slot)
 
     # -- health and progress ----------------------------------------------------------------
     async def poll(self) -> list[dict]:
-        """Ask every live worker for its figures; returns the answers of busy ones."""
+        """Ask every live worker for its figures; returns the answers of busy ones.
+
+        A dead worker is reported lost; one that misses `max_missed_pings` polls in a row is
+        treated as hung and reported lost too; an idle one above `max_rss_mb` is recycled.
+        """
         live = [s for s in self.slots.values() if s.state in ("idle", "busy") and s.handle]
         timeout_s = max(5.0, 10 * self.config.service.poll_interval_s)
         answers = await asyncio.gather(
@@ -109,16 +123,33 @@ class RayWorkerPool:
             return_exceptions=True)
         busy = []
         for slot, answer in zip(live, answers):
-            if isinstance(answer, BaseException):
+            if slot.handle is None or slot.state not in ("idle", "busy"):
                 continue
-            slot.rss_bytes, slot.cpu_percent = answer["rss_bytes"], answer["cpu_percent"]
-            slot.num_threads, slot.last_poll_at = answer["num_threads"], time.time()
-            if answer["task_id"] is not None:
-                busy.append(answer)
+            if isinstance(answer, RayActorError):
+                self.on_lost(slot.worker_id, "it died")
+            elif isinstance(answer, BaseException):
+                slot.missed_pings += 1
+                if self.policy.hung(slot.missed_pings):
+                    self.on_lost(slot.worker_id, f"it missed {slot.missed_pings} health polls")
+            else:
+                self._record_figures(slot, answer)
+                if answer["task_id"] is not None:
+                    busy.append(answer)
+                elif slot.state == "idle" and self.policy.too_big(slot.rss_bytes):
+                    self.replace(slot.worker_id, f"RSS {slot.rss_bytes / 2**20:.0f} MB over the limit")
         return busy
 
+    @staticmethod
+    def _record_figures(slot: WorkerSlot, answer: dict) -> None:
+        slot.missed_pings, slot.last_poll_at = 0, time.time()
+        for key in ("rss_bytes", "cpu_percent", "num_threads", "node_available_bytes",
+                    "gpu_memory_bytes"):
+            setattr(slot, key, answer[key])
+
     def snapshot(self) -> list[dict]:
-        return [slot.to_dict() for slot in self.slots.values()]
+        return [{**slot.to_dict(),
+                 "memory_paused": not self.policy.node_has_room(slot.node_available_bytes)}
+                for slot in self.slots.values()]
 
     def shutdown(self) -> None:
         for slot in self.slots.values():
@@ -157,6 +188,7 @@ class RayWorkerPool:
             return
         slot.pid, slot.node, slot.device = info["pid"], info["node"], info["device"]
         slot.models, slot.load_error = frozenset(map(tuple, info["models"])), info["load_error"]
+        self._record_figures(slot, info)
         slot.state = "idle"
         logger.info("%s: ready (pid %s)", slot.worker_id, slot.pid)
         self.on_ready()
@@ -178,6 +210,8 @@ class RayWorkerPool:
             slot.tasks_done += 1
         else:
             slot.tasks_failed += 1
+        if self.policy.too_big(slot.rss_bytes):
+            self.replace(slot.worker_id, f"RSS {slot.rss_bytes / 2**20:.0f} MB over the limit")
         self.on_result(task_id, attempt, result)
 
     def _background(self, coro) -> None:

@@ -43,6 +43,8 @@ def status_table(status: dict) -> str:
         lines.append(f"{w['worker_id']:<10} {w['state']:<10} {task:<17} {done:>8} "
                      f"{w['pid'] or '-':>7} {_mb(w['rss_bytes']):>8} {cpu:>6} "
                      f"{w['tasks_done']:>5} {w['tasks_failed']:>6} {w['restarts']:>8}")
+        if w.get("memory_paused"):
+            lines.append("  paused: its node is below workers.min_free_memory_mb of free memory")
         if w.get("load_error"):
             lines.append(f"  model load error: {w['load_error']}")
     return "\n".join(lines)

@@ -13,6 +13,7 @@ import time
 from .config import Config
 from .errors import error_from_dict
 from .logs import configure_logging
+from .metrics import ServiceMetrics  # TMPWIRE
 from .pool import RayWorkerPool
 from .scheduler import Scheduler
 from .store import TaskStore
@@ -32,7 +33,8 @@ class SchedulerService:
         self.store = TaskStore(self.config.state_path / JOURNAL_FILE)
         self.pool = RayWorkerPool(self.config, on_ready=self._dispatch,
                                   on_result=self._on_result, on_lost=self._on_lost)
-        self.core = Scheduler(self.config, self.store, self.pool)
+        self.metrics = ServiceMetrics(self.config.service.name)  # TMPWIRE
+        self.core = Scheduler(self.config, self.store, self.pool, listener=self.metrics)  # TMPWIRE
         self.core.recover()
         self.started_at = time.time()
         self._loop: asyncio.Task | None = None
@@ -51,6 +53,7 @@ class SchedulerService:
                 for answer in await self.pool.poll():
                     self.core.report_progress(answer["task_id"], answer["attempt"], answer["progress"])
                 self.core.tick()
+                self.metrics.observe(self.core.queued_by_priority(), self.core.queue_counts(), self.pool.snapshot())  # TMPWIRE
             except Exception:
                 logger.exception("scheduler tick failed")
             await asyncio.sleep(self.config.service.poll_interval_s)

@@ -11,7 +11,7 @@ import time
 
 import psutil
 
-from . import __version__
+from . import __version__, health
 from .audio import decode, validate_input
 from .config import Config
 from .errors import (InternalError, InvalidInput, ModelNotFound, OutOfMemory, RayDemucsError,
@@ -94,7 +94,8 @@ class SeparatorWorker:
 
     def ready(self) -> dict:
         return {"worker_id": self.worker_id, "pid": os.getpid(), "node": _node_id(),
-                "device": self.device, "models": self.models.keys(), "load_error": self.load_error}
+                "device": self.device, "models": self.models.keys(), "load_error": self.load_error,
+                **health.sample(self._process, self.device)}
 
     def abort(self, task_id: str) -> bool:
         """Ask the running task to stop at its next segment boundary."""
@@ -105,18 +106,15 @@ class SeparatorWorker:
         return False
 
     def poll(self) -> dict:
-        """Current task, progress and process figures; cheap enough to call every second."""
+        """Current task, progress and health figures; cheap enough to call every second."""
         current = self._current
-        with self._process.oneshot():
-            rss, cpu = self._process.memory_info().rss, self._process.cpu_percent(None)
-            threads = self._process.num_threads()
         return {"worker_id": self.worker_id, "pid": os.getpid(),
                 "task_id": current[0] if current else None,
                 "attempt": current[1] if current else None,
                 "progress": min(0.99, self._chunks_done / self._chunks_expected) if current else None,
-                "rss_bytes": rss, "cpu_percent": cpu, "num_threads": threads,
                 "tasks_done": self.tasks_done, "tasks_failed": self.tasks_failed,
-                "models": self.models.keys(), "uptime_s": time.time() - self.started_at}
+                "models": self.models.keys(), "uptime_s": time.time() - self.started_at,
+                **health.sample(self._process, self.device)}
 
     def separate(self, spec: dict, attempt: int) -> dict:
         """Run one attempt; never raises: returns `{"ok": True, "outputs", "manifest"}` or an error."""
