@@ -219,6 +219,10 @@ class WorkerManager:
                     raise TaskCancelled(f"task {record['task_id']} was cancelled")
         return records
 
+    def retry(self, task_id: str) -> dict:
+        """Queue a failed or cancelled task again with the same spec; returns its record."""
+        return self._call("retry", task_id)
+
     def cancel(self, task_id: str) -> dict:
         """Cancel a queued task, or abort a running one; its partial output never appears."""
         return self._call("cancel", task_id)

@@ -26,10 +26,13 @@ def service_options(func):
     @click.option("--profile", help="Shipped profile: default, dev, prod, test.")
     @click.option("--config", "config_file", type=click.Path(dir_okay=False),
                   help="YAML file overriding config keys.")
+    @click.option("--log-format", type=click.Choice(["text", "json"]),
+                  help="Log lines as text or JSON objects (default: service.log_format).")
     @functools.wraps(func)
-    def wrapper(address, profile, config_file, **kwargs):
-        config = load_config(profile, config_file)
-        configure_logging(config.service.log_level)
+    def wrapper(address, profile, config_file, log_format, **kwargs):
+        flags = {"service": {"log_format": log_format}} if log_format else {}
+        config = load_config(profile, config_file, overrides=flags)
+        configure_logging(config.service.log_level, config.service.log_format)
         return func(manager=WorkerManager(config, address=address), **kwargs)
     return wrapper
 
@@ -142,6 +145,28 @@ def cancel(manager, task_id, as_json):
     _emit(record, as_json, task_line(record))
 
 
+@cli.command("list")
+@click.option("--state", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]),
+              help="Only tasks in this state (failed: the dead letters).")
+@click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@service_options
+def list_command(manager, state, limit, as_json):
+    """Recent tasks, newest first."""
+    for record in manager.list_tasks(state, limit):
+        _emit(record, as_json, task_line(record, detail=state == "failed"))
+
+
+@cli.command()
+@click.argument("task_ids", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True)
+@service_options
+def retry(manager, task_ids, as_json):
+    """Queue failed or cancelled tasks again, as they were submitted."""
+    for task_id in task_ids:
+        _emit(manager.retry(task_id), as_json, task_line(manager.get_status(task_id)))
+
+
 @cli.command()
 @click.option("--foreground", is_flag=True, help="Stay attached; SIGINT/SIGTERM drain and stop.")
 @service_options
@@ -150,9 +175,9 @@ def start(manager, foreground):
     if not foreground and not manager.address:
         _ensure_ray_head(manager)
     manager.scheduler(create=True, detached=not foreground)
-    workers = manager.config.workers.max_workers
-    click.echo(f"raydemucs service {manager.config.service.name!r} running with {workers} "
-               f"worker(s); journal in {manager.config.state_path}")
+    info = manager.get_status()
+    click.echo(f"raydemucs service {info['service']!r} running with {len(info['workers'])} "
+               f"worker(s); journal {info['journal']}")
     if foreground:
         _serve_until_signal(manager)
 

@@ -1,24 +1,87 @@
 """Finding and loading Demucs models, with errors that say what to do when offline."""
 from __future__ import annotations
 
+import pickle
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
 from .errors import InvalidInput, ModelNotFound
+from .names import printable
 
 OFFLINE_MODEL = "demucs_unittest"
+ZIP_MAGIC = b"PK\x03\x04"
+PICKLE_MAGIC = b"\x80"
 
 
-def _local_repo_models(repo: Path) -> list[str]:
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()).rstrip(".")[:300] or type(exc).__name__
+
+
+def _local_repo(repo: Path):
+    """demucs's view of a local folder: its checkpoints by signature and its bags by name."""
     from demucs.repo import BagOnlyRepo, LocalRepo, ModelLoadingError
 
     if not repo.is_dir():
-        raise ModelNotFound(f"model repo {repo} is not a directory")
+        raise ModelNotFound(f"model repo {printable(repo)} is not a directory")
     try:
         models = LocalRepo(repo)
-        return sorted(set(models.list_model()) | set(BagOnlyRepo(repo, models).list_model()))
+        return models, BagOnlyRepo(repo, models)
     except (ModelLoadingError, OSError) as exc:
-        raise ModelNotFound(f"model repo {repo} cannot be read: {exc}") from None
+        raise ModelNotFound(f"model repo {printable(repo)} cannot be read: {_one_line(exc)}") from None
+
+
+def _local_repo_models(repo: Path) -> list[str]:
+    models, bags = _local_repo(repo)
+    return sorted(set(models.list_model()) | set(bags.list_model()))
+
+
+def _bag_signatures(bag_file: Path) -> list[str]:
+    """The checkpoint signatures a bag's YAML lists (loaded safely)."""
+    import yaml
+
+    try:
+        bag = yaml.safe_load(bag_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ModelNotFound(f"bag {printable(bag_file)} is not readable YAML: "
+                            f"{_one_line(exc)}") from None
+    signatures = bag.get("models") if isinstance(bag, dict) else None
+    if not (isinstance(signatures, list) and signatures
+            and all(isinstance(sig, str) for sig in signatures)):
+        raise ModelNotFound(f"bag {printable(bag_file)} must hold 'models:', a list of checkpoint "
+                            "signatures")
+    return signatures
+
+
+def _check_checkpoint(path: Path) -> None:
+    """A checkpoint is a PyTorch file: a whole zip archive, or a legacy pickle."""
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(len(ZIP_MAGIC))
+        whole = zipfile.is_zipfile(path) if magic == ZIP_MAGIC else magic.startswith(PICKLE_MAGIC)
+    except OSError as exc:
+        raise ModelNotFound(f"checkpoint {printable(path)} cannot be read: {exc.strerror}") from None
+    if not whole:
+        raise ModelNotFound(f"checkpoint {printable(path)} is not a PyTorch file (corrupt, "
+                            "truncated or something else)")
+
+
+def _check_repo_model(name: str, repo: Path) -> None:
+    """`name` is a checkpoint or a bag in `repo`, and every checkpoint it needs is there and whole."""
+    models, bags = _local_repo(repo)
+    if models.has_model(name):
+        signatures = [name]
+    elif bags.has_model(name):
+        signatures = _bag_signatures(Path(bags.list_model()[name]))
+    else:
+        available = ", ".join(_local_repo_models(repo)) or "none"
+        raise ModelNotFound(f"unknown model {name!r} in repo {printable(repo)}; available: "
+                            f"{available}")
+    for sig in signatures:
+        if not models.has_model(sig):
+            raise ModelNotFound(f"bag {name!r} in repo {printable(repo)} names checkpoint "
+                                f"{sig!r}, but there is no {printable(sig)}.th")
+        _check_checkpoint(Path(models.list_model()[sig]))
 
 
 def remote_models() -> list[str]:
@@ -34,32 +97,43 @@ def list_models(repo: str | None = None) -> list[str]:
 
 
 def check_model_name(name: str, repo: str | None) -> None:
-    """Fail fast, before queueing, on a model name that no source has."""
-    if not name or name == OFFLINE_MODEL or (name.startswith("hf://") and not repo):
-        if not name:
-            raise ModelNotFound("the model name is empty")
+    """Fail fast, before queueing, on a model that no source has or whose files are broken."""
+    if not name:
+        raise ModelNotFound("the model name is empty")
+    if name == OFFLINE_MODEL or (name.startswith("hf://") and not repo):
         return
-    available = list_models(repo)
-    if name not in available:
-        where = f"in repo {repo}" if repo else "among demucs's pretrained models"
-        raise ModelNotFound(f"unknown model {name!r} {where}; available: {', '.join(available)}")
+    if repo:
+        _check_repo_model(name, Path(repo).expanduser())
+    elif name not in remote_models():
+        raise ModelNotFound(f"unknown model {name!r} among demucs's pretrained models; "
+                            f"available: {', '.join(remote_models())}")
+
+
+def _load_reason(exc: BaseException) -> str:
+    if isinstance(exc, KeyError):
+        return f"a checkpoint is not a Demucs model (it has no {_one_line(exc)} entry)"
+    if isinstance(exc, (EOFError, pickle.UnpicklingError)):
+        return f"a checkpoint is corrupt ({_one_line(exc)})"
+    return _one_line(exc)
 
 
 def load_separator(name: str, repo: str | None, device: str):
     """A `demucs.api.Separator` holding the model, its weights moved to `device` once."""
     from demucs.api import Separator
 
+    check_model_name(name, repo)
     try:
         separator = Separator(model=name, repo=Path(repo).expanduser() if repo else None,
                               device=device, progress=False)
-    except SystemExit as exc:  # demucs.utils.fatal exits; never let it end a worker
-        raise ModelNotFound(f"model {name!r} could not be loaded: {exc.code}") from None
+    except SystemExit:  # demucs.utils.fatal exits; never let it end a worker
+        raise ModelNotFound(f"model {name!r} could not be loaded: demucs gave up (its reason "
+                            "is in the worker's log)") from None
     except Exception as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         hint = "" if repo else (" Without internet, pass --repo DIR holding the model's .yaml "
                                 f"and .th files, or use -n {OFFLINE_MODEL}.")
-        source = f"repo {repo}" if repo else "the model hub"
-        raise ModelNotFound(f"model {name!r} could not be loaded from {source}: {reason}.{hint}") from None
+        source = f"repo {printable(repo)}" if repo else "the model hub"
+        raise ModelNotFound(f"model {name!r} could not be loaded from {source}: "
+                            f"{_load_reason(exc)}.{hint}") from None
     separator.model.to(device)
     return separator
 

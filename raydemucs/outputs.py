@@ -5,40 +5,60 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Callable
 
 from .errors import OutputNotWritable, OutputWriteFailed
-from .names import check_name
+from .names import check_name, printable
 
 MANIFEST = "manifest.json"
+
+
+def _output_root(output_dir: str | os.PathLike) -> Path:
+    root = Path(output_dir).expanduser().absolute()
+    if "\x00" in str(root):
+        raise OutputNotWritable(f"output directory {printable(root)} holds a NUL character")
+    return root
 
 
 def resolve_output_folder(output_dir: str | os.PathLike, project: str, file_id: str) -> Path:
     """`OUTPUT_DIR/PROJECT/FILE_ID`, refusing names or symlinks that would lead outside it."""
     check_name("project name", project)
     check_name("file id", file_id)
-    root = Path(output_dir).expanduser().absolute()
+    root = _output_root(output_dir)
     folder = root / project / file_id
     for path in (root / project, folder):
         if path.is_symlink():
-            raise OutputNotWritable(f"{path} is a symlink; raydemucs never writes through one")
+            raise OutputNotWritable(f"{printable(path)} is a symlink; raydemucs never writes "
+                                    "through one")
     if not folder.resolve().is_relative_to(root.resolve()):
-        raise OutputNotWritable(f"{folder} resolves outside the output directory {root}")
+        raise OutputNotWritable(f"{printable(folder)} resolves outside the output directory "
+                                f"{printable(root)}")
     return folder
 
 
 def check_writable(output_dir: str | os.PathLike) -> None:
-    """Raise `OutputNotWritable` unless the directory (or the parent that would hold it) is writable."""
-    path = Path(output_dir).expanduser().absolute()
+    """Create the output directory if needed and a file in it, or raise `OutputNotWritable`.
+
+    Trying is the only honest test: `os.access` says yes to root even in /proc or on a
+    read-only mount.
+    """
+    path = _output_root(output_dir)
     probe = path
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir():
-        raise OutputNotWritable(f"output directory {path}: {probe} is not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise OutputNotWritable(f"output directory {path} is not writable ({probe})")
+        raise OutputNotWritable(f"output directory {printable(path)}: {printable(probe)} is not "
+                                "a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path, prefix=".raydemucs-probe-"):
+            pass
+    except OSError as exc:
+        raise OutputNotWritable(f"output directory {printable(path)} is not writable: "
+                                f"{exc.strerror or exc}") from None
 
 
 def _fsync(path: Path) -> None:
@@ -91,7 +111,8 @@ def write_outputs(folder: Path, stems: dict, ext: str, save: Callable[[object, P
         _swap_into_place(staging, folder)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        raise OutputWriteFailed(f"writing stems to {folder} failed: {exc.strerror or exc}") from None
+        raise OutputWriteFailed(f"writing stems to {printable(folder)} failed: "
+                                f"{exc.strerror or exc}") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -124,6 +124,10 @@ class Scheduler:
         self.queue.push(record.task_id, record.spec.priority, record.seq)
         return record
 
+    def retry(self, task_id: str) -> TaskRecord:
+        """Run a failed or cancelled task again (the dead-letter queue's resubmit)."""
+        return self.submit(self.get(task_id).spec)
+
     def cancel(self, task_id: str) -> TaskRecord:
         """Drop a queued task, or abort a running one (killing its worker if it does not stop)."""
         record = self.get(task_id)

@@ -29,7 +29,7 @@ class SchedulerService:
 
     def __init__(self, config: dict):
         self.config = Config.from_dict(config)
-        configure_logging(self.config.service.log_level)
+        configure_logging(self.config.service.log_level, self.config.service.log_format)
         self.store = TaskStore(self.config.state_path / JOURNAL_FILE)
         self.pool = RayWorkerPool(self.config, on_ready=self._dispatch,
                                   on_result=self._on_result, on_lost=self._on_lost)
@@ -95,6 +95,11 @@ class SchedulerService:
     async def list_tasks(self, state: str | None = None, limit: int = 100) -> list[dict]:
         records = self.store.list(TaskState(state) if state else None, limit)
         return [self.core.active.get(r.task_id, r).to_dict() for r in records]
+
+    async def retry(self, task_id: str) -> dict:
+        record = self.core.retry(task_id).to_dict()
+        self.core.dispatch()
+        return record
 
     async def cancel(self, task_id: str) -> dict:
         return self.core.cancel(task_id).to_dict()

@@ -63,7 +63,7 @@ class SeparatorWorker:
 
     def __init__(self, worker_id: str, config: dict):
         self.config = Config.from_dict(config)
-        configure_logging(self.config.service.log_level)
+        configure_logging(self.config.service.log_level, self.config.service.log_format)
         import torch
 
         threads = max(1, round(self.config.workers.num_cpus))

@@ -310,3 +310,13 @@ def test_the_listener_hears_every_transition_and_queue_counts_by_priority(tmp_pa
     record = scheduler.get(first.task_id).to_dict()
     assert record["audio_duration_s"] == 12.5 and record["run_s"] == 2.0
     assert record["queue_wait_s"] == 0.0
+
+
+def test_retry_requeues_a_dead_letter_under_its_id(tmp_path):
+    scheduler, pool, _ = make(tmp_path)
+    task = scheduler.submit(spec("song"))
+    scheduler.dispatch()
+    pool.free("worker-0")
+    scheduler.task_failed(task.task_id, 1, InvalidInput("input vanished"))
+    again = scheduler.retry(task.task_id)
+    assert again.task_id == task.task_id and again.state is TaskState.QUEUED

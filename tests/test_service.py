@@ -144,3 +144,18 @@ def test_cancel_queued_and_running_tasks(make_service, audio, tmp_path):
     records = manager.wait_all([running, queued], timeout=60)
     assert [r["state"] for r in records] == ["cancelled", "cancelled"]
     assert not (out / "default" / "running").exists() and not (out / "default" / "queued").exists()
+
+
+def test_a_dead_letter_can_be_listed_and_retried(make_service, audio, tmp_path):
+    manager = make_service(workers={"max_workers": 1})
+    song = audio("song.wav", seconds=1.0)
+    blocker = manager.add_task(audio("blocker.wav", seconds=10.0), output_dir=tmp_path / "out")
+    task_id = manager.add_task(song, output_dir=tmp_path / "out")
+    moved = song.rename(song.with_name("elsewhere.wav"))
+    with pytest.raises(TaskFailed, match="does not exist"):
+        manager.wait(task_id, timeout=120)
+    assert [r["task_id"] for r in manager.list_tasks("failed")] == [task_id]
+    moved.rename(song)
+    assert manager.retry(task_id)["state"] in ("queued", "running")
+    assert manager.wait(task_id, timeout=120)["attempts"] == 1
+    assert manager.wait(blocker, timeout=120)["state"] == "succeeded"
