@@ -43,6 +43,16 @@ def _unwrap(call: Callable[[], Any]) -> Any:
         raise ServiceUnavailable(f"Ray is unreachable: {exc}") from None
 
 
+def _ray_start_address() -> str | None:
+    """The address of the cluster the last `ray start` on this machine launched, if any.
+
+    Only that one: other Ray instances here (another user's embedded one) are never joined.
+    """
+    from ray._private.utils import read_ray_address
+
+    return read_ray_address()
+
+
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
     """Fail fast on a `host:port` nobody listens on (ray.init would retry for minutes)."""
     if address in ("auto", "local") or "://" in address and not address.startswith("ray://"):
@@ -67,6 +77,7 @@ class WorkerManager:
         self._service_config: Config | None = None
         self.started_ray = False
         self.owns_scheduler = False
+        self.local_dashboard = True
 
     @property
     def scheduler_name(self) -> str:
@@ -74,27 +85,39 @@ class WorkerManager:
 
     # -- connection -------------------------------------------------------------------------
     def connect(self, start_local: bool = True) -> None:
-        """Join the cluster at `address` (or the one running here), else start Ray locally."""
+        """Join the cluster at `address`, else the one `ray start` runs here, else start Ray locally.
+
+        A Ray started here lives as long as this process; `local_dashboard` says whether it
+        serves the dashboard (on `service.dashboard_host`).
+        """
         import ray
 
         if ray.is_initialized():
             return
         kwargs = dict(namespace=NAMESPACE, log_to_driver=False, logging_level="WARNING")
-        if self.address:
-            _check_reachable(self.address)
-        try:
-            ray.init(address=self.address or "auto", **kwargs)
-            return
-        except (ConnectionError, RuntimeError) as exc:
-            if self.address or not start_local:
-                where = self.address or "this machine"
-                raise ServiceUnavailable(f"no Ray cluster reachable at {where}: "
-                                         f"{str(exc).splitlines()[0]}") from None
-        ray.init(address="local", dashboard_host=self.config.service.dashboard_host, **kwargs)
+        address = self.address or _ray_start_address()
+        if address:
+            try:
+                _check_reachable(address)
+                ray.init(address=address, **kwargs)
+                return
+            except (ServiceUnavailable, ConnectionError, RuntimeError) as exc:
+                if self.address:
+                    raise ServiceUnavailable(f"no Ray cluster reachable at {address}: "
+                                             f"{str(exc).splitlines()[0]}") from None
+        if not start_local:
+            raise ServiceUnavailable("no Ray cluster runs here (start one with `python -m "
+                                     "raydemucs start`) and none was given with --address")
+        ray.init(address="local", include_dashboard=self.local_dashboard,
+                 dashboard_host=self.config.service.dashboard_host, **kwargs)
         self.started_ray = True
 
-    def scheduler(self, create: bool = True, detached: bool = False):
-        """The named scheduler actor; created here if allowed and none is running."""
+    def scheduler(self, create: bool = True, detached: bool = False, preload=None):
+        """The named scheduler actor; created here if allowed and none is running.
+
+        A scheduler created here loads `preload` (separation options) in its workers, else the
+        config's default model.
+        """
         import ray
 
         if self._scheduler is not None:
@@ -109,12 +132,15 @@ class WorkerManager:
                     "with `python -m raydemucs start` or use `submit --wait`") from None
             from .service import SchedulerService
 
+            config = self.config
+            if preload is not None:
+                config = dataclasses.replace(config, separation=preload)
             self._scheduler = ray.remote(SchedulerService).options(
                 name=self.scheduler_name, namespace=NAMESPACE, get_if_exists=True,
                 lifetime="detached" if detached else None, num_cpus=0,
                 max_restarts=-1, max_task_retries=-1, max_concurrency=1000,
                 resources={"node:__internal_head__": 0.001},
-            ).remote(self.config.to_dict())
+            ).remote(config.to_dict())
             self.owns_scheduler = not detached
         info = _unwrap(lambda: ray.get(self._scheduler.ping.remote()))
         self._service_config = Config.from_dict(info["config"])
@@ -126,13 +152,13 @@ class WorkerManager:
             try:
                 self.scheduler(create=False)
             except ServiceUnavailable:
-                return self.config
+                self._service_config = self.config
         return self._service_config
 
-    def _call(self, method: str, *args, create: bool = False):
+    def _call(self, method: str, *args, create: bool = False, preload=None):
         import ray
 
-        handle = self.scheduler(create=create)
+        handle = self.scheduler(create=create, preload=preload)
         return _unwrap(lambda: ray.get(getattr(handle, method).remote(*args)))
 
     # -- tasks ------------------------------------------------------------------------------
@@ -168,8 +194,15 @@ class WorkerManager:
                         timeout_s=timeout_s)
 
     def submit(self, specs: Iterable[TaskSpec], create: bool = False) -> list[dict]:
-        """Queue prepared specs; returns their records (an existing task for a known key)."""
-        return self._call("submit", [spec.to_dict() for spec in specs], create=create)
+        """Queue prepared specs; returns their records (an existing task for a known key).
+
+        With `create`, a scheduler is started if none runs, its workers loading the first
+        spec's model.
+        """
+        specs = list(specs)
+        preload = specs[0].options if specs else None
+        return self._call("submit", [spec.to_dict() for spec in specs], create=create,
+                          preload=preload)
 
     def add_task(self, input_path: str | os.PathLike, file_id: str | None = None,
                  output_dir: str | os.PathLike | None = None, project_name: str = "default",

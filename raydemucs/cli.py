@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -78,6 +79,7 @@ def submit(manager, inputs, output_dir, project, file_id, priority, fmt, depth, 
     """Queue INPUT files for separation into OUT/PROJECT/FILE_ID/."""
     if file_id and len(inputs) > 1:
         raise click.UsageError("--file-id names one input; give one INPUT or drop it")
+    manager.local_dashboard = False
     options = {key: value for key, value in flags.items() if value is not None}
     options.update({"format": fmt} if fmt else {})
     options.update({"wav_depth": depth} if depth else {})
@@ -171,29 +173,73 @@ def retry(manager, task_ids, as_json):
 @click.option("--foreground", is_flag=True, help="Stay attached; SIGINT/SIGTERM drain and stop.")
 @service_options
 def start(manager, foreground):
-    """Start the service: the scheduler actor and its workers (harmless if already running)."""
-    if not foreground and not manager.address:
-        _ensure_ray_head(manager)
+    """Start the service: the scheduler actor and its workers (harmless if already running).
+
+    With no --address, a local Ray head is started first unless `ray start` already runs one.
+    """
+    started_head = not manager.address and _ensure_ray_head(manager)
     manager.scheduler(create=True, detached=not foreground)
     info = manager.get_status()
     click.echo(f"raydemucs service {info['service']!r} running with {len(info['workers'])} "
                f"worker(s); journal {info['journal']}")
     if foreground:
         _serve_until_signal(manager)
+        if started_head:
+            _stop_ray_head(manager)
 
 
-def _ensure_ray_head(manager) -> None:
-    """Start a local Ray head that outlives this command, unless a cluster already runs here."""
+def _ensure_ray_head(manager) -> bool:
+    """Start a local Ray head that outlives this command unless one runs; True if started.
+
+    The head runs as `ray start --head --block` in its own session; its pid is kept in the
+    state directory so that `stop` ends this head only, not other Ray instances here.
+    """
     try:
         manager.connect(start_local=False)
-        return
+        return False
     except ServiceUnavailable:
         pass
-    subprocess.run(["ray", "start", "--head", "--disable-usage-stats",
-                    f"--dashboard-host={manager.config.service.dashboard_host}"],
-                   check=True, capture_output=True)
-    manager.config.state_path.mkdir(parents=True, exist_ok=True)
-    (manager.config.state_path / RAY_MARKER).touch()
+    state = manager.config.state_path
+    state.mkdir(parents=True, exist_ok=True)
+    with open(state / "ray-head.log", "ab") as log:
+        head = subprocess.Popen(
+            ["ray", "start", "--head", "--block", "--disable-usage-stats",
+             f"--dashboard-host={manager.config.service.dashboard_host}"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    (state / RAY_MARKER).write_text(str(head.pid))
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            manager.connect(start_local=False)
+            return True
+        except ServiceUnavailable:
+            if head.poll() is not None or time.monotonic() > deadline:
+                raise ServiceUnavailable(f"`ray start --head` failed; see {state / 'ray-head.log'}")
+            time.sleep(0.5)
+
+
+def _stop_ray_head(manager) -> None:
+    """End the Ray head that raydemucs started here, if it did."""
+    marker = manager.config.state_path / RAY_MARKER
+    if not marker.exists():
+        return
+    pid = int(marker.read_text() or 0)
+    marker.unlink()
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.2)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _serve_until_signal(manager) -> None:
@@ -227,12 +273,23 @@ def stop(manager, now, grace):
     """Drain and stop the service; queued tasks wait in the journal for the next start."""
     manager.scheduler(create=False)
     summary = manager.shutdown(now=now, grace_s=grace)
-    marker = manager.config.state_path / RAY_MARKER
-    if marker.exists():
-        subprocess.run(["ray", "stop"], check=False, capture_output=True)
-        marker.unlink()
+    _stop_ray_head(manager)
     click.echo(f"stopped: {len(summary['interrupted'])} task(s) interrupted, {summary['queued']} "
                "queued for the next start")
+
+
+@cli.command()
+@service_options
+def doctor(manager):
+    """Check Python, Demucs, ffmpeg, memory, the model, directories, Ray and the service."""
+    from .doctor import run_checks
+
+    checks = run_checks(manager.config, manager.address)
+    for check in checks:
+        click.echo(f"{'ok' if check.ok else 'FAIL':4}  {check.name}: {check.detail}")
+        if not check.ok:
+            click.echo(f"      fix: {check.fix}")
+    sys.exit(0 if all(check.ok for check in checks) else 1)
 
 
 @cli.command()

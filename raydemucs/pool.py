@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -162,13 +163,18 @@ class RayWorkerPool:
     # -- internals --------------------------------------------------------------------------
     def _spawn(self, slot: WorkerSlot) -> None:
         workers = self.config.workers
+        options = dict(namespace=NAMESPACE, num_cpus=workers.num_cpus, num_gpus=workers.num_gpus,
+                       memory=workers.memory_mb * 2**20 or None, max_restarts=0,
+                       max_task_retries=0, max_concurrency=4)
         base = f"{self.prefix}:{slot.worker_id}"
         slot.actor_name = base if slot.restarts == 0 else f"{base}.{slot.restarts}"
-        slot.handle = ray.remote(SeparatorWorker).options(
-            name=slot.actor_name, namespace=NAMESPACE, num_cpus=workers.num_cpus,
-            num_gpus=workers.num_gpus, memory=workers.memory_mb * 2**20 or None,
-            max_restarts=0, max_task_retries=0, max_concurrency=4,
-        ).remote(slot.worker_id, self.config.to_dict())
+        try:
+            actor = ray.remote(SeparatorWorker).options(name=slot.actor_name, **options)
+            slot.handle = actor.remote(slot.worker_id, self.config.to_dict())
+        except ValueError:  # the name is still held by a predecessor (a restarted scheduler's)
+            slot.actor_name = f"{base}.{uuid.uuid4().hex[:6]}"
+            actor = ray.remote(SeparatorWorker).options(name=slot.actor_name, **options)
+            slot.handle = actor.remote(slot.worker_id, self.config.to_dict())
         slot.started_at = time.time()
         self._background(self._await_ready(slot, slot.handle))
 

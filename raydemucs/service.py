@@ -13,7 +13,7 @@ import time
 from .config import Config
 from .errors import error_from_dict
 from .logs import configure_logging
-from .metrics import ServiceMetrics  # TMPWIRE
+from .metrics import ServiceMetrics
 from .pool import RayWorkerPool
 from .scheduler import Scheduler
 from .store import TaskStore
@@ -33,8 +33,8 @@ class SchedulerService:
         self.store = TaskStore(self.config.state_path / JOURNAL_FILE)
         self.pool = RayWorkerPool(self.config, on_ready=self._dispatch,
                                   on_result=self._on_result, on_lost=self._on_lost)
-        self.metrics = ServiceMetrics(self.config.service.name)  # TMPWIRE
-        self.core = Scheduler(self.config, self.store, self.pool, listener=self.metrics)  # TMPWIRE
+        self.metrics = ServiceMetrics(self.config.service.name)
+        self.core = Scheduler(self.config, self.store, self.pool, listener=self.metrics)
         self.core.recover()
         self.started_at = time.time()
         self._loop: asyncio.Task | None = None
@@ -43,7 +43,8 @@ class SchedulerService:
                     self.config.service.name, os.getpid(), self.store.path, len(self.core.active))
 
     def _ensure_running(self) -> None:
-        if self._loop is None:
+        """Start the workers and the tick loop on the first call (also after a restart)."""
+        if self._loop is None and self.core.dispatching:
             self.pool.start_workers()
             self._loop = asyncio.get_running_loop().create_task(self._tick_forever())
 
@@ -53,7 +54,8 @@ class SchedulerService:
                 for answer in await self.pool.poll():
                     self.core.report_progress(answer["task_id"], answer["attempt"], answer["progress"])
                 self.core.tick()
-                self.metrics.observe(self.core.queued_by_priority(), self.core.queue_counts(), self.pool.snapshot())  # TMPWIRE
+                self.metrics.observe(self.core.queued_by_priority(), self.core.queue_counts(),
+                                     self.pool.snapshot())
             except Exception:
                 logger.exception("scheduler tick failed")
             await asyncio.sleep(self.config.service.poll_interval_s)
@@ -87,21 +89,26 @@ class SchedulerService:
         return records
 
     async def get_task(self, task_id: str) -> dict:
+        self._ensure_running()
         return self.core.get(task_id).to_dict()
 
     async def get_tasks(self, task_ids: list[str]) -> list[dict]:
+        self._ensure_running()
         return [self.core.get(task_id).to_dict() for task_id in task_ids]
 
     async def list_tasks(self, state: str | None = None, limit: int = 100) -> list[dict]:
+        self._ensure_running()
         records = self.store.list(TaskState(state) if state else None, limit)
         return [self.core.active.get(r.task_id, r).to_dict() for r in records]
 
     async def retry(self, task_id: str) -> dict:
+        self._ensure_running()
         record = self.core.retry(task_id).to_dict()
         self.core.dispatch()
         return record
 
     async def cancel(self, task_id: str) -> dict:
+        self._ensure_running()
         return self.core.cancel(task_id).to_dict()
 
     async def status(self) -> dict:

@@ -1,0 +1,306 @@
+"""`python -m raydemucs doctor`: the old troubleshooting page's manual checks, automated.
+
+Each check says what it found and, when it fails, how to fix it. Nothing here starts Ray, and
+the one network probe (is the model hub reachable?) gives up after a few seconds.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import sys
+import threading
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import yaml
+
+from .api import _check_reachable
+from .config import Config, SeparationConfig, WorkersConfig
+from .errors import ModelNotFound, OutputNotWritable, ServiceUnavailable
+from .models import OFFLINE_MODEL, check_model_name
+from .outputs import check_writable
+from .pool import NAMESPACE
+
+MIN_PYTHON = (3, 10)
+PROBE_TIMEOUT_S = 3.0
+SERVICE_TIMEOUT_S = 10.0
+RAY_FIX = ("start Ray with `python -m raydemucs start` (or `ray start --head`), or point "
+           "--address / RAY_ADDRESS at a running cluster")
+
+
+@dataclass(frozen=True)
+class Check:
+    """One finding: `fix` says what to do when `ok` is false."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def run_checks(config: Config, address: str | None = None) -> list[Check]:
+    """Every check, in the order a person would go through them."""
+    service = config.service
+    return [
+        check_python(),
+        check_package("demucs", "pip install demucs"),
+        check_package("torch", "pip install torch (see pytorch.org for the build for your GPU)"),
+        check_tool("ffmpeg"),
+        check_tool("ffprobe"),
+        check_memory(config.workers),
+        check_model(config.separation),
+        check_dir("output dir", service.output_dir,
+                  "create it or choose another: -o DIR, or RAYDEMUCS_SERVICE_OUTPUT_DIR"),
+        check_dir("state dir", service.state_dir,
+                  "create it or choose another with RAYDEMUCS_SERVICE_STATE_DIR"),
+        *ray_checks(config, address),
+    ]
+
+
+# -- this machine ---------------------------------------------------------------------------
+def check_python() -> Check:
+    version = ".".join(map(str, sys.version_info[:3]))
+    ok = sys.version_info >= MIN_PYTHON
+    wanted = ".".join(map(str, MIN_PYTHON))
+    return Check("python", ok, f"Python {version} ({sys.executable})",
+                 "" if ok else f"install Python {wanted} or newer and reinstall raydemucs there")
+
+
+def check_package(name: str, fix: str) -> Check:
+    try:
+        module = importlib.import_module(name)
+    except Exception as exc:
+        return Check(name, False, f"{name} cannot be imported: {exc}", fix)
+    detail = f"{name} {getattr(module, '__version__', '?')}"
+    if name == "torch":
+        detail += f", CUDA {'available' if module.cuda.is_available() else 'not available'}"
+    return Check(name, True, detail)
+
+
+def check_tool(name: str) -> Check:
+    path = shutil.which(name)
+    if path:
+        return Check(name, True, path)
+    return Check(name, False, f"{name} is not on PATH; inputs that sphn cannot read are probed "
+                 "and decoded with ffprobe and ffmpeg",
+                 "install ffmpeg: apt-get install ffmpeg, brew install ffmpeg, or "
+                 "conda install -c conda-forge ffmpeg")
+
+
+def check_memory(workers: WorkersConfig) -> Check:
+    """Free memory here against what the workers reserve (`memory_mb` each)."""
+    available = psutil.virtual_memory().available
+    need = workers.memory_mb * workers.max_workers * 2**20
+    detail = (f"{available / 2**30:.1f} GiB free here; {workers.max_workers} worker(s) x "
+              f"{workers.memory_mb} MB reserved = {need / 2**30:.1f} GiB")
+    if need <= available:
+        return Check("memory", True, detail)
+    return Check("memory", False, detail,
+                 "free memory, or lower workers.max_workers (MAX_WORKERS) or workers.memory_mb "
+                 "(the old service advised 2 GB or more per worker)")
+
+
+def check_dir(name: str, path: str, fix: str) -> Check:
+    try:
+        check_writable(path)
+    except OutputNotWritable as exc:
+        return Check(name, False, str(exc).replace("output directory", name), fix)
+    return Check(name, True, f"{Path(path).expanduser().absolute()} is writable")
+
+
+# -- the model ------------------------------------------------------------------------------
+def check_model(options: SeparationConfig) -> Check:
+    """The configured model: shipped, in the repo, in a local download cache, or downloadable."""
+    name, repo = options.model, options.repo
+    try:
+        check_model_name(name, repo)
+    except ModelNotFound as exc:
+        if repo:
+            fix = (f"choose a name `python -m raydemucs models --repo {repo}` lists, or put "
+                   f"{name}.yaml and its checkpoints in {repo}")
+        else:
+            fix = "choose a name `python -m raydemucs models` lists, or pass --repo DIR"
+        return Check("model", False, str(exc), f"{fix} (separation.model, -n)")
+    if name == OFFLINE_MODEL:
+        return Check("model", True, f"{name} ships inside demucs (untrained; for tests)")
+    if repo:
+        return Check("model", True, f"{name} found in {repo}")
+    cache = cached_in(name)
+    if cache:
+        return Check("model", True, f"{name} is in the local {cache}")
+    if hub_reachable():
+        return Check("model", True, f"{name} is not downloaded yet; each worker node fetches it "
+                     "from the Hugging Face hub on first use (needs internet there)")
+    return Check("model", False, f"{name} is not in the local model caches and the Hugging Face "
+                 "hub cannot be reached (offline, or HF_HUB_OFFLINE is set)",
+                 f"download it once with internet (`python -m demucs -n {name} ANY.wav`), pass "
+                 f"--repo DIR holding {name}.yaml and its checkpoints, or use -n {OFFLINE_MODEL}")
+
+
+def cached_in(name: str) -> str | None:
+    """Which local cache holds every file of model `name`, if any."""
+    if _in_hf_cache(name.removeprefix("hf://")):
+        return "Hugging Face cache"
+    if not name.startswith("hf://") and _in_torch_cache(name):
+        return "torch hub cache (legacy demucs downloads)"
+    return None
+
+
+def _in_hf_cache(name: str) -> bool:
+    from demucs.hf import DEFAULT_NAMESPACE, hf_repo_name
+    from huggingface_hub import try_to_load_from_cache
+
+    namespace, _, short = name.rpartition("/")
+    repo_id = f"{namespace or DEFAULT_NAMESPACE}/{hf_repo_name(short)}"
+    bag = try_to_load_from_cache(repo_id, f"{short}.yaml")
+    if not isinstance(bag, str):
+        return False
+    signatures = yaml.safe_load(Path(bag).read_text())["models"]
+    return all(isinstance(try_to_load_from_cache(repo_id, f"{sig}.safetensors"), str)
+               for sig in signatures)
+
+
+def _in_torch_cache(name: str) -> bool:
+    import torch.hub
+    from demucs.pretrained import REMOTE_ROOT, _parse_remote_files
+
+    urls = _parse_remote_files(REMOTE_ROOT / "files.txt")
+    bag = REMOTE_ROOT / f"{name}.yaml"
+    signatures = yaml.safe_load(bag.read_text())["models"] if bag.is_file() else [name]
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    return all(sig in urls and (folder / urls[sig].rsplit("/", 1)[1]).is_file()
+               for sig in signatures)
+
+
+def hub_reachable(timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether the Hugging Face endpoint answers within `timeout_s` (never when offline is set)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    answers: list[bool] = []
+
+    def probe() -> None:
+        request = urllib.request.Request(constants.ENDPOINT, method="HEAD")
+        try:
+            urllib.request.urlopen(request, timeout=timeout_s).close()
+            answers.append(True)
+        except urllib.error.HTTPError:
+            answers.append(True)
+        except (OSError, ValueError):
+            answers.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)  # name lookups ignore the timeout
+    thread.start()
+    thread.join(timeout_s)
+    return bool(answers and answers[0])
+
+
+# -- Ray and the service --------------------------------------------------------------------
+def ray_checks(config: Config, address: str | None) -> list[Check]:
+    """Ray's reachability, its room for the workers, and the running service's health.
+
+    An already connected Ray is used as is; otherwise the cluster at `address` (or
+    RAY_ADDRESS, or one running here) is joined for the checks and left after them.
+    """
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    try:
+        if address:
+            _check_reachable(address, timeout_s=PROBE_TIMEOUT_S)
+        joined = not ray.is_initialized() and _join(address)
+    except ServiceUnavailable as exc:
+        return [Check("ray", False, str(exc), RAY_FIX)]
+    try:
+        if not ray.is_initialized():
+            return [Check("ray", True, "no Ray cluster runs here; `start` and `submit --wait` "
+                          "start one on this machine"),
+                    check_resources(config.workers, [_this_machine()], "this machine",
+                                    ("CPU", "GPU"))]
+        nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+        return [Check("ray", True, f"Ray {ray.__version__}, {len(nodes)} node(s) alive"),
+                check_resources(config.workers, nodes, "the cluster"),
+                check_service(config)]
+    finally:
+        if joined:
+            ray.shutdown()
+
+
+def _join(address: str | None) -> bool:
+    """Connect to `address`, else to the cluster `ray start` launched here; False if neither."""
+    import ray
+    from ray._private.utils import read_ray_address
+
+    if not address:
+        address = read_ray_address()  # only a `ray start` cluster, as WorkerManager.connect
+        if not address:
+            return False
+        _check_reachable(address, timeout_s=PROBE_TIMEOUT_S)  # a stale one: ray.init retries for minutes
+    try:
+        ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level="WARNING")
+    except (ConnectionError, RuntimeError) as exc:
+        raise ServiceUnavailable(f"no Ray cluster reachable at {address}: "
+                                 f"{str(exc).splitlines()[0]}") from None
+    return True
+
+
+def _this_machine() -> dict:
+    """CPUs and GPUs a Ray started here would offer."""
+    import torch
+
+    return {"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()}
+
+
+def check_resources(workers: WorkersConfig, nodes: list[dict], where: str,
+                    kinds: tuple = ("CPU", "GPU", "memory")) -> Check:
+    """Whether `max_workers` workers fit, each on one node with its CPUs, GPUs and memory."""
+    each = {"CPU": workers.num_cpus, "GPU": workers.num_gpus, "memory": workers.memory_mb * 2**20}
+    needs = {kind: each[kind] for kind in kinds if each[kind]}
+    fit = sum(min((int(node.get(kind, 0) / need + 1e-9) for kind, need in needs.items()),
+                  default=workers.max_workers) for node in nodes)
+    wanted = ", ".join(_amount(kind, need) for kind, need in needs.items()) or "no resources"
+    totals = ", ".join(_amount(kind, sum(n.get(kind, 0) for n in nodes)) for kind in needs)
+    detail = f"{workers.max_workers} worker(s) need {wanted} each; {where} has {totals or 'room'}"
+    if fit >= workers.max_workers:
+        return Check("resources", True, detail)
+    return Check("resources", False, f"{detail}: room for {fit}",
+                 f"lower workers.max_workers (MAX_WORKERS) to {fit}, or workers.num_cpus / "
+                 "num_gpus / memory_mb, or add nodes (`ray up cluster.yaml`)")
+
+
+def _amount(key: str, value: float) -> str:
+    return f"{value / 2**20:.0f} MB memory" if key == "memory" else f"{value:g} {key}"
+
+
+def check_service(config: Config) -> Check:
+    """The running service's workers: none dead, none that failed to load the model."""
+    import ray
+
+    name = config.service.name
+    try:
+        handle = ray.get_actor(f"{name}:scheduler", namespace=NAMESPACE)
+    except ValueError:
+        return Check("service", True, f"no raydemucs service {name!r} is running")
+    try:
+        status = ray.get(handle.status.remote(), timeout=SERVICE_TIMEOUT_S)
+    except ray.exceptions.RayError as exc:
+        return Check("service", False, f"service {name!r} does not answer: "
+                     f"{str(exc).splitlines()[0]}",
+                     "stop it (`python -m raydemucs stop --now`) and start it again")
+    workers = status["workers"]
+    problems = [f"{w['worker_id']} could not load its model: {w['load_error']}"
+                for w in workers if w["load_error"]]
+    problems += [f"{w['worker_id']} is dead ({w['restarts']} restart(s))"
+                 for w in workers if w["state"] == "dead"]
+    states = ", ".join(sorted(f"{w['worker_id']} {w['state']}" for w in workers))
+    if not problems:
+        return Check("service", True, f"service {name!r}: {states}")
+    return Check("service", False, f"service {name!r}: " + "; ".join(problems),
+                 "fix the model check above (separation.model, --repo), then restart the "
+                 "service: `python -m raydemucs stop` and `python -m raydemucs start`; worker "
+                 "logs are in the Ray dashboard and under /tmp/ray/session_latest/logs")

@@ -1,0 +1,132 @@
+"""`doctor` on a healthy setup, and on each broken one it claims to detect."""
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+import torch
+import yaml
+from conftest import service_config
+
+from raydemucs.config import SeparationConfig
+from raydemucs.doctor import check_model, run_checks
+
+pytestmark = pytest.mark.ray
+
+
+def by_name(checks) -> dict:
+    return {check.name: check for check in checks}
+
+
+def failed(checks) -> dict:
+    """{name: check} of the failed checks; each failure must say how to fix it."""
+    failures = {check.name: check for check in checks if not check.ok}
+    assert all(check.fix for check in failures.values())
+    return failures
+
+
+@pytest.fixture
+def config(tmp_path):
+    """The test profile, with writable output and state dirs under `tmp_path`, as overrides allow."""
+    def factory(**sections):
+        service = {"output_dir": str(tmp_path / "out"), **sections.pop("service", {})}
+        return service_config(tmp_path, service=service, **sections)
+    return factory
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_healthy_setup_with_a_running_service_passes(make_service, ray_cluster):
+    manager = make_service(workers={"max_workers": 1})
+    checks = run_checks(manager.config, ray_cluster)
+    assert failed(checks) == {}
+    names = [check.name for check in checks]
+    assert names == ["python", "demucs", "torch", "ffmpeg", "ffprobe", "memory", "model",
+                     "output dir", "state dir", "ray", "resources", "service"]
+    assert "worker-0" in by_name(checks)["service"].detail
+
+
+def test_missing_ffmpeg_is_found_through_path(config, ray_cluster, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert set(failed(run_checks(config(), ray_cluster))) == {"ffmpeg", "ffprobe"}
+
+
+def test_an_output_dir_under_a_regular_file_is_not_writable(config, ray_cluster, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    checks = run_checks(config(service={"output_dir": str(tmp_path / "file" / "out")}), ray_cluster)
+    assert set(failed(checks)) == {"output dir"}
+    assert "is not a directory" in by_name(checks)["output dir"].detail
+
+
+def test_an_unwritable_state_dir(config, ray_cluster, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    checks = run_checks(config(service={"state_dir": str(tmp_path / "file")}), ray_cluster)
+    assert set(failed(checks)) == {"state dir"}
+
+
+@pytest.mark.parametrize("model,repo,message", [
+    ("htdemucs_nope", None, "unknown model 'htdemucs_nope'"),
+    ("tiny", "empty", "unknown model 'tiny' in repo"),
+    ("tiny", "missing", "is not a directory"),
+])
+def test_an_unknown_model_or_a_bad_repo(config, ray_cluster, tmp_path, model, repo, message):
+    (tmp_path / "empty").mkdir()
+    separation = {"model": model, "repo": str(tmp_path / repo) if repo else None}
+    checks = run_checks(config(separation=separation), ray_cluster)
+    assert set(failed(checks)) == {"model"}
+    assert message in by_name(checks)["model"].detail
+
+
+def test_a_model_in_a_repo_passes(tiny_repo):
+    assert check_model(SeparationConfig(model="tiny", repo=str(tiny_repo))).ok
+
+
+def test_a_hub_model_passes_only_when_cached_or_downloadable(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    options = SeparationConfig(model="htdemucs")
+    missing = check_model(options)
+    assert not missing.ok and "not in the local model caches" in missing.detail
+    snapshot = tmp_path / "hf" / "models--adefossez--HTDemucs" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("abc")
+    (snapshot / "htdemucs.yaml").write_text(yaml.safe_dump({"models": ["955717e8"]}))
+    (snapshot / "955717e8.safetensors").write_bytes(b"weights")
+    cached = check_model(options)
+    assert cached.ok and "Hugging Face cache" in cached.detail
+
+
+def test_no_ray_at_a_closed_port(config):
+    checks = run_checks(config(), f"127.0.0.1:{closed_port()}")
+    assert set(failed(checks)) == {"ray"}
+    assert "no Ray cluster reachable" in by_name(checks)["ray"].detail
+
+
+def test_too_few_cpus_for_max_workers(config, ray_cluster):
+    checks = run_checks(config(workers={"max_workers": 8, "num_cpus": 1.0}), ray_cluster)
+    assert set(failed(checks)) == {"resources"}
+    assert by_name(checks)["resources"].detail.endswith("room for 4")
+
+
+def test_a_service_whose_workers_cannot_load_the_model(make_service, ray_cluster, tmp_path):
+    repo = tmp_path / "broken"
+    repo.mkdir()
+    torch.save({"not": "a demucs model"}, repo / "broken.th")  # whole, so only loading fails
+    manager = make_service(workers={"max_workers": 1},
+                           separation={"model": "broken", "repo": str(repo)})
+    deadline = time.monotonic() + 120
+    while manager.get_status()["workers"][0]["state"] == "starting":
+        assert time.monotonic() < deadline, "the worker never started"
+        time.sleep(0.2)
+    checks = run_checks(manager.config, ray_cluster)
+    assert set(failed(checks)) == {"service"}
+    assert "worker-0 could not load its model" in by_name(checks)["service"].detail
