@@ -124,8 +124,8 @@ def test_a_hung_worker_is_killed_and_replaced(make_service, audio, tmp_path):
     """One huge segment never reaches the abort check: the worker is killed after the grace."""
     manager = make_service(workers={"max_workers": 1}, tasks={"max_retries": 0, "abort_grace_s": 0.5})
     out = tmp_path / "out"
-    hung = manager.add_task(audio("hung.wav", seconds=90.0), output_dir=out, timeout_s=1.0,
-                            segment=120.0)
+    hung = manager.add_task(audio("hung.wav", seconds=120.0), output_dir=out, timeout_s=3.0,
+                            segment=150.0)
     quick = manager.add_task(audio("quick.wav", seconds=0.5), output_dir=out)
     with pytest.raises(TaskFailed, match="TaskTimeout"):
         manager.wait(hung, timeout=120)
