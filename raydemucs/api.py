@@ -19,7 +19,7 @@ from .config import Config, coerce, load_config
 from .errors import (RayDemucsError, ServiceUnavailable, TaskCancelled, TaskFailed, WaitTimedOut)
 from .models import check_model_name
 from .names import name_from_filename
-from .outputs import check_writable, resolve_output_folder
+from .outputs import check_writable, file_sha256, resolve_output_folder
 from .pool import NAMESPACE
 from .task import TaskSpec, TaskState, new_task_id, parse_priority
 
@@ -165,7 +165,7 @@ class WorkerManager:
     def prepare_task(self, input_path: str | os.PathLike, file_id: str | None = None,
                      output_dir: str | os.PathLike | None = None, project_name: str = "default",
                      priority: str | int = "normal", force: bool = False,
-                     timeout_s: float | None = None, **options) -> TaskSpec:
+                     timeout_s: float | None = None, cache: bool = True, **options) -> TaskSpec:
         """Check everything that can be checked here and build the spec; nothing is queued.
 
         Defaults and limits come from the running service's config when there is one.
@@ -191,7 +191,8 @@ class WorkerManager:
         return TaskSpec(task_id=new_task_id(), project=project_name, file_id=file_id,
                         input_path=str(path), output_dir=str(output_dir),
                         priority=parse_priority(priority), options=separation, force=force,
-                        timeout_s=timeout_s)
+                        timeout_s=timeout_s, cache=cache,
+                        input_sha256=file_sha256(path) if cache else None)
 
     def submit(self, specs: Iterable[TaskSpec], create: bool = False) -> list[dict]:
         """Queue prepared specs; returns their records (an existing task for a known key).

@@ -70,12 +70,14 @@ def cli():
 @click.option("-d", "--device", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--timeout", "timeout_s", type=float, help="Seconds per attempt (default: config).")
 @click.option("--force", is_flag=True, help="Replace stems that already exist.")
+@click.option("--no-cache", is_flag=True, help="Separate even if stems for the same input bytes, "
+              "model and options exist (they are linked in otherwise).")
 @click.option("--wait", is_flag=True, help="Show progress and wait; starts Ray and a scheduler "
               "for this run when no service is running.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per task.")
 @service_options
 def submit(manager, inputs, output_dir, project, file_id, priority, fmt, depth, timeout_s, force,
-           wait, as_json, **flags):
+           no_cache, wait, as_json, **flags):
     """Queue INPUT files for separation into OUT/PROJECT/FILE_ID/."""
     if file_id and len(inputs) > 1:
         raise click.UsageError("--file-id names one input; give one INPUT or drop it")
@@ -84,7 +86,8 @@ def submit(manager, inputs, output_dir, project, file_id, priority, fmt, depth, 
     options.update({"format": fmt} if fmt else {})
     options.update({"wav_depth": depth} if depth else {})
     specs = [manager.prepare_task(path, file_id, output_dir, project, priority, force=force,
-                                  timeout_s=timeout_s, **options) for path in inputs]
+                                  timeout_s=timeout_s, cache=not no_cache, **options)
+             for path in inputs]
     records = manager.submit(specs, create=wait)
     for record in records:
         _emit({k: record[k] for k in ("task_id", "file_id", "project", "state")}, as_json,

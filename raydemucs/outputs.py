@@ -23,16 +23,20 @@ def _output_root(output_dir: str | os.PathLike) -> Path:
     return root
 
 
+def _refuse_symlinks(*paths: Path) -> None:
+    for path in paths:
+        if path.is_symlink():
+            raise OutputNotWritable(f"{printable(path)} is a symlink; raydemucs never writes "
+                                    "through one")
+
+
 def resolve_output_folder(output_dir: str | os.PathLike, project: str, file_id: str) -> Path:
     """`OUTPUT_DIR/PROJECT/FILE_ID`, refusing names or symlinks that would lead outside it."""
     check_name("project name", project)
     check_name("file id", file_id)
     root = _output_root(output_dir)
     folder = root / project / file_id
-    for path in (root / project, folder):
-        if path.is_symlink():
-            raise OutputNotWritable(f"{printable(path)} is a symlink; raydemucs never writes "
-                                    "through one")
+    _refuse_symlinks(root / project, folder)
     if not folder.resolve().is_relative_to(root.resolve()):
         raise OutputNotWritable(f"{printable(folder)} resolves outside the output directory "
                                 f"{printable(root)}")
@@ -69,7 +73,8 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -91,11 +96,13 @@ def write_outputs(folder: Path, stems: dict, ext: str, save: Callable[[object, P
     """Write every stem and `manifest.json` into a staging folder, sync, then rename into place.
 
     The folder is either absent or complete: an existing one is replaced only after the new one
-    is whole. Returns `{stem: path}`.
+    is whole. Symlinks are checked again here: one may have appeared since the task started.
+    Returns `{stem: path}`.
     """
     staging = folder.parent / f".{folder.name}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
+        _refuse_symlinks(folder.parent, folder)
         _remove_stale_staging(folder)
         staging.mkdir()
         entries = {}
@@ -103,7 +110,8 @@ def write_outputs(folder: Path, stems: dict, ext: str, save: Callable[[object, P
             path = staging / f"{name}.{ext}"
             save(wav, path)
             _fsync(path)
-            entries[name] = {"file": path.name, "bytes": path.stat().st_size, "sha256": _sha256(path)}
+            entries[name] = {"file": path.name, "bytes": path.stat().st_size,
+                             "sha256": file_sha256(path)}
         manifest = {**manifest, "stems": entries}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
         _fsync(staging / MANIFEST)

@@ -89,10 +89,11 @@ class RayWorkerPool:
         return [slot for slot in self.slots.values() if slot.state == "idle"
                 and self.policy.node_has_room(slot.node_available_bytes)]
 
-    def start(self, worker_id: str, spec: TaskSpec, attempt: int) -> None:
+    def start(self, worker_id: str, spec: TaskSpec, attempt: int,
+              reuse_from: str | None = None) -> None:
         slot = self.slots[worker_id]
         slot.state, slot.task_id = "busy", spec.task_id
-        ref = slot.handle.separate.remote(spec.to_dict(), attempt)
+        ref = slot.handle.separate.remote(spec.to_dict(), attempt, reuse_from)
         self._background(self._await_result(slot, slot.handle, ref, spec.task_id, attempt))
 
     def abort(self, worker_id: str, task_id: str) -> None:

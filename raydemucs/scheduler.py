@@ -42,7 +42,8 @@ class Pool(Protocol):
     """What the scheduler needs from a worker pool; idle/busy bookkeeping is the pool's."""
 
     def idle_workers(self) -> list[IdleWorker]: ...
-    def start(self, worker_id: str, spec: TaskSpec, attempt: int) -> None: ...
+    def start(self, worker_id: str, spec: TaskSpec, attempt: int,
+              reuse_from: str | None = None) -> None: ...
     def abort(self, worker_id: str, task_id: str) -> None: ...
     def replace(self, worker_id: str, reason: str) -> None: ...
 
@@ -162,7 +163,8 @@ class Scheduler:
             self._set_state(record, TaskState.RUNNING)
             timeout_s = record.spec.timeout_s or self.config.tasks.timeout_s
             self.running[record.task_id] = Running(worker.worker_id, record.attempts, now + timeout_s)
-            self.pool.start(worker.worker_id, record.spec, record.attempts)
+            self.pool.start(worker.worker_id, record.spec, record.attempts,
+                            reuse_from=self._cached_folder(record.spec))
             started += 1
         return started
 
@@ -199,6 +201,8 @@ class Scheduler:
         del self.running[task_id]
         record = self.active[task_id]
         record.audio_duration_s = audio_duration_s
+        if record.spec.cache_key:
+            self.store.remember_result(record.spec.cache_key, task_id, str(record.spec.output_folder))
         self._finish(record, TaskState.SUCCEEDED, outputs=outputs)
 
     def task_failed(self, task_id: str, attempt: int, error: RayDemucsError) -> None:
@@ -213,6 +217,13 @@ class Scheduler:
         for task_id, run in list(self.running.items()):
             if run.worker_id == worker_id:
                 self._attempt_ended(task_id, run, WorkerDied(f"worker {worker_id} died: {reason}"))
+
+    def _cached_folder(self, spec: TaskSpec) -> str | None:
+        """Another task's folder holding stems for the same input, model and options."""
+        found = self.store.find_result(spec.cache_key) if spec.cache_key else None
+        if found is None or found[1] == str(spec.output_folder):
+            return None
+        return found[1]
 
     def _attempt_ended(self, task_id: str, run: Running, error: RayDemucsError) -> None:
         del self.running[task_id]

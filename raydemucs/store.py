@@ -18,6 +18,11 @@ CREATE TABLE IF NOT EXISTS tasks (
     UNIQUE (project, file_id)
 );
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, seq);
+CREATE TABLE IF NOT EXISTS results (
+    cache_key TEXT PRIMARY KEY,
+    task_id TEXT NOT NULL,
+    folder TEXT NOT NULL
+);
 """
 
 
@@ -84,6 +89,16 @@ class TaskStore:
             rows = self._db.execute("SELECT record FROM tasks WHERE state=? ORDER BY seq DESC LIMIT ?",
                                     (state.value, limit))
         return [TaskRecord.from_dict(json.loads(row[0])) for row in rows]
+
+    def remember_result(self, cache_key: str, task_id: str, folder: str) -> None:
+        """Record where the stems for `cache_key` are (the result cache's index)."""
+        self._db.execute("INSERT OR REPLACE INTO results (cache_key, task_id, folder) VALUES (?,?,?)",
+                         (cache_key, task_id, folder))
+
+    def find_result(self, cache_key: str) -> tuple[str, str] | None:
+        """`(task_id, folder)` of stems made earlier for `cache_key`, if any."""
+        return self._db.execute("SELECT task_id, folder FROM results WHERE cache_key=?",
+                                (cache_key,)).fetchone()
 
     def count_by_state(self) -> dict[str, int]:
         rows = self._db.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
+import json
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,10 +65,21 @@ class TaskSpec:
     options: SeparationConfig = field(default_factory=SeparationConfig)
     force: bool = False
     timeout_s: float | None = None
+    cache: bool = True
+    input_sha256: str | None = None
 
     @property
     def output_folder(self) -> Path:
         return Path(self.output_dir) / self.project / self.file_id
+
+    @property
+    def cache_key(self) -> str | None:
+        """Same input bytes, model and options give the same key (None when caching is off)."""
+        if not self.cache or not self.input_sha256:
+            return None
+        options = {k: v for k, v in dataclasses.asdict(self.options).items() if k != "device"}
+        blob = json.dumps({"input": self.input_sha256, **options}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

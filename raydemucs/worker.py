@@ -5,9 +5,11 @@ import functools
 import logging
 import math
 import os
+import shutil
 import socket
 import threading
 import time
+from pathlib import Path
 
 import psutil
 
@@ -18,7 +20,7 @@ from .errors import (InternalError, InvalidInput, ModelNotFound, OutOfMemory, Ra
                      SeparationAborted)
 from .logs import configure_logging
 from .models import ModelCache, check_options, default_segment_s
-from .outputs import read_manifest, resolve_output_folder, write_outputs
+from .outputs import output_is_complete, read_manifest, resolve_output_folder, write_outputs
 from .task import TaskSpec
 
 logger = logging.getLogger("raydemucs.worker")
@@ -116,15 +118,19 @@ class SeparatorWorker:
                 "models": self.models.keys(), "uptime_s": time.time() - self.started_at,
                 **health.sample(self._process, self.device)}
 
-    def separate(self, spec: dict, attempt: int) -> dict:
-        """Run one attempt; never raises: returns `{"ok": True, "outputs", "manifest"}` or an error."""
+    def separate(self, spec: dict, attempt: int, reuse_from: str | None = None) -> dict:
+        """Run one attempt; never raises: returns `{"ok": True, "outputs", ...}` or an error.
+
+        `reuse_from` names another task's folder with stems for the same input, model and
+        options (the result cache): they are linked in instead of separating again.
+        """
         task = TaskSpec.from_dict(spec)
         with self._busy:
             self._abort.clear()
             self._chunks_done, self._chunks_expected, self._segment_s = 0, 1, None
             self._current = (task.task_id, attempt)
             try:
-                result = self._separate(task, attempt)
+                result = self._separate(task, attempt, reuse_from)
                 self.tasks_done += 1
                 return {"ok": True, "models": self.models.keys(), **result}
             except RayDemucsError as exc:
@@ -144,13 +150,36 @@ class SeparatorWorker:
             self.tasks_failed += 1
             return {"ok": False, "models": self.models.keys(), "error": error.to_dict()}
 
+    def _manifest_base(self, task: TaskSpec, attempt: int, duration_s: float) -> dict:
+        return {"task_id": task.task_id, "project": task.project, "file_id": task.file_id,
+                "input": {"path": task.input_path, "duration_s": duration_s,
+                          "sha256": task.input_sha256},
+                "model": task.options.model, "options": task.to_dict()["options"],
+                "attempt": attempt, "worker": self.worker_id, "node": _node_id(),
+                "device": self.device, "raydemucs_version": __version__, "created_at": time.time()}
+
+    def _reuse(self, task: TaskSpec, attempt: int, source: Path, folder: Path,
+               duration_s: float) -> dict:
+        """Link the stems of an earlier task with the same cache key into this task's folder."""
+        previous = read_manifest(source)
+        stems = {name: source / entry["file"] for name, entry in previous["stems"].items()}
+        manifest = {**self._manifest_base(task, attempt, duration_s),
+                    "samplerate": previous.get("samplerate"), "cached_from": previous["task_id"],
+                    "timings": {}}
+        started = time.time()
+        outputs = write_outputs(folder, stems, task.options.format, link_or_copy, manifest)
+        logger.info("task %s attempt %d: reused the stems of task %s", task.task_id, attempt,
+                    previous["task_id"])
+        return {"outputs": outputs, "timings": {"write_s": time.time() - started},
+                "duration_s": duration_s, "cached_from": previous["task_id"]}
+
     def _on_chunk(self, info: dict) -> None:
         if self._abort.is_set():
             raise KeyboardInterrupt
         if info["state"] == "end":
             self._chunks_done += 1
 
-    def _separate(self, task: TaskSpec, attempt: int) -> dict:
+    def _separate(self, task: TaskSpec, attempt: int, reuse_from: str | None) -> dict:
         from demucs.api import save_audio
 
         options = task.options
@@ -160,6 +189,8 @@ class SeparatorWorker:
             raise InvalidInput(f"{folder} already holds the stems of task {previous.get('task_id')}; "
                                "pass --force to replace them")
         duration_s = validate_input(task.input_path, self.config.input)
+        if reuse_from and output_is_complete(Path(reuse_from)):
+            return self._reuse(task, attempt, Path(reuse_from), folder, duration_s)
         separator = self.models.get(options.model, options.repo)
         check_options(separator.model, options)
         timings = {}
@@ -177,14 +208,8 @@ class SeparatorWorker:
         save = functools.partial(save_audio, samplerate=separator.samplerate,
                                  bitrate=options.mp3_bitrate, preset=options.mp3_preset,
                                  clip=options.clip_mode, **DEPTH_KWARGS[options.wav_depth])
-        manifest = {
-            "task_id": task.task_id, "project": task.project, "file_id": task.file_id,
-            "input": {"path": task.input_path, "duration_s": duration_s},
-            "model": options.model, "options": task.to_dict()["options"],
-            "samplerate": separator.samplerate, "attempt": attempt, "worker": self.worker_id,
-            "node": _node_id(), "device": self.device, "timings": timings,
-            "raydemucs_version": __version__, "created_at": time.time(),
-        }
+        manifest = {**self._manifest_base(task, attempt, duration_s),
+                    "samplerate": separator.samplerate, "timings": timings}
         started = time.time()
         outputs = write_outputs(folder, pick_stems(stems, options.two_stems), options.format,
                                 save, manifest)
@@ -192,6 +217,14 @@ class SeparatorWorker:
         logger.info("task %s attempt %d: separated %.1f s of audio in %.2f s", task.task_id,
                     attempt, duration_s, sum(timings.values()))
         return {"outputs": outputs, "timings": timings, "duration_s": duration_s}
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link `source` to `target`, or copy it across file systems."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 @functools.lru_cache(maxsize=1)

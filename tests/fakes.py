@@ -31,6 +31,7 @@ class FakePool:
     started: list = field(default_factory=list)
     aborted: list = field(default_factory=list)
     replaced: list = field(default_factory=list)
+    reused: list = field(default_factory=list)
 
     @classmethod
     def with_workers(cls, count: int, models: frozenset = frozenset()) -> "FakePool":
@@ -39,9 +40,10 @@ class FakePool:
     def idle_workers(self):
         return [w for w in self.workers.values() if w.busy_with is None]
 
-    def start(self, worker_id, spec, attempt):
+    def start(self, worker_id, spec, attempt, reuse_from=None):
         self.workers[worker_id].busy_with = (spec.task_id, attempt)
         self.started.append((worker_id, spec.task_id, attempt))
+        self.reused.append(reuse_from)
 
     def abort(self, worker_id, task_id):
         self.aborted.append((worker_id, task_id))

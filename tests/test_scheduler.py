@@ -320,3 +320,18 @@ def test_retry_requeues_a_dead_letter_under_its_id(tmp_path):
     scheduler.task_failed(task.task_id, 1, InvalidInput("input vanished"))
     again = scheduler.retry(task.task_id)
     assert again.task_id == task.task_id and again.state is TaskState.QUEUED
+
+
+def test_a_task_with_a_known_cache_key_is_sent_the_earlier_folder(tmp_path):
+    scheduler, pool, _ = make(tmp_path)
+    first = scheduler.submit(spec("a", project="one", input_sha256="abc"))
+    scheduler.dispatch()
+    finish(scheduler, pool)
+    assert pool.reused == [None]
+    scheduler.submit(spec("a", project="two", input_sha256="abc"))
+    scheduler.submit(spec("b", project="two", input_sha256="abc", cache=False))
+    scheduler.submit(spec("c", project="two", input_sha256="other"))
+    for _ in range(3):
+        scheduler.dispatch()
+        finish(scheduler, pool)
+    assert pool.reused[1:] == [str(first.spec.output_folder), None, None]

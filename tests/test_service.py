@@ -1,6 +1,7 @@
 """The service on a real local Ray: separation, priorities, idempotency, faults, timeouts, cancel."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -159,3 +160,19 @@ def test_a_dead_letter_can_be_listed_and_retried(make_service, audio, tmp_path):
     assert manager.retry(task_id)["state"] in ("queued", "running")
     assert manager.wait(task_id, timeout=120)["attempts"] == 1
     assert manager.wait(blocker, timeout=120)["state"] == "succeeded"
+
+
+def test_the_result_cache_links_identical_work_and_no_cache_opts_out(make_service, audio, tmp_path):
+    manager = make_service(workers={"max_workers": 1})
+    song = audio("song.wav", seconds=2.0)
+    out = tmp_path / "out"
+    first = manager.wait(manager.add_task(song, output_dir=out, project_name="one"), timeout=120)
+    cached = manager.wait(manager.add_task(song, output_dir=out, project_name="two"), timeout=120)
+    fresh = manager.wait(manager.add_task(song, output_dir=out, project_name="three", cache=False),
+                         timeout=120)
+    manifests = [json.loads((out / p / "song" / "manifest.json").read_text())
+                 for p in ("one", "two", "three")]
+    assert "cached_from" not in manifests[0] and "cached_from" not in manifests[2]
+    assert manifests[1]["cached_from"] == first["task_id"]
+    assert os.path.samefile(cached["outputs"]["vocals"], first["outputs"]["vocals"])
+    assert not os.path.samefile(fresh["outputs"]["vocals"], first["outputs"]["vocals"])

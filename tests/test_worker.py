@@ -135,3 +135,19 @@ def test_equivalent_to_demucs_separate_within_one_lsb(audio, tmp_path, tiny_repo
         reference, _ = sf.read(tmp_path / "ref" / "tiny" / "eq" / f"{stem}.wav", dtype="int16")
         assert ours.shape == reference.shape
         assert np.abs(ours.astype(int) - reference.astype(int)).max() <= 1
+
+
+def test_stems_of_an_identical_earlier_task_are_linked_not_recomputed(audio, tmp_path):
+    worker = make_worker()
+    song = audio("a.wav", seconds=1.0)
+    first = make_spec(song, tmp_path / "out", file_id="first")
+    assert worker.separate(first.to_dict(), 1)["ok"]
+    second = make_spec(song, tmp_path / "out", file_id="second")
+    result = worker.separate(second.to_dict(), 1, reuse_from=str(first.output_folder))
+    assert result["ok"] and result["cached_from"] == first.task_id
+    for stem, path in result["outputs"].items():
+        original = first.output_folder / f"{stem}.wav"
+        assert open(path, "rb").read() == original.read_bytes()
+    manifest = json.loads((second.output_folder / "manifest.json").read_text())
+    assert manifest["cached_from"] == first.task_id and manifest["task_id"] == second.task_id
+    assert worker.poll()["tasks_done"] == 2
