@@ -35,7 +35,7 @@ class WorkerSlot:
     handle: Any = None
     actor_name: str = ""
     state: str = "starting"  # starting, idle, busy, restarting, dead
-    task_id: str | None = None
+    tasks: dict = field(default_factory=dict)  # task id -> attempt, in dispatch order
     node: str | None = None
     pid: int | None = None
     models: frozenset = frozenset()
@@ -53,9 +53,14 @@ class WorkerSlot:
     started_at: float = field(default_factory=time.time)
     last_poll_at: float | None = None
 
+    @property
+    def load(self) -> int:
+        return len(self.tasks)
+
     def to_dict(self) -> dict:
         return {"worker_id": self.worker_id, "actor_name": self.actor_name, "state": self.state,
-                "task_id": self.task_id, "node": self.node, "pid": self.pid,
+                "task_id": next(iter(self.tasks), None), "tasks": list(self.tasks),
+                "node": self.node, "pid": self.pid,
                 "models": sorted(name for name, _ in self.models), "device": self.device,
                 "load_error": self.load_error, "rss_bytes": self.rss_bytes,
                 "cpu_percent": self.cpu_percent, "num_threads": self.num_threads,
@@ -84,15 +89,19 @@ class RayWorkerPool:
             self._spawn(slot)
 
     # -- the scheduler's Pool protocol ------------------------------------------------------
-    def idle_workers(self) -> list[WorkerSlot]:
-        """Idle workers on nodes with enough free memory (dispatch pauses instead of an OOM kill)."""
-        return [slot for slot in self.slots.values() if slot.state == "idle"
-                and self.policy.node_has_room(slot.node_available_bytes)]
+    def free_workers(self) -> list[WorkerSlot]:
+        """Live workers with room for a task (1 + `prefetch`), least loaded first, on nodes with
+        enough free memory (dispatch pauses instead of an OOM kill)."""
+        capacity = 1 + self.config.workers.prefetch
+        free = [slot for slot in self.slots.values() if slot.state in ("idle", "busy")
+                and slot.load < capacity and self.policy.node_has_room(slot.node_available_bytes)]
+        return sorted(free, key=lambda slot: slot.load)
 
     def start(self, worker_id: str, spec: TaskSpec, attempt: int,
               reuse_from: str | None = None) -> None:
         slot = self.slots[worker_id]
-        slot.state, slot.task_id = "busy", spec.task_id
+        slot.state = "busy"
+        slot.tasks[spec.task_id] = attempt
         ref = slot.handle.separate.remote(spec.to_dict(), attempt, reuse_from)
         self._background(self._await_result(slot, slot.handle, ref, spec.task_id, attempt))
 
@@ -107,13 +116,13 @@ class RayWorkerPool:
         if slot.handle is not None:
             ray.kill(slot.handle, no_restart=True)
         slot.restarts += 1
-        slot.state, slot.task_id, slot.handle = "restarting", None, None
+        slot.state, slot.tasks, slot.handle = "restarting", {}, None
         slot.missed_pings, slot.rss_bytes, slot.cpu_percent = 0, None, None
         self._spawn(slot)
 
     # -- health and progress ----------------------------------------------------------------
     async def poll(self) -> list[dict]:
-        """Ask every live worker for its figures; returns the answers of busy ones.
+        """Ask every live worker for its figures; returns the attempts in flight and their progress.
 
         A dead worker is reported lost; one that misses `max_missed_pings` polls in a row is
         treated as hung and reported lost too; an idle one above `max_rss_mb` is recycled.
@@ -135,9 +144,8 @@ class RayWorkerPool:
                     self.on_lost(slot.worker_id, f"it missed {slot.missed_pings} health polls")
             else:
                 self._record_figures(slot, answer)
-                if answer["task_id"] is not None:
-                    busy.append(answer)
-                elif slot.state == "idle" and self.policy.too_big(slot.rss_bytes):
+                busy.extend(answer["tasks"])
+                if slot.state == "idle" and self.policy.too_big(slot.rss_bytes):
                     self.replace(slot.worker_id, f"RSS {slot.rss_bytes / 2**20:.0f} MB over the limit")
         return busy
 
@@ -211,13 +219,14 @@ class RayWorkerPool:
             result = {"ok": False, "error": InternalError(str(exc).splitlines()[0]).to_dict()}
         if slot.handle is not handle:
             return
-        slot.state, slot.task_id = "idle", None
+        slot.tasks.pop(task_id, None)
+        slot.state = "busy" if slot.tasks else "idle"
         slot.models = frozenset(map(tuple, result.get("models", slot.models)))
         if result["ok"]:
             slot.tasks_done += 1
         else:
             slot.tasks_failed += 1
-        if self.policy.too_big(slot.rss_bytes):
+        if not slot.tasks and self.policy.too_big(slot.rss_bytes):
             self.replace(slot.worker_id, f"RSS {slot.rss_bytes / 2**20:.0f} MB over the limit")
         self.on_result(task_id, attempt, result)
 

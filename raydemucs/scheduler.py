@@ -26,10 +26,11 @@ logger = logging.getLogger("raydemucs.scheduler")
 MIN_OOM_SEGMENT_S = 1.0
 
 
-class IdleWorker(Protocol):
+class FreeWorker(Protocol):
     worker_id: str
     node: str | None
     models: frozenset
+    load: int
 
 
 class Listener(Protocol):
@@ -41,7 +42,7 @@ class Listener(Protocol):
 class Pool(Protocol):
     """What the scheduler needs from a worker pool; idle/busy bookkeeping is the pool's."""
 
-    def idle_workers(self) -> list[IdleWorker]: ...
+    def free_workers(self) -> list[FreeWorker]: ...
     def start(self, worker_id: str, spec: TaskSpec, attempt: int,
               reuse_from: str | None = None) -> None: ...
     def abort(self, worker_id: str, task_id: str) -> None: ...
@@ -55,6 +56,7 @@ class Running:
     deadline: float
     abort_sent_at: float | None = None
     cancel_requested: bool = False
+    behind: bool = False  # prefetched: waits in its worker until the task before it ends
 
 
 def model_key(options) -> tuple:
@@ -147,26 +149,36 @@ class Scheduler:
 
     # -- dispatch and time ------------------------------------------------------------------
     def dispatch(self) -> int:
-        """Start queued tasks on idle workers, best priority first; returns how many started."""
+        """Start queued tasks on free workers, best priority first; returns how many started.
+
+        The least loaded workers come first, and among them one that holds the task's model. A
+        task sent to a busy worker (prefetch) waits there; its clock starts when the task
+        before it ends.
+        """
         started = 0
         while self.dispatching and len(self.queue):
-            idle = self.pool.idle_workers()
-            if not idle:
+            free = self.pool.free_workers()
+            if not free:
                 break
             record = self.active[self.queue.pop()]
+            least = [w for w in free if w.load == free[0].load]
             key = model_key(record.spec.options)
-            worker = next((w for w in idle if key in w.models), idle[0])
+            worker = next((w for w in least if key in w.models), least[0])
             now = self.clock()
             record.attempts += 1
             record.worker, record.node = worker.worker_id, worker.node
             record.started_at, record.progress, record.retry_at = now, 0.0, None
             self._set_state(record, TaskState.RUNNING)
-            timeout_s = record.spec.timeout_s or self.config.tasks.timeout_s
-            self.running[record.task_id] = Running(worker.worker_id, record.attempts, now + timeout_s)
+            run = Running(worker.worker_id, record.attempts, now + self._timeout_s(record),
+                          behind=worker.load > 0)
+            self.running[record.task_id] = run
             self.pool.start(worker.worker_id, record.spec, record.attempts,
                             reuse_from=self._cached_folder(record.spec))
             started += 1
         return started
+
+    def _timeout_s(self, record: TaskRecord) -> float:
+        return record.spec.timeout_s or self.config.tasks.timeout_s
 
     def tick(self) -> None:
         """Release due retries, enforce deadlines (abort, then kill after the grace), dispatch."""
@@ -176,14 +188,16 @@ class Scheduler:
             self.queue.push(task_id, record.spec.priority, record.seq)
         grace_s = self.config.tasks.abort_grace_s
         for task_id, run in list(self.running.items()):
+            if task_id not in self.running or (run.behind and run.abort_sent_at is None):
+                continue
             if run.abort_sent_at is None and now >= run.deadline:
                 logger.warning("task %s attempt %d: past its deadline, aborting", task_id, run.attempt)
                 run.abort_sent_at = now
                 self.pool.abort(run.worker_id, task_id)
             elif run.abort_sent_at is not None and now >= run.abort_sent_at + grace_s:
                 reason = f"did not stop within {grace_s:g} s of an abort"
-                self.pool.replace(run.worker_id, reason)
-                self._attempt_ended(task_id, run, TaskTimeout(f"task timed out; worker {reason}"))
+                self._replace_worker(run.worker_id, reason, task_id,
+                                     TaskTimeout(f"task timed out; worker {reason}"))
         self.dispatch()
 
     # -- results ----------------------------------------------------------------------------
@@ -199,6 +213,7 @@ class Scheduler:
         if run is None or run.attempt != attempt:
             return
         del self.running[task_id]
+        self._worker_freed(run.worker_id)
         record = self.active[task_id]
         record.audio_duration_s = audio_duration_s
         if record.spec.cache_key:
@@ -212,11 +227,26 @@ class Scheduler:
         self._attempt_ended(task_id, run, error)
 
     def worker_lost(self, worker_id: str, reason: str) -> None:
-        """A worker died: fail its attempt as retryable and have the pool replace it."""
+        """A worker died: fail its attempts as retryable and have the pool replace it."""
+        self._replace_worker(worker_id, f"it died: {reason}")
+
+    def _replace_worker(self, worker_id: str, reason: str, culprit: str | None = None,
+                        error: RayDemucsError | None = None) -> None:
+        """Replace a worker; `culprit` ends with `error`, its other attempts as retryable."""
         self.pool.replace(worker_id, reason)
         for task_id, run in list(self.running.items()):
             if run.worker_id == worker_id:
-                self._attempt_ended(task_id, run, WorkerDied(f"worker {worker_id} died: {reason}"))
+                self._attempt_ended(task_id, run, error if task_id == culprit else
+                                    WorkerDied(f"worker {worker_id} was replaced: {reason}"))
+
+    def _worker_freed(self, worker_id: str) -> None:
+        """The task ahead on a worker ended: the one waiting behind it starts its clock now."""
+        now = self.clock()
+        for task_id, run in self.running.items():
+            if run.worker_id == worker_id and run.behind:
+                run.behind, run.deadline = False, now + self._timeout_s(self.active[task_id])
+                self.active[task_id].started_at = now
+                break
 
     def _cached_folder(self, spec: TaskSpec) -> str | None:
         """Another task's folder holding stems for the same input, model and options."""
@@ -227,13 +257,13 @@ class Scheduler:
 
     def _attempt_ended(self, task_id: str, run: Running, error: RayDemucsError) -> None:
         del self.running[task_id]
+        self._worker_freed(run.worker_id)
         record = self.active[task_id]
         if run.cancel_requested:
             self._finish(record, TaskState.CANCELLED)
             return
         if isinstance(error, SeparationAborted) and run.abort_sent_at is not None:
-            error = TaskTimeout(f"task ran past its timeout of "
-                                f"{record.spec.timeout_s or self.config.tasks.timeout_s:g} s")
+            error = TaskTimeout(f"task ran past its timeout of {self._timeout_s(record):g} s")
         record.error = error.to_dict()
         retryable = error.retryable or isinstance(error, SeparationAborted)
         if retryable and record.attempts <= self.config.tasks.max_retries:

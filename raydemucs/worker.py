@@ -9,6 +9,7 @@ import shutil
 import socket
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -60,8 +61,32 @@ def expected_chunks(model, length: int, options) -> int:
     return total
 
 
+@dataclass
+class Attempt:
+    """One task attempt inside a worker: its abort flag, phase and segment counts."""
+
+    task_id: str
+    number: int
+    abort: threading.Event = field(default_factory=threading.Event)
+    phase: str = "preparing"  # preparing, waiting (for the model), separating, writing
+    chunks_done: int = 0
+    chunks_expected: int = 1
+    segment_s: float | None = None
+
+    def progress(self) -> float:
+        return min(0.99, self.chunks_done / self.chunks_expected)
+
+    def to_dict(self) -> dict:
+        return {"task_id": self.task_id, "attempt": self.number, "phase": self.phase,
+                "progress": self.progress()}
+
+
 class SeparatorWorker:
-    """Separates one task at a time with models it keeps loaded; `abort` and `poll` are thread-safe."""
+    """Separates with models it keeps loaded; `abort` and `poll` are thread-safe.
+
+    Two attempts may be in a worker at once (the scheduler's prefetch): the model runs one at a
+    time, while the other decodes its input or writes its stems.
+    """
 
     def __init__(self, worker_id: str, config: dict):
         self.config = Config.from_dict(config)
@@ -73,12 +98,9 @@ class SeparatorWorker:
         self.worker_id = worker_id
         self.device = resolve_device(self.config.separation.device, self.config.workers.num_gpus)
         self.models = ModelCache(self.config.workers.max_models, self.device)
-        self._busy = threading.Lock()
-        self._abort = threading.Event()
-        self._current: tuple[str, int] | None = None
-        self._chunks_done = 0
-        self._chunks_expected = 1
-        self._segment_s: float | None = None
+        self._compute = threading.Lock()
+        self._models_lock = threading.Lock()
+        self._attempts: dict[str, Attempt] = {}
         self.tasks_done = 0
         self.tasks_failed = 0
         self.started_at = time.time()
@@ -100,20 +122,16 @@ class SeparatorWorker:
                 **health.sample(self._process, self.device)}
 
     def abort(self, task_id: str) -> bool:
-        """Ask the running task to stop at its next segment boundary."""
-        current = self._current
-        if current is not None and current[0] == task_id:
-            self._abort.set()
-            return True
-        return False
+        """Ask an attempt to stop at its next segment boundary (or before it starts)."""
+        attempt = self._attempts.get(task_id)
+        if attempt is not None:
+            attempt.abort.set()
+        return attempt is not None
 
     def poll(self) -> dict:
-        """Current task, progress and health figures; cheap enough to call every second."""
-        current = self._current
-        return {"worker_id": self.worker_id, "pid": os.getpid(),
-                "task_id": current[0] if current else None,
-                "attempt": current[1] if current else None,
-                "progress": min(0.99, self._chunks_done / self._chunks_expected) if current else None,
+        """Attempts in flight, their progress, and health figures; cheap enough to call often."""
+        attempts = [a.to_dict() for a in list(self._attempts.values())]
+        return {"worker_id": self.worker_id, "pid": os.getpid(), "tasks": attempts,
                 "tasks_done": self.tasks_done, "tasks_failed": self.tasks_failed,
                 "models": self.models.keys(), "uptime_s": time.time() - self.started_at,
                 **health.sample(self._process, self.device)}
@@ -125,30 +143,27 @@ class SeparatorWorker:
         options (the result cache): they are linked in instead of separating again.
         """
         task = TaskSpec.from_dict(spec)
-        with self._busy:
-            self._abort.clear()
-            self._chunks_done, self._chunks_expected, self._segment_s = 0, 1, None
-            self._current = (task.task_id, attempt)
-            try:
-                result = self._separate(task, attempt, reuse_from)
-                self.tasks_done += 1
-                return {"ok": True, "models": self.models.keys(), **result}
-            except RayDemucsError as exc:
-                error = exc
-            except KeyboardInterrupt:
-                error = SeparationAborted("stopped on request")
-            except MemoryError:
-                error = OutOfMemory("the worker ran out of memory", self._segment_s)
-            except Exception as exc:
-                if any(text in str(exc).lower() for text in OOM_TEXTS):
-                    error = OutOfMemory(f"out of memory: {str(exc).splitlines()[0]}", self._segment_s)
-                else:
-                    logger.exception("task %s: unexpected error", task.task_id)
-                    error = InternalError(f"{type(exc).__name__}: {exc}")
-            finally:
-                self._current = None
-            self.tasks_failed += 1
-            return {"ok": False, "models": self.models.keys(), "error": error.to_dict()}
+        current = self._attempts[task.task_id] = Attempt(task.task_id, attempt)
+        try:
+            result = self._separate(task, current, reuse_from)
+            self.tasks_done += 1
+            return {"ok": True, "models": self.models.keys(), **result}
+        except RayDemucsError as exc:
+            error = exc
+        except KeyboardInterrupt:
+            error = SeparationAborted("stopped on request")
+        except MemoryError:
+            error = OutOfMemory("the worker ran out of memory", current.segment_s)
+        except Exception as exc:
+            if any(text in str(exc).lower() for text in OOM_TEXTS):
+                error = OutOfMemory(f"out of memory: {str(exc).splitlines()[0]}", current.segment_s)
+            else:
+                logger.exception("task %s: unexpected error", task.task_id)
+                error = InternalError(f"{type(exc).__name__}: {exc}")
+        finally:
+            self._attempts.pop(task.task_id, None)
+        self.tasks_failed += 1
+        return {"ok": False, "models": self.models.keys(), "error": error.to_dict()}
 
     def _manifest_base(self, task: TaskSpec, attempt: int, duration_s: float) -> dict:
         return {"task_id": task.task_id, "project": task.project, "file_id": task.file_id,
@@ -173,13 +188,24 @@ class SeparatorWorker:
         return {"outputs": outputs, "timings": {"write_s": time.time() - started},
                 "duration_s": duration_s, "cached_from": previous["task_id"]}
 
-    def _on_chunk(self, info: dict) -> None:
-        if self._abort.is_set():
+    @staticmethod
+    def _on_chunk(current: Attempt, info: dict) -> None:
+        if current.abort.is_set():
             raise KeyboardInterrupt
         if info["state"] == "end":
-            self._chunks_done += 1
+            current.chunks_done += 1
 
-    def _separate(self, task: TaskSpec, attempt: int, reuse_from: str | None) -> dict:
+    def _acquire_model(self, current: Attempt) -> None:
+        """Wait for the model, giving up at once if the attempt is aborted meanwhile."""
+        current.phase = "waiting"
+        while not self._compute.acquire(timeout=0.1):
+            if current.abort.is_set():
+                raise KeyboardInterrupt
+        if current.abort.is_set():
+            self._compute.release()
+            raise KeyboardInterrupt
+
+    def _separate(self, task: TaskSpec, current: Attempt, reuse_from: str | None) -> dict:
         from demucs.api import save_audio
 
         options = task.options
@@ -190,32 +216,39 @@ class SeparatorWorker:
                                "pass --force to replace them")
         duration_s = validate_input(task.input_path, self.config.input)
         if reuse_from and output_is_complete(Path(reuse_from)):
-            return self._reuse(task, attempt, Path(reuse_from), folder, duration_s)
-        separator = self.models.get(options.model, options.repo)
+            return self._reuse(task, current.number, Path(reuse_from), folder, duration_s)
+        with self._models_lock:
+            separator = self.models.get(options.model, options.repo)
         check_options(separator.model, options)
         timings = {}
         started = time.time()
         wav = decode(task.input_path, separator.samplerate, separator.audio_channels)
         timings["decode_s"] = time.time() - started
-        self._chunks_expected = expected_chunks(separator.model, wav.shape[-1], options)
-        self._segment_s = options.segment or default_segment_s(separator.model)
-        separator.update_parameter(device=self.device, shifts=options.shifts,
-                                   overlap=options.overlap, segment=options.segment,
-                                   callback=self._on_chunk)
-        started = time.time()
-        _, stems = separator.separate_tensor(wav)
-        timings["separate_s"] = time.time() - started
+        current.chunks_expected = expected_chunks(separator.model, wav.shape[-1], options)
+        current.segment_s = options.segment or default_segment_s(separator.model)
+        self._acquire_model(current)
+        try:
+            current.phase = "separating"
+            separator.update_parameter(device=self.device, shifts=options.shifts,
+                                       overlap=options.overlap, segment=options.segment,
+                                       callback=functools.partial(self._on_chunk, current))
+            started = time.time()
+            _, stems = separator.separate_tensor(wav)
+            timings["separate_s"] = time.time() - started
+        finally:
+            self._compute.release()
+        current.phase = "writing"
         save = functools.partial(save_audio, samplerate=separator.samplerate,
                                  bitrate=options.mp3_bitrate, preset=options.mp3_preset,
                                  clip=options.clip_mode, **DEPTH_KWARGS[options.wav_depth])
-        manifest = {**self._manifest_base(task, attempt, duration_s),
+        manifest = {**self._manifest_base(task, current.number, duration_s),
                     "samplerate": separator.samplerate, "timings": timings}
         started = time.time()
         outputs = write_outputs(folder, pick_stems(stems, options.two_stems), options.format,
                                 save, manifest)
         timings["write_s"] = time.time() - started
         logger.info("task %s attempt %d: separated %.1f s of audio in %.2f s", task.task_id,
-                    attempt, duration_s, sum(timings.values()))
+                    current.number, duration_s, sum(timings.values()))
         return {"outputs": outputs, "timings": timings, "duration_s": duration_s}
 
 

@@ -20,7 +20,15 @@ class FakeWorker:
     worker_id: str
     node: str = "node-a"
     models: frozenset = frozenset()
-    busy_with: tuple | None = None
+    tasks: list = field(default_factory=list)
+
+    @property
+    def load(self) -> int:
+        return len(self.tasks)
+
+    @property
+    def busy_with(self) -> tuple | None:
+        return self.tasks[0] if self.tasks else None
 
 
 @dataclass
@@ -28,20 +36,22 @@ class FakePool:
     """Implements the scheduler's Pool protocol in memory; tests finish tasks by hand."""
 
     workers: dict = field(default_factory=dict)
+    capacity: int = 1
     started: list = field(default_factory=list)
     aborted: list = field(default_factory=list)
     replaced: list = field(default_factory=list)
     reused: list = field(default_factory=list)
 
     @classmethod
-    def with_workers(cls, count: int, models: frozenset = frozenset()) -> "FakePool":
-        return cls({f"worker-{i}": FakeWorker(f"worker-{i}", models=models) for i in range(count)})
+    def with_workers(cls, count: int, capacity: int = 1) -> "FakePool":
+        return cls({f"worker-{i}": FakeWorker(f"worker-{i}") for i in range(count)}, capacity)
 
-    def idle_workers(self):
-        return [w for w in self.workers.values() if w.busy_with is None]
+    def free_workers(self):
+        free = [w for w in self.workers.values() if w.load < self.capacity]
+        return sorted(free, key=lambda w: w.load)
 
     def start(self, worker_id, spec, attempt, reuse_from=None):
-        self.workers[worker_id].busy_with = (spec.task_id, attempt)
+        self.workers[worker_id].tasks.append((spec.task_id, attempt))
         self.started.append((worker_id, spec.task_id, attempt))
         self.reused.append(reuse_from)
 
@@ -50,10 +60,10 @@ class FakePool:
 
     def replace(self, worker_id, reason):
         self.replaced.append((worker_id, reason))
-        self.workers[worker_id].busy_with = None
+        self.workers[worker_id].tasks.clear()
 
     def free(self, worker_id):
-        self.workers[worker_id].busy_with = None
+        self.workers[worker_id].tasks.pop(0)
 
     def started_ids(self) -> list[str]:
         return [task_id for _, task_id, _ in self.started]

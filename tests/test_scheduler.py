@@ -185,7 +185,7 @@ def test_worker_lost_retries_its_task_and_replaces_it(tmp_path):
     task = scheduler.submit(spec("song"))
     scheduler.dispatch()
     scheduler.worker_lost("worker-0", "SIGKILL")
-    assert pool.replaced == [("worker-0", "SIGKILL")]
+    assert pool.replaced == [("worker-0", "it died: SIGKILL")]
     record = scheduler.get(task.task_id)
     assert record.state is TaskState.QUEUED and record.error["type"] == "WorkerDied"
     clock.advance(10)
@@ -335,3 +335,34 @@ def test_a_task_with_a_known_cache_key_is_sent_the_earlier_folder(tmp_path):
         scheduler.dispatch()
         finish(scheduler, pool)
     assert pool.reused[1:] == [str(first.spec.output_folder), None, None]
+
+
+def test_prefetch_queues_one_task_behind_a_busy_worker_and_starts_its_clock_later(tmp_path):
+    scheduler, _, clock = make(tmp_path, timeout_s=10.0)
+    scheduler.pool = pool = FakePool.with_workers(2, capacity=2)
+    ids = [scheduler.submit(spec(name)).task_id for name in "abcde"]
+    scheduler.dispatch()
+    assert [(w, t) for w, t, _ in pool.started] == [
+        ("worker-0", ids[0]), ("worker-1", ids[1]), ("worker-0", ids[2]), ("worker-1", ids[3])]
+    clock.advance(9.0)
+    pool.free("worker-0")
+    scheduler.task_succeeded(ids[0], 1, {})
+    assert scheduler.get(ids[2]).started_at == clock.now
+    clock.advance(9.0)
+    scheduler.tick()  # c has run 9 s of its 10: no abort yet; b (18 s) is aborted
+    assert pool.aborted == [("worker-1", ids[1])]
+    assert pool.started[-1][1] == ids[4]  # the freed slot took the next task
+
+
+def test_replacing_a_worker_ends_the_task_waiting_behind_as_retryable(tmp_path):
+    scheduler, _, clock = make(tmp_path, timeout_s=5.0, max_retries=0)
+    scheduler.pool = pool = FakePool.with_workers(1, capacity=2)
+    first, second = (scheduler.submit(spec(name)).task_id for name in "ab")
+    scheduler.dispatch()
+    clock.advance(5.0)
+    scheduler.tick()
+    clock.advance(5.0)
+    scheduler.tick()
+    assert scheduler.get(first).error["type"] == "TaskTimeout"
+    assert scheduler.get(second).state is TaskState.FAILED  # max_retries 0
+    assert scheduler.get(second).error["type"] == "WorkerDied"

@@ -176,3 +176,16 @@ def test_the_result_cache_links_identical_work_and_no_cache_opts_out(make_servic
     assert manifests[1]["cached_from"] == first["task_id"]
     assert os.path.samefile(cached["outputs"]["vocals"], first["outputs"]["vocals"])
     assert not os.path.samefile(fresh["outputs"]["vocals"], first["outputs"]["vocals"])
+
+
+def test_with_prefetch_a_busy_worker_takes_the_next_task_and_both_succeed(make_service, audio, tmp_path):
+    manager = make_service(workers={"max_workers": 1, "prefetch": 1})
+    out = tmp_path / "out"
+    first = manager.add_task(audio("first.wav", seconds=20.0), output_dir=out, segment=2.0)
+    wait_for(lambda: manager.get_status(first)["progress"] > 0.05)
+    second = manager.add_task(audio("second.wav", seconds=1.0), output_dir=out)
+    worker = wait_for(lambda: [w for w in manager.get_status()["workers"] if len(w["tasks"]) == 2])
+    assert worker[0]["tasks"] == [first, second]
+    records = manager.wait_all([first, second], timeout=120)
+    assert [r["state"] for r in records] == ["succeeded", "succeeded"]
+    assert records[1]["started_at"] >= records[0]["finished_at"] - 1.0

@@ -31,6 +31,11 @@ def make_spec(input_path, out, file_id="song", **options):
                     output_dir=str(out), options=SeparationConfig(**{**base.__dict__, **options}))
 
 
+def progress_of(worker):
+    tasks = worker.poll()["tasks"]
+    return tasks[0]["progress"] if tasks else None
+
+
 def test_separates_into_all_stems_with_a_manifest(audio, tmp_path):
     worker = make_worker()
     spec = make_spec(audio("a.wav", seconds=2.0), tmp_path / "out")
@@ -100,7 +105,7 @@ def test_abort_stops_at_the_next_segment(audio, tmp_path):
     results = []
     thread = threading.Thread(target=lambda: results.append(worker.separate(spec.to_dict(), 1)))
     thread.start()
-    while not worker.poll()["progress"]:
+    while not progress_of(worker):
         time.sleep(0.05)
     assert worker.abort(spec.task_id) and not worker.abort("another-task")
     thread.join(30)
@@ -115,7 +120,7 @@ def test_progress_rises_during_a_task(audio, tmp_path):
     thread = threading.Thread(target=worker.separate, args=(spec.to_dict(), 1))
     thread.start()
     while thread.is_alive():
-        seen.append(worker.poll()["progress"])
+        seen.append(progress_of(worker))
         time.sleep(0.05)
     values = [p for p in seen if p is not None]
     assert values == sorted(values) and len(set(values)) > 3 and max(values) <= 0.99
@@ -151,3 +156,31 @@ def test_stems_of_an_identical_earlier_task_are_linked_not_recomputed(audio, tmp
     manifest = json.loads((second.output_folder / "manifest.json").read_text())
     assert manifest["cached_from"] == first.task_id and manifest["task_id"] == second.task_id
     assert worker.poll()["tasks_done"] == 2
+
+
+def test_a_second_attempt_waits_for_the_model_and_can_be_aborted_while_waiting(audio, tmp_path):
+    worker = make_worker()
+    running = make_spec(audio("long.wav", seconds=40.0), tmp_path / "out", file_id="a", segment=2.0)
+    waiting = make_spec(audio("next.wav", seconds=1.0), tmp_path / "out", file_id="b")
+    aborted = make_spec(audio("gone.wav", seconds=1.0), tmp_path / "out", file_id="c")
+    results = {}
+
+    def run(spec):
+        results[spec.file_id] = worker.separate(spec.to_dict(), 1)
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in (running, waiting, aborted)]
+    threads[0].start()
+    while not progress_of(worker):
+        time.sleep(0.05)
+    threads[1].start()
+    threads[2].start()
+    deadline = time.monotonic() + 30
+    while {t["phase"] for t in worker.poll()["tasks"]} != {"separating", "waiting"}:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert worker.abort(aborted.task_id)
+    threads[2].join(10)
+    assert results["c"]["error"]["type"] == "SeparationAborted" and threads[0].is_alive()
+    for thread in threads[:2]:
+        thread.join(120)
+    assert results["a"]["ok"] and results["b"]["ok"]
