@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 import struct
@@ -23,6 +24,9 @@ SCAN_BLOCK = 1 << 20
 FLOAT_WAV_DTYPES = {32: "<f4", 64: "<f8"}
 WAVE_FORMAT_IEEE_FLOAT = 3
 WAVE_FORMAT_EXTENSIBLE = 0xFFFE
+# julius, demucs's resampler, needs time and memory that grow with the terms of the reduced rate
+# ratio: 44056 -> 44100 Hz (11014:11025) takes GBs for seconds of audio. ffmpeg takes any ratio.
+MAX_RESAMPLE_TERMS = 1000
 
 
 def _is_decoder_failure(exc: BaseException) -> bool:
@@ -93,7 +97,7 @@ def _riff_chunks(handle):
         handle.seek(offset + size + (size & 1))
 
 
-def wav_layout(path: Path) -> WavLayout | None:
+def _wav_layout(path: Path) -> WavLayout | None:
     """The layout of a WAV file (RIFF or RF64), or None for any other file."""
     with open(path, "rb") as handle:
         head = handle.read(12)
@@ -129,7 +133,7 @@ def _check_finite_samples(path: Path, layout: WavLayout) -> None:
 def check_wav_header(path: Path) -> None:
     """A WAV declares channels and a sample rate, and its float samples are finite."""
     try:
-        layout = wav_layout(path)
+        layout = _wav_layout(path)
     except OSError as exc:
         raise InvalidInput(f"input {printable(path)} cannot be read: {exc.strerror}") from None
     if layout is None:
@@ -186,7 +190,7 @@ def _decode_start(path: Path, seconds: float):
     def read():
         reader = sphn.FileReader(str(path))
         samples = reader.decode(0.0, seconds)
-        return (samples, reader.sample_rate) if samples.size else None
+        return (samples, reader.sample_rate) if samples.size and reader.sample_rate else None
 
     return _sphn(read) or _decode_start_ffmpeg(path, seconds)
 
@@ -236,6 +240,11 @@ def _read_with_ffmpeg(path: Path, samplerate: int, channels: int):
         raise InvalidInput(f"input {printable(path)} could not be decoded as audio") from None
 
 
+def _resamples_cheaply(rate: int, samplerate: int) -> bool:
+    """Whether julius converts `rate` to `samplerate` in bounded time and memory."""
+    return max(rate, samplerate) // math.gcd(rate, samplerate) <= MAX_RESAMPLE_TERMS
+
+
 def decode(path: Path, samplerate: int, channels: int):
     """Decode to a float32 `[channels, time]` tensor at the model's rate, as `demucs.api` does."""
     import sphn
@@ -244,13 +253,15 @@ def decode(path: Path, samplerate: int, channels: int):
 
     def read():
         data, rate = sphn.read(str(path))
-        return convert_audio(torch.from_numpy(data), int(rate), samplerate, channels) if data.size else None
+        if not data.size or not _resamples_cheaply(int(rate), samplerate):
+            return None
+        return convert_audio(torch.from_numpy(data), int(rate), samplerate, channels)
 
     wav = _sphn(read)
     if wav is None:
         wav = _read_with_ffmpeg(path, samplerate, channels)
     if wav.shape[-1] == 0:
-        raise InvalidInput(f"input {printable(path)} holds no samples")
+        raise InvalidInput(f"input {printable(path)} holds no audio samples")
     if wav.shape[-1] < MIN_SAMPLES:
         raise InvalidInput(f"input {printable(path)} holds {wav.shape[-1]} samples at "
                            f"{samplerate} Hz, too few to separate (at least {MIN_SAMPLES})")

@@ -104,9 +104,11 @@ def check_model_name(name: str, repo: str | None) -> None:
         return
     if repo:
         _check_repo_model(name, Path(repo).expanduser())
-    elif name not in remote_models():
+        return
+    available = remote_models()
+    if name not in available:
         raise ModelNotFound(f"unknown model {name!r} among demucs's pretrained models; "
-                            f"available: {', '.join(remote_models())}")
+                            f"available: {', '.join(available)}")
 
 
 def _load_reason(exc: BaseException) -> str:
