@@ -185,12 +185,13 @@ class WorkerManager:
         output_dir = Path(output_dir or config.service.output_dir).expanduser().absolute()
         file_id = file_id if file_id is not None else name_from_filename(path.stem)
         resolve_output_folder(output_dir, project_name, file_id)
-        check_writable(output_dir)
+        priority = parse_priority(priority)
         if timeout_s is not None:
             timeout_s = coerce("tasks", "timeout_s", timeout_s, "option")
+        check_writable(output_dir)
         return TaskSpec(task_id=new_task_id(), project=project_name, file_id=file_id,
                         input_path=str(path), output_dir=str(output_dir),
-                        priority=parse_priority(priority), options=separation, force=force,
+                        priority=priority, options=separation, force=force,
                         timeout_s=timeout_s, cache=cache,
                         input_sha256=file_sha256(path) if cache else None)
 
