@@ -25,6 +25,12 @@ class TaskQueue:
                 return task_id
         return None
 
+    def peek_priority(self) -> int | None:
+        """The priority of the task `pop` would return, or None when empty."""
+        while self._heap and self._heap[0][2] not in self._queued:
+            heapq.heappop(self._heap)
+        return self._heap[0][0] if self._heap else None
+
     def remove(self, task_id: str) -> bool:
         """Drop a task (lazily: its heap entry is skipped when reached)."""
         found = task_id in self._queued

@@ -57,6 +57,7 @@ class Running:
     abort_sent_at: float | None = None
     cancel_requested: bool = False
     behind: bool = False  # prefetched: waits in its worker until the task before it ends
+    preempted: bool = False  # asked to step back for a task of better priority
 
 
 def model_key(options) -> tuple:
@@ -175,7 +176,26 @@ class Scheduler:
             self.pool.start(worker.worker_id, record.spec, record.attempts,
                             reuse_from=self._cached_folder(record.spec))
             started += 1
+        self._preempt_for_priority()
         return started
+
+    def _preempt_for_priority(self) -> None:
+        """Keep priorities strict under prefetch: a waiting task of worse priority than the queue's
+        best steps back (it is requeued as it was, its attempt not counted)."""
+        best = self.queue.peek_priority()
+        if best is None or not self.dispatching:
+            return
+        waiting = [(self.active[t].spec.priority, self.active[t].seq, t, run)
+                   for t, run in self.running.items()
+                   if run.behind and run.abort_sent_at is None and self.active[t].spec.priority > best]
+        if waiting:
+            _, _, task_id, run = max(waiting)
+            self._step_back(task_id, run)
+
+    def _step_back(self, task_id: str, run: Running) -> None:
+        """Ask a prefetched task that has not started to return to the queue."""
+        run.preempted, run.abort_sent_at = True, self.clock()
+        self.pool.abort(run.worker_id, task_id)
 
     def _timeout_s(self, record: TaskRecord) -> float:
         return record.spec.timeout_s or self.config.tasks.timeout_s
@@ -190,6 +210,8 @@ class Scheduler:
         for task_id, run in list(self.running.items()):
             if task_id not in self.running or (run.behind and run.abort_sent_at is None):
                 continue
+            if run.preempted:
+                continue  # it steps back at its next check; never worth killing the worker
             if run.abort_sent_at is None and now >= run.deadline:
                 logger.warning("task %s attempt %d: past its deadline, aborting", task_id, run.attempt)
                 run.abort_sent_at = now
@@ -262,6 +284,12 @@ class Scheduler:
         if run.cancel_requested:
             self._finish(record, TaskState.CANCELLED)
             return
+        if run.preempted and isinstance(error, SeparationAborted):
+            record.attempts -= 1
+            record.queued_at = self.clock()
+            self._set_state(record, TaskState.QUEUED, note="stepped back for a task of better priority")
+            self.queue.push(task_id, record.spec.priority, record.seq)
+            return
         if isinstance(error, SeparationAborted) and run.abort_sent_at is not None:
             error = TaskTimeout(f"task ran past its timeout of {self._timeout_s(record):g} s")
         record.error = error.to_dict()
@@ -284,9 +312,13 @@ class Scheduler:
 
     # -- shutdown ---------------------------------------------------------------------------
     def stop_accepting(self) -> None:
-        """Refuse new submissions and start no more tasks; queued ones stay in the journal."""
+        """Refuse new submissions and start no more tasks; queued ones (and prefetched ones, which
+        step back) stay in the journal."""
         self.accepting = False
         self.dispatching = False
+        for task_id, run in list(self.running.items()):
+            if run.behind and run.abort_sent_at is None:
+                self._step_back(task_id, run)
 
     # -- queries ----------------------------------------------------------------------------
     def get(self, task_id: str) -> TaskRecord:

@@ -14,7 +14,9 @@ def test_queue_pops_by_priority_then_sequence_and_skips_removed():
         queue.push(task_id, priority, seq)
     assert queue.remove("x") and not queue.remove("x")
     queue.push("a", 5, 1)  # a duplicate push is ignored
+    assert queue.peek_priority() == 0
     assert [queue.pop() for _ in range(5)] == ["h", "a", "c", "l", None]
+    assert queue.peek_priority() is None
 
 
 def test_delayed_tasks_come_out_when_due():

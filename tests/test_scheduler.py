@@ -366,3 +366,35 @@ def test_replacing_a_worker_ends_the_task_waiting_behind_as_retryable(tmp_path):
     assert scheduler.get(first).error["type"] == "TaskTimeout"
     assert scheduler.get(second).state is TaskState.FAILED  # max_retries 0
     assert scheduler.get(second).error["type"] == "WorkerDied"
+
+
+def test_a_prefetched_task_steps_back_for_a_better_priority(tmp_path):
+    scheduler, _, _ = make(tmp_path)
+    scheduler.pool = pool = FakePool.with_workers(1, capacity=2)
+    running = scheduler.submit(spec("running", priority=5)).task_id
+    low = scheduler.submit(spec("low", priority=9)).task_id
+    scheduler.dispatch()
+    assert pool.started_ids() == [running, low] and not pool.aborted
+    high = scheduler.submit(spec("high", priority=0)).task_id
+    scheduler.dispatch()
+    assert pool.aborted == [("worker-0", low)]
+    pool.workers["worker-0"].tasks.remove((low, 1))
+    scheduler.task_failed(low, 1, SeparationAborted("stopped"))
+    record = scheduler.get(low)
+    assert record.state is TaskState.QUEUED and record.attempts == 0
+    scheduler.dispatch()
+    assert pool.started_ids()[-1] == high
+    finish(scheduler, pool)  # running ends; high moves up; low is prefetched again
+    assert pool.started_ids()[-1] == low and scheduler.get(low).attempts == 1
+
+
+def test_draining_sends_prefetched_tasks_back_to_the_queue(tmp_path):
+    scheduler, _, _ = make(tmp_path)
+    scheduler.pool = pool = FakePool.with_workers(1, capacity=2)
+    first, second = (scheduler.submit(spec(name)).task_id for name in "ab")
+    scheduler.dispatch()
+    scheduler.stop_accepting()
+    assert pool.aborted == [("worker-0", second)]
+    scheduler.task_failed(second, 1, SeparationAborted("stopped"))
+    assert scheduler.store.get(second).state is TaskState.QUEUED
+    assert scheduler.store.get(first).state is TaskState.RUNNING
