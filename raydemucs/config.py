@@ -74,6 +74,8 @@ class SeparationConfig:
     mp3_bitrate: int = _opt(320, min=8, max=320, doc="--mp3-bitrate")
     mp3_preset: int = _opt(2, min=2, max=7, doc="--mp3-preset")
     clip_mode: str = _opt("rescale", choices=CLIP_MODES, doc="--clip-mode")
+    stream_over_s: float | None = _opt(600.0, min=0.0, max=7 * 86400.0,
+                                       doc="inputs longer than this stream (bounded memory)")
 
 
 @dataclass(frozen=True)

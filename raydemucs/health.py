@@ -23,6 +23,27 @@ def sample(process: psutil.Process, device: str) -> dict:
     return figures
 
 
+def reset_peak_rss() -> None:
+    """Restart this process's peak-RSS count (Linux; a no-op elsewhere)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_bytes() -> int | None:
+    """This process's peak RSS since `reset_peak_rss` (VmHWM), or None where unknown."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 @dataclass(frozen=True)
 class HealthPolicy:
     """When to recycle a worker, when to stop feeding one, when to declare one hung."""

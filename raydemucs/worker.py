@@ -1,6 +1,7 @@
 """SeparatorWorker: one process, models loaded once, one task at a time, abortable, observable."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -22,6 +23,7 @@ from .errors import (InternalError, InvalidInput, ModelNotFound, OutOfMemory, Ra
 from .logs import configure_logging
 from .models import ModelCache, check_options, default_segment_s
 from .outputs import output_is_complete, read_manifest, resolve_output_folder, write_outputs
+from .streaming import save_any, separate_file
 from .task import TaskSpec
 
 logger = logging.getLogger("raydemucs.worker")
@@ -192,6 +194,7 @@ class SeparatorWorker:
     def _on_chunk(current: Attempt, info: dict) -> None:
         if current.abort.is_set():
             raise KeyboardInterrupt
+        current.chunks_expected = info.get("segments", current.chunks_expected)
         if info["state"] == "end":
             current.chunks_done += 1
 
@@ -205,9 +208,48 @@ class SeparatorWorker:
             self._compute.release()
             raise KeyboardInterrupt
 
-    def _separate(self, task: TaskSpec, current: Attempt, reuse_from: str | None) -> dict:
-        from demucs.api import save_audio
+    def _separate_in_memory(self, task: TaskSpec, current: Attempt, separator, timings) -> dict:
+        """Decode the whole input, then `Separator.separate_tensor` (demucs's own path)."""
+        options = task.options
+        started = time.time()
+        wav = decode(task.input_path, separator.samplerate, separator.audio_channels)
+        timings["decode_s"] = time.time() - started
+        current.chunks_expected = expected_chunks(separator.model, wav.shape[-1], options)
+        current.segment_s = options.segment or default_segment_s(separator.model)
+        with self._model_turn(current):
+            separator.update_parameter(device=self.device, shifts=options.shifts,
+                                       overlap=options.overlap, segment=options.segment,
+                                       callback=functools.partial(self._on_chunk, current))
+            started = time.time()
+            _, stems = separator.separate_tensor(wav)
+            timings["separate_s"] = time.time() - started
+        return stems
 
+    def _separate_streamed(self, task: TaskSpec, current: Attempt, separator, timings):
+        """Separate in windows with stems streamed to temp files: memory does not grow with length."""
+        options = task.options
+        current.segment_s = options.segment or default_segment_s(separator.model)
+        with self._model_turn(current):
+            started = time.time()
+            stems = separate_file(separator.model, task.input_path, segment=options.segment,
+                                  overlap=options.overlap, shifts=options.shifts,
+                                  device=self.device, two_stems=options.two_stems,
+                                  callback=functools.partial(self._on_chunk, current))
+            timings["separate_s"] = time.time() - started
+        return stems
+
+    @contextlib.contextmanager
+    def _model_turn(self, current: Attempt):
+        """Hold the model for one attempt (others wait, abortable), counting its peak RSS."""
+        self._acquire_model(current)
+        try:
+            current.phase = "separating"
+            health.reset_peak_rss()
+            yield
+        finally:
+            self._compute.release()
+
+    def _separate(self, task: TaskSpec, current: Attempt, reuse_from: str | None) -> dict:
         options = task.options
         folder = resolve_output_folder(task.output_dir, task.project, task.file_id)
         previous = read_manifest(folder)
@@ -220,32 +262,25 @@ class SeparatorWorker:
         with self._models_lock:
             separator = self.models.get(options.model, options.repo)
         check_options(separator.model, options)
+        streamed = options.stream_over_s is not None and duration_s > options.stream_over_s
         timings = {}
-        started = time.time()
-        wav = decode(task.input_path, separator.samplerate, separator.audio_channels)
-        timings["decode_s"] = time.time() - started
-        current.chunks_expected = expected_chunks(separator.model, wav.shape[-1], options)
-        current.segment_s = options.segment or default_segment_s(separator.model)
-        self._acquire_model(current)
-        try:
-            current.phase = "separating"
-            separator.update_parameter(device=self.device, shifts=options.shifts,
-                                       overlap=options.overlap, segment=options.segment,
-                                       callback=functools.partial(self._on_chunk, current))
+        with contextlib.ExitStack() as cleanup:
+            if streamed:
+                stems = self._separate_streamed(task, current, separator, timings)
+                cleanup.callback(stems.cleanup)
+                stems = stems.stems
+            else:
+                stems = pick_stems(self._separate_in_memory(task, current, separator, timings),
+                                   options.two_stems)
+            current.phase = "writing"
+            save = functools.partial(save_any, samplerate=separator.samplerate,
+                                     bitrate=options.mp3_bitrate, preset=options.mp3_preset,
+                                     clip=options.clip_mode, **DEPTH_KWARGS[options.wav_depth])
+            manifest = {**self._manifest_base(task, current.number, duration_s),
+                        "samplerate": separator.samplerate, "streamed": streamed,
+                        "peak_rss_bytes": health.peak_rss_bytes(), "timings": timings}
             started = time.time()
-            _, stems = separator.separate_tensor(wav)
-            timings["separate_s"] = time.time() - started
-        finally:
-            self._compute.release()
-        current.phase = "writing"
-        save = functools.partial(save_audio, samplerate=separator.samplerate,
-                                 bitrate=options.mp3_bitrate, preset=options.mp3_preset,
-                                 clip=options.clip_mode, **DEPTH_KWARGS[options.wav_depth])
-        manifest = {**self._manifest_base(task, current.number, duration_s),
-                    "samplerate": separator.samplerate, "timings": timings}
-        started = time.time()
-        outputs = write_outputs(folder, pick_stems(stems, options.two_stems), options.format,
-                                save, manifest)
+            outputs = write_outputs(folder, stems, options.format, save, manifest)
         timings["write_s"] = time.time() - started
         logger.info("task %s attempt %d: separated %.1f s of audio in %.2f s", task.task_id,
                     current.number, duration_s, sum(timings.values()))

@@ -356,7 +356,7 @@ def test_prefetch_queues_one_task_behind_a_busy_worker_and_starts_its_clock_late
 
 def test_replacing_a_worker_ends_the_task_waiting_behind_as_retryable(tmp_path):
     scheduler, _, clock = make(tmp_path, timeout_s=5.0, max_retries=0)
-    scheduler.pool = pool = FakePool.with_workers(1, capacity=2)
+    scheduler.pool = FakePool.with_workers(1, capacity=2)
     first, second = (scheduler.submit(spec(name)).task_id for name in "ab")
     scheduler.dispatch()
     clock.advance(5.0)

@@ -184,3 +184,23 @@ def test_a_second_attempt_waits_for_the_model_and_can_be_aborted_while_waiting(a
     for thread in threads[:2]:
         thread.join(120)
     assert results["a"]["ok"] and results["b"]["ok"]
+
+
+@pytest.mark.parametrize("two_stems", [None, "vocals"])
+def test_a_streamed_task_equals_the_in_memory_one_within_one_lsb(audio, tmp_path, tiny_repo, two_stems):
+    """Inputs over `stream_over_s` go through the bounded-memory path; the stems do not change."""
+    worker = make_worker(repo=tiny_repo, model="tiny")
+    song = audio("long.wav", seconds=12.0, seed=5)
+    options = dict(model="tiny", repo=str(tiny_repo), two_stems=two_stems)
+    plain = make_spec(song, tmp_path / "out", file_id="plain", stream_over_s=None, **options)
+    streamed = make_spec(song, tmp_path / "out", file_id="streamed", stream_over_s=0.0, **options)
+    results = [worker.separate(s.to_dict(), 1) for s in (plain, streamed)]
+    assert all(r["ok"] for r in results), results
+    assert sorted(results[0]["outputs"]) == sorted(results[1]["outputs"])
+    for stem, path in results[0]["outputs"].items():
+        a, _ = sf.read(path, dtype="int16")
+        b, _ = sf.read(results[1]["outputs"][stem], dtype="int16")
+        assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).max() <= 1
+    manifests = [json.loads((s.output_folder / "manifest.json").read_text()) for s in (plain, streamed)]
+    assert [m["streamed"] for m in manifests] == [False, True]
+    assert all(m["peak_rss_bytes"] > 50 * 2**20 for m in manifests)

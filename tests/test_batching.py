@@ -1,0 +1,125 @@
+"""BatchedSeparator: segments of several tracks per forward pass, same stems as one by one."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from demucs.apply import BagOfModels, apply_model
+from demucs.htdemucs import HTDemucs
+from demucs.pretrained import SOURCES, get_model
+
+from raydemucs.batching import BatchedSeparator
+from raydemucs.longtrack import track_stats
+
+from conftest import make_signal
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_htdemucs(seed: int = 0) -> HTDemucs:
+    torch.manual_seed(seed)
+    return HTDemucs(sources=SOURCES, channels=8, t_layers=1, segment=1)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_htdemucs()
+
+
+@pytest.fixture(scope="module")
+def tracks():
+    """Three tracks of different lengths, one shorter than a segment."""
+    return {name: torch.from_numpy(make_signal(seconds, seed=i).T.copy())
+            for i, (name, seconds) in enumerate([("a", 2.3), ("b", 1.6), ("c", 0.6)])}
+
+
+def plain(model, wav, **options) -> dict:
+    mean, std = track_stats(wav)
+    out = (apply_model(model, ((wav - mean) / std)[None], split=True, **options) * std + mean)[0]
+    return dict(zip(model.sources, out))
+
+
+def assert_same_stems(result: dict, ref: dict) -> None:
+    assert list(result) == list(ref)
+    for name in ref:
+        assert result[name].shape == ref[name].shape
+        assert (result[name] - ref[name]).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 16])
+def test_batched_stems_equal_unbatched_ones(tiny, tracks, batch_size):
+    batcher = BatchedSeparator(tiny, batch_size=batch_size)
+    results = batcher.separate(tracks)
+    for key, wav in tracks.items():
+        assert_same_stems(results[key], plain(tiny, wav, shifts=0))
+    segments = 4 + 3 + 1
+    assert batcher.forward_passes == -(-segments // batch_size)
+
+
+def test_models_with_varying_input_lengths_batch_by_length(tracks):
+    torch.manual_seed(0)
+    model = get_model("demucs_unittest")
+    batcher = BatchedSeparator(model, batch_size=4)
+    results = batcher.separate(tracks, segment=0.5)
+    for key, wav in tracks.items():
+        assert_same_stems(results[key], plain(model, wav, shifts=0, segment=0.5))
+
+
+def test_a_bag_batches_each_model_separately(tracks):
+    bag = BagOfModels([tiny_htdemucs(0), tiny_htdemucs(1)], weights=[[1, 2, 1, 1], [1, 1, 3, 1]])
+    batcher = BatchedSeparator(bag, batch_size=4)
+    results = batcher.separate(tracks)
+    for key, wav in tracks.items():
+        assert_same_stems(results[key], plain(bag, wav, shifts=0))
+
+
+def test_tracks_with_different_options_share_forward_passes(tiny, tracks, monkeypatch):
+    draws = iter([9000])
+    monkeypatch.setattr(random, "randint", lambda a, b: next(draws))
+    ref_a = plain(tiny, tracks["a"], shifts=1)
+    draws = iter([9000])
+    batcher = BatchedSeparator(tiny, batch_size=8)
+    batcher.add("a", tracks["a"], shifts=1)
+    batcher.add("b", tracks["b"], overlap=0.5)
+    finished = batcher.step()
+    assert batcher.forward_passes == 1 and sorted(finished) == ["a", "b"]
+    assert_same_stems(batcher.pop("a"), ref_a)
+    assert_same_stems(batcher.pop("b"), plain(tiny, tracks["b"], shifts=0, overlap=0.5))
+
+
+def test_an_aborted_track_is_dropped_and_the_others_finish(tiny, tracks):
+    def abort(info):
+        if info["state"] == "start":
+            raise KeyboardInterrupt
+
+    progress = []
+    batcher = BatchedSeparator(tiny, batch_size=2)
+    batcher.add("a", tracks["a"], callback=lambda d: progress.append(d["state"]))
+    batcher.add("b", tracks["b"], callback=abort)
+    finished = []
+    while batcher.pending():
+        finished += batcher.step()
+    assert sorted(finished) == ["a", "b"]
+    with pytest.raises(KeyboardInterrupt):
+        batcher.pop("b")
+    assert_same_stems(batcher.pop("a"), plain(tiny, tracks["a"], shifts=0))
+    assert progress.count("end") == 4
+
+
+def test_popping_an_unfinished_track_is_refused(tiny, tracks):
+    batcher = BatchedSeparator(tiny, batch_size=1)
+    batcher.add("a", tracks["a"])
+    batcher.step()
+    with pytest.raises(RuntimeError, match="still has 3 segments"):
+        batcher.pop("a")
+    with pytest.raises(KeyError):
+        batcher.add("a", tracks["a"])
