@@ -82,9 +82,12 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _remove_stale_staging(folder: Path) -> None:
-    for stale in folder.parent.glob(f".{glob_escape(folder.name)}.*.tmp"):
-        shutil.rmtree(stale, ignore_errors=True)
+def remove_staging(folder: Path, suffixes: tuple = ("tmp", "scratch")) -> None:
+    """Remove the hidden folders killed attempts leave beside `folder`: staging (`.FILE_ID.*.tmp`)
+    and streaming scratch (`.FILE_ID.*.scratch`)."""
+    for suffix in suffixes:
+        for stale in folder.parent.glob(f".{glob_escape(folder.name)}.*.{suffix}"):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def glob_escape(name: str) -> str:
@@ -103,7 +106,7 @@ def write_outputs(folder: Path, stems: dict, ext: str, save: Callable[[object, P
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         _refuse_symlinks(folder.parent, folder)
-        _remove_stale_staging(folder)
+        remove_staging(folder, ("tmp",))
         staging.mkdir()
         entries = {}
         for name, wav in stems.items():

@@ -105,10 +105,10 @@ class RayWorkerPool:
         ref = slot.handle.separate.remote(spec.to_dict(), attempt, reuse_from)
         self._background(self._await_result(slot, slot.handle, ref, spec.task_id, attempt))
 
-    def abort(self, worker_id: str, task_id: str) -> None:
+    def abort(self, worker_id: str, task_id: str, attempt: int) -> None:
         slot = self.slots[worker_id]
         if slot.handle is not None:
-            slot.handle.abort.remote(task_id)
+            slot.handle.abort.remote(task_id, attempt)
 
     def replace(self, worker_id: str, reason: str) -> None:
         slot = self.slots[worker_id]

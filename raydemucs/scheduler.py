@@ -16,7 +16,7 @@ from typing import Callable, Protocol
 from .config import Config
 from .errors import (OutOfMemory, RayDemucsError, SeparationAborted, ShuttingDown, TaskNotFound,
                      TaskTimeout, WorkerDied)
-from .outputs import manifest_outputs, output_is_complete
+from .outputs import manifest_outputs, output_is_complete, remove_staging
 from .queue import DelayedTasks, TaskQueue
 from .store import TaskStore
 from .task import TaskRecord, TaskSpec, TaskState, priority_name
@@ -45,7 +45,7 @@ class Pool(Protocol):
     def free_workers(self) -> list[FreeWorker]: ...
     def start(self, worker_id: str, spec: TaskSpec, attempt: int,
               reuse_from: str | None = None) -> None: ...
-    def abort(self, worker_id: str, task_id: str) -> None: ...
+    def abort(self, worker_id: str, task_id: str, attempt: int) -> None: ...
     def replace(self, worker_id: str, reason: str) -> None: ...
 
 
@@ -145,7 +145,7 @@ class Scheduler:
         elif not run.cancel_requested:
             run.cancel_requested = True
             run.abort_sent_at = run.abort_sent_at or self.clock()
-            self.pool.abort(run.worker_id, task_id)
+            self.pool.abort(run.worker_id, task_id, run.attempt)
         return record
 
     # -- dispatch and time ------------------------------------------------------------------
@@ -195,7 +195,7 @@ class Scheduler:
     def _step_back(self, task_id: str, run: Running) -> None:
         """Ask a prefetched task that has not started to return to the queue."""
         run.preempted, run.abort_sent_at = True, self.clock()
-        self.pool.abort(run.worker_id, task_id)
+        self.pool.abort(run.worker_id, task_id, run.attempt)
 
     def _timeout_s(self, record: TaskRecord) -> float:
         return record.spec.timeout_s or self.config.tasks.timeout_s
@@ -215,7 +215,7 @@ class Scheduler:
             if run.abort_sent_at is None and now >= run.deadline:
                 logger.warning("task %s attempt %d: past its deadline, aborting", task_id, run.attempt)
                 run.abort_sent_at = now
-                self.pool.abort(run.worker_id, task_id)
+                self.pool.abort(run.worker_id, task_id, run.attempt)
             elif run.abort_sent_at is not None and now >= run.abort_sent_at + grace_s:
                 reason = f"did not stop within {grace_s:g} s of an abort"
                 self._replace_worker(run.worker_id, reason, task_id,
@@ -256,8 +256,13 @@ class Scheduler:
                         error: RayDemucsError | None = None) -> None:
         """Replace a worker; `culprit` ends with `error`, its other attempts as retryable."""
         self.pool.replace(worker_id, reason)
-        for task_id, run in list(self.running.items()):
-            if run.worker_id == worker_id:
+        runs = [(task_id, run, run.behind) for task_id, run in self.running.items()
+                if run.worker_id == worker_id]
+        for task_id, run, waiting in runs:
+            if waiting and task_id != culprit:  # never started: back to the queue, uncounted
+                run.preempted = True
+                self._attempt_ended(task_id, run, SeparationAborted("its worker was replaced"))
+            else:
                 self._attempt_ended(task_id, run, error if task_id == culprit else
                                     WorkerDied(f"worker {worker_id} was replaced: {reason}"))
 
@@ -355,6 +360,8 @@ class Scheduler:
         record.finished_at = self.clock()
         if state is TaskState.SUCCEEDED:
             record.outputs, record.error, record.progress = outputs, None, 1.0
+        else:  # an attempt killed mid-write leaves a hidden staging folder; no later write sweeps it
+            remove_staging(record.spec.output_folder)
         self.active.pop(record.task_id, None)
         self._set_state(record, state, note=(record.error or {}).get("message", "")
                         if state is TaskState.FAILED else "")

@@ -37,10 +37,22 @@ class SchedulerService:
         self.core = Scheduler(self.config, self.store, self.pool, listener=self.metrics)
         self.core.recover()
         self.started_at = time.time()
+        self._kick()
         self._loop: asyncio.Task | None = None
         self._drain_deadline = float("inf")
         logger.info("scheduler %s started (pid %d); journal %s; %d unfinished task(s) recovered",
                     self.config.service.name, os.getpid(), self.store.path, len(self.core.active))
+
+    @staticmethod
+    def _kick() -> None:
+        """Call ourselves once, so that a scheduler Ray restarted resumes its recovered tasks
+        (and its workers) without waiting for a client."""
+        import ray
+
+        try:
+            ray.get_runtime_context().current_actor.ping.remote()
+        except RuntimeError:  # not inside an actor (a plain instance in a test)
+            pass
 
     def _ensure_running(self) -> None:
         """Start the workers and the tick loop on the first call (also after a restart)."""

@@ -1,6 +1,7 @@
 """SeparatorWorker: one process, models loaded once, one task at a time, abortable, observable."""
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import logging
@@ -10,6 +11,7 @@ import shutil
 import socket
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +24,8 @@ from .errors import (InternalError, InvalidInput, ModelNotFound, OutOfMemory, Ra
                      SeparationAborted)
 from .logs import configure_logging
 from .models import ModelCache, check_options, default_segment_s
-from .outputs import output_is_complete, read_manifest, resolve_output_folder, write_outputs
+from .outputs import (output_is_complete, read_manifest, remove_staging, resolve_output_folder,
+                      write_outputs)
 from .streaming import save_any, separate_file
 from .task import TaskSpec
 
@@ -103,6 +106,7 @@ class SeparatorWorker:
         self._compute = threading.Lock()
         self._models_lock = threading.Lock()
         self._attempts: dict[str, Attempt] = {}
+        self._early_aborts: collections.deque = collections.deque(maxlen=64)
         self.tasks_done = 0
         self.tasks_failed = 0
         self.started_at = time.time()
@@ -123,12 +127,19 @@ class SeparatorWorker:
                 "device": self.device, "models": self.models.keys(), "load_error": self.load_error,
                 **health.sample(self._process, self.device)}
 
-    def abort(self, task_id: str) -> bool:
-        """Ask an attempt to stop at its next segment boundary (or before it starts)."""
-        attempt = self._attempts.get(task_id)
+    def abort(self, task_id: str, attempt: int | None = None) -> bool:
+        """Ask an attempt to stop at its next segment boundary (or before it starts).
+
+        Calls to a threaded actor may overtake each other: an abort for an attempt whose
+        `separate` call has not arrived yet is kept and applied when it does.
+        """
+        current = self._attempts.get(task_id)
+        if current is not None and attempt in (None, current.number):
+            current.abort.set()
+            return True
         if attempt is not None:
-            attempt.abort.set()
-        return attempt is not None
+            self._early_aborts.append((task_id, attempt))
+        return False
 
     def poll(self) -> dict:
         """Attempts in flight, their progress, and health figures; cheap enough to call often."""
@@ -146,6 +157,8 @@ class SeparatorWorker:
         """
         task = TaskSpec.from_dict(spec)
         current = self._attempts[task.task_id] = Attempt(task.task_id, attempt)
+        if (task.task_id, attempt) in self._early_aborts:
+            current.abort.set()
         try:
             result = self._separate(task, current, reuse_from)
             self.tasks_done += 1
@@ -225,14 +238,17 @@ class SeparatorWorker:
             timings["separate_s"] = time.time() - started
         return stems
 
-    def _separate_streamed(self, task: TaskSpec, current: Attempt, separator, timings):
-        """Separate in windows with stems streamed to temp files: memory does not grow with length."""
+    def _separate_streamed(self, task: TaskSpec, current: Attempt, separator, scratch: Path,
+                           timings: dict):
+        """Separate in windows with stems streamed to temp files in `scratch` (hidden, beside the
+        output folder, swept like a staging folder): memory does not grow with length."""
         options = task.options
         current.segment_s = options.segment or default_segment_s(separator.model)
         with self._model_turn(current):
             started = time.time()
-            stems = separate_file(separator.model, task.input_path, segment=options.segment,
-                                  overlap=options.overlap, shifts=options.shifts,
+            stems = separate_file(separator.model, task.input_path, scratch,
+                                  segment=options.segment, overlap=options.overlap,
+                                  shifts=options.shifts,
                                   device=self.device, two_stems=options.two_stems,
                                   callback=functools.partial(self._on_chunk, current))
             timings["separate_s"] = time.time() - started
@@ -257,6 +273,7 @@ class SeparatorWorker:
             raise InvalidInput(f"{folder} already holds the stems of task {previous.get('task_id')}; "
                                "pass --force to replace them")
         duration_s = validate_input(task.input_path, self.config.input)
+        remove_staging(folder)  # what an earlier, killed attempt of this task left
         if reuse_from and output_is_complete(Path(reuse_from)):
             return self._reuse(task, current.number, Path(reuse_from), folder, duration_s)
         with self._models_lock:
@@ -266,9 +283,9 @@ class SeparatorWorker:
         timings = {}
         with contextlib.ExitStack() as cleanup:
             if streamed:
-                stems = self._separate_streamed(task, current, separator, timings)
-                cleanup.callback(stems.cleanup)
-                stems = stems.stems
+                scratch = folder.parent / f".{folder.name}.{uuid.uuid4().hex[:8]}.scratch"
+                cleanup.callback(shutil.rmtree, scratch, ignore_errors=True)
+                stems = self._separate_streamed(task, current, separator, scratch, timings).stems
             else:
                 stems = pick_stems(self._separate_in_memory(task, current, separator, timings),
                                    options.two_stems)

@@ -55,7 +55,7 @@ class FakePool:
         self.started.append((worker_id, spec.task_id, attempt))
         self.reused.append(reuse_from)
 
-    def abort(self, worker_id, task_id):
+    def abort(self, worker_id, task_id, attempt):
         self.aborted.append((worker_id, task_id))
 
     def replace(self, worker_id, reason):

@@ -354,9 +354,9 @@ def test_prefetch_queues_one_task_behind_a_busy_worker_and_starts_its_clock_late
     assert pool.started[-1][1] == ids[4]  # the freed slot took the next task
 
 
-def test_replacing_a_worker_ends_the_task_waiting_behind_as_retryable(tmp_path):
+def test_killing_a_worker_for_a_timeout_sends_the_task_behind_back_uncounted(tmp_path):
     scheduler, _, clock = make(tmp_path, timeout_s=5.0, max_retries=0)
-    scheduler.pool = FakePool.with_workers(1, capacity=2)
+    scheduler.pool = pool = FakePool.with_workers(1, capacity=2)
     first, second = (scheduler.submit(spec(name)).task_id for name in "ab")
     scheduler.dispatch()
     clock.advance(5.0)
@@ -364,8 +364,7 @@ def test_replacing_a_worker_ends_the_task_waiting_behind_as_retryable(tmp_path):
     clock.advance(5.0)
     scheduler.tick()
     assert scheduler.get(first).error["type"] == "TaskTimeout"
-    assert scheduler.get(second).state is TaskState.FAILED  # max_retries 0
-    assert scheduler.get(second).error["type"] == "WorkerDied"
+    assert pool.started[-1] == ("worker-0", second, 1)  # requeued, then on the fresh worker
 
 
 def test_a_prefetched_task_steps_back_for_a_better_priority(tmp_path):
@@ -398,3 +397,28 @@ def test_draining_sends_prefetched_tasks_back_to_the_queue(tmp_path):
     scheduler.task_failed(second, 1, SeparationAborted("stopped"))
     assert scheduler.store.get(second).state is TaskState.QUEUED
     assert scheduler.store.get(first).state is TaskState.RUNNING
+
+
+def test_a_task_that_ends_without_stems_leaves_no_staging_folder(tmp_path):
+    scheduler, pool, _ = make(tmp_path, max_retries=0)
+    task = scheduler.submit(TaskSpec(task_id=new_task_id(), project="p", file_id="f",
+                                     input_path="/in.wav", output_dir=str(tmp_path / "out")))
+    scheduler.dispatch()
+    staging = tmp_path / "out" / "p" / ".f.1234abcd.tmp"
+    staging.mkdir(parents=True)
+    (staging / "drums.mp3").write_bytes(b"half")
+    scheduler.task_failed(task.task_id, 1, WorkerDied("killed while writing"))
+    assert scheduler.get(task.task_id).state is TaskState.FAILED
+    assert not staging.exists()
+
+
+def test_a_replaced_worker_sends_its_waiting_task_back_without_spending_an_attempt(tmp_path):
+    scheduler, _, _ = make(tmp_path)
+    scheduler.pool = pool = FakePool.with_workers(1, capacity=2)
+    first, second = (scheduler.submit(spec(name)).task_id for name in "ab")
+    scheduler.dispatch()
+    scheduler.worker_lost("worker-0", "SIGKILL")
+    assert scheduler.get(first).error["type"] == "WorkerDied"
+    record = scheduler.get(second)
+    assert record.state is TaskState.QUEUED and record.attempts == 0 and record.error is None
+    assert pool.replaced == [("worker-0", "it died: SIGKILL")]

@@ -204,3 +204,11 @@ def test_a_streamed_task_equals_the_in_memory_one_within_one_lsb(audio, tmp_path
     manifests = [json.loads((s.output_folder / "manifest.json").read_text()) for s in (plain, streamed)]
     assert [m["streamed"] for m in manifests] == [False, True]
     assert all(m["peak_rss_bytes"] > 50 * 2**20 for m in manifests)
+
+
+def test_an_abort_that_overtakes_its_separate_call_still_applies(audio, tmp_path):
+    worker = make_worker()
+    spec = make_spec(audio("a.wav", seconds=1.0), tmp_path / "out")
+    assert not worker.abort(spec.task_id, 2)
+    assert worker.separate(spec.to_dict(), 1)["ok"]  # another attempt is not touched
+    assert worker.separate(spec.to_dict(), 2)["error"]["type"] == "SeparationAborted"
