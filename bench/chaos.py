@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -295,16 +294,10 @@ def make_clips(folder: Path, count: int, min_s: float = 1.0, max_s: float = 4.0,
             for i in range(count)]
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def folder_is_whole(folder: Path) -> tuple[bool, str | None]:
     """(complete, manifest task id): the manifest exists and every stem matches size and sha256."""
+    from raydemucs.outputs import file_sha256
+
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
     except (OSError, ValueError):
@@ -317,7 +310,7 @@ def folder_is_whole(folder: Path) -> tuple[bool, str | None]:
         path = folder / entry["file"]
         listed.add(entry["file"])
         if (not path.is_file() or path.stat().st_size != entry["bytes"]
-                or _file_sha256(path) != entry["sha256"]):
+                or file_sha256(path) != entry["sha256"]):
             return False, manifest.get("task_id")
     extra = {p.name for p in folder.iterdir()} - listed
     return not extra, manifest.get("task_id")

@@ -67,6 +67,17 @@ def save_tiny_htdemucs(repo: Path, name: str = "tiny", seed: int = 0) -> Path:
     return repo
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for model-heavy tests: small inputs, and the machine may be busy."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_repo(tmp_path_factory) -> Path:
     return save_tiny_htdemucs(tmp_path_factory.mktemp("models"))

@@ -16,13 +16,9 @@ from conftest import make_signal
 
 TOL = 1e-4
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+
 
 
 def tiny_htdemucs(seed: int = 0) -> HTDemucs:

@@ -24,6 +24,8 @@ RATE = 44100
 TOL = 1e-4
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def tiny_htdemucs(seed: int = 0) -> HTDemucs:
     """A small random HTDemucs; a 1 s training segment keeps each forward pass short."""
@@ -36,13 +38,6 @@ def unittest_model():
     return get_model("demucs_unittest")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: these tests are small, and the machine may be busy with others."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
