@@ -53,7 +53,20 @@ def _ray_start_address() -> str | None:
     return read_ray_address()
 
 
-def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+def use_token_if_present() -> None:
+    """Send Ray's auth token when joining a cluster, if this machine has one.
+
+    Ray 2.60 starts clusters with token authentication on, but a driver that joins one sends the
+    token only when RAY_AUTH_MODE=token; without it a `ray start` head answers every call with
+    "InvalidAuthToken". Auth stays on: this only makes us present the token we already hold.
+    """
+    from ray._private.authentication.authentication_token_setup import (
+        maybe_enable_token_auth_if_token_available)
+
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
     """Fail fast on a `host:port` nobody listens on (ray.init would retry for minutes)."""
     if address in ("auto", "local") or "://" in address and not address.startswith("ray://"):
         return
@@ -98,7 +111,8 @@ class WorkerManager:
         address = self.address or _ray_start_address()
         if address:
             try:
-                _check_reachable(address)
+                check_reachable(address)
+                use_token_if_present()
                 ray.init(address=address, **kwargs)
                 return
             except (ServiceUnavailable, ConnectionError, RuntimeError) as exc:

@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import yaml
 
-from .api import _check_reachable
+from .api import check_reachable, use_token_if_present
 from .config import Config, SeparationConfig, WorkersConfig
 from .errors import ModelNotFound, OutputNotWritable, ServiceUnavailable
 from .models import OFFLINE_MODEL, check_model_name
@@ -212,7 +212,7 @@ def ray_checks(config: Config, address: str | None) -> list[Check]:
     address = address or os.environ.get("RAY_ADDRESS") or None
     try:
         if address:
-            _check_reachable(address, timeout_s=PROBE_TIMEOUT_S)
+            check_reachable(address, timeout_s=PROBE_TIMEOUT_S)
         joined = not ray.is_initialized() and _join(address)
     except ServiceUnavailable as exc:
         return [Check("ray", False, str(exc), RAY_FIX)]
@@ -240,7 +240,8 @@ def _join(address: str | None) -> bool:
         address = read_ray_address()  # only a `ray start` cluster, as WorkerManager.connect
         if not address:
             return False
-        _check_reachable(address, timeout_s=PROBE_TIMEOUT_S)  # a stale one: ray.init retries for minutes
+        check_reachable(address, timeout_s=PROBE_TIMEOUT_S)  # a stale one: ray.init retries for minutes
+    use_token_if_present()
     try:
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level="WARNING")
     except (ConnectionError, RuntimeError) as exc:

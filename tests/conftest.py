@@ -128,7 +128,8 @@ def make_service(ray_cluster, tmp_path):
 
 
 def run_cli(*args, env=None, timeout=300, cwd=None) -> subprocess.CompletedProcess:
-    """`python -m raydemucs ARGS` in a subprocess; returns the completed process."""
+    """`python -m raydemucs ARGS` in a subprocess; `env` values of None unset a variable."""
     full_env = {**os.environ, **(env or {})}
+    full_env = {key: value for key, value in full_env.items() if value is not None}
     return subprocess.run([sys.executable, "-m", "raydemucs", *map(str, args)], env=full_env,
                           capture_output=True, text=True, timeout=timeout, cwd=cwd)

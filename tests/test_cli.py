@@ -110,3 +110,28 @@ def test_models_and_help():
     assert "demucs_unittest" in listed.stdout.split()
     for command in ("submit", "status", "wait", "cancel", "start", "stop", "models"):
         assert run_cli(command, "--help").returncode == 0
+
+
+def test_start_runs_its_own_ray_head_and_stop_ends_it(tmp_path, audio):
+    """The plain path: no address, no Ray running: `start` launches `ray start --head`, other
+    processes find it (with its auth token), `stop` drains and ends that head only."""
+    import tempfile
+
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a limit
+    env = {"RAY_ADDRESS": None, "RAY_TMPDIR": ray_tmp, "RAY_AUTH_MODE": None,
+           "RAYDEMUCS_SERVICE_NAME": "plain", "RAYDEMUCS_SERVICE_STATE_DIR": str(tmp_path / "state"),
+           "RAYDEMUCS_WORKERS_MEMORY_MB": "0", "MAX_WORKERS": "1"}
+    started = run_cli("start", "--profile", "test", env=env, timeout=240)
+    assert started.returncode == 0, started.stderr
+    try:
+        submitted = run_cli("submit", audio("song.wav", seconds=1.0), "-o", tmp_path / "out",
+                            "--json", env=env)
+        assert submitted.returncode == 0, submitted.stderr
+        task_id = json.loads(submitted.stdout)["task_id"]
+        waited = run_cli("wait", task_id, "--timeout", "120", env=env)
+        assert waited.returncode == 0, waited.stderr
+    finally:
+        stopped = run_cli("stop", env=env)
+    assert stopped.returncode == 0, stopped.stderr
+    assert not (tmp_path / "state" / "ray-started-by-raydemucs").exists()
+    assert run_cli("status", env=env).returncode == 3
