@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import socket
 import time
@@ -60,10 +61,15 @@ def use_token_if_present() -> None:
     token only when RAY_AUTH_MODE=token; without it a `ray start` head answers every call with
     "InvalidAuthToken". Auth stays on: this only makes us present the token we already hold.
     """
-    from ray._private.authentication.authentication_token_setup import (
-        maybe_enable_token_auth_if_token_available)
+    from ray._private.authentication import authentication_token_setup as setup
 
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    quiet = logging.getLogger(setup.__name__)
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # its "token authentication is enabled" notice, on every command
+    try:
+        setup.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    finally:
+        quiet.setLevel(level)
 
 
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:
