@@ -55,7 +55,8 @@ def test_sigterm_on_a_foreground_service_drains_and_the_next_start_resumes(ray_c
             except Exception:
                 assert time.monotonic() < deadline and foreground.poll() is None
                 time.sleep(0.5)
-        running = manager.add_task(audio("running.wav", seconds=8.0), output_dir=tmp_path / "out",
+        # long enough that the drain surely arrives while it runs (the grace lets it finish)
+        running = manager.add_task(audio("running.wav", seconds=60.0), output_dir=tmp_path / "out",
                                    segment=2.0)
         queued = manager.add_task(audio("queued.wav", seconds=1.0), output_dir=tmp_path / "out")
         while manager.get_status(running)["state"] != "running":
