@@ -240,7 +240,7 @@ def _read_with_ffmpeg(path: Path, samplerate: int, channels: int):
         raise InvalidInput(f"input {printable(path)} could not be decoded as audio") from None
 
 
-def _resamples_cheaply(rate: int, samplerate: int) -> bool:
+def resamples_cheaply(rate: int, samplerate: int) -> bool:
     """Whether julius converts `rate` to `samplerate` in bounded time and memory."""
     return max(rate, samplerate) // math.gcd(rate, samplerate) <= MAX_RESAMPLE_TERMS
 
@@ -253,7 +253,7 @@ def decode(path: Path, samplerate: int, channels: int):
 
     def read():
         data, rate = sphn.read(str(path))
-        if not data.size or not _resamples_cheaply(int(rate), samplerate):
+        if not data.size or not resamples_cheaply(int(rate), samplerate):
             return None
         return convert_audio(torch.from_numpy(data), int(rate), samplerate, channels)
 

@@ -7,7 +7,6 @@ format (after `--clip-mode rescale`'s global peak). `save_any` saves a tensor or
 """
 from __future__ import annotations
 
-import math
 import random
 import shutil
 import struct
@@ -22,6 +21,7 @@ import numpy as np
 import torch as th
 from torch.nn import functional as F
 
+from .audio import resamples_cheaply
 from .longtrack import (OverlapAdd, Piece, PieceResult, Runner, SeparationPlan, _Moments,
                         _run_one, _stats_from_moments, finish, plan_separation, separate_piece,
                         sub_models, take)
@@ -29,7 +29,6 @@ from .longtrack import (OverlapAdd, Piece, PieceResult, Runner, SeparationPlan, 
 BLOCK_FRAMES = 1 << 16         # samples per block when streaming to and from disk
 SPHN_WINDOW_S = 10             # sphn decodes whole seconds: seeks to integer seconds are exact
 SPHN_PREROLL_S = 1             # decoded before each window and dropped (mp3 needs a warm-up)
-MAX_RESAMPLE_TERMS = 1000      # as raydemucs.audio: beyond this the plain path uses ffmpeg
 
 # -- decoding in windows ----------------------------------------------------------------------
 def _sphn_seeks_exactly(path: Path) -> bool:
@@ -142,10 +141,6 @@ class _Resampler:
         return ys.transpose(1, 2).reshape(*x.shape[:-1], -1)
 
 
-def _resamples_cheaply(rate: int, samplerate: int) -> bool:
-    return max(rate, samplerate) // math.gcd(rate, samplerate) <= MAX_RESAMPLE_TERMS
-
-
 def iter_audio(path, samplerate: int, channels: int) -> Iterator[th.Tensor]:
     """The file as model-rate `[channels, n]` float32 blocks, the samples `raydemucs.audio.decode`
     returns: sphn (+ julius) for WAV, FLAC and MP3; ffmpeg where the plain path uses it too (files
@@ -162,7 +157,7 @@ def iter_audio(path, samplerate: int, channels: int) -> Iterator[th.Tensor]:
                     or isinstance(exc, MemoryError):
                 raise
             source = None
-    if source is not None and not _resamples_cheaply(source.rate, samplerate):
+    if source is not None and not resamples_cheaply(source.rate, samplerate):
         source = None
     if source is None:
         source = _FfmpegSource(path, samplerate)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -125,6 +126,17 @@ def make_service(ray_cluster, tmp_path):
             manager.shutdown(now=True)
         except Exception:
             pass
+
+
+def wait_for(predicate, timeout_s: float = 120.0, step_s: float = 0.1):
+    """Poll `predicate` until it returns something true, and return that; fail at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step_s)
+    raise AssertionError("condition not met in time")
 
 
 def run_cli(*args, env=None, timeout=300, cwd=None) -> subprocess.CompletedProcess:

@@ -10,6 +10,8 @@ import pytest
 
 from raydemucs.health import HealthPolicy, sample
 
+from conftest import wait_for
+
 
 def test_policy_rules():
     policy = HealthPolicy(max_rss_mb=100, min_free_memory_mb=500, max_missed_pings=3)
@@ -26,14 +28,6 @@ def test_sample_reports_this_process():
     assert figures["node_available_bytes"] > 0 and figures["gpu_memory_bytes"] is None
 
 
-def wait_for(predicate, timeout_s=90.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.mark.ray

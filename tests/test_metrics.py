@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from conftest import wait_for
+
 pytestmark = pytest.mark.ray
 
 EXPORT_DEADLINE_S = 90.0  # Ray flushes metrics to the node's exporter every few seconds
@@ -39,12 +41,6 @@ def value(samples, name: str, **labels) -> float | None:
     return sum(found) if found else None
 
 
-def wait_for(predicate, timeout_s: float = 120.0):
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.1)
 
 
 def scrape_until(service: str, settled) -> list:

@@ -4,23 +4,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 
 import pytest
 
 from raydemucs.errors import InvalidInput, ModelNotFound, TaskFailed
 
+from conftest import wait_for
+
 pytestmark = pytest.mark.ray
 
 
-def wait_for(predicate, timeout_s=60.0, step_s=0.1):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step_s)
-    raise AssertionError("condition not met in time")
 
 
 def test_separates_wav_mp3_and_flac_with_the_offline_model(make_service, audio, tmp_path):
