@@ -66,7 +66,7 @@ def expected_chunks(model, length: int, options) -> int:
     return total
 
 
-@dataclass
+@dataclass(eq=False)
 class Attempt:
     """One task attempt inside a worker: its abort flag, phase and segment counts."""
 
@@ -86,6 +86,38 @@ class Attempt:
                 "progress": self.progress()}
 
 
+class ModelTurns:
+    """The model runs one attempt at a time, in the order the attempts arrived.
+
+    A plain lock would let a prefetched attempt whose input decodes faster overtake the one ahead
+    of it, breaking the scheduler's priorities and its view of which attempt is running.
+    """
+
+    def __init__(self):
+        self._changed = threading.Condition()
+        self._line: list[Attempt] = []
+
+    def join(self, current: Attempt) -> None:
+        with self._changed:
+            self._line.append(current)
+
+    def leave(self, current: Attempt) -> None:
+        with self._changed:
+            if current in self._line:
+                self._line.remove(current)
+                self._changed.notify_all()
+
+    def wait_for_turn(self, current: Attempt) -> None:
+        """Block until `current` is first in line; raise KeyboardInterrupt if it is aborted first."""
+        with self._changed:
+            while self._line[0] is not current:
+                if current.abort.is_set():
+                    raise KeyboardInterrupt
+                self._changed.wait(0.1)
+        if current.abort.is_set():
+            raise KeyboardInterrupt
+
+
 class SeparatorWorker:
     """Separates with models it keeps loaded; `abort` and `poll` are thread-safe.
 
@@ -103,7 +135,7 @@ class SeparatorWorker:
         self.worker_id = worker_id
         self.device = resolve_device(self.config.separation.device, self.config.workers.num_gpus)
         self.models = ModelCache(self.config.workers.max_models, self.device)
-        self._compute = threading.Lock()
+        self._turns = ModelTurns()
         self._models_lock = threading.Lock()
         self._attempts: dict[str, Attempt] = {}
         self._early_aborts: collections.deque = collections.deque(maxlen=64)
@@ -159,6 +191,7 @@ class SeparatorWorker:
         current = self._attempts[task.task_id] = Attempt(task.task_id, attempt)
         if (task.task_id, attempt) in self._early_aborts:
             current.abort.set()
+        self._turns.join(current)
         try:
             result = self._separate(task, current, reuse_from)
             self.tasks_done += 1
@@ -176,6 +209,7 @@ class SeparatorWorker:
                 logger.exception("task %s: unexpected error", task.task_id)
                 error = InternalError(f"{type(exc).__name__}: {exc}")
         finally:
+            self._turns.leave(current)
             self._attempts.pop(task.task_id, None)
         self.tasks_failed += 1
         return {"ok": False, "models": self.models.keys(), "error": error.to_dict()}
@@ -210,16 +244,6 @@ class SeparatorWorker:
         current.chunks_expected = info.get("segments", current.chunks_expected)
         if info["state"] == "end":
             current.chunks_done += 1
-
-    def _acquire_model(self, current: Attempt) -> None:
-        """Wait for the model, giving up at once if the attempt is aborted meanwhile."""
-        current.phase = "waiting"
-        while not self._compute.acquire(timeout=0.1):
-            if current.abort.is_set():
-                raise KeyboardInterrupt
-        if current.abort.is_set():
-            self._compute.release()
-            raise KeyboardInterrupt
 
     def _separate_in_memory(self, task: TaskSpec, current: Attempt, separator, timings) -> dict:
         """Decode the whole input, then `Separator.separate_tensor` (demucs's own path)."""
@@ -256,14 +280,15 @@ class SeparatorWorker:
 
     @contextlib.contextmanager
     def _model_turn(self, current: Attempt):
-        """Hold the model for one attempt (others wait, abortable), counting its peak RSS."""
-        self._acquire_model(current)
+        """Hold the model for one attempt (later arrivals wait, abortable), counting its peak RSS."""
+        current.phase = "waiting"
+        self._turns.wait_for_turn(current)
         try:
             current.phase = "separating"
             health.reset_peak_rss()
             yield
         finally:
-            self._compute.release()
+            self._turns.leave(current)
 
     def _separate(self, task: TaskSpec, current: Attempt, reuse_from: str | None) -> dict:
         options = task.options

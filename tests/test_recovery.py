@@ -55,11 +55,12 @@ def test_sigterm_on_a_foreground_service_drains_and_the_next_start_resumes(ray_c
             except Exception:
                 assert time.monotonic() < deadline and foreground.poll() is None
                 time.sleep(0.5)
-        # long enough that the drain surely arrives while it runs (the grace lets it finish)
+        # ~10 s of compute: the drain surely arrives while it runs (the 60 s grace lets it finish)
         running = manager.add_task(audio("running.wav", seconds=60.0), output_dir=tmp_path / "out",
-                                   segment=2.0)
+                                   segment=2.0, shifts=2)
         queued = manager.add_task(audio("queued.wav", seconds=1.0), output_dir=tmp_path / "out")
-        while manager.get_status(running)["state"] != "running":
+        while not manager.get_status(running)["progress"]:  # computing, with `queued` prefetched
+            assert manager.get_status(running)["state"] in ("queued", "running")
             time.sleep(0.1)
         foreground.send_signal(signal.SIGTERM)
         out, err = foreground.communicate(timeout=120)

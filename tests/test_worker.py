@@ -186,6 +186,29 @@ def test_a_second_attempt_waits_for_the_model_and_can_be_aborted_while_waiting(a
     assert results["a"]["ok"] and results["b"]["ok"]
 
 
+def test_the_model_serves_attempts_in_arrival_order_not_decode_order(audio, tmp_path):
+    """A prefetched short file decodes first, yet waits for the long one that arrived before it."""
+    worker = make_worker()
+    first = make_spec(audio("first.wav", seconds=60.0), tmp_path / "out", file_id="first", segment=2.0)
+    second = make_spec(audio("second.wav", seconds=1.0), tmp_path / "out", file_id="second")
+    results = {}
+
+    def run(spec):
+        results[spec.file_id] = worker.separate(spec.to_dict(), 1)
+
+    threads = [threading.Thread(target=run, args=(spec,)) for spec in (first, second)]
+    threads[0].start()
+    while first.task_id not in {t["task_id"] for t in worker.poll()["tasks"]}:
+        time.sleep(0.001)
+    threads[1].start()
+    for thread in threads:
+        thread.join(120)
+    assert results["first"]["ok"] and results["second"]["ok"]
+    finished = {name: json.loads((tmp_path / "out" / "proj" / name / "manifest.json").read_text())
+                for name in ("first", "second")}
+    assert finished["first"]["created_at"] < finished["second"]["created_at"]
+
+
 @pytest.mark.parametrize("two_stems", [None, "vocals"])
 def test_a_streamed_task_equals_the_in_memory_one_within_one_lsb(audio, tmp_path, tiny_repo, two_stems):
     """Inputs over `stream_over_s` go through the bounded-memory path; the stems do not change."""
