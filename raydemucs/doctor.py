@@ -9,19 +9,15 @@ import importlib
 import os
 import shutil
 import sys
-import threading
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
-import yaml
 
 from .api import check_reachable, use_token_if_present
 from .config import Config, SeparationConfig, WorkersConfig
 from .errors import ModelNotFound, OutputNotWritable, ServiceUnavailable
-from .models import OFFLINE_MODEL, check_model_name
+from .models import OFFLINE_MODEL, model_source, remote_models
 from .outputs import check_writable
 from .pool import NAMESPACE
 
@@ -117,87 +113,18 @@ def check_model(options: SeparationConfig) -> Check:
     """The configured model: shipped, in the repo, in a local download cache, or downloadable."""
     name, repo = options.model, options.repo
     try:
-        check_model_name(name, repo)
+        source = model_source(name, repo, hub_timeout_s=PROBE_TIMEOUT_S)
     except ModelNotFound as exc:
         if repo:
             fix = (f"choose a name `python -m raydemucs models --repo {repo}` lists, or put "
                    f"{name}.yaml and its checkpoints in {repo}")
+        elif name in remote_models():
+            fix = (f"download it once with internet (`python -m demucs -n {name} ANY.wav`), pass "
+                   f"--repo DIR holding {name}.yaml and its checkpoints, or use -n {OFFLINE_MODEL}")
         else:
             fix = "choose a name `python -m raydemucs models` lists, or pass --repo DIR"
         return Check("model", False, str(exc), f"{fix} (separation.model, -n)")
-    if name == OFFLINE_MODEL:
-        return Check("model", True, f"{name} ships inside demucs (untrained; for tests)")
-    if repo:
-        return Check("model", True, f"{name} found in {repo}")
-    cache = cached_in(name)
-    if cache:
-        return Check("model", True, f"{name} is in the local {cache}")
-    if hub_reachable():
-        return Check("model", True, f"{name} is not downloaded yet; each worker node fetches it "
-                     "from the Hugging Face hub on first use (needs internet there)")
-    return Check("model", False, f"{name} is not in the local model caches and the Hugging Face "
-                 "hub cannot be reached (offline, or HF_HUB_OFFLINE is set)",
-                 f"download it once with internet (`python -m demucs -n {name} ANY.wav`), pass "
-                 f"--repo DIR holding {name}.yaml and its checkpoints, or use -n {OFFLINE_MODEL}")
-
-
-def cached_in(name: str) -> str | None:
-    """Which local cache holds every file of model `name`, if any."""
-    if _in_hf_cache(name.removeprefix("hf://")):
-        return "Hugging Face cache"
-    if not name.startswith("hf://") and _in_torch_cache(name):
-        return "torch hub cache (legacy demucs downloads)"
-    return None
-
-
-def _in_hf_cache(name: str) -> bool:
-    from demucs.hf import DEFAULT_NAMESPACE, hf_repo_name
-    from huggingface_hub import try_to_load_from_cache
-
-    namespace, _, short = name.rpartition("/")
-    repo_id = f"{namespace or DEFAULT_NAMESPACE}/{hf_repo_name(short)}"
-    bag = try_to_load_from_cache(repo_id, f"{short}.yaml")
-    if not isinstance(bag, str):
-        return False
-    signatures = yaml.safe_load(Path(bag).read_text())["models"]
-    return all(isinstance(try_to_load_from_cache(repo_id, f"{sig}.safetensors"), str)
-               for sig in signatures)
-
-
-def _in_torch_cache(name: str) -> bool:
-    import torch.hub
-    from demucs.pretrained import REMOTE_ROOT, _parse_remote_files
-
-    urls = _parse_remote_files(REMOTE_ROOT / "files.txt")
-    bag = REMOTE_ROOT / f"{name}.yaml"
-    signatures = yaml.safe_load(bag.read_text())["models"] if bag.is_file() else [name]
-    folder = Path(torch.hub.get_dir()) / "checkpoints"
-    return all(sig in urls and (folder / urls[sig].rsplit("/", 1)[1]).is_file()
-               for sig in signatures)
-
-
-def hub_reachable(timeout_s: float = PROBE_TIMEOUT_S) -> bool:
-    """Whether the Hugging Face endpoint answers within `timeout_s` (never when offline is set)."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    answers: list[bool] = []
-
-    def probe() -> None:
-        request = urllib.request.Request(constants.ENDPOINT, method="HEAD")
-        try:
-            urllib.request.urlopen(request, timeout=timeout_s).close()
-            answers.append(True)
-        except urllib.error.HTTPError:
-            answers.append(True)
-        except (OSError, ValueError):
-            answers.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)  # name lookups ignore the timeout
-    thread.start()
-    thread.join(timeout_s)
-    return bool(answers and answers[0])
+    return Check("model", True, f"{name}: {source}")
 
 
 # -- Ray and the service --------------------------------------------------------------------

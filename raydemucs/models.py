@@ -2,14 +2,20 @@
 from __future__ import annotations
 
 import pickle
+import threading
+import urllib.error
+import urllib.request
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
+
+import yaml
 
 from .errors import InvalidInput, ModelNotFound
 from .names import printable
 
 OFFLINE_MODEL = "demucs_unittest"
+HUB_PROBE_TIMEOUT_S = 3.0
 ZIP_MAGIC = b"PK\x03\x04"
 PICKLE_MAGIC = b"\x80"
 
@@ -38,8 +44,6 @@ def _local_repo_models(repo: Path) -> list[str]:
 
 def _bag_signatures(bag_file: Path) -> list[str]:
     """The checkpoint signatures a bag's YAML lists (loaded safely)."""
-    import yaml
-
     try:
         bag = yaml.safe_load(bag_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
@@ -109,6 +113,82 @@ def check_model_name(name: str, repo: str | None) -> None:
     if name not in available:
         raise ModelNotFound(f"unknown model {name!r} among demucs's pretrained models; "
                             f"available: {', '.join(available)}")
+
+
+def model_source(name: str, repo: str | None, hub_timeout_s: float = HUB_PROBE_TIMEOUT_S) -> str:
+    """Where a worker on this machine would load `name` from; `ModelNotFound` if from nowhere."""
+    check_model_name(name, repo)
+    if name == OFFLINE_MODEL:
+        return "ships inside demucs (untrained; for tests)"
+    if repo:
+        return f"found in {repo}"
+    cache = cached_in(name)
+    if cache:
+        return f"in the local {cache}"
+    if hub_reachable(hub_timeout_s):
+        return ("not downloaded yet; each worker node fetches it from the Hugging Face hub on "
+                "first use (needs internet there)")
+    raise ModelNotFound(f"{name} is not in the local model caches and the Hugging Face hub "
+                        "cannot be reached (offline, or HF_HUB_OFFLINE is set)")
+
+
+def cached_in(name: str) -> str | None:
+    """Which local cache holds every file of model `name`, if any."""
+    if _in_hf_cache(name.removeprefix("hf://")):
+        return "Hugging Face cache"
+    if not name.startswith("hf://") and _in_torch_cache(name):
+        return "torch hub cache (legacy demucs downloads)"
+    return None
+
+
+def _in_hf_cache(name: str) -> bool:
+    from demucs.hf import DEFAULT_NAMESPACE, hf_repo_name
+    from huggingface_hub import try_to_load_from_cache
+
+    namespace, _, short = name.rpartition("/")
+    repo_id = f"{namespace or DEFAULT_NAMESPACE}/{hf_repo_name(short)}"
+    bag = try_to_load_from_cache(repo_id, f"{short}.yaml")
+    if not isinstance(bag, str):
+        return False
+    signatures = yaml.safe_load(Path(bag).read_text())["models"]
+    return all(isinstance(try_to_load_from_cache(repo_id, f"{sig}.safetensors"), str)
+               for sig in signatures)
+
+
+def _in_torch_cache(name: str) -> bool:
+    import torch.hub
+    from demucs.pretrained import REMOTE_ROOT, _parse_remote_files
+
+    urls = _parse_remote_files(REMOTE_ROOT / "files.txt")
+    bag = REMOTE_ROOT / f"{name}.yaml"
+    signatures = yaml.safe_load(bag.read_text())["models"] if bag.is_file() else [name]
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    return all(sig in urls and (folder / urls[sig].rsplit("/", 1)[1]).is_file()
+               for sig in signatures)
+
+
+def hub_reachable(timeout_s: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether the Hugging Face endpoint answers within `timeout_s` (never when offline is set)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    answers: list[bool] = []
+
+    def probe() -> None:
+        request = urllib.request.Request(constants.ENDPOINT, method="HEAD")
+        try:
+            urllib.request.urlopen(request, timeout=timeout_s).close()
+            answers.append(True)
+        except urllib.error.HTTPError:
+            answers.append(True)
+        except (OSError, ValueError):
+            answers.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)  # name lookups ignore the timeout
+    thread.start()
+    thread.join(timeout_s)
+    return bool(answers and answers[0])
 
 
 def _load_reason(exc: BaseException) -> str:

@@ -570,6 +570,7 @@ def test_a_service_fed_the_corpus_loses_no_task_and_still_separates(service, rep
 def cli_env(ray_cluster, tmp_path):
     return {"RAY_ADDRESS": ray_cluster, "RAYDEMUCS_SERVICE_NAME": f"bad{uuid.uuid4().hex[:6]}",
             "RAYDEMUCS_SERVICE_STATE_DIR": str(tmp_path / "state"),
+            "RAYDEMUCS_SEPARATION_MODEL": "demucs_unittest",
             "RAYDEMUCS_WORKERS_MEMORY_MB": "0", "LOG_LEVEL": "warning"}
 
 

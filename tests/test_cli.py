@@ -74,6 +74,7 @@ def test_service_start_submit_status_wait_cancel_stop(cli_env, audio, tmp_path):
     (["submit", "{song}", "--project", "../escape"], "project name"),
     (["submit", "{song}", "--file-id", "a/b"], "file id"),
     (["submit", "{song}", "-n", "no_such_model"], "unknown model 'no_such_model'"),
+    (["submit", "{song}", "-n", "htdemucs"], "htdemucs is not in the local model caches"),
     (["submit", "{song}", "--shifts", "-1"], "separation.shifts"),
     (["submit", "{song}", "--priority", "urgent"], "priority 'urgent'"),
     (["submit", "{song}", "--profile", "nope"], "unknown profile"),
@@ -85,7 +86,9 @@ def test_bad_input_exits_2_with_one_line_and_queues_nothing(cli_env, audio, tmp_
     text = tmp_path / "text.wav"
     text.write_text("not audio")
     names = {"missing": tmp_path / "missing.wav", "text": text, "song": song}
-    result = run_cli(*[a.format(**names) for a in args], "--wait", env=cli_env)
+    offline = {"RAYDEMUCS_SEPARATION_MODEL": "demucs_unittest", "HF_HUB_OFFLINE": "1",
+               "HF_HUB_CACHE": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")}
+    result = run_cli(*[a.format(**names) for a in args], "--wait", env={**cli_env, **offline})
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert message in result.stderr and len(result.stderr.strip().splitlines()) <= 2
     assert not list((tmp_path / "state").glob("*.db"))
@@ -100,7 +103,8 @@ def test_a_failed_task_exits_1(cli_env, audio, tmp_path):
 
 def test_no_service_and_no_ray_exit_3(tmp_path, audio):
     env = {"RAY_ADDRESS": "127.0.0.1:1", "RAYDEMUCS_SERVICE_STATE_DIR": str(tmp_path / "state")}
-    result = run_cli("submit", audio("song.wav", seconds=0.5), env=env, timeout=120)
+    result = run_cli("submit", audio("song.wav", seconds=0.5), "-n", "demucs_unittest", env=env,
+                     timeout=120)
     assert result.returncode == 3 and "error:" in result.stderr
 
 
