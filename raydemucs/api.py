@@ -15,13 +15,17 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from . import storage
 from .audio import validate_input
 from .config import Config, coerce, load_config
-from .errors import (RayDemucsError, ServiceUnavailable, TaskCancelled, TaskFailed, WaitTimedOut)
-from .models import check_model_name
+from .errors import (InvalidInput, ModelNotFound, RayDemucsError, ServiceUnavailable,
+                     TaskCancelled, TaskFailed, WaitTimedOut)
+from .models import check_model_name, model_source
 from .names import name_from_filename
-from .outputs import check_writable, file_sha256, resolve_output_folder
+from .outputs import (check_writable, copy_outputs, file_sha256, output_is_complete,
+                      resolve_output_folder)
 from .pool import NAMESPACE
+from .storage import is_uri, local_path
 from .task import TaskSpec, TaskState, new_task_id, parse_priority
 
 OPTION_ALIASES = {"name": "model", "stem": "two_stems"}
@@ -94,6 +98,7 @@ class WorkerManager:
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self._scheduler = None
         self._service_config: Config | None = None
+        self._models_found: set[tuple[str, str | None]] = set()
         self.started_ray = False
         self.owns_scheduler = False
         self.local_dashboard = True
@@ -182,13 +187,30 @@ class WorkerManager:
         return _unwrap(lambda: ray.get(getattr(handle, method).remote(*args)))
 
     # -- tasks ------------------------------------------------------------------------------
+    def _check_model_source(self, name: str, repo: str | None) -> None:
+        """Refuse a model the workers could not load: not in a local cache and not downloadable
+        from here (offline), unless the running service's workers already hold it."""
+        if (name, repo) in self._models_found:
+            return
+        try:
+            model_source(name, repo)
+        except ModelNotFound:
+            if self._scheduler is None or not any(
+                    name in worker["models"] for worker in self._call("status")["workers"]):
+                raise
+        self._models_found.add((name, repo))
+
     def prepare_task(self, input_path: str | os.PathLike, file_id: str | None = None,
                      output_dir: str | os.PathLike | None = None, project_name: str = "default",
                      priority: str | int = "normal", force: bool = False,
-                     timeout_s: float | None = None, cache: bool = True, **options) -> TaskSpec:
+                     timeout_s: float | None = None, cache: bool = True, upload: bool = False,
+                     **options) -> TaskSpec:
         """Check everything that can be checked here and build the spec; nothing is queued.
 
-        Defaults and limits come from the running service's config when there is one.
+        Inputs and output directories may be local paths or URIs (`s3://bucket/key`); with
+        `upload`, the local input's bytes travel with the task and the service keeps the stems
+        (`fetch` brings them back). Defaults and limits come from the running service's config
+        when there is one.
         """
         config = self.service_config()
         checked = {}
@@ -200,31 +222,71 @@ class WorkerManager:
             separation = dataclasses.replace(separation,
                                              repo=str(Path(separation.repo).expanduser().absolute()))
         check_model_name(separation.model, separation.repo)
-        path = Path(input_path).expanduser().absolute()
-        validate_input(path, config.input)
-        output_dir = Path(output_dir or config.service.output_dir).expanduser().absolute()
-        file_id = file_id if file_id is not None else name_from_filename(path.stem)
-        resolve_output_folder(output_dir, project_name, file_id)
+        source = self._checked_input(str(input_path), config, upload)
+        if upload:
+            output_dir = "uploaded"  # the service puts the stems under its state directory
+        else:
+            output_dir = str(output_dir or config.service.output_dir)
+            output_dir = output_dir if is_uri(output_dir) else str(local_path(output_dir))
+        file_id = file_id if file_id is not None else name_from_filename(
+            Path(source.rsplit("/", 1)[-1]).stem)
+        if is_uri(output_dir) or upload:
+            storage.output_folder(output_dir, project_name, file_id)  # checks the names
+        else:
+            resolve_output_folder(output_dir, project_name, file_id)
         priority = parse_priority(priority)
         if timeout_s is not None:
             timeout_s = coerce("tasks", "timeout_s", timeout_s, "option")
-        check_writable(output_dir)
+        self._check_model_source(separation.model, separation.repo)
+        if is_uri(output_dir):
+            storage.check_writable(output_dir, config.storage)
+        elif not upload:
+            check_writable(output_dir)
+        local = not (is_uri(source) or is_uri(output_dir) or upload)
         return TaskSpec(task_id=new_task_id(), project=project_name, file_id=file_id,
-                        input_path=str(path), output_dir=str(output_dir),
+                        input_path=source, output_dir=output_dir,
                         priority=priority, options=separation, force=force,
-                        timeout_s=timeout_s, cache=cache,
-                        input_sha256=file_sha256(path) if cache else None)
+                        timeout_s=timeout_s, cache=cache and local, uploaded=upload,
+                        input_sha256=None if is_uri(source) or not (cache or upload)
+                        else file_sha256(Path(source)))
+
+    @staticmethod
+    def _checked_input(location: str, config: Config, upload: bool) -> str:
+        """The input as the spec names it, after the checks possible from here."""
+        if not is_uri(location):
+            path = local_path(location)
+            validate_input(path, config.input)
+            return str(path)
+        if upload:
+            raise InvalidInput(f"--upload sends a local file; {location} is already in storage")
+        size = storage.input_size(location, config.storage)
+        if size > config.input.max_file_mb * 2**20:
+            raise InvalidInput(f"input {location} is {size / 2**20:.1f} MB, over the "
+                               f"{config.input.max_file_mb:g} MB limit (input.max_file_mb)")
+        return location
 
     def submit(self, specs: Iterable[TaskSpec], create: bool = False) -> list[dict]:
         """Queue prepared specs; returns their records (an existing task for a known key).
 
-        With `create`, a scheduler is started if none runs, its workers loading the first
-        spec's model.
+        Uploaded inputs go one call each, so no single message holds every file's bytes. With
+        `create`, a scheduler is started if none runs, its workers loading the first spec's
+        model.
         """
         specs = list(specs)
         preload = specs[0].options if specs else None
-        return self._call("submit", [spec.to_dict() for spec in specs], create=create,
-                          preload=preload)
+        plain = [spec for spec in specs if not spec.uploaded]
+        records = {}
+        if plain:
+            for spec, record in zip(plain, self._call("submit", [s.to_dict() for s in plain],
+                                                      create=create, preload=preload)):
+                records[spec.task_id] = record
+        for spec in specs:
+            if spec.uploaded:
+                data = Path(spec.input_path).read_bytes()
+                records[spec.task_id] = self._call("submit", [spec.to_dict()],
+                                                   {spec.input_sha256: data}, create=create,
+                                                   preload=preload)[0]
+        return [records[spec.task_id] for spec in specs]
 
     def add_task(self, input_path: str | os.PathLike, file_id: str | None = None,
                  output_dir: str | os.PathLike | None = None, project_name: str = "default",
@@ -232,6 +294,21 @@ class WorkerManager:
         """Validate and queue one file; returns its task id (the same one for a known key)."""
         spec = self.prepare_task(input_path, file_id, output_dir, project_name, priority, **options)
         return self.submit([spec], create=True)[0]["task_id"]
+
+    def fetch(self, task_id: str, output_dir: str | os.PathLike, force: bool = False) -> dict:
+        """Copy a succeeded task's stems to `OUTPUT_DIR/PROJECT/FILE_ID` here; returns
+        `{stem: path}`. Works from any machine: remote folders are read directly, others
+        through the scheduler actor (which reads them on its node)."""
+        answer = self._call("fetch", task_id)
+        record = answer.get("task") or self.get_status(task_id)
+        folder = resolve_output_folder(output_dir, record["project"], record["file_id"])
+        if output_is_complete(folder) and not force:
+            raise InvalidInput(f"{folder} already holds stems; pass --force to replace them")
+        check_writable(local_path(output_dir))
+        if "uri" in answer:
+            return storage.download_output(answer["uri"], folder, self.service_config().storage)
+        files = answer["files"]
+        return copy_outputs(folder, answer["manifest"], lambda name, path: path.write_bytes(files[name]))
 
     def get_status(self, task_id: str | None = None) -> dict:
         """One task's record, or the service: queue counts by state and every worker."""

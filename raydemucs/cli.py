@@ -50,7 +50,9 @@ def cli():
 
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
-@click.option("-o", "--out", "output_dir", help="Output directory (default: service.output_dir).")
+@click.option("-o", "--out", "output_dir", help="Output directory, a path or a URI such as "
+              "s3://bucket/stems (default: service.output_dir). With --upload --wait: where the "
+              "stems are fetched to.")
 @click.option("--project", default="default", show_default=True, help="Project name (a folder).")
 @click.option("--file-id", help="Output folder name; default: the input's name without extension.")
 @click.option("--priority", default="normal", show_default=True, help="high, normal, low or 0-9.")
@@ -72,13 +74,16 @@ def cli():
 @click.option("--force", is_flag=True, help="Replace stems that already exist.")
 @click.option("--no-cache", is_flag=True, help="Separate even if stems for the same input bytes, "
               "model and options exist (they are linked in otherwise).")
+@click.option("--upload", is_flag=True, help="Send the files' bytes with the tasks, for a cluster "
+              "that cannot read them; the service keeps the stems (see `fetch`).")
 @click.option("--wait", is_flag=True, help="Show progress and wait; starts Ray and a scheduler "
               "for this run when no service is running.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per task.")
 @service_options
 def submit(manager, inputs, output_dir, project, file_id, priority, fmt, depth, timeout_s, force,
-           no_cache, wait, as_json, **flags):
-    """Queue INPUT files for separation into OUT/PROJECT/FILE_ID/."""
+           no_cache, upload, wait, as_json, **flags):
+    """Queue INPUT files (paths or URIs such as s3://bucket/song.mp3) for separation into
+    OUT/PROJECT/FILE_ID/."""
     if file_id and len(inputs) > 1:
         raise click.UsageError("--file-id names one input; give one INPUT or drop it")
     manager.local_dashboard = False
@@ -86,7 +91,8 @@ def submit(manager, inputs, output_dir, project, file_id, priority, fmt, depth, 
     options.update({"format": fmt} if fmt else {})
     options.update({"wav_depth": depth} if depth else {})
     specs = [manager.prepare_task(path, file_id, output_dir, project, priority, force=force,
-                                  timeout_s=timeout_s, cache=not no_cache, **options)
+                                  timeout_s=timeout_s, cache=not no_cache, upload=upload,
+                                  **options)
              for path in inputs]
     records = manager.submit(specs, create=wait)
     for record in records:
@@ -97,6 +103,11 @@ def submit(manager, inputs, output_dir, project, file_id, priority, fmt, depth, 
     try:
         with progress_bars(records, enabled=not as_json) as update:
             records = manager.wait_all([r["task_id"] for r in records], on_update=update)
+        if upload:
+            destination = output_dir or manager.config.service.output_dir
+            for record in records:
+                if record["state"] == "succeeded":
+                    record["outputs"] = manager.fetch(record["task_id"], destination, force=force)
     except KeyboardInterrupt:
         if manager.owns_scheduler:
             manager.shutdown(now=True)
@@ -138,6 +149,22 @@ def wait_command(manager, task_ids, timeout, as_json):
     for record in records:
         _emit(record, as_json, print_outputs(record))
     sys.exit(1 if any(r["state"] != "succeeded" for r in records) else 0)
+
+
+@cli.command()
+@click.argument("task_ids", nargs=-1, required=True)
+@click.option("-o", "--out", "output_dir", required=True,
+              help="Local directory; stems go to OUT/PROJECT/FILE_ID/.")
+@click.option("--force", is_flag=True, help="Replace stems that already exist there.")
+@click.option("--json", "as_json", is_flag=True)
+@service_options
+def fetch(manager, task_ids, output_dir, force, as_json):
+    """Copy succeeded tasks' stems here, from wherever they are (the service's disk for
+    --upload tasks, a bucket, a worker node's disk the scheduler can read)."""
+    for task_id in task_ids:
+        outputs = manager.fetch(task_id, output_dir, force=force)
+        _emit({"task_id": task_id, "outputs": outputs}, as_json,
+              "\n".join(f"{task_id} {stem}: {path}" for stem, path in outputs.items()))
 
 
 @cli.command()

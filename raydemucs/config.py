@@ -90,12 +90,21 @@ class ServiceConfig:
     dashboard_host: str = _opt("127.0.0.1", doc="where a locally started Ray serves its dashboard")
 
 
+@dataclass(frozen=True)
+class StorageConfig:
+    """Remote inputs and outputs (s3://, gs://, ... through fsspec); credentials stay in each
+    node's environment, never in the config."""
+
+    endpoint_url: str | None = _opt(None, doc="S3-compatible endpoint (MinIO, Ceph, R2); null: AWS")
+
+
 SECTIONS = {
     "workers": WorkersConfig,
     "tasks": TasksConfig,
     "input": InputConfig,
     "separation": SeparationConfig,
     "service": ServiceConfig,
+    "storage": StorageConfig,
 }
 
 LEGACY_ENV = {
@@ -112,6 +121,7 @@ class Config:
     input: InputConfig = field(default_factory=InputConfig)
     separation: SeparationConfig = field(default_factory=SeparationConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -75,6 +75,12 @@ class OutputWriteFailed(RayDemucsError):
     retryable = True
 
 
+class StorageUnavailable(RayDemucsError):
+    """Raised when remote storage (s3://, gs://, ...) cannot be reached or fails a read or write."""
+
+    retryable = True
+
+
 class SeparationAborted(RayDemucsError):
     """Raised inside a worker when the scheduler asked it to stop the current task."""
 
@@ -111,8 +117,8 @@ class InternalError(RayDemucsError):
 
 _BY_NAME = {cls.__name__: cls for cls in (
     ConfigError, InvalidInput, InvalidName, OutputNotWritable, ModelNotFound, TaskNotFound,
-    TaskTimeout, WorkerDied, OutOfMemory, OutputWriteFailed, SeparationAborted, TaskCancelled,
-    WaitTimedOut, ServiceUnavailable, ShuttingDown, InternalError,
+    TaskTimeout, WorkerDied, OutOfMemory, OutputWriteFailed, StorageUnavailable, SeparationAborted,
+    TaskCancelled, WaitTimedOut, ServiceUnavailable, ShuttingDown, InternalError,
 )}
 
 

@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-from .errors import OutputNotWritable, OutputWriteFailed
+from .errors import InvalidInput, OutputNotWritable, OutputWriteFailed
 from .names import check_name, printable
 
 MANIFEST = "manifest.json"
@@ -130,6 +130,34 @@ def write_outputs(folder: Path, stems: dict, ext: str, save: Callable[[object, P
     return {name: str(folder / entry["file"]) for name, entry in entries.items()}
 
 
+def copy_outputs(folder: Path, manifest: dict, fill: Callable[[str, Path], None]) -> dict[str, str]:
+    """Recreate, at `folder`, the complete output another folder's `manifest` describes.
+
+    `fill(file_name, path)` writes one stem file (from bytes, a bucket, ...); each is checked
+    against the manifest's SHA-256 and the folder appears only when whole, like `write_outputs`.
+    """
+    stems = manifest.get("stems")
+    if not isinstance(stems, dict) or not stems:
+        raise InvalidInput("the manifest lists no stems")
+    files = {}
+    for stem, entry in stems.items():
+        file_name = check_name("stem file", entry.get("file"))
+        if not file_name.startswith(f"{stem}.") or file_name == f"{stem}.":
+            raise InvalidInput(f"the manifest names {file_name!r} for stem {stem!r}")
+        files[stem] = file_name
+    exts = {name.rsplit(".", 1)[1] for name in files.values()}
+    if len(exts) != 1:
+        raise InvalidInput(f"the manifest mixes stem formats: {', '.join(sorted(exts))}")
+
+    def save(file_name: str, path: Path) -> None:
+        fill(file_name, path)
+        if file_sha256(path) != stems[path.stem]["sha256"]:
+            raise OutputWriteFailed(f"{file_name} arrived corrupt (its SHA-256 does not match)")
+
+    base = {key: value for key, value in manifest.items() if key != "stems"}
+    return write_outputs(folder, files, exts.pop(), save, base)
+
+
 def _swap_into_place(staging: Path, folder: Path) -> None:
     old = None
     if folder.exists():
@@ -166,3 +194,13 @@ def manifest_outputs(folder: Path) -> dict[str, str]:
     """`{stem: path}` from a complete output folder's manifest."""
     manifest = read_manifest(folder) or {"stems": {}}
     return {stem: str(folder / entry["file"]) for stem, entry in manifest["stems"].items()}
+
+
+def read_output(folder: Path) -> dict:
+    """`{"manifest", "files": {file name: bytes}}` of a complete output folder (for `fetch`)."""
+    if not output_is_complete(folder):
+        raise InvalidInput(f"{printable(folder)} holds no complete output here")
+    manifest = read_manifest(folder)
+    return {"manifest": manifest,
+            "files": {entry["file"]: (folder / entry["file"]).read_bytes()
+                      for entry in manifest["stems"].values()}}

@@ -75,8 +75,10 @@ class RayWorkerPool:
 
     def __init__(self, config: Config, on_ready: Callable[[], None],
                  on_result: Callable[[str, int, dict], None],
-                 on_lost: Callable[[str, str], None]):
+                 on_lost: Callable[[str, str], None],
+                 read_upload: Callable[[TaskSpec], bytes]):
         self.config = config
+        self.read_upload = read_upload
         self.policy = HealthPolicy.from_config(config.workers)
         self.prefix = config.service.name
         self.on_ready, self.on_result, self.on_lost = on_ready, on_result, on_lost
@@ -102,7 +104,8 @@ class RayWorkerPool:
         slot = self.slots[worker_id]
         slot.state = "busy"
         slot.tasks[spec.task_id] = attempt
-        ref = slot.handle.separate.remote(spec.to_dict(), attempt, reuse_from)
+        upload = self.read_upload(spec) if spec.uploaded else None
+        ref = slot.handle.separate.remote(spec.to_dict(), attempt, reuse_from, upload)
         self._background(self._await_result(slot, slot.handle, ref, spec.task_id, attempt))
 
     def abort(self, worker_id: str, task_id: str, attempt: int) -> None:

@@ -11,13 +11,15 @@ import logging
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Protocol
 
 from .config import Config
 from .errors import (OutOfMemory, RayDemucsError, SeparationAborted, ShuttingDown, TaskNotFound,
                      TaskTimeout, WorkerDied)
-from .outputs import manifest_outputs, output_is_complete, remove_staging
+from .outputs import remove_staging
 from .queue import DelayedTasks, TaskQueue
+from .storage import finished_outputs
 from .store import TaskStore
 from .task import TaskRecord, TaskSpec, TaskState, priority_name
 
@@ -90,8 +92,9 @@ class Scheduler:
     def recover(self) -> None:
         """Requeue what the journal holds unfinished: in order, running ones as interrupted."""
         for record in self.store.unfinished():
-            if output_is_complete(record.spec.output_folder, record.task_id):
-                self._finish(record, TaskState.SUCCEEDED, outputs=manifest_outputs(record.spec.output_folder))
+            done = finished_outputs(record.spec.output_folder, self.config.storage, record.task_id)
+            if done is not None:
+                self._finish(record, TaskState.SUCCEEDED, outputs=done)
                 continue
             if record.state is TaskState.RUNNING:
                 record.error = WorkerDied("interrupted by a service restart").to_dict()
@@ -360,7 +363,8 @@ class Scheduler:
         record.finished_at = self.clock()
         if state is TaskState.SUCCEEDED:
             record.outputs, record.error, record.progress = outputs, None, 1.0
-        else:  # an attempt killed mid-write leaves a hidden staging folder; no later write sweeps it
+        elif isinstance(record.spec.output_folder, Path):
+            # an attempt killed mid-write leaves a hidden staging folder; no later write sweeps it
             remove_staging(record.spec.output_folder)
         self.active.pop(record.task_id, None)
         self._set_state(record, state, note=(record.error or {}).get("message", "")

@@ -11,13 +11,15 @@ import os
 import time
 
 from .config import Config
-from .errors import error_from_dict
+from .errors import InvalidInput, RayDemucsError, error_from_dict
 from .logs import configure_logging
 from .metrics import ServiceMetrics
+from .outputs import read_output
 from .pool import RayWorkerPool
 from .scheduler import Scheduler
 from .store import TaskStore
 from .task import TaskSpec, TaskState
+from .uploads import UploadStore
 
 logger = logging.getLogger("raydemucs.service")
 
@@ -31,8 +33,10 @@ class SchedulerService:
         self.config = Config.from_dict(config)
         configure_logging(self.config.service.log_level, self.config.service.log_format)
         self.store = TaskStore(self.config.state_path / JOURNAL_FILE)
+        self.uploads = UploadStore(self.config.state_path)
         self.pool = RayWorkerPool(self.config, on_ready=self._dispatch,
-                                  on_result=self._on_result, on_lost=self._on_lost)
+                                  on_result=self._on_result, on_lost=self._on_lost,
+                                  read_upload=self.uploads.read_input)
         self.metrics = ServiceMetrics(self.config.service.name)
         self.core = Scheduler(self.config, self.store, self.pool, listener=self.metrics)
         self.core.recover()
@@ -76,6 +80,12 @@ class SchedulerService:
         self.core.dispatch()
 
     def _on_result(self, task_id: str, attempt: int, result: dict) -> None:
+        record = self.core.active.get(task_id)
+        if result["ok"] and record is not None and record.spec.uploaded:
+            try:
+                result = {**result, "outputs": self.uploads.keep_stems(record.spec, result)}
+            except RayDemucsError as exc:
+                result = {"ok": False, "error": exc.to_dict()}
         if result["ok"]:
             self.core.task_succeeded(task_id, attempt, result["outputs"], result["duration_s"])
         else:
@@ -93,12 +103,36 @@ class SchedulerService:
                 "accepting": self.core.accepting, "journal": self.store.path,
                 "config": self.config.to_dict()}
 
-    async def submit(self, specs: list[dict]) -> list[dict]:
-        """Accept tasks (each committed to the journal before this returns)."""
+    async def submit(self, specs: list[dict], uploads: dict[str, bytes] | None = None) -> list[dict]:
+        """Accept tasks (each committed to the journal before this returns).
+
+        `uploads` maps an uploaded task's input SHA-256 to its bytes; they are stored first.
+        """
         self._ensure_running()
-        records = [self.core.submit(TaskSpec.from_dict(spec)).to_dict() for spec in specs]
+        accepted = []
+        for spec in map(TaskSpec.from_dict, specs):
+            if spec.uploaded:
+                data = (uploads or {}).get(spec.input_sha256)
+                if data is None:
+                    raise InvalidInput(f"task {spec.file_id!r} says it was uploaded, but no bytes came")
+                spec = self.uploads.accept(spec, data)
+            accepted.append(spec)
+        records = [self.core.submit(spec).to_dict() for spec in accepted]
         self.core.dispatch()
         return records
+
+    async def fetch(self, task_id: str) -> dict:
+        """A succeeded task's stems for a client that cannot read them where they are:
+        `{"uri": FOLDER}` for remote storage, else the files' bytes read on this node."""
+        self._ensure_running()
+        record = self.core.get(task_id)
+        if record.state is not TaskState.SUCCEEDED:
+            raise InvalidInput(f"task {task_id} is {record.state.value}; only a succeeded task's "
+                               "stems can be fetched")
+        folder = record.spec.output_folder
+        if isinstance(folder, str):
+            return {"uri": folder}
+        return {"task": record.to_dict(), **read_output(folder)}
 
     async def get_task(self, task_id: str) -> dict:
         self._ensure_running()

@@ -12,6 +12,8 @@ from typing import Any
 
 from .config import SeparationConfig
 from .errors import InvalidInput
+from .storage import is_uri
+from .storage import output_folder as storage_folder
 
 PRIORITIES = {"high": 0, "normal": 5, "low": 9}
 
@@ -67,9 +69,13 @@ class TaskSpec:
     timeout_s: float | None = None
     cache: bool = True
     input_sha256: str | None = None
+    uploaded: bool = False  # the input's bytes came with the task; stems are kept by the service
 
     @property
-    def output_folder(self) -> Path:
+    def output_folder(self) -> Path | str:
+        """The stems' folder: a local path, or a URI when the output directory is one."""
+        if is_uri(self.output_dir):
+            return storage_folder(self.output_dir, self.project, self.file_id)
         return Path(self.output_dir) / self.project / self.file_id
 
     @property

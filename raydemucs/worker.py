@@ -24,8 +24,8 @@ from .errors import (InternalError, InvalidInput, ModelNotFound, OutOfMemory, Ra
                      SeparationAborted)
 from .logs import configure_logging
 from .models import ModelCache, check_options, default_segment_s
-from .outputs import (output_is_complete, read_manifest, remove_staging, resolve_output_folder,
-                      write_outputs)
+from .outputs import output_is_complete, read_manifest, remove_staging, write_outputs
+from .places import attempt_places
 from .streaming import save_any, separate_file
 from .task import TaskSpec
 
@@ -181,11 +181,13 @@ class SeparatorWorker:
                 "models": self.models.keys(), "uptime_s": time.time() - self.started_at,
                 **health.sample(self._process, self.device)}
 
-    def separate(self, spec: dict, attempt: int, reuse_from: str | None = None) -> dict:
+    def separate(self, spec: dict, attempt: int, reuse_from: str | None = None,
+                 upload: bytes | None = None) -> dict:
         """Run one attempt; never raises: returns `{"ok": True, "outputs", ...}` or an error.
 
         `reuse_from` names another task's folder with stems for the same input, model and
-        options (the result cache): they are linked in instead of separating again.
+        options (the result cache): they are linked in instead of separating again. `upload`
+        holds the input's bytes for a task submitted with them; its stems come back as bytes.
         """
         task = TaskSpec.from_dict(spec)
         current = self._attempts[task.task_id] = Attempt(task.task_id, attempt)
@@ -193,7 +195,7 @@ class SeparatorWorker:
             current.abort.set()
         self._turns.join(current)
         try:
-            result = self._separate(task, current, reuse_from)
+            result = self._separate(task, current, reuse_from, upload)
             self.tasks_done += 1
             return {"ok": True, "models": self.models.keys(), **result}
         except RayDemucsError as exc:
@@ -245,11 +247,12 @@ class SeparatorWorker:
         if info["state"] == "end":
             current.chunks_done += 1
 
-    def _separate_in_memory(self, task: TaskSpec, current: Attempt, separator, timings) -> dict:
+    def _separate_in_memory(self, task: TaskSpec, current: Attempt, separator, input_path: Path,
+                            timings: dict) -> dict:
         """Decode the whole input, then `Separator.separate_tensor` (demucs's own path)."""
         options = task.options
         started = time.time()
-        wav = decode(task.input_path, separator.samplerate, separator.audio_channels)
+        wav = decode(input_path, separator.samplerate, separator.audio_channels)
         timings["decode_s"] = time.time() - started
         current.chunks_expected = expected_chunks(separator.model, wav.shape[-1], options)
         current.segment_s = options.segment or default_segment_s(separator.model)
@@ -262,15 +265,15 @@ class SeparatorWorker:
             timings["separate_s"] = time.time() - started
         return stems
 
-    def _separate_streamed(self, task: TaskSpec, current: Attempt, separator, scratch: Path,
-                           timings: dict):
+    def _separate_streamed(self, task: TaskSpec, current: Attempt, separator, input_path: Path,
+                           scratch: Path, timings: dict):
         """Separate in windows with stems streamed to temp files in `scratch` (hidden, beside the
         output folder, swept like a staging folder): memory does not grow with length."""
         options = task.options
         current.segment_s = options.segment or default_segment_s(separator.model)
         with self._model_turn(current):
             started = time.time()
-            stems = separate_file(separator.model, task.input_path, scratch,
+            stems = separate_file(separator.model, input_path, scratch,
                                   segment=options.segment, overlap=options.overlap,
                                   shifts=options.shifts,
                                   device=self.device, two_stems=options.two_stems,
@@ -290,17 +293,25 @@ class SeparatorWorker:
         finally:
             self._turns.leave(current)
 
-    def _separate(self, task: TaskSpec, current: Attempt, reuse_from: str | None) -> dict:
+    def _separate(self, task: TaskSpec, current: Attempt, reuse_from: str | None,
+                  upload: bytes | None) -> dict:
+        max_bytes = int(self.config.input.max_file_mb * 2**20)
+        with attempt_places(task, self.config.storage, max_bytes, upload) as places:
+            previous = places.previous_manifest(self.config.storage)
+            if previous and previous.get("task_id") != task.task_id and not task.force:
+                raise InvalidInput(f"{task.output_folder} already holds the stems of task "
+                                   f"{previous.get('task_id')}; pass --force to replace them")
+            duration_s = validate_input(places.input_path, self.config.input)
+            folder = places.folder
+            remove_staging(folder)  # what an earlier, killed attempt of this task left
+            if reuse_from and output_is_complete(Path(reuse_from)):
+                return self._reuse(task, current.number, Path(reuse_from), folder, duration_s)
+            result = self._separate_into(task, current, places.input_path, folder, duration_s)
+            return {**result, **places.deliver(result["outputs"], self.config.storage)}
+
+    def _separate_into(self, task: TaskSpec, current: Attempt, input_path: Path, folder: Path,
+                       duration_s: float) -> dict:
         options = task.options
-        folder = resolve_output_folder(task.output_dir, task.project, task.file_id)
-        previous = read_manifest(folder)
-        if previous and previous.get("task_id") != task.task_id and not task.force:
-            raise InvalidInput(f"{folder} already holds the stems of task {previous.get('task_id')}; "
-                               "pass --force to replace them")
-        duration_s = validate_input(task.input_path, self.config.input)
-        remove_staging(folder)  # what an earlier, killed attempt of this task left
-        if reuse_from and output_is_complete(Path(reuse_from)):
-            return self._reuse(task, current.number, Path(reuse_from), folder, duration_s)
         with self._models_lock:
             separator = self.models.get(options.model, options.repo)
         check_options(separator.model, options)
@@ -310,10 +321,11 @@ class SeparatorWorker:
             if streamed:
                 scratch = folder.parent / f".{folder.name}.{uuid.uuid4().hex[:8]}.scratch"
                 cleanup.callback(shutil.rmtree, scratch, ignore_errors=True)
-                stems = self._separate_streamed(task, current, separator, scratch, timings).stems
+                stems = self._separate_streamed(task, current, separator, input_path, scratch,
+                                                timings).stems
             else:
-                stems = pick_stems(self._separate_in_memory(task, current, separator, timings),
-                                   options.two_stems)
+                stems = pick_stems(self._separate_in_memory(task, current, separator, input_path,
+                                                            timings), options.two_stems)
             current.phase = "writing"
             save = functools.partial(save_any, samplerate=separator.samplerate,
                                      bitrate=options.mp3_bitrate, preset=options.mp3_preset,

@@ -14,6 +14,12 @@ import soundfile as sf
 
 SAMPLERATE = 44100
 TEST_PROFILE_OVERRIDES = {"workers": {"memory_mb": 0}}
+# Fake credentials for the S3 server the tests run on 127.0.0.1; set before Ray starts, so
+# every worker inherits them, and so that no test can reach a real account.
+os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                   "AWS_DEFAULT_REGION": "us-east-1"})
+for _variable in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+    os.environ.pop(_variable, None)
 
 
 def make_signal(seconds: float, samplerate: int = SAMPLERATE, channels: int = 2, seed: int = 0):
@@ -94,6 +100,29 @@ def ray_cluster():
     address = ray.get_runtime_context().gcs_address
     yield address
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """An S3-compatible server (moto) on 127.0.0.1 for the whole session; its URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3_endpoint):
+    """A fresh bucket on the test S3 server: `(s3fs filesystem, "s3://NAME")`."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint, use_listings_cache=False)
+    name = f"b{uuid.uuid4().hex[:12]}"
+    fs.mkdir(name)
+    return fs, f"s3://{name}"
 
 
 def service_config(tmp_path: Path, **sections):

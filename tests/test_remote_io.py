@@ -1,0 +1,73 @@
+"""A client with no shared storage: s3:// through the service, and `submit --upload` / `fetch`."""
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from conftest import run_cli
+from raydemucs.errors import InvalidInput, OutputNotWritable
+from raydemucs.outputs import file_sha256
+
+pytestmark = pytest.mark.ray
+
+STEMS = {"drums", "bass", "other", "vocals"}
+
+
+def test_s3_input_and_output_through_the_service(make_service, bucket, s3_endpoint, audio, tmp_path):
+    fs, root = bucket
+    fs.put_file(str(audio("song.wav", seconds=1.5)), f"{root}/in/song.wav")
+    manager = make_service(storage={"endpoint_url": s3_endpoint})
+    task_id = manager.add_task(f"{root}/in/song.wav", output_dir=f"{root}/stems", project_name="p")
+    record = manager.wait(task_id, timeout=120)
+    assert record["state"] == "succeeded", record["error"]
+    assert record["outputs"] == {s: f"{root}/stems/p/song/{s}.wav" for s in STEMS}
+    fetched = manager.fetch(task_id, tmp_path / "here")
+    manifest = json.loads((tmp_path / "here" / "p" / "song" / "manifest.json").read_text())
+    assert {s: file_sha256(p) for s, p in fetched.items()} == {
+        s: e["sha256"] for s, e in manifest["stems"].items()}
+    with pytest.raises(InvalidInput, match="--force"):
+        manager.fetch(task_id, tmp_path / "here")
+
+
+def test_bad_remote_locations_are_refused_at_submit(make_service, bucket, s3_endpoint, audio):
+    fs, root = bucket
+    manager = make_service(storage={"endpoint_url": s3_endpoint})
+    with pytest.raises(InvalidInput, match="does not exist"):
+        manager.prepare_task(f"{root}/missing.wav")
+    with pytest.raises(OutputNotWritable):
+        manager.prepare_task(audio("song.wav", seconds=1.0), output_dir="s3://no-such-bucket-x/out")
+    with pytest.raises(InvalidInput, match="already in storage"):
+        manager.prepare_task(f"{root}/missing.wav", upload=True)
+    assert manager.get_status()["queue"]["queued"] == 0
+
+
+def test_upload_wait_and_fetch_round_trip_on_the_cli(ray_cluster, audio, tmp_path):
+    env = {"RAY_ADDRESS": ray_cluster, "RAYDEMUCS_SERVICE_NAME": f"up{uuid.uuid4().hex[:6]}",
+           "RAYDEMUCS_SERVICE_STATE_DIR": str(tmp_path / "state"),
+           "RAYDEMUCS_WORKERS_MEMORY_MB": "0", "LOG_LEVEL": "warning"}
+    started = run_cli("start", "--profile", "test", env=env)
+    assert started.returncode == 0, started.stderr
+    try:
+        song = audio("song.mp3", seconds=1.5)
+        waited = run_cli("submit", song, "--upload", "--wait", "--json", "-o", tmp_path / "mine",
+                         env=env)
+        assert waited.returncode == 0, waited.stderr
+        record = json.loads(waited.stdout.strip().splitlines()[-1])
+        mine = tmp_path / "mine" / "default" / "song"
+        assert record["outputs"] == {s: str(mine / f"{s}.wav") for s in STEMS}
+        kept = tmp_path / "state" / "results" / "default" / "song"
+        assert sorted(p.name for p in kept.iterdir()) == sorted(
+            [f"{s}.wav" for s in STEMS] + ["manifest.json"])
+        fetched = run_cli("fetch", record["task_id"], "-o", tmp_path / "again", env=env)
+        assert fetched.returncode == 0, fetched.stderr
+        for stem in STEMS:
+            assert (file_sha256(tmp_path / "again" / "default" / "song" / f"{stem}.wav")
+                    == file_sha256(mine / f"{stem}.wav"))
+        refused = run_cli("fetch", record["task_id"], "-o", tmp_path / "again", env=env)
+        assert refused.returncode == 2 and "--force" in refused.stderr
+        unknown = run_cli("fetch", "nosuchtask", "-o", tmp_path / "x", env=env)
+        assert unknown.returncode == 2 and len(unknown.stderr.strip().splitlines()) == 1
+    finally:
+        run_cli("stop", "--now", env=env)
