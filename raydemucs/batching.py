@@ -17,6 +17,7 @@ The model's weights stay on the device; the tracks and their sums stay in CPU me
 from __future__ import annotations
 
 import random
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Hashable, Mapping
@@ -156,3 +157,38 @@ class BatchedSeparator:
             for key in self.step():
                 results[key] = self.pop(key)
         return results
+
+
+class SharedBatcher:
+    """A `BatchedSeparator` that several threads (a worker's concurrent attempts) share.
+
+    Each caller adds its track and blocks in `separate`; whichever caller holds the lock runs the
+    next forward pass for everyone's segments, so the device sees full batches whenever several
+    tasks are in the worker. Weights stay where the model is.
+    """
+
+    def __init__(self, model, *, batch_size: int, device=None):
+        self.batcher = BatchedSeparator(model, batch_size=batch_size, device=device)
+        self._changed = threading.Condition()
+        self._done: dict = {}
+
+    def separate(self, key: Hashable, wav: th.Tensor, **options) -> dict:
+        """`{source: [channels, time]}` for `wav` (options as `BatchedSeparator.add`); raises
+        `KeyboardInterrupt` when the track's callback aborted it."""
+        with self._changed:
+            self.batcher.add(key, wav, **options)
+            while key not in self._done:
+                finished = self.batcher.step()
+                for done in finished:
+                    try:
+                        self._done[done] = self.batcher.pop(done)
+                    except KeyboardInterrupt as exc:
+                        self._done[done] = exc
+                if finished:
+                    self._changed.notify_all()
+                elif not self.batcher.pending() and key not in self._done:
+                    self._changed.wait(0.05)
+            result = self._done.pop(key)
+        if isinstance(result, BaseException):
+            raise result
+        return result

@@ -37,6 +37,8 @@ class WorkersConfig:
     memory_mb: int = _opt(2048, min=0, max=1 << 20, doc="Ray memory reserved per worker")
     max_models: int = _opt(2, min=1, max=16, doc="models kept loaded per worker")
     prefetch: int = _opt(1, min=0, max=4, doc="tasks queued inside a busy worker (decode ahead)")
+    batch_size: int = _opt(1, min=1, max=256, doc="segments per forward pass, from up to this "
+                           "many tasks at once (GPU workers; 1: off)")
     max_rss_mb: int = _opt(0, min=0, max=1 << 24, doc="recycle a worker above this RSS (0: never)")
     min_free_memory_mb: int = _opt(256, min=0, max=1 << 24, doc="pause dispatch below this free memory")
     max_missed_pings: int = _opt(6, min=1, max=1000, doc="unanswered health polls before a replace")

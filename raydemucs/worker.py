@@ -25,6 +25,9 @@ from .errors import (InternalError, InvalidInput, ModelNotFound, OutOfMemory, Ra
 from .logs import configure_logging
 from .models import ModelCache, check_options, default_segment_s
 from .outputs import output_is_complete, read_manifest, remove_staging, write_outputs
+from .batching import SharedBatcher
+from .longtrack import separate_piece
+from .pieces import separate_across_workers
 from .places import attempt_places
 from .streaming import save_any, separate_file
 from .task import TaskSpec
@@ -136,6 +139,7 @@ class SeparatorWorker:
         self.device = resolve_device(self.config.separation.device, self.config.workers.num_gpus)
         self.models = ModelCache(self.config.workers.max_models, self.device)
         self._turns = ModelTurns()
+        self._batchers: dict[tuple, SharedBatcher] = {}
         self._models_lock = threading.Lock()
         self._attempts: dict[str, Attempt] = {}
         self._early_aborts: collections.deque = collections.deque(maxlen=64)
@@ -182,12 +186,13 @@ class SeparatorWorker:
                 **health.sample(self._process, self.device)}
 
     def separate(self, spec: dict, attempt: int, reuse_from: str | None = None,
-                 upload: bytes | None = None) -> dict:
+                 upload: bytes | None = None, helpers: list | None = None) -> dict:
         """Run one attempt; never raises: returns `{"ok": True, "outputs", ...}` or an error.
 
         `reuse_from` names another task's folder with stems for the same input, model and
         options (the result cache): they are linked in instead of separating again. `upload`
         holds the input's bytes for a task submitted with them; its stems come back as bytes.
+        `helpers` are idle workers lent for this attempt: the track is split across them.
         """
         task = TaskSpec.from_dict(spec)
         current = self._attempts[task.task_id] = Attempt(task.task_id, attempt)
@@ -195,7 +200,7 @@ class SeparatorWorker:
             current.abort.set()
         self._turns.join(current)
         try:
-            result = self._separate(task, current, reuse_from, upload)
+            result = self._separate(task, current, reuse_from, upload, helpers or [])
             self.tasks_done += 1
             return {"ok": True, "models": self.models.keys(), **result}
         except RayDemucsError as exc:
@@ -247,6 +252,11 @@ class SeparatorWorker:
         if info["state"] == "end":
             current.chunks_done += 1
 
+    @classmethod
+    def _on_piece_chunk(cls, current: Attempt, info: dict) -> None:
+        """`_on_chunk` counting against the piece's segments, not the whole plan's."""
+        cls._on_chunk(current, {**info, "segments": current.chunks_expected})
+
     def _separate_in_memory(self, task: TaskSpec, current: Attempt, separator, input_path: Path,
                             timings: dict) -> dict:
         """Decode the whole input, then `Separator.separate_tensor` (demucs's own path)."""
@@ -264,6 +274,69 @@ class SeparatorWorker:
             _, stems = separator.separate_tensor(wav)
             timings["separate_s"] = time.time() - started
         return stems
+
+    def _separate_across(self, task: TaskSpec, current: Attempt, separator, input_path: Path,
+                         helpers: list, timings: dict) -> dict:
+        """Decode here, then split the track with `helpers` (see `raydemucs.pieces`)."""
+        options = task.options
+        started = time.time()
+        wav = decode(input_path, separator.samplerate, separator.audio_channels)
+        timings["decode_s"] = time.time() - started
+        current.segment_s = options.segment or default_segment_s(separator.model)
+        with self._model_turn(current):
+            started = time.time()
+            run_here = functools.partial(self._run_piece, separator.model, current)
+            stems, timings["pieces"] = separate_across_workers(
+                separator.model, wav, options, helpers, run_here, current.abort, task.task_id,
+                current.number)
+            timings["separate_s"] = time.time() - started
+        return dict(zip(separator.model.sources, stems))
+
+    def _separate_batched(self, task: TaskSpec, current: Attempt, separator, input_path: Path,
+                          timings: dict) -> dict:
+        """Decode, then share forward passes with the other attempts in this worker."""
+        options = task.options
+        started = time.time()
+        wav = decode(input_path, separator.samplerate, separator.audio_channels)
+        timings["decode_s"] = time.time() - started
+        current.segment_s = options.segment or default_segment_s(separator.model)
+        current.phase = "separating"
+        with self._models_lock:
+            batcher = self._batchers.get((options.model, options.repo))
+            if batcher is None or batcher.batcher.model is not separator.model:
+                batcher = self._batchers[options.model, options.repo] = SharedBatcher(
+                    separator.model, batch_size=self.config.workers.batch_size, device=self.device)
+        started = time.time()
+        stems = batcher.separate((task.task_id, current.number), wav, segment=options.segment,
+                                 overlap=options.overlap, shifts=options.shifts,
+                                 callback=functools.partial(self._on_chunk, current))
+        timings["separate_s"] = time.time() - started
+        return stems
+
+    def _run_piece(self, model, current: Attempt, plan, piece, window, mean, std):
+        current.chunks_expected = current.chunks_done + len(piece.segments)
+        return separate_piece(model, plan, piece, window, piece.input_start, mean, std,
+                              device=self.device,
+                              callback=functools.partial(self._on_piece_chunk, current))
+
+    def separate_piece(self, task_id: str, attempt: int, model: str, repo: str | None, plan,
+                       piece, window, mean, std):
+        """One piece of a track another worker leads; abortable like an attempt, and shown in
+        `poll` under the lead's task id."""
+        current = self._attempts[task_id] = Attempt(task_id, attempt)
+        if (task_id, attempt) in self._early_aborts:
+            current.abort.set()
+        self._turns.join(current)
+        try:
+            with self._models_lock:
+                separator = self.models.get(model, repo)
+            with self._model_turn(current):
+                return self._run_piece(separator.model, current, plan, piece, window, mean, std)
+        except KeyboardInterrupt:
+            raise SeparationAborted("stopped on request") from None
+        finally:
+            self._turns.leave(current)
+            self._attempts.pop(task_id, None)
 
     def _separate_streamed(self, task: TaskSpec, current: Attempt, separator, input_path: Path,
                            scratch: Path, timings: dict):
@@ -294,7 +367,7 @@ class SeparatorWorker:
             self._turns.leave(current)
 
     def _separate(self, task: TaskSpec, current: Attempt, reuse_from: str | None,
-                  upload: bytes | None) -> dict:
+                  upload: bytes | None, helpers: list) -> dict:
         max_bytes = int(self.config.input.max_file_mb * 2**20)
         with attempt_places(task, self.config.storage, max_bytes, upload) as places:
             previous = places.previous_manifest(self.config.storage)
@@ -306,11 +379,12 @@ class SeparatorWorker:
             remove_staging(folder)  # what an earlier, killed attempt of this task left
             if reuse_from and output_is_complete(Path(reuse_from)):
                 return self._reuse(task, current.number, Path(reuse_from), folder, duration_s)
-            result = self._separate_into(task, current, places.input_path, folder, duration_s)
+            result = self._separate_into(task, current, places.input_path, folder, duration_s,
+                                         helpers)
             return {**result, **places.deliver(result["outputs"], self.config.storage)}
 
     def _separate_into(self, task: TaskSpec, current: Attempt, input_path: Path, folder: Path,
-                       duration_s: float) -> dict:
+                       duration_s: float, helpers: list) -> dict:
         options = task.options
         with self._models_lock:
             separator = self.models.get(options.model, options.repo)
@@ -323,6 +397,12 @@ class SeparatorWorker:
                 cleanup.callback(shutil.rmtree, scratch, ignore_errors=True)
                 stems = self._separate_streamed(task, current, separator, input_path, scratch,
                                                 timings).stems
+            elif helpers:
+                stems = pick_stems(self._separate_across(task, current, separator, input_path,
+                                                         helpers, timings), options.two_stems)
+            elif self.config.workers.batch_size > 1:
+                stems = pick_stems(self._separate_batched(task, current, separator, input_path,
+                                                          timings), options.two_stems)
             else:
                 stems = pick_stems(self._separate_in_memory(task, current, separator, input_path,
                                                             timings), options.two_stems)
@@ -332,6 +412,7 @@ class SeparatorWorker:
                                      clip=options.clip_mode, **DEPTH_KWARGS[options.wav_depth])
             manifest = {**self._manifest_base(task, current.number, duration_s),
                         "samplerate": separator.samplerate, "streamed": streamed,
+                        "pieces": timings.pop("pieces", 1),
                         "peak_rss_bytes": health.peak_rss_bytes(), "timings": timings}
             started = time.time()
             outputs = write_outputs(folder, stems, options.format, save, manifest)

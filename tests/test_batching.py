@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import threading
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from demucs.apply import BagOfModels, apply_model
 from demucs.htdemucs import HTDemucs
 from demucs.pretrained import SOURCES, get_model
 
-from raydemucs.batching import BatchedSeparator
+from raydemucs.batching import BatchedSeparator, SharedBatcher
 from raydemucs.longtrack import track_stats
 
 from conftest import make_signal
@@ -119,3 +120,43 @@ def test_popping_an_unfinished_track_is_refused(tiny, tracks):
         batcher.pop("a")
     with pytest.raises(KeyError):
         batcher.add("a", tracks["a"])
+
+
+def test_threads_sharing_a_batcher_fill_the_batches(tiny, tracks):
+    shared = SharedBatcher(tiny, batch_size=8)
+    results, started = {}, threading.Barrier(len(tracks))
+
+    def run(key):
+        started.wait()
+        results[key] = shared.separate(key, tracks[key])
+
+    threads = [threading.Thread(target=run, args=(key,)) for key in tracks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for key, wav in tracks.items():
+        assert_same_stems(results[key], plain(tiny, wav, shifts=0))
+    assert shared.batcher.forward_passes < 4 + 3 + 1  # one at a time would take 8
+
+
+def test_an_aborted_track_leaves_the_others_of_a_shared_batcher(tiny, tracks):
+    shared = SharedBatcher(tiny, batch_size=2)
+    outcome = {}
+
+    def abort(info):
+        raise KeyboardInterrupt
+
+    def run(key, callback=None):
+        try:
+            outcome[key] = shared.separate(key, tracks[key], callback=callback)
+        except KeyboardInterrupt:
+            outcome[key] = "aborted"
+
+    threads = [threading.Thread(target=run, args=("a", abort)), threading.Thread(target=run, args=("b",))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert outcome["a"] == "aborted"
+    assert_same_stems(outcome["b"], plain(tiny, tracks["b"], shifts=0))

@@ -13,6 +13,7 @@ import soundfile as sf
 
 from raydemucs.audio import validate_input
 from raydemucs.config import InputConfig, SeparationConfig, load_config
+from raydemucs.longtrack import plan_separation
 from raydemucs.task import TaskSpec, new_task_id
 from raydemucs.worker import SeparatorWorker
 
@@ -235,3 +236,38 @@ def test_an_abort_that_overtakes_its_separate_call_still_applies(audio, tmp_path
     assert not worker.abort(spec.task_id, 2)
     assert worker.separate(spec.to_dict(), 1)["ok"]  # another attempt is not touched
     assert worker.separate(spec.to_dict(), 2)["error"]["type"] == "SeparationAborted"
+
+
+def test_batched_attempts_share_forward_passes_and_equal_one_at_a_time(audio, tmp_path, tiny_repo):
+    """batch_size > 1 (for GPU workers; checked here on CPU): tasks in the worker at once share
+    forward passes, and each one's stems equal the unbatched ones within 1 LSB."""
+    songs = [audio(f"s{i}.wav", seconds=3.0 + i, seed=i) for i in range(3)]
+    plain = make_worker(tiny_repo, "tiny")
+    config = load_config("test", overrides={"separation": {"model": "tiny", "repo": str(tiny_repo)},
+                                            "workers": {"batch_size": 4}}, environ={})
+    batched = SeparatorWorker("worker-b", config.to_dict())
+    options = {"model": "tiny", "repo": str(tiny_repo), "segment": 1.0}
+    for song in songs:
+        spec = make_spec(song, tmp_path / "plain", file_id=song.stem, **options)
+        assert plain.separate(spec.to_dict(), 1)["ok"]
+    results = {}
+
+    def run(song):
+        spec = make_spec(song, tmp_path / "batched", file_id=song.stem, **options)
+        results[song.stem] = batched.separate(spec.to_dict(), 1)
+
+    threads = [threading.Thread(target=run, args=(song,)) for song in songs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert all(result["ok"] for result in results.values()), results
+    model = batched.models.get("tiny", str(tiny_repo)).model
+    one_at_a_time = sum(len(plan_separation(model, sf.info(song).frames, segment=1.0).segments)
+                        for song in songs)
+    assert batched._batchers["tiny", str(tiny_repo)].batcher.forward_passes < one_at_a_time
+    for song in songs:
+        for stem in STEMS:
+            a, _ = sf.read(tmp_path / "plain" / "proj" / song.stem / f"{stem}.wav", dtype="int16")
+            b, _ = sf.read(tmp_path / "batched" / "proj" / song.stem / f"{stem}.wav", dtype="int16")
+            assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
