@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, InvalidInput
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
@@ -173,10 +173,15 @@ def _either(value, default):
     return default if value is None else value
 
 
-def route(pools: tuple[PoolConfig, ...], model: str) -> PoolConfig | None:
-    """The pool that serves `model`: the one listing it, else the one listing no models."""
-    return (next((pool for pool in pools if model in pool.models), None)
+def route(pools: tuple[PoolConfig, ...], model: str) -> PoolConfig:
+    """The pool that serves `model`: the one listing it, else the one listing no models;
+    InvalidInput when there is neither."""
+    pool = (next((pool for pool in pools if model in pool.models), None)
             or next((pool for pool in pools if not pool.models), None))
+    if pool is None:
+        served = "; ".join(f"{pool.name}: {', '.join(pool.models)}" for pool in pools)
+        raise InvalidInput(f"no worker pool serves model {model!r} (pools and their models: {served})")
+    return pool
 
 
 def _field_types(section_cls) -> dict[str, dataclasses.Field]:

@@ -55,9 +55,10 @@ class SchedulerService:
             pass
 
     def _ensure_running(self) -> None:
-        """Start the workers and the tick loop on the first call (also after a restart)."""
+        """Start the pools' first workers (a dispatch sizes them) and the tick loop on the first
+        call (also after a restart)."""
         if self._loop is None and self.core.dispatching:
-            self.pool.start_workers()
+            self.core.dispatch()
             self._loop = asyncio.get_running_loop().create_task(self._tick_forever())
 
     async def _tick_forever(self) -> None:
@@ -96,7 +97,10 @@ class SchedulerService:
     async def submit(self, specs: list[dict]) -> list[dict]:
         """Accept tasks (each committed to the journal before this returns)."""
         self._ensure_running()
-        records = [self.core.submit(TaskSpec.from_dict(spec)).to_dict() for spec in specs]
+        specs = [TaskSpec.from_dict(spec) for spec in specs]
+        for spec in specs:  # a model no pool serves refuses the whole batch, before any is accepted
+            self.core.pool_of(spec)
+        records = [self.core.submit(spec).to_dict() for spec in specs]
         self.core.dispatch()
         return records
 

@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 
 from raydemucs.config import SECTIONS, Config, load_config, profile_path, read_yaml
-from raydemucs.errors import ConfigError
+from raydemucs.errors import ConfigError, InvalidInput
 
 
 def test_defaults_match_the_node_service():
@@ -132,7 +132,8 @@ def test_pools_from_yaml_take_left_out_sizes_from_workers_and_route_by_model(tmp
     assert (cpu.num_gpus, cpu.min_workers, cpu.max_workers, cpu.idle_timeout_s) == (0.0, 1, 3, 300.0)
     assert route((gpu, cpu), "htdemucs") is gpu
     assert route((gpu, cpu), "mdx_extra") is cpu
-    assert route((gpu,), "mdx_extra") is None
+    with pytest.raises(InvalidInput, match="no worker pool serves model 'mdx_extra'.*gpu: htdemucs"):
+        route((gpu,), "mdx_extra")
     assert Config.from_dict(config.to_dict()) == config
 
 
