@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .audio import validate_input
-from .config import Config, coerce, load_config
+from .config import Config, coerce, load_config, route
 from .errors import (RayDemucsError, ServiceUnavailable, TaskCancelled, TaskFailed, WaitTimedOut)
 from .models import check_model_name
 from .names import name_from_filename
@@ -200,6 +200,7 @@ class WorkerManager:
             separation = dataclasses.replace(separation,
                                              repo=str(Path(separation.repo).expanduser().absolute()))
         check_model_name(separation.model, separation.repo)
+        route(config.worker_pools(), separation.model)  # refuses a model that no pool serves
         path = Path(input_path).expanduser().absolute()
         validate_input(path, config.input)
         output_dir = Path(output_dir or config.service.output_dir).expanduser().absolute()
