@@ -68,7 +68,7 @@ class SchedulerService:
                     self.core.report_progress(answer["task_id"], answer["attempt"], answer["progress"])
                 self.core.tick()
                 self.metrics.observe(self.core.queued_by_priority(), self.core.queue_counts(),
-                                     self.pool.snapshot())
+                                     self.pool.snapshot(), [pool.name for pool in self.core.pools])
             except Exception:
                 logger.exception("scheduler tick failed")
             await asyncio.sleep(self.config.service.poll_interval_s)
@@ -132,7 +132,8 @@ class SchedulerService:
         running = [self.core.active[task_id].to_dict() for task_id in self.core.running]
         return {"service": self.config.service.name, "accepting": self.core.accepting,
                 "uptime_s": time.time() - self.started_at, "journal": self.store.path,
-                "queue": self.core.queue_counts(), "workers": self.pool.snapshot(),
+                "queue": self.core.queue_counts(), "pools": self.core.pool_counts(),
+                "workers": self.pool.snapshot(),
                 "running": [{k: r[k] for k in ("task_id", "project", "file_id", "attempts",
                                                 "progress", "worker")} for r in running]}
 
