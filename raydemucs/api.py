@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable
 
 from . import storage
 from .audio import validate_input
-from .config import Config, coerce, load_config
+from .config import Config, coerce, load_config, route
 from .errors import (InvalidInput, ModelNotFound, RayDemucsError, ServiceUnavailable,
                      TaskCancelled, TaskFailed, WaitTimedOut)
 from .models import check_model_name, model_source
@@ -222,6 +222,7 @@ class WorkerManager:
             separation = dataclasses.replace(separation,
                                              repo=str(Path(separation.repo).expanduser().absolute()))
         check_model_name(separation.model, separation.repo)
+        route(config.worker_pools(), separation.model)  # refuses a model that no pool serves
         source = self._checked_input(str(input_path), config, upload)
         if upload:
             output_dir = "uploaded"  # the service puts the stems under its state directory

@@ -7,7 +7,9 @@ and units: `MAX_WORKERS`, `TASK_TIMEOUT` (milliseconds) and `LOG_LEVEL`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, InvalidInput
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
@@ -23,6 +25,9 @@ FORMATS = ("wav", "mp3", "flac")
 WAV_DEPTHS = ("int16", "int24", "float32")
 CLIP_MODES = ("rescale", "clamp", "none")
 DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_POOL = "default"
+POOL_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+RAY_BUILTIN_RESOURCES = {"CPU": "num_cpus", "GPU": "num_gpus", "memory": "memory_mb"}
 
 
 def _opt(default, *, min=None, max=None, choices=None, doc=""):
@@ -100,6 +105,26 @@ class StorageConfig:
     endpoint_url: str | None = _opt(None, doc="S3-compatible endpoint (MinIO, Ceph, R2); null: AWS")
 
 
+@dataclass(frozen=True)
+class PoolConfig:
+    """One pool of workers: the models routed to it, what each worker asks of Ray, its size.
+
+    `num_cpus`, `num_gpus`, `memory_mb` and `max_workers` left out (None) are the `workers`
+    section's; `Config.worker_pools()` fills them in.
+    """
+
+    name: str = _opt(DEFAULT_POOL, doc="worker actors are SERVICE:NAME-worker-i")
+    models: tuple = _opt((), doc="models routed here; empty: every model no other pool lists")
+    num_cpus: float | None = _opt(None, min=0.0, max=256.0, doc="as workers.num_cpus")
+    num_gpus: float | None = _opt(None, min=0.0, max=16.0, doc="as workers.num_gpus")
+    memory_mb: int | None = _opt(None, min=0, max=1 << 20, doc="as workers.memory_mb")
+    resources: dict = field(default_factory=dict, metadata={"doc": "custom Ray resources"})
+    min_workers: int = _opt(0, min=0, max=1024, doc="workers kept even when idle")
+    max_workers: int | None = _opt(None, min=1, max=1024, doc="as workers.max_workers")
+    idle_timeout_s: float = _opt(300.0, min=0.0, max=7 * 86400.0,
+                                 doc="remove a worker idle this long, down to min_workers")
+
+
 SECTIONS = {
     "workers": WorkersConfig,
     "tasks": TasksConfig,
@@ -124,9 +149,12 @@ class Config:
     separation: SeparationConfig = field(default_factory=SeparationConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    pools: tuple[PoolConfig, ...] = ()
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        data["pools"] = [{**pool, "models": list(pool["models"])} for pool in data["pools"]]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Config":
@@ -136,6 +164,37 @@ class Config:
     def state_path(self) -> Path:
         return Path(self.service.state_dir).expanduser()
 
+    def worker_pools(self) -> tuple[PoolConfig, ...]:
+        """The pools to run, sizes left out taken from `workers`; with none declared, one pool
+        named `default` of exactly `workers.max_workers` workers (serving every model)."""
+        workers = self.workers
+        declared = self.pools or (PoolConfig(min_workers=workers.max_workers),)
+        pools = tuple(dataclasses.replace(
+            pool, num_cpus=_either(pool.num_cpus, workers.num_cpus),
+            num_gpus=_either(pool.num_gpus, workers.num_gpus),
+            memory_mb=_either(pool.memory_mb, workers.memory_mb),
+            max_workers=_either(pool.max_workers, workers.max_workers)) for pool in declared)
+        for pool in pools:
+            if pool.min_workers > pool.max_workers:
+                raise ConfigError(f"pools[{pool.name}].min_workers={pool.min_workers} is above its "
+                                  f"max_workers={pool.max_workers}; allowed: 0 to max_workers")
+        return pools
+
+
+def _either(value, default):
+    return default if value is None else value
+
+
+def route(pools: tuple[PoolConfig, ...], model: str) -> PoolConfig:
+    """The pool that serves `model`: the one listing it, else the one listing no models;
+    InvalidInput when there is neither."""
+    pool = (next((pool for pool in pools if model in pool.models), None)
+            or next((pool for pool in pools if not pool.models), None))
+    if pool is None:
+        served = "; ".join(f"{pool.name}: {', '.join(pool.models)}" for pool in pools)
+        raise InvalidInput(f"no worker pool serves model {model!r} (pools and their models: {served})")
+    return pool
+
 
 def _field_types(section_cls) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(section_cls)}
@@ -143,11 +202,17 @@ def _field_types(section_cls) -> dict[str, dataclasses.Field]:
 
 def coerce(section: str, key: str, value: Any, source: str) -> Any:
     """Convert `value` to the declared type of `section.key` and check its range."""
-    fields = _field_types(SECTIONS[section])
+    return _coerce_field(SECTIONS[section], section, key, value, source)
+
+
+def _coerce_field(owner, prefix: str, key: str, value: Any, source: str) -> Any:
+    """Convert `value` to the declared type of field `key` of dataclass `owner` and check it;
+    errors call it `prefix.key`."""
+    fields = _field_types(owner)
     if key not in fields:
-        raise ConfigError(f"{source}: unknown key '{section}.{key}'; allowed: {', '.join(fields)}")
+        raise ConfigError(f"{source}: unknown key '{prefix}.{key}'; allowed: {', '.join(fields)}")
     meta, declared = fields[key].metadata, str(fields[key].type)
-    name = f"{section}.{key}"
+    name = f"{prefix}.{key}"
     if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
         if "None" in declared:
             return None
@@ -182,10 +247,14 @@ def apply_overrides(config: Config, data: Mapping[str, Any], source: str) -> Con
     """Return `config` with `{section: {key: value}}` applied, each value checked."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
-    sections = {}
+    sections: dict[str, Any] = {}
     for section, values in data.items():
+        if section == "pools":
+            sections["pools"] = parse_pools(values, source)
+            continue
         if section not in SECTIONS:
-            raise ConfigError(f"{source}: unknown section '{section}'; allowed: {', '.join(SECTIONS)}")
+            raise ConfigError(f"{source}: unknown section '{section}'; allowed: "
+                              f"{', '.join(SECTIONS)}, pools")
         if values is None:
             continue
         if not isinstance(values, Mapping):
@@ -193,6 +262,84 @@ def apply_overrides(config: Config, data: Mapping[str, Any], source: str) -> Con
         checked = {key: coerce(section, key, value, source) for key, value in values.items()}
         sections[section] = dataclasses.replace(getattr(config, section), **checked)
     return dataclasses.replace(config, **sections)
+
+
+def parse_pools(entries: Any, source: str) -> tuple[PoolConfig, ...]:
+    """Check a `pools` list (each entry a mapping of `PoolConfig` keys) and the pools together:
+    unique names, no model in two pools, at most one pool that lists no models."""
+    if entries is None:
+        return ()
+    if not isinstance(entries, (list, tuple)):
+        raise ConfigError(f"{source}: pools must be a list of mappings, got {type(entries).__name__}")
+    pools = tuple(_parse_pool(index, entry, source) for index, entry in enumerate(entries))
+    names = [pool.name for pool in pools]
+    twice = next((name for name in names if names.count(name) > 1), None)
+    if twice:
+        raise ConfigError(f"{source}: two pools are named {twice!r}; names must be unique")
+    owners: dict[str | None, str] = {}  # model -> pool; None -> the pool that lists none
+    for pool in pools:
+        for model in pool.models or (None,):
+            if model in owners:
+                claim = (f"model {model!r} is listed by pools {owners[model]!r} and {pool.name!r}"
+                         if model else f"pools {owners[model]!r} and {pool.name!r} both list no "
+                         "models; at most one pool may take every other model")
+                raise ConfigError(f"{source}: {claim}")
+            owners[model] = pool.name
+    return pools
+
+
+def _parse_pool(index: int, entry: Any, source: str) -> PoolConfig:
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"{source}: pools[{index}] must be a mapping of pool keys, "
+                          f"got {type(entry).__name__}")
+    if "name" not in entry:
+        raise ConfigError(f"{source}: pools[{index}] has no name")
+    name = _coerce_field(PoolConfig, f"pools[{index}]", "name", entry["name"], source)
+    if not POOL_NAME.fullmatch(name):
+        raise ConfigError(f"{source}: pools[{index}].name={name!r}; allowed: up to 32 lowercase "
+                          "letters, digits, '-' and '_', starting with a letter or digit")
+    label = f"pools[{name}]"
+    values: dict[str, Any] = {}
+    for key, value in entry.items():
+        if key == "models":
+            values[key] = _pool_models(label, value, source)
+        elif key == "resources":
+            values[key] = _pool_resources(label, value, source)
+        else:
+            values[key] = _coerce_field(PoolConfig, label, key, value, source)
+    return PoolConfig(**values)
+
+
+def _pool_models(label: str, models: Any, source: str) -> tuple[str, ...]:
+    if models is None:
+        return ()
+    if not isinstance(models, (list, tuple)) or not all(
+            isinstance(model, str) and model.strip() for model in models):
+        raise ConfigError(f"{source}: {label}.models={models!r}; allowed: a list of model names")
+    if len(set(models)) != len(models):
+        raise ConfigError(f"{source}: {label}.models={list(models)!r} lists a model twice")
+    return tuple(models)
+
+
+def _pool_resources(label: str, resources: Any, source: str) -> dict[str, float]:
+    if resources is None:
+        return {}
+    if not isinstance(resources, Mapping):
+        raise ConfigError(f"{source}: {label}.resources={resources!r}; allowed: a mapping of "
+                          "custom Ray resource names to amounts")
+    checked = {}
+    for key, amount in resources.items():
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"{source}: {label}.resources has a key {key!r}; allowed: names")
+        name = f"{label}.resources.{key}"
+        if key in RAY_BUILTIN_RESOURCES:
+            raise ConfigError(f"{source}: {name} is one of Ray's own resources; "
+                              f"use {label}.{RAY_BUILTIN_RESOURCES[key]}")
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) \
+                or not math.isfinite(amount) or amount < 0:
+            raise ConfigError(f"{source}: {name}={amount!r}; allowed: a number >= 0")
+        checked[key] = float(amount)
+    return checked
 
 
 def profile_path(name: str) -> Path:
@@ -253,4 +400,6 @@ def load_config(profile: str | None = None, config_file: str | os.PathLike | Non
         config = apply_overrides(config, read_yaml(Path(config_file)), str(config_file))
     environ = os.environ if environ is None else environ
     config = apply_overrides(config, env_overrides(environ), "environment")
-    return apply_overrides(config, overrides or {}, "flags")
+    config = apply_overrides(config, overrides or {}, "flags")
+    config.worker_pools()  # pool sizes taken from `workers` are checked once every layer is in
+    return config

@@ -41,14 +41,15 @@ class ServiceMetrics:
                                         "priority")
         self.tasks = self._metric(Gauge, "raydemucs_tasks", "Tasks in the journal by state",
                                   "state")
-        self.workers = self._metric(Gauge, "raydemucs_workers", "Worker slots by state", "state")
+        self.workers = self._metric(Gauge, "raydemucs_workers", "Worker slots by pool and state",
+                                    "pool", "state")
         self.rss = self._metric(Gauge, "raydemucs_worker_rss_bytes",
-                                "Resident memory of a worker process", "worker")
+                                "Resident memory of a worker process", "pool", "worker")
         self.cpu = self._metric(Gauge, "raydemucs_worker_cpu_percent",
-                                "CPU use of a worker process (100 = one core)", "worker")
+                                "CPU use of a worker process (100 = one core)", "pool", "worker")
         self.restarts = self._metric(Counter, "raydemucs_worker_restarts_total",
                                      "Worker actors replaced (died, hung, timed out, recycled)",
-                                     "worker")
+                                     "pool", "worker")
         self._priorities = set(PRIORITIES)
         self._restarts_seen: dict[str, int] = {}
 
@@ -84,20 +85,23 @@ class ServiceMetrics:
 
     # -- sampled every scheduler tick -------------------------------------------------------
     def observe(self, queued_by_priority: dict[str, int], counts_by_state: dict[str, int],
-                workers: list[dict]) -> None:
-        """Set the queue, task and worker gauges; count worker restarts since the last call."""
+                workers: list[dict], pools: list[str]) -> None:
+        """Set the queue, task and worker gauges (by pool); count worker restarts since the last
+        call."""
         self._priorities.update(queued_by_priority)
         for priority in self._priorities:
             self.queue_depth.set(queued_by_priority.get(priority, 0), tags={"priority": priority})
         for state, count in counts_by_state.items():
             self.tasks.set(count, tags={"state": state})
-        for state in {*WORKER_STATES, *(w["state"] for w in workers)}:
-            self.workers.set(sum(w["state"] == state for w in workers), tags={"state": state})
+        for pool in pools:
+            members = [w["state"] for w in workers if w["pool"] == pool]
+            for state in {*WORKER_STATES, *members}:
+                self.workers.set(members.count(state), tags={"pool": pool, "state": state})
         for worker in workers:
             self._observe_worker(worker)
 
     def _observe_worker(self, worker: dict) -> None:
-        tags = {"worker": worker["worker_id"]}
+        tags = {"pool": worker["pool"], "worker": worker["worker_id"]}
         if worker.get("rss_bytes") is not None:
             self.rss.set(worker["rss_bytes"], tags=tags)
         if worker.get("cpu_percent") is not None:

@@ -1,11 +1,16 @@
-"""The worker pool: Ray actors created from config, explicit idle/busy, kill-and-replace.
+"""The worker pools: Ray actors created from config, explicit idle/busy, kill-and-replace.
 
-Workers are created here, in one place, as `ray.remote(SeparatorWorker)`. A dead actor never
-returns to the pool: its slot gets a fresh actor (which reloads the model) under a new name.
+Workers are created here, in one place, as `ray.remote(SeparatorWorker)`, with the resources of
+their pool (`config.worker_pools()`). A dead actor never returns to the pool: its slot gets a
+fresh actor (which reloads the model) under a new name. Slots are added and removed as the
+scheduler sizes the pools; an actor Ray cannot place yet stays `starting` without blocking
+anything.
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import itertools
 import logging
 import time
 import uuid
@@ -15,7 +20,7 @@ from typing import Any, Callable
 import ray
 from ray.exceptions import RayActorError, RayError
 
-from .config import Config
+from .config import DEFAULT_POOL, Config, PoolConfig
 from .errors import InternalError
 from .health import HealthPolicy
 from .task import TaskSpec
@@ -32,6 +37,7 @@ class WorkerSlot:
     """One place in the pool and what is known of the actor in it."""
 
     worker_id: str
+    pool: str = DEFAULT_POOL
     handle: Any = None
     actor_name: str = ""
     state: str = "starting"  # starting, idle, busy, restarting, dead
@@ -58,7 +64,8 @@ class WorkerSlot:
         return len(self.tasks)
 
     def to_dict(self) -> dict:
-        return {"worker_id": self.worker_id, "actor_name": self.actor_name, "state": self.state,
+        return {"worker_id": self.worker_id, "pool": self.pool, "actor_name": self.actor_name,
+                "state": self.state,
                 "task_id": next(iter(self.tasks), None), "tasks": list(self.tasks),
                 "node": self.node, "pid": self.pid,
                 "models": sorted(name for name, _ in self.models), "device": self.device,
@@ -68,6 +75,23 @@ class WorkerSlot:
                 "gpu_memory_bytes": self.gpu_memory_bytes, "missed_pings": self.missed_pings,
                 "tasks_done": self.tasks_done, "tasks_failed": self.tasks_failed,
                 "restarts": self.restarts, "uptime_s": time.time() - self.started_at}
+
+
+def worker_id(pool: str, index: int) -> str:
+    """`worker-i` in the default pool (the only one when none is configured), `POOL-worker-i`
+    in the others."""
+    return f"worker-{index}" if pool == DEFAULT_POOL else f"{pool}-worker-{index}"
+
+
+def worker_config(config: Config, pool: PoolConfig) -> dict:
+    """The config a worker of `pool` gets: the pool's CPUs (torch threads) and GPUs (device), and
+    as the model to load at start the config's default if the pool serves it, else its first."""
+    workers = dataclasses.replace(config.workers, num_cpus=pool.num_cpus, num_gpus=pool.num_gpus,
+                                  memory_mb=pool.memory_mb)
+    separation = config.separation
+    if pool.models and separation.model not in pool.models:
+        separation = dataclasses.replace(separation, model=pool.models[0])
+    return dataclasses.replace(config, workers=workers, separation=separation).to_dict()
 
 
 class RayWorkerPool:
@@ -82,22 +106,37 @@ class RayWorkerPool:
         self.policy = HealthPolicy.from_config(config.workers)
         self.prefix = config.service.name
         self.on_ready, self.on_result, self.on_lost = on_ready, on_result, on_lost
-        self.slots = {f"worker-{i}": WorkerSlot(f"worker-{i}")
-                      for i in range(config.workers.max_workers)}
+        self.pools = {pool.name: pool for pool in config.worker_pools()}
+        self._worker_configs = {name: worker_config(config, pool) for name, pool in self.pools.items()}
+        self.slots: dict[str, WorkerSlot] = {}
         self._tasks: set[asyncio.Task] = set()
 
-    def start_workers(self) -> None:
-        for slot in self.slots.values():
-            self._spawn(slot)
-
     # -- the scheduler's Pool protocol ------------------------------------------------------
-    def free_workers(self) -> list[WorkerSlot]:
-        """Live workers with room for a task (1 + `prefetch`), least loaded first, on nodes with
-        enough free memory (dispatch pauses instead of an OOM kill)."""
+    def free_workers(self, pool: str) -> list[WorkerSlot]:
+        """Live workers of `pool` with room for a task (1 + `prefetch`), least loaded first, on
+        nodes with enough free memory (dispatch pauses instead of an OOM kill)."""
         capacity = 1 + self.config.workers.prefetch
-        free = [slot for slot in self.slots.values() if slot.state in ("idle", "busy")
+        free = [slot for slot in self.members(pool) if slot.state in ("idle", "busy")
                 and slot.load < capacity and self.policy.node_has_room(slot.node_available_bytes)]
         return sorted(free, key=lambda slot: slot.load)
+
+    def members(self, pool: str) -> list[WorkerSlot]:
+        return [slot for slot in self.slots.values() if slot.pool == pool]
+
+    def add_workers(self, pool: str, count: int) -> None:
+        """Create `count` workers in `pool`, each in the lowest free place."""
+        for _ in range(count):
+            name = next(worker_id(pool, i) for i in itertools.count()
+                        if worker_id(pool, i) not in self.slots)
+            slot = self.slots[name] = WorkerSlot(name, pool)
+            self._spawn(slot)
+
+    def remove(self, worker_id: str) -> None:
+        """Take a worker out of its pool and end its actor (the scheduler only removes idle ones)."""
+        slot = self.slots.pop(worker_id)
+        if slot.handle is not None:
+            ray.kill(slot.handle, no_restart=True)
+        slot.state, slot.handle = "dead", None
 
     def start(self, worker_id: str, spec: TaskSpec, attempt: int,
               reuse_from: str | None = None) -> None:
@@ -174,19 +213,20 @@ class RayWorkerPool:
 
     # -- internals --------------------------------------------------------------------------
     def _spawn(self, slot: WorkerSlot) -> None:
-        workers = self.config.workers
-        options = dict(namespace=NAMESPACE, num_cpus=workers.num_cpus, num_gpus=workers.num_gpus,
-                       memory=workers.memory_mb * 2**20 or None, max_restarts=0,
-                       max_task_retries=0, max_concurrency=4)
+        pool = self.pools[slot.pool]
+        options = dict(namespace=NAMESPACE, num_cpus=pool.num_cpus, num_gpus=pool.num_gpus,
+                       memory=pool.memory_mb * 2**20 or None, resources=pool.resources or None,
+                       max_restarts=0, max_task_retries=0, max_concurrency=4)
+        config = self._worker_configs[slot.pool]
         base = f"{self.prefix}:{slot.worker_id}"
         slot.actor_name = base if slot.restarts == 0 else f"{base}.{slot.restarts}"
         try:
             actor = ray.remote(SeparatorWorker).options(name=slot.actor_name, **options)
-            slot.handle = actor.remote(slot.worker_id, self.config.to_dict())
-        except ValueError:  # the name is still held by a predecessor (a restarted scheduler's)
-            slot.actor_name = f"{base}.{uuid.uuid4().hex[:6]}"
+            slot.handle = actor.remote(slot.worker_id, config)
+        except ValueError:  # the name is still held by a predecessor (removed, or a restarted
+            slot.actor_name = f"{base}.{uuid.uuid4().hex[:6]}"  # scheduler's)
             actor = ray.remote(SeparatorWorker).options(name=slot.actor_name, **options)
-            slot.handle = actor.remote(slot.worker_id, self.config.to_dict())
+            slot.handle = actor.remote(slot.worker_id, config)
         slot.started_at = time.time()
         self._background(self._await_ready(slot, slot.handle))
 

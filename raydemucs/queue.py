@@ -1,4 +1,4 @@
-"""The scheduler's two heaps: ready tasks by (priority, seq), and delayed retries by time."""
+"""The scheduler's heaps: ready tasks by (priority, seq), one per pool, and delayed retries by time."""
 from __future__ import annotations
 
 import heapq
@@ -74,3 +74,19 @@ class DelayedTasks:
 
     def __len__(self) -> int:
         return len(self._waiting)
+
+
+class PoolQueues:
+    """One `TaskQueue` per worker pool; `len` counts every queued task."""
+
+    def __init__(self, pools) -> None:
+        self._queues = {name: TaskQueue() for name in pools}
+
+    def __getitem__(self, pool: str) -> TaskQueue:
+        return self._queues[pool]
+
+    def remove(self, task_id: str) -> bool:
+        return any([queue.remove(task_id) for queue in self._queues.values()])
+
+    def __len__(self) -> int:
+        return sum(len(queue) for queue in self._queues.values())

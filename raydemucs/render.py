@@ -27,20 +27,28 @@ def print_outputs(record: dict) -> str:
     return task_line(record, detail=True)
 
 
+def pool_line(pool: dict) -> str:
+    models = ", ".join(pool["models"]) or "every other model"
+    return (f"pool {pool['name']}: {pool['workers']} workers ({pool['pending']} starting), "
+            f"{pool['queued']} queued; {pool['min_workers']}-{pool['max_workers']} workers; {models}")
+
+
 def status_table(status: dict) -> str:
     queue = status["queue"]
     lines = [f"service {status['service']}  "
              f"{'accepting' if status['accepting'] else 'draining'}  "
              f"uptime {status['uptime_s']:.0f} s",
-             "tasks: " + "  ".join(f"{state} {count}" for state, count in queue.items()), "",
-             f"{'WORKER':<10} {'STATE':<10} {'TASK':<17} {'PROGRESS':>8} {'PID':>7} {'RSS':>8} "
-             f"{'CPU%':>6} {'DONE':>5} {'FAILED':>6} {'RESTARTS':>8}"]
+             "tasks: " + "  ".join(f"{state} {count}" for state, count in queue.items()),
+             *map(pool_line, status.get("pools", [])), ""]
+    width = max([10, *(len(w["worker_id"]) for w in status["workers"])])
+    lines.append(f"{'WORKER':<{width}} {'STATE':<10} {'TASK':<17} {'PROGRESS':>8} {'PID':>7} "
+                 f"{'RSS':>8} {'CPU%':>6} {'DONE':>5} {'FAILED':>6} {'RESTARTS':>8}")
     progress = {r["task_id"]: r["progress"] for r in status.get("running", [])}
     for w in status["workers"]:
         task = w["task_id"] or "-"
         done = f"{progress[task]:.0%}" if task in progress else "-"
         cpu = "-" if w["cpu_percent"] is None else f"{w['cpu_percent']:.0f}"
-        lines.append(f"{w['worker_id']:<10} {w['state']:<10} {task:<17} {done:>8} "
+        lines.append(f"{w['worker_id']:<{width}} {w['state']:<10} {task:<17} {done:>8} "
                      f"{w['pid'] or '-':>7} {_mb(w['rss_bytes']):>8} {cpu:>6} "
                      f"{w['tasks_done']:>5} {w['tasks_failed']:>6} {w['restarts']:>8}")
         if w.get("memory_paused"):

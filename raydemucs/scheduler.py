@@ -1,4 +1,5 @@
-"""Scheduling logic, free of Ray: priorities, dispatch, timeouts, retries, cancel, recovery.
+"""Scheduling logic, free of Ray: priorities, routing to pools, dispatch, pool sizes, timeouts,
+retries, cancel, recovery.
 
 `Scheduler` is driven by calls (submit, tick, task_succeeded, task_failed, worker_lost) and acts
 through an injected pool, journal and clock, so tests step it deterministically. The Ray actor
@@ -14,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
-from .config import Config
-from .errors import (OutOfMemory, RayDemucsError, SeparationAborted, ShuttingDown, TaskNotFound,
-                     TaskTimeout, WorkerDied)
+from .autoscale import LIVE_STATES, Autoscaler, Member
+from .config import Config, route
+from .errors import (InvalidInput, OutOfMemory, RayDemucsError, SeparationAborted, ShuttingDown,
+                     TaskNotFound, TaskTimeout, WorkerDied)
 from .outputs import remove_staging
-from .queue import DelayedTasks, TaskQueue
+from .queue import DelayedTasks, PoolQueues
 from .storage import finished_outputs
 from .store import TaskStore
 from .task import TaskRecord, TaskSpec, TaskState, priority_name
@@ -42,9 +44,13 @@ class Listener(Protocol):
 
 
 class Pool(Protocol):
-    """What the scheduler needs from a worker pool; idle/busy bookkeeping is the pool's."""
+    """What the scheduler needs from the workers of every pool (`config.worker_pools()`, by name);
+    idle/busy bookkeeping is theirs."""
 
-    def free_workers(self) -> list[FreeWorker]: ...
+    def free_workers(self, pool: str) -> list[FreeWorker]: ...
+    def members(self, pool: str) -> list[Member]: ...
+    def add_workers(self, pool: str, count: int) -> None: ...
+    def remove(self, worker_id: str) -> None: ...
     def start(self, worker_id: str, spec: TaskSpec, attempt: int,
               reuse_from: str | None = None) -> None: ...
     def abort(self, worker_id: str, task_id: str, attempt: int) -> None: ...
@@ -81,7 +87,9 @@ class Scheduler:
         self.pool = pool
         self.clock = clock
         self.rng = rng
-        self.queue = TaskQueue()
+        self.pools = config.worker_pools()
+        self.queue = PoolQueues(pool.name for pool in self.pools)
+        self.autoscaler = Autoscaler(clock)
         self.delayed = DelayedTasks()
         self.running: dict[str, Running] = {}
         self.active: dict[str, TaskRecord] = {}
@@ -96,16 +104,23 @@ class Scheduler:
             if done is not None:
                 self._finish(record, TaskState.SUCCEEDED, outputs=done)
                 continue
+            try:
+                self.pool_of(record.spec)
+            except InvalidInput as exc:  # the pools changed since it was accepted
+                record.error = exc.to_dict()
+                self._finish(record, TaskState.FAILED)
+                continue
             if record.state is TaskState.RUNNING:
                 record.error = WorkerDied("interrupted by a service restart").to_dict()
                 self._set_state(record, TaskState.QUEUED)
             self.active[record.task_id] = record
-            self.queue.push(record.task_id, record.spec.priority, record.seq)
+            self._enqueue(record)
 
     def submit(self, spec: TaskSpec) -> TaskRecord:
         """Accept a task (committed before returning); the same (project, file id) is the same task."""
         if not self.accepting:
             raise ShuttingDown("the service is shutting down and accepts no new tasks")
+        self.pool_of(spec)  # refuses a model that no pool serves
         existing = self.active.get(spec.task_id) or self.store.find(spec.project, spec.file_id)
         if existing is not None:
             if not existing.state.is_terminal() or not (
@@ -128,8 +143,15 @@ class Scheduler:
             logger.info("task %s: queued (%s/%s, priority %d)", spec.task_id, spec.project,
                         spec.file_id, spec.priority)
         self.active[record.task_id] = record
-        self.queue.push(record.task_id, record.spec.priority, record.seq)
+        self._enqueue(record)
         return record
+
+    def pool_of(self, spec: TaskSpec) -> str:
+        """The name of the pool that serves the task's model; InvalidInput when none does."""
+        return route(self.pools, spec.options.model).name
+
+    def _enqueue(self, record: TaskRecord) -> None:
+        self.queue[self.pool_of(record.spec)].push(record.task_id, record.spec.priority, record.seq)
 
     def retry(self, task_id: str) -> TaskRecord:
         """Run a failed or cancelled task again (the dead-letter queue's resubmit)."""
@@ -153,18 +175,30 @@ class Scheduler:
 
     # -- dispatch and time ------------------------------------------------------------------
     def dispatch(self) -> int:
-        """Start queued tasks on free workers, best priority first; returns how many started.
+        """Start queued tasks on free workers of their pools, then size the pools; returns how many
+        started."""
+        if not self.dispatching:
+            return 0
+        started = 0
+        for pool in self.pools:
+            started += self._dispatch_pool(pool.name)
+            self._preempt_for_priority(pool.name)
+        self._scale()
+        return started
+
+    def _dispatch_pool(self, pool: str) -> int:
+        """Start the pool's queued tasks on its free workers, best priority first.
 
         The least loaded workers come first, and among them one that holds the task's model. A
         task sent to a busy worker (prefetch) waits there; its clock starts when the task
         before it ends.
         """
-        started = 0
-        while self.dispatching and len(self.queue):
-            free = self.pool.free_workers()
+        started, queue = 0, self.queue[pool]
+        while len(queue):
+            free = self.pool.free_workers(pool)
             if not free:
                 break
-            record = self.active[self.queue.pop()]
+            record = self.active[queue.pop()]
             least = [w for w in free if w.load == free[0].load]
             key = model_key(record.spec.options)
             worker = next((w for w in least if key in w.models), least[0])
@@ -179,21 +213,34 @@ class Scheduler:
             self.pool.start(worker.worker_id, record.spec, record.attempts,
                             reuse_from=self._cached_folder(record.spec))
             started += 1
-        self._preempt_for_priority()
         return started
 
-    def _preempt_for_priority(self) -> None:
-        """Keep priorities strict under prefetch: a waiting task of worse priority than the queue's
-        best steps back (it is requeued as it was, its attempt not counted)."""
-        best = self.queue.peek_priority()
-        if best is None or not self.dispatching:
+    def _preempt_for_priority(self, pool: str) -> None:
+        """Keep priorities strict under prefetch: a waiting task of worse priority than the best in
+        its pool's queue steps back (it is requeued as it was, its attempt not counted)."""
+        best = self.queue[pool].peek_priority()
+        if best is None:
             return
         waiting = [(self.active[t].spec.priority, self.active[t].seq, t, run)
                    for t, run in self.running.items()
-                   if run.behind and run.abort_sent_at is None and self.active[t].spec.priority > best]
+                   if run.behind and run.abort_sent_at is None
+                   and self.active[t].spec.priority > best and self.pool_of(self.active[t].spec) == pool]
         if waiting:
             _, _, task_id, run = max(waiting)
             self._step_back(task_id, run)
+
+    def _scale(self) -> None:
+        """Grow each pool while its tasks wait with no free worker; remove its idle workers."""
+        for pool in self.pools:
+            plan = self.autoscaler.plan(pool, self.pool.members(pool.name), len(self.queue[pool.name]))
+            if plan.add:
+                logger.info("pool %s: adding %d worker(s) for %d waiting task(s)", pool.name,
+                            plan.add, len(self.queue[pool.name]))
+                self.pool.add_workers(pool.name, plan.add)
+            for worker_id in plan.remove:
+                logger.info("pool %s: removing %s (no task for %g s)", pool.name, worker_id,
+                            pool.idle_timeout_s)
+                self.pool.remove(worker_id)
 
     def _step_back(self, task_id: str, run: Running) -> None:
         """Ask a prefetched task that has not started to return to the queue."""
@@ -207,8 +254,7 @@ class Scheduler:
         """Release due retries, enforce deadlines (abort, then kill after the grace), dispatch."""
         now = self.clock()
         for task_id in self.delayed.pop_ready(now):
-            record = self.active[task_id]
-            self.queue.push(task_id, record.spec.priority, record.seq)
+            self._enqueue(self.active[task_id])
         grace_s = self.config.tasks.abort_grace_s
         for task_id, run in list(self.running.items()):
             if task_id not in self.running or (run.behind and run.abort_sent_at is None):
@@ -296,7 +342,7 @@ class Scheduler:
             record.attempts -= 1
             record.queued_at = self.clock()
             self._set_state(record, TaskState.QUEUED, note="stepped back for a task of better priority")
-            self.queue.push(task_id, record.spec.priority, record.seq)
+            self._enqueue(record)
             return
         if isinstance(error, SeparationAborted) and run.abort_sent_at is not None:
             error = TaskTimeout(f"task ran past its timeout of {self._timeout_s(record):g} s")
@@ -342,6 +388,18 @@ class Scheduler:
             if record.state is TaskState.QUEUED:
                 name = priority_name(record.spec.priority)
                 counts[name] = counts.get(name, 0) + 1
+        return counts
+
+    def pool_counts(self) -> list[dict]:
+        """Each pool's workers (all, and those not live yet), queued tasks and limits."""
+        counts = []
+        for pool in self.pools:
+            members = self.pool.members(pool.name)
+            counts.append({"name": pool.name, "models": list(pool.models),
+                           "workers": len(members),
+                           "pending": sum(m.state not in LIVE_STATES for m in members),
+                           "queued": len(self.queue[pool.name]),
+                           "min_workers": pool.min_workers, "max_workers": pool.max_workers})
         return counts
 
     def queue_counts(self) -> dict[str, int]:

@@ -59,9 +59,10 @@ class SchedulerService:
             pass
 
     def _ensure_running(self) -> None:
-        """Start the workers and the tick loop on the first call (also after a restart)."""
+        """Start the pools' first workers (a dispatch sizes them) and the tick loop on the first
+        call (also after a restart)."""
         if self._loop is None and self.core.dispatching:
-            self.pool.start_workers()
+            self.core.dispatch()
             self._loop = asyncio.get_running_loop().create_task(self._tick_forever())
 
     async def _tick_forever(self) -> None:
@@ -71,7 +72,7 @@ class SchedulerService:
                     self.core.report_progress(answer["task_id"], answer["attempt"], answer["progress"])
                 self.core.tick()
                 self.metrics.observe(self.core.queued_by_priority(), self.core.queue_counts(),
-                                     self.pool.snapshot())
+                                     self.pool.snapshot(), [pool.name for pool in self.core.pools])
             except Exception:
                 logger.exception("scheduler tick failed")
             await asyncio.sleep(self.config.service.poll_interval_s)
@@ -111,6 +112,7 @@ class SchedulerService:
         self._ensure_running()
         accepted = []
         for spec in map(TaskSpec.from_dict, specs):
+            self.core.pool_of(spec)  # a model no pool serves refuses the batch, before any is kept
             if spec.uploaded:
                 data = (uploads or {}).get(spec.input_sha256)
                 if data is None:
@@ -162,7 +164,8 @@ class SchedulerService:
         running = [self.core.active[task_id].to_dict() for task_id in self.core.running]
         return {"service": self.config.service.name, "accepting": self.core.accepting,
                 "uptime_s": time.time() - self.started_at, "journal": self.store.path,
-                "queue": self.core.queue_counts(), "workers": self.pool.snapshot(),
+                "queue": self.core.queue_counts(), "pools": self.core.pool_counts(),
+                "workers": self.pool.snapshot(),
                 "running": [{k: r[k] for k in ("task_id", "project", "file_id", "attempts",
                                                 "progress", "worker")} for r in running]}
 

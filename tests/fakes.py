@@ -18,6 +18,8 @@ class FakeClock:
 @dataclass
 class FakeWorker:
     worker_id: str
+    pool: str = "default"
+    state: str = "idle"  # added workers are "starting" until `ready`; live ones stay "idle"
     node: str = "node-a"
     models: frozenset = frozenset()
     tasks: list = field(default_factory=list)
@@ -41,14 +43,34 @@ class FakePool:
     aborted: list = field(default_factory=list)
     replaced: list = field(default_factory=list)
     reused: list = field(default_factory=list)
+    removed: list = field(default_factory=list)
 
     @classmethod
     def with_workers(cls, count: int, capacity: int = 1) -> "FakePool":
         return cls({f"worker-{i}": FakeWorker(f"worker-{i}") for i in range(count)}, capacity)
 
-    def free_workers(self):
-        free = [w for w in self.workers.values() if w.load < self.capacity]
+    def free_workers(self, pool):
+        free = [w for w in self.members(pool) if w.state == "idle" and w.load < self.capacity]
         return sorted(free, key=lambda w: w.load)
+
+    def members(self, pool):
+        return [w for w in self.workers.values() if w.pool == pool]
+
+    def add_workers(self, pool, count):
+        for _ in range(count):
+            worker_id = next(f"{pool}-worker-{i}" for i in range(len(self.workers) + 1)
+                             if f"{pool}-worker-{i}" not in self.workers)
+            self.workers[worker_id] = FakeWorker(worker_id, pool, state="starting")
+
+    def remove(self, worker_id):
+        assert not self.workers[worker_id].tasks, "removed a worker with a task in it"
+        self.removed.append(worker_id)
+        del self.workers[worker_id]
+
+    def ready(self, pool):
+        """Every starting worker of `pool` comes up."""
+        for worker in self.members(pool):
+            worker.state = "idle"
 
     def start(self, worker_id, spec, attempt, reuse_from=None):
         self.workers[worker_id].tasks.append((spec.task_id, attempt))

@@ -80,12 +80,16 @@ def test_service_start_submit_status_wait_cancel_stop(cli_env, audio, tmp_path):
     (["submit", "{song}", "--profile", "nope"], "unknown profile"),
     (["submit", "{song}", "-o", "{song}"], "not a directory"),
     (["submit", "{song}", "{song}", "--file-id", "x"], "--file-id names one input"),
+    (["submit", "{song}", "-n", "demucs_unittest", "--config", "{gpu_only}"],
+     "no worker pool serves model 'demucs_unittest'"),
 ])
 def test_bad_input_exits_2_with_one_line_and_queues_nothing(cli_env, audio, tmp_path, args, message):
     song = audio("song.wav", seconds=0.5)
     text = tmp_path / "text.wav"
     text.write_text("not audio")
-    names = {"missing": tmp_path / "missing.wav", "text": text, "song": song}
+    gpu_only = tmp_path / "gpu-only.yaml"
+    gpu_only.write_text("pools:\n  - {name: gpu, models: [htdemucs], num_gpus: 1}\n")
+    names = {"missing": tmp_path / "missing.wav", "text": text, "song": song, "gpu_only": gpu_only}
     offline = {"RAYDEMUCS_SEPARATION_MODEL": "demucs_unittest", "HF_HUB_OFFLINE": "1",
                "HF_HUB_CACHE": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")}
     result = run_cli(*[a.format(**names) for a in args], "--wait", env={**cli_env, **offline})

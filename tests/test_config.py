@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 
 from raydemucs.config import SECTIONS, Config, load_config, profile_path, read_yaml
-from raydemucs.errors import ConfigError
+from raydemucs.errors import ConfigError, InvalidInput
 
 
 def test_defaults_match_the_node_service():
@@ -106,3 +106,64 @@ def test_int_keys_refuse_fractions_and_booleans():
 def test_config_round_trips_through_a_dict():
     config = load_config("prod", environ={})
     assert Config.from_dict(config.to_dict()) == config
+
+
+GPU_POOL = {"name": "gpu", "models": ["htdemucs"], "num_gpus": 0.5, "resources": {"gpu_node": 1},
+            "min_workers": 0, "max_workers": 4, "idle_timeout_s": 60}
+
+
+def test_no_pools_is_one_fixed_pool_of_max_workers_serving_every_model():
+    (pool,) = load_config(environ={"MAX_WORKERS": "3"}).worker_pools()
+    assert (pool.name, pool.models, pool.min_workers, pool.max_workers) == ("default", (), 3, 3)
+    assert (pool.num_cpus, pool.num_gpus, pool.memory_mb) == (1.0, 0.0, 2048)
+
+
+def test_pools_from_yaml_take_left_out_sizes_from_workers_and_route_by_model(tmp_path):
+    from raydemucs.config import route
+
+    path = tmp_path / "pools.yaml"
+    path.write_text("workers:\n  num_cpus: 2\npools:\n"
+                    "  - {name: gpu, models: [htdemucs], num_gpus: 0.5, resources: {gpu_node: 1},"
+                    " max_workers: 4, idle_timeout_s: 60}\n"
+                    "  - {name: cpu, min_workers: 1}\n")
+    config = load_config(config_file=path, environ={"MAX_WORKERS": "3"})
+    gpu, cpu = config.worker_pools()
+    assert (gpu.num_cpus, gpu.num_gpus, gpu.resources, gpu.max_workers) == (2.0, 0.5, {"gpu_node": 1.0}, 4)
+    assert (cpu.num_gpus, cpu.min_workers, cpu.max_workers, cpu.idle_timeout_s) == (0.0, 1, 3, 300.0)
+    assert route((gpu, cpu), "htdemucs") is gpu
+    assert route((gpu, cpu), "mdx_extra") is cpu
+    with pytest.raises(InvalidInput, match="no worker pool serves model 'mdx_extra'.*gpu: htdemucs"):
+        route((gpu,), "mdx_extra")
+    assert Config.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize("pools, words", [
+    ({"name": "gpu"}, ["pools must be a list", "dict"]),
+    ([["gpu"]], ["pools[0] must be a mapping"]),
+    ([{"models": ["htdemucs"]}], ["pools[0] has no name"]),
+    ([{"name": "GPU pool"}], ["pools[0].name='GPU pool'", "lowercase"]),
+    ([{"name": "gpu", "num_gpu": 1}], ["unknown key 'pools[gpu].num_gpu'", "num_gpus"]),
+    ([{"name": "gpu", "num_gpus": -1}], ["pools[gpu].num_gpus=-1", "[0.0, 16.0]"]),
+    ([{"name": "gpu", "max_workers": 0}], ["pools[gpu].max_workers=0", "[1, 1024]"]),
+    ([{"name": "gpu", "min_workers": 1.5}], ["pools[gpu].min_workers=1.5", "int"]),
+    ([{"name": "gpu", "idle_timeout_s": "soon"}], ["pools[gpu].idle_timeout_s='soon'"]),
+    ([{"name": "gpu", "min_workers": 3, "max_workers": 2}],
+     ["pools[gpu].min_workers=3", "max_workers=2", "0 to max_workers"]),
+    ([{"name": "gpu", "min_workers": 3}], ["pools[gpu].min_workers=3", "max_workers=2"]),
+    ([{"name": "gpu", "models": "htdemucs"}], ["pools[gpu].models='htdemucs'", "a list of model names"]),
+    ([{"name": "gpu", "models": ["htdemucs", ""]}], ["pools[gpu].models", "a list of model names"]),
+    ([{"name": "gpu", "models": ["htdemucs", "htdemucs"]}], ["pools[gpu].models", "twice"]),
+    ([{"name": "gpu", "resources": ["gpu_node"]}], ["pools[gpu].resources=['gpu_node']", "mapping"]),
+    ([{"name": "gpu", "resources": {"gpu_node": -1}}], ["pools[gpu].resources.gpu_node=-1", ">= 0"]),
+    ([{"name": "gpu", "resources": {"gpu_node": True}}], ["pools[gpu].resources.gpu_node=True"]),
+    ([{"name": "gpu", "resources": {"GPU": 1}}], ["pools[gpu].resources.GPU", "pools[gpu].num_gpus"]),
+    ([{"name": "gpu"}, {"name": "gpu", "models": ["x"]}], ["two pools are named 'gpu'"]),
+    ([GPU_POOL, {"name": "big", "models": ["htdemucs_ft", "htdemucs"]}],
+     ["model 'htdemucs' is listed by pools 'gpu' and 'big'"]),
+    ([{"name": "a"}, {"name": "b"}], ["pools 'a' and 'b' both list no models", "at most one"]),
+])
+def test_bad_pools_name_the_key_the_value_and_what_is_allowed(pools, words):
+    with pytest.raises(ConfigError) as error:
+        load_config(overrides={"pools": pools}, environ={})
+    for word in words:
+        assert word in str(error.value)

@@ -12,10 +12,13 @@ from raydemucs.task import TaskSpec, TaskState, new_task_id
 from fakes import FakeClock, FakePool
 
 
-def make(tmp_path, workers=1, **tasks):
+def make(tmp_path, workers=1, pools=(), **tasks):
+    """A scheduler over a fake pool of `workers` (the default pool's size), or of `pools`."""
     config = load_config(overrides={"tasks": {"max_retries": 2, "retry_backoff_s": 1.0,
                                               "retry_backoff_max_s": 10.0, "timeout_s": 30.0,
-                                              "abort_grace_s": 5.0, **tasks}}, environ={})
+                                              "abort_grace_s": 5.0, **tasks},
+                                    "workers": {"max_workers": max(1, workers)},
+                                    "pools": list(pools)}, environ={})
     clock, pool = FakeClock(), FakePool.with_workers(workers)
     store = TaskStore(tmp_path / "journal.db")
     return Scheduler(config, store, pool, clock=clock, rng=lambda: 1.0), pool, clock
@@ -422,3 +425,136 @@ def test_a_replaced_worker_sends_its_waiting_task_back_without_spending_an_attem
     record = scheduler.get(second)
     assert record.state is TaskState.QUEUED and record.attempts == 0 and record.error is None
     assert pool.replaced == [("worker-0", "it died: SIGKILL")]
+
+
+GPU = {"name": "gpu", "models": ["htdemucs"], "min_workers": 0, "max_workers": 2,
+       "idle_timeout_s": 60.0}
+CPU = {"name": "cpu", "min_workers": 1, "max_workers": 3, "idle_timeout_s": 60.0}
+
+
+def pooled(tmp_path, *pools, capacity=1, **tasks):
+    """A scheduler over `pools`, on a fake pool that starts with no workers."""
+    scheduler, _, clock = make(tmp_path, pools=pools, **tasks)
+    scheduler.pool = pool = FakePool(capacity=capacity)
+    return scheduler, pool, clock
+
+
+def on(model, name, **kwargs):
+    from raydemucs.config import SeparationConfig
+    return spec(name, options=SeparationConfig(model=model), **kwargs)
+
+
+def test_tasks_go_to_the_pool_of_their_model_else_to_the_pool_listing_none(tmp_path):
+    scheduler, pool, _ = pooled(tmp_path, GPU, CPU)
+    scheduler.dispatch()
+    assert sorted(pool.workers) == ["cpu-worker-0"]  # min_workers, before any task
+    ht = scheduler.submit(on("htdemucs", "a")).task_id
+    mdx = scheduler.submit(on("mdx_extra", "b")).task_id
+    scheduler.dispatch()
+    assert sorted(pool.workers) == ["cpu-worker-0", "gpu-worker-0"] and not pool.started
+    pool.ready("gpu")
+    pool.ready("cpu")
+    scheduler.dispatch()
+    assert sorted(pool.started) == [("cpu-worker-0", mdx, 1), ("gpu-worker-0", ht, 1)]
+    assert scheduler.get(ht).worker == "gpu-worker-0"
+
+
+def test_a_model_no_pool_serves_is_refused_at_submit(tmp_path):
+    scheduler, _, _ = pooled(tmp_path, GPU)
+    with pytest.raises(InvalidInput, match="no worker pool serves model 'mdx_extra'.*gpu: htdemucs"):
+        scheduler.submit(on("mdx_extra", "song"))
+    assert not scheduler.store.list(None, 10) and len(scheduler.queue) == 0
+
+
+def test_a_pool_grows_to_max_and_pending_workers_are_never_free(tmp_path):
+    scheduler, pool, _ = pooled(tmp_path, GPU)
+    ids = [scheduler.submit(on("htdemucs", name)).task_id for name in "abc"]
+    assert scheduler.dispatch() == 0
+    assert sorted(pool.workers) == ["gpu-worker-0", "gpu-worker-1"]  # 3 waiting, max 2
+    assert scheduler.dispatch() == 0 and len(pool.workers) == 2  # pending: no task, no more growth
+    assert scheduler.pool_counts() == [{"name": "gpu", "models": ["htdemucs"], "workers": 2,
+                                        "pending": 2, "queued": 3, "min_workers": 0,
+                                        "max_workers": 2}]
+    pool.ready("gpu")
+    assert scheduler.dispatch() == 2 and pool.started_ids() == ids[:2]
+    assert len(pool.workers) == 2 and len(scheduler.queue) == 1
+
+
+def test_a_pending_worker_answers_one_waiting_task(tmp_path):
+    scheduler, pool, _ = pooled(tmp_path, {**GPU, "max_workers": 4})
+    scheduler.submit(on("htdemucs", "a"))
+    scheduler.dispatch()
+    assert len(pool.workers) == 1
+    scheduler.submit(on("htdemucs", "b"))
+    scheduler.dispatch()
+    assert len(pool.workers) == 2
+
+
+def test_idle_workers_are_removed_after_the_timeout_down_to_min_never_a_busy_one(tmp_path):
+    scheduler, pool, clock = pooled(tmp_path, CPU)
+    ids = [scheduler.submit(on("mdx_extra", name)).task_id for name in "abc"]
+    scheduler.dispatch()
+    pool.ready("cpu")
+    scheduler.dispatch()
+    assert len(pool.workers) == 3 and len(pool.started) == 3
+    for worker_id in ("cpu-worker-0", "cpu-worker-1"):
+        finish(scheduler, pool, worker_id)
+    clock.advance(59.0)
+    scheduler.tick()
+    assert not pool.removed
+    clock.advance(1.0)
+    scheduler.tick()
+    assert sorted(pool.removed) == ["cpu-worker-0", "cpu-worker-1"]  # cpu-worker-2 is busy
+    assert finish(scheduler, pool, "cpu-worker-2") == ids[2]
+    clock.advance(600.0)
+    scheduler.tick()
+    assert list(pool.workers) == ["cpu-worker-2"]  # min_workers stays
+
+
+def test_a_pending_worker_left_without_tasks_is_removed_after_the_timeout(tmp_path):
+    scheduler, pool, clock = pooled(tmp_path, GPU)
+    task = scheduler.submit(on("htdemucs", "a"))
+    scheduler.dispatch()
+    scheduler.cancel(task.task_id)
+    scheduler.tick()
+    clock.advance(59.0)
+    scheduler.tick()
+    assert not pool.removed
+    clock.advance(1.0)
+    scheduler.tick()
+    assert pool.removed == ["gpu-worker-0"] and not pool.workers
+
+
+def test_without_pools_the_default_pool_is_filled_to_max_workers_and_never_shrinks(tmp_path):
+    scheduler, _, clock = make(tmp_path, workers=2)
+    scheduler.pool = pool = FakePool()
+    scheduler.dispatch()
+    pool.ready("default")
+    clock.advance(86400.0)
+    scheduler.tick()
+    assert len(pool.workers) == 2 and not pool.removed
+
+
+def test_a_better_priority_steps_back_a_prefetched_task_of_its_own_pool_only(tmp_path):
+    scheduler, pool, _ = pooled(tmp_path, {**GPU, "max_workers": 1}, {**CPU, "max_workers": 1},
+                                capacity=2)
+    scheduler.dispatch()
+    scheduler.submit(on("mdx_extra", "running"))
+    low = scheduler.submit(on("mdx_extra", "low", priority=9)).task_id
+    pool.ready("cpu")
+    scheduler.dispatch()
+    scheduler.submit(on("htdemucs", "high", priority=0))
+    scheduler.dispatch()
+    assert not pool.aborted
+    scheduler.submit(on("mdx_extra", "high-cpu", priority=0))
+    scheduler.dispatch()
+    assert pool.aborted == [("cpu-worker-0", low)]
+
+
+def test_recovery_fails_a_task_whose_model_no_pool_serves_any_more(tmp_path):
+    scheduler, _, _ = pooled(tmp_path, GPU, CPU)
+    task = scheduler.submit(on("mdx_extra", "song"))
+    restarted, _, _ = pooled(tmp_path, GPU)
+    restarted.recover()
+    record = restarted.get(task.task_id)
+    assert record.state is TaskState.FAILED and record.error["type"] == "InvalidInput"
