@@ -5,8 +5,11 @@
     python bench/longtrack.py memory --durations 60 600 --modes streamed
     python bench/longtrack.py pieces --seconds 60 --pieces 2      # K processes of 1 thread vs 1
     python bench/longtrack.py batch --device cuda --tracks 8 --seconds 30 --batch-size 8
+    python bench/longtrack.py split --model htdemucs_rand --seconds 60   # through the service
 
-Needs torch, demucs and raydemucs's `longtrack`/`batching` modules only (no Ray). Every
+`memory`, `pieces` and `batch` need torch, demucs and raydemucs's `longtrack`/`batching` modules
+only (no Ray); `split` runs the real service on a local Ray (2 workers of 1 CPU), one task at a
+time, with splitting off then on, `--rounds` times, interleaved. Every
 measured run is a fresh subprocess so that its peak RSS (`getrusage`) is its own. The model is
 `demucs_unittest` (seeded) unless `--model htdemucs_rand` (the full htdemucs architecture with
 random weights, built by `benchlib`). Results go to `bench/results/longtrack-<cmd>.json`.
@@ -249,6 +252,53 @@ def cmd_pieces(args, work: Path) -> dict:
             "target": "ratio <= 0.6 for 2 pieces"}
 
 
+def cmd_split(args, work: Path) -> dict:
+    """One long track through raydemucs with 2 idle workers: `tasks.split_over_s` off vs on."""
+    import ray
+
+    from raydemucs import WorkerManager
+    from raydemucs.config import load_config
+
+    path = write_long_wav(work / "track.wav", args.seconds)
+    ray.init(address="local", num_cpus=args.pieces, include_dashboard=False, log_to_driver=False)
+    rows = []
+    try:
+        for round_ in range(args.rounds):
+            for split in (False, True):
+                config = load_config(overrides={
+                    "service": {"name": f"split{round_}{int(split)}", "state_dir": str(work / "state"),
+                                "log_level": "warning"},
+                    "workers": {"max_workers": args.pieces, "num_cpus": 1, "memory_mb": 0},
+                    "tasks": {"split_over_s": 0.0 if split else None, "max_pieces": args.pieces},
+                    "separation": {"model": args.model, "repo": args.repo, "shifts": args.shifts,
+                                   "overlap": args.overlap, "segment": args.segment}}, environ={})
+                manager = WorkerManager(config)
+                manager.scheduler(create=True, preload=config.separation)
+                while [w["state"] for w in manager.get_status()["workers"]] != ["idle"] * args.pieces:
+                    time.sleep(0.2)
+                started = time.perf_counter()
+                task_id = manager.add_task(path, file_id=f"r{round_}s{int(split)}",
+                                           output_dir=work / "out", cache=False)
+                record = manager.wait(task_id)
+                wall = time.perf_counter() - started
+                manager.shutdown(now=True)
+                folder = work / "out" / "default" / record["file_id"]
+                pieces = json.loads((folder / "manifest.json").read_text())["pieces"]
+                rows.append({"round": round_, "split": split, "pieces": pieces, "wall_s": wall})
+                print(f"  round {round_} {'split' if split else 'whole'}: {pieces} piece(s) "
+                      f"{wall:6.1f} s")
+    finally:
+        ray.shutdown()
+    whole = [r["wall_s"] for r in rows if not r["split"]]
+    split = [r["wall_s"] for r in rows if r["split"]]
+    lsb = max(compare_wavs(work / "out" / "default" / f"r{r}s0" / "vocals.wav",
+                           work / "out" / "default" / f"r{r}s1" / "vocals.wav")
+              for r in range(args.rounds))
+    return {"seconds": args.seconds, "workers": args.pieces, "rows": rows,
+            "ratio": sum(split) / sum(whole), "max_lsb_vocals": lsb,
+            "target": "ratio <= 0.6 for 2 workers"}
+
+
 # -- batching -------------------------------------------------------------------------------------
 def cmd_batch(args, work: Path) -> dict:
     import torch
@@ -302,7 +352,8 @@ def cmd_batch(args, work: Path) -> dict:
 # -- main -----------------------------------------------------------------------------------------
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["memory", "pieces", "batch", "_separate", "_piece"])
+    parser.add_argument("command", choices=["memory", "pieces", "batch", "split", "_separate",
+                                            "_piece"])
     parser.add_argument("--model", default="demucs_unittest",
                         help="demucs_unittest, htdemucs_rand (built here), or a name in --repo")
     parser.add_argument("--repo")
@@ -314,7 +365,8 @@ def parse_args(argv=None):
     parser.add_argument("--durations", type=float, nargs="+", default=[120.0, 1200.0])
     parser.add_argument("--modes", default="plain,streamed")
     parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--pieces", type=int, default=2)
+    parser.add_argument("--pieces", type=int, default=2, help="pieces, or workers for `split`")
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--tracks", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--work-dir")
@@ -337,7 +389,8 @@ def main(argv=None) -> int:
         if args.model == benchlib.MODEL_NAME and not args.repo:
             args.repo = str(work / "models")
             benchlib.build_model_repo(Path(args.repo))
-        command = {"memory": cmd_memory, "pieces": cmd_pieces, "batch": cmd_batch}[args.command]
+        command = {"memory": cmd_memory, "pieces": cmd_pieces, "batch": cmd_batch,
+                   "split": cmd_split}[args.command]
         report = {"cmd": args.command, "model": args.model, "threads": args.threads,
                   "shifts": args.shifts, "overlap": args.overlap, "segment": args.segment,
                   "cpus": os.cpu_count(), "load_avg_before": os.getloadavg(),

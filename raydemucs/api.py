@@ -223,7 +223,7 @@ class WorkerManager:
                                              repo=str(Path(separation.repo).expanduser().absolute()))
         check_model_name(separation.model, separation.repo)
         route(config.worker_pools(), separation.model)  # refuses a model that no pool serves
-        source = self._checked_input(str(input_path), config, upload)
+        source, duration_s = self._checked_input(str(input_path), config, upload)
         if upload:
             output_dir = "uploaded"  # the service puts the stems under its state directory
         else:
@@ -248,23 +248,24 @@ class WorkerManager:
                         input_path=source, output_dir=output_dir,
                         priority=priority, options=separation, force=force,
                         timeout_s=timeout_s, cache=cache and local, uploaded=upload,
+                        duration_s=duration_s,
                         input_sha256=None if is_uri(source) or not (cache or upload)
                         else file_sha256(Path(source)))
 
     @staticmethod
-    def _checked_input(location: str, config: Config, upload: bool) -> str:
-        """The input as the spec names it, after the checks possible from here."""
+    def _checked_input(location: str, config: Config, upload: bool) -> tuple[str, float | None]:
+        """The input as the spec names it and its duration (None for a URI: not decoded here),
+        after the checks possible from here."""
         if not is_uri(location):
             path = local_path(location)
-            validate_input(path, config.input)
-            return str(path)
+            return str(path), validate_input(path, config.input)
         if upload:
             raise InvalidInput(f"--upload sends a local file; {location} is already in storage")
         size = storage.input_size(location, config.storage)
         if size > config.input.max_file_mb * 2**20:
             raise InvalidInput(f"input {location} is {size / 2**20:.1f} MB, over the "
                                f"{config.input.max_file_mb:g} MB limit (input.max_file_mb)")
-        return location
+        return location, None
 
     def submit(self, specs: Iterable[TaskSpec], create: bool = False) -> list[dict]:
         """Queue prepared specs; returns their records (an existing task for a known key).

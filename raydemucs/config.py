@@ -56,6 +56,9 @@ class TasksConfig:
     retry_backoff_s: float = _opt(2.0, min=0.0, max=3600.0, doc="first retry delay, doubled each time")
     retry_backoff_max_s: float = _opt(60.0, min=0.0, max=86400.0, doc="longest retry delay")
     abort_grace_s: float = _opt(10.0, min=0.0, max=3600.0, doc="wait after an abort before killing")
+    split_over_s: float | None = _opt(120.0, min=0.0, max=7 * 86400.0, doc="split longer tracks "
+                                      "across idle workers of their pool (null: never)")
+    max_pieces: int = _opt(4, min=2, max=64, doc="most workers one track is split across")
 
 
 @dataclass(frozen=True)

@@ -59,18 +59,22 @@ class ServiceMetrics:
         return metric
 
     # -- the scheduler's Listener -----------------------------------------------------------
-    def on_transition(self, record: TaskRecord, previous: TaskState | None) -> None:
-        """Count and time one committed state change (`previous` is None for a new task)."""
+    def on_transition(self, record: TaskRecord, previous: TaskState | None,
+                      counted: bool = True) -> None:
+        """Count and time one committed state change (`previous` is None for a new task); a task
+        that stepped back to the queue (`counted` False) is no retry."""
         state = record.state
         if state is TaskState.QUEUED and (previous is None or previous.is_terminal()):
             self.submitted.inc()
         if state is TaskState.RUNNING:
             self._observe_elapsed(self.queue_wait, record.queued_at, record.started_at)
         if previous is TaskState.RUNNING:
-            outcome = "retried" if state is TaskState.QUEUED else state.value
+            outcome = state.value
+            if state is TaskState.QUEUED:
+                outcome = "retried" if counted else "stepped_back"
             end = record.finished_at if record.finished_at is not None else time.time()
             self._observe_elapsed(self.run_time, record.started_at, end, {"outcome": outcome})
-            if state is TaskState.QUEUED:
+            if state is TaskState.QUEUED and counted:
                 self.retries.inc()
         if state.is_terminal():
             self.finished.inc(tags={"state": state.value})

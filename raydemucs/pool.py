@@ -42,6 +42,7 @@ class WorkerSlot:
     actor_name: str = ""
     state: str = "starting"  # starting, idle, busy, restarting, dead
     tasks: dict = field(default_factory=dict)  # task id -> attempt, in dispatch order
+    lent_to: str | None = None  # the task whose long track this worker helps separate
     node: str | None = None
     pid: int | None = None
     models: frozenset = frozenset()
@@ -65,7 +66,7 @@ class WorkerSlot:
 
     def to_dict(self) -> dict:
         return {"worker_id": self.worker_id, "pool": self.pool, "actor_name": self.actor_name,
-                "state": self.state,
+                "state": self.state, "lent_to": self.lent_to,
                 "task_id": next(iter(self.tasks), None), "tasks": list(self.tasks),
                 "node": self.node, "pid": self.pid,
                 "models": sorted(name for name, _ in self.models), "device": self.device,
@@ -113,11 +114,13 @@ class RayWorkerPool:
 
     # -- the scheduler's Pool protocol ------------------------------------------------------
     def free_workers(self, pool: str) -> list[WorkerSlot]:
-        """Live workers of `pool` with room for a task (1 + `prefetch`), least loaded first, on
-        nodes with enough free memory (dispatch pauses instead of an OOM kill)."""
-        capacity = 1 + self.config.workers.prefetch
+        """Live workers of `pool` with room for a task (`batch_size` + `prefetch`), least loaded
+        first, on nodes with enough free memory (dispatch pauses instead of an OOM kill); none
+        lent to another task's lead."""
+        capacity = self.config.workers.batch_size + self.config.workers.prefetch
         free = [slot for slot in self.members(pool) if slot.state in ("idle", "busy")
-                and slot.load < capacity and self.policy.node_has_room(slot.node_available_bytes)]
+                and slot.load < capacity and slot.lent_to is None
+                and self.policy.node_has_room(slot.node_available_bytes)]
         return sorted(free, key=lambda slot: slot.load)
 
     def members(self, pool: str) -> list[WorkerSlot]:
@@ -138,14 +141,26 @@ class RayWorkerPool:
             ray.kill(slot.handle, no_restart=True)
         slot.state, slot.handle = "dead", None
 
-    def start(self, worker_id: str, spec: TaskSpec, attempt: int,
-              reuse_from: str | None = None) -> None:
+    def start(self, worker_id: str, spec: TaskSpec, attempt: int, reuse_from: str | None = None,
+              helpers: tuple = ()) -> None:
+        """Send an attempt to its worker; `helpers` (idle workers) are lent to it until `release`."""
         slot = self.slots[worker_id]
         slot.state = "busy"
         slot.tasks[spec.task_id] = attempt
+        for helper in map(self.slots.get, helpers):
+            helper.state, helper.lent_to, helper.tasks[spec.task_id] = "busy", spec.task_id, attempt
         upload = self.read_upload(spec) if spec.uploaded else None
-        ref = slot.handle.separate.remote(spec.to_dict(), attempt, reuse_from, upload)
+        ref = slot.handle.separate.remote(spec.to_dict(), attempt, reuse_from, upload,
+                                          [self.slots[h].handle for h in helpers])
         self._background(self._await_result(slot, slot.handle, ref, spec.task_id, attempt))
+
+    def release(self, worker_ids: tuple, task_id: str) -> None:
+        """Helpers lent to `task_id` are free again (unless replaced since)."""
+        for slot in map(self.slots.get, worker_ids):
+            if slot is not None and slot.lent_to == task_id:
+                slot.lent_to = None
+                slot.tasks.pop(task_id, None)
+                slot.state = "busy" if slot.tasks else "idle"
 
     def abort(self, worker_id: str, task_id: str, attempt: int) -> None:
         slot = self.slots[worker_id]
@@ -158,7 +173,7 @@ class RayWorkerPool:
         if slot.handle is not None:
             ray.kill(slot.handle, no_restart=True)
         slot.restarts += 1
-        slot.state, slot.tasks, slot.handle = "restarting", {}, None
+        slot.state, slot.tasks, slot.handle, slot.lent_to = "restarting", {}, None, None
         slot.missed_pings, slot.rss_bytes, slot.cpu_percent = 0, None, None
         self._spawn(slot)
 

@@ -19,6 +19,7 @@ from .autoscale import LIVE_STATES, Autoscaler, Member
 from .config import Config, route
 from .errors import (InvalidInput, OutOfMemory, RayDemucsError, SeparationAborted, ShuttingDown,
                      TaskNotFound, TaskTimeout, WorkerDied)
+from .models import OFFLINE_MODEL
 from .outputs import remove_staging
 from .queue import DelayedTasks, PoolQueues
 from .storage import finished_outputs
@@ -40,7 +41,10 @@ class FreeWorker(Protocol):
 class Listener(Protocol):
     """Told of every committed state change (metrics hang here)."""
 
-    def on_transition(self, record: TaskRecord, previous: TaskState | None) -> None: ...
+    def on_transition(self, record: TaskRecord, previous: TaskState | None,
+                      counted: bool = True) -> None:
+        """`counted` is False when a running task went back to the queue without using up an
+        attempt (a prefetched task stepping back)."""
 
 
 class Pool(Protocol):
@@ -51,8 +55,9 @@ class Pool(Protocol):
     def members(self, pool: str) -> list[Member]: ...
     def add_workers(self, pool: str, count: int) -> None: ...
     def remove(self, worker_id: str) -> None: ...
-    def start(self, worker_id: str, spec: TaskSpec, attempt: int,
-              reuse_from: str | None = None) -> None: ...
+    def start(self, worker_id: str, spec: TaskSpec, attempt: int, reuse_from: str | None = None,
+              helpers: tuple = ()) -> None: ...
+    def release(self, worker_ids: tuple, task_id: str) -> None: ...
     def abort(self, worker_id: str, task_id: str, attempt: int) -> None: ...
     def replace(self, worker_id: str, reason: str) -> None: ...
 
@@ -66,6 +71,7 @@ class Running:
     cancel_requested: bool = False
     behind: bool = False  # prefetched: waits in its worker until the task before it ends
     preempted: bool = False  # asked to step back for a task of better priority
+    helpers: tuple = ()  # idle workers lent to split a long track across
 
 
 def model_key(options) -> tuple:
@@ -207,13 +213,30 @@ class Scheduler:
             record.worker, record.node = worker.worker_id, worker.node
             record.started_at, record.progress, record.retry_at = now, 0.0, None
             self._set_state(record, TaskState.RUNNING)
+            helpers = self._helpers_for(record.spec, worker, free, len(queue))
             run = Running(worker.worker_id, record.attempts, now + self._timeout_s(record),
-                          behind=worker.load > 0)
+                          behind=worker.load >= self.config.workers.batch_size, helpers=helpers)
             self.running[record.task_id] = run
             self.pool.start(worker.worker_id, record.spec, record.attempts,
-                            reuse_from=self._cached_folder(record.spec))
+                            reuse_from=self._cached_folder(record.spec), helpers=helpers)
             started += 1
         return started
+
+    def _helpers_for(self, spec: TaskSpec, lead: FreeWorker, free: list, waiting: int) -> tuple:
+        """Idle workers of the pool to lend a long track's lead (`tasks.split_over_s`): never
+        more than the pool's queue leaves spare (one idle worker stays for each waiting task),
+        and never for a streamed track (memory comes first there) or `demucs_unittest` (its
+        weights are random in each process)."""
+        tasks, options = self.config.tasks, spec.options
+        if (tasks.split_over_s is None or spec.duration_s is None or lead.load
+                or spec.duration_s < tasks.split_over_s or options.model == OFFLINE_MODEL
+                or (options.stream_over_s is not None and spec.duration_s > options.stream_over_s)):
+            return ()
+        key = model_key(options)
+        idle = sorted((w for w in free if w.load == 0 and w is not lead),
+                      key=lambda w: key not in w.models)  # those holding the model first
+        lent = min(len(idle) - waiting, tasks.max_pieces - 1)
+        return tuple(w.worker_id for w in idle[:max(0, lent)])
 
     def _preempt_for_priority(self, pool: str) -> None:
         """Keep priorities strict under prefetch: a waiting task of worse priority than the best in
@@ -283,8 +306,7 @@ class Scheduler:
         run = self.running.get(task_id)
         if run is None or run.attempt != attempt:
             return
-        del self.running[task_id]
-        self._worker_freed(run.worker_id)
+        self._run_ended(task_id, run)
         record = self.active[task_id]
         record.audio_duration_s = audio_duration_s
         if record.spec.cache_key:
@@ -315,14 +337,18 @@ class Scheduler:
                 self._attempt_ended(task_id, run, error if task_id == culprit else
                                     WorkerDied(f"worker {worker_id} was replaced: {reason}"))
 
-    def _worker_freed(self, worker_id: str) -> None:
-        """The task ahead on a worker ended: the one waiting behind it starts its clock now."""
+    def _run_ended(self, task_id: str, ended: Running) -> None:
+        """An attempt left its worker: its lent helpers go back, and the task waiting behind it
+        (with `workers.batch_size`, as many as the batch has room for) starts its clock now."""
+        del self.running[task_id]
+        if ended.helpers:
+            self.pool.release(ended.helpers, task_id)
         now = self.clock()
-        for task_id, run in self.running.items():
-            if run.worker_id == worker_id and run.behind:
-                run.behind, run.deadline = False, now + self._timeout_s(self.active[task_id])
-                self.active[task_id].started_at = now
-                break
+        on_worker = [(t, run) for t, run in self.running.items() if run.worker_id == ended.worker_id]
+        room = self.config.workers.batch_size - sum(not run.behind for _, run in on_worker)
+        for waiting_id, run in [(t, run) for t, run in on_worker if run.behind][:max(0, room)]:
+            run.behind, run.deadline = False, now + self._timeout_s(self.active[waiting_id])
+            self.active[waiting_id].started_at = now
 
     def _cached_folder(self, spec: TaskSpec) -> str | None:
         """Another task's folder holding stems for the same input, model and options."""
@@ -332,8 +358,7 @@ class Scheduler:
         return found[1]
 
     def _attempt_ended(self, task_id: str, run: Running, error: RayDemucsError) -> None:
-        del self.running[task_id]
-        self._worker_freed(run.worker_id)
+        self._run_ended(task_id, run)
         record = self.active[task_id]
         if run.cancel_requested:
             self._finish(record, TaskState.CANCELLED)
@@ -341,7 +366,8 @@ class Scheduler:
         if run.preempted and isinstance(error, SeparationAborted):
             record.attempts -= 1
             record.queued_at = self.clock()
-            self._set_state(record, TaskState.QUEUED, note="stepped back for a task of better priority")
+            self._set_state(record, TaskState.QUEUED, note="stepped back for a task of better priority",
+                            counted=False)
             self._enqueue(record)
             return
         if isinstance(error, SeparationAborted) and run.abort_sent_at is not None:
@@ -408,11 +434,12 @@ class Scheduler:
         return counts
 
     # -- journal ----------------------------------------------------------------------------
-    def _set_state(self, record: TaskRecord, state: TaskState, note: str = "") -> None:
+    def _set_state(self, record: TaskRecord, state: TaskState, note: str = "",
+                   counted: bool = True) -> None:
         previous, record.state = record.state, state
         self.store.save(record)
         if self.listener is not None:
-            self.listener.on_transition(record, previous)
+            self.listener.on_transition(record, previous, counted)
         elapsed = self.clock() - record.submitted_at
         logger.info("task %s attempt %d: %s -> %s after %.2f s%s", record.task_id, record.attempts,
                     previous.value, state.value, elapsed, f" ({note})" if note else "")

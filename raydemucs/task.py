@@ -70,6 +70,7 @@ class TaskSpec:
     cache: bool = True
     input_sha256: str | None = None
     uploaded: bool = False  # the input's bytes came with the task; stems are kept by the service
+    duration_s: float | None = None  # measured at submit (None for remote inputs)
 
     @property
     def output_folder(self) -> Path | str:

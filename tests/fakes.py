@@ -23,6 +23,7 @@ class FakeWorker:
     node: str = "node-a"
     models: frozenset = frozenset()
     tasks: list = field(default_factory=list)
+    lent_to: str | None = None
 
     @property
     def load(self) -> int:
@@ -44,13 +45,15 @@ class FakePool:
     replaced: list = field(default_factory=list)
     reused: list = field(default_factory=list)
     removed: list = field(default_factory=list)
+    lent: list = field(default_factory=list)
 
     @classmethod
     def with_workers(cls, count: int, capacity: int = 1) -> "FakePool":
         return cls({f"worker-{i}": FakeWorker(f"worker-{i}") for i in range(count)}, capacity)
 
     def free_workers(self, pool):
-        free = [w for w in self.members(pool) if w.state == "idle" and w.load < self.capacity]
+        free = [w for w in self.members(pool)
+                if w.state == "idle" and w.load < self.capacity and w.lent_to is None]
         return sorted(free, key=lambda w: w.load)
 
     def members(self, pool):
@@ -72,10 +75,18 @@ class FakePool:
         for worker in self.members(pool):
             worker.state = "idle"
 
-    def start(self, worker_id, spec, attempt, reuse_from=None):
+    def start(self, worker_id, spec, attempt, reuse_from=None, helpers=()):
         self.workers[worker_id].tasks.append((spec.task_id, attempt))
         self.started.append((worker_id, spec.task_id, attempt))
         self.reused.append(reuse_from)
+        for helper in helpers:
+            self.workers[helper].lent_to = spec.task_id
+            self.lent.append((helper, spec.task_id))
+
+    def release(self, worker_ids, task_id):
+        for worker_id in worker_ids:
+            if self.workers[worker_id].lent_to == task_id:
+                self.workers[worker_id].lent_to = None
 
     def abort(self, worker_id, task_id, attempt):
         self.aborted.append((worker_id, task_id))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from conftest import wait_for
 from raydemucs.config import SeparationConfig, load_config
 from raydemucs.task import TaskSpec, new_task_id
 from raydemucs.worker import SeparatorWorker
@@ -74,3 +75,22 @@ def test_a_dead_helper_costs_time_not_the_task(workers, tiny_repo, audio, tmp_pa
                                          None, None, [helper]))
     assert plain["ok"] and split["ok"], split
     assert_same_stems(tmp_path / "p" / "plain", tmp_path / "p" / "split")
+
+
+def test_the_service_splits_a_long_track_across_its_idle_workers(make_service, tiny_repo, audio,
+                                                                 tmp_path):
+    manager = make_service(workers={"max_workers": 2}, tasks={"split_over_s": 5.0},
+                           separation={"model": "tiny", "repo": str(tiny_repo)})
+    song = audio("long.wav", seconds=10.0)
+    wait_for(lambda: [w["state"] for w in manager.get_status()["workers"]] == ["idle", "idle"])
+    task_id = manager.add_task(song, output_dir=tmp_path / "out", segment=1.0, shifts=0)
+    record = manager.wait(task_id, timeout=180)
+    assert record["state"] == "succeeded", record["error"]
+    folder = tmp_path / "out" / "default" / "long"
+    assert json.loads((folder / "manifest.json").read_text())["pieces"] == 2
+    assert all(w["lent_to"] is None and w["state"] == "idle" for w in manager.get_status()["workers"])
+    config = load_config("test", overrides={"separation": {"model": "tiny", "repo": str(tiny_repo)}},
+                         environ={})
+    reference = SeparatorWorker("reference", config.to_dict())
+    assert reference.separate(spec(song, tmp_path / "ref", "long", repo=tiny_repo).to_dict(), 1)["ok"]
+    assert_same_stems(tmp_path / "ref" / "p" / "long", folder)

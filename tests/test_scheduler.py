@@ -1,9 +1,11 @@
 """Scheduler logic with a fake pool and a fake clock: no Ray, no threads, every step explicit."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from raydemucs.config import load_config
+from raydemucs.config import SeparationConfig, load_config
 from raydemucs.errors import (InvalidInput, SeparationAborted, ShuttingDown, TaskNotFound,
                               WorkerDied)
 from raydemucs.scheduler import Scheduler, retry_delay_s
@@ -292,10 +294,12 @@ def test_out_of_memory_is_retried_with_half_the_segment(tmp_path):
 
 class RecordingListener:
     def __init__(self):
-        self.seen = []
+        self.seen, self.uncounted = [], []
 
-    def on_transition(self, record, previous):
+    def on_transition(self, record, previous, counted=True):
         self.seen.append((record.task_id, previous and previous.value, record.state.value))
+        if not counted:
+            self.uncounted.append(record.task_id)
 
 
 def test_the_listener_hears_every_transition_and_queue_counts_by_priority(tmp_path):
@@ -558,3 +562,80 @@ def test_recovery_fails_a_task_whose_model_no_pool_serves_any_more(tmp_path):
     restarted.recover()
     record = restarted.get(task.task_id)
     assert record.state is TaskState.FAILED and record.error["type"] == "InvalidInput"
+
+
+# -- one long track across idle workers ----------------------------------------------------------
+def test_a_long_track_borrows_the_idle_workers_and_gives_them_back(tmp_path):
+    scheduler, pool, _ = make(tmp_path, workers=3)
+    long = scheduler.submit(spec("long", duration_s=300.0)).task_id
+    scheduler.dispatch()
+    assert pool.started == [("worker-0", long, 1)]
+    assert pool.lent == [("worker-1", long), ("worker-2", long)]
+    short = scheduler.submit(spec("short", duration_s=10.0)).task_id
+    scheduler.dispatch()
+    assert pool.started_ids() == [long]  # the lent workers take nothing else
+    finish(scheduler, pool)
+    assert pool.started_ids() == [long, short] and not pool.workers["worker-1"].lent_to
+
+
+def test_a_long_track_borrows_only_what_the_queue_leaves_spare(tmp_path):
+    scheduler, pool, _ = make(tmp_path, workers=3)
+    long = scheduler.submit(spec("long", duration_s=300.0)).task_id
+    short = scheduler.submit(spec("short", duration_s=10.0)).task_id
+    scheduler.dispatch()
+    assert pool.lent == [("worker-1", long)]
+    assert pool.started == [("worker-0", long, 1), ("worker-2", short, 1)]
+
+
+@pytest.mark.parametrize("fields, tasks", [
+    ({"duration_s": 60.0}, {}),                                        # short of split_over_s
+    ({"duration_s": 300.0}, {"split_over_s": None}),                   # turned off
+    ({"duration_s": 900.0}, {}),                                       # streamed: memory first
+    ({"duration_s": None}, {}),                                        # a URI: length unknown
+    ({"duration_s": 300.0, "options": SeparationConfig(model="demucs_unittest")}, {}),
+])
+def test_tracks_that_are_not_split(tmp_path, fields, tasks):
+    scheduler, pool, _ = make(tmp_path, workers=2, **tasks)
+    scheduler.submit(spec("song", **fields))
+    scheduler.dispatch()
+    assert pool.lent == []
+
+
+def test_a_failed_split_attempt_gives_its_helpers_back_and_retries(tmp_path):
+    scheduler, pool, clock = make(tmp_path, workers=2)
+    long = scheduler.submit(spec("long", duration_s=300.0)).task_id
+    scheduler.dispatch()
+    pool.free("worker-0")
+    scheduler.task_failed(long, 1, WorkerDied("gone"))
+    assert pool.workers["worker-1"].lent_to is None
+    clock.advance(10.0)
+    scheduler.tick()
+    assert pool.started[-1][1:] == (long, 2) and pool.lent[-1] == ("worker-1", long)
+
+
+def test_with_batching_a_worker_runs_batch_size_tasks_at_once(tmp_path):
+    scheduler, _, clock = make(tmp_path, timeout_s=10.0)
+    scheduler.config = dataclasses.replace(
+        scheduler.config, workers=dataclasses.replace(scheduler.config.workers, batch_size=2))
+    scheduler.pool = pool = FakePool.with_workers(1, capacity=3)
+    ids = [scheduler.submit(spec(name)).task_id for name in "abc"]
+    scheduler.dispatch()
+    assert [scheduler.running[i].behind for i in ids] == [False, False, True]
+    clock.advance(5.0)
+    pool.workers["worker-0"].tasks.remove((ids[0], 1))
+    scheduler.task_succeeded(ids[0], 1, {})
+    assert not scheduler.running[ids[2]].behind and scheduler.get(ids[2]).started_at == clock.now
+
+
+def test_a_step_back_is_not_counted_as_a_retry(tmp_path):
+    scheduler, _, _ = make(tmp_path)
+    scheduler.listener = listener = RecordingListener()
+    scheduler.pool = pool = FakePool.with_workers(1, capacity=2)
+    scheduler.submit(spec("running", priority=5))
+    low = scheduler.submit(spec("low", priority=9)).task_id
+    scheduler.dispatch()
+    scheduler.submit(spec("high", priority=0))
+    scheduler.dispatch()
+    pool.workers["worker-0"].tasks.remove((low, 1))
+    scheduler.task_failed(low, 1, SeparationAborted("stopped"))
+    assert listener.uncounted == [low]
