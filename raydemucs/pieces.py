@@ -1,9 +1,9 @@
 """One long track on several workers, led by the worker the scheduler gave the task.
 
 The lead decodes the track, lays out demucs's own segment plan (`raydemucs.longtrack`), cuts it
-into contiguous pieces, sends all but the first to the idle workers the scheduler lent it (each
-gets only its window of samples), runs the first itself, and joins the sums: the stems equal
-`Separator.separate_tensor`'s within float tolerance. A helper that fails costs time, not the
+into contiguous pieces, keeps the smallest (it also decodes, joins and writes), sends the others
+to the idle workers the scheduler lent it (each gets only its window of samples), and joins the
+sums: the stems equal `Separator.separate_tensor`'s within float tolerance. A helper that fails costs time, not the
 task: the lead runs that piece itself.
 """
 from __future__ import annotations
@@ -36,12 +36,14 @@ def separate_across_workers(model, wav: th.Tensor, options: SeparationConfig, he
     def window(piece: Piece) -> th.Tensor:  # contiguous: a strided view does not survive Ray
         return wav[:, piece.input_start:piece.input_stop].contiguous()
 
+    own = min(pieces, key=lambda piece: len(piece.segments))  # the lead also decodes, joins, writes
+    lent = [piece for piece in pieces if piece is not own]
     refs = [helper.separate_piece.remote(task_id, attempt, options.model, options.repo, plan,
                                          piece, window(piece), mean, std)
-            for helper, piece in zip(helpers, pieces[1:])]
+            for helper, piece in zip(helpers, lent)]
     try:
-        results = [run_here(plan, pieces[0], window(pieces[0]), mean, std)]
-        for piece, ref in zip(pieces[1:], refs):
+        results = [run_here(plan, own, window(own), mean, std)]
+        for piece, ref in zip(lent, refs):
             result = _helper_result(ref, abort, task_id, piece)
             results.append(result or run_here(plan, piece, window(piece), mean, std))
     except BaseException:
