@@ -94,3 +94,18 @@ def test_the_service_splits_a_long_track_across_its_idle_workers(make_service, t
     reference = SeparatorWorker("reference", config.to_dict())
     assert reference.separate(spec(song, tmp_path / "ref", "long", repo=tiny_repo).to_dict(), 1)["ok"]
     assert_same_stems(tmp_path / "ref" / "p" / "long", folder)
+
+
+def test_cancelling_a_split_track_stops_its_helpers_and_frees_them(make_service, tiny_repo, audio,
+                                                                   tmp_path):
+    manager = make_service(workers={"max_workers": 2}, tasks={"split_over_s": 5.0},
+                           separation={"model": "tiny", "repo": str(tiny_repo)})
+    song = audio("long.wav", seconds=60.0)
+    wait_for(lambda: [w["state"] for w in manager.get_status()["workers"]] == ["idle", "idle"])
+    task_id = manager.add_task(song, output_dir=tmp_path / "out", segment=1.0, shifts=0)
+    wait_for(lambda: any(w["lent_to"] == task_id for w in manager.get_status()["workers"]))
+    manager.cancel(task_id)
+    assert manager.wait_all([task_id], timeout=60)[0]["state"] == "cancelled"
+    wait_for(lambda: [(w["state"], w["lent_to"]) for w in manager.get_status()["workers"]]
+             == [("idle", None)] * 2, timeout_s=30)
+    assert not (tmp_path / "out" / "default" / "long").exists()
