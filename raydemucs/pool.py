@@ -21,7 +21,7 @@ import ray
 from ray.exceptions import RayActorError, RayError
 
 from .config import DEFAULT_POOL, Config, PoolConfig
-from .errors import InternalError
+from .errors import InternalError, InvalidInput
 from .health import HealthPolicy
 from .task import TaskSpec
 from .worker import SeparatorWorker
@@ -143,13 +143,23 @@ class RayWorkerPool:
 
     def start(self, worker_id: str, spec: TaskSpec, attempt: int, reuse_from: str | None = None,
               helpers: tuple = ()) -> None:
-        """Send an attempt to its worker; `helpers` (idle workers) are lent to it until `release`."""
+        """Send an attempt to its worker; `helpers` (idle workers) are lent to it until `release`.
+
+        An uploaded input that is gone from the service's disk fails the attempt (soon, not
+        within the dispatch that called this)."""
+        try:
+            upload = self.read_upload(spec) if spec.uploaded else None
+        except OSError:
+            error = InvalidInput(f"the uploaded input of {spec.file_id!r} is gone from the "
+                                 "service's state directory; submit the file again")
+            asyncio.get_running_loop().call_soon(
+                self.on_result, spec.task_id, attempt, {"ok": False, "error": error.to_dict()})
+            return
         slot = self.slots[worker_id]
         slot.state = "busy"
         slot.tasks[spec.task_id] = attempt
         for helper in map(self.slots.get, helpers):
             helper.state, helper.lent_to, helper.tasks[spec.task_id] = "busy", spec.task_id, attempt
-        upload = self.read_upload(spec) if spec.uploaded else None
         ref = slot.handle.separate.remote(spec.to_dict(), attempt, reuse_from, upload,
                                           [self.slots[h].handle for h in helpers])
         self._background(self._await_result(slot, slot.handle, ref, spec.task_id, attempt))

@@ -71,3 +71,16 @@ def test_upload_wait_and_fetch_round_trip_on_the_cli(ray_cluster, audio, tmp_pat
         assert unknown.returncode == 2 and len(unknown.stderr.strip().splitlines()) == 1
     finally:
         run_cli("stop", "--now", env=env)
+
+
+def test_retrying_an_upload_whose_bytes_are_gone_fails_cleanly(make_service, audio, tmp_path):
+    import shutil
+
+    manager = make_service()
+    task_id = manager.add_task(audio("song.wav", seconds=1.0), upload=True, two_stems="piano")
+    assert manager.wait_all([task_id], timeout=60)[0]["state"] == "failed"  # no such stem
+    shutil.rmtree(tmp_path / "state" / "uploads")
+    manager.retry(task_id)
+    record = manager.wait_all([task_id], timeout=60)[0]
+    assert record["state"] == "failed" and "submit the file again" in record["error"]["message"]
+    assert manager.get_status()["accepting"]
