@@ -112,8 +112,8 @@ class StorageConfig:
 class PoolConfig:
     """One pool of workers: the models routed to it, what each worker asks of Ray, its size.
 
-    `num_cpus`, `num_gpus`, `memory_mb` and `max_workers` left out (None) are the `workers`
-    section's; `Config.worker_pools()` fills them in.
+    `num_cpus`, `num_gpus`, `memory_mb`, `max_workers` and `batch_size` left out (None) are the
+    `workers` section's; `Config.worker_pools()` fills them in.
     """
 
     name: str = _opt(DEFAULT_POOL, doc="worker actors are SERVICE:NAME-worker-i")
@@ -124,6 +124,7 @@ class PoolConfig:
     resources: dict = field(default_factory=dict, metadata={"doc": "custom Ray resources"})
     min_workers: int = _opt(0, min=0, max=1024, doc="workers kept even when idle")
     max_workers: int | None = _opt(None, min=1, max=1024, doc="as workers.max_workers")
+    batch_size: int | None = _opt(None, min=1, max=256, doc="as workers.batch_size")
     idle_timeout_s: float = _opt(300.0, min=0.0, max=7 * 86400.0,
                                  doc="remove a worker idle this long, down to min_workers")
 
@@ -176,7 +177,8 @@ class Config:
             pool, num_cpus=_either(pool.num_cpus, workers.num_cpus),
             num_gpus=_either(pool.num_gpus, workers.num_gpus),
             memory_mb=_either(pool.memory_mb, workers.memory_mb),
-            max_workers=_either(pool.max_workers, workers.max_workers)) for pool in declared)
+            max_workers=_either(pool.max_workers, workers.max_workers),
+            batch_size=_either(pool.batch_size, workers.batch_size)) for pool in declared)
         for pool in pools:
             if pool.min_workers > pool.max_workers:
                 raise ConfigError(f"pools[{pool.name}].min_workers={pool.min_workers} is above its "

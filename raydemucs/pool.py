@@ -88,7 +88,7 @@ def worker_config(config: Config, pool: PoolConfig) -> dict:
     """The config a worker of `pool` gets: the pool's CPUs (torch threads) and GPUs (device), and
     as the model to load at start the config's default if the pool serves it, else its first."""
     workers = dataclasses.replace(config.workers, num_cpus=pool.num_cpus, num_gpus=pool.num_gpus,
-                                  memory_mb=pool.memory_mb)
+                                  memory_mb=pool.memory_mb, batch_size=pool.batch_size)
     separation = config.separation
     if pool.models and separation.model not in pool.models:
         separation = dataclasses.replace(separation, model=pool.models[0])
@@ -114,10 +114,10 @@ class RayWorkerPool:
 
     # -- the scheduler's Pool protocol ------------------------------------------------------
     def free_workers(self, pool: str) -> list[WorkerSlot]:
-        """Live workers of `pool` with room for a task (`batch_size` + `prefetch`), least loaded
+        """Live workers of `pool` with room for a task (its `batch_size` + `prefetch`), least loaded
         first, on nodes with enough free memory (dispatch pauses instead of an OOM kill); none
         lent to another task's lead."""
-        capacity = self.config.workers.batch_size + self.config.workers.prefetch
+        capacity = self.pools[pool].batch_size + self.config.workers.prefetch
         free = [slot for slot in self.members(pool) if slot.state in ("idle", "busy")
                 and slot.load < capacity and slot.lent_to is None
                 and self.policy.node_has_room(slot.node_available_bytes)]

@@ -152,6 +152,10 @@ class Scheduler:
         self._enqueue(record)
         return record
 
+    def _batch_size(self, spec: TaskSpec) -> int:
+        """How many tasks a worker of the task's pool runs at once."""
+        return route(self.pools, spec.options.model).batch_size
+
     def pool_of(self, spec: TaskSpec) -> str:
         """The name of the pool that serves the task's model; InvalidInput when none does."""
         return route(self.pools, spec.options.model).name
@@ -215,7 +219,7 @@ class Scheduler:
             self._set_state(record, TaskState.RUNNING)
             helpers = self._helpers_for(record.spec, worker, free, len(queue))
             run = Running(worker.worker_id, record.attempts, now + self._timeout_s(record),
-                          behind=worker.load >= self.config.workers.batch_size, helpers=helpers)
+                          behind=worker.load >= self._batch_size(record.spec), helpers=helpers)
             self.running[record.task_id] = run
             self.pool.start(worker.worker_id, record.spec, record.attempts,
                             reuse_from=self._cached_folder(record.spec), helpers=helpers)
@@ -339,13 +343,13 @@ class Scheduler:
 
     def _run_ended(self, task_id: str, ended: Running) -> None:
         """An attempt left its worker: its lent helpers go back, and the task waiting behind it
-        (with `workers.batch_size`, as many as the batch has room for) starts its clock now."""
+        (with a `batch_size`, as many as the batch has room for) starts its clock now."""
         del self.running[task_id]
         if ended.helpers:
             self.pool.release(ended.helpers, task_id)
         now = self.clock()
         on_worker = [(t, run) for t, run in self.running.items() if run.worker_id == ended.worker_id]
-        room = self.config.workers.batch_size - sum(not run.behind for _, run in on_worker)
+        room = self._batch_size(self.active[task_id].spec) - sum(not run.behind for _, run in on_worker)
         for waiting_id, run in [(t, run) for t, run in on_worker if run.behind][:max(0, room)]:
             run.behind, run.deadline = False, now + self._timeout_s(self.active[waiting_id])
             self.active[waiting_id].started_at = now

@@ -1,8 +1,6 @@
 """Scheduler logic with a fake pool and a fake clock: no Ray, no threads, every step explicit."""
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from raydemucs.config import SeparationConfig, load_config
@@ -14,12 +12,13 @@ from raydemucs.task import TaskSpec, TaskState, new_task_id
 from fakes import FakeClock, FakePool
 
 
-def make(tmp_path, workers=1, pools=(), **tasks):
+def make(tmp_path, workers=1, pools=(), batch_size=1, **tasks):
     """A scheduler over a fake pool of `workers` (the default pool's size), or of `pools`."""
     config = load_config(overrides={"tasks": {"max_retries": 2, "retry_backoff_s": 1.0,
                                               "retry_backoff_max_s": 10.0, "timeout_s": 30.0,
                                               "abort_grace_s": 5.0, **tasks},
-                                    "workers": {"max_workers": max(1, workers)},
+                                    "workers": {"max_workers": max(1, workers),
+                                                "batch_size": batch_size},
                                     "pools": list(pools)}, environ={})
     clock, pool = FakeClock(), FakePool.with_workers(workers)
     store = TaskStore(tmp_path / "journal.db")
@@ -614,9 +613,7 @@ def test_a_failed_split_attempt_gives_its_helpers_back_and_retries(tmp_path):
 
 
 def test_with_batching_a_worker_runs_batch_size_tasks_at_once(tmp_path):
-    scheduler, _, clock = make(tmp_path, timeout_s=10.0)
-    scheduler.config = dataclasses.replace(
-        scheduler.config, workers=dataclasses.replace(scheduler.config.workers, batch_size=2))
+    scheduler, _, clock = make(tmp_path, batch_size=2, timeout_s=10.0)
     scheduler.pool = pool = FakePool.with_workers(1, capacity=3)
     ids = [scheduler.submit(spec(name)).task_id for name in "abc"]
     scheduler.dispatch()
@@ -639,3 +636,12 @@ def test_a_step_back_is_not_counted_as_a_retry(tmp_path):
     pool.workers["worker-0"].tasks.remove((low, 1))
     scheduler.task_failed(low, 1, SeparationAborted("stopped"))
     assert listener.uncounted == [low]
+
+
+def test_batch_size_is_per_pool(tmp_path):
+    pools = [{"name": "gpu", "models": ["htdemucs"], "batch_size": 2, "min_workers": 1},
+             {"name": "cpu", "min_workers": 1}]
+    scheduler, _, _ = make(tmp_path, workers=1, pools=pools)
+    assert {p.name: p.batch_size for p in scheduler.pools} == {"gpu": 2, "cpu": 1}
+    assert scheduler._batch_size(spec("a")) == 2
+    assert scheduler._batch_size(spec("b", options=SeparationConfig(model="mdx_extra"))) == 1
