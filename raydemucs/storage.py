@@ -53,9 +53,12 @@ def open_uri(uri: str, storage: StorageConfig):
         raise InvalidInput(f"{printable(uri)}: unknown storage protocol {protocol!r}") from None
 
 
+def _reason(exc: Exception) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
+
+
 def _unreachable(uri: str, exc: Exception) -> StorageUnavailable:
-    reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-    return StorageUnavailable(f"storage at {printable(uri)} failed: {reason}")
+    return StorageUnavailable(f"storage at {printable(uri)} failed: {_reason(exc)}")
 
 
 def input_size(uri: str, storage: StorageConfig) -> int:
@@ -101,18 +104,15 @@ def check_writable(output_dir: str, storage: StorageConfig) -> None:
         fs.pipe_file(probe, b"")
         fs.rm_file(probe)
     except Exception as exc:
-        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise OutputNotWritable(f"output directory {printable(output_dir)} is not writable: "
-                                f"{reason}") from None
+                                f"{_reason(exc)}") from None
 
 
 def read_manifest(folder: str, storage: StorageConfig) -> dict | None:
     fs, path = open_uri(folder, storage)
     try:
         return json.loads(fs.cat_file(f"{path}/{MANIFEST}"))
-    except FileNotFoundError:
-        return None
-    except ValueError:
+    except (FileNotFoundError, ValueError):
         return None
     except Exception as exc:
         raise _unreachable(folder, exc) from None
