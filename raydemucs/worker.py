@@ -257,15 +257,21 @@ class SeparatorWorker:
         """`_on_chunk` counting against the piece's segments, not the whole plan's."""
         cls._on_chunk(current, {**info, "segments": current.chunks_expected})
 
+    @staticmethod
+    def _decode(current: Attempt, separator, input_path: Path, options, timings: dict):
+        """The whole input at the model's rate and channels (timed)."""
+        started = time.time()
+        wav = decode(input_path, separator.samplerate, separator.audio_channels)
+        timings["decode_s"] = time.time() - started
+        current.segment_s = options.segment or default_segment_s(separator.model)
+        return wav
+
     def _separate_in_memory(self, task: TaskSpec, current: Attempt, separator, input_path: Path,
                             timings: dict) -> dict:
         """Decode the whole input, then `Separator.separate_tensor` (demucs's own path)."""
         options = task.options
-        started = time.time()
-        wav = decode(input_path, separator.samplerate, separator.audio_channels)
-        timings["decode_s"] = time.time() - started
+        wav = self._decode(current, separator, input_path, options, timings)
         current.chunks_expected = expected_chunks(separator.model, wav.shape[-1], options)
-        current.segment_s = options.segment or default_segment_s(separator.model)
         with self._model_turn(current):
             separator.update_parameter(device=self.device, shifts=options.shifts,
                                        overlap=options.overlap, segment=options.segment,
@@ -279,10 +285,7 @@ class SeparatorWorker:
                          helpers: list, timings: dict) -> dict:
         """Decode here, then split the track with `helpers` (see `raydemucs.pieces`)."""
         options = task.options
-        started = time.time()
-        wav = decode(input_path, separator.samplerate, separator.audio_channels)
-        timings["decode_s"] = time.time() - started
-        current.segment_s = options.segment or default_segment_s(separator.model)
+        wav = self._decode(current, separator, input_path, options, timings)
         with self._model_turn(current):
             started = time.time()
             run_here = functools.partial(self._run_piece, separator.model, current)
@@ -296,10 +299,7 @@ class SeparatorWorker:
                           timings: dict) -> dict:
         """Decode, then share forward passes with the other attempts in this worker."""
         options = task.options
-        started = time.time()
-        wav = decode(input_path, separator.samplerate, separator.audio_channels)
-        timings["decode_s"] = time.time() - started
-        current.segment_s = options.segment or default_segment_s(separator.model)
+        wav = self._decode(current, separator, input_path, options, timings)
         current.phase = "separating"
         with self._models_lock:
             batcher = self._batchers.get((options.model, options.repo))
