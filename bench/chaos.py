@@ -546,6 +546,15 @@ class ChaosRun:
                 busy.append({**worker, "held": {t: attempts.get(t, 1) for t in held}})
         return busy
 
+    def _busy_workers_soon(self, tries: int = 40) -> list[dict]:
+        """`_busy_workers`, waiting up to `tries` x 50 ms for one (faults aim at busy workers)."""
+        for _ in range(tries):
+            busy = self._busy_workers()
+            if busy:
+                return busy
+            time.sleep(0.05)
+        return []
+
     def _least_hit(self, workers: list[dict]) -> dict:
         """A worker whose tasks were interrupted least so far (spreads faults over tasks)."""
         def hits(worker):
@@ -554,11 +563,7 @@ class ChaosRun:
         return self.rng.choice([w for w in workers if hits(w) == least])
 
     def _inject_worker_sigkill(self) -> Fault:
-        for _ in range(40):
-            busy = self._busy_workers()
-            if busy:
-                break
-            time.sleep(0.05)
+        busy = self._busy_workers_soon()
         if busy:
             worker = self._least_hit(busy)
             affected = dict(worker["held"])
@@ -592,11 +597,7 @@ class ChaosRun:
         return fault
 
     def _inject_node_removal(self) -> Fault:
-        for _ in range(40):
-            busy = self._busy_workers()
-            if busy:
-                break
-            time.sleep(0.05)
+        busy = self._busy_workers_soon()
         workers = self.manager.get_status()["workers"]
         target = self._least_hit(busy)["node"] if busy else self.rng.choice(
             [w["node"] for w in workers if w["node"]])

@@ -77,13 +77,19 @@ def test_a_dead_helper_costs_time_not_the_task(workers, tiny_repo, audio, tmp_pa
     assert_same_stems(tmp_path / "p" / "plain", tmp_path / "p" / "split")
 
 
-def test_the_service_splits_a_long_track_across_its_idle_workers(make_service, tiny_repo, audio,
-                                                                 tmp_path):
+def split_long_track(make_service, tiny_repo, audio, tmp_path, seconds: float):
+    """A service of 2 idle workers that splits tracks over 5 s, and a track submitted to it."""
     manager = make_service(workers={"max_workers": 2}, tasks={"split_over_s": 5.0},
                            separation={"model": "tiny", "repo": str(tiny_repo)})
-    song = audio("long.wav", seconds=10.0)
+    song = audio("long.wav", seconds=seconds)
     wait_for(lambda: [w["state"] for w in manager.get_status()["workers"]] == ["idle", "idle"])
     task_id = manager.add_task(song, output_dir=tmp_path / "out", segment=1.0, shifts=0)
+    return manager, song, task_id
+
+
+def test_the_service_splits_a_long_track_across_its_idle_workers(make_service, tiny_repo, audio,
+                                                                 tmp_path):
+    manager, song, task_id = split_long_track(make_service, tiny_repo, audio, tmp_path, 10.0)
     record = manager.wait(task_id, timeout=180)
     assert record["state"] == "succeeded", record["error"]
     folder = tmp_path / "out" / "default" / "long"
@@ -98,11 +104,7 @@ def test_the_service_splits_a_long_track_across_its_idle_workers(make_service, t
 
 def test_cancelling_a_split_track_stops_its_helpers_and_frees_them(make_service, tiny_repo, audio,
                                                                    tmp_path):
-    manager = make_service(workers={"max_workers": 2}, tasks={"split_over_s": 5.0},
-                           separation={"model": "tiny", "repo": str(tiny_repo)})
-    song = audio("long.wav", seconds=60.0)
-    wait_for(lambda: [w["state"] for w in manager.get_status()["workers"]] == ["idle", "idle"])
-    task_id = manager.add_task(song, output_dir=tmp_path / "out", segment=1.0, shifts=0)
+    manager, _, task_id = split_long_track(make_service, tiny_repo, audio, tmp_path, 60.0)
     wait_for(lambda: any(w["lent_to"] == task_id for w in manager.get_status()["workers"]))
     manager.cancel(task_id)
     assert manager.wait_all([task_id], timeout=60)[0]["state"] == "cancelled"
