@@ -118,7 +118,12 @@ class BatchedSeparator:
             track, segment = batch[0]
             inputs = th.cat([take(t.mix, 0, t.plan.length, s.input_start, s.input_length)
                              for t, s in batch])
-            out = self.runner.forward(track.plan.passes[segment.pass_index].model_index, inputs)
+            try:
+                out = self.runner.forward(track.plan.passes[segment.pass_index].model_index, inputs)
+            except Exception as exc:  # out of memory, say: every track in the batch fails with it
+                for failed, _ in batch:
+                    failed.error = exc
+                return self._drop_failed()
             self.forward_passes += 1
             self._notify(batch, "end")
             for i, (track, segment) in enumerate(batch):
@@ -137,7 +142,8 @@ class BatchedSeparator:
         return [t.key for t in failed]
 
     def pop(self, key: Hashable) -> dict:
-        """A finished track's stems `{source: [channels, time]}`; re-raises its abort if dropped."""
+        """A finished track's stems `{source: [channels, time]}`; re-raises what dropped it (its
+        abort, or the error of a forward pass it was in)."""
         track = self._tracks.pop(key)
         if track.error is not None:
             raise track.error
@@ -174,7 +180,7 @@ class SharedBatcher:
 
     def separate(self, key: Hashable, wav: th.Tensor, **options) -> dict:
         """`{source: [channels, time]}` for `wav` (options as `BatchedSeparator.add`); raises
-        `KeyboardInterrupt` when the track's callback aborted it."""
+        `KeyboardInterrupt` when the track's callback aborted it, or a failed forward pass's error."""
         with self._changed:
             self.batcher.add(key, wav, **options)
             while key not in self._done:
@@ -182,7 +188,7 @@ class SharedBatcher:
                 for done in finished:
                     try:
                         self._done[done] = self.batcher.pop(done)
-                    except KeyboardInterrupt as exc:
+                    except BaseException as exc:
                         self._done[done] = exc
                 if finished:
                     self._changed.notify_all()

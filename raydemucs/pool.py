@@ -30,6 +30,7 @@ logger = logging.getLogger("raydemucs.pool")
 
 NAMESPACE = "raydemucs"
 RESPAWN_DELAY_S = 1.0
+ACTOR_CALLS = 3  # threads a worker keeps for `poll`, `abort` and `ready` beside its attempts
 
 
 @dataclass
@@ -241,7 +242,8 @@ class RayWorkerPool:
         pool = self.pools[slot.pool]
         options = dict(namespace=NAMESPACE, num_cpus=pool.num_cpus, num_gpus=pool.num_gpus,
                        memory=pool.memory_mb * 2**20 or None, resources=pool.resources or None,
-                       max_restarts=0, max_task_retries=0, max_concurrency=4)
+                       max_restarts=0, max_task_retries=0,
+                       max_concurrency=pool.batch_size + self.config.workers.prefetch + ACTOR_CALLS)
         config = self._worker_configs[slot.pool]
         base = f"{self.prefix}:{slot.worker_id}"
         slot.actor_name = base if slot.restarts == 0 else f"{base}.{slot.restarts}"

@@ -350,7 +350,8 @@ class Scheduler:
         now = self.clock()
         on_worker = [(t, run) for t, run in self.running.items() if run.worker_id == ended.worker_id]
         room = self._batch_size(self.active[task_id].spec) - sum(not run.behind for _, run in on_worker)
-        for waiting_id, run in [(t, run) for t, run in on_worker if run.behind][:max(0, room)]:
+        waiting = [(t, run) for t, run in on_worker if run.behind and not run.preempted]
+        for waiting_id, run in waiting[:max(0, room)]:
             run.behind, run.deadline = False, now + self._timeout_s(self.active[waiting_id])
             self.active[waiting_id].started_at = now
 

@@ -80,6 +80,7 @@ class Attempt:
     chunks_done: int = 0
     chunks_expected: int = 1
     segment_s: float | None = None
+    peak_rss_bytes: int | None = None  # the worker's peak while this attempt held the model
 
     def progress(self) -> float:
         return min(0.99, self.chunks_done / self.chunks_expected)
@@ -311,6 +312,7 @@ class SeparatorWorker:
                                  overlap=options.overlap, shifts=options.shifts,
                                  callback=functools.partial(self._on_chunk, current))
         timings["separate_s"] = time.time() - started
+        current.peak_rss_bytes = health.peak_rss_bytes()  # shared with the batch's other tasks
         return stems
 
     def _run_piece(self, model, current: Attempt, plan, piece, window, mean, std):
@@ -364,6 +366,7 @@ class SeparatorWorker:
             health.reset_peak_rss()
             yield
         finally:
+            current.peak_rss_bytes = health.peak_rss_bytes()
             self._turns.leave(current)
 
     def _separate(self, task: TaskSpec, current: Attempt, reuse_from: str | None,
@@ -413,7 +416,7 @@ class SeparatorWorker:
             manifest = {**self._manifest_base(task, current.number, duration_s),
                         "samplerate": separator.samplerate, "streamed": streamed,
                         "pieces": timings.pop("pieces", 1),
-                        "peak_rss_bytes": health.peak_rss_bytes(), "timings": timings}
+                        "peak_rss_bytes": current.peak_rss_bytes, "timings": timings}
             started = time.time()
             outputs = write_outputs(folder, stems, options.format, save, manifest)
         timings["write_s"] = time.time() - started

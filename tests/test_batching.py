@@ -160,3 +160,29 @@ def test_an_aborted_track_leaves_the_others_of_a_shared_batcher(tiny, tracks):
         thread.join(60)
     assert outcome["a"] == "aborted"
     assert_same_stems(outcome["b"], plain(tiny, tracks["b"], shifts=0))
+
+
+def test_a_failed_forward_pass_fails_every_track_in_it_and_hangs_none(tracks):
+    model = tiny_htdemucs()
+    shared = SharedBatcher(model, batch_size=8)
+
+    def out_of_memory(model_index, inputs):
+        raise RuntimeError("CUDA out of memory")
+
+    shared.batcher.runner.forward = out_of_memory
+    outcome, started = {}, threading.Barrier(2)
+
+    def run(key):
+        started.wait()
+        try:
+            shared.separate(key, tracks[key])
+        except RuntimeError as exc:
+            outcome[key] = str(exc)
+
+    threads = [threading.Thread(target=run, args=(key,)) for key in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert outcome == {"a": "CUDA out of memory", "b": "CUDA out of memory"}
+    assert not shared.batcher.pending() and not shared.batcher._tracks

@@ -645,3 +645,19 @@ def test_batch_size_is_per_pool(tmp_path):
     assert {p.name: p.batch_size for p in scheduler.pools} == {"gpu": 2, "cpu": 1}
     assert scheduler._batch_size(spec("a")) == 2
     assert scheduler._batch_size(spec("b", options=SeparationConfig(model="mdx_extra"))) == 1
+
+
+def test_a_task_stepping_back_is_not_started_when_the_task_ahead_ends(tmp_path):
+    scheduler, _, _ = make(tmp_path)
+    scheduler.pool = pool = FakePool.with_workers(1, capacity=3)
+    ids = []
+    for name, priority in (("first", 5), ("low", 9), ("normal", 5)):  # low waits ahead of normal
+        ids.append(scheduler.submit(spec(name, priority=priority)).task_id)
+        scheduler.dispatch()
+    first, low, normal = ids
+    scheduler.submit(spec("high", priority=0))
+    scheduler.dispatch()
+    assert pool.aborted == [("worker-0", low)]
+    pool.workers["worker-0"].tasks.remove((first, 1))
+    scheduler.task_succeeded(first, 1, {})
+    assert scheduler.running[low].behind and not scheduler.running[normal].behind
