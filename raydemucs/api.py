@@ -22,7 +22,7 @@ from .errors import (InvalidInput, ModelNotFound, RayDemucsError, ServiceUnavail
                      TaskCancelled, TaskFailed, WaitTimedOut)
 from .models import check_model_name, model_source
 from .names import name_from_filename
-from .outputs import (check_writable, copy_outputs, file_sha256, output_is_complete,
+from .outputs import (check_writable, copy_output_bytes, file_sha256, output_is_complete,
                       resolve_output_folder)
 from .pool import NAMESPACE
 from .storage import is_uri, local_path
@@ -99,6 +99,7 @@ class WorkerManager:
         self._scheduler = None
         self._service_config: Config | None = None
         self._models_found: set[tuple[str, str | None]] = set()
+        self._outputs_writable: set[str] = set()  # probed once each, not once per input
         self.started_ray = False
         self.owns_scheduler = False
         self.local_dashboard = True
@@ -239,10 +240,12 @@ class WorkerManager:
         if timeout_s is not None:
             timeout_s = coerce("tasks", "timeout_s", timeout_s, "option")
         self._check_model_source(separation.model, separation.repo)
-        if is_uri(output_dir):
-            storage.check_writable(output_dir, config.storage)
-        elif not upload:
-            check_writable(output_dir)
+        if not upload and output_dir not in self._outputs_writable:
+            if is_uri(output_dir):
+                storage.check_writable(output_dir, config.storage)
+            else:
+                check_writable(output_dir)
+            self._outputs_writable.add(output_dir)
         local = not (is_uri(source) or is_uri(output_dir) or upload)
         return TaskSpec(task_id=new_task_id(), project=project_name, file_id=file_id,
                         input_path=source, output_dir=output_dir,
@@ -301,16 +304,18 @@ class WorkerManager:
         """Copy a succeeded task's stems to `OUTPUT_DIR/PROJECT/FILE_ID` here; returns
         `{stem: path}`. Works from any machine: remote folders are read directly, others
         through the scheduler actor (which reads them on its node)."""
-        answer = self._call("fetch", task_id)
-        record = answer.get("task") or self.get_status(task_id)
-        folder = resolve_output_folder(output_dir, record["project"], record["file_id"])
+        if is_uri(str(output_dir)):
+            raise InvalidInput(f"fetch copies stems to a local directory, not to {output_dir}")
+        root = local_path(output_dir)
+        record = self.get_status(task_id)
+        folder = resolve_output_folder(root, record["project"], record["file_id"])
         if output_is_complete(folder) and not force:
             raise InvalidInput(f"{folder} already holds stems; pass --force to replace them")
-        check_writable(local_path(output_dir))
+        check_writable(root)
+        answer = self._call("fetch", task_id)
         if "uri" in answer:
             return storage.download_output(answer["uri"], folder, self.service_config().storage)
-        files = answer["files"]
-        return copy_outputs(folder, answer["manifest"], lambda name, path: path.write_bytes(files[name]))
+        return copy_output_bytes(folder, answer)
 
     def get_status(self, task_id: str | None = None) -> dict:
         """One task's record, or the service: queue counts by state and every worker."""

@@ -16,6 +16,7 @@ from .config import load_config
 from .errors import RayDemucsError, ServiceUnavailable
 from .logs import configure_logging
 from .render import print_outputs, progress_bars, status_table, task_line
+from .storage import is_uri
 
 RAY_MARKER = "ray-started-by-raydemucs"
 
@@ -86,6 +87,9 @@ def submit(manager, inputs, output_dir, project, file_id, priority, fmt, depth, 
     OUT/PROJECT/FILE_ID/."""
     if file_id and len(inputs) > 1:
         raise click.UsageError("--file-id names one input; give one INPUT or drop it")
+    if upload and output_dir and is_uri(output_dir):
+        raise click.UsageError("with --upload, -o names the local directory --wait fetches the "
+                               "stems to, not a URI")
     manager.local_dashboard = False
     options = {key: value for key, value in flags.items() if value is not None}
     options.update({"format": fmt} if fmt else {})

@@ -176,31 +176,46 @@ def read_manifest(folder: Path) -> dict | None:
         return None
 
 
-def output_is_complete(folder: Path, task_id: str | None = None) -> bool:
-    """True when `manifest.json` exists (for `task_id`, if given) and lists files that exist whole."""
-    manifest = read_manifest(folder)
+def complete_stems(manifest: dict | None, task_id: str | None,
+                   size_of: Callable[[str], int | None]) -> bool:
+    """Whether `manifest` (for `task_id`, if given) lists stems that all exist whole, wherever
+    they are: `size_of(file name)` is a stem file's size, None when it is missing."""
     if not manifest or not isinstance(manifest.get("stems"), dict):
         return False
     if task_id is not None and manifest.get("task_id") != task_id:
         return False
-    for entry in manifest["stems"].values():
-        path = folder / entry["file"]
-        if not path.is_file() or path.stat().st_size != entry["bytes"]:
-            return False
-    return True
+    return all(size_of(entry["file"]) == entry["bytes"] for entry in manifest["stems"].values())
 
 
-def manifest_outputs(folder: Path) -> dict[str, str]:
-    """`{stem: path}` from a complete output folder's manifest."""
-    manifest = read_manifest(folder) or {"stems": {}}
-    return {stem: str(folder / entry["file"]) for stem, entry in manifest["stems"].items()}
+def stem_locations(manifest: dict, folder: Path | str) -> dict[str, str]:
+    """`{stem: location}` of a manifest's stems in `folder` (a path or a URI)."""
+    return {stem: f"{folder}/{entry['file']}" for stem, entry in manifest["stems"].items()}
+
+
+def sizes_in(folder: Path) -> Callable[[str], int | None]:
+    """`size_of` for `complete_stems` in a local folder."""
+    def size_of(name: str) -> int | None:
+        path = folder / name
+        return path.stat().st_size if path.is_file() else None
+    return size_of
+
+
+def output_is_complete(folder: Path, task_id: str | None = None) -> bool:
+    """True when `manifest.json` exists (for `task_id`, if given) and lists files that exist whole."""
+    return complete_stems(read_manifest(folder), task_id, sizes_in(folder))
 
 
 def read_output(folder: Path) -> dict:
     """`{"manifest", "files": {file name: bytes}}` of a complete output folder (for `fetch`)."""
-    if not output_is_complete(folder):
-        raise InvalidInput(f"{printable(folder)} holds no complete output here")
     manifest = read_manifest(folder)
+    if not complete_stems(manifest, None, sizes_in(folder)):
+        raise InvalidInput(f"{printable(folder)} holds no complete output here")
     return {"manifest": manifest,
             "files": {entry["file"]: (folder / entry["file"]).read_bytes()
                       for entry in manifest["stems"].values()}}
+
+
+def copy_output_bytes(folder: Path, output: dict) -> dict[str, str]:
+    """`copy_outputs` from what `read_output` returns (bytes sent across processes)."""
+    files = output["files"]
+    return copy_outputs(folder, output["manifest"], lambda name, path: path.write_bytes(files[name]))

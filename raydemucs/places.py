@@ -18,7 +18,7 @@ from typing import Iterator
 from . import storage
 from .config import StorageConfig
 from .errors import InternalError, InvalidInput
-from .outputs import MANIFEST, read_manifest, resolve_output_folder
+from .outputs import read_manifest, read_output, resolve_output_folder
 from .task import TaskSpec
 
 SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
@@ -44,10 +44,7 @@ class Places:
         if self.target:
             return {"outputs": storage.publish(self.folder, self.target, config)}
         if self.uploaded:
-            files = {path.name: path.read_bytes() for path in self.folder.iterdir()
-                     if path.name != MANIFEST}
-            return {"outputs": outputs, "files": files,
-                    "manifest": read_manifest(self.folder)}
+            return {"outputs": outputs, **read_output(self.folder)}
         return {"outputs": outputs}
 
 

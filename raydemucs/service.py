@@ -134,7 +134,7 @@ class SchedulerService:
         folder = record.spec.output_folder
         if isinstance(folder, str):
             return {"uri": folder}
-        return {"task": record.to_dict(), **read_output(folder)}
+        return read_output(folder)
 
     async def get_task(self, task_id: str) -> dict:
         self._ensure_running()

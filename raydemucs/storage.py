@@ -15,7 +15,7 @@ from .config import StorageConfig
 from .errors import InvalidInput, OutputNotWritable, StorageUnavailable
 from .names import check_name, printable
 from . import outputs as local_outputs
-from .outputs import MANIFEST, copy_outputs
+from .outputs import MANIFEST, complete_stems, copy_outputs, stem_locations
 
 SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 LOCAL_PROTOCOLS = ("file", "local")
@@ -118,26 +118,23 @@ def read_manifest(folder: str, storage: StorageConfig) -> dict | None:
         raise _unreachable(folder, exc) from None
 
 
+def _sizes_at(folder: str, storage: StorageConfig):
+    """`size_of` for `outputs.complete_stems` in a remote folder."""
+    fs, path = open_uri(folder, storage)
+
+    def size_of(name: str) -> int | None:
+        try:
+            return fs.info(f"{path}/{name}").get("size")
+        except FileNotFoundError:
+            return None
+        except Exception as exc:
+            raise _unreachable(folder, exc) from None
+    return size_of
+
+
 def output_is_complete(folder: str, storage: StorageConfig, task_id: str | None = None) -> bool:
     """Like `outputs.output_is_complete`, for a remote folder: a manifest and whole stems."""
-    manifest = read_manifest(folder, storage)
-    if not manifest or not isinstance(manifest.get("stems"), dict):
-        return False
-    if task_id is not None and manifest.get("task_id") != task_id:
-        return False
-    fs, path = open_uri(folder, storage)
-    for entry in manifest["stems"].values():
-        try:
-            if fs.info(f"{path}/{entry['file']}").get("size") != entry["bytes"]:
-                return False
-        except FileNotFoundError:
-            return False
-    return True
-
-
-def manifest_outputs(folder: str, storage: StorageConfig) -> dict[str, str]:
-    manifest = read_manifest(folder, storage) or {"stems": {}}
-    return {stem: f"{folder}/{entry['file']}" for stem, entry in manifest["stems"].items()}
+    return complete_stems(read_manifest(folder, storage), task_id, _sizes_at(folder, storage))
 
 
 def publish(local_folder: Path, folder: str, storage: StorageConfig) -> dict[str, str]:
@@ -156,7 +153,7 @@ def publish(local_folder: Path, folder: str, storage: StorageConfig) -> dict[str
         fs.put_file(str(local_folder / MANIFEST), f"{path}/{MANIFEST}")
     except Exception as exc:
         raise _unreachable(folder, exc) from None
-    return {stem: f"{folder}/{entry['file']}" for stem, entry in manifest["stems"].items()}
+    return stem_locations(manifest, folder)
 
 
 def download_output(folder: str, target: Path, storage: StorageConfig) -> dict[str, str]:
@@ -178,12 +175,11 @@ def download_output(folder: str, target: Path, storage: StorageConfig) -> dict[s
 def finished_outputs(folder: Path | str, config: StorageConfig, task_id: str) -> dict[str, str] | None:
     """`{stem: location}` when `folder`, local or remote, already holds this task's complete
     stems (a crash came after the write); None otherwise, also when storage cannot be reached."""
-    if isinstance(folder, Path):
-        return local_outputs.manifest_outputs(folder) if local_outputs.output_is_complete(
-            folder, task_id) else None
     try:
-        if output_is_complete(folder, config, task_id):
-            return manifest_outputs(folder, config)
+        if isinstance(folder, Path):
+            manifest, sizes = local_outputs.read_manifest(folder), local_outputs.sizes_in(folder)
+        else:
+            manifest, sizes = read_manifest(folder, config), _sizes_at(folder, config)
+        return stem_locations(manifest, folder) if complete_stems(manifest, task_id, sizes) else None
     except StorageUnavailable:
-        pass
-    return None
+        return None

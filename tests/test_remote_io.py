@@ -84,3 +84,12 @@ def test_retrying_an_upload_whose_bytes_are_gone_fails_cleanly(make_service, aud
     record = manager.wait_all([task_id], timeout=60)[0]
     assert record["state"] == "failed" and "submit the file again" in record["error"]["message"]
     assert manager.get_status()["accepting"]
+
+
+def test_stems_are_fetched_to_a_local_directory_only(audio, tmp_path):
+    from raydemucs import WorkerManager
+
+    with pytest.raises(InvalidInput, match="local directory"):
+        WorkerManager().fetch("anytask", "s3://bucket/stems")
+    refused = run_cli("submit", audio("song.wav", seconds=0.5), "--upload", "-o", "s3://bucket/x")
+    assert refused.returncode == 2 and "-o names the local directory" in refused.stderr
