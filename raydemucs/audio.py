@@ -36,7 +36,7 @@ def _is_decoder_failure(exc: BaseException) -> bool:
     return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
 
 
-def _sphn(call: Callable[[], object]) -> object | None:
+def sphn_or_none(call: Callable[[], object]) -> object | None:
     """`call()`, or None when sphn cannot read the file."""
     try:
         return call()
@@ -166,7 +166,7 @@ def probe_duration_s(path: Path) -> float:
     """Duration in seconds from the file's header (sphn, then ffprobe); `InvalidInput` if not audio."""
     import sphn
 
-    duration = _sphn(lambda: sphn.durations([str(path)])[0])
+    duration = sphn_or_none(lambda: sphn.durations([str(path)])[0])
     return float(duration) if duration is not None else _ffprobe_duration_s(path)
 
 
@@ -192,7 +192,7 @@ def _decode_start(path: Path, seconds: float):
         samples = reader.decode(0.0, seconds)
         return (samples, reader.sample_rate) if samples.size and reader.sample_rate else None
 
-    return _sphn(read) or _decode_start_ffmpeg(path, seconds)
+    return sphn_or_none(read) or _decode_start_ffmpeg(path, seconds)
 
 
 def check_decodes(path: Path, min_duration_s: float) -> None:
@@ -257,7 +257,7 @@ def decode(path: Path, samplerate: int, channels: int):
             return None
         return convert_audio(torch.from_numpy(data), int(rate), samplerate, channels)
 
-    wav = _sphn(read)
+    wav = sphn_or_none(read)
     if wav is None:
         wav = _read_with_ffmpeg(path, samplerate, channels)
     if wav.shape[-1] == 0:

@@ -87,6 +87,10 @@ class SeparationConfig:
     stream_over_s: float | None = _opt(600.0, min=0.0, max=7 * 86400.0,
                                        doc="inputs longer than this stream (bounded memory)")
 
+    def streams(self, duration_s: float) -> bool:
+        """Whether an input of `duration_s` is separated streamed, in bounded memory."""
+        return self.stream_over_s is not None and duration_s > self.stream_over_s
+
 
 @dataclass(frozen=True)
 class ServiceConfig:

@@ -43,6 +43,14 @@ def resolve_output_folder(output_dir: str | os.PathLike, project: str, file_id: 
     return folder
 
 
+def pick_stems(stems: dict, two_stems: str | None) -> dict:
+    """All stems, or `STEM` and `no_STEM` (the sum of the others), as `demucs.separate` writes them."""
+    if two_stems is None:
+        return stems
+    others = [wav for name, wav in stems.items() if name != two_stems]
+    return {two_stems: stems[two_stems], f"no_{two_stems}": sum(others[1:], others[0].clone())}
+
+
 def check_writable(output_dir: str | os.PathLike) -> None:
     """Create the output directory if needed and a file in it, or raise `OutputNotWritable`.
 

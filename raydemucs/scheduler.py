@@ -72,6 +72,7 @@ class Running:
     behind: bool = False  # prefetched: waits in its worker until the task before it ends
     preempted: bool = False  # asked to step back for a task of better priority
     helpers: tuple = ()  # idle workers lent to split a long track across
+    pool: str = ""  # the pool of the task's model (routed once, at dispatch)
 
 
 def model_key(options) -> tuple:
@@ -94,6 +95,7 @@ class Scheduler:
         self.clock = clock
         self.rng = rng
         self.pools = config.worker_pools()
+        self.batch_sizes = {pool.name: pool.batch_size for pool in self.pools}  # tasks at once
         self.queue = PoolQueues(pool.name for pool in self.pools)
         self.autoscaler = Autoscaler(clock)
         self.delayed = DelayedTasks()
@@ -151,10 +153,6 @@ class Scheduler:
         self.active[record.task_id] = record
         self._enqueue(record)
         return record
-
-    def _batch_size(self, spec: TaskSpec) -> int:
-        """How many tasks a worker of the task's pool runs at once."""
-        return route(self.pools, spec.options.model).batch_size
 
     def pool_of(self, spec: TaskSpec) -> str:
         """The name of the pool that serves the task's model; InvalidInput when none does."""
@@ -219,7 +217,8 @@ class Scheduler:
             self._set_state(record, TaskState.RUNNING)
             helpers = self._helpers_for(record.spec, worker, free, len(queue))
             run = Running(worker.worker_id, record.attempts, now + self._timeout_s(record),
-                          behind=worker.load >= self._batch_size(record.spec), helpers=helpers)
+                          behind=worker.load >= self.batch_sizes[pool], helpers=helpers,
+                          pool=pool)
             self.running[record.task_id] = run
             self.pool.start(worker.worker_id, record.spec, record.attempts,
                             reuse_from=self._cached_folder(record.spec), helpers=helpers)
@@ -234,7 +233,7 @@ class Scheduler:
         tasks, options = self.config.tasks, spec.options
         if (tasks.split_over_s is None or spec.duration_s is None or lead.load
                 or spec.duration_s < tasks.split_over_s or options.model == OFFLINE_MODEL
-                or (options.stream_over_s is not None and spec.duration_s > options.stream_over_s)):
+                or options.streams(spec.duration_s)):
             return ()
         key = model_key(options)
         idle = sorted((w for w in free if w.load == 0 and w is not lead),
@@ -251,7 +250,7 @@ class Scheduler:
         waiting = [(self.active[t].spec.priority, self.active[t].seq, t, run)
                    for t, run in self.running.items()
                    if run.behind and run.abort_sent_at is None
-                   and self.active[t].spec.priority > best and self.pool_of(self.active[t].spec) == pool]
+                   and self.active[t].spec.priority > best and run.pool == pool]
         if waiting:
             _, _, task_id, run = max(waiting)
             self._step_back(task_id, run)
@@ -349,7 +348,7 @@ class Scheduler:
             self.pool.release(ended.helpers, task_id)
         now = self.clock()
         on_worker = [(t, run) for t, run in self.running.items() if run.worker_id == ended.worker_id]
-        room = self._batch_size(self.active[task_id].spec) - sum(not run.behind for _, run in on_worker)
+        room = self.batch_sizes[ended.pool] - sum(not run.behind for _, run in on_worker)
         waiting = [(t, run) for t, run in on_worker if run.behind and not run.preempted]
         for waiting_id, run in waiting[:max(0, room)]:
             run.behind, run.deadline = False, now + self._timeout_s(self.active[waiting_id])

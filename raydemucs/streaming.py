@@ -19,12 +19,14 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch as th
+from demucs.audio import _pcm_bytes, prevent_clip
 from torch.nn import functional as F
 
-from .audio import resamples_cheaply
+from .audio import resamples_cheaply, sphn_or_none
 from .longtrack import (OverlapAdd, Piece, PieceResult, Runner, SeparationPlan, _Moments,
                         _run_one, _stats_from_moments, finish, plan_separation, separate_piece,
                         sub_models, take)
+from .outputs import pick_stems
 
 BLOCK_FRAMES = 1 << 16         # samples per block when streaming to and from disk
 SPHN_WINDOW_S = 10             # sphn decodes whole seconds: seeks to integer seconds are exact
@@ -148,15 +150,7 @@ def iter_audio(path, samplerate: int, channels: int) -> Iterator[th.Tensor]:
     from demucs.audio import convert_audio_channels
 
     path = Path(path)
-    source = None
-    if _sphn_seeks_exactly(path):
-        try:
-            source = _SphnSource(path)
-        except BaseException as exc:        # sphn raises Rust panics too, not only Exceptions
-            if not (isinstance(exc, Exception) or type(exc).__name__ == "PanicException") \
-                    or isinstance(exc, MemoryError):
-                raise
-            source = None
+    source = sphn_or_none(lambda: _SphnSource(path)) if _sphn_seeks_exactly(path) else None
     if source is not None and not resamples_cheaply(source.rate, samplerate):
         source = None
     if source is None:
@@ -313,12 +307,7 @@ class _TempStemSink:
         self.handles = {name: open(stem.path, "wb") for name, stem in self.stems.items()}
 
     def __call__(self, block: th.Tensor) -> None:
-        stems = dict(zip(self.sources, block))
-        if self.two_stems is not None:
-            others = [wav for name, wav in stems.items() if name != self.two_stems]
-            stems = {self.two_stems: stems[self.two_stems],
-                     f"no_{self.two_stems}": sum(others[1:], others[0].clone())}
-        for name, wav in stems.items():
+        for name, wav in pick_stems(dict(zip(self.sources, block)), self.two_stems).items():
             stem = self.stems[name]
             stem.frames += wav.shape[-1]
             stem.peak = max(stem.peak, float(wav.abs().max()))
@@ -359,26 +348,10 @@ def separate_file(model, path, workdir=None, *, segment: float | None = None,
 
 # -- writing streamed stems in the final format ------------------------------------------------
 def _clip(block: th.Tensor, mode: str | None, peak: float) -> th.Tensor:
-    """`demucs.audio.prevent_clip` on a block, with the whole stem's peak."""
-    if mode is None or mode == "none":
-        return block
+    """`demucs.audio.prevent_clip` on a block; `rescale` with the whole stem's peak."""
     if mode == "rescale":
         return block / max(1.01 * th.tensor(peak, dtype=th.float32), 1)
-    if mode == "clamp":
-        return block.clamp(-0.99, 0.99)
-    if mode == "tanh":
-        return th.tanh(block)
-    raise ValueError(f"Invalid mode {mode}")
-
-
-def _pcm_bytes(wav: th.Tensor, bits_per_sample: int) -> bytes:
-    """`demucs.audio._pcm_bytes`: interleaved integer PCM, 24 bits in the top of an int32."""
-    frames = wav.clamp(-1, 1).t().contiguous().cpu().numpy()
-    if bits_per_sample == 16:
-        return (frames * (2**15 - 1)).astype("<i2").tobytes()
-    if bits_per_sample == 24:
-        return ((frames * (2**23 - 1)).astype("<i4") << 8).view(np.uint8).tobytes()
-    raise ValueError(f"Invalid bits_per_sample: {bits_per_sample}")
+    return prevent_clip(block, mode)
 
 
 def _wav_header(channels: int, samplerate: int, frames: int, bits: int, as_float: bool) -> bytes:

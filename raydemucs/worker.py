@@ -19,14 +19,14 @@ import psutil
 
 from . import __version__, health
 from .audio import decode, validate_input
+from .batching import SharedBatcher
 from .config import Config
 from .errors import (InternalError, InvalidInput, ModelNotFound, OutOfMemory, RayDemucsError,
                      SeparationAborted)
 from .logs import configure_logging
-from .models import ModelCache, check_options, default_segment_s
-from .outputs import output_is_complete, read_manifest, remove_staging, write_outputs
-from .batching import SharedBatcher
 from .longtrack import separate_piece
+from .models import ModelCache, check_options, default_segment_s
+from .outputs import output_is_complete, pick_stems, read_manifest, remove_staging, write_outputs
 from .pieces import separate_across_workers
 from .places import attempt_places
 from .streaming import save_any, separate_file
@@ -45,14 +45,6 @@ def resolve_device(device: str, num_gpus: float) -> str:
     if device == "auto":
         return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
     return device
-
-
-def pick_stems(stems: dict, two_stems: str | None) -> dict:
-    """All stems, or `STEM` and `no_STEM` (the sum of the others), as `demucs.separate` writes them."""
-    if two_stems is None:
-        return stems
-    others = [wav for name, wav in stems.items() if name != two_stems]
-    return {two_stems: stems[two_stems], f"no_{two_stems}": sum(others[1:], others[0].clone())}
 
 
 def expected_chunks(model, length: int, options) -> int:
@@ -392,7 +384,7 @@ class SeparatorWorker:
         with self._models_lock:
             separator = self.models.get(options.model, options.repo)
         check_options(separator.model, options)
-        streamed = options.stream_over_s is not None and duration_s > options.stream_over_s
+        streamed = options.streams(duration_s)
         timings = {}
         with contextlib.ExitStack() as cleanup:
             if streamed:

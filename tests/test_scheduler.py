@@ -643,8 +643,9 @@ def test_batch_size_is_per_pool(tmp_path):
              {"name": "cpu", "min_workers": 1}]
     scheduler, _, _ = make(tmp_path, workers=1, pools=pools)
     assert {p.name: p.batch_size for p in scheduler.pools} == {"gpu": 2, "cpu": 1}
-    assert scheduler._batch_size(spec("a")) == 2
-    assert scheduler._batch_size(spec("b", options=SeparationConfig(model="mdx_extra"))) == 1
+    assert scheduler.batch_sizes[scheduler.pool_of(spec("a"))] == 2
+    other = spec("b", options=SeparationConfig(model="mdx_extra"))
+    assert scheduler.batch_sizes[scheduler.pool_of(other)] == 1
 
 
 def test_a_task_stepping_back_is_not_started_when_the_task_ahead_ends(tmp_path):
