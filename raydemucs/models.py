@@ -129,7 +129,8 @@ def model_source(name: str, repo: str | None, hub_timeout_s: float = HUB_PROBE_T
         return ("not downloaded yet; each worker node fetches it from the Hugging Face hub on "
                 "first use (needs internet there)")
     raise ModelNotFound(f"{name} is not in the local model caches and the Hugging Face hub "
-                        "cannot be reached (offline, or HF_HUB_OFFLINE is set)")
+                        "cannot be reached (offline, or HF_HUB_OFFLINE is set); pass --repo DIR, "
+                        f"use -n {OFFLINE_MODEL}, or see `python -m raydemucs doctor`")
 
 
 def cached_in(name: str) -> str | None:
