@@ -353,7 +353,7 @@ def _pool_resources(label: str, resources: Any, source: str) -> dict[str, float]
 
 def profile_path(name: str) -> Path:
     """Path of a shipped profile (`default`, `dev`, `prod`, `test`)."""
-    path = Path(str(resources.files("raydemucs") / "configs" / f"{name}.yaml"))
+    path = Path(str(resources.files("raydemucs.configs") / f"{name}.yaml"))
     if not path.is_file():
         shipped = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise ConfigError(f"unknown profile '{name}'; shipped profiles: {', '.join(shipped)}")

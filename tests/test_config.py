@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +32,17 @@ def test_profiles_only_override_known_keys(profile):
     for section, values in data.items():
         assert set(values) <= {f.name for f in dataclasses.fields(SECTIONS[section])}
     load_config(profile, environ={})
+
+
+def test_the_profiles_live_in_configs_and_ship_in_the_wheel(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    assert sorted(p.name for p in (root / "configs").glob("*.yaml")) == [
+        "default.yaml", "dev.yaml", "prod.yaml", "test.yaml"]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path), str(root)], check=True, capture_output=True)
+    wheel = next(tmp_path.glob("raydemucs-*.whl"))
+    shipped = {name for name in zipfile.ZipFile(wheel).namelist() if name.endswith(".yaml")}
+    assert shipped == {f"raydemucs/configs/{name}.yaml" for name in ("default", "dev", "prod", "test")}
 
 
 def test_dev_profile_is_one_worker_with_debug_logs():

@@ -1,0 +1,2 @@
+"""The shipped profiles (default, dev, prod, test); a package so that the wheel installs them as
+`raydemucs.configs`."""
