@@ -103,8 +103,8 @@ def child_separate(args) -> dict:
     from demucs.api import Separator
     from demucs.audio import save_audio
 
-    from raydemucs import streaming
-    from raydemucs.audio import decode
+    from raydemucs import encoding, streaming
+    from raydemucs.decoding import decode
 
     torch.set_num_threads(args.threads)
     if args.mode == "plain":
@@ -131,8 +131,8 @@ def child_separate(args) -> dict:
                                      device=args.device) as result:
             separated = time.perf_counter()
             for name, stem in result.stems.items():
-                streaming.save_streamed(stem, out / f"{name}.wav", model.samplerate,
-                                        clip="rescale")
+                encoding.save_streamed(stem, out / f"{name}.wav", model.samplerate,
+                                       clip="rescale")
     done = time.perf_counter()
     return {"mode": args.mode, "peak_rss_bytes": rss_peak_bytes(), "loaded_rss_bytes": loaded_rss,
             "separate_s": separated - started, "write_s": done - separated,
@@ -143,14 +143,14 @@ def child_piece(args) -> dict:
     """Separate one piece of a plan (saved by the parent) and save its sums."""
     import torch
 
-    from raydemucs import streaming
+    from raydemucs import pieces
 
     torch.set_num_threads(args.threads)
     model = load_model(args.model, args.repo)
     job = torch.load(args.job, weights_only=False)
     started = time.perf_counter()
-    result = streaming.separate_piece_file(model, job["plan"], job["piece"], args.input,
-                                           job["mean"], job["std"], device=args.device)
+    result = pieces.separate_piece_file(model, job["plan"], job["piece"], args.input,
+                                        job["mean"], job["std"], device=args.device)
     torch.save(result, args.out)
     return {"piece": job["piece"].index, "separate_s": time.perf_counter() - started,
             "peak_rss_bytes": rss_peak_bytes()}
@@ -218,16 +218,16 @@ def render_memory(report: dict) -> str:
 def cmd_pieces(args, work: Path) -> dict:
     import torch
 
-    from raydemucs import longtrack, streaming
+    from raydemucs import decoding, engine, pieces as cut
 
     path = write_long_wav(work / "track.wav", args.seconds)
     model = load_model(args.model, args.repo)
-    mean, std, length = streaming.stream_stats(path, model.samplerate, model.audio_channels)
-    plan = longtrack.plan_separation(model, length, segment=args.segment, overlap=args.overlap,
-                                     shifts=args.shifts)
+    mean, std, length = decoding.stream_stats(path, model.samplerate, model.audio_channels)
+    plan = engine.plan_separation(model, length, segment=args.segment, overlap=args.overlap,
+                                  shifts=args.shifts)
     rows, joined = [], {}
     for count in (1, args.pieces):
-        pieces = longtrack.split_plan(plan, count)
+        pieces = cut.split_plan(plan, count)
         children, started = [], time.perf_counter()
         for piece in pieces:
             job = work / f"job_{count}_{piece.index}.pt"
@@ -240,7 +240,7 @@ def cmd_pieces(args, work: Path) -> dict:
                    for c in children]
         results = [torch.load(work / f"job_{count}_{p.index}.out", weights_only=False)
                    for p in pieces]
-        joined[count] = longtrack.join_pieces(plan, results, mean, std)
+        joined[count] = cut.join_pieces(plan, results, mean, std)
         wall = time.perf_counter() - started
         rows.append({"pieces": len(pieces), "wall_s": wall,
                      "segments": [len(p.segments) for p in pieces],
@@ -305,7 +305,7 @@ def cmd_batch(args, work: Path) -> dict:
     from demucs.apply import apply_model
 
     from raydemucs.batching import BatchedSeparator
-    from raydemucs.longtrack import track_stats
+    from raydemucs.engine import track_stats
 
     torch.set_num_threads(args.threads)
     model = load_model(args.model, args.repo).to(args.device)

@@ -8,23 +8,21 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
-import socket
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from . import storage
-from .audio import validate_input
 from .config import Config, coerce, load_config, route
+from .connection import NAMESPACE, join_ray
 from .errors import (InvalidInput, ModelNotFound, RayDemucsError, ServiceUnavailable,
                      TaskCancelled, TaskFailed, WaitTimedOut)
+from .inputs import validate_input
 from .models import check_model_name, model_source
-from .names import name_from_filename
-from .outputs import (check_writable, copy_output_bytes, file_sha256, output_is_complete,
-                      resolve_output_folder)
-from .pool import NAMESPACE
+from .names import check_task_names, name_from_filename
+from .outputs import (RemoteFolder, check_writable, copy_folder, copy_output_bytes, file_sha256,
+                      task_folder)
 from .storage import is_uri, local_path
 from .task import TaskSpec, TaskState, new_task_id, parse_priority
 
@@ -46,47 +44,6 @@ def _unwrap(call: Callable[[], Any]) -> Any:
         raise ServiceUnavailable(f"the raydemucs scheduler is unreachable: {exc}") from None
     except ray.exceptions.RaySystemError as exc:
         raise ServiceUnavailable(f"Ray is unreachable: {exc}") from None
-
-
-def _ray_start_address() -> str | None:
-    """The address of the cluster the last `ray start` on this machine launched, if any.
-
-    Only that one: other Ray instances here (another user's embedded one) are never joined.
-    """
-    from ray._private.utils import read_ray_address
-
-    return read_ray_address()
-
-
-def use_token_if_present() -> None:
-    """Send Ray's auth token when joining a cluster, if this machine has one.
-
-    Ray 2.60 starts clusters with token authentication on, but a driver that joins one sends the
-    token only when RAY_AUTH_MODE=token; without it a `ray start` head answers every call with
-    "InvalidAuthToken". Auth stays on: this only makes us present the token we already hold.
-    """
-    from ray._private.authentication import authentication_token_setup as setup
-
-    quiet = logging.getLogger(setup.__name__)
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # its "token authentication is enabled" notice, on every command
-    try:
-        setup.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-    finally:
-        quiet.setLevel(level)
-
-
-def check_reachable(address: str, timeout_s: float = 5.0) -> None:
-    """Fail fast on a `host:port` nobody listens on (ray.init would retry for minutes)."""
-    if address in ("auto", "local") or "://" in address and not address.startswith("ray://"):
-        return
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not port.isdigit():
-        return
-    try:
-        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
-    except OSError as exc:
-        raise ServiceUnavailable(f"no Ray cluster reachable at {address}: {exc.strerror or exc}") from None
 
 
 class WorkerManager:
@@ -119,24 +76,8 @@ class WorkerManager:
 
         if ray.is_initialized():
             return
-        kwargs = dict(namespace=NAMESPACE, log_to_driver=False, logging_level="WARNING")
-        address = self.address or _ray_start_address()
-        if address:
-            try:
-                check_reachable(address)
-                use_token_if_present()
-                ray.init(address=address, **kwargs)
-                return
-            except (ServiceUnavailable, ConnectionError, RuntimeError) as exc:
-                if self.address:
-                    raise ServiceUnavailable(f"no Ray cluster reachable at {address}: "
-                                             f"{str(exc).splitlines()[0]}") from None
-        if not start_local:
-            raise ServiceUnavailable("no Ray cluster runs here (start one with `python -m "
-                                     "raydemucs start`) and none was given with --address")
-        ray.init(address="local", include_dashboard=self.local_dashboard,
-                 dashboard_host=self.config.service.dashboard_host, **kwargs)
-        self.started_ray = True
+        dashboard = self.config.service.dashboard_host if self.local_dashboard else None
+        self.started_ray = join_ray(self.address, start_local, dashboard)
 
     def scheduler(self, create: bool = True, detached: bool = False, preload=None):
         """The named scheduler actor; created here if allowed and none is running.
@@ -232,19 +173,16 @@ class WorkerManager:
             output_dir = output_dir if is_uri(output_dir) else str(local_path(output_dir))
         file_id = file_id if file_id is not None else name_from_filename(
             Path(source.rsplit("/", 1)[-1]).stem)
-        if is_uri(output_dir) or upload:
-            storage.output_folder(output_dir, project_name, file_id)  # checks the names
+        if upload:
+            check_task_names(project_name, file_id)
         else:
-            resolve_output_folder(output_dir, project_name, file_id)
+            task_folder(output_dir, project_name, file_id, config.storage)  # names, symlinks
         priority = parse_priority(priority)
         if timeout_s is not None:
             timeout_s = coerce("tasks", "timeout_s", timeout_s, "option")
         self._check_model_source(separation.model, separation.repo)
         if not upload and output_dir not in self._outputs_writable:
-            if is_uri(output_dir):
-                storage.check_writable(output_dir, config.storage)
-            else:
-                check_writable(output_dir)
+            check_writable(output_dir, config.storage)
             self._outputs_writable.add(output_dir)
         local = not (is_uri(source) or is_uri(output_dir) or upload)
         return TaskSpec(task_id=new_task_id(), project=project_name, file_id=file_id,
@@ -308,13 +246,13 @@ class WorkerManager:
             raise InvalidInput(f"fetch copies stems to a local directory, not to {output_dir}")
         root = local_path(output_dir)
         record = self.get_status(task_id)
-        folder = resolve_output_folder(root, record["project"], record["file_id"])
-        if output_is_complete(folder) and not force:
-            raise InvalidInput(f"{folder} already holds stems; pass --force to replace them")
+        folder = task_folder(root, record["project"], record["file_id"])
+        if folder.complete() and not force:
+            raise InvalidInput(f"{folder.location} already holds stems; pass --force to replace them")
         check_writable(root)
         answer = self._call("fetch", task_id)
         if "uri" in answer:
-            return storage.download_output(answer["uri"], folder, self.service_config().storage)
+            return copy_folder(RemoteFolder(answer["uri"], self.service_config().storage), folder)
         return copy_output_bytes(folder, answer)
 
     def get_status(self, task_id: str | None = None) -> dict:

@@ -1,7 +1,7 @@
 """Batching: segments of several tracks through one forward pass (for a GPU worker).
 
 `apply_model` runs one segment per forward pass, so a GPU sees batch 1. `BatchedSeparator`
-lays out each track's segments exactly as `apply_model` does (`raydemucs.longtrack`), queues them,
+lays out each track's segments exactly as `apply_model` does (`raydemucs.engine`), queues them,
 and runs up to `batch_size` at once: same model, same input length, from any tracks, oldest
 first. Outputs are scattered back into each track's own sums, so each track's stems equal
 `Separator.separate_tensor`'s within float tolerance (batched kernels round a little differently).
@@ -24,8 +24,8 @@ from typing import Callable, Hashable, Mapping
 
 import torch as th
 
-from .longtrack import (OverlapAdd, Runner, SeparationPlan, finish, notify, plan_separation,
-                        take, track_stats)
+from .engine import (OverlapAdd, Runner, SeparationPlan, finish, notify, plan_separation, take,
+                     track_stats)
 
 
 @dataclass

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import psutil
 
-from .api import check_reachable, use_token_if_present
 from .config import Config, SeparationConfig, WorkersConfig
+from .connection import NAMESPACE, cluster_address, join_ray
 from .errors import ModelNotFound, OutputNotWritable, ServiceUnavailable
 from .models import OFFLINE_MODEL, model_source, remote_models
 from .outputs import check_writable
-from .pool import NAMESPACE
 
 MIN_PYTHON = (3, 10)
 PROBE_TIMEOUT_S = 3.0
@@ -137,10 +136,10 @@ def ray_checks(config: Config, address: str | None) -> list[Check]:
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS") or None
+    joined = False
     try:
-        if address:
-            check_reachable(address, timeout_s=PROBE_TIMEOUT_S)
-        joined = not ray.is_initialized() and _join(address)
+        if not ray.is_initialized() and cluster_address(address):
+            joined = not join_ray(address, start_local=False, timeout_s=PROBE_TIMEOUT_S)
     except ServiceUnavailable as exc:
         return [Check("ray", False, str(exc), RAY_FIX)]
     try:
@@ -156,25 +155,6 @@ def ray_checks(config: Config, address: str | None) -> list[Check]:
     finally:
         if joined:
             ray.shutdown()
-
-
-def _join(address: str | None) -> bool:
-    """Connect to `address`, else to the cluster `ray start` launched here; False if neither."""
-    import ray
-    from ray._private.utils import read_ray_address
-
-    if not address:
-        address = read_ray_address()  # only a `ray start` cluster, as WorkerManager.connect
-        if not address:
-            return False
-        check_reachable(address, timeout_s=PROBE_TIMEOUT_S)  # a stale one: ray.init retries for minutes
-    use_token_if_present()
-    try:
-        ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level="WARNING")
-    except (ConnectionError, RuntimeError) as exc:
-        raise ServiceUnavailable(f"no Ray cluster reachable at {address}: "
-                                 f"{str(exc).splitlines()[0]}") from None
-    return True
 
 
 def _this_machine() -> dict:

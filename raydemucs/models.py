@@ -1,45 +1,96 @@
-"""Finding and loading Demucs models, with errors that say what to do when offline."""
+"""The model catalogue: which names exist and where a worker would load each from, with errors
+that say what to do when offline.
+
+Nothing here imports torch or demucs's modules (the client checks models before it queues): the
+files demucs reads are read here directly, as demucs lays them out (tests compare each reading
+with demucs's own).
+"""
 from __future__ import annotations
 
-import pickle
+import importlib.util
+import os
 import threading
 import urllib.error
 import urllib.request
 import zipfile
-from collections import OrderedDict
 from pathlib import Path
 
 import yaml
 
-from .errors import InvalidInput, ModelNotFound
+from .errors import ModelNotFound
 from .names import printable
 
 OFFLINE_MODEL = "demucs_unittest"
 HUB_PROBE_TIMEOUT_S = 3.0
+HUB_NAMESPACE = "adefossez"  # demucs.hf.DEFAULT_NAMESPACE
 ZIP_MAGIC = b"PK\x03\x04"
 PICKLE_MAGIC = b"\x80"
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """An exception as one short line, for error messages."""
     return " ".join(str(exc).split()).rstrip(".")[:300] or type(exc).__name__
 
 
-def _local_repo(repo: Path):
-    """demucs's view of a local folder: its checkpoints by signature and its bags by name."""
-    from demucs.repo import BagOnlyRepo, LocalRepo, ModelLoadingError
+# -- files as demucs lays them out ---------------------------------------------------------------
+def remote_root() -> Path:
+    """demucs's `remote/` folder: the bags it can download and `files.txt` (read, not imported)."""
+    spec = importlib.util.find_spec("demucs")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFound("demucs is not installed (pip install demucs)")
+    return Path(spec.submodule_search_locations[0]) / "remote"
 
+
+def remote_checkpoints() -> dict[str, str]:
+    """`{signature: file name}` of the checkpoints `files.txt` lists, as demucs parses it."""
+    found = {}
+    for line in (remote_root() / "files.txt").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", "root:")):
+            found[line.split("-", 1)[0]] = line.rsplit("/", 1)[-1]
+    return found
+
+
+def hub_repo_id(name: str) -> str:
+    """The Hugging Face repository demucs downloads model `name` from (`demucs.hf`'s naming)."""
+    namespace, _, short = name.rpartition("/")
+    if short == "htdemucs":
+        repo = "HTDemucs"
+    elif short.startswith("htdemucs_"):
+        repo = "HTDemucs-" + short[len("htdemucs_"):]
+    else:
+        repo = "Demucs-" + short
+    return f"{namespace or HUB_NAMESPACE}/{repo}"
+
+
+def torch_hub_dir() -> Path:
+    """Where `torch.hub` keeps downloads (`torch.hub.get_dir()`), without importing torch."""
+    if os.environ.get("TORCH_HOME"):
+        return Path(os.environ["TORCH_HOME"]).expanduser() / "hub"
+    cache = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    return Path(cache).expanduser() / "torch" / "hub"
+
+
+def repo_contents(repo: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+    """`(checkpoints by signature, bags by name)` of a local folder, as demucs's `LocalRepo` and
+    `BagOnlyRepo` see it (`SIG.th` or `SIG-CHECKSUM.th`, and `NAME.yaml`)."""
     if not repo.is_dir():
         raise ModelNotFound(f"model repo {printable(repo)} is not a directory")
+    checkpoints, bags = {}, {}
     try:
-        models = LocalRepo(repo)
-        return models, BagOnlyRepo(repo, models)
-    except (ModelLoadingError, OSError) as exc:
-        raise ModelNotFound(f"model repo {printable(repo)} cannot be read: {_one_line(exc)}") from None
-
-
-def _local_repo_models(repo: Path) -> list[str]:
-    models, bags = _local_repo(repo)
-    return sorted(set(models.list_model()) | set(bags.list_model()))
+        files = sorted(repo.iterdir())
+    except OSError as exc:
+        raise ModelNotFound(f"model repo {printable(repo)} cannot be read: {one_line(exc)}") from None
+    for file in files:
+        if file.suffix == ".th":
+            signature = file.stem.rsplit("-", 1)[0]
+            if signature in checkpoints:
+                raise ModelNotFound(f"model repo {printable(repo)} holds two checkpoints for "
+                                    f"signature {signature!r}; keep one")
+            checkpoints[signature] = file
+        elif file.suffix == ".yaml":
+            bags[file.stem] = file
+    return checkpoints, bags
 
 
 def _bag_signatures(bag_file: Path) -> list[str]:
@@ -48,7 +99,7 @@ def _bag_signatures(bag_file: Path) -> list[str]:
         bag = yaml.safe_load(bag_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ModelNotFound(f"bag {printable(bag_file)} is not readable YAML: "
-                            f"{_one_line(exc)}") from None
+                            f"{one_line(exc)}") from None
     signatures = bag.get("models") if isinstance(bag, dict) else None
     if not (isinstance(signatures, list) and signatures
             and all(isinstance(sig, str) for sig in signatures)):
@@ -72,32 +123,34 @@ def _check_checkpoint(path: Path) -> None:
 
 def _check_repo_model(name: str, repo: Path) -> None:
     """`name` is a checkpoint or a bag in `repo`, and every checkpoint it needs is there and whole."""
-    models, bags = _local_repo(repo)
-    if models.has_model(name):
+    checkpoints, bags = repo_contents(repo)
+    if name in checkpoints:
         signatures = [name]
-    elif bags.has_model(name):
-        signatures = _bag_signatures(Path(bags.list_model()[name]))
+    elif name in bags:
+        signatures = _bag_signatures(bags[name])
     else:
-        available = ", ".join(_local_repo_models(repo)) or "none"
+        available = ", ".join(sorted(set(checkpoints) | set(bags))) or "none"
         raise ModelNotFound(f"unknown model {name!r} in repo {printable(repo)}; available: "
                             f"{available}")
     for sig in signatures:
-        if not models.has_model(sig):
+        if sig not in checkpoints:
             raise ModelNotFound(f"bag {name!r} in repo {printable(repo)} names checkpoint "
                                 f"{sig!r}, but there is no {printable(sig)}.th")
-        _check_checkpoint(Path(models.list_model()[sig]))
+        _check_checkpoint(checkpoints[sig])
 
 
+# -- names and sources ---------------------------------------------------------------------------
 def remote_models() -> list[str]:
     """Names demucs can download (bags first); `demucs_unittest` ships inside the package."""
-    from demucs.pretrained import REMOTE_ROOT
-
-    bags = sorted(p.stem for p in REMOTE_ROOT.glob("*.yaml"))
+    bags = sorted(p.stem for p in remote_root().glob("*.yaml"))
     return bags + [OFFLINE_MODEL]
 
 
 def list_models(repo: str | None = None) -> list[str]:
-    return _local_repo_models(Path(repo).expanduser()) if repo else remote_models()
+    if not repo:
+        return remote_models()
+    checkpoints, bags = repo_contents(Path(repo).expanduser())
+    return sorted(set(checkpoints) | set(bags))
 
 
 def check_model_name(name: str, repo: str | None) -> None:
@@ -143,11 +196,9 @@ def cached_in(name: str) -> str | None:
 
 
 def _in_hf_cache(name: str) -> bool:
-    from demucs.hf import DEFAULT_NAMESPACE, hf_repo_name
     from huggingface_hub import try_to_load_from_cache
 
-    namespace, _, short = name.rpartition("/")
-    repo_id = f"{namespace or DEFAULT_NAMESPACE}/{hf_repo_name(short)}"
+    repo_id, short = hub_repo_id(name), name.rpartition("/")[2]
     bag = try_to_load_from_cache(repo_id, f"{short}.yaml")
     if not isinstance(bag, str):
         return False
@@ -157,15 +208,11 @@ def _in_hf_cache(name: str) -> bool:
 
 
 def _in_torch_cache(name: str) -> bool:
-    import torch.hub
-    from demucs.pretrained import REMOTE_ROOT, _parse_remote_files
-
-    urls = _parse_remote_files(REMOTE_ROOT / "files.txt")
-    bag = REMOTE_ROOT / f"{name}.yaml"
+    files = remote_checkpoints()
+    bag = remote_root() / f"{name}.yaml"
     signatures = yaml.safe_load(bag.read_text())["models"] if bag.is_file() else [name]
-    folder = Path(torch.hub.get_dir()) / "checkpoints"
-    return all(sig in urls and (folder / urls[sig].rsplit("/", 1)[1]).is_file()
-               for sig in signatures)
+    folder = torch_hub_dir() / "checkpoints"
+    return all(sig in files and (folder / files[sig]).is_file() for sig in signatures)
 
 
 def hub_reachable(timeout_s: float = HUB_PROBE_TIMEOUT_S) -> bool:
@@ -190,85 +237,3 @@ def hub_reachable(timeout_s: float = HUB_PROBE_TIMEOUT_S) -> bool:
     thread.start()
     thread.join(timeout_s)
     return bool(answers and answers[0])
-
-
-def _load_reason(exc: BaseException) -> str:
-    if isinstance(exc, KeyError):
-        return f"a checkpoint is not a Demucs model (it has no {_one_line(exc)} entry)"
-    if isinstance(exc, (EOFError, pickle.UnpicklingError)):
-        return f"a checkpoint is corrupt ({_one_line(exc)})"
-    return _one_line(exc)
-
-
-def load_separator(name: str, repo: str | None, device: str):
-    """A `demucs.api.Separator` holding the model, its weights moved to `device` once."""
-    from demucs.api import Separator
-
-    check_model_name(name, repo)
-    try:
-        separator = Separator(model=name, repo=Path(repo).expanduser() if repo else None,
-                              device=device, progress=False)
-    except SystemExit:  # demucs.utils.fatal exits; never let it end a worker
-        raise ModelNotFound(f"model {name!r} could not be loaded: demucs gave up (its reason "
-                            "is in the worker's log)") from None
-    except Exception as exc:
-        hint = "" if repo else (" Without internet, pass --repo DIR holding the model's .yaml "
-                                f"and .th files, or use -n {OFFLINE_MODEL}.")
-        source = f"repo {printable(repo)}" if repo else "the model hub"
-        raise ModelNotFound(f"model {name!r} could not be loaded from {source}: "
-                            f"{_load_reason(exc)}.{hint}") from None
-    separator.model.to(device)
-    return separator
-
-
-def max_segment_s(model) -> float:
-    """The longest segment a model accepts (transformer models are bounded by training)."""
-    from demucs.apply import BagOfModels
-    from demucs.htdemucs import HTDemucs
-
-    if isinstance(model, BagOfModels):
-        return model.max_allowed_segment
-    if isinstance(model, HTDemucs):
-        return float(model.segment)
-    return float("inf")
-
-
-def check_options(model, options) -> None:
-    """Options that only the loaded model can judge: segment length and the two-stems name."""
-    limit = max_segment_s(model)
-    if options.segment is not None and options.segment > limit:
-        raise InvalidInput(f"segment {options.segment:g} s is longer than this model allows "
-                           f"({limit:g} s)")
-    if options.two_stems is not None and options.two_stems not in model.sources:
-        raise InvalidInput(f"two-stems {options.two_stems!r} is not a stem of this model; "
-                           f"choose one of {', '.join(model.sources)}")
-
-
-class ModelCache:
-    """Loaded separators by (name, repo), least recently used dropped beyond `max_models`."""
-
-    def __init__(self, max_models: int, device: str):
-        self.max_models = max_models
-        self.device = device
-        self._separators: OrderedDict[tuple, object] = OrderedDict()
-
-    def get(self, name: str, repo: str | None):
-        key = (name, repo)
-        if key in self._separators:
-            self._separators.move_to_end(key)
-        else:
-            self._separators[key] = load_separator(name, repo, self.device)
-            while len(self._separators) > self.max_models:
-                self._separators.popitem(last=False)
-        return self._separators[key]
-
-    def keys(self) -> list[tuple]:
-        return list(self._separators)
-
-
-def default_segment_s(model) -> float:
-    """The segment length `apply_model` uses when none is given."""
-    from demucs.apply import BagOfModels
-
-    first = model.models[0] if isinstance(model, BagOfModels) else model
-    return float(first.segment)

@@ -43,6 +43,12 @@ def check_name(kind: str, value: object) -> str:
     return value
 
 
+def check_task_names(project: str, file_id: str) -> None:
+    """A task's project name and file id, each checked by `check_name`."""
+    check_name("project name", project)
+    check_name("file id", file_id)
+
+
 def name_from_filename(stem: str) -> str:
     """A valid file id derived from an input file's name (other characters become `_`)."""
     cleaned = "".join(c if _allowed(c) else "_" for c in stem)

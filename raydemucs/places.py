@@ -1,9 +1,9 @@
-"""Where one attempt reads its input and writes its stems on the worker's own disk.
+"""Where one attempt reads its input and writes its stems, from the worker's point of view.
 
 A task may name a local file and folder (one machine, or a shared filesystem), URIs read and
-written through fsspec, or bytes uploaded with it. The worker always separates a local file into
-a local folder; `attempt_places` provides both and `Places.deliver` takes the finished folder
-where the task wants it.
+written through fsspec, or bytes uploaded with it. The worker always decodes a local file;
+`attempt_places` provides it, the `Folder` the stems are published to, and a local place for
+scratch files.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Iterator
 from . import storage
 from .config import StorageConfig
 from .errors import InternalError, InvalidInput
-from .outputs import read_manifest, read_output, resolve_output_folder
+from .outputs import Folder, task_folder
 from .task import TaskSpec
 
 SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
@@ -27,24 +27,18 @@ SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
 @dataclass
 class Places:
     input_path: Path  # a local file to decode
-    folder: Path  # the local folder the stems are written to
-    target: str | None  # the remote folder they are published to, if any
-    uploaded: bool  # the stems go back to the service as bytes
+    folder: Folder  # where the stems go (for an uploaded task, a local folder sent back as bytes)
+    scratch: Path  # a local path for scratch files (streamed stems), removed after the attempt
+    uploaded: bool
 
-    def previous_manifest(self, config: StorageConfig) -> dict | None:
-        """The manifest of a complete output already where this task's stems go."""
-        if self.uploaded:
-            return None
-        if self.target:
-            return storage.read_manifest(self.target, config)
-        return read_manifest(self.folder)
+    def previous_manifest(self) -> dict | None:
+        """The manifest of an output already where this task's stems go."""
+        return None if self.uploaded else self.folder.manifest()
 
-    def deliver(self, outputs: dict[str, str], config: StorageConfig) -> dict:
-        """Publish a complete local folder; returns the result fields that describe it."""
-        if self.target:
-            return {"outputs": storage.publish(self.folder, self.target, config)}
+    def deliver(self, outputs: dict[str, str]) -> dict:
+        """The result fields that describe the published stems (their bytes, for an upload)."""
         if self.uploaded:
-            return {"outputs": outputs, **read_output(self.folder)}
+            return {"outputs": outputs, **self.folder.read_files()}
         return {"outputs": outputs}
 
 
@@ -57,10 +51,10 @@ def _local_name(location: str) -> str:
 def attempt_places(task: TaskSpec, config: StorageConfig, max_bytes: int,
                    upload: bytes | None = None) -> Iterator[Places]:
     """Local places for one attempt; what it downloads or writes there is removed at the end."""
-    remote_in, remote_out = storage.is_uri(task.input_path), storage.is_uri(task.output_dir)
-    if not (remote_in or remote_out or task.uploaded):
-        yield Places(Path(task.input_path),
-                     resolve_output_folder(task.output_dir, task.project, task.file_id), None, False)
+    remote_in = storage.is_uri(task.input_path)
+    if not (remote_in or task.uploaded or storage.is_uri(task.output_dir)):
+        folder = task_folder(task.output_dir, task.project, task.file_id, config)
+        yield Places(Path(task.input_path), folder, folder.scratch(), False)
         return
     work = Path(tempfile.mkdtemp(prefix=f"raydemucs-{task.task_id}-"))
     try:
@@ -77,10 +71,8 @@ def attempt_places(task: TaskSpec, config: StorageConfig, max_bytes: int,
                                    f"{max_bytes / 2**20:g} MB (input.max_file_mb)")
             input_path = storage.download(task.input_path, work / _local_name(task.input_path),
                                           config)
-        if remote_out or task.uploaded:
-            folder = resolve_output_folder(work / "out", task.project, task.file_id)
-        else:
-            folder = resolve_output_folder(task.output_dir, task.project, task.file_id)
-        yield Places(input_path, folder, task.output_folder if remote_out else None, task.uploaded)
+        out = work / "out" if task.uploaded else task.output_dir
+        folder = task_folder(out, task.project, task.file_id, config)
+        yield Places(input_path, folder, folder.scratch(), task.uploaded)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -21,6 +21,7 @@ import ray
 from ray.exceptions import RayActorError, RayError
 
 from .config import DEFAULT_POOL, Config, PoolConfig
+from .connection import NAMESPACE
 from .errors import InternalError, InvalidInput
 from .health import HealthPolicy
 from .task import TaskSpec
@@ -28,7 +29,6 @@ from .worker import SeparatorWorker
 
 logger = logging.getLogger("raydemucs.pool")
 
-NAMESPACE = "raydemucs"
 RESPAWN_DELAY_S = 1.0
 ACTOR_CALLS = 3  # threads a worker keeps for `poll`, `abort` and `ready` beside its attempts
 

@@ -12,7 +12,6 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Protocol
 
 from .autoscale import LIVE_STATES, Autoscaler, Member
@@ -20,9 +19,8 @@ from .config import Config, route
 from .errors import (InvalidInput, OutOfMemory, RayDemucsError, SeparationAborted, ShuttingDown,
                      TaskNotFound, TaskTimeout, WorkerDied)
 from .models import OFFLINE_MODEL
-from .outputs import remove_staging
+from .outputs import open_folder
 from .queue import DelayedTasks, PoolQueues
-from .storage import finished_outputs
 from .store import TaskStore
 from .task import TaskRecord, TaskSpec, TaskState, priority_name
 
@@ -108,7 +106,8 @@ class Scheduler:
     def recover(self) -> None:
         """Requeue what the journal holds unfinished: in order, running ones as interrupted."""
         for record in self.store.unfinished():
-            done = finished_outputs(record.spec.output_folder, self.config.storage, record.task_id)
+            done = open_folder(record.spec.output_location, self.config.storage).finished(
+                record.task_id)
             if done is not None:
                 self._finish(record, TaskState.SUCCEEDED, outputs=done)
                 continue
@@ -313,7 +312,7 @@ class Scheduler:
         record = self.active[task_id]
         record.audio_duration_s = audio_duration_s
         if record.spec.cache_key:
-            self.store.remember_result(record.spec.cache_key, task_id, str(record.spec.output_folder))
+            self.store.remember_result(record.spec.cache_key, task_id, record.spec.output_location)
         self._finish(record, TaskState.SUCCEEDED, outputs=outputs)
 
     def task_failed(self, task_id: str, attempt: int, error: RayDemucsError) -> None:
@@ -357,7 +356,7 @@ class Scheduler:
     def _cached_folder(self, spec: TaskSpec) -> str | None:
         """Another task's folder holding stems for the same input, model and options."""
         found = self.store.find_result(spec.cache_key) if spec.cache_key else None
-        if found is None or found[1] == str(spec.output_folder):
+        if found is None or found[1] == spec.output_location:
             return None
         return found[1]
 
@@ -452,9 +451,9 @@ class Scheduler:
         record.finished_at = self.clock()
         if state is TaskState.SUCCEEDED:
             record.outputs, record.error, record.progress = outputs, None, 1.0
-        elif isinstance(record.spec.output_folder, Path):
+        else:
             # an attempt killed mid-write leaves a hidden staging folder; no later write sweeps it
-            remove_staging(record.spec.output_folder)
+            open_folder(record.spec.output_location, self.config.storage).sweep()
         self.active.pop(record.task_id, None)
         self._set_state(record, state, note=(record.error or {}).get("message", "")
                         if state is TaskState.FAILED else "")

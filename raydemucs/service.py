@@ -14,7 +14,7 @@ from .config import Config
 from .errors import InvalidInput, RayDemucsError, error_from_dict
 from .logs import configure_logging
 from .metrics import ServiceMetrics
-from .outputs import read_output
+from .outputs import open_folder
 from .pool import RayWorkerPool
 from .scheduler import Scheduler
 from .store import TaskStore
@@ -131,10 +131,10 @@ class SchedulerService:
         if record.state is not TaskState.SUCCEEDED:
             raise InvalidInput(f"task {task_id} is {record.state.value}; only a succeeded task's "
                                "stems can be fetched")
-        folder = record.spec.output_folder
-        if isinstance(folder, str):
-            return {"uri": folder}
-        return read_output(folder)
+        folder = open_folder(record.spec.output_location, self.config.storage)
+        if folder.remote:
+            return {"uri": folder.location}
+        return folder.read_files()
 
     async def get_task(self, task_id: str) -> dict:
         self._ensure_running()

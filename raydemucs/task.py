@@ -7,13 +7,10 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from .config import SeparationConfig
 from .errors import InvalidInput
-from .storage import is_uri
-from .storage import output_folder as storage_folder
 
 PRIORITIES = {"high": 0, "normal": 5, "low": 9}
 
@@ -73,11 +70,10 @@ class TaskSpec:
     duration_s: float | None = None  # measured at submit (None for remote inputs)
 
     @property
-    def output_folder(self) -> Path | str:
-        """The stems' folder: a local path, or a URI when the output directory is one."""
-        if is_uri(self.output_dir):
-            return storage_folder(self.output_dir, self.project, self.file_id)
-        return Path(self.output_dir) / self.project / self.file_id
+    def output_location(self) -> str:
+        """The stems' folder, `OUTPUT_DIR/PROJECT/FILE_ID`: a local path, or a URI when the output
+        directory is one (`raydemucs.outputs.open_folder` opens either)."""
+        return f"{self.output_dir.rstrip('/')}/{self.project}/{self.file_id}"
 
     @property
     def cache_key(self) -> str | None:

@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 
 from .errors import InvalidInput
-from .outputs import copy_output_bytes
+from .outputs import LocalFolder, copy_output_bytes
 from .task import TaskSpec
 
 
@@ -45,4 +45,4 @@ class UploadStore:
     @staticmethod
     def keep_stems(spec: TaskSpec, result: dict) -> dict[str, str]:
         """Write the stems a worker sent back into the task's folder; returns `{stem: path}`."""
-        return copy_output_bytes(spec.output_folder, result)
+        return copy_output_bytes(LocalFolder(spec.output_location), result)

@@ -22,11 +22,12 @@ from hypothesis import given, settings, strategies as st
 
 from conftest import make_signal, run_cli, save_tiny_htdemucs, service_config, write_audio
 from raydemucs import WorkerManager
-from raydemucs.audio import decode, validate_input
+from raydemucs.decoding import decode
+from raydemucs.inputs import validate_input
 from raydemucs.config import InputConfig, SeparationConfig, load_config
 from raydemucs.errors import (ConfigError, InvalidInput, InvalidName, ModelNotFound,
                               OutputNotWritable)
-from raydemucs.outputs import resolve_output_folder, write_outputs
+from raydemucs.outputs import task_folder, write_outputs
 from raydemucs.task import TaskSpec, new_task_id
 from raydemucs.worker import SeparatorWorker
 
@@ -329,7 +330,7 @@ def test_an_unwritable_output_directory_is_refused_at_submit(case, service, plac
 
 
 def test_a_symlink_that_appears_during_a_task_is_not_written_through(tmp_path):
-    folder = resolve_output_folder(tmp_path / "out", "p", "song")
+    folder = task_folder(tmp_path / "out", "p", "song")
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "p").symlink_to(tmp_path / "elsewhere")

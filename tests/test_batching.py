@@ -11,7 +11,7 @@ from demucs.htdemucs import HTDemucs
 from demucs.pretrained import SOURCES, get_model
 
 from raydemucs.batching import BatchedSeparator, SharedBatcher
-from raydemucs.longtrack import track_stats
+from raydemucs.engine import track_stats
 
 from conftest import make_signal
 

@@ -14,9 +14,9 @@ from demucs.audio import save_audio
 from demucs.htdemucs import HTDemucs
 from demucs.pretrained import SOURCES, get_model
 
-from raydemucs import longtrack as lt
+from raydemucs import decoding, encoding, engine, pieces as pc
 from raydemucs import streaming as st
-from raydemucs.audio import decode
+from raydemucs.decoding import decode
 
 from conftest import make_signal
 
@@ -57,7 +57,7 @@ def mix():
 
 def plain(model, wav, **options) -> torch.Tensor:
     """What `Separator.separate_tensor` computes, stacked: `[sources, channels, time]`."""
-    mean, std = lt.track_stats(wav)
+    mean, std = engine.track_stats(wav)
     return (apply_model(model, ((wav - mean) / std)[None], split=True, **options) * std + mean)[0]
 
 
@@ -78,23 +78,23 @@ def fixed_shifts(monkeypatch, offsets):
 @pytest.mark.parametrize("options", [{}, {"segment": 0.5}, {"overlap": 0.6}])
 def test_plan_lists_the_segments_apply_model_runs(tiny, mix, options):
     seen = []
-    mean, std = lt.track_stats(mix)
+    mean, std = engine.track_stats(mix)
     apply_model(tiny, ((mix - mean) / std)[None], shifts=0, split=True,
                 callback=lambda d: d["state"] == "end" and seen.append(d["segment_offset"]),
                 **options)
-    plan = lt.plan_separation(tiny, mix.shape[-1], **options)
+    plan = engine.plan_separation(tiny, mix.shape[-1], **options)
     assert sorted(s.offset for s in plan.segments) == sorted(seen)
 
 
 def test_pieces_partition_the_segments_and_read_only_their_window(tiny, mix):
-    plan = lt.plan_separation(tiny, mix.shape[-1])
-    pieces = lt.split_plan(plan, 3)
+    plan = engine.plan_separation(tiny, mix.shape[-1])
+    pieces = pc.split_plan(plan, 3)
     assert [s for p in pieces for s in p.segments] == list(plan.segments)
     for piece in pieces:
         assert all(piece.input_start <= max(0, s.input_start) for s in piece.segments)
         assert all(min(plan.length, s.input_end) <= piece.input_stop for s in piece.segments)
     assert pieces[0].input_stop < plan.length and pieces[-1].input_start > 0
-    assert len(lt.split_plan(plan, 100)) == len(plan.segments)
+    assert len(pc.split_plan(plan, 100)) == len(plan.segments)
 
 
 # -- pieces: one track across workers -------------------------------------------------------------
@@ -103,49 +103,49 @@ def test_pieces_partition_the_segments_and_read_only_their_window(tiny, mix):
 def test_pieces_join_to_the_plain_result(tiny, hdemucs, mix, which, pieces):
     model, options = (tiny, {}) if which == "htdemucs" else (hdemucs, {"segment": 0.8})
     ref = plain(model, mix, shifts=0, **options)
-    assert_equivalent(lt.separate_in_pieces(model, mix, pieces, **options), ref)
+    assert_equivalent(pc.separate_in_pieces(model, mix, pieces, **options), ref)
 
 
 @pytest.mark.parametrize("options", [{"segment": 0.5}, {"overlap": 0.6}])
 def test_pieces_with_other_segment_and_overlap(tiny, mix, options):
-    assert_equivalent(lt.separate_in_pieces(tiny, mix, 3, **options), plain(tiny, mix, shifts=0,
+    assert_equivalent(pc.separate_in_pieces(tiny, mix, 3, **options), plain(tiny, mix, shifts=0,
                                                                               **options))
 
 
 def test_pieces_with_shifts_use_the_drawn_offsets(tiny, mix, monkeypatch):
     fixed_shifts(monkeypatch, [12000, 300])
     ref = plain(tiny, mix, shifts=2)
-    out = lt.separate_in_pieces(tiny, mix, 3, shifts=2, shift_offsets=[[12000, 300]])
+    out = pc.separate_in_pieces(tiny, mix, 3, shifts=2, shift_offsets=[[12000, 300]])
     assert_equivalent(out, ref)
 
 
 def test_pieces_of_a_bag_of_models(mix, monkeypatch):
     bag = BagOfModels([tiny_htdemucs(0), tiny_htdemucs(1)], weights=[[1, 2, 1, 1], [1, 1, 3, 1]])
-    assert_equivalent(lt.separate_in_pieces(bag, mix, 2), plain(bag, mix, shifts=0))
+    assert_equivalent(pc.separate_in_pieces(bag, mix, 2), plain(bag, mix, shifts=0))
     fixed_shifts(monkeypatch, [5000, 20000])
     ref = plain(bag, mix, shifts=1)
-    assert_equivalent(lt.separate_in_pieces(bag, mix, 3, shifts=1, shift_offsets=[[5000], [20000]]),
+    assert_equivalent(pc.separate_in_pieces(bag, mix, 3, shifts=1, shift_offsets=[[5000], [20000]]),
                       ref)
 
 
 def test_a_missing_piece_is_refused(tiny, mix):
-    mean, std = lt.track_stats(mix)
-    plan = lt.plan_separation(tiny, mix.shape[-1])
-    pieces = lt.split_plan(plan, 2)
-    results = [lt.separate_piece(tiny, plan, pieces[0], mix, 0, mean, std)]
+    mean, std = engine.track_stats(mix)
+    plan = engine.plan_separation(tiny, mix.shape[-1])
+    pieces = pc.split_plan(plan, 2)
+    results = [pc.separate_piece(tiny, plan, pieces[0], mix, 0, mean, std)]
     with pytest.raises(ValueError, match="missing"):
-        lt.join_pieces(plan, results, mean, std)
+        pc.join_pieces(plan, results, mean, std)
 
 
 def test_a_piece_decodes_only_its_window_from_the_file(tiny, tmp_path):
     path = tmp_path / "song.wav"
     sf.write(path, make_signal(3.0, seed=4), RATE, subtype="PCM_16")
     wav = decode(path, RATE, 2)
-    mean, std = lt.track_stats(wav)
-    plan = lt.plan_separation(tiny, wav.shape[-1])
-    results = [st.separate_piece_file(tiny, plan, piece, path, mean, std)
-               for piece in lt.split_plan(plan, 2)]
-    assert_equivalent(lt.join_pieces(plan, results, mean, std), plain(tiny, wav, shifts=0))
+    mean, std = engine.track_stats(wav)
+    plan = engine.plan_separation(tiny, wav.shape[-1])
+    results = [pc.separate_piece_file(tiny, plan, piece, path, mean, std)
+               for piece in pc.split_plan(plan, 2)]
+    assert_equivalent(pc.join_pieces(plan, results, mean, std), plain(tiny, wav, shifts=0))
 
 
 # -- decoding in windows --------------------------------------------------------------------------
@@ -166,17 +166,17 @@ def write_input(path, seconds=2.5, rate=RATE, channels=2):
     pytest.param("d.mp3", RATE, 2, marks=needs_ffmpeg),
     pytest.param("e.wav", 44056, 2, marks=needs_ffmpeg)])   # a rate only ffmpeg converts cheaply
 def test_windows_decode_the_samples_of_a_whole_decode(tmp_path, monkeypatch, name, rate, channels):
-    monkeypatch.setattr(st, "SPHN_WINDOW_S", 1)
+    monkeypatch.setattr(decoding, "SPHN_WINDOW_S", 1)
     path = write_input(tmp_path / name, rate=rate, channels=channels)
     whole = decode(path, RATE, 2)
-    blocks = list(st.iter_audio(path, RATE, 2))
+    blocks = list(decoding.iter_audio(path, RATE, 2))
     assert len(blocks) > 1
     assert torch.equal(torch.cat(blocks, -1), whole)
-    mean, std, length = st.stream_stats(path, RATE, 2)
+    mean, std, length = decoding.stream_stats(path, RATE, 2)
     assert length == whole.shape[-1]
-    ref_mean, ref_std = lt.track_stats(whole)
+    ref_mean, ref_std = engine.track_stats(whole)
     assert abs(mean - ref_mean) < 1e-6 and abs(std - ref_std) < 1e-6 * ref_std
-    window = st.read_window(path, 30000, 70000, RATE, 2)
+    window = decoding.read_window(path, 30000, 70000, RATE, 2)
     assert torch.equal(window, whole[:, 30000:70000])
 
 
@@ -216,7 +216,7 @@ def test_streaming_keeps_a_few_segments_in_memory(tiny, tmp_path, monkeypatch):
     path = tmp_path / "long.wav"
     sf.write(path, make_signal(8.0, seed=7), RATE, subtype="PCM_16")
     sizes = []
-    real_take, real_release = st._InputBuffer.take, lt.OverlapAdd.release
+    real_take, real_release = st._InputBuffer.take, engine.OverlapAdd.release
 
     def take(self, start, length):
         sizes.append(self.data.shape[-1])
@@ -227,8 +227,8 @@ def test_streaming_keeps_a_few_segments_in_memory(tiny, tmp_path, monkeypatch):
         return real_release(self, upto)
 
     monkeypatch.setattr(st._InputBuffer, "take", take)
-    monkeypatch.setattr(lt.OverlapAdd, "release", release)
-    monkeypatch.setattr(st, "SPHN_WINDOW_S", 1)
+    monkeypatch.setattr(engine.OverlapAdd, "release", release)
+    monkeypatch.setattr(decoding, "SPHN_WINDOW_S", 1)
     with st.separate_file(tiny, path, tmp_path, block_frames=1000) as result:
         assert result.length == 8 * RATE
     assert max(sizes) <= 3 * RATE
@@ -256,7 +256,7 @@ def test_streamed_files_hold_the_bytes_demucs_writes(tiny, song, tmp_path, suffi
         stem.path.write_bytes(wav.t().contiguous().numpy().astype("<f4").tobytes())
         stem.peak = wav.abs().max().item()
         save_audio(wav.clone(), tmp_path / f"plain{suffix}", RATE, clip=clip, **kwargs)
-        st.save_any(stem, tmp_path / f"streamed{suffix}", RATE, clip=clip, **kwargs)
+        encoding.save_any(stem, tmp_path / f"streamed{suffix}", RATE, clip=clip, **kwargs)
     plain_bytes = (tmp_path / f"plain{suffix}").read_bytes()
     assert plain_bytes == (tmp_path / f"streamed{suffix}").read_bytes()
 
@@ -265,7 +265,7 @@ def test_streamed_int16_wav_is_within_one_lsb_of_the_plain_file(tiny, song, tmp_
     ref = plain(tiny, decode(song, RATE, 2), shifts=0)
     save_audio(ref[2].clone(), tmp_path / "plain.wav", RATE)
     with st.separate_file(tiny, song, tmp_path / "work") as result:
-        st.save_streamed(result.stems["other"], tmp_path / "streamed.wav", RATE)
+        encoding.save_streamed(result.stems["other"], tmp_path / "streamed.wav", RATE)
     a, _ = sf.read(tmp_path / "plain.wav", dtype="int16")
     b, _ = sf.read(tmp_path / "streamed.wav", dtype="int16")
     assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).max() <= 1
@@ -277,5 +277,5 @@ def test_formats_sphn_cannot_seek_are_decoded_by_ffmpeg(tmp_path):
     from demucs.audio import AudioFile
 
     path = write_input(tmp_path / "a.ogg")
-    blocks = torch.cat(list(st.iter_audio(path, RATE, 2)), -1)
+    blocks = torch.cat(list(decoding.iter_audio(path, RATE, 2)), -1)
     assert torch.equal(blocks, AudioFile(path).read(streams=0, samplerate=RATE, channels=2))

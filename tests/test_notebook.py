@@ -94,7 +94,7 @@ def test_quickstart_runs_top_to_bottom(ray_cluster, tmp_path):
     """No service running: the notebook starts its own, separates, plots, and stops it."""
     import ray
 
-    from raydemucs.pool import NAMESPACE
+    from raydemucs.connection import NAMESPACE
     from raydemucs.service import JOURNAL_FILE
     from raydemucs.store import TaskStore
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from raydemucs.audio import check_input_file, decode, validate_input
 from raydemucs.config import InputConfig
+from raydemucs.decoding import decode
 from raydemucs.errors import InvalidInput, OutputNotWritable, OutputWriteFailed
-from raydemucs.outputs import (check_writable, output_is_complete, read_manifest,
-                               resolve_output_folder, write_outputs)
+from raydemucs.inputs import check_input_file, validate_input
+from raydemucs.outputs import LocalFolder, check_writable, task_folder, write_outputs
 
 
 def _save_bytes(data, path):
@@ -20,17 +20,17 @@ def _save_bytes(data, path):
 
 def test_outputs_are_written_whole_with_a_manifest(tmp_path):
     folder = tmp_path / "out" / "p" / "f"
-    outputs = write_outputs(folder, {"drums": b"d", "bass": b"bb"}, "bin", _save_bytes, {"task_id": "t1"})
+    outputs = write_outputs(LocalFolder(folder), {"drums": b"d", "bass": b"bb"}, "bin", _save_bytes, {"task_id": "t1"})
     assert outputs == {"drums": str(folder / "drums.bin"), "bass": str(folder / "bass.bin")}
-    manifest = read_manifest(folder)
+    manifest = LocalFolder(folder).manifest()
     assert manifest["stems"]["bass"]["bytes"] == 2 and len(manifest["stems"]["bass"]["sha256"]) == 64
-    assert output_is_complete(folder, "t1") and not output_is_complete(folder, "t2")
+    assert LocalFolder(folder).complete("t1") and not LocalFolder(folder).complete("t2")
     assert sorted(os.listdir(folder.parent)) == ["f"]
 
 
 def test_a_failed_write_leaves_no_folder_and_keeps_the_old_one(tmp_path):
     folder = tmp_path / "p" / "f"
-    write_outputs(folder, {"drums": b"old"}, "bin", _save_bytes, {"task_id": "t"})
+    write_outputs(LocalFolder(folder), {"drums": b"old"}, "bin", _save_bytes, {"task_id": "t"})
 
     def failing(data, path):
         if data == b"boom":
@@ -38,15 +38,15 @@ def test_a_failed_write_leaves_no_folder_and_keeps_the_old_one(tmp_path):
         path.write_bytes(data)
 
     with pytest.raises(OutputWriteFailed, match="No space left"):
-        write_outputs(folder, {"drums": b"new", "bass": b"boom"}, "bin", failing, {"task_id": "t"})
+        write_outputs(LocalFolder(folder), {"drums": b"new", "bass": b"boom"}, "bin", failing, {"task_id": "t"})
     assert (folder / "drums.bin").read_bytes() == b"old"
     assert sorted(os.listdir(folder.parent)) == ["f"]
 
 
 def test_a_rerun_replaces_the_folder(tmp_path):
     folder = tmp_path / "p" / "f"
-    write_outputs(folder, {"drums": b"1", "bass": b"1"}, "bin", _save_bytes, {"task_id": "t"})
-    write_outputs(folder, {"vocals": b"2"}, "bin", _save_bytes, {"task_id": "t"})
+    write_outputs(LocalFolder(folder), {"drums": b"1", "bass": b"1"}, "bin", _save_bytes, {"task_id": "t"})
+    write_outputs(LocalFolder(folder), {"vocals": b"2"}, "bin", _save_bytes, {"task_id": "t"})
     assert sorted(os.listdir(folder)) == ["manifest.json", "vocals.bin"]
     assert sorted(os.listdir(folder.parent)) == ["f"]
 
@@ -54,18 +54,18 @@ def test_a_rerun_replaces_the_folder(tmp_path):
 def test_stale_staging_folders_are_removed_by_the_next_write(tmp_path):
     folder = tmp_path / "p" / "f"
     (tmp_path / "p" / ".f.deadbeef.tmp").mkdir(parents=True)
-    write_outputs(folder, {"drums": b"1"}, "bin", _save_bytes, {"task_id": "t"})
+    write_outputs(LocalFolder(folder), {"drums": b"1"}, "bin", _save_bytes, {"task_id": "t"})
     assert sorted(os.listdir(folder.parent)) == ["f"]
 
 
 def test_incomplete_outputs_are_detected(tmp_path):
     folder = tmp_path / "p" / "f"
-    write_outputs(folder, {"drums": b"123"}, "bin", _save_bytes, {"task_id": "t"})
+    write_outputs(LocalFolder(folder), {"drums": b"123"}, "bin", _save_bytes, {"task_id": "t"})
     (folder / "drums.bin").write_bytes(b"1")
-    assert not output_is_complete(folder)
+    assert not LocalFolder(folder).complete()
     (folder / "manifest.json").write_text("{not json")
-    assert not output_is_complete(folder)
-    assert not output_is_complete(tmp_path / "missing")
+    assert not LocalFolder(folder).complete()
+    assert not LocalFolder(tmp_path / "missing").complete()
 
 
 def test_output_folders_never_go_through_a_symlink(tmp_path):
@@ -75,8 +75,8 @@ def test_output_folders_never_go_through_a_symlink(tmp_path):
     root.mkdir()
     (root / "proj").symlink_to(outside)
     with pytest.raises(OutputNotWritable, match="symlink"):
-        resolve_output_folder(root, "proj", "song")
-    assert resolve_output_folder(root, "My Project", "song") == root / "My Project" / "song"
+        task_folder(root, "proj", "song")
+    assert task_folder(root, "My Project", "song").path == root / "My Project" / "song"
 
 
 def test_unwritable_output_directory(tmp_path):

@@ -221,20 +221,20 @@ def test_recovery_requeues_in_order_and_counts_running_as_interrupted(tmp_path):
 
 
 def test_recovery_marks_a_task_with_complete_output_succeeded(tmp_path):
-    from raydemucs.outputs import write_outputs
+    from raydemucs.outputs import LocalFolder, write_outputs
 
     scheduler, pool, _ = make(tmp_path)
     task = scheduler.submit(TaskSpec(task_id=new_task_id(), project="p", file_id="done",
                                      input_path="/in.wav", output_dir=str(tmp_path / "out")))
     scheduler.dispatch()
-    folder = task.spec.output_folder
+    folder = LocalFolder(task.spec.output_location)
     write_outputs(folder, {"drums": b"x"}, "bin", lambda data, path: path.write_bytes(data),
                   {"task_id": task.task_id})
     restarted, pool2, _ = make(tmp_path)
     restarted.recover()
     record = restarted.get(task.task_id)
     assert record.state is TaskState.SUCCEEDED
-    assert record.outputs == {"drums": str(folder / "drums.bin")}
+    assert record.outputs == {"drums": str(folder.path / "drums.bin")}
     assert not pool2.started
 
 
@@ -340,7 +340,7 @@ def test_a_task_with_a_known_cache_key_is_sent_the_earlier_folder(tmp_path):
     for _ in range(3):
         scheduler.dispatch()
         finish(scheduler, pool)
-    assert pool.reused[1:] == [str(first.spec.output_folder), None, None]
+    assert pool.reused[1:] == [first.spec.output_location, None, None]
 
 
 def test_prefetch_queues_one_task_behind_a_busy_worker_and_starts_its_clock_later(tmp_path):

@@ -9,7 +9,8 @@ import soundfile as sf
 from raydemucs import storage
 from raydemucs.config import StorageConfig, load_config
 from raydemucs.errors import InvalidInput, InvalidName, OutputWriteFailed, StorageUnavailable
-from raydemucs.outputs import copy_outputs, file_sha256, read_output
+from raydemucs.outputs import (LocalFolder, RemoteFolder, copy_folder, copy_outputs, file_sha256,
+                               task_folder)
 from raydemucs.places import attempt_places
 from raydemucs.task import TaskSpec, new_task_id
 from raydemucs.config import SeparationConfig
@@ -40,7 +41,7 @@ def test_uris_and_local_paths_are_told_apart():
 @pytest.mark.parametrize("project, file_id", [("..", "x"), ("p", "a/b"), ("p", ".hidden")])
 def test_a_remote_output_folder_cannot_climb_out(project, file_id):
     with pytest.raises(InvalidName):
-        storage.output_folder("s3://bucket/stems", project, file_id)
+        task_folder("s3://bucket/stems", project, file_id)
 
 
 def test_an_unknown_protocol_is_one_clear_error():
@@ -59,9 +60,9 @@ def test_s3_in_and_out_through_a_worker(audio, bucket, s3_endpoint, tmp_path):
     assert result["outputs"] == {stem: f"{folder}/{stem}.wav" for stem in STEMS}
     manifest = json.loads(fs.cat_file(f"{folder}/manifest.json"))
     assert manifest["input"]["path"] == f"{root}/in/song.mp3" and manifest["task_id"] == task.task_id
-    assert storage.output_is_complete(folder, StorageConfig(endpoint_url=s3_endpoint), task.task_id)
-    fetched = storage.download_output(folder, tmp_path / "here" / "song",
-                                      StorageConfig(endpoint_url=s3_endpoint))
+    remote = RemoteFolder(folder, StorageConfig(endpoint_url=s3_endpoint))
+    assert remote.complete(task.task_id) and remote.finished(task.task_id) == result["outputs"]
+    fetched = copy_folder(remote, LocalFolder(tmp_path / "here" / "song"))
     for stem, path in fetched.items():
         assert file_sha256(path) == manifest["stems"][stem]["sha256"]
         assert sf.info(path).duration == pytest.approx(2.0, abs=0.05)
@@ -102,8 +103,8 @@ def test_uploaded_bytes_in_and_stems_back_as_bytes(audio, tmp_path):
     assert result["ok"], result
     assert sorted(result["files"]) == [f"{stem}.wav" for stem in STEMS]
     outputs = uploads.keep_stems(task, result)
-    assert outputs == {stem: str(task.output_folder / f"{stem}.wav") for stem in STEMS}
-    kept = read_output(task.output_folder)
+    assert outputs == {stem: f"{task.output_location}/{stem}.wav" for stem in STEMS}
+    kept = LocalFolder(task.output_location).read_files()
     assert kept["files"] == result["files"]
     with pytest.raises(InvalidInput, match="do not match"):
         uploads.accept(spec(source.name, "uploaded", uploaded=True, input_sha256="0" * 64),
@@ -116,13 +117,13 @@ def test_a_copied_output_is_whole_or_absent(tmp_path):
     (source / "vocals.wav").write_bytes(b"voice")
     manifest = {"task_id": "t", "stems": {"vocals": {"file": "vocals.wav", "bytes": 5,
                                                      "sha256": file_sha256(source / "vocals.wav")}}}
-    copied = copy_outputs(tmp_path / "a" / "song", manifest,
+    copied = copy_outputs(LocalFolder(tmp_path / "a" / "song"), manifest,
                           lambda name, path: path.write_bytes((source / name).read_bytes()))
     assert copied == {"vocals": str(tmp_path / "a" / "song" / "vocals.wav")}
     with pytest.raises(OutputWriteFailed, match="corrupt"):
-        copy_outputs(tmp_path / "b" / "song", manifest, lambda name, path: path.write_bytes(b"noise"))
+        copy_outputs(LocalFolder(tmp_path / "b" / "song"), manifest, lambda name, path: path.write_bytes(b"noise"))
     assert not (tmp_path / "b" / "song").exists()
     escaping = {"stems": {"vocals": {"file": "../../evil.wav", "bytes": 1, "sha256": "0"}}}
     with pytest.raises(InvalidInput):
-        copy_outputs(tmp_path / "c" / "song", escaping, lambda name, path: path.write_bytes(b"x"))
+        copy_outputs(LocalFolder(tmp_path / "c" / "song"), escaping, lambda name, path: path.write_bytes(b"x"))
     assert not (tmp_path / "evil.wav").exists() and not (tmp_path / "c").exists()

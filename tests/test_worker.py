@@ -6,14 +6,15 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from raydemucs.audio import validate_input
+from raydemucs.inputs import validate_input
 from raydemucs.config import InputConfig, SeparationConfig, load_config
-from raydemucs.longtrack import plan_separation
+from raydemucs.engine import plan_separation
 from raydemucs.task import TaskSpec, new_task_id
 from raydemucs.worker import SeparatorWorker
 
@@ -46,7 +47,7 @@ def test_separates_into_all_stems_with_a_manifest(audio, tmp_path):
     data, rate = sf.read(result["outputs"]["vocals"])
     assert rate == 44100 and data.shape[1] == 2 and abs(len(data) - 88200) < 10
 
-    manifest = json.loads((spec.output_folder / "manifest.json").read_text())
+    manifest = json.loads((Path(spec.output_location) / "manifest.json").read_text())
     assert manifest["task_id"] == spec.task_id and manifest["attempt"] == 1
     assert manifest["options"]["shifts"] == 0 and 1.9 < manifest["input"]["duration_s"] < 2.1
     assert {"decode_s", "separate_s"} <= set(manifest["timings"])
@@ -111,7 +112,7 @@ def test_abort_stops_at_the_next_segment(audio, tmp_path):
     assert worker.abort(spec.task_id) and not worker.abort("another-task")
     thread.join(30)
     assert results[0]["error"]["type"] == "SeparationAborted"
-    assert not spec.output_folder.exists()
+    assert not Path(spec.output_location).exists()
 
 
 def test_progress_rises_during_a_task(audio, tmp_path):
@@ -149,12 +150,12 @@ def test_stems_of_an_identical_earlier_task_are_linked_not_recomputed(audio, tmp
     first = make_spec(song, tmp_path / "out", file_id="first")
     assert worker.separate(first.to_dict(), 1)["ok"]
     second = make_spec(song, tmp_path / "out", file_id="second")
-    result = worker.separate(second.to_dict(), 1, reuse_from=str(first.output_folder))
+    result = worker.separate(second.to_dict(), 1, reuse_from=first.output_location)
     assert result["ok"] and result["cached_from"] == first.task_id
     for stem, path in result["outputs"].items():
-        original = first.output_folder / f"{stem}.wav"
+        original = Path(first.output_location) / f"{stem}.wav"
         assert open(path, "rb").read() == original.read_bytes()
-    manifest = json.loads((second.output_folder / "manifest.json").read_text())
+    manifest = json.loads((Path(second.output_location) / "manifest.json").read_text())
     assert manifest["cached_from"] == first.task_id and manifest["task_id"] == second.task_id
     assert worker.poll()["tasks_done"] == 2
 
@@ -225,7 +226,7 @@ def test_a_streamed_task_equals_the_in_memory_one_within_one_lsb(audio, tmp_path
         a, _ = sf.read(path, dtype="int16")
         b, _ = sf.read(results[1]["outputs"][stem], dtype="int16")
         assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).max() <= 1
-    manifests = [json.loads((s.output_folder / "manifest.json").read_text()) for s in (plain, streamed)]
+    manifests = [json.loads((Path(s.output_location) / "manifest.json").read_text()) for s in (plain, streamed)]
     assert [m["streamed"] for m in manifests] == [False, True]
     assert all(m["peak_rss_bytes"] > 50 * 2**20 for m in manifests)
 
@@ -265,7 +266,7 @@ def test_batched_attempts_share_forward_passes_and_equal_one_at_a_time(audio, tm
     model = batched.models.get("tiny", str(tiny_repo)).model
     one_at_a_time = sum(len(plan_separation(model, sf.info(song).frames, segment=1.0).segments)
                         for song in songs)
-    assert batched._batchers["tiny", str(tiny_repo)].batcher.forward_passes < one_at_a_time
+    assert batched.strategies._batchers["tiny", str(tiny_repo)].batcher.forward_passes < one_at_a_time
     for song in songs:
         for stem in STEMS:
             a, _ = sf.read(tmp_path / "plain" / "proj" / song.stem / f"{stem}.wav", dtype="int16")

@@ -1,4 +1,4 @@
-"""Long tracks: demucs's own segment plan, cut into pieces for several workers, or streamed.
+"""The separation engine every path uses: demucs's own segment plan, and a runner for any subset.
 
 `apply_model(model, mix, shifts, split=True)` cuts a mix of T samples into segments at
 `range(0, T, stride)`, runs the model on each one (padded with the real neighbouring samples,
@@ -6,30 +6,25 @@ zeros past the track's ends), multiplies by a triangular weight, adds into a tra
 track-long weight sum, and divides. Shifts repeat that on the mix delayed by a random amount and
 average; a bag of models repeats it per model and averages with the bag's weights. A *pass* here is
 one such split run (one model, one shift); this module lays out every segment of every pass
-exactly as `apply_model` does, runs any subset, and joins the un-normalised sums, so that:
+exactly as `apply_model` does (`plan_separation`), runs any of them (`Runner`, `run_segment`),
+adds their weighted outputs (`OverlapAdd`) and turns the sums into stems (`finish`). The
+strategies build on it: `raydemucs.pieces` (one track on several workers), `raydemucs.streaming`
+(bounded memory) and `raydemucs.batching` (segments of several tracks per forward pass).
 
-- `plan_separation` -> `split_plan` -> `separate_piece` (on any worker) -> `join_pieces` gives
-  what `demucs.api.Separator.separate_tensor` gives for the whole track;
-- `raydemucs.streaming.separate_file` gives the same from a file in bounded memory: it decodes
-  in windows, keeps only the sums that later segments can still touch, and streams each stem to
-  a float32 temp file (see that module).
-
-The mix is normalised with the whole track's mean and std (`track_stats`, or `stream_stats` in
-`raydemucs.streaming`), as
-`Separator.separate_tensor` does; pieces must all be given the same figures.
+The mix is normalised with the whole track's mean and std (`track_stats`, or `Moments` block by
+block), as `Separator.separate_tensor` does; every part of one track must use the same figures.
 """
 from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch as th
 from torch.nn import functional as F
 
 STD_EPS = 1e-8                 # what Separator.separate_tensor adds to the std
-
 
 # -- the plan ---------------------------------------------------------------------------------
 def sub_models(model) -> list:
@@ -176,13 +171,7 @@ def track_stats(wav: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
     return ref.mean(), ref.std() + STD_EPS
 
 
-def _stats_from_moments(count: int, mean: float, m2: float) -> tuple[th.Tensor, th.Tensor]:
-    std = math.sqrt(m2 / (count - 1)) if count > 1 else float("nan")
-    return (th.tensor(mean, dtype=th.float32),
-            th.tensor(std, dtype=th.float32) + STD_EPS)
-
-
-class _Moments:
+class Moments:
     """Count, mean and sum of squared deviations, merged block by block (Chan et al.)."""
 
     def __init__(self):
@@ -200,6 +189,11 @@ class _Moments:
         self.mean += delta * n / total
         self.m2 += m2 + delta * delta * self.count * n / total
         self.count = total
+
+    def stats(self) -> tuple[th.Tensor, th.Tensor]:
+        """`(mean, std)` of everything added, as `track_stats` gives them for the whole."""
+        std = math.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else float("nan")
+        return th.tensor(self.mean, dtype=th.float32), th.tensor(std, dtype=th.float32) + STD_EPS
 
 
 # -- running segments -------------------------------------------------------------------------
@@ -260,7 +254,7 @@ def notify(callback, callback_arg, plan: SeparationPlan, segment: Segment, state
                   "segment_offset": segment.offset, "state": state})
 
 
-def _run_one(runner: Runner, plan, segment, x, callback, callback_arg) -> tuple:
+def run_segment(runner: Runner, plan, segment, x, callback, callback_arg) -> tuple:
     notify(callback, callback_arg, plan, segment, "start")
     out = runner.forward(plan.passes[segment.pass_index].model_index, x)
     notify(callback, callback_arg, plan, segment, "end")
@@ -342,77 +336,9 @@ def finish(plan, sums: list[tuple[th.Tensor, th.Tensor]], mean, std) -> th.Tenso
     return combine_passes(plan, outs) * std + mean
 
 
-# -- pieces: one track across workers ----------------------------------------------------------
-@dataclass(frozen=True)
-class Piece:
-    """A contiguous run of a plan's segments, and the mix samples they read."""
-
-    index: int
-    segments: tuple
-    input_start: int      # clipped to the mix: decode [input_start, input_stop) for this piece
-    input_stop: int
-
-
-@dataclass
-class PieceResult:
-    """A piece's un-normalised sums: `{pass index: (first sample, out, weight)}`."""
-
-    index: int
-    sums: dict = field(default_factory=dict)
-
-
-def split_plan(plan: SeparationPlan, pieces: int) -> list[Piece]:
-    """Cut the plan into at most `pieces` contiguous runs of near-equal segment counts."""
-    segments = plan.segments
-    count = min(max(1, pieces), len(segments))
-    bounds = [round(i * len(segments) / count) for i in range(count + 1)]
-    result = []
-    for index in range(count):
-        run = segments[bounds[index]:bounds[index + 1]]
-        result.append(Piece(index, tuple(run), max(0, min(s.input_start for s in run)),
-                            min(plan.length, max(s.input_end for s in run))))
-    return result
-
-
-def separate_piece(model, plan: SeparationPlan, piece: Piece, window: th.Tensor,
-                   window_start: int, mean, std, *, device=None, callback=None,
-                   callback_arg=None) -> PieceResult:
-    """Run a piece's segments on `window` (`[channels, n]`, raw mix samples from `window_start`,
-    covering `piece.input_start:piece.input_stop`), normalised with the whole track's stats."""
-    mix = ((window - mean) / std)[None]
-    runner = Runner(model, device)
-    sums: dict[int, OverlapAdd] = {}
-    prefix = (1, len(plan.sources), plan.channels)
-    for segment in piece.segments:
-        x = take(mix, window_start, plan.length, segment.input_start, segment.input_length)
-        weighted, weight = _run_one(runner, plan, segment, x, callback, callback_arg)
-        if segment.pass_index not in sums:
-            runs = [s for s in piece.segments if s.pass_index == segment.pass_index]
-            first = max(0, runs[0].start)
-            sums[segment.pass_index] = OverlapAdd(prefix, first, max(first, runs[-1].end))
-        sums[segment.pass_index].add(segment.start, weighted, weight)
-    return PieceResult(piece.index,
-                       {i: (acc.start, acc.out, acc.weight) for i, acc in sums.items()})
-
-
-def join_pieces(plan: SeparationPlan, results: Sequence[PieceResult], mean, std) -> th.Tensor:
-    """Add the pieces' sums and divide: `[sources, channels, time]`, as `separate_tensor` returns
-    (stacked). Raises `ValueError` when a piece is missing."""
-    prefix = (1, len(plan.sources), plan.channels)
-    totals = [OverlapAdd(prefix, 0, plan.length) for _ in plan.passes]
-    for result in sorted(results, key=lambda r: r.index):
-        for index, (start, out, weight) in result.sums.items():
-            totals[index].out[..., start:start + out.shape[-1]] += out
-            totals[index].weight[start:start + weight.shape[-1]] += weight
-    return finish(plan, [(t.out, t.weight) for t in totals], mean, std)[0]
-
-
-def separate_in_pieces(model, wav: th.Tensor, pieces: int, **options) -> th.Tensor:
-    """The whole round trip in one process (for tests and single-machine use)."""
-    mean, std = track_stats(wav)
-    device = options.pop("device", None)
-    plan = plan_separation(model, wav.shape[-1], **options)
-    results = [separate_piece(model, plan, piece, wav[:, piece.input_start:piece.input_stop],
-                              piece.input_start, mean, std, device=device)
-               for piece in split_plan(plan, pieces)]
-    return join_pieces(plan, results, mean, std)
+def pick_stems(stems: dict, two_stems: str | None) -> dict:
+    """All stems, or `STEM` and `no_STEM` (the sum of the others), as `demucs.separate` writes them."""
+    if two_stems is None:
+        return stems
+    others = [wav for name, wav in stems.items() if name != two_stems]
+    return {two_stems: stems[two_stems], f"no_{two_stems}": sum(others[1:], others[0].clone())}

@@ -1,4 +1,7 @@
-"""Input checks and decoding, the way demucs reads audio (sphn first, ffmpeg as fallback)."""
+"""Input checks made before a task is accepted (and again by its worker): the file, its header,
+its duration and the first samples, read as demucs reads audio (sphn first, ffmpeg as fallback).
+
+Nothing here imports torch: the client runs these checks."""
 from __future__ import annotations
 
 import json
@@ -226,45 +229,6 @@ def validate_input(path: str | os.PathLike, limits: InputConfig) -> float:
     return duration
 
 
-def _read_with_ffmpeg(path: Path, samplerate: int, channels: int):
-    from demucs.audio import AudioFile
-
-    try:
-        return AudioFile(path).read(streams=0, samplerate=samplerate, channels=channels)
-    except FileNotFoundError:
-        raise InvalidInput(f"input {printable(path)}: sphn cannot read it and ffmpeg is not "
-                           "installed") from None
-    except MemoryError:
-        raise
-    except Exception:
-        raise InvalidInput(f"input {printable(path)} could not be decoded as audio") from None
-
-
 def resamples_cheaply(rate: int, samplerate: int) -> bool:
     """Whether julius converts `rate` to `samplerate` in bounded time and memory."""
     return max(rate, samplerate) // math.gcd(rate, samplerate) <= MAX_RESAMPLE_TERMS
-
-
-def decode(path: Path, samplerate: int, channels: int):
-    """Decode to a float32 `[channels, time]` tensor at the model's rate, as `demucs.api` does."""
-    import sphn
-    import torch
-    from demucs.audio import convert_audio
-
-    def read():
-        data, rate = sphn.read(str(path))
-        if not data.size or not resamples_cheaply(int(rate), samplerate):
-            return None
-        return convert_audio(torch.from_numpy(data), int(rate), samplerate, channels)
-
-    wav = sphn_or_none(read)
-    if wav is None:
-        wav = _read_with_ffmpeg(path, samplerate, channels)
-    if wav.shape[-1] == 0:
-        raise InvalidInput(f"input {printable(path)} holds no audio samples")
-    if wav.shape[-1] < MIN_SAMPLES:
-        raise InvalidInput(f"input {printable(path)} holds {wav.shape[-1]} samples at "
-                           f"{samplerate} Hz, too few to separate (at least {MIN_SAMPLES})")
-    if not torch.isfinite(wav).all():
-        raise InvalidInput(f"input {printable(path)} holds NaN or infinite samples")
-    return wav.float()

@@ -1,0 +1,151 @@
+"""The four ways a worker separates one attempt, and the rule that picks one.
+
+- in memory: decode the whole input, then demucs's own `Separator.separate_tensor`;
+- streamed (inputs over `separation.stream_over_s`): windows in, stems streamed to scratch files,
+  so memory does not grow with the track (`raydemucs.streaming`);
+- split (when the scheduler lent idle workers): demucs's segment plan cut into pieces, run by
+  those workers and joined (`raydemucs.pieces`);
+- batched (`batch_size` > 1): segments of this worker's attempts share forward passes
+  (`raydemucs.batching`).
+
+Every path but batching holds the model for one attempt at a time, in arrival order (`ModelTurns`).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from . import health
+from .attempt import Attempt, ModelTurns
+from .batching import SharedBatcher
+from .decoding import decode
+from .engine import pick_stems, sub_models
+from .loading import default_segment_s
+from .pieces import separate_across_workers, separate_piece
+from .streaming import separate_file
+from .task import TaskSpec
+
+
+@dataclass
+class Separated:
+    """An attempt's stems (tensors, or `StreamedStem`s on disk), after `--two-stems`."""
+
+    stems: dict
+    streamed: bool = False
+    pieces: int = 1
+
+
+def expected_chunks(model, length: int, options) -> int:
+    """How many segment forward passes `apply_model` will run (for progress)."""
+    total = 0
+    for sub in sub_models(model):
+        segment = options.segment or float(sub.segment)
+        stride = max(1, int((1 - options.overlap) * int(sub.samplerate * segment)))
+        padded = length + (sub.samplerate // 2 if options.shifts else 0)
+        total += math.ceil(padded / stride) * max(1, options.shifts)
+    return total
+
+
+class Strategies:
+    """Runs attempts on a worker's models: one at a time in arrival order, or batched."""
+
+    def __init__(self, device: str, batch_size: int):
+        self.device = device
+        self.batch_size = batch_size
+        self.turns = ModelTurns()
+        self._batchers: dict[tuple, SharedBatcher] = {}
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def separate(self, task: TaskSpec, current: Attempt, separator, input_path: Path,
+                 scratch: Path, duration_s: float, helpers: list,
+                 timings: dict) -> Iterator[Separated]:
+        """Separate `input_path` the way that fits the task; a streamed track's stems stay in
+        `scratch` as long as the context."""
+        options = task.options
+        current.segment_s = options.segment or default_segment_s(separator.model)
+        if options.streams(duration_s):
+            try:
+                yield Separated(self._streamed(task, current, separator, input_path, scratch,
+                                               timings).stems, streamed=True)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+            return
+        started = time.time()
+        wav = decode(input_path, separator.samplerate, separator.audio_channels)
+        timings["decode_s"] = time.time() - started
+        pieces = 1
+        if helpers:
+            stems, pieces = self._split(task, current, separator, wav, helpers, timings)
+        elif self.batch_size > 1:
+            stems = self._batched(task, current, separator, wav, timings)
+        else:
+            stems = self._in_memory(task, current, separator, wav, timings)
+        yield Separated(pick_stems(stems, options.two_stems), pieces=pieces)
+
+    def _in_memory(self, task: TaskSpec, current: Attempt, separator, wav, timings: dict) -> dict:
+        """`Separator.separate_tensor`: demucs's own path."""
+        options = task.options
+        current.chunks_expected = expected_chunks(separator.model, wav.shape[-1], options)
+        with self.turns.turn(current):
+            separator.update_parameter(device=self.device, shifts=options.shifts,
+                                       overlap=options.overlap, segment=options.segment,
+                                       callback=current.on_chunk)
+            started = time.time()
+            _, stems = separator.separate_tensor(wav)
+            timings["separate_s"] = time.time() - started
+        return stems
+
+    def _split(self, task: TaskSpec, current: Attempt, separator, wav, helpers: list,
+               timings: dict) -> tuple[dict, int]:
+        """Split the track with the lent `helpers`; returns the stems and the number of pieces."""
+        with self.turns.turn(current):
+            started = time.time()
+            stems, pieces = separate_across_workers(
+                separator.model, wav, task.options, helpers,
+                lambda *piece: self.run_piece(separator.model, current, *piece), current.abort,
+                task.task_id, current.number)
+            timings["separate_s"] = time.time() - started
+        return dict(zip(separator.model.sources, stems)), pieces
+
+    def _batched(self, task: TaskSpec, current: Attempt, separator, wav, timings: dict) -> dict:
+        """Share forward passes with the other attempts in this worker."""
+        options = task.options
+        current.phase = "separating"
+        with self._lock:
+            batcher = self._batchers.get((options.model, options.repo))
+            if batcher is None or batcher.batcher.model is not separator.model:
+                batcher = self._batchers[options.model, options.repo] = SharedBatcher(
+                    separator.model, batch_size=self.batch_size, device=self.device)
+        started = time.time()
+        stems = batcher.separate((task.task_id, current.number), wav, segment=options.segment,
+                                 overlap=options.overlap, shifts=options.shifts,
+                                 callback=current.on_chunk)
+        timings["separate_s"] = time.time() - started
+        current.peak_rss_bytes = health.peak_rss_bytes()  # shared with the batch's other tasks
+        return stems
+
+    def _streamed(self, task: TaskSpec, current: Attempt, separator, input_path: Path,
+                  scratch: Path, timings: dict):
+        """Separate in windows, the stems streamed to temp files in `scratch`."""
+        options = task.options
+        with self.turns.turn(current):
+            started = time.time()
+            stems = separate_file(separator.model, input_path, scratch,
+                                  segment=options.segment, overlap=options.overlap,
+                                  shifts=options.shifts, device=self.device,
+                                  two_stems=options.two_stems, callback=current.on_chunk)
+            timings["separate_s"] = time.time() - started
+        return stems
+
+    def run_piece(self, model, current: Attempt, plan, piece, window, mean, std):
+        """One piece of a split track (the lead's own, or a lent helper's), counted as progress."""
+        current.chunks_expected = current.chunks_done + len(piece.segments)
+        return separate_piece(model, plan, piece, window, piece.input_start, mean, std,
+                              device=self.device, callback=current.on_piece_chunk)
