@@ -1,79 +1,89 @@
-"""The scheduler's heaps: ready tasks by (priority, seq), one per pool, and delayed retries by time."""
+"""The scheduler's heaps: ready tasks by (priority, seq), one per pool, and delayed retries by time.
+
+Both use heapq's entry-invalidation pattern: removing a task, or pushing it again at another place,
+marks its old entry dead, so a stale entry never comes out first.
+"""
 from __future__ import annotations
 
 import heapq
+import itertools
+
+_REMOVED = None  # the task id of a dead entry
 
 
-class TaskQueue:
-    """Ready tasks, lowest priority number first and FIFO within a priority (by `seq`)."""
+class _Heap:
+    """A heap of `[key..., count, task_id]` entries, one live entry per task."""
 
     def __init__(self) -> None:
-        self._heap: list[tuple[int, int, str]] = []
-        self._queued: set[str] = set()
+        self._heap: list[list] = []
+        self._entries: dict[str, list] = {}
+        self._count = itertools.count()
 
-    def push(self, task_id: str, priority: int, seq: int) -> None:
-        if task_id in self._queued:
-            return
-        self._queued.add(task_id)
-        heapq.heappush(self._heap, (priority, seq, task_id))
+    def push(self, task_id: str, *key) -> None:
+        """Put `task_id` at `key`; an earlier entry of the task is dropped."""
+        old = self._entries.get(task_id)
+        if old is not None:
+            if old[:-2] == list(key):
+                return
+            old[-1] = _REMOVED
+        entry = [*key, next(self._count), task_id]
+        self._entries[task_id] = entry
+        heapq.heappush(self._heap, entry)
+
+    def _drop_dead(self) -> None:
+        while self._heap and self._heap[0][-1] is _REMOVED:
+            heapq.heappop(self._heap)
+
+    def first(self) -> list | None:
+        """The live entry with the smallest key, left in place."""
+        self._drop_dead()
+        return self._heap[0] if self._heap else None
 
     def pop(self) -> str | None:
-        while self._heap:
-            _, _, task_id = heapq.heappop(self._heap)
-            if task_id in self._queued:
-                self._queued.discard(task_id)
-                return task_id
-        return None
+        self._drop_dead()
+        if not self._heap:
+            return None
+        task_id = heapq.heappop(self._heap)[-1]
+        del self._entries[task_id]
+        return task_id
+
+    def remove(self, task_id: str) -> bool:
+        entry = self._entries.pop(task_id, None)
+        if entry is None:
+            return False
+        entry[-1] = _REMOVED
+        return True
+
+    def __contains__(self, task_id: str) -> bool:
+        return task_id in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class TaskQueue(_Heap):
+    """Ready tasks, lowest priority number first and FIFO within a priority (by `seq`)."""
+
+    def push(self, task_id: str, priority: int, seq: int) -> None:
+        super().push(task_id, priority, seq)
 
     def peek_priority(self) -> int | None:
         """The priority of the task `pop` would return, or None when empty."""
-        while self._heap and self._heap[0][2] not in self._queued:
-            heapq.heappop(self._heap)
-        return self._heap[0][0] if self._heap else None
-
-    def remove(self, task_id: str) -> bool:
-        """Drop a task (lazily: its heap entry is skipped when reached)."""
-        found = task_id in self._queued
-        self._queued.discard(task_id)
-        return found
-
-    def __contains__(self, task_id: str) -> bool:
-        return task_id in self._queued
-
-    def __len__(self) -> int:
-        return len(self._queued)
+        entry = self.first()
+        return None if entry is None else entry[0]
 
 
-class DelayedTasks:
+class DelayedTasks(_Heap):
     """Tasks waiting for their retry time."""
 
-    def __init__(self) -> None:
-        self._heap: list[tuple[float, str]] = []
-        self._waiting: set[str] = set()
-
     def push(self, task_id: str, ready_at: float) -> None:
-        self._waiting.add(task_id)
-        heapq.heappush(self._heap, (ready_at, task_id))
+        super().push(task_id, ready_at)
 
     def pop_ready(self, now: float) -> list[str]:
         ready = []
-        while self._heap and self._heap[0][0] <= now:
-            _, task_id = heapq.heappop(self._heap)
-            if task_id in self._waiting:
-                self._waiting.discard(task_id)
-                ready.append(task_id)
+        while (entry := self.first()) is not None and entry[0] <= now:
+            ready.append(self.pop())
         return ready
-
-    def remove(self, task_id: str) -> bool:
-        found = task_id in self._waiting
-        self._waiting.discard(task_id)
-        return found
-
-    def __contains__(self, task_id: str) -> bool:
-        return task_id in self._waiting
-
-    def __len__(self) -> int:
-        return len(self._waiting)
 
 
 class PoolQueues:

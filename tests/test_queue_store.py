@@ -67,3 +67,22 @@ def test_journal_survives_reopening_and_lists_unfinished_in_order(tmp_path):
     assert reopened.get(records[1].task_id).state is TaskState.SUCCEEDED
     raw = sqlite3.connect(tmp_path / "j.db").execute("SELECT COUNT(*) FROM tasks").fetchone()
     assert raw == (4,)
+
+
+def test_a_task_pushed_again_comes_out_at_its_new_place_not_its_old_one():
+    queue = TaskQueue()
+    for task_id, seq in [("a", 1), ("b", 2), ("c", 3)]:
+        queue.push(task_id, 5, seq)
+    queue.remove("a")            # cancelled ...
+    queue.push("a", 5, 4)        # ... and retried: it queues behind b and c now
+    queue.push("b", 9, 2)        # pushed again with a worse priority: it moves
+    assert [queue.pop() for _ in range(4)] == ["c", "a", "b", None]
+
+
+def test_a_retry_time_pushed_again_replaces_the_old_one():
+    delayed = DelayedTasks()
+    delayed.push("a", 10.0)
+    delayed.remove("a")          # cancelled while it waited for its retry ...
+    delayed.push("a", 50.0)      # ... resubmitted, failed again: a later retry time
+    assert delayed.pop_ready(20.0) == [] and "a" in delayed
+    assert delayed.pop_ready(50.0) == ["a"]

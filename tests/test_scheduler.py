@@ -662,3 +662,14 @@ def test_a_task_stepping_back_is_not_started_when_the_task_ahead_ends(tmp_path):
     pool.workers["worker-0"].tasks.remove((first, 1))
     scheduler.task_succeeded(first, 1, {})
     assert scheduler.running[low].behind and not scheduler.running[normal].behind
+
+
+def test_a_cancelled_task_retried_queues_behind_those_that_waited(tmp_path):
+    scheduler, pool, _ = make(tmp_path)
+    blocker = scheduler.submit(spec("blocker"))
+    scheduler.dispatch()
+    first, second, third = (scheduler.submit(spec(name)).task_id for name in ("a", "b", "c"))
+    scheduler.cancel(first)
+    scheduler.retry(first)
+    finished = [finish(scheduler, pool) for _ in range(4)]
+    assert finished == [blocker.task_id, second, third, first]
