@@ -70,7 +70,9 @@ def cli():
 @click.option("--int24", "depth", flag_value="int24", help="24-bit wav.")
 @click.option("--float32", "depth", flag_value="float32", help="32-bit float wav.")
 @click.option("--clip-mode", type=click.Choice(["rescale", "clamp", "none"]))
-@click.option("-d", "--device", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("-d", "--device", type=click.Choice(["auto", "cpu", "cuda"]),
+              help="Run only on workers of this device (a pool is cuda when its workers have "
+              "GPUs); refused when the model's pool runs on the other. Default auto.")
 @click.option("--timeout", "timeout_s", type=float, help="Seconds per attempt (default: config).")
 @click.option("--force", is_flag=True, help="Replace stems that already exist.")
 @click.option("--no-cache", is_flag=True, help="Separate even if stems for the same input bytes, "

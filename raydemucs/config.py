@@ -41,9 +41,10 @@ class WorkersConfig:
     num_gpus: float = _opt(0.0, min=0.0, max=16.0, doc="Ray GPUs per worker (fractions share one)")
     memory_mb: int = _opt(2048, min=0, max=1 << 20, doc="Ray memory reserved per worker")
     max_models: int = _opt(2, min=1, max=16, doc="models kept loaded per worker")
-    prefetch: int = _opt(1, min=0, max=4, doc="tasks queued inside a busy worker (decode ahead)")
-    batch_size: int = _opt(1, min=1, max=256, doc="segments per forward pass, from up to this "
-                           "many tasks at once (GPU workers; 1: off)")
+    prefetch: int = _opt(1, min=0, max=64, doc="tasks a busy worker holds beyond the running one: "
+                         "they decode ahead (and with batch_size > 1 fill its forward passes)")
+    batch_size: int = _opt(1, min=1, max=256, doc="segments per forward pass, from every track "
+                           "the worker holds (GPU workers; 1: one at a time)")
     max_rss_mb: int = _opt(0, min=0, max=1 << 24, doc="recycle a worker above this RSS (0: never)")
     min_free_memory_mb: int = _opt(256, min=0, max=1 << 24, doc="pause dispatch below this free memory")
     max_missed_pings: int = _opt(6, min=1, max=1000, doc="unanswered health polls before a replace")
@@ -74,7 +75,8 @@ class SeparationConfig:
 
     model: str = _opt("htdemucs", doc="-n: model name")
     repo: str | None = _opt(None, doc="--repo: local folder of models")
-    device: str = _opt("auto", choices=DEVICES, doc="auto = cuda when the worker has a GPU")
+    device: str = _opt("auto", choices=DEVICES, doc="run on a pool of this device (a pool runs "
+                       "on cuda when its workers have GPUs); auto: the model's pool, whatever it is")
     shifts: int = _opt(1, min=0, max=100, doc="--shifts")
     overlap: float = _opt(0.25, min=0.0, max=0.99, doc="--overlap")
     segment: float | None = _opt(None, min=0.1, max=3600.0, doc="--segment seconds")
@@ -116,8 +118,8 @@ class StorageConfig:
 class PoolConfig:
     """One pool of workers: the models routed to it, what each worker asks of Ray, its size.
 
-    `num_cpus`, `num_gpus`, `memory_mb`, `max_workers` and `batch_size` left out (None) are the
-    `workers` section's; `Config.worker_pools()` fills them in.
+    `num_cpus`, `num_gpus`, `memory_mb`, `max_workers`, `batch_size` and `prefetch` left out
+    (None) are the `workers` section's; `Config.worker_pools()` fills them in.
     """
 
     name: str = _opt(DEFAULT_POOL, doc="worker actors are SERVICE:NAME-worker-i")
@@ -129,8 +131,19 @@ class PoolConfig:
     min_workers: int = _opt(0, min=0, max=1024, doc="workers kept even when idle")
     max_workers: int | None = _opt(None, min=1, max=1024, doc="as workers.max_workers")
     batch_size: int | None = _opt(None, min=1, max=256, doc="as workers.batch_size")
+    prefetch: int | None = _opt(None, min=0, max=64, doc="as workers.prefetch")
     idle_timeout_s: float = _opt(300.0, min=0.0, max=7 * 86400.0,
                                  doc="remove a worker idle this long, down to min_workers")
+
+    @property
+    def device(self) -> str:
+        """Where its workers run the model: `cuda` when they have GPUs, else `cpu`."""
+        return "cuda" if self.num_gpus else "cpu"
+
+    @property
+    def tasks_per_worker(self) -> int:
+        """How many tasks one worker holds at once: the running one and `prefetch` more."""
+        return 1 + self.prefetch
 
 
 SECTIONS = {
@@ -182,7 +195,8 @@ class Config:
             num_gpus=_either(pool.num_gpus, workers.num_gpus),
             memory_mb=_either(pool.memory_mb, workers.memory_mb),
             max_workers=_either(pool.max_workers, workers.max_workers),
-            batch_size=_either(pool.batch_size, workers.batch_size)) for pool in declared)
+            batch_size=_either(pool.batch_size, workers.batch_size),
+            prefetch=_either(pool.prefetch, workers.prefetch)) for pool in declared)
         for pool in pools:
             if pool.min_workers > pool.max_workers:
                 raise ConfigError(f"pools[{pool.name}].min_workers={pool.min_workers} is above its "
@@ -194,14 +208,18 @@ def _either(value, default):
     return default if value is None else value
 
 
-def route(pools: tuple[PoolConfig, ...], model: str) -> PoolConfig:
+def route(pools: tuple[PoolConfig, ...], model: str, device: str = "auto") -> PoolConfig:
     """The pool that serves `model`: the one listing it, else the one listing no models;
-    InvalidInput when there is neither."""
+    InvalidInput when there is neither, or when that pool does not run on `device`."""
     pool = (next((pool for pool in pools if model in pool.models), None)
             or next((pool for pool in pools if not pool.models), None))
     if pool is None:
         served = "; ".join(f"{pool.name}: {', '.join(pool.models)}" for pool in pools)
         raise InvalidInput(f"no worker pool serves model {model!r} (pools and their models: {served})")
+    if device not in ("auto", pool.device):
+        raise InvalidInput(f"model {model!r} runs on pool {pool.name!r}, whose workers use "
+                           f"{pool.device}, not {device} (a pool uses cuda when its num_gpus is "
+                           "above 0: set workers.num_gpus or a GPU pool)")
     return pool
 
 

@@ -28,6 +28,10 @@ class InvalidName(InvalidInput):
     """Raised when a project name or file id is unsafe as a folder name."""
 
 
+class TaskConflict(InvalidInput):
+    """Raised when a (project, file id) already names a task that asked for something else."""
+
+
 class OutputNotWritable(InvalidInput):
     """Raised at submit when the output directory cannot be written."""
 
@@ -116,7 +120,7 @@ class InternalError(RayDemucsError):
 
 
 _BY_NAME = {cls.__name__: cls for cls in (
-    ConfigError, InvalidInput, InvalidName, OutputNotWritable, ModelNotFound, TaskNotFound,
+    ConfigError, InvalidInput, InvalidName, TaskConflict, OutputNotWritable, ModelNotFound, TaskNotFound,
     TaskTimeout, WorkerDied, OutOfMemory, OutputWriteFailed, StorageUnavailable, SeparationAborted,
     TaskCancelled, WaitTimedOut, ServiceUnavailable, ShuttingDown, InternalError,
 )}

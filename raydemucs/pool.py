@@ -1,7 +1,7 @@
 """The worker pools: Ray actors created from config, explicit idle/busy, kill-and-replace.
 
-Workers are created here, in one place, as `ray.remote(SeparatorWorker)`, with the resources of
-their pool (`config.worker_pools()`). A dead actor never returns to the pool: its slot gets a
+Workers are created here, in one place, as `ray.remote(SeparatorWorker)` (`WORKER_ACTOR`), with
+the resources of their pool (`config.worker_pools()`). A dead actor never returns to the pool: its slot gets a
 fresh actor (which reloads the model) under a new name. Slots are added and removed as the
 scheduler sizes the pools; an actor Ray cannot place yet stays `starting` without blocking
 anything.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import itertools
 import logging
 import time
@@ -30,7 +31,10 @@ from .worker import SeparatorWorker
 logger = logging.getLogger("raydemucs.pool")
 
 RESPAWN_DELAY_S = 1.0
-ACTOR_CALLS = 3  # threads a worker keeps for `poll`, `abort` and `ready` beside its attempts
+# `poll`, `abort` and `ready` run in their own concurrency group, beside the worker's attempts
+CONTROL = "control"
+CONTROL_CALLS = 3
+WORKER_ACTOR = ray.remote(concurrency_groups={CONTROL: CONTROL_CALLS})(SeparatorWorker)
 
 
 @dataclass
@@ -89,7 +93,8 @@ def worker_config(config: Config, pool: PoolConfig) -> dict:
     """The config a worker of `pool` gets: the pool's CPUs (torch threads) and GPUs (device), and
     as the model to load at start the config's default if the pool serves it, else its first."""
     workers = dataclasses.replace(config.workers, num_cpus=pool.num_cpus, num_gpus=pool.num_gpus,
-                                  memory_mb=pool.memory_mb, batch_size=pool.batch_size)
+                                  memory_mb=pool.memory_mb, batch_size=pool.batch_size,
+                                  prefetch=pool.prefetch)
     separation = config.separation
     if pool.models and separation.model not in pool.models:
         separation = dataclasses.replace(separation, model=pool.models[0])
@@ -115,10 +120,10 @@ class RayWorkerPool:
 
     # -- the scheduler's Pool protocol ------------------------------------------------------
     def free_workers(self, pool: str) -> list[WorkerSlot]:
-        """Live workers of `pool` with room for a task (its `batch_size` + `prefetch`), least loaded
-        first, on nodes with enough free memory (dispatch pauses instead of an OOM kill); none
-        lent to another task's lead."""
-        capacity = self.pools[pool].batch_size + self.config.workers.prefetch
+        """Live workers of `pool` with room for a task (`PoolConfig.tasks_per_worker`), least
+        loaded first, on nodes with enough free memory (dispatch pauses instead of an OOM kill);
+        none lent to another task's lead."""
+        capacity = self.pools[pool].tasks_per_worker
         free = [slot for slot in self.members(pool) if slot.state in ("idle", "busy")
                 and slot.load < capacity and slot.lent_to is None
                 and self.policy.node_has_room(slot.node_available_bytes)]
@@ -146,24 +151,31 @@ class RayWorkerPool:
               helpers: tuple = ()) -> None:
         """Send an attempt to its worker; `helpers` (idle workers) are lent to it until `release`.
 
-        An uploaded input that is gone from the service's disk fails the attempt (soon, not
-        within the dispatch that called this)."""
-        try:
-            upload = self.read_upload(spec) if spec.uploaded else None
-        except OSError:
-            error = InvalidInput(f"the uploaded input of {spec.file_id!r} is gone from the "
-                                 "service's state directory; submit the file again")
-            asyncio.get_running_loop().call_soon(
-                self.on_result, spec.task_id, attempt, {"ok": False, "error": error.to_dict()})
-            return
+        The call goes out from a background task: an uploaded input is read from the service's
+        disk first, off the event loop."""
         slot = self.slots[worker_id]
         slot.state = "busy"
         slot.tasks[spec.task_id] = attempt
         for helper in map(self.slots.get, helpers):
             helper.state, helper.lent_to, helper.tasks[spec.task_id] = "busy", spec.task_id, attempt
-        ref = slot.handle.separate.remote(spec.to_dict(), attempt, reuse_from, upload,
-                                          [self.slots[h].handle for h in helpers])
-        self._background(self._await_result(slot, slot.handle, ref, spec.task_id, attempt))
+        call = functools.partial(slot.handle.separate.remote, spec.to_dict(), attempt, reuse_from,
+                                 helpers=[self.slots[h].handle for h in helpers])
+        self._background(self._run_attempt(slot, slot.handle, call, spec, attempt))
+
+    async def _run_attempt(self, slot: WorkerSlot, handle, call, spec: TaskSpec,
+                           attempt: int) -> None:
+        """Read an uploaded input (an input gone from the disk fails the attempt), send the
+        call, and hear its result."""
+        try:
+            upload = await asyncio.to_thread(self.read_upload, spec) if spec.uploaded else None
+        except OSError:
+            error = InvalidInput(f"the uploaded input of {spec.file_id!r} is gone from the "
+                                 "service's state directory; submit the file again")
+            result = {"ok": False, "error": error.to_dict()}
+        else:
+            result = await self._await_result(slot, handle, call(upload=upload))
+        if result is not None and slot.handle is handle:
+            self._finish_attempt(slot, spec.task_id, attempt, result)
 
     def release(self, worker_ids: tuple, task_id: str) -> None:
         """Helpers lent to `task_id` are free again (unless replaced since)."""
@@ -176,7 +188,7 @@ class RayWorkerPool:
     def abort(self, worker_id: str, task_id: str, attempt: int) -> None:
         slot = self.slots[worker_id]
         if slot.handle is not None:
-            slot.handle.abort.remote(task_id, attempt)
+            slot.handle.abort.options(concurrency_group=CONTROL).remote(task_id, attempt)
 
     def replace(self, worker_id: str, reason: str) -> None:
         slot = self.slots[worker_id]
@@ -198,7 +210,8 @@ class RayWorkerPool:
         live = [s for s in self.slots.values() if s.state in ("idle", "busy") and s.handle]
         timeout_s = max(5.0, 10 * self.config.service.poll_interval_s)
         answers = await asyncio.gather(
-            *(asyncio.wait_for(s.handle.poll.remote(), timeout_s) for s in live),
+            *(asyncio.wait_for(s.handle.poll.options(concurrency_group=CONTROL).remote(),
+                               timeout_s) for s in live),
             return_exceptions=True)
         busy = []
         for slot, answer in zip(live, answers):
@@ -242,24 +255,23 @@ class RayWorkerPool:
         pool = self.pools[slot.pool]
         options = dict(namespace=NAMESPACE, num_cpus=pool.num_cpus, num_gpus=pool.num_gpus,
                        memory=pool.memory_mb * 2**20 or None, resources=pool.resources or None,
-                       max_restarts=0, max_task_retries=0,
-                       max_concurrency=pool.batch_size + self.config.workers.prefetch + ACTOR_CALLS)
+                       max_restarts=0, max_task_retries=0, max_concurrency=pool.tasks_per_worker)
         config = self._worker_configs[slot.pool]
         base = f"{self.prefix}:{slot.worker_id}"
         slot.actor_name = base if slot.restarts == 0 else f"{base}.{slot.restarts}"
         try:
-            actor = ray.remote(SeparatorWorker).options(name=slot.actor_name, **options)
+            actor = WORKER_ACTOR.options(name=slot.actor_name, **options)
             slot.handle = actor.remote(slot.worker_id, config)
         except ValueError:  # the name is still held by a predecessor (removed, or a restarted
             slot.actor_name = f"{base}.{uuid.uuid4().hex[:6]}"  # scheduler's)
-            actor = ray.remote(SeparatorWorker).options(name=slot.actor_name, **options)
+            actor = WORKER_ACTOR.options(name=slot.actor_name, **options)
             slot.handle = actor.remote(slot.worker_id, config)
         slot.started_at = time.time()
         self._background(self._await_ready(slot, slot.handle))
 
     async def _await_ready(self, slot: WorkerSlot, handle) -> None:
         try:
-            info = await handle.ready.remote()
+            info = await handle.ready.options(concurrency_group=CONTROL).remote()
         except RayError as exc:
             if slot.handle is not handle:
                 return
@@ -278,17 +290,19 @@ class RayWorkerPool:
         logger.info("%s: ready (pid %s)", slot.worker_id, slot.pid)
         self.on_ready()
 
-    async def _await_result(self, slot: WorkerSlot, handle, ref, task_id: str, attempt: int) -> None:
+    async def _await_result(self, slot: WorkerSlot, handle, ref) -> dict | None:
+        """The attempt's answer; None when its worker died (and is reported lost)."""
         try:
             result = await ref
         except RayActorError as exc:
             if slot.handle is handle:
                 self.on_lost(slot.worker_id, str(exc).splitlines()[0])
-            return
+            return None
         except RayError as exc:
             result = {"ok": False, "error": InternalError(str(exc).splitlines()[0]).to_dict()}
-        if slot.handle is not handle:
-            return
+        return result
+
+    def _finish_attempt(self, slot: WorkerSlot, task_id: str, attempt: int, result: dict) -> None:
         slot.tasks.pop(task_id, None)
         slot.state = "busy" if slot.tasks else "idle"
         slot.models = frozenset(map(tuple, result.get("models", slot.models)))

@@ -1,32 +1,33 @@
 """Scheduling logic, free of Ray: priorities, routing to pools, dispatch, pool sizes, timeouts,
 retries, cancel, recovery.
 
-`Scheduler` is driven by calls (submit, tick, task_succeeded, task_failed, worker_lost) and acts
-through an injected pool, journal and clock, so tests step it deterministically. The Ray actor
-that hosts it lives in `service.py`.
+`Scheduler` is driven by calls (submit, tick, attempt_ended, worker_lost) and acts through an
+injected pool, journal and clock, so tests step it deterministically. What an ended attempt leads
+to is `raydemucs.outcome.decide`'s; the Ray actor that hosts the scheduler lives in `service.py`.
+Disk work it asks for (sweeping a folder) goes through `offload`, off the actor's event loop.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from .autoscale import LIVE_STATES, Autoscaler, Member
-from .config import Config, route
-from .errors import (InvalidInput, OutOfMemory, RayDemucsError, SeparationAborted, ShuttingDown,
+from .config import Config, StorageConfig, route
+from .errors import (InvalidInput, RayDemucsError, SeparationAborted, ShuttingDown, TaskConflict,
                      TaskNotFound, TaskTimeout, WorkerDied)
 from .models import OFFLINE_MODEL
+from .outcome import Decision, Outcome, decide
 from .outputs import open_folder
 from .queue import DelayedTasks, PoolQueues
 from .store import TaskStore
-from .task import TaskRecord, TaskSpec, TaskState, priority_name
+from .task import TaskRecord, TaskSpec, TaskState, priority_name, spec_differences
 
 logger = logging.getLogger("raydemucs.scheduler")
-
-MIN_OOM_SEGMENT_S = 1.0
 
 
 class FreeWorker(Protocol):
@@ -67,49 +68,65 @@ class Running:
     deadline: float
     abort_sent_at: float | None = None
     cancel_requested: bool = False
-    behind: bool = False  # prefetched: waits in its worker until the task before it ends
-    preempted: bool = False  # asked to step back for a task of better priority
+    behind: bool = False  # sent to a busy worker: waits there; its clock has not started
+    step_back: str = ""  # why it was asked back to the queue (a better priority, a drain)
     helpers: tuple = ()  # idle workers lent to split a long track across
     pool: str = ""  # the pool of the task's model (routed once, at dispatch)
+
+
+@dataclass
+class Recovery:
+    """What a restarted scheduler reads from the journal and the output folders (slow: off the loop)."""
+
+    unfinished: list  # queued and running records, in submission order
+    finished: dict = field(default_factory=dict)  # task id -> {stem: location} already complete
+    counts: dict = field(default_factory=dict)  # records by state
+
+
+def read_recovery(store: TaskStore, storage: StorageConfig) -> Recovery:
+    """Read what `Scheduler.recover` needs: blocking disk and object-store work."""
+    unfinished = store.unfinished()
+    finished = {record.task_id: open_folder(record.spec.output_location, storage).finished(
+        record.task_id) for record in unfinished}
+    return Recovery(unfinished, {k: v for k, v in finished.items() if v is not None},
+                    store.count_by_state())
 
 
 def model_key(options) -> tuple:
     return (options.model, options.repo)
 
 
-def retry_delay_s(attempt: int, base_s: float, max_s: float, rng: Callable[[], float]) -> float:
-    """Exponential backoff with jitter: base * 2^(attempt-1), capped, scaled by [0.5, 1)."""
-    return min(max_s, base_s * 2 ** max(0, attempt - 1)) * (0.5 + 0.5 * rng())
-
-
 class Scheduler:
     def __init__(self, config: Config, store: TaskStore, pool: Pool,
                  clock: Callable[[], float] = time.time, rng: Callable[[], float] = random.random,
-                 listener: Listener | None = None):
+                 listener: Listener | None = None,
+                 offload: Callable[[Callable[[], None]], None] = lambda work: work()):
         self.config = config
         self.listener = listener
         self.store = store
         self.pool = pool
         self.clock = clock
         self.rng = rng
+        self.offload = offload
         self.pools = config.worker_pools()
-        self.batch_sizes = {pool.name: pool.batch_size for pool in self.pools}  # tasks at once
         self.queue = PoolQueues(pool.name for pool in self.pools)
         self.autoscaler = Autoscaler(clock)
         self.delayed = DelayedTasks()
         self.running: dict[str, Running] = {}
         self.active: dict[str, TaskRecord] = {}
+        self.counts: collections.Counter = collections.Counter()  # records by state, kept here
         self.accepting = True
         self.dispatching = True
 
     # -- submission -------------------------------------------------------------------------
-    def recover(self) -> None:
-        """Requeue what the journal holds unfinished: in order, running ones as interrupted."""
-        for record in self.store.unfinished():
-            done = open_folder(record.spec.output_location, self.config.storage).finished(
-                record.task_id)
-            if done is not None:
-                self._finish(record, TaskState.SUCCEEDED, outputs=done)
+    def recover(self, found: Recovery | None = None) -> None:
+        """Requeue what the journal holds unfinished: in order, running ones as interrupted;
+        those whose output folder is already complete are succeeded."""
+        found = found or read_recovery(self.store, self.config.storage)
+        self.counts = collections.Counter(found.counts)
+        for record in found.unfinished:
+            if record.task_id in found.finished:
+                self._finish(record, TaskState.SUCCEEDED, outputs=found.finished[record.task_id])
                 continue
             try:
                 self.pool_of(record.spec)
@@ -123,39 +140,68 @@ class Scheduler:
             self.active[record.task_id] = record
             self._enqueue(record)
 
-    def submit(self, spec: TaskSpec) -> TaskRecord:
-        """Accept a task (committed before returning); the same (project, file id) is the same task."""
+    def check(self, spec: TaskSpec) -> TaskRecord | None:
+        """Raise what `submit` would refuse `spec` for (draining, no pool for its model, its key
+        taken by a task that asked for something else); returns the task of its key, if any."""
         if not self.accepting:
             raise ShuttingDown("the service is shutting down and accepts no new tasks")
-        self.pool_of(spec)  # refuses a model that no pool serves
+        self.pool_of(spec)
         existing = self.active.get(spec.task_id) or self.store.find(spec.project, spec.file_id)
+        if existing is None:
+            return None
+        existing = self.active.get(existing.task_id, existing)
+        differences = spec_differences(existing.spec, spec)
+        if differences and not self._reruns(existing, spec):
+            hint = ("pass --force to replace its stems" if existing.state is TaskState.SUCCEEDED
+                    else "cancel it first")
+            raise TaskConflict(f"{spec.project}/{spec.file_id} is already task {existing.task_id} "
+                               f"({existing.state.value}) with other options "
+                               f"({'; '.join(differences)}); {hint}, or choose another --file-id")
+        return existing
+
+    @staticmethod
+    def _reruns(existing: TaskRecord, spec: TaskSpec) -> bool:
+        """Whether `spec` runs its key's task again: it failed, was cancelled, or is forced."""
+        return existing.state in (TaskState.FAILED, TaskState.CANCELLED) or (
+            existing.state is TaskState.SUCCEEDED and spec.force)
+
+    def submit(self, spec: TaskSpec) -> TaskRecord:
+        """Accept a task (committed before returning); the same (project, file id) asking the same
+        is the same task (see `check`)."""
+        existing = self.check(spec)
         if existing is not None:
-            if not existing.state.is_terminal() or not (
-                    spec.force or existing.state is not TaskState.SUCCEEDED):
-                return self.active.get(existing.task_id, existing)
-            record = dataclasses.replace(
-                existing, spec=dataclasses.replace(spec, task_id=existing.task_id),
-                seq=self.store.next_seq(), attempts=0, progress=0.0, error=None, outputs=None,
-                worker=None, node=None, submitted_at=self.clock(), started_at=None,
-                finished_at=None, retry_at=None, queued_at=self.clock(), audio_duration_s=None)
-            self._set_state(record, TaskState.QUEUED)
-        else:
-            now = self.clock()
-            record = self.store.insert(TaskRecord(spec=spec, seq=self.store.next_seq(),
-                                                  submitted_at=now, queued_at=now))
-            if record.task_id != spec.task_id:
-                return record
-            if self.listener is not None:
-                self.listener.on_transition(record, None)
-            logger.info("task %s: queued (%s/%s, priority %d)", spec.task_id, spec.project,
-                        spec.file_id, spec.priority)
+            return self._rerun(existing, spec) if self._reruns(existing, spec) else existing
+        now = self.clock()
+        record = self.store.insert(TaskRecord(spec=spec, seq=self.store.next_seq(),
+                                              submitted_at=now, queued_at=now))
+        if record.task_id != spec.task_id:
+            return record
+        self.counts[TaskState.QUEUED.value] += 1
+        if self.listener is not None:
+            self.listener.on_transition(record, None)
+        logger.info("task %s: queued (%s/%s, priority %d)", spec.task_id, spec.project,
+                    spec.file_id, spec.priority)
+        self.active[record.task_id] = record
+        self._enqueue(record)
+        return record
+
+    def _rerun(self, existing: TaskRecord, spec: TaskSpec) -> TaskRecord:
+        """Queue the task of an existing key again, as `spec` asks, under its id."""
+        now = self.clock()
+        record = dataclasses.replace(
+            existing, spec=dataclasses.replace(spec, task_id=existing.task_id),
+            seq=self.store.next_seq(), attempts=0, progress=0.0, error=None, outputs=None,
+            worker=None, node=None, submitted_at=now, started_at=None, finished_at=None,
+            retry_at=None, queued_at=now, audio_duration_s=None, segment_s=None)
+        self._set_state(record, TaskState.QUEUED)
         self.active[record.task_id] = record
         self._enqueue(record)
         return record
 
     def pool_of(self, spec: TaskSpec) -> str:
-        """The name of the pool that serves the task's model; InvalidInput when none does."""
-        return route(self.pools, spec.options.model).name
+        """The name of the pool that serves the task's model on its device; InvalidInput when
+        none does."""
+        return route(self.pools, spec.options.model, spec.options.device).name
 
     def _enqueue(self, record: TaskRecord) -> None:
         self.queue[self.pool_of(record.spec)].push(record.task_id, record.spec.priority, record.seq)
@@ -197,8 +243,8 @@ class Scheduler:
         """Start the pool's queued tasks on its free workers, best priority first.
 
         The least loaded workers come first, and among them one that holds the task's model. A
-        task sent to a busy worker (prefetch) waits there; its clock starts when the task
-        before it ends.
+        task sent to a busy worker (prefetch) waits there; its clock starts when its segments
+        start to run, or when the tasks before it have ended.
         """
         started, queue = 0, self.queue[pool]
         while len(queue):
@@ -215,11 +261,10 @@ class Scheduler:
             record.started_at, record.progress, record.retry_at = now, 0.0, None
             self._set_state(record, TaskState.RUNNING)
             helpers = self._helpers_for(record.spec, worker, free, len(queue))
-            run = Running(worker.worker_id, record.attempts, now + self._timeout_s(record),
-                          behind=worker.load >= self.batch_sizes[pool], helpers=helpers,
-                          pool=pool)
-            self.running[record.task_id] = run
-            self.pool.start(worker.worker_id, record.spec, record.attempts,
+            self.running[record.task_id] = Running(
+                worker.worker_id, record.attempts, now + self._timeout_s(record),
+                behind=worker.load > 0, helpers=helpers, pool=pool)
+            self.pool.start(worker.worker_id, record.attempt_spec(), record.attempts,
                             reuse_from=self._cached_folder(record.spec), helpers=helpers)
             started += 1
         return started
@@ -252,7 +297,7 @@ class Scheduler:
                    and self.active[t].spec.priority > best and run.pool == pool]
         if waiting:
             _, _, task_id, run = max(waiting)
-            self._step_back(task_id, run)
+            self._step_back(task_id, run, "stepped back for a task of better priority")
 
     def _scale(self) -> None:
         """Grow each pool while its tasks wait with no free worker; remove its idle workers."""
@@ -267,13 +312,17 @@ class Scheduler:
                             pool.idle_timeout_s)
                 self.pool.remove(worker_id)
 
-    def _step_back(self, task_id: str, run: Running) -> None:
+    def _step_back(self, task_id: str, run: Running, reason: str) -> None:
         """Ask a prefetched task that has not started to return to the queue."""
-        run.preempted, run.abort_sent_at = True, self.clock()
+        run.step_back, run.abort_sent_at = reason, self.clock()
         self.pool.abort(run.worker_id, task_id, run.attempt)
 
     def _timeout_s(self, record: TaskRecord) -> float:
         return record.spec.timeout_s or self.config.tasks.timeout_s
+
+    def _start_clock(self, task_id: str, run: Running) -> None:
+        run.behind, run.deadline = False, self.clock() + self._timeout_s(self.active[task_id])
+        self.active[task_id].started_at = self.clock()
 
     def tick(self) -> None:
         """Release due retries, enforce deadlines (abort, then kill after the grace), dispatch."""
@@ -284,7 +333,7 @@ class Scheduler:
         for task_id, run in list(self.running.items()):
             if task_id not in self.running or (run.behind and run.abort_sent_at is None):
                 continue
-            if run.preempted:
+            if run.step_back:
                 continue  # it steps back at its next check; never worth killing the worker
             if run.abort_sent_at is None and now >= run.deadline:
                 logger.warning("task %s attempt %d: past its deadline, aborting", task_id, run.attempt)
@@ -297,29 +346,30 @@ class Scheduler:
         self.dispatch()
 
     # -- results ----------------------------------------------------------------------------
-    def report_progress(self, task_id: str, attempt: int, progress: float) -> None:
+    def report_progress(self, task_id: str, attempt: int, progress: float,
+                        phase: str | None = None) -> None:
+        """A worker's poll: the attempt's progress, and its phase (a waiting attempt whose
+        segments started to run is running: its clock starts)."""
         run = self.running.get(task_id)
-        if run is not None and run.attempt == attempt:
-            record = self.active[task_id]
-            record.progress = max(record.progress, min(1.0, float(progress)))
+        if run is None or run.attempt != attempt:
+            return
+        if run.behind and phase == "separating" and not run.step_back:
+            self._start_clock(task_id, run)
+        record = self.active[task_id]
+        record.progress = max(record.progress, min(1.0, float(progress)))
 
-    def task_succeeded(self, task_id: str, attempt: int, outputs: dict,
-                       audio_duration_s: float | None = None) -> None:
+    def attempt_ended(self, task_id: str, attempt: int, error: RayDemucsError | None = None,
+                      outputs: dict | None = None, audio_duration_s: float | None = None) -> None:
+        """An attempt's answer: its stems (`error` None) or the error it ended with. Answers of
+        attempts the scheduler gave up on (replaced workers, older attempts) are ignored."""
         run = self.running.get(task_id)
         if run is None or run.attempt != attempt:
             return
         self._run_ended(task_id, run)
         record = self.active[task_id]
-        record.audio_duration_s = audio_duration_s
-        if record.spec.cache_key:
-            self.store.remember_result(record.spec.cache_key, task_id, record.spec.output_location)
-        self._finish(record, TaskState.SUCCEEDED, outputs=outputs)
-
-    def task_failed(self, task_id: str, attempt: int, error: RayDemucsError) -> None:
-        run = self.running.get(task_id)
-        if run is None or run.attempt != attempt:
-            return
-        self._attempt_ended(task_id, run, error)
+        outcome = decide(record.attempts, run, error, self._timeout_s(record), self.config.tasks,
+                         self.rng)
+        self._carry_out(record, outcome, outputs, audio_duration_s)
 
     def worker_lost(self, worker_id: str, reason: str) -> None:
         """A worker died: fail its attempts as retryable and have the pool replace it."""
@@ -330,28 +380,27 @@ class Scheduler:
         """Replace a worker; `culprit` ends with `error`, its other attempts as retryable."""
         self.pool.replace(worker_id, reason)
         runs = [(task_id, run, run.behind) for task_id, run in self.running.items()
-                if run.worker_id == worker_id]
+                if run.worker_id == worker_id]  # `behind` before any clock starts below
         for task_id, run, waiting in runs:
             if waiting and task_id != culprit:  # never started: back to the queue, uncounted
-                run.preempted = True
-                self._attempt_ended(task_id, run, SeparationAborted("its worker was replaced"))
+                run.step_back = "its worker was replaced before it started"
+                self.attempt_ended(task_id, run.attempt, SeparationAborted(run.step_back))
             else:
-                self._attempt_ended(task_id, run, error if task_id == culprit else
-                                    WorkerDied(f"worker {worker_id} was replaced: {reason}"))
+                self.attempt_ended(task_id, run.attempt, error if task_id == culprit else
+                                   WorkerDied(f"worker {worker_id} was replaced: {reason}"))
 
     def _run_ended(self, task_id: str, ended: Running) -> None:
-        """An attempt left its worker: its lent helpers go back, and the task waiting behind it
-        (with a `batch_size`, as many as the batch has room for) starts its clock now."""
+        """An attempt left its worker: its lent helpers go back, and when no started attempt is
+        left there, the first waiting behind it starts its clock."""
         del self.running[task_id]
         if ended.helpers:
             self.pool.release(ended.helpers, task_id)
-        now = self.clock()
         on_worker = [(t, run) for t, run in self.running.items() if run.worker_id == ended.worker_id]
-        room = self.batch_sizes[ended.pool] - sum(not run.behind for _, run in on_worker)
-        waiting = [(t, run) for t, run in on_worker if run.behind and not run.preempted]
-        for waiting_id, run in waiting[:max(0, room)]:
-            run.behind, run.deadline = False, now + self._timeout_s(self.active[waiting_id])
-            self.active[waiting_id].started_at = now
+        if any(not run.behind for _, run in on_worker):
+            return
+        waiting = [(t, run) for t, run in on_worker if not run.step_back]
+        if waiting:
+            self._start_clock(*waiting[0])
 
     def _cached_folder(self, spec: TaskSpec) -> str | None:
         """Another task's folder holding stems for the same input, model and options."""
@@ -360,37 +409,30 @@ class Scheduler:
             return None
         return found[1]
 
-    def _attempt_ended(self, task_id: str, run: Running, error: RayDemucsError) -> None:
-        self._run_ended(task_id, run)
-        record = self.active[task_id]
-        if run.cancel_requested:
+    def _carry_out(self, record: TaskRecord, outcome: Outcome, outputs: dict | None,
+                   audio_duration_s: float | None) -> None:
+        decision = outcome.decision
+        if decision is Decision.SUCCEED:
+            record.audio_duration_s = audio_duration_s
+            if record.spec.cache_key:
+                self.store.remember_result(record.spec.cache_key, record.task_id,
+                                           record.spec.output_location)
+            self._finish(record, TaskState.SUCCEEDED, outputs=outputs)
+        elif decision is Decision.CANCEL:
             self._finish(record, TaskState.CANCELLED)
-            return
-        if run.preempted and isinstance(error, SeparationAborted):
+        elif decision is Decision.STEP_BACK:
             record.attempts -= 1
             record.queued_at = self.clock()
-            self._set_state(record, TaskState.QUEUED, note="stepped back for a task of better priority",
-                            counted=False)
+            self._set_state(record, TaskState.QUEUED, note=outcome.note, counted=False)
             self._enqueue(record)
-            return
-        if isinstance(error, SeparationAborted) and run.abort_sent_at is not None:
-            error = TaskTimeout(f"task ran past its timeout of {self._timeout_s(record):g} s")
-        record.error = error.to_dict()
-        retryable = error.retryable or isinstance(error, SeparationAborted)
-        if retryable and record.attempts <= self.config.tasks.max_retries:
-            tasks = self.config.tasks
-            delay = retry_delay_s(record.attempts, tasks.retry_backoff_s, tasks.retry_backoff_max_s,
-                                  self.rng)
-            note = f"retry in {delay:.2f} s: {error}"
-            if isinstance(error, OutOfMemory) and error.segment_s:
-                segment_s = max(MIN_OOM_SEGMENT_S, error.segment_s / 2)
-                options = dataclasses.replace(record.spec.options, segment=segment_s)
-                record.spec = dataclasses.replace(record.spec, options=options)
-                note += f"; with a {segment_s:g} s segment"
-            record.retry_at = record.queued_at = self.clock() + delay
-            self._set_state(record, TaskState.QUEUED, note=note)
-            self.delayed.push(task_id, record.retry_at)
+        elif decision is Decision.RETRY:
+            record.error = outcome.error.to_dict()
+            record.segment_s = outcome.segment_s or record.segment_s
+            record.retry_at = record.queued_at = self.clock() + outcome.delay_s
+            self._set_state(record, TaskState.QUEUED, note=outcome.note)
+            self.delayed.push(record.task_id, record.retry_at)
         else:
+            record.error = outcome.error.to_dict()
             self._finish(record, TaskState.FAILED)
 
     # -- shutdown ---------------------------------------------------------------------------
@@ -401,7 +443,7 @@ class Scheduler:
         self.dispatching = False
         for task_id, run in list(self.running.items()):
             if run.behind and run.abort_sent_at is None:
-                self._step_back(task_id, run)
+                self._step_back(task_id, run, "stepped back: the service is draining")
 
     # -- queries ----------------------------------------------------------------------------
     def get(self, task_id: str) -> TaskRecord:
@@ -425,14 +467,16 @@ class Scheduler:
         for pool in self.pools:
             members = self.pool.members(pool.name)
             counts.append({"name": pool.name, "models": list(pool.models),
-                           "workers": len(members),
+                           "device": pool.device, "workers": len(members),
                            "pending": sum(m.state not in LIVE_STATES for m in members),
                            "queued": len(self.queue[pool.name]),
                            "min_workers": pool.min_workers, "max_workers": pool.max_workers})
         return counts
 
     def queue_counts(self) -> dict[str, int]:
-        counts = self.store.count_by_state()
+        """Records by state (kept in memory, not counted in the journal), and those waiting for
+        a retry."""
+        counts = {state.value: self.counts[state.value] for state in TaskState}
         counts["waiting_retry"] = len(self.delayed)
         return counts
 
@@ -441,6 +485,8 @@ class Scheduler:
                    counted: bool = True) -> None:
         previous, record.state = record.state, state
         self.store.save(record)
+        self.counts[previous.value] -= 1
+        self.counts[state.value] += 1
         if self.listener is not None:
             self.listener.on_transition(record, previous, counted)
         elapsed = self.clock() - record.submitted_at
@@ -453,8 +499,8 @@ class Scheduler:
             record.outputs, record.error, record.progress = outputs, None, 1.0
         else:
             # an attempt killed mid-write leaves a hidden staging folder; no later write sweeps it
-            open_folder(record.spec.output_location, self.config.storage).sweep()
+            folder = open_folder(record.spec.output_location, self.config.storage)
+            self.offload(folder.sweep)
         self.active.pop(record.task_id, None)
         self._set_state(record, state, note=(record.error or {}).get("message", "")
                         if state is TaskState.FAILED else "")
-

@@ -16,7 +16,7 @@ from .logs import configure_logging
 from .metrics import ServiceMetrics
 from .outputs import open_folder
 from .pool import RayWorkerPool
-from .scheduler import Scheduler
+from .scheduler import Scheduler, read_recovery
 from .store import TaskStore
 from .task import TaskSpec, TaskState
 from .uploads import UploadStore
@@ -38,14 +38,14 @@ class SchedulerService:
                                   on_result=self._on_result, on_lost=self._on_lost,
                                   read_upload=self.uploads.read_input)
         self.metrics = ServiceMetrics(self.config.service.name)
-        self.core = Scheduler(self.config, self.store, self.pool, listener=self.metrics)
-        self.core.recover()
+        self.core = Scheduler(self.config, self.store, self.pool, listener=self.metrics,
+                              offload=self._offload)
         self.started_at = time.time()
-        self._kick()
+        self._started: asyncio.Task | None = None
         self._loop: asyncio.Task | None = None
+        self._background: set[asyncio.Task] = set()
         self._drain_deadline = float("inf")
-        logger.info("scheduler %s started (pid %d); journal %s; %d unfinished task(s) recovered",
-                    self.config.service.name, os.getpid(), self.store.path, len(self.core.active))
+        self._kick()
 
     @staticmethod
     def _kick() -> None:
@@ -58,18 +58,38 @@ class SchedulerService:
         except RuntimeError:  # not inside an actor (a plain instance in a test)
             pass
 
-    def _ensure_running(self) -> None:
-        """Start the pools' first workers (a dispatch sizes them) and the tick loop on the first
-        call (also after a restart)."""
-        if self._loop is None and self.core.dispatching:
+    async def _ready(self) -> None:
+        """On the first call (also after a restart): recover from the journal, with its disk and
+        object-store reads off the event loop, then start the pools' first workers (a dispatch
+        sizes them) and the tick loop. Every call waits for this."""
+        if self._started is None:
+            self._started = asyncio.get_running_loop().create_task(self._start())
+        await asyncio.shield(self._started)
+
+    async def _start(self) -> None:
+        found = await asyncio.to_thread(read_recovery, self.store, self.config.storage)
+        self.core.recover(found)
+        logger.info("scheduler %s started (pid %d); journal %s; %d unfinished task(s) recovered",
+                    self.config.service.name, os.getpid(), self.store.path, len(self.core.active))
+        if self.core.dispatching:
             self.core.dispatch()
             self._loop = asyncio.get_running_loop().create_task(self._tick_forever())
+
+    def _in_background(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _offload(self, work) -> None:
+        """Run blocking disk work (a folder sweep) in a thread, never on the event loop."""
+        self._in_background(asyncio.to_thread(work))
 
     async def _tick_forever(self) -> None:
         while True:
             try:
                 for answer in await self.pool.poll():
-                    self.core.report_progress(answer["task_id"], answer["attempt"], answer["progress"])
+                    self.core.report_progress(answer["task_id"], answer["attempt"],
+                                              answer["progress"], answer.get("phase"))
                 self.core.tick()
                 self.metrics.observe(self.core.queued_by_priority(), self.core.queue_counts(),
                                      self.pool.snapshot(), [pool.name for pool in self.core.pools])
@@ -83,14 +103,24 @@ class SchedulerService:
     def _on_result(self, task_id: str, attempt: int, result: dict) -> None:
         record = self.core.active.get(task_id)
         if result["ok"] and record is not None and record.spec.uploaded:
-            try:
-                result = {**result, "outputs": self.uploads.keep_stems(record.spec, result)}
-            except RayDemucsError as exc:
-                result = {"ok": False, "error": exc.to_dict()}
-        if result["ok"]:
-            self.core.task_succeeded(task_id, attempt, result["outputs"], result["duration_s"])
+            self._in_background(self._keep_stems(task_id, attempt, record.spec, result))
         else:
-            self.core.task_failed(task_id, attempt, error_from_dict(result["error"]))
+            self._ended(task_id, attempt, result)
+
+    async def _keep_stems(self, task_id: str, attempt: int, spec: TaskSpec, result: dict) -> None:
+        """Write an uploaded task's stems under the state directory (off the loop), then end it."""
+        try:
+            outputs = await asyncio.to_thread(self.uploads.keep_stems, spec, result)
+            self._ended(task_id, attempt, {**result, "outputs": outputs})
+        except RayDemucsError as exc:
+            self._ended(task_id, attempt, {"ok": False, "error": exc.to_dict()})
+
+    def _ended(self, task_id: str, attempt: int, result: dict) -> None:
+        if result["ok"]:
+            self.core.attempt_ended(task_id, attempt, outputs=result["outputs"],
+                                    audio_duration_s=result["duration_s"])
+        else:
+            self.core.attempt_ended(task_id, attempt, error_from_dict(result["error"]))
         self.core.dispatch()
 
     def _on_lost(self, worker_id: str, reason: str) -> None:
@@ -99,7 +129,7 @@ class SchedulerService:
 
     # -- the API the client calls -----------------------------------------------------------
     async def ping(self) -> dict:
-        self._ensure_running()
+        await self._ready()
         return {"name": self.config.service.name, "pid": os.getpid(),
                 "accepting": self.core.accepting, "journal": self.store.path,
                 "config": self.config.to_dict()}
@@ -109,15 +139,15 @@ class SchedulerService:
 
         `uploads` maps an uploaded task's input SHA-256 to its bytes; they are stored first.
         """
-        self._ensure_running()
+        await self._ready()
         accepted = []
         for spec in map(TaskSpec.from_dict, specs):
-            self.core.pool_of(spec)  # a model no pool serves refuses the batch, before any is kept
+            self.core.check(spec)  # one refused task refuses the batch, before any is kept
             if spec.uploaded:
                 data = (uploads or {}).get(spec.input_sha256)
                 if data is None:
                     raise InvalidInput(f"task {spec.file_id!r} says it was uploaded, but no bytes came")
-                spec = self.uploads.accept(spec, data)
+                spec = await asyncio.to_thread(self.uploads.accept, spec, data)
             accepted.append(spec)
         records = [self.core.submit(spec).to_dict() for spec in accepted]
         self.core.dispatch()
@@ -126,7 +156,7 @@ class SchedulerService:
     async def fetch(self, task_id: str) -> dict:
         """A succeeded task's stems for a client that cannot read them where they are:
         `{"uri": FOLDER}` for remote storage, else the files' bytes read on this node."""
-        self._ensure_running()
+        await self._ready()
         record = self.core.get(task_id)
         if record.state is not TaskState.SUCCEEDED:
             raise InvalidInput(f"task {task_id} is {record.state.value}; only a succeeded task's "
@@ -134,33 +164,33 @@ class SchedulerService:
         folder = open_folder(record.spec.output_location, self.config.storage)
         if folder.remote:
             return {"uri": folder.location}
-        return folder.read_files()
+        return await asyncio.to_thread(folder.read_files)
 
     async def get_task(self, task_id: str) -> dict:
-        self._ensure_running()
+        await self._ready()
         return self.core.get(task_id).to_dict()
 
     async def get_tasks(self, task_ids: list[str]) -> list[dict]:
-        self._ensure_running()
+        await self._ready()
         return [self.core.get(task_id).to_dict() for task_id in task_ids]
 
     async def list_tasks(self, state: str | None = None, limit: int = 100) -> list[dict]:
-        self._ensure_running()
+        await self._ready()
         records = self.store.list(TaskState(state) if state else None, limit)
         return [self.core.active.get(r.task_id, r).to_dict() for r in records]
 
     async def retry(self, task_id: str) -> dict:
-        self._ensure_running()
+        await self._ready()
         record = self.core.retry(task_id).to_dict()
         self.core.dispatch()
         return record
 
     async def cancel(self, task_id: str) -> dict:
-        self._ensure_running()
+        await self._ready()
         return self.core.cancel(task_id).to_dict()
 
     async def status(self) -> dict:
-        self._ensure_running()
+        await self._ready()
         running = [self.core.active[task_id].to_dict() for task_id in self.core.running]
         return {"service": self.config.service.name, "accepting": self.core.accepting,
                 "uptime_s": time.time() - self.started_at, "journal": self.store.path,

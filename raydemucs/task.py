@@ -92,6 +92,27 @@ class TaskSpec:
         return cls(**{**data, "options": SeparationConfig(**data["options"])})
 
 
+# Options that change no stem: where the task runs, and how memory is spent on the way.
+RUN_ONLY_OPTIONS = ("device", "stream_over_s")
+
+
+def spec_differences(old: TaskSpec, new: TaskSpec) -> list[str]:
+    """What `new` asks that `old` (the same project and file id) did not, as `name: old -> new`;
+    empty when both make the same stems (priority, timeout and caching are not compared)."""
+    differences = []
+    same_bytes = old.input_sha256 and new.input_sha256 and old.input_sha256 == new.input_sha256
+    if old.input_path != new.input_path and not same_bytes:
+        differences.append(f"input: {old.input_path} -> {new.input_path}")
+    elif old.input_sha256 and new.input_sha256 and not same_bytes:
+        differences.append(f"input: {old.input_path} changed since (its bytes differ)")
+    if old.output_dir != new.output_dir:
+        differences.append(f"output directory: {old.output_dir} -> {new.output_dir}")
+    before, after = dataclasses.asdict(old.options), dataclasses.asdict(new.options)
+    differences += [f"{key}: {before[key]} -> {after[key]}" for key in before
+                    if key not in RUN_ONLY_OPTIONS and before[key] != after[key]]
+    return differences
+
+
 @dataclass
 class TaskRecord:
     """A task's state in the journal; `seq` orders submissions (FIFO within a priority)."""
@@ -111,10 +132,18 @@ class TaskRecord:
     retry_at: float | None = None
     queued_at: float | None = None
     audio_duration_s: float | None = None
+    segment_s: float | None = None  # the shorter segment a retry after out of memory runs with
 
     @property
     def task_id(self) -> str:
         return self.spec.task_id
+
+    def attempt_spec(self) -> TaskSpec:
+        """The spec the next attempt runs: as asked, with the segment an out-of-memory retry chose."""
+        if self.segment_s is None:
+            return self.spec
+        options = dataclasses.replace(self.spec.options, segment=self.segment_s)
+        return dataclasses.replace(self.spec, options=options)
 
     def to_dict(self) -> dict[str, Any]:
         """The record as `status TASK_ID --json` prints it."""

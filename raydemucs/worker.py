@@ -37,12 +37,11 @@ logger = logging.getLogger("raydemucs.worker")
 OOM_TEXTS = ("out of memory", "can't allocate memory")
 
 
-def resolve_device(device: str, num_gpus: float) -> str:
+def worker_device(num_gpus: float) -> str:
+    """A worker's device follows its pool: `cuda` when Ray gave it GPUs (and torch sees one)."""
     import torch
 
-    if device == "auto":
-        return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
-    return device
+    return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
 
 
 def link_or_copy(source: Path, target: Path) -> None:
@@ -94,7 +93,7 @@ class SeparatorWorker:
         threads = max(1, round(self.config.workers.num_cpus))
         torch.set_num_threads(threads)
         self.worker_id = worker_id
-        self.device = resolve_device(self.config.separation.device, self.config.workers.num_gpus)
+        self.device = worker_device(self.config.workers.num_gpus)
         self.models = ModelCache(self.config.workers.max_models, self.device)
         self.strategies = Strategies(self.device, self.config.workers.batch_size)
         self._models_lock = threading.Lock()

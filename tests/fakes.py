@@ -36,24 +36,30 @@ class FakeWorker:
 
 @dataclass
 class FakePool:
-    """Implements the scheduler's Pool protocol in memory; tests finish tasks by hand."""
+    """Implements the scheduler's Pool protocol in memory; tests finish tasks by hand.
 
+    A worker holds as many tasks as its pool's `tasks_per_worker`: the real pool's rule.
+    """
+
+    capacities: dict  # pool name -> tasks per worker
     workers: dict = field(default_factory=dict)
-    capacity: int = 1
     started: list = field(default_factory=list)
     aborted: list = field(default_factory=list)
     replaced: list = field(default_factory=list)
     reused: list = field(default_factory=list)
     removed: list = field(default_factory=list)
     lent: list = field(default_factory=list)
+    specs: list = field(default_factory=list)
 
     @classmethod
-    def with_workers(cls, count: int, capacity: int = 1) -> "FakePool":
-        return cls({f"worker-{i}": FakeWorker(f"worker-{i}") for i in range(count)}, capacity)
+    def of(cls, config, count: int = 0) -> "FakePool":
+        """A pool for `config`'s pools, with `count` live workers in the default one."""
+        capacities = {pool.name: pool.tasks_per_worker for pool in config.worker_pools()}
+        return cls(capacities, {f"worker-{i}": FakeWorker(f"worker-{i}") for i in range(count)})
 
     def free_workers(self, pool):
         free = [w for w in self.members(pool)
-                if w.state == "idle" and w.load < self.capacity and w.lent_to is None]
+                if w.state == "idle" and w.load < self.capacities[pool] and w.lent_to is None]
         return sorted(free, key=lambda w: w.load)
 
     def members(self, pool):
@@ -78,6 +84,7 @@ class FakePool:
     def start(self, worker_id, spec, attempt, reuse_from=None, helpers=()):
         self.workers[worker_id].tasks.append((spec.task_id, attempt))
         self.started.append((worker_id, spec.task_id, attempt))
+        self.specs.append(spec)
         self.reused.append(reuse_from)
         for helper in helpers:
             self.workers[helper].lent_to = spec.task_id

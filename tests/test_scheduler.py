@@ -1,26 +1,30 @@
 """Scheduler logic with a fake pool and a fake clock: no Ray, no threads, every step explicit."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from raydemucs.config import SeparationConfig, load_config
 from raydemucs.errors import (InvalidInput, SeparationAborted, ShuttingDown, TaskNotFound,
                               WorkerDied)
-from raydemucs.scheduler import Scheduler, retry_delay_s
+from raydemucs.outcome import retry_delay_s
+from raydemucs.scheduler import Scheduler
 from raydemucs.store import TaskStore
 from raydemucs.task import TaskSpec, TaskState, new_task_id
 from fakes import FakeClock, FakePool
 
 
-def make(tmp_path, workers=1, pools=(), batch_size=1, **tasks):
-    """A scheduler over a fake pool of `workers` (the default pool's size), or of `pools`."""
+def make(tmp_path, workers=1, pools=(), batch_size=1, prefetch=0, **tasks):
+    """A scheduler over a fake pool of `workers` (the default pool's size), or of `pools`; each
+    worker holds 1 + `prefetch` tasks."""
     config = load_config(overrides={"tasks": {"max_retries": 2, "retry_backoff_s": 1.0,
                                               "retry_backoff_max_s": 10.0, "timeout_s": 30.0,
                                               "abort_grace_s": 5.0, **tasks},
                                     "workers": {"max_workers": max(1, workers),
-                                                "batch_size": batch_size},
+                                                "batch_size": batch_size, "prefetch": prefetch},
                                     "pools": list(pools)}, environ={})
-    clock, pool = FakeClock(), FakePool.with_workers(workers)
+    clock, pool = FakeClock(), FakePool.of(config, workers)
     store = TaskStore(tmp_path / "journal.db")
     return Scheduler(config, store, pool, clock=clock, rng=lambda: 1.0), pool, clock
 
@@ -33,7 +37,7 @@ def spec(file_id, priority=5, project="p", **kwargs):
 def finish(scheduler, pool, worker_id="worker-0"):
     task_id, attempt = pool.workers[worker_id].busy_with
     pool.free(worker_id)
-    scheduler.task_succeeded(task_id, attempt, {"drums": "x"})
+    scheduler.attempt_ended(task_id, attempt, outputs={"drums": "x"})
     scheduler.dispatch()
     return task_id
 
@@ -77,7 +81,7 @@ def test_resubmitting_a_failed_task_runs_it_again(tmp_path):
     first = scheduler.submit(spec("song"))
     scheduler.dispatch()
     pool.free("worker-0")
-    scheduler.task_failed(first.task_id, 1, InvalidInput("bad"))
+    scheduler.attempt_ended(first.task_id, 1, InvalidInput("bad"))
     assert scheduler.get(first.task_id).state is TaskState.FAILED
     again = scheduler.submit(spec("song"))
     assert again.task_id == first.task_id and again.state is TaskState.QUEUED
@@ -92,7 +96,7 @@ def test_retryable_failure_backs_off_then_retries_until_max_retries(tmp_path):
         scheduler.tick()
         assert pool.started[-1] == ("worker-0", task.task_id, attempt)
         pool.free("worker-0")
-        scheduler.task_failed(task.task_id, attempt, WorkerDied("boom"))
+        scheduler.attempt_ended(task.task_id, attempt, WorkerDied("boom"))
         record = scheduler.get(task.task_id)
         if attempt <= 2:
             assert record.state is TaskState.QUEUED
@@ -111,7 +115,7 @@ def test_non_retryable_failure_fails_at_once(tmp_path):
     scheduler, pool, _ = make(tmp_path)
     task = scheduler.submit(spec("song"))
     scheduler.dispatch()
-    scheduler.task_failed(task.task_id, 1, InvalidInput("not audio"))
+    scheduler.attempt_ended(task.task_id, 1, InvalidInput("not audio"))
     record = scheduler.get(task.task_id)
     assert record.state is TaskState.FAILED and record.attempts == 1
     assert record.error == {"type": "InvalidInput", "message": "not audio"}
@@ -138,7 +142,7 @@ def test_timeout_aborts_then_kills_and_replaces_a_worker_that_does_not_answer(tm
     record = scheduler.get(slow.task_id)
     assert record.state is TaskState.FAILED and record.error["type"] == "TaskTimeout"
     assert pool.started[-1][1] == nxt.task_id  # the next task runs on the fresh worker
-    scheduler.task_succeeded(slow.task_id, 1, {})  # a late answer of the killed attempt is ignored
+    scheduler.attempt_ended(slow.task_id, 1, outputs={})  # a late answer of the killed attempt is ignored
     assert scheduler.get(slow.task_id).state is TaskState.FAILED
 
 
@@ -149,7 +153,7 @@ def test_timeout_with_cooperative_abort_is_retried(tmp_path):
     clock.advance(3.0)
     scheduler.tick()
     pool.free("worker-0")
-    scheduler.task_failed(task.task_id, 1, SeparationAborted("stopped"))
+    scheduler.attempt_ended(task.task_id, 1, SeparationAborted("stopped"))
     record = scheduler.get(task.task_id)
     assert record.state is TaskState.QUEUED and record.error["type"] == "TaskTimeout"
     assert not pool.replaced
@@ -170,7 +174,7 @@ def test_cancel_a_running_task_aborts_it_and_ends_cancelled(tmp_path):
     scheduler.cancel(task.task_id)
     assert pool.aborted == [("worker-0", task.task_id)]
     pool.free("worker-0")
-    scheduler.task_failed(task.task_id, 1, SeparationAborted("stopped"))
+    scheduler.attempt_ended(task.task_id, 1, SeparationAborted("stopped"))
     assert scheduler.get(task.task_id).state is TaskState.CANCELLED
 
 
@@ -285,10 +289,16 @@ def test_out_of_memory_is_retried_with_half_the_segment(tmp_path):
     scheduler.dispatch()
     pool.free("worker-0")
     error = error_from_dict(OutOfMemory("out of memory", segment_s=7.8).to_dict())
-    scheduler.task_failed(task.task_id, 1, error)
+    scheduler.attempt_ended(task.task_id, 1, error)
     record = scheduler.get(task.task_id)
-    assert record.state is TaskState.QUEUED and record.spec.options.segment == 3.9
-    assert scheduler.store.get(task.task_id).spec.options.segment == 3.9
+    assert record.state is TaskState.QUEUED and record.segment_s == 3.9
+    assert scheduler.store.get(task.task_id).segment_s == 3.9
+    assert record.spec.options.segment is None  # what was asked stays as asked
+    clock.advance(10.0)
+    scheduler.tick()
+    assert pool.started[-1][1:] == (task.task_id, 2)
+    assert pool.specs[-1].options.segment == 3.9  # the retry runs with half the segment
+    assert scheduler.submit(spec("long")).task_id == task.task_id  # the same ask: no conflict
 
 
 class RecordingListener:
@@ -310,7 +320,7 @@ def test_the_listener_hears_every_transition_and_queue_counts_by_priority(tmp_pa
     scheduler.dispatch()
     assert scheduler.queued_by_priority() == {"low": 2}
     clock.advance(2.0)
-    scheduler.task_succeeded(first.task_id, 1, {}, audio_duration_s=12.5)
+    scheduler.attempt_ended(first.task_id, 1, outputs={}, audio_duration_s=12.5)
     assert listener.seen[-2:] == [(first.task_id, "queued", "running"),
                                   (first.task_id, "running", "succeeded")]
     record = scheduler.get(first.task_id).to_dict()
@@ -323,7 +333,7 @@ def test_retry_requeues_a_dead_letter_under_its_id(tmp_path):
     task = scheduler.submit(spec("song"))
     scheduler.dispatch()
     pool.free("worker-0")
-    scheduler.task_failed(task.task_id, 1, InvalidInput("input vanished"))
+    scheduler.attempt_ended(task.task_id, 1, InvalidInput("input vanished"))
     again = scheduler.retry(task.task_id)
     assert again.task_id == task.task_id and again.state is TaskState.QUEUED
 
@@ -344,15 +354,14 @@ def test_a_task_with_a_known_cache_key_is_sent_the_earlier_folder(tmp_path):
 
 
 def test_prefetch_queues_one_task_behind_a_busy_worker_and_starts_its_clock_later(tmp_path):
-    scheduler, _, clock = make(tmp_path, timeout_s=10.0)
-    scheduler.pool = pool = FakePool.with_workers(2, capacity=2)
+    scheduler, pool, clock = make(tmp_path, workers=2, prefetch=1, timeout_s=10.0)
     ids = [scheduler.submit(spec(name)).task_id for name in "abcde"]
     scheduler.dispatch()
     assert [(w, t) for w, t, _ in pool.started] == [
         ("worker-0", ids[0]), ("worker-1", ids[1]), ("worker-0", ids[2]), ("worker-1", ids[3])]
     clock.advance(9.0)
     pool.free("worker-0")
-    scheduler.task_succeeded(ids[0], 1, {})
+    scheduler.attempt_ended(ids[0], 1, outputs={})
     assert scheduler.get(ids[2]).started_at == clock.now
     clock.advance(9.0)
     scheduler.tick()  # c has run 9 s of its 10: no abort yet; b (18 s) is aborted
@@ -361,8 +370,7 @@ def test_prefetch_queues_one_task_behind_a_busy_worker_and_starts_its_clock_late
 
 
 def test_killing_a_worker_for_a_timeout_sends_the_task_behind_back_uncounted(tmp_path):
-    scheduler, _, clock = make(tmp_path, timeout_s=5.0, max_retries=0)
-    scheduler.pool = pool = FakePool.with_workers(1, capacity=2)
+    scheduler, pool, clock = make(tmp_path, workers=1, prefetch=1, timeout_s=5.0, max_retries=0)
     first, second = (scheduler.submit(spec(name)).task_id for name in "ab")
     scheduler.dispatch()
     clock.advance(5.0)
@@ -374,8 +382,7 @@ def test_killing_a_worker_for_a_timeout_sends_the_task_behind_back_uncounted(tmp
 
 
 def test_a_prefetched_task_steps_back_for_a_better_priority(tmp_path):
-    scheduler, _, _ = make(tmp_path)
-    scheduler.pool = pool = FakePool.with_workers(1, capacity=2)
+    scheduler, pool, _ = make(tmp_path, workers=1, prefetch=1)
     running = scheduler.submit(spec("running", priority=5)).task_id
     low = scheduler.submit(spec("low", priority=9)).task_id
     scheduler.dispatch()
@@ -384,7 +391,7 @@ def test_a_prefetched_task_steps_back_for_a_better_priority(tmp_path):
     scheduler.dispatch()
     assert pool.aborted == [("worker-0", low)]
     pool.workers["worker-0"].tasks.remove((low, 1))
-    scheduler.task_failed(low, 1, SeparationAborted("stopped"))
+    scheduler.attempt_ended(low, 1, SeparationAborted("stopped"))
     record = scheduler.get(low)
     assert record.state is TaskState.QUEUED and record.attempts == 0
     scheduler.dispatch()
@@ -394,13 +401,12 @@ def test_a_prefetched_task_steps_back_for_a_better_priority(tmp_path):
 
 
 def test_draining_sends_prefetched_tasks_back_to_the_queue(tmp_path):
-    scheduler, _, _ = make(tmp_path)
-    scheduler.pool = pool = FakePool.with_workers(1, capacity=2)
+    scheduler, pool, _ = make(tmp_path, workers=1, prefetch=1)
     first, second = (scheduler.submit(spec(name)).task_id for name in "ab")
     scheduler.dispatch()
     scheduler.stop_accepting()
     assert pool.aborted == [("worker-0", second)]
-    scheduler.task_failed(second, 1, SeparationAborted("stopped"))
+    scheduler.attempt_ended(second, 1, SeparationAborted("stopped"))
     assert scheduler.store.get(second).state is TaskState.QUEUED
     assert scheduler.store.get(first).state is TaskState.RUNNING
 
@@ -413,14 +419,13 @@ def test_a_task_that_ends_without_stems_leaves_no_staging_folder(tmp_path):
     staging = tmp_path / "out" / "p" / ".f.1234abcd.tmp"
     staging.mkdir(parents=True)
     (staging / "drums.mp3").write_bytes(b"half")
-    scheduler.task_failed(task.task_id, 1, WorkerDied("killed while writing"))
+    scheduler.attempt_ended(task.task_id, 1, WorkerDied("killed while writing"))
     assert scheduler.get(task.task_id).state is TaskState.FAILED
     assert not staging.exists()
 
 
 def test_a_replaced_worker_sends_its_waiting_task_back_without_spending_an_attempt(tmp_path):
-    scheduler, _, _ = make(tmp_path)
-    scheduler.pool = pool = FakePool.with_workers(1, capacity=2)
+    scheduler, pool, _ = make(tmp_path, workers=1, prefetch=1)
     first, second = (scheduler.submit(spec(name)).task_id for name in "ab")
     scheduler.dispatch()
     scheduler.worker_lost("worker-0", "SIGKILL")
@@ -435,11 +440,9 @@ GPU = {"name": "gpu", "models": ["htdemucs"], "min_workers": 0, "max_workers": 2
 CPU = {"name": "cpu", "min_workers": 1, "max_workers": 3, "idle_timeout_s": 60.0}
 
 
-def pooled(tmp_path, *pools, capacity=1, **tasks):
+def pooled(tmp_path, *pools, prefetch=0, **tasks):
     """A scheduler over `pools`, on a fake pool that starts with no workers."""
-    scheduler, _, clock = make(tmp_path, pools=pools, **tasks)
-    scheduler.pool = pool = FakePool(capacity=capacity)
-    return scheduler, pool, clock
+    return make(tmp_path, workers=0, pools=pools, prefetch=prefetch, **tasks)
 
 
 def on(model, name, **kwargs):
@@ -475,7 +478,7 @@ def test_a_pool_grows_to_max_and_pending_workers_are_never_free(tmp_path):
     assert scheduler.dispatch() == 0
     assert sorted(pool.workers) == ["gpu-worker-0", "gpu-worker-1"]  # 3 waiting, max 2
     assert scheduler.dispatch() == 0 and len(pool.workers) == 2  # pending: no task, no more growth
-    assert scheduler.pool_counts() == [{"name": "gpu", "models": ["htdemucs"], "workers": 2,
+    assert scheduler.pool_counts() == [{"name": "gpu", "models": ["htdemucs"], "device": "cpu", "workers": 2,
                                         "pending": 2, "queued": 3, "min_workers": 0,
                                         "max_workers": 2}]
     pool.ready("gpu")
@@ -530,7 +533,7 @@ def test_a_pending_worker_left_without_tasks_is_removed_after_the_timeout(tmp_pa
 
 def test_without_pools_the_default_pool_is_filled_to_max_workers_and_never_shrinks(tmp_path):
     scheduler, _, clock = make(tmp_path, workers=2)
-    scheduler.pool = pool = FakePool()
+    scheduler.pool = pool = FakePool.of(scheduler.config)  # no worker yet
     scheduler.dispatch()
     pool.ready("default")
     clock.advance(86400.0)
@@ -540,7 +543,7 @@ def test_without_pools_the_default_pool_is_filled_to_max_workers_and_never_shrin
 
 def test_a_better_priority_steps_back_a_prefetched_task_of_its_own_pool_only(tmp_path):
     scheduler, pool, _ = pooled(tmp_path, {**GPU, "max_workers": 1}, {**CPU, "max_workers": 1},
-                                capacity=2)
+                                prefetch=1)
     scheduler.dispatch()
     scheduler.submit(on("mdx_extra", "running"))
     low = scheduler.submit(on("mdx_extra", "low", priority=9)).task_id
@@ -605,52 +608,56 @@ def test_a_failed_split_attempt_gives_its_helpers_back_and_retries(tmp_path):
     long = scheduler.submit(spec("long", duration_s=300.0)).task_id
     scheduler.dispatch()
     pool.free("worker-0")
-    scheduler.task_failed(long, 1, WorkerDied("gone"))
+    scheduler.attempt_ended(long, 1, WorkerDied("gone"))
     assert pool.workers["worker-1"].lent_to is None
     clock.advance(10.0)
     scheduler.tick()
     assert pool.started[-1][1:] == (long, 2) and pool.lent[-1] == ("worker-1", long)
 
 
-def test_with_batching_a_worker_runs_batch_size_tasks_at_once(tmp_path):
-    scheduler, _, clock = make(tmp_path, batch_size=2, timeout_s=10.0)
-    scheduler.pool = pool = FakePool.with_workers(1, capacity=3)
+def test_a_waiting_task_starts_its_clock_when_its_segments_start_to_run(tmp_path):
+    """A batching worker holds 1 + prefetch tasks; one waiting there is on the clock only from
+    the poll that shows its segments in a forward pass (or once the tasks before it ended)."""
+    scheduler, pool, clock = make(tmp_path, workers=1, prefetch=2, batch_size=8, timeout_s=10.0)
     ids = [scheduler.submit(spec(name)).task_id for name in "abc"]
     scheduler.dispatch()
-    assert [scheduler.running[i].behind for i in ids] == [False, False, True]
+    assert [scheduler.running[i].behind for i in ids] == [False, True, True]
+    clock.advance(9.0)
+    scheduler.report_progress(ids[1], 1, 0.0, "waiting")
+    scheduler.report_progress(ids[2], 1, 0.1, "separating")
+    assert [scheduler.running[i].behind for i in ids] == [False, True, False]
+    assert scheduler.get(ids[2]).started_at == clock.now
     clock.advance(5.0)
-    pool.workers["worker-0"].tasks.remove((ids[0], 1))
-    scheduler.task_succeeded(ids[0], 1, {})
-    assert not scheduler.running[ids[2]].behind and scheduler.get(ids[2]).started_at == clock.now
+    scheduler.tick()  # a ran 14 s of its 10: aborted; c ran 5 s; b has not started
+    assert pool.aborted == [("worker-0", ids[0])]
+    pool.workers["worker-0"].tasks.remove((ids[2], 1))
+    scheduler.attempt_ended(ids[2], 1, outputs={})
+    assert scheduler.running[ids[1]].behind  # a still runs (it is being aborted)
 
 
 def test_a_step_back_is_not_counted_as_a_retry(tmp_path):
-    scheduler, _, _ = make(tmp_path)
+    scheduler, pool, _ = make(tmp_path, workers=1, prefetch=1)
     scheduler.listener = listener = RecordingListener()
-    scheduler.pool = pool = FakePool.with_workers(1, capacity=2)
     scheduler.submit(spec("running", priority=5))
     low = scheduler.submit(spec("low", priority=9)).task_id
     scheduler.dispatch()
     scheduler.submit(spec("high", priority=0))
     scheduler.dispatch()
     pool.workers["worker-0"].tasks.remove((low, 1))
-    scheduler.task_failed(low, 1, SeparationAborted("stopped"))
+    scheduler.attempt_ended(low, 1, SeparationAborted("stopped"))
     assert listener.uncounted == [low]
 
 
-def test_batch_size_is_per_pool(tmp_path):
-    pools = [{"name": "gpu", "models": ["htdemucs"], "batch_size": 2, "min_workers": 1},
+def test_batch_size_and_prefetch_are_per_pool(tmp_path):
+    pools = [{"name": "gpu", "models": ["htdemucs"], "batch_size": 2, "prefetch": 3, "min_workers": 1},
              {"name": "cpu", "min_workers": 1}]
     scheduler, _, _ = make(tmp_path, workers=1, pools=pools)
     assert {p.name: p.batch_size for p in scheduler.pools} == {"gpu": 2, "cpu": 1}
-    assert scheduler.batch_sizes[scheduler.pool_of(spec("a"))] == 2
-    other = spec("b", options=SeparationConfig(model="mdx_extra"))
-    assert scheduler.batch_sizes[scheduler.pool_of(other)] == 1
+    assert {p.name: p.tasks_per_worker for p in scheduler.pools} == {"gpu": 4, "cpu": 1}
 
 
 def test_a_task_stepping_back_is_not_started_when_the_task_ahead_ends(tmp_path):
-    scheduler, _, _ = make(tmp_path)
-    scheduler.pool = pool = FakePool.with_workers(1, capacity=3)
+    scheduler, pool, _ = make(tmp_path, workers=1, prefetch=2)
     ids = []
     for name, priority in (("first", 5), ("low", 9), ("normal", 5)):  # low waits ahead of normal
         ids.append(scheduler.submit(spec(name, priority=priority)).task_id)
@@ -660,7 +667,7 @@ def test_a_task_stepping_back_is_not_started_when_the_task_ahead_ends(tmp_path):
     scheduler.dispatch()
     assert pool.aborted == [("worker-0", low)]
     pool.workers["worker-0"].tasks.remove((first, 1))
-    scheduler.task_succeeded(first, 1, {})
+    scheduler.attempt_ended(first, 1, outputs={})
     assert scheduler.running[low].behind and not scheduler.running[normal].behind
 
 
@@ -673,3 +680,67 @@ def test_a_cancelled_task_retried_queues_behind_those_that_waited(tmp_path):
     scheduler.retry(first)
     finished = [finish(scheduler, pool) for _ in range(4)]
     assert finished == [blocker.task_id, second, third, first]
+
+
+def test_a_resubmit_that_asks_for_other_stems_is_refused_naming_what_differs(tmp_path):
+    from raydemucs.errors import TaskConflict
+
+    scheduler, pool, _ = make(tmp_path)
+    int24 = SeparationConfig(wav_depth="int24")
+    first = scheduler.submit(spec("song", options=int24))
+    with pytest.raises(TaskConflict, match=r"wav_depth: int24 -> float32.*cancel it first"):
+        scheduler.submit(spec("song", options=SeparationConfig(wav_depth="float32")))
+    scheduler.dispatch()
+    finish(scheduler, pool)
+    assert scheduler.submit(spec("song", options=int24)).state is TaskState.SUCCEEDED
+    for options, words in [(SeparationConfig(wav_depth="float32"), "wav_depth: int24 -> float32"),
+                           (SeparationConfig(wav_depth="int24", two_stems="vocals"),
+                            "two_stems: None -> vocals"),
+                           (SeparationConfig(format="mp3", wav_depth="int24"),
+                            "format: wav -> mp3")]:
+        with pytest.raises(TaskConflict, match=rf"p/song is already task {first.task_id} "
+                           rf"\(succeeded\) .*{words}.*--force.*--file-id"):
+            scheduler.submit(spec("song", options=options))
+    with pytest.raises(TaskConflict, match="input: /in.wav -> /other.wav"):
+        scheduler.submit(dataclasses.replace(spec("song", options=int24), input_path="/other.wav"))
+    same = SeparationConfig(wav_depth="int24", device="cpu", stream_over_s=None)
+    assert scheduler.submit(spec("song", options=same)).task_id == first.task_id  # same stems
+    forced = scheduler.submit(spec("song", options=SeparationConfig(format="mp3"), force=True))
+    assert forced.task_id == first.task_id and forced.state is TaskState.QUEUED
+    assert forced.spec.options.format == "mp3"
+
+
+def test_a_failed_task_resubmitted_with_other_options_runs_with_them(tmp_path):
+    scheduler, pool, _ = make(tmp_path)
+    first = scheduler.submit(spec("song"))
+    scheduler.dispatch()
+    pool.free("worker-0")
+    scheduler.attempt_ended(first.task_id, 1, InvalidInput("bad"))
+    again = scheduler.submit(spec("song", options=SeparationConfig(shifts=0)))
+    assert again.task_id == first.task_id and again.spec.options.shifts == 0
+
+
+def test_counts_by_state_are_kept_in_memory_not_counted_in_the_journal(tmp_path):
+    scheduler, pool, clock = make(tmp_path)
+    for name in "abc":
+        scheduler.submit(spec(name))
+    restarted, pool, clock = make(tmp_path)
+    restarted.recover()
+    restarted.store.count_by_state = lambda: pytest.fail("the journal was counted")
+    restarted.dispatch()
+    finish(restarted, pool)
+    restarted.cancel(restarted.store.list(TaskState.QUEUED, 1)[0].task_id)
+    counts = restarted.queue_counts()
+    assert counts == {**TaskStore(tmp_path / "journal.db").count_by_state(), "waiting_retry": 0}
+    assert (counts["succeeded"], counts["cancelled"], counts["running"]) == (1, 1, 1)
+
+
+def test_a_task_for_a_device_its_pool_does_not_run_on_is_refused(tmp_path):
+    gpu = {"name": "gpu", "models": ["htdemucs"], "num_gpus": 1.0, "min_workers": 0}
+    scheduler, _, _ = make(tmp_path, workers=0, pools=(gpu, {"name": "cpu"}))
+    assert scheduler.pool_of(spec("a", options=SeparationConfig(device="cuda"))) == "gpu"
+    assert scheduler.pool_of(spec("b", options=SeparationConfig(model="mdx_extra",
+                                                                device="cpu"))) == "cpu"
+    with pytest.raises(InvalidInput, match="pool 'gpu', whose workers use cuda, not cpu"):
+        scheduler.submit(spec("c", options=SeparationConfig(device="cpu")))
+    assert not scheduler.store.list(None, 10)
