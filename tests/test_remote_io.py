@@ -93,3 +93,53 @@ def test_stems_are_fetched_to_a_local_directory_only(audio, tmp_path):
         WorkerManager().fetch("anytask", "s3://bucket/stems")
     refused = run_cli("submit", audio("song.wav", seconds=0.5), "--upload", "-o", "s3://bucket/x")
     assert refused.returncode == 2 and "-o names the local directory" in refused.stderr
+
+
+def write_big_wav(path, megabytes: float):
+    """A 16-bit stereo WAV of about `megabytes` MB, written a minute at a time."""
+    import soundfile as sf
+    from conftest import SAMPLERATE, make_signal
+
+    minute = make_signal(60.0)
+    frames = int(megabytes * 2**20 / 4)
+    with sf.SoundFile(path, "w", SAMPLERATE, 2, "PCM_16") as handle:
+        for start in range(0, frames, len(minute)):
+            handle.write(minute[:frames - start])
+    return path
+
+
+def test_status_answers_while_a_100_mb_upload_is_being_stored(make_service, ray_cluster, tmp_path):
+    """The upload comes from another process (the CLI); here, `status` is asked again and again
+    and counted when it was both asked and answered while the upload's partial file was on the
+    service's disk: a scheduler that stored the bytes on its event loop answers none then."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    manager = make_service(workers={"max_workers": 1}, input={"max_file_mb": 101.0})
+    big = write_big_wav(tmp_path / "big.wav", 99.0)
+    uploads = tmp_path / "state" / "uploads"
+    env = {"RAYDEMUCS_SERVICE_NAME": manager.config.service.name,
+           "RAYDEMUCS_SERVICE_STATE_DIR": manager.config.service.state_dir,
+           "RAYDEMUCS_INPUT_MAX_FILE_MB": "101", "RAY_ADDRESS": ray_cluster}
+    upload = subprocess.Popen([sys.executable, "-m", "raydemucs", "submit", str(big), "--upload",
+                               "--two-stems", "piano", "--json"],  # fails at once in the worker
+                              env={**os.environ, **env}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+
+    def storing() -> bool:
+        return uploads.is_dir() and any(p.name.endswith(".tmp") for p in uploads.iterdir())
+
+    answered_while_storing, slowest_s = 0, 0.0
+    while upload.poll() is None:
+        before, started = storing(), time.monotonic()
+        manager.get_status()
+        slowest_s = max(slowest_s, time.monotonic() - started)
+        answered_while_storing += before and storing()
+    out, err = upload.communicate()
+    assert upload.returncode == 0, err
+    task_id = json.loads(out.splitlines()[-1])["task_id"]
+    stored = uploads / manager.get_status(task_id)["spec"]["input_sha256"]
+    assert stored.stat().st_size > 98 * 2**20 and not storing()
+    assert answered_while_storing >= 3, (answered_while_storing, slowest_s)
