@@ -64,15 +64,19 @@ def test_split_across_workers_equals_one_worker(workers, tiny_repo, audio, tmp_p
     assert json.loads((tmp_path / "p" / "plain" / "manifest.json").read_text())["pieces"] == 1
 
 
-def test_a_dead_helper_costs_time_not_the_task(workers, tiny_repo, audio, tmp_path):
+def test_a_helper_killed_during_its_piece_costs_time_not_the_task(workers, tiny_repo, audio,
+                                                                  tmp_path):
     import ray
 
     lead, helper, _ = workers
-    song = audio("song.wav", seconds=6.0)
+    song = audio("song.wav", seconds=20.0)
     plain = ray.get(lead.separate.remote(spec(song, tmp_path, "plain", repo=tiny_repo).to_dict(), 1))
+    split = lead.separate.remote(spec(song, tmp_path, "split", repo=tiny_repo).to_dict(), 1,
+                                 None, None, [helper])
+    wait_for(lambda: [t for t in ray.get(helper.poll.remote())["tasks"] if t["progress"] > 0],
+             timeout_s=60, step_s=0.05)  # the helper is computing its piece
     ray.kill(helper)
-    split = ray.get(lead.separate.remote(spec(song, tmp_path, "split", repo=tiny_repo).to_dict(), 1,
-                                         None, None, [helper]))
+    split = ray.get(split)
     assert plain["ok"] and split["ok"], split
     assert_same_stems(tmp_path / "p" / "plain", tmp_path / "p" / "split")
 
