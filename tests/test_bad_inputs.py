@@ -448,6 +448,7 @@ BAD_OPTIONS = {
     "negative_timeout": ({"timeout_s": -1}, ConfigError, "tasks.timeout_s=-1.0 is out of range"),
     "unknown_priority": ({"priority": "urgent"}, InvalidInput, "priority 'urgent' must be high, "
                          "normal, low or 0-9"),
+    "cuda_on_cpu_workers": ({"device": "cuda"}, InvalidInput, "whose workers use cpu, not cuda"),
 }
 
 

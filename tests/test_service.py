@@ -182,3 +182,33 @@ def test_with_prefetch_a_busy_worker_takes_the_next_task_and_both_succeed(make_s
     records = manager.wait_all([first, second], timeout=120)
     assert [r["state"] for r in records] == ["succeeded", "succeeded"]
     assert records[1]["started_at"] >= records[0]["finished_at"] - 1.0
+
+
+def test_the_same_key_with_other_options_is_refused_on_the_api_and_the_cli(make_service, audio,
+                                                                           ray_cluster, tmp_path):
+    from conftest import run_cli
+    from raydemucs.errors import TaskConflict
+
+    manager = make_service()
+    song, out = audio("song.wav", seconds=1.0), tmp_path / "out"
+    first = manager.add_task(song, output_dir=out, project_name="p", wav_depth="int24")
+    manager.wait(first, timeout=120)
+    with pytest.raises(TaskConflict, match="wav_depth: int24 -> float32.*--force"):
+        manager.add_task(song, output_dir=out, project_name="p", wav_depth="float32")
+    env = {"RAY_ADDRESS": ray_cluster, "RAYDEMUCS_SERVICE_NAME": manager.config.service.name,
+           "RAYDEMUCS_SERVICE_STATE_DIR": manager.config.service.state_dir}
+    for flags, words in [(["--float32"], "wav_depth: int24 -> float32"),
+                         (["--int24", "--two-stems", "vocals"], "two_stems: None -> vocals"),
+                         (["--int24", "--mp3"], "format: wav -> mp3")]:
+        refused = run_cli("submit", song, "-o", out, "--project", "p", "--wait", *flags,
+                          "--profile", "test", env=env)
+        assert refused.returncode == 2, refused.stderr
+        assert words in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    again = run_cli("submit", song, "-o", out, "--project", "p", "--int24", "--wait",
+                    "--profile", "test", env=env)
+    assert again.returncode == 0 and first in again.stdout
+    forced = manager.add_task(song, output_dir=out, project_name="p", wav_depth="float32",
+                              force=True)
+    assert manager.wait(forced, timeout=120)["outputs"]["vocals"].endswith(".wav")
+    assert json.loads((out / "p" / "song" / "manifest.json").read_text())["options"][
+        "wav_depth"] == "float32"
