@@ -15,7 +15,6 @@ from .errors import InvalidInput, RayDemucsError, error_from_dict
 from .logs import configure_logging
 from .metrics import ServiceMetrics
 from .outputs import open_folder
-from .pool import RayWorkerPool
 from .scheduler import Scheduler, read_recovery
 from .store import TaskStore
 from .task import TaskSpec, TaskState
@@ -30,6 +29,10 @@ class SchedulerService:
     """Owns priorities, timeouts, retries and worker restarts for one named service."""
 
     def __init__(self, config: dict):
+        # here, not at the top: a client's handle to this actor imports this module, and the pool
+        # imports the worker (torch, demucs), which only the actor's process needs
+        from .pool import RayWorkerPool
+
         self.config = Config.from_dict(config)
         configure_logging(self.config.service.log_level, self.config.service.log_format)
         self.store = TaskStore(self.config.state_path / JOURNAL_FILE)

@@ -1,0 +1,36 @@
+"""The client side (CLI, WorkerManager and what they import) loads neither torch nor demucs."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+# raydemucs.service too: a client's handle to the scheduler actor imports the actor's module
+CLIENT = ["raydemucs", "raydemucs.cli", "raydemucs.api", "raydemucs.render", "raydemucs.config",
+          "raydemucs.errors", "raydemucs.task", "raydemucs.names", "raydemucs.inputs",
+          "raydemucs.models", "raydemucs.outputs", "raydemucs.connection", "raydemucs.service"]
+
+
+def test_importing_the_client_side_loads_no_torch_demucs_or_worker():
+    probe = ("import sys\n"
+             f"for name in {CLIENT!r}: __import__(name)\n"
+             "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'demucs')\n"
+             "               or m in ('raydemucs.worker', 'raydemucs.pool', 'raydemucs.engine'))\n"
+             "print(heavy)")
+    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "[]"
+
+
+def test_the_client_checks_an_input_and_a_model_without_torch(tmp_path):
+    from conftest import write_audio
+
+    song = write_audio(tmp_path / "song.wav", seconds=1.0)
+    probe = ("import sys\n"
+             "from raydemucs.config import InputConfig\n"
+             "from raydemucs.inputs import validate_input\n"
+             "from raydemucs.models import check_model_name, model_source\n"
+             f"validate_input({str(song)!r}, InputConfig())\n"
+             "check_model_name('htdemucs', None)\n"
+             "model_source('demucs_unittest', None)\n"
+             "print('torch' in sys.modules)")
+    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "False"
