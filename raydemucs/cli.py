@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -14,11 +12,10 @@ import click
 from .api import WorkerManager
 from .config import load_config
 from .errors import RayDemucsError, ServiceUnavailable
+from .head import DEFAULT_PORT, ensure_head, stop_head
 from .logs import configure_logging
 from .render import print_outputs, progress_bars, status_table, task_line
 from .storage import is_uri
-
-RAY_MARKER = "ray-started-by-raydemucs"
 
 
 def service_options(func):
@@ -207,13 +204,18 @@ def retry(manager, task_ids, as_json):
 
 @cli.command()
 @click.option("--foreground", is_flag=True, help="Stay attached; SIGINT/SIGTERM drain and stop.")
+@click.option("--port", type=click.IntRange(1, 65535), default=DEFAULT_PORT, show_default=True,
+              help="Port of the Ray head started when no --address is given and no Ray runs here.")
 @service_options
-def start(manager, foreground):
+def start(manager, foreground, port):
     """Start the service: the scheduler actor and its workers (harmless if already running).
 
-    With no --address, a local Ray head is started first unless `ray start` already runs one.
+    With no --address, a local Ray head is started first unless `ray start` already runs one;
+    `stop` ends that head.
     """
-    started_head = not manager.address and _ensure_ray_head(manager)
+    state = manager.config.state_path
+    started_head = not manager.address and ensure_head(
+        state, port, manager.config.service.dashboard_host)
     manager.scheduler(create=True, detached=not foreground)
     info = manager.get_status()
     click.echo(f"raydemucs service {info['service']!r} running with {len(info['workers'])} "
@@ -221,61 +223,7 @@ def start(manager, foreground):
     if foreground:
         _serve_until_signal(manager)
         if started_head:
-            _stop_ray_head(manager)
-
-
-def _ensure_ray_head(manager) -> bool:
-    """Start a local Ray head that outlives this command unless one runs; True if started.
-
-    The head runs as `ray start --head --block` in its own session; its pid is kept in the
-    state directory so that `stop` ends this head only, not other Ray instances here.
-    """
-    try:
-        manager.connect(start_local=False)
-        return False
-    except ServiceUnavailable:
-        pass
-    state = manager.config.state_path
-    state.mkdir(parents=True, exist_ok=True)
-    with open(state / "ray-head.log", "ab") as log:
-        head = subprocess.Popen(
-            ["ray", "start", "--head", "--block", "--disable-usage-stats",
-             f"--dashboard-host={manager.config.service.dashboard_host}"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    (state / RAY_MARKER).write_text(str(head.pid))
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            manager.connect(start_local=False)
-            return True
-        except ServiceUnavailable:
-            if head.poll() is not None or time.monotonic() > deadline:
-                raise ServiceUnavailable(f"`ray start --head` failed; see {state / 'ray-head.log'}")
-            time.sleep(0.5)
-
-
-def _stop_ray_head(manager) -> None:
-    """End the Ray head that raydemucs started here, if it did."""
-    marker = manager.config.state_path / RAY_MARKER
-    if not marker.exists():
-        return
-    pid = int(marker.read_text() or 0)
-    marker.unlink()
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        return
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.2)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+            stop_head(state)
 
 
 def _serve_until_signal(manager) -> None:
@@ -306,10 +254,20 @@ def _serve_until_signal(manager) -> None:
 @click.option("--grace", type=float, help="Seconds to let running tasks finish (default: config).")
 @service_options
 def stop(manager, now, grace):
-    """Drain and stop the service; queued tasks wait in the journal for the next start."""
-    manager.scheduler(create=False)
+    """Drain and stop the service, and the Ray head `start` launched; queued tasks wait in the
+    journal for the next start."""
+    state = manager.config.state_path
+    try:
+        manager.scheduler(create=False)
+    except ServiceUnavailable:
+        head = stop_head(state)
+        if head is None:
+            raise
+        click.echo(f"no raydemucs service {manager.config.service.name!r} answered; stopped the "
+                   f"Ray head raydemucs started here (pid {head})")
+        return
     summary = manager.shutdown(now=now, grace_s=grace)
-    _stop_ray_head(manager)
+    stop_head(state)
     click.echo(f"stopped: {len(summary['interrupted'])} task(s) interrupted, {summary['queued']} "
                "queued for the next start")
 

@@ -1,12 +1,24 @@
 """The command line as a user runs it: subprocesses against the session's Ray."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 import uuid
+from pathlib import Path
+from types import SimpleNamespace
 
+import psutil
 import pytest
 
 from conftest import run_cli
+from raydemucs.head import ray_command
 
 pytestmark = pytest.mark.ray
 
@@ -120,17 +132,89 @@ def test_models_and_help():
         assert run_cli(command, "--help").returncode == 0
 
 
-def test_start_runs_its_own_ray_head_and_stop_ends_it(tmp_path, audio):
-    """The plain path: no address, no Ray running: `start` launches `ray start --head`, other
-    processes find it (with its auth token), `stop` drains and ends that head only."""
-    import tempfile
+@pytest.fixture
+def own_ray(tmp_path):
+    """A machine of our own for Ray heads: a private Ray temp dir (so no other Ray here is found),
+    a free port, and a PATH without this venv's bin, as a systemd unit or a container runs
+    `/path/venv/bin/python -m raydemucs`. Every process a test starts here (`started`, and the
+    head named in its own state directory) is ended afterwards, with what it runs."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket path limit
+    state = tmp_path / "state"
+    bare_path = os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep)
+                                if Path(d).resolve() != Path(sys.executable).parent.resolve())
+    started = []
+    own = SimpleNamespace(port=_free_port(), state=state, started=started, env={
+        "RAY_ADDRESS": None, "RAY_TMPDIR": str(ray_tmp), "RAY_AUTH_MODE": None, "PATH": bare_path,
+        "RAYDEMUCS_SERVICE_NAME": "plain", "RAYDEMUCS_SERVICE_STATE_DIR": str(state),
+        "RAYDEMUCS_WORKERS_MEMORY_MB": "0", "MAX_WORKERS": "1"})
+    yield own
+    marked = _marked_pid(state)
+    for pid in [*started, *([marked] if marked else [])]:
+        _end_process_tree(pid)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
 
-    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a limit
-    env = {"RAY_ADDRESS": None, "RAY_TMPDIR": ray_tmp, "RAY_AUTH_MODE": None,
-           "RAYDEMUCS_SERVICE_NAME": "plain", "RAYDEMUCS_SERVICE_STATE_DIR": str(tmp_path / "state"),
-           "RAYDEMUCS_WORKERS_MEMORY_MB": "0", "MAX_WORKERS": "1"}
-    started = run_cli("start", "--profile", "test", env=env, timeout=240)
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("", port))
+        except OSError:
+            return False
+    return True
+
+
+def _marked_pid(state) -> int | None:
+    """The pid of the head `start` recorded in this test's own state directory."""
+    marker = state / "ray-started-by-raydemucs"
+    return int(marker.read_text().split()[0]) if marker.exists() else None
+
+
+def _process_tree(pid: int) -> list:
+    try:
+        head = psutil.Process(pid)
+        return [head, *head.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _end_process_tree(pid: int) -> None:
+    """End a head this test started (by its pid) and what it runs, whatever the code did."""
+    processes = _process_tree(pid)
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.terminate()
+    _, alive = psutil.wait_procs(processes, timeout=30)
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(alive, timeout=30)
+
+
+def _wait_until_serving(own, service) -> None:
+    deadline = time.monotonic() + 240
+    while run_cli("status", env=own.env).returncode != 0:
+        assert service.poll() is None, service.communicate()
+        assert time.monotonic() < deadline, "the foreground service never answered"
+        time.sleep(1)
+
+
+def test_start_from_an_unactivated_venv_runs_its_own_ray_head_and_stop_ends_it(own_ray, audio,
+                                                                                tmp_path):
+    """The plain path, as a systemd unit runs it: the venv's interpreter by its path, its bin not
+    on PATH, no address, no Ray running: `start` launches `ray start --head` from this interpreter,
+    other processes find it (with its auth token), `stop` drains and ends that head, all of it."""
+    env = own_ray.env
+    assert shutil.which("ray", path=env["PATH"]) is None
+    started = run_cli("start", "--profile", "test", "--port", own_ray.port, env=env, timeout=240)
     assert started.returncode == 0, started.stderr
+    head = _process_tree(_marked_pid(own_ray.state))
     try:
         submitted = run_cli("submit", audio("song.wav", seconds=1.0), "-o", tmp_path / "out",
                             "--json", env=env)
@@ -141,5 +225,64 @@ def test_start_runs_its_own_ray_head_and_stop_ends_it(tmp_path, audio):
     finally:
         stopped = run_cli("stop", env=env)
     assert stopped.returncode == 0, stopped.stderr
-    assert not (tmp_path / "state" / "ray-started-by-raydemucs").exists()
+    assert head and not [p for p in head if p.is_running()]
+    assert not (own_ray.state / "ray-started-by-raydemucs").exists()
+    assert _port_free(own_ray.port)
     assert run_cli("status", env=env).returncode == 3
+
+
+def test_stop_ends_the_head_after_the_scheduler_died(own_ray):
+    """A foreground service SIGKILLed takes its scheduler with it, not the head it started (its
+    own session): `stop` finds no scheduler, still ends that head, and frees the port."""
+    service = subprocess.Popen(
+        [sys.executable, "-m", "raydemucs", "start", "--foreground", "--profile", "test",
+         "--port", str(own_ray.port)], env=_full_env(own_ray.env),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    own_ray.started.append(service.pid)
+    _wait_until_serving(own_ray, service)
+    head = _process_tree(_marked_pid(own_ray.state))
+    service.kill()
+    service.communicate()
+    assert head[0].is_running()
+    stopped = run_cli("stop", env=own_ray.env)
+    assert stopped.returncode == 0, stopped.stderr
+    assert f"stopped the Ray head raydemucs started here (pid {head[0].pid})" in stopped.stdout
+    assert not [p for p in head if p.is_running()]
+    assert _port_free(own_ray.port) and _marked_pid(own_ray.state) is None
+
+
+def test_start_on_a_port_held_by_another_ray_head_says_so_in_one_line(own_ray, tmp_path):
+    """A head that raydemucs did not start holds the port (and cannot be joined: its Ray temp dir
+    is another's): `start` says so and how to join it, and starts nothing."""
+    other_tmp = tempfile.mkdtemp(prefix="ro", dir="/tmp")
+    ports = [f"--{name}={_free_port()}" for name in (
+        "ray-client-server-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+        "metrics-export-port", "runtime-env-agent-port")]
+    with open(tmp_path / "other-head.log", "wb") as log:
+        other = subprocess.Popen(
+            [*ray_command(), "start", "--head", "--block", f"--port={own_ray.port}", "--num-cpus=0",
+             "--include-dashboard=false", "--disable-usage-stats", *ports],
+            env=_full_env({**own_ray.env, "RAY_TMPDIR": other_tmp}), stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True)
+    own_ray.started.append(other.pid)
+    try:
+        deadline = time.monotonic() + 120
+        while _port_free(own_ray.port):
+            assert other.poll() is None, (tmp_path / "other-head.log").read_text()
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        started = run_cli("start", "--profile", "test", "--port", own_ray.port, env=own_ray.env,
+                          timeout=240)
+        assert started.returncode == 3, (started.stdout, started.stderr)
+        assert len(started.stderr.strip().splitlines()) == 1, started.stderr
+        assert f"port {own_ray.port} is held by a Ray head" in started.stderr
+        assert f"--address 127.0.0.1:{own_ray.port}" in started.stderr
+        assert _marked_pid(own_ray.state) is None and other.poll() is None
+    finally:
+        _end_process_tree(other.pid)
+        shutil.rmtree(other_tmp, ignore_errors=True)
+
+
+def _full_env(env: dict) -> dict:
+    merged = {**os.environ, **env}
+    return {key: value for key, value in merged.items() if value is not None}
