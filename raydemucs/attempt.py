@@ -10,7 +10,10 @@ from . import health
 
 @dataclass(eq=False)
 class Attempt:
-    """One task attempt inside a worker: its abort flag, phase and segment counts."""
+    """One task attempt inside a worker: its abort flag, phase and segment counts.
+
+    The scheduler starts the attempt's timeout clock when `poll` shows it "separating".
+    """
 
     task_id: str
     number: int
@@ -29,11 +32,16 @@ class Attempt:
                 "progress": self.progress()}
 
     def on_chunk(self, info: dict) -> None:
-        """demucs's progress callback: counts segments, and stops the attempt when aborted."""
+        """demucs's progress callback: counts segments, and stops the attempt when aborted.
+
+        A segment entering a forward pass makes the attempt "separating" (a batched attempt
+        waits until its first segment does)."""
         if self.abort.is_set():
             raise KeyboardInterrupt
         self.chunks_expected = info.get("segments", self.chunks_expected)
-        if info["state"] == "end":
+        if info["state"] == "start":
+            self.phase = "separating"
+        elif info["state"] == "end":
             self.chunks_done += 1
 
     def on_piece_chunk(self, info: dict) -> None:

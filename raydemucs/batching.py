@@ -13,11 +13,16 @@ The model's weights stay on the device; the tracks and their sums stay in CPU me
     while batcher.pending():
         for key in batcher.step():               # one forward pass; tracks that just finished
             stems = batcher.pop(key)             # {"drums": [channels, time], ...}
+
+`SharedBatcher` is the same for a worker's concurrent attempts: each announces itself before it
+decodes (`reserve`), then blocks in `separate` until its own stems are done, while the passes
+fill with the segments of every track in the worker.
 """
 from __future__ import annotations
 
 import random
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Hashable, Mapping
@@ -26,6 +31,8 @@ import torch as th
 
 from .engine import (OverlapAdd, Runner, SeparationPlan, finish, notify, plan_separation, take,
                      track_stats)
+
+LINGER_S = 1.0   # the longest a pass with room left waits for a track still decoding
 
 
 @dataclass
@@ -107,33 +114,59 @@ class BatchedSeparator:
                 except KeyboardInterrupt as exc:
                     track.error = exc
 
-    def step(self) -> list:
-        """Run one forward pass; returns the keys of tracks finished (or dropped) by it."""
+    def take(self) -> list:
+        """The next forward pass's `(track, segment)`s, out of the queue and told "start"
+        (empty when nothing is left to run, or every one of them was just aborted)."""
         batch = self._next_batch() if self._queue else []
-        if not batch:
-            return self._drop_failed()
         self._notify(batch, "start")
-        batch = [(t, s) for t, s in batch if t.error is None]
-        if batch:
-            track, segment = batch[0]
-            inputs = th.cat([take(t.mix, 0, t.plan.length, s.input_start, s.input_length)
-                             for t, s in batch])
-            try:
-                out = self.runner.forward(track.plan.passes[segment.pass_index].model_index, inputs)
-            except Exception as exc:  # out of memory, say: every track in the batch fails with it
-                for failed, _ in batch:
-                    failed.error = exc
-                return self._drop_failed()
-            self.forward_passes += 1
-            self._notify(batch, "end")
-            for i, (track, segment) in enumerate(batch):
-                weighted, weight = self.runner.weighted(out[i:i + 1], track.plan, segment)
+        return [(t, s) for t, s in batch if t.error is None]
+
+    def run(self, batch: list) -> list:
+        """One forward pass of a `take`n batch: each segment's `(weight * output, weight)` on the
+        CPU. Touches no queue or sums, so it may run while other threads add tracks."""
+        track, segment = batch[0]
+        inputs = th.cat([take(t.mix, 0, t.plan.length, s.input_start, s.input_length)
+                         for t, s in batch])
+        out = self.runner.forward(track.plan.passes[segment.pass_index].model_index, inputs)
+        return [self.runner.weighted(out[i:i + 1], t.plan, s) for i, (t, s) in enumerate(batch)]
+
+    def put(self, batch: list, outputs: list) -> list:
+        """Add a pass's outputs into its tracks' sums; the keys of tracks finished (or dropped)."""
+        self.forward_passes += 1
+        self._notify(batch, "end")
+        for (track, segment), (weighted, weight) in zip(batch, outputs):
+            if track.error is None:
                 track.sums[segment.pass_index].add(segment.start, weighted, weight)
                 track.remaining -= 1
         done = [t.key for t, _ in batch if t.remaining == 0 and t.error is None]
-        return list(dict.fromkeys(done)) + self._drop_failed()
+        return list(dict.fromkeys(done)) + self.dropped()
 
-    def _drop_failed(self) -> list:
+    def fail(self, batch: list, error: BaseException) -> list:
+        """A pass that failed (out of memory, say): every track in it fails with `error`; the
+        keys of the tracks dropped."""
+        for track, _ in batch:
+            track.error = track.error or error
+        return self.dropped()
+
+    def drop(self, key: Hashable, error: BaseException) -> list:
+        """Stop a queued track (its abort while it waits); the keys of the tracks dropped."""
+        track = self._tracks[key]
+        track.error = track.error or error
+        return self.dropped()
+
+    def step(self) -> list:
+        """Run one forward pass; returns the keys of tracks finished (or dropped) by it."""
+        batch = self.take()
+        if not batch:
+            return self.dropped()
+        try:
+            outputs = self.run(batch)
+        except Exception as exc:  # out of memory, say: every track in the batch fails with it
+            return self.fail(batch, exc)
+        return self.put(batch, outputs)
+
+    def dropped(self) -> list:
+        """The keys of tracks that failed since the last call (each reported once)."""
         failed = [t for t in self._tracks.values() if t.error is not None and t.remaining >= 0]
         for track in failed:
             track.remaining = -1          # reported once
@@ -166,35 +199,88 @@ class BatchedSeparator:
 
 
 class SharedBatcher:
-    """A `BatchedSeparator` that several threads (a worker's concurrent attempts) share.
+    """A `BatchedSeparator` shared by a worker's concurrent attempts, each waiting for its stems.
 
-    Each caller adds its track and blocks in `separate`; whichever caller holds the lock runs the
-    next forward pass for everyone's segments, so the device sees full batches whenever several
-    tasks are in the worker. Weights stay where the model is.
+    An attempt `reserve`s its key when it arrives (before it decodes), then `separate`s its track.
+    Whichever waiting caller finds no pass running takes the next batch (oldest track's segments
+    first, the others' filling the room it leaves) and runs it with the lock released, so tracks
+    that arrive meanwhile join the next pass; one pass runs at a time. A pass with room left first
+    waits for tracks announced but still decoding, up to `linger_s` after each one's `reserve`.
+    An abort, or a failed pass, drops only the tracks it touches.
     """
 
-    def __init__(self, model, *, batch_size: int, device=None):
+    def __init__(self, model, *, batch_size: int, device=None, linger_s: float = LINGER_S):
         self.batcher = BatchedSeparator(model, batch_size=batch_size, device=device)
+        self.linger_s = linger_s
         self._changed = threading.Condition()
-        self._done: dict = {}
+        self._announced: dict = {}    # key -> until when a pass with room left waits for it
+        self._results: dict = {}      # key -> stems, or the error that dropped the track
+        self._running = False
 
-    def separate(self, key: Hashable, wav: th.Tensor, **options) -> dict:
-        """`{source: [channels, time]}` for `wav` (options as `BatchedSeparator.add`); raises
-        `KeyboardInterrupt` when the track's callback aborted it, or a failed forward pass's error."""
+    def reserve(self, key: Hashable) -> None:
+        """Announce a track that will be `separate`d once it is decoded."""
         with self._changed:
+            self._announced[key] = time.monotonic() + self.linger_s
+
+    def withdraw(self, key: Hashable) -> None:
+        """A reserved track will not come after all (its decoding failed)."""
+        with self._changed:
+            self._announced.pop(key, None)
+            self._changed.notify_all()
+
+    def separate(self, key: Hashable, wav: th.Tensor, *, abort: threading.Event | None = None,
+                 **options) -> dict:
+        """`{source: [channels, time]}` for `wav` (options as `BatchedSeparator.add`); raises
+        `KeyboardInterrupt` when the track's callback aborted it or `abort` was set while it
+        waited, or the error of a failed forward pass it was in."""
+        with self._changed:
+            self._announced.pop(key, None)
             self.batcher.add(key, wav, **options)
-            while key not in self._done:
-                finished = self.batcher.step()
-                for done in finished:
-                    try:
-                        self._done[done] = self.batcher.pop(done)
-                    except BaseException as exc:
-                        self._done[done] = exc
-                if finished:
-                    self._changed.notify_all()
-                elif not self.batcher.pending() and key not in self._done:
-                    self._changed.wait(0.05)
-            result = self._done.pop(key)
+            self._changed.notify_all()
+            while key not in self._results:
+                if abort is not None and abort.is_set():
+                    self._record(self.batcher.drop(key, KeyboardInterrupt()))
+                elif self._running or not self.batcher.pending():
+                    self._changed.wait(0.1)
+                elif (linger_s := self._linger_s()) > 0:
+                    self._changed.wait(linger_s)
+                else:
+                    self._run_pass()
+            result = self._results.pop(key)
         if isinstance(result, BaseException):
             raise result
         return result
+
+    def _linger_s(self) -> float:
+        """How long the next pass should wait for announced tracks (0 or less: run it now)."""
+        if self.batcher.pending() >= self.batcher.batch_size:
+            return 0.0
+        now = time.monotonic()
+        return max((until - now for until in self._announced.values()), default=0.0)
+
+    def _run_pass(self) -> None:
+        """Run the next batch, the lock released while the model runs; record what it ended."""
+        batch = self.batcher.take()
+        if not batch:
+            self._record(self.batcher.dropped())
+            return
+        self._running, outputs, error = True, None, None
+        self._changed.release()
+        try:
+            outputs = self.batcher.run(batch)
+        except BaseException as exc:  # out of memory, say: only this pass's tracks fail
+            error = exc
+        self._changed.acquire()
+        self._running = False
+        self._record(self.batcher.put(batch, outputs) if error is None
+                     else self.batcher.fail(batch, error))
+        self._changed.notify_all()
+
+    def _record(self, keys: list) -> None:
+        for key in keys:
+            try:
+                self._results[key] = self.batcher.pop(key)
+            except BaseException as exc:
+                self._results[key] = exc
+        if keys:
+            self._changed.notify_all()

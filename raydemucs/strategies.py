@@ -13,6 +13,7 @@ Every path but batching holds the model for one attempt at a time, in arrival or
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import shutil
 import threading
@@ -77,17 +78,22 @@ class Strategies:
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
             return
+        decode_wav = functools.partial(self._decode, separator, input_path, timings)
+        pieces = 1
+        if helpers:
+            stems, pieces = self._split(task, current, separator, decode_wav(), helpers, timings)
+        elif self.batch_size > 1:
+            stems = self._batched(task, current, separator, decode_wav, timings)
+        else:
+            stems = self._in_memory(task, current, separator, decode_wav(), timings)
+        yield Separated(pick_stems(stems, options.two_stems), pieces=pieces)
+
+    @staticmethod
+    def _decode(separator, input_path: Path, timings: dict):
         started = time.time()
         wav = decode(input_path, separator.samplerate, separator.audio_channels)
         timings["decode_s"] = time.time() - started
-        pieces = 1
-        if helpers:
-            stems, pieces = self._split(task, current, separator, wav, helpers, timings)
-        elif self.batch_size > 1:
-            stems = self._batched(task, current, separator, wav, timings)
-        else:
-            stems = self._in_memory(task, current, separator, wav, timings)
-        yield Separated(pick_stems(stems, options.two_stems), pieces=pieces)
+        return wav
 
     def _in_memory(self, task: TaskSpec, current: Attempt, separator, wav, timings: dict) -> dict:
         """`Separator.separate_tensor`: demucs's own path."""
@@ -114,17 +120,31 @@ class Strategies:
             timings["separate_s"] = time.time() - started
         return dict(zip(separator.model.sources, stems)), pieces
 
-    def _batched(self, task: TaskSpec, current: Attempt, separator, wav, timings: dict) -> dict:
-        """Share forward passes with the other attempts in this worker."""
-        options = task.options
-        current.phase = "separating"
+    def batcher(self, separator, options) -> SharedBatcher:
+        """The batcher this worker's attempts with `options`' model share."""
         with self._lock:
             batcher = self._batchers.get((options.model, options.repo))
             if batcher is None or batcher.batcher.model is not separator.model:
                 batcher = self._batchers[options.model, options.repo] = SharedBatcher(
                     separator.model, batch_size=self.batch_size, device=self.device)
+        return batcher
+
+    def _batched(self, task: TaskSpec, current: Attempt, separator, decode_wav,
+                 timings: dict) -> dict:
+        """Share forward passes with the other attempts in this worker: announced before it
+        decodes, so that passes wait briefly for it; "waiting" until its first segment runs."""
+        options = task.options
+        batcher = self.batcher(separator, options)
+        key = (task.task_id, current.number)
+        batcher.reserve(key)
+        try:
+            wav = decode_wav()
+        except BaseException:
+            batcher.withdraw(key)
+            raise
+        current.phase = "waiting"
         started = time.time()
-        stems = batcher.separate((task.task_id, current.number), wav, segment=options.segment,
+        stems = batcher.separate(key, wav, abort=current.abort, segment=options.segment,
                                  overlap=options.overlap, shifts=options.shifts,
                                  callback=current.on_chunk)
         timings["separate_s"] = time.time() - started

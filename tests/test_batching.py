@@ -10,16 +10,15 @@ from demucs.apply import BagOfModels, apply_model
 from demucs.htdemucs import HTDemucs
 from demucs.pretrained import SOURCES, get_model
 
+from raydemucs.attempt import Attempt
 from raydemucs.batching import BatchedSeparator, SharedBatcher
-from raydemucs.engine import track_stats
+from raydemucs.engine import plan_separation, track_stats
 
-from conftest import make_signal
+from conftest import make_signal, wait_for
 
 TOL = 1e-4
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
 
 
 def tiny_htdemucs(seed: int = 0) -> HTDemucs:
@@ -122,22 +121,101 @@ def test_popping_an_unfinished_track_is_refused(tiny, tracks):
         batcher.add("a", tracks["a"])
 
 
-def test_threads_sharing_a_batcher_fill_the_batches(tiny, tracks):
-    shared = SharedBatcher(tiny, batch_size=8)
-    results, started = {}, threading.Barrier(len(tracks))
+def test_concurrent_tracks_share_one_forward_pass(tiny):
+    """Three tracks of 8 segments, announced, then separated from three threads at once with a
+    batch of 24: one forward pass (one track at a time would take three)."""
+    wavs = {key: torch.from_numpy(make_signal(5.5, seed=i).T.copy()) for i, key in enumerate("xyz")}
+    assert {len(plan_separation(tiny, wav.shape[-1]).segments) for wav in wavs.values()} == {8}
+    shared = SharedBatcher(tiny, batch_size=24, linger_s=60)
+    for key in wavs:
+        shared.reserve(key)
+    results = {}
 
     def run(key):
-        started.wait()
-        results[key] = shared.separate(key, tracks[key])
+        results[key] = shared.separate(key, wavs[key])
 
-    threads = [threading.Thread(target=run, args=(key,)) for key in tracks]
+    threads = [threading.Thread(target=run, args=(key,)) for key in wavs]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(60)
-    for key, wav in tracks.items():
+    for key, wav in wavs.items():
         assert_same_stems(results[key], plain(tiny, wav, shifts=0))
-    assert shared.batcher.forward_passes < 4 + 3 + 1  # one at a time would take 8
+    assert shared.batcher.forward_passes == 1
+
+
+def spy_on_passes(shared, attempts, hold=None):
+    """Record the attempts' phases as each forward pass starts; `hold` (an event) holds the
+    first pass until it is set."""
+    phases, forward = [], shared.batcher.runner.forward
+
+    def spy(model_index, inputs):
+        phases.append([a.phase for a in attempts])
+        if hold is not None and len(phases) == 1:
+            assert hold.wait(30)
+        return forward(model_index, inputs)
+
+    shared.batcher.runner.forward = spy
+    return phases
+
+
+def start_separating(shared, current, wav, outcome):
+    def run():
+        try:
+            outcome[current.task_id] = shared.separate(current.task_id, wav, abort=current.abort,
+                                                       callback=current.on_chunk)
+        except KeyboardInterrupt:
+            outcome[current.task_id] = "aborted"
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_an_attempt_waits_until_its_first_segment_enters_a_pass(tiny, tracks):
+    shared = SharedBatcher(tiny, batch_size=4, linger_s=60)
+    a, b = Attempt("a", 1, phase="waiting"), Attempt("b", 1, phase="waiting")  # both decoded
+    phases, outcome = spy_on_passes(shared, [a, b]), {}
+    for current in (a, b):
+        shared.reserve(current.task_id)
+    threads = [start_separating(shared, a, tracks["a"], outcome)]
+    wait_for(lambda: phases, 30, 0.01)       # "a" (4 segments) fills the first pass alone
+    threads.append(start_separating(shared, b, tracks["b"], outcome))
+    for thread in threads:
+        thread.join(60)
+    assert phases == [["separating", "waiting"], ["separating", "separating"]]
+    assert shared.batcher.forward_passes == 2 and a.chunks_done == 4 and b.chunks_done == 3
+
+
+def test_an_attempt_aborted_while_it_waits_leaves_and_the_others_finish(tiny, tracks):
+    shared = SharedBatcher(tiny, batch_size=4, linger_s=60)
+    a, b = Attempt("a", 1, phase="waiting"), Attempt("b", 1, phase="waiting")
+    hold = threading.Event()
+    phases, outcome = spy_on_passes(shared, [a, b], hold), {}
+    threads = [start_separating(shared, a, tracks["a"], outcome)]
+    wait_for(lambda: phases, 30, 0.01)
+    threads.append(start_separating(shared, b, tracks["b"], outcome))
+    b.abort.set()
+    threads[1].join(30)
+    assert outcome == {"b": "aborted"} and b.phase == "waiting"
+    hold.set()
+    threads[0].join(60)
+    assert_same_stems(outcome["a"], plain(tiny, tracks["a"], shifts=0))
+    assert shared.batcher.forward_passes == 1 and not shared.batcher.pending()
+
+
+def test_a_pass_waits_for_an_announced_track_only_until_it_withdraws_or_lingered(tiny, tracks):
+    shared = SharedBatcher(tiny, batch_size=8, linger_s=0.2)
+    shared.reserve("never comes")
+    assert_same_stems(shared.separate("c", tracks["c"]), plain(tiny, tracks["c"], shifts=0))
+    shared = SharedBatcher(tiny, batch_size=8, linger_s=600)
+    shared.reserve("fails to decode")
+    outcome = {}
+    thread = start_separating(shared, Attempt("c", 1), tracks["c"], outcome)
+    wait_for(shared.batcher.pending, 30, 0.01)     # queued, and its pass waiting
+    shared.withdraw("fails to decode")
+    thread.join(60)
+    assert_same_stems(outcome["c"], plain(tiny, tracks["c"], shifts=0))
 
 
 def test_an_aborted_track_leaves_the_others_of_a_shared_batcher(tiny, tracks):

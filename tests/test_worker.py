@@ -5,18 +5,20 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from raydemucs.inputs import validate_input
 from raydemucs.config import InputConfig, SeparationConfig, load_config
 from raydemucs.engine import plan_separation
 from raydemucs.task import TaskSpec, new_task_id
 from raydemucs.worker import SeparatorWorker
+
+from conftest import wait_for
 
 STEMS = ["drums", "bass", "other", "vocals"]
 
@@ -36,6 +38,16 @@ def make_spec(input_path, out, file_id="song", **options):
 def progress_of(worker):
     tasks = worker.poll()["tasks"]
     return tasks[0]["progress"] if tasks else None
+
+
+def wait_while_running(threads, predicate, timeout_s: float = 60.0):
+    """`wait_for(predicate)`, failing at once when an attempt's thread has already ended."""
+    def check():
+        value = predicate()
+        if not value and not all(thread.is_alive() for thread in threads):
+            raise AssertionError("an attempt ended before the condition was met")
+        return value
+    return wait_for(check, timeout_s, step_s=0.01)
 
 
 def test_separates_into_all_stems_with_a_manifest(audio, tmp_path):
@@ -107,8 +119,7 @@ def test_abort_stops_at_the_next_segment(audio, tmp_path):
     results = []
     thread = threading.Thread(target=lambda: results.append(worker.separate(spec.to_dict(), 1)))
     thread.start()
-    while not progress_of(worker):
-        time.sleep(0.05)
+    wait_while_running([thread], lambda: progress_of(worker))
     assert worker.abort(spec.task_id) and not worker.abort("another-task")
     thread.join(30)
     assert results[0]["error"]["type"] == "SeparationAborted"
@@ -121,9 +132,12 @@ def test_progress_rises_during_a_task(audio, tmp_path):
     seen = []
     thread = threading.Thread(target=worker.separate, args=(spec.to_dict(), 1))
     thread.start()
-    while thread.is_alive():
+
+    def finished():
         seen.append(progress_of(worker))
-        time.sleep(0.05)
+        return not thread.is_alive()
+
+    wait_for(finished, 120, step_s=0.05)
     values = [p for p in seen if p is not None]
     assert values == sorted(values) and len(set(values)) > 3 and max(values) <= 0.99
 
@@ -172,14 +186,11 @@ def test_a_second_attempt_waits_for_the_model_and_can_be_aborted_while_waiting(a
 
     threads = [threading.Thread(target=run, args=(s,)) for s in (running, waiting, aborted)]
     threads[0].start()
-    while not progress_of(worker):
-        time.sleep(0.05)
+    wait_while_running(threads[:1], lambda: progress_of(worker))
     threads[1].start()
     threads[2].start()
-    deadline = time.monotonic() + 30
-    while {t["phase"] for t in worker.poll()["tasks"]} != {"separating", "waiting"}:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_while_running(threads, lambda: sorted(t["phase"] for t in worker.poll()["tasks"])
+                       == ["separating", "waiting", "waiting"])
     assert worker.abort(aborted.task_id)
     threads[2].join(10)
     assert results["c"]["error"]["type"] == "SeparationAborted" and threads[0].is_alive()
@@ -200,8 +211,7 @@ def test_the_model_serves_attempts_in_arrival_order_not_decode_order(audio, tmp_
 
     threads = [threading.Thread(target=run, args=(spec,)) for spec in (first, second)]
     threads[0].start()
-    while first.task_id not in {t["task_id"] for t in worker.poll()["tasks"]}:
-        time.sleep(0.001)
+    wait_while_running(threads[:1], lambda: first.task_id in {t["task_id"] for t in worker.poll()["tasks"]})
     threads[1].start()
     for thread in threads:
         thread.join(120)
@@ -239,34 +249,43 @@ def test_an_abort_that_overtakes_its_separate_call_still_applies(audio, tmp_path
     assert worker.separate(spec.to_dict(), 2)["error"]["type"] == "SeparationAborted"
 
 
-def test_batched_attempts_share_forward_passes_and_equal_one_at_a_time(audio, tmp_path, tiny_repo):
-    """batch_size > 1 (for GPU workers; checked here on CPU): tasks in the worker at once share
-    forward passes, and each one's stems equal the unbatched ones within 1 LSB."""
-    songs = [audio(f"s{i}.wav", seconds=3.0 + i, seed=i) for i in range(3)]
-    plain = make_worker(tiny_repo, "tiny")
-    config = load_config("test", overrides={"separation": {"model": "tiny", "repo": str(tiny_repo)},
-                                            "workers": {"batch_size": 4}}, environ={})
-    batched = SeparatorWorker("worker-b", config.to_dict())
-    options = {"model": "tiny", "repo": str(tiny_repo), "segment": 1.0}
+def test_batched_attempts_share_forward_passes_and_equal_one_at_a_time(audio, tmp_path):
+    """batch_size > 1 (for GPU workers; checked here on CPU): three tasks in the worker at once
+    wait in "waiting", then share forward passes, and each one's stems equal the unbatched ones
+    within 1 LSB. Their 9 segments of 1 s are 6 whole ones and 3 ends of 0.25 s (HDemucs batches
+    by input length): two passes of up to 16; one task at a time would take six."""
+    songs = [audio(f"s{i}.wav", seconds=1.0 + 0.75 * i, seed=i) for i in range(3)]
+    torch.manual_seed(0)  # demucs_unittest's weights are random: the same in both workers
+    plain = make_worker()
     for song in songs:
-        spec = make_spec(song, tmp_path / "plain", file_id=song.stem, **options)
+        spec = make_spec(song, tmp_path / "plain", file_id=song.stem, segment=1.0)
         assert plain.separate(spec.to_dict(), 1)["ok"]
+    config = load_config("test", overrides={"separation": {"model": "demucs_unittest"},
+                                            "workers": {"batch_size": 16}}, environ={})
+    torch.manual_seed(0)
+    batched = SeparatorWorker("worker-b", config.to_dict())
+    specs = [make_spec(song, tmp_path / "batched", file_id=song.stem, segment=1.0) for song in songs]
+    separator = batched.models.get("demucs_unittest", None)
+    lengths = [[s.input_length for s in plan_separation(separator.model, sf.info(song).frames,
+                                                        segment=1.0).segments] for song in songs]
+    assert lengths == [[44100] * n + [11025] for n in (1, 2, 3)]
+    batcher = batched.strategies.batcher(separator, specs[0].options)
+    batcher.linger_s = 60
+    batcher.reserve("gate")  # a pass with room left waits: every attempt decodes and queues first
     results = {}
 
-    def run(song):
-        spec = make_spec(song, tmp_path / "batched", file_id=song.stem, **options)
-        results[song.stem] = batched.separate(spec.to_dict(), 1)
+    def run(spec):
+        results[spec.file_id] = batched.separate(spec.to_dict(), 1)
 
-    threads = [threading.Thread(target=run, args=(song,)) for song in songs]
+    threads = [threading.Thread(target=run, args=(spec,)) for spec in specs]
     for thread in threads:
         thread.start()
+    wait_while_running(threads, lambda: [t["phase"] for t in batched.poll()["tasks"]] == ["waiting"] * 3)
+    batcher.withdraw("gate")
     for thread in threads:
-        thread.join(120)
-    assert all(result["ok"] for result in results.values()), results
-    model = batched.models.get("tiny", str(tiny_repo)).model
-    one_at_a_time = sum(len(plan_separation(model, sf.info(song).frames, segment=1.0).segments)
-                        for song in songs)
-    assert batched.strategies._batchers["tiny", str(tiny_repo)].batcher.forward_passes < one_at_a_time
+        thread.join(60)
+    assert len(results) == 3 and all(result["ok"] for result in results.values()), results
+    assert batcher.batcher.forward_passes == 2
     for song in songs:
         for stem in STEMS:
             a, _ = sf.read(tmp_path / "plain" / "proj" / song.stem / f"{stem}.wav", dtype="int16")
