@@ -188,7 +188,7 @@ class WorkerManager:
         return TaskSpec(task_id=new_task_id(), project=project_name, file_id=file_id,
                         input_path=source, output_dir=output_dir,
                         priority=priority, options=separation, force=force,
-                        timeout_s=timeout_s, cache=cache and local, uploaded=upload,
+                        timeout_s=timeout_s, cache=cache and local, uploaded=upload, kept=upload,
                         duration_s=duration_s,
                         input_sha256=None if is_uri(source) or not (cache or upload)
                         else file_sha256(Path(source)))
@@ -304,7 +304,17 @@ class WorkerManager:
         """Cancel a queued task, or abort a running one; its partial output never appears."""
         return self._call("cancel", task_id)
 
+    def start_http(self) -> str:
+        """Start the HTTP API beside the running scheduler (`http.*` of this manager's config);
+        its URL. `stop` (and `shutdown`) remove it with the scheduler."""
+        from .http.deploy import start_http
+
+        url = start_http(self.config)
+        self._call("note_http", url)
+        return url
+
     def shutdown(self, now: bool = False, grace_s: float | None = None,
+
                  hurry: Callable[[], bool] | None = None) -> dict:
         """Drain, then stop the scheduler and its workers.
 
@@ -321,6 +331,10 @@ class WorkerManager:
                 handle.drain.remote(0.0)
                 hurried = True
         summary = _unwrap(lambda: ray.get(ref))
+        if summary.get("http"):
+            from .http.deploy import stop_http
+
+            stop_http(self.config)
         ray.kill(handle, no_restart=True)
         self._scheduler = None
         if self.started_ray:

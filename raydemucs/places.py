@@ -27,17 +27,18 @@ SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
 @dataclass
 class Places:
     input_path: Path  # a local file to decode
-    folder: Folder  # where the stems go (for an uploaded task, a local folder sent back as bytes)
+    folder: Folder  # where the stems go (when the service keeps them, a local folder sent back)
     scratch: Path  # a local path for scratch files (streamed stems), removed after the attempt
-    uploaded: bool
+    kept: bool  # the stems go back to the service as bytes
 
     def previous_manifest(self) -> dict | None:
         """The manifest of an output already where this task's stems go."""
-        return None if self.uploaded else self.folder.manifest()
+        return None if self.kept else self.folder.manifest()
 
     def deliver(self, outputs: dict[str, str]) -> dict:
-        """The result fields that describe the published stems (their bytes, for an upload)."""
-        if self.uploaded:
+        """The result fields that describe the published stems (their bytes, when the service
+        keeps them)."""
+        if self.kept:
             return {"outputs": outputs, **self.folder.read_files()}
         return {"outputs": outputs}
 
@@ -52,7 +53,7 @@ def attempt_places(task: TaskSpec, config: StorageConfig, max_bytes: int,
                    upload: bytes | None = None) -> Iterator[Places]:
     """Local places for one attempt; what it downloads or writes there is removed at the end."""
     remote_in = storage.is_uri(task.input_path)
-    if not (remote_in or task.uploaded or storage.is_uri(task.output_dir)):
+    if not (remote_in or task.kept or storage.is_uri(task.output_dir)):
         folder = task_folder(task.output_dir, task.project, task.file_id, config)
         yield Places(Path(task.input_path), folder, folder.scratch(), False)
         return
@@ -71,8 +72,8 @@ def attempt_places(task: TaskSpec, config: StorageConfig, max_bytes: int,
                                    f"{max_bytes / 2**20:g} MB (input.max_file_mb)")
             input_path = storage.download(task.input_path, work / _local_name(task.input_path),
                                           config)
-        out = work / "out" if task.uploaded else task.output_dir
+        out = work / "out" if task.kept else task.output_dir
         folder = task_folder(out, task.project, task.file_id, config)
-        yield Places(input_path, folder, folder.scratch(), task.uploaded)
+        yield Places(input_path, folder, folder.scratch(), task.kept)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -51,6 +51,7 @@ class WorkerSlot:
     node: str | None = None
     pid: int | None = None
     models: frozenset = frozenset()
+    stems: dict = field(default_factory=dict)  # model name -> the stems it makes
     device: str | None = None
     load_error: str | None = None
     rss_bytes: int | None = None
@@ -74,7 +75,8 @@ class WorkerSlot:
                 "state": self.state, "lent_to": self.lent_to,
                 "task_id": next(iter(self.tasks), None), "tasks": list(self.tasks),
                 "node": self.node, "pid": self.pid,
-                "models": sorted(name for name, _ in self.models), "device": self.device,
+                "models": sorted(name for name, _ in self.models), "stems": self.stems,
+                "device": self.device,
                 "load_error": self.load_error, "rss_bytes": self.rss_bytes,
                 "cpu_percent": self.cpu_percent, "num_threads": self.num_threads,
                 "node_available_bytes": self.node_available_bytes,
@@ -234,7 +236,7 @@ class RayWorkerPool:
     def _record_figures(slot: WorkerSlot, answer: dict) -> None:
         slot.missed_pings, slot.last_poll_at = 0, time.time()
         for key in ("rss_bytes", "cpu_percent", "num_threads", "node_available_bytes",
-                    "gpu_memory_bytes"):
+                    "gpu_memory_bytes", "stems"):
             setattr(slot, key, answer[key])
 
     def snapshot(self) -> list[dict]:
