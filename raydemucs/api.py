@@ -335,7 +335,9 @@ class WorkerManager:
             from .http.deploy import stop_http
 
             stop_http(self.config)
+            _unwrap(lambda: ray.get(handle.note_http.remote(None)))
         ray.kill(handle, no_restart=True)
+
         self._scheduler = None
         if self.started_ray:
             ray.shutdown()

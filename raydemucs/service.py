@@ -26,6 +26,8 @@ from .uploads import UploadStore
 logger = logging.getLogger("raydemucs.service")
 
 JOURNAL_FILE = "journal.db"
+HTTP_URL_FILE = "http-url"
+
 
 
 def _node_id() -> str | None:
@@ -60,7 +62,7 @@ class SchedulerService:
         self._loop: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
         self._change = asyncio.Event()  # set, and replaced, whenever tasks may have changed
-        self.http_url: str | None = None
+        self.http_url: str | None = self._read_http_url()
         self._drain_deadline = float("inf")
         self._kick()
 
@@ -241,9 +243,22 @@ class SchedulerService:
             stems.update(worker.get("stems") or {})
         return [{**model, "stems": stems.get(model["name"])} for model in self.core.served_models()]
 
-    async def note_http(self, url: str) -> None:
-        """The HTTP API runs at `url` (shown by `status`; removed by `drain`'s caller)."""
+    def _read_http_url(self) -> str | None:
+        try:
+            return (self.config.state_path / HTTP_URL_FILE).read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    async def note_http(self, url: str | None) -> None:
+        """The HTTP API runs at `url` (None: no more), shown by `status` and removed with the
+        service; kept in the state directory, so that a restarted scheduler knows it too."""
         self.http_url = url
+        path = self.config.state_path / HTTP_URL_FILE
+        if url:
+            await asyncio.to_thread(path.write_text, url)
+        else:
+            path.unlink(missing_ok=True)
+
 
     async def api_keys(self) -> dict:
 
