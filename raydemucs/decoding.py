@@ -16,7 +16,7 @@ from .engine import Moments
 from .errors import InvalidInput
 from .inputs import MIN_SAMPLES, resamples_cheaply, sphn_or_none
 from .names import printable
-from .pyav import BLOCK_FRAMES, Decoder
+from .pyav import Decoder
 
 SPHN_WINDOW_S = 10             # sphn decodes whole seconds: seeks to integer seconds are exact
 SPHN_PREROLL_S = 1             # decoded before each window and dropped (mp3 needs a warm-up)
