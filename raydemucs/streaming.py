@@ -19,9 +19,9 @@ import numpy as np
 import torch as th
 
 from .decoding import iter_audio, stream_stats
-from .pyav import BLOCK_FRAMES
 from .engine import (OverlapAdd, Runner, SeparationPlan, finish, pick_stems, plan_separation,
                      run_segment, sub_models, take)
+from .pyav import BLOCK_FRAMES
 
 
 class _InputBuffer:
