@@ -92,9 +92,9 @@ def build_model_repo(repo: Path, seed: int = 0) -> dict:
 
     torch.manual_seed(seed)
     model = HTDemucs(**HTDEMUCS_KWARGS)
-    args, kwargs = model._init_args_kwargs
     repo.mkdir(parents=True, exist_ok=True)
-    torch.save({"klass": HTDemucs, "args": args, "kwargs": kwargs, "state": model.state_dict()},
+    torch.save({"klass": HTDemucs, "args": (), "kwargs": dict(HTDEMUCS_KWARGS),
+                "state": model.state_dict()},
                repo / f"{MODEL_SIG}.th")
     (repo / f"{MODEL_NAME}.yaml").write_text(f"models: [{MODEL_SIG}]\n")
     params = sum(p.numel() for p in model.parameters())

@@ -282,7 +282,8 @@ def stop(manager, now, grace):
 @cli.command()
 @service_options
 def doctor(manager):
-    """Check Python, Demucs, ffmpeg, memory, the model, directories, Ray and the service."""
+    """Check Python, Demucs, the audio decoders, memory, the model, directories, Ray and the
+    service."""
     from .doctor import run_checks
 
     checks = run_checks(manager.config, manager.address)

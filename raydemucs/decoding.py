@@ -1,10 +1,10 @@
-"""Decoding samples, the way `demucs.api` reads audio: sphn (+ julius to resample), ffmpeg as the
-fallback; a whole file at once (`decode`) or in windows of bounded memory (`iter_audio`,
-`read_window`, `stream_stats`), which give the samples of a whole decode.
+"""Decoding samples, the way `demucs.api` reads audio: sphn (+ julius to resample), FFmpeg as the
+fallback (through PyAV, where demucs runs the ffmpeg program); a whole file at once (`decode`) or
+in windows of bounded memory (`iter_audio`, `read_window`, `stream_stats`), which give the samples
+of a whole decode.
 """
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Iterator
 
@@ -16,8 +16,8 @@ from .engine import Moments
 from .errors import InvalidInput
 from .inputs import MIN_SAMPLES, resamples_cheaply, sphn_or_none
 from .names import printable
+from .pyav import Decoder
 
-BLOCK_FRAMES = 1 << 16         # samples per block when streaming to and from disk
 SPHN_WINDOW_S = 10             # sphn decodes whole seconds: seeks to integer seconds are exact
 SPHN_PREROLL_S = 1             # decoded before each window and dropped (mp3 needs a warm-up)
 
@@ -35,7 +35,7 @@ class _SphnSource:
     """Native-rate `[channels, n]` float32 blocks from sphn, windows of whole seconds.
 
     The first window is decoded on opening, so that a file sphn cannot read fails here and goes
-    to ffmpeg, as in `raydemucs.audio.decode`.
+    to PyAV, as in `decode`.
     """
 
     def __init__(self, path: Path):
@@ -60,43 +60,16 @@ class _SphnSource:
             second += SPHN_WINDOW_S
 
 
-class _FfmpegSource:
-    """Model-rate blocks from ffmpeg, as `demucs.audio.AudioFile.read` decodes (the fallback)."""
-
-    def __init__(self, path: Path, samplerate: int):
-        from demucs.audio import AudioFile
-
-        probe = AudioFile(path)
-        self.path = path
-        self.channels = probe.channels(0)
-        self.command = ["ffmpeg", "-y", "-loglevel", "panic", "-i", str(path), "-map",
-                        f"0:{probe._audio_streams[0]}", "-threads", "1", "-f", "f32le", "-ar",
-                        str(samplerate), "pipe:1"]
-        self.rate = samplerate
-
-    def blocks(self) -> Iterator[np.ndarray]:
-        size = BLOCK_FRAMES * self.channels * 4
-        with subprocess.Popen(self.command, stdout=subprocess.PIPE,
-                              stdin=subprocess.DEVNULL) as process:
-            try:
-                while data := process.stdout.read(size):
-                    usable = len(data) // (4 * self.channels) * 4 * self.channels
-                    yield np.frombuffer(data[:usable], dtype="<f4").reshape(-1, self.channels).T
-            finally:
-                process.kill()
-        if process.returncode not in (0, -9):
-            raise RuntimeError(f"ffmpeg failed to decode {printable(self.path)}")
-
-
 class _Resampler:
-    """julius's `ResampleFrac`, block by block: equal to resampling the whole track at once."""
+    """julius's `ResampleFrac`, block by block: equal to resampling the whole track at once
+    (its kernel spans `old + 2 * width` input samples per frame of `new` outputs)."""
 
     def __init__(self, old: int, new: int):
         import julius
 
         self.module = julius.ResampleFrac(old, new)
         self.old, self.new = self.module.old_sr, self.module.new_sr
-        self.width = self.module._width
+        self.width = (self.module.kernel.shape[-1] - self.old) // 2
 
     def run(self, blocks: Iterator[th.Tensor]) -> Iterator[th.Tensor]:
         old, width = self.old, self.width
@@ -128,18 +101,26 @@ class _Resampler:
         return ys.transpose(1, 2).reshape(*x.shape[:-1], -1)
 
 
+def _pyav_blocks(path: Path, samplerate: int, channels: int) -> Iterator[th.Tensor]:
+    """Model-rate blocks decoded and resampled by FFmpeg (PyAV), channels as demucs converts."""
+    from demucs.audio import convert_audio_channels
+
+    for block in Decoder(path, samplerate).blocks():
+        yield convert_audio_channels(th.from_numpy(block), channels)
+
+
 def iter_audio(path, samplerate: int, channels: int) -> Iterator[th.Tensor]:
     """The file as model-rate `[channels, n]` float32 blocks, the samples `decode`
-    returns: sphn (+ julius) for WAV, FLAC and MP3; ffmpeg where the plain path uses it too (files
-    sphn cannot read, rates julius cannot convert cheaply) and for other formats (see the docs)."""
+    returns: sphn (+ julius) for WAV, FLAC and MP3; FFmpeg where the plain path uses it too
+    (files sphn cannot read, rates julius cannot convert cheaply) and for other formats (see
+    the docs)."""
     from demucs.audio import convert_audio_channels
 
     path = Path(path)
     source = sphn_or_none(lambda: _SphnSource(path)) if _sphn_seeks_exactly(path) else None
-    if source is not None and not resamples_cheaply(source.rate, samplerate):
-        source = None
-    if source is None:
-        source = _FfmpegSource(path, samplerate)
+    if source is None or not resamples_cheaply(source.rate, samplerate):
+        yield from _pyav_blocks(path, samplerate, channels)
+        return
     blocks = (convert_audio_channels(th.from_numpy(np.ascontiguousarray(b)), channels)
               for b in source.blocks())
     if source.rate != samplerate:
@@ -174,18 +155,9 @@ def read_window(path, start: int, stop: int, samplerate: int, channels: int) -> 
     return th.cat(parts, -1) if parts else th.zeros(channels, 0)
 
 
-def _read_with_ffmpeg(path: Path, samplerate: int, channels: int):
-    from demucs.audio import AudioFile
-
-    try:
-        return AudioFile(path).read(streams=0, samplerate=samplerate, channels=channels)
-    except FileNotFoundError:
-        raise InvalidInput(f"input {printable(path)}: sphn cannot read it and ffmpeg is not "
-                           "installed") from None
-    except MemoryError:
-        raise
-    except Exception:
-        raise InvalidInput(f"input {printable(path)} could not be decoded as audio") from None
+def _read_with_pyav(path: Path, samplerate: int, channels: int) -> th.Tensor:
+    blocks = list(_pyav_blocks(path, samplerate, channels))
+    return th.cat(blocks, -1) if blocks else th.zeros(channels, 0)
 
 
 def decode(path: Path, samplerate: int, channels: int):
@@ -201,7 +173,7 @@ def decode(path: Path, samplerate: int, channels: int):
 
     wav = sphn_or_none(read)
     if wav is None:
-        wav = _read_with_ffmpeg(path, samplerate, channels)
+        wav = _read_with_pyav(path, samplerate, channels)
     if wav.shape[-1] == 0:
         raise InvalidInput(f"input {printable(path)} holds no audio samples")
     if wav.shape[-1] < MIN_SAMPLES:

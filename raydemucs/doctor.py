@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 
 from .config import Config, SeparationConfig, WorkersConfig
-from .connection import NAMESPACE, cluster_address, join_ray
+from .connection import NAMESPACE, check_reachable, cluster_address, join_ray
 from .errors import ModelNotFound, OutputNotWritable, ServiceUnavailable
 from .models import OFFLINE_MODEL, model_source, remote_models
 from .outputs import check_writable
@@ -23,6 +23,7 @@ from .outputs import check_writable
 MIN_PYTHON = (3, 10)
 PROBE_TIMEOUT_S = 3.0
 SERVICE_TIMEOUT_S = 10.0
+FLAC_FIX = "pip install --force-reinstall soundfile (its wheels bundle libsndfile with flac)"
 RAY_FIX = ("start Ray with `python -m raydemucs start` (or `ray start --head`), or point "
            "--address / RAY_ADDRESS at a running cluster")
 
@@ -44,8 +45,9 @@ def run_checks(config: Config, address: str | None = None) -> list[Check]:
         check_python(),
         check_package("demucs", "pip install demucs"),
         check_package("torch", "pip install torch (see pytorch.org for the build for your GPU)"),
-        check_tool("ffmpeg"),
-        check_tool("ffprobe"),
+        check_decoder(),
+        check_flac(),
+        check_ffmpeg(),
         check_memory(config.workers),
         check_model(config.separation),
         check_dir("output dir", service.output_dir,
@@ -76,14 +78,33 @@ def check_package(name: str, fix: str) -> Check:
     return Check(name, True, detail)
 
 
-def check_tool(name: str) -> Check:
-    path = shutil.which(name)
-    if path:
-        return Check(name, True, path)
-    return Check(name, False, f"{name} is not on PATH; inputs that sphn cannot read are probed "
-                 "and decoded with ffprobe and ffmpeg",
-                 "install ffmpeg: apt-get install ffmpeg, brew install ffmpeg, or "
-                 "conda install -c conda-forge ffmpeg")
+def check_decoder() -> Check:
+    """PyAV and the FFmpeg its wheel bundles: the decoder for inputs sphn cannot read."""
+    try:
+        from .pyav import av_versions
+    except ImportError as exc:
+        return Check("decoder", False, f"PyAV cannot be imported: {exc}",
+                     "pip install av (its wheels bundle FFmpeg)")
+    return Check("decoder", True, f"sphn, then {av_versions()} for inputs sphn cannot read")
+
+
+def check_flac() -> Check:
+    """soundfile and its libsndfile, which write flac stems."""
+    try:
+        import soundfile
+    except (ImportError, OSError) as exc:
+        return Check("flac", False, f"soundfile cannot be imported: {exc}", FLAC_FIX)
+    detail = f"soundfile {soundfile.__version__} with libsndfile {soundfile.__libsndfile_version__}"
+    if "FLAC" not in soundfile.available_formats():
+        return Check("flac", False, f"{detail} cannot write flac", FLAC_FIX)
+    return Check("flac", True, f"{detail} writes flac stems")
+
+
+def check_ffmpeg() -> Check:
+    """The ffmpeg program: optional, since PyAV brings FFmpeg's libraries."""
+    path = shutil.which("ffmpeg")
+    found = f"ffmpeg is at {path}" if path else "ffmpeg is not on PATH"
+    return Check("ffmpeg", True, f"{found}; optional: raydemucs decodes with PyAV's FFmpeg")
 
 
 def check_memory(workers: WorkersConfig) -> Check:
@@ -138,6 +159,8 @@ def ray_checks(config: Config, address: str | None) -> list[Check]:
     address = address or os.environ.get("RAY_ADDRESS") or None
     joined = False
     try:
+        if address:
+            check_reachable(address, timeout_s=PROBE_TIMEOUT_S)  # also when Ray is joined here
         if not ray.is_initialized() and cluster_address(address):
             joined = not join_ray(address, start_local=False, timeout_s=PROBE_TIMEOUT_S)
     except ServiceUnavailable as exc:

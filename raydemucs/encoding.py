@@ -1,18 +1,20 @@
 """Stem files: a stem (a tensor, or a `StreamedStem` on disk) written as wav, mp3 or flac.
 
-The bytes are those `demucs.audio.save_audio` writes for the same samples and options; a
-streamed stem is written block by block (with `--clip-mode rescale`'s peak of the whole stem).
+WAV and MP3 hold the bytes `demucs.audio.save_audio` writes for the same samples and options;
+FLAC holds the samples it gives the ffmpeg program, written with soundfile (libsndfile, in its
+wheel) instead: lossless, so they decode to the same samples. A streamed stem is written block
+by block (with `--clip-mode rescale`'s peak of the whole stem).
 """
 from __future__ import annotations
 
 import functools
 import struct
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import torch as th
-from demucs.audio import _pcm_bytes, prevent_clip
+import soundfile as sf
+from demucs.audio import prevent_clip, save_audio
 
 from .streaming import StreamedStem
 
@@ -25,6 +27,17 @@ def _clip(block: th.Tensor, mode: str | None, peak: float) -> th.Tensor:
     if mode == "rescale":
         return block / max(1.01 * th.tensor(peak, dtype=th.float32), 1)
     return prevent_clip(block, mode)
+
+
+def pcm(block: th.Tensor, bits_per_sample: int) -> np.ndarray:
+    """`[time, channels]` integer PCM as demucs makes it for wav and flac: int16, or for 24 bits
+    int32 with the sample in its top 3 bytes (wav keeps those, flac encoders drop the low one)."""
+    frames = block.clamp(-1, 1).t().contiguous().cpu().numpy()
+    if bits_per_sample == 16:
+        return (frames * (2**15 - 1)).astype("<i2")
+    if bits_per_sample == 24:
+        return (frames * (2**23 - 1)).astype("<i4") << 8
+    raise ValueError(f"Invalid bits_per_sample: {bits_per_sample}")
 
 
 def _wav_header(channels: int, samplerate: int, frames: int, bits: int, as_float: bool) -> bytes:
@@ -60,14 +73,13 @@ def save_streamed(stem: StreamedStem, path, samplerate: int, bitrate: int = 320,
                 if as_float:
                     handle.write(block.clamp(-1, 1).t().numpy().astype("<f4").tobytes())
                 elif bits_per_sample == 24:
-                    data = np.frombuffer(_pcm_bytes(block, 24), dtype=np.uint8)
-                    handle.write(data.reshape(-1, 4)[:, 1:].tobytes())
+                    handle.write(pcm(block, 24).view(np.uint8).reshape(-1, 4)[:, 1:].tobytes())
                 else:
-                    handle.write(_pcm_bytes(block, bits_per_sample))
+                    handle.write(pcm(block, bits_per_sample).tobytes())
     elif suffix == ".mp3":
         _save_mp3(blocks, path, stem.channels, samplerate, bitrate, preset)
     elif suffix == ".flac":
-        _save_ffmpeg(blocks, path, stem.channels, samplerate, bits_per_sample)
+        _save_flac(blocks, path, stem.channels, samplerate, bits_per_sample)
     else:
         raise ValueError(f"Invalid suffix for path: {suffix}")
 
@@ -82,40 +94,30 @@ def _save_mp3(blocks, path: Path, channels: int, samplerate: int, bitrate: int, 
     encoder.set_quality(preset)
     with open(path, "wb") as handle:
         for block in blocks:
-            pcm = (block.clamp(-1, 1) * (2**15 - 1)).short()
-            handle.write(encoder.encode(pcm.t().numpy().tobytes()))
+            samples = (block.clamp(-1, 1) * (2**15 - 1)).short()
+            handle.write(encoder.encode(samples.t().numpy().tobytes()))
         handle.write(encoder.flush())
 
 
-def _save_ffmpeg(blocks, path: Path, channels: int, samplerate: int, bits_per_sample: int):
-    command = ["ffmpeg", "-y", "-loglevel", "error", "-f",
-               "s16le" if bits_per_sample == 16 else "s32le", "-ar", str(samplerate), "-ac",
-               str(channels), "-i", "-", str(path)]
-    try:
-        process = subprocess.Popen(command, stdin=subprocess.PIPE)
-    except FileNotFoundError:
-        raise RuntimeError(f"Saving as {path.suffix} requires ffmpeg to be installed.") from None
-    try:
+def _save_flac(blocks, path: Path, channels: int, samplerate: int, bits_per_sample: int):
+    """FLAC of the PCM demucs pipes to ffmpeg; libsndfile keeps a 24-bit int32's top 3 bytes."""
+    with sf.SoundFile(path, "w", samplerate, channels, f"PCM_{bits_per_sample}", format="FLAC") \
+            as handle:
         for block in blocks:
-            process.stdin.write(_pcm_bytes(block, bits_per_sample))
-        process.stdin.close()
-    except BaseException:
-        process.kill()
-        process.wait()
-        raise
-    if process.wait() != 0:
-        raise subprocess.CalledProcessError(process.returncode, command)
+            handle.write(pcm(block, bits_per_sample))
 
 
-def save_any(wav, path, samplerate: int, **kwargs) -> None:
+def save_any(wav, path, samplerate: int, clip: str = "rescale", bits_per_sample: int = 16,
+             **kwargs) -> None:
     """`save_audio` for a tensor, `save_streamed` for a `StreamedStem`: one `save` for
-    `raydemucs.outputs.write_outputs` whichever path separated the track."""
+    `raydemucs.outputs.write_outputs` whichever path separated the track; FLAC via soundfile."""
     if isinstance(wav, StreamedStem):
-        save_streamed(wav, path, samplerate, **kwargs)
+        save_streamed(wav, path, samplerate, clip=clip, bits_per_sample=bits_per_sample, **kwargs)
+    elif Path(path).suffix.lower() == ".flac":
+        _save_flac([prevent_clip(wav, clip)], Path(path), wav.shape[0], samplerate,
+                   bits_per_sample)
     else:
-        from demucs.audio import save_audio
-
-        save_audio(wav, path, samplerate, **kwargs)
+        save_audio(wav, path, samplerate, clip=clip, bits_per_sample=bits_per_sample, **kwargs)
 
 
 def stem_saver(options, samplerate: int):

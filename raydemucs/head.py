@@ -49,7 +49,7 @@ def ensure_head(state: Path, port: int = DEFAULT_PORT, dashboard_host: str = "12
         raise ServiceUnavailable(
             f"the Ray head raydemucs started here (pid {running.pid}) cannot be joined; end it "
             "with `python -m raydemucs stop`, then start again")
-    if not _port_free(port):
+    if not port_free(port):
         raise ServiceUnavailable(
             f"port {port} is held by a Ray head (or another program) that raydemucs did not start: "
             f"join it with --address 127.0.0.1:{port}, stop it, or start a head on another --port")
@@ -121,7 +121,8 @@ def _joined() -> bool:
         return False
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
+    """Whether nothing on this machine listens on `port`."""
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:

@@ -1,15 +1,14 @@
 """Input checks made before a task is accepted (and again by its worker): the file, its header,
-its duration and the first samples, read as demucs reads audio (sphn first, ffmpeg as fallback).
+its duration and the first samples, read as demucs reads audio (sphn first, then FFmpeg through
+PyAV where demucs runs the ffmpeg program).
 
 Nothing here imports torch: the client runs these checks."""
 from __future__ import annotations
 
-import json
 import math
 import os
 import stat
 import struct
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,7 +27,7 @@ FLOAT_WAV_DTYPES = {32: "<f4", 64: "<f8"}
 WAVE_FORMAT_IEEE_FLOAT = 3
 WAVE_FORMAT_EXTENSIBLE = 0xFFFE
 # julius, demucs's resampler, needs time and memory that grow with the terms of the reduced rate
-# ratio: 44056 -> 44100 Hz (11014:11025) takes GBs for seconds of audio. ffmpeg takes any ratio.
+# ratio: 44056 -> 44100 Hz (11014:11025) takes GBs for seconds of audio. FFmpeg takes any ratio.
 MAX_RESAMPLE_TERMS = 1000
 
 
@@ -148,46 +147,20 @@ def check_wav_header(path: Path) -> None:
         _check_finite_samples(path, layout)
 
 
-def _ffprobe_duration_s(path: Path) -> float:
-    try:
-        output = subprocess.run(
-            ["ffprobe", "-v", "error", "-select_streams", "a", "-show_entries",
-             "stream=index:format=duration", "-of", "json", str(path)],
-            capture_output=True, text=True, timeout=60, check=True).stdout
-        info = json.loads(output)
-        if not info.get("streams"):
-            raise InvalidInput(f"input {printable(path)} holds no audio stream")
-        return float(info["format"]["duration"])
-    except FileNotFoundError:
-        raise InvalidInput(f"input {printable(path)} is not audio that sphn can read, and "
-                           "ffmpeg is not installed to try it") from None
-    except (subprocess.SubprocessError, ValueError, KeyError, TypeError):
-        raise InvalidInput(f"input {printable(path)} is not a decodable audio file") from None
-
-
 def probe_duration_s(path: Path) -> float:
-    """Duration in seconds from the file's header (sphn, then ffprobe); `InvalidInput` if not audio."""
+    """Duration in seconds from the file's header (sphn, then PyAV); `InvalidInput` if not audio."""
     import sphn
 
     duration = sphn_or_none(lambda: sphn.durations([str(path)])[0])
-    return float(duration) if duration is not None else _ffprobe_duration_s(path)
+    if duration is not None:
+        return float(duration)
+    from .pyav import duration_s
 
-
-def _decode_start_ffmpeg(path: Path, seconds: float):
-    import numpy as np
-
-    try:
-        output = subprocess.run(
-            ["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-map", "0:a:0", "-t",
-             f"{seconds:.6f}", "-ac", "1", "-ar", str(PROBE_RATE), "-f", "f32le", "-"],
-            capture_output=True, timeout=60, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        raise InvalidInput(f"input {printable(path)} could not be decoded as audio") from None
-    return np.frombuffer(output[:len(output) // 4 * 4], dtype="<f4"), PROBE_RATE
+    return duration_s(path)
 
 
 def _decode_start(path: Path, seconds: float):
-    """The first `seconds` of audio as `(samples, rate)`: sphn, else ffmpeg (mono)."""
+    """The first `seconds` of audio as `(samples, rate)`: sphn, else PyAV (mono)."""
     import sphn
 
     def read():
@@ -195,7 +168,12 @@ def _decode_start(path: Path, seconds: float):
         samples = reader.decode(0.0, seconds)
         return (samples, reader.sample_rate) if samples.size and reader.sample_rate else None
 
-    return sphn_or_none(read) or _decode_start_ffmpeg(path, seconds)
+    found = sphn_or_none(read)
+    if found:
+        return found
+    from .pyav import Decoder
+
+    return Decoder(path, PROBE_RATE, "mono").start(round(seconds * PROBE_RATE)), PROBE_RATE
 
 
 def check_decodes(path: Path, min_duration_s: float) -> None:

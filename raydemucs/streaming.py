@@ -18,9 +18,10 @@ from typing import Callable, Iterator
 import numpy as np
 import torch as th
 
-from .decoding import BLOCK_FRAMES, iter_audio, stream_stats
+from .decoding import iter_audio, stream_stats
 from .engine import (OverlapAdd, Runner, SeparationPlan, finish, pick_stems, plan_separation,
                      run_segment, sub_models, take)
+from .pyav import BLOCK_FRAMES
 
 
 class _InputBuffer:

@@ -33,18 +33,47 @@ def make_signal(seconds: float, samplerate: int = SAMPLERATE, channels: int = 2,
     return mix.astype(np.float32)
 
 
+def write_mp3(path: Path, data: np.ndarray, samplerate: int, bitrate: int = 128) -> Path:
+    """`[time, channels]` float samples as an mp3 (lameenc, as demucs encodes)."""
+    import lameenc
+
+    encoder = lameenc.Encoder()
+    encoder.set_bit_rate(bitrate)
+    encoder.set_in_sample_rate(samplerate)
+    encoder.set_channels(data.shape[1])
+    encoder.silence()
+    pcm = (np.clip(data, -1, 1) * (2**15 - 1)).astype("<i2")
+    path.write_bytes(encoder.encode(pcm.tobytes()) + encoder.flush())
+    return path
+
+
+def write_aac(path: Path, data: np.ndarray, samplerate: int) -> Path:
+    """`[time, channels]` float samples as AAC in an MP4 (FFmpeg's encoder, through PyAV): a
+    format sphn cannot read."""
+    import av
+
+    layout = {1: "mono", 2: "stereo"}[data.shape[1]]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=samplerate, layout=layout)
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data.T), format="fltp",
+                                           layout=layout)
+        frame.sample_rate = samplerate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    return path
+
+
 def write_audio(path: Path, seconds: float = 3.0, samplerate: int = SAMPLERATE,
                 channels: int = 2, seed: int = 0) -> Path:
-    """Write a test clip as wav or flac (soundfile) or mp3 (ffmpeg), by `path`'s suffix."""
+    """Write a test clip as 16-bit wav or flac, Ogg Vorbis (soundfile), mp3 (lameenc) or m4a
+    (AAC, PyAV), by `path`'s suffix."""
     data = make_signal(seconds, samplerate, channels, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".mp3":
-        wav = path.with_suffix(".src.wav")
-        sf.write(wav, data, samplerate, subtype="PCM_16")
-        subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(wav), str(path)], check=True)
-        wav.unlink()
-    else:
-        sf.write(path, data, samplerate, subtype="PCM_16")
+        return write_mp3(path, data, samplerate)
+    if path.suffix == ".m4a":
+        return write_aac(path, data, samplerate)
+    sf.write(path, data, samplerate, subtype="VORBIS" if path.suffix == ".ogg" else "PCM_16")
     return path
 
 
@@ -64,11 +93,11 @@ def save_tiny_htdemucs(repo: Path, name: str = "tiny", seed: int = 0) -> Path:
     from demucs.pretrained import SOURCES
 
     torch.manual_seed(seed)
-    model = HTDemucs(sources=SOURCES, channels=8, t_layers=1)
-    args, kwargs = model._init_args_kwargs
+    kwargs = {"sources": SOURCES, "channels": 8, "t_layers": 1}
+    model = HTDemucs(**kwargs)
     repo.mkdir(parents=True, exist_ok=True)
     signature = f"{name}sig"
-    torch.save({"klass": HTDemucs, "args": args, "kwargs": kwargs, "state": model.state_dict()},
+    torch.save({"klass": HTDemucs, "args": (), "kwargs": kwargs, "state": model.state_dict()},
                repo / f"{signature}.th")
     (repo / f"{name}.yaml").write_text(yaml.safe_dump({"models": [signature]}))
     return repo

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import struct
-import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -85,9 +84,18 @@ def fifo(folder: Path, name: str) -> Path:
     return folder / name
 
 
-def ffmpeg_lavfi(folder: Path, name: str, source: str, *args: str) -> Path:
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", source, *args,
-                    str(folder / name)], check=True)
+def video(folder: Path, name: str, codec: str, frames: int, pix_fmt: str, **options) -> Path:
+    """Black 32x32 frames encoded by FFmpeg (PyAV), and no audio."""
+    import av
+
+    with av.open(str(folder / name), "w", **options) as container:
+        stream = container.add_stream(codec, rate=25)
+        stream.width = stream.height = 32
+        stream.pix_fmt = pix_fmt
+        for _ in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
     return folder / name
 
 
@@ -129,9 +137,9 @@ BAD_FILES = {
     "over_duration_limit": (lambda d: sparse_wav(d, "dj-set.wav", 8000 * 10860, channels=1,
                                                  rate=8000, bits=8),
                             "lasts 10860 s, over the 10800 s limit (input.max_duration_s)"),
-    "video_without_audio": (lambda d: ffmpeg_lavfi(d, "clip.mp4", "testsrc=duration=1:size=32x32"),
+    "video_without_audio": (lambda d: video(d, "clip.mp4", "mpeg4", 25, "yuv420p"),
                             "holds no audio stream"),
-    "image": (lambda d: ffmpeg_lavfi(d, "cover.png", "testsrc=size=32x32", "-frames:v", "1"),
+    "image": (lambda d: video(d, "cover.png", "png", 1, "rgb24", format="image2"),
               "holds no audio stream"),
 }
 

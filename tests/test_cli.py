@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from conftest import run_cli
-from raydemucs.head import ray_command
+from raydemucs.head import port_free, ray_command
 
 pytestmark = pytest.mark.ray
 
@@ -160,16 +160,6 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("", port))
-        except OSError:
-            return False
-    return True
-
-
 def _marked_pid(state) -> int | None:
     """The pid of the head `start` recorded in this test's own state directory."""
     marker = state / "ray-started-by-raydemucs"
@@ -227,7 +217,7 @@ def test_start_from_an_unactivated_venv_runs_its_own_ray_head_and_stop_ends_it(o
     assert stopped.returncode == 0, stopped.stderr
     assert head and not [p for p in head if p.is_running()]
     assert not (own_ray.state / "ray-started-by-raydemucs").exists()
-    assert _port_free(own_ray.port)
+    assert port_free(own_ray.port)
     assert run_cli("status", env=env).returncode == 3
 
 
@@ -248,7 +238,7 @@ def test_stop_ends_the_head_after_the_scheduler_died(own_ray):
     assert stopped.returncode == 0, stopped.stderr
     assert f"stopped the Ray head raydemucs started here (pid {head[0].pid})" in stopped.stdout
     assert not [p for p in head if p.is_running()]
-    assert _port_free(own_ray.port) and _marked_pid(own_ray.state) is None
+    assert port_free(own_ray.port) and _marked_pid(own_ray.state) is None
 
 
 def test_start_on_a_port_held_by_another_ray_head_says_so_in_one_line(own_ray, tmp_path):
@@ -267,7 +257,7 @@ def test_start_on_a_port_held_by_another_ray_head_says_so_in_one_line(own_ray, t
     own_ray.started.append(other.pid)
     try:
         deadline = time.monotonic() + 120
-        while _port_free(own_ray.port):
+        while port_free(own_ray.port):
             assert other.poll() is None, (tmp_path / "other-head.log").read_text()
             assert time.monotonic() < deadline
             time.sleep(0.5)

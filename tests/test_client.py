@@ -10,27 +10,29 @@ CLIENT = ["raydemucs", "raydemucs.cli", "raydemucs.api", "raydemucs.render", "ra
           "raydemucs.models", "raydemucs.outputs", "raydemucs.connection", "raydemucs.service"]
 
 
+def probe(code: str) -> str:
+    """What `code` prints, run in a fresh interpreter."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
 def test_importing_the_client_side_loads_no_torch_demucs_or_worker():
-    probe = ("import sys\n"
-             f"for name in {CLIENT!r}: __import__(name)\n"
-             "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'demucs')\n"
-             "               or m in ('raydemucs.worker', 'raydemucs.pool', 'raydemucs.engine'))\n"
-             "print(heavy)")
-    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert found.stdout.strip() == "[]"
+    assert probe("import sys\n"
+                 f"for name in {CLIENT!r}: __import__(name)\n"
+                 "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'demucs')\n"
+                 "      or m in ('raydemucs.worker', 'raydemucs.pool', 'raydemucs.engine')))"
+                 ) == "[]"
 
 
 def test_the_client_checks_an_input_and_a_model_without_torch(tmp_path):
     from conftest import write_audio
 
     song = write_audio(tmp_path / "song.wav", seconds=1.0)
-    probe = ("import sys\n"
-             "from raydemucs.config import InputConfig\n"
-             "from raydemucs.inputs import validate_input\n"
-             "from raydemucs.models import check_model_name, model_source\n"
-             f"validate_input({str(song)!r}, InputConfig())\n"
-             "check_model_name('htdemucs', None)\n"
-             "model_source('demucs_unittest', None)\n"
-             "print('torch' in sys.modules)")
-    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert found.stdout.strip() == "False"
+    assert probe("import sys\n"
+                 "from raydemucs.config import InputConfig\n"
+                 "from raydemucs.inputs import validate_input\n"
+                 "from raydemucs.models import check_model_name, model_source\n"
+                 f"validate_input({str(song)!r}, InputConfig())\n"
+                 "check_model_name('htdemucs', None)\n"
+                 "model_source('demucs_unittest', None)\n"
+                 "print('torch' in sys.modules)") == "False"

@@ -46,14 +46,22 @@ def test_a_healthy_setup_with_a_running_service_passes(make_service, ray_cluster
     checks = run_checks(manager.config, ray_cluster)
     assert failed(checks) == {}
     names = [check.name for check in checks]
-    assert names == ["python", "demucs", "torch", "ffmpeg", "ffprobe", "memory", "model",
+    assert names == ["python", "demucs", "torch", "decoder", "flac", "ffmpeg", "memory", "model",
                      "output dir", "state dir", "ray", "resources", "service"]
     assert "worker-0" in by_name(checks)["service"].detail
 
 
-def test_missing_ffmpeg_is_found_through_path(config, ray_cluster, tmp_path, monkeypatch):
+def test_no_ffmpeg_on_path_is_fine_pyav_decodes(config, ray_cluster, tmp_path, monkeypatch):
+    import av
+    import soundfile
+
     monkeypatch.setenv("PATH", str(tmp_path))
-    assert set(failed(run_checks(config(), ray_cluster))) == {"ffmpeg", "ffprobe"}
+    checks = run_checks(config(), ray_cluster)
+    assert failed(checks) == {}
+    assert "ffmpeg is not on PATH; optional" in by_name(checks)["ffmpeg"].detail
+    assert f"PyAV {av.__version__} with FFmpeg {av.ffmpeg_version_info}" in \
+        by_name(checks)["decoder"].detail
+    assert f"libsndfile {soundfile.__libsndfile_version__}" in by_name(checks)["flac"].detail
 
 
 def test_an_output_dir_under_a_regular_file_is_not_writable(config, ray_cluster, tmp_path):

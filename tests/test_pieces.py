@@ -69,7 +69,7 @@ def test_a_helper_killed_during_its_piece_costs_time_not_the_task(workers, tiny_
     import ray
 
     lead, helper, _ = workers
-    song = audio("song.wav", seconds=20.0)
+    song = audio("song.wav", seconds=8.0)
     plain = ray.get(lead.separate.remote(spec(song, tmp_path, "plain", repo=tiny_repo).to_dict(), 1))
     split = lead.separate.remote(spec(song, tmp_path, "split", repo=tiny_repo).to_dict(), 1,
                                  None, None, [helper])
