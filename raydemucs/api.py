@@ -16,8 +16,8 @@ from typing import Any, Callable, Iterable
 from . import storage
 from .config import Config, coerce, load_config, route
 from .connection import NAMESPACE, join_ray
-from .errors import (InvalidInput, ModelNotFound, RayDemucsError, ServiceUnavailable,
-                     TaskCancelled, TaskFailed, WaitTimedOut)
+from .errors import (InputTooLarge, InvalidInput, ModelNotFound, RayDemucsError,
+                     ServiceUnavailable, TaskCancelled, TaskFailed, WaitTimedOut)
 from .inputs import validate_input
 from .models import check_model_name, model_source
 from .names import check_task_names, name_from_filename
@@ -204,7 +204,7 @@ class WorkerManager:
             raise InvalidInput(f"--upload sends a local file; {location} is already in storage")
         size = storage.input_size(location, config.storage)
         if size > config.input.max_file_mb * 2**20:
-            raise InvalidInput(f"input {location} is {size / 2**20:.1f} MB, over the "
+            raise InputTooLarge(f"input {location} is {size / 2**20:.1f} MB, over the "
                                f"{config.input.max_file_mb:g} MB limit (input.max_file_mb)")
         return location, None
 

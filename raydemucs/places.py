@@ -17,7 +17,7 @@ from typing import Iterator
 
 from . import storage
 from .config import StorageConfig
-from .errors import InternalError, InvalidInput
+from .errors import InputTooLarge, InternalError
 from .outputs import Folder, task_folder
 from .task import TaskSpec
 
@@ -68,7 +68,7 @@ def attempt_places(task: TaskSpec, config: StorageConfig, max_bytes: int,
         elif remote_in:
             size = storage.input_size(task.input_path, config)
             if size > max_bytes:
-                raise InvalidInput(f"{task.input_path} is {size / 2**20:.1f} MB, over the limit of "
+                raise InputTooLarge(f"{task.input_path} is {size / 2**20:.1f} MB, over the limit of "
                                    f"{max_bytes / 2**20:g} MB (input.max_file_mb)")
             input_path = storage.download(task.input_path, work / _local_name(task.input_path),
                                           config)
