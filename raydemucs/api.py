@@ -15,7 +15,10 @@ from typing import Any, Callable, Iterable
 
 from . import storage
 from .config import Config, coerce, load_config, route
+from .batches import (AUDIO_SUFFIXES, Item, Summary, assign_file_ids, batch_id_for,
+                      checked_specs, expand)
 from .connection import NAMESPACE, join_ray
+
 from .errors import (InputTooLarge, InvalidInput, ModelNotFound, RayDemucsError,
                      ServiceUnavailable, TaskCancelled, TaskFailed, WaitTimedOut)
 from .inputs import validate_input
@@ -146,7 +149,7 @@ class WorkerManager:
                      output_dir: str | os.PathLike | None = None, project_name: str = "default",
                      priority: str | int = "normal", force: bool = False,
                      timeout_s: float | None = None, cache: bool = True, upload: bool = False,
-                     **options) -> TaskSpec:
+                     batch_id: str | None = None, **options) -> TaskSpec:
         """Check everything that can be checked here and build the spec; nothing is queued.
 
         Inputs and output directories may be local paths or URIs (`s3://bucket/key`); with
@@ -189,7 +192,7 @@ class WorkerManager:
                         input_path=source, output_dir=output_dir,
                         priority=priority, options=separation, force=force,
                         timeout_s=timeout_s, cache=cache and local, uploaded=upload, kept=upload,
-                        duration_s=duration_s,
+                        duration_s=duration_s, batch_id=batch_id,
                         input_sha256=None if is_uri(source) or not (cache or upload)
                         else file_sha256(Path(source)))
 
@@ -264,8 +267,88 @@ class WorkerManager:
     def get_tasks(self, task_ids: list[str]) -> list[dict]:
         return self._call("get_tasks", list(task_ids))
 
-    def list_tasks(self, state: str | None = None, limit: int = 100) -> list[dict]:
-        return self._call("list_tasks", state, limit)
+    def list_tasks(self, state: str | None = None, limit: int = 100, batch_id: str | None = None,
+                   before_seq: int | None = None) -> list[dict]:
+        """Newest first, up to `limit`; `before_seq` (the last one's `seq`) gives the next page."""
+        return self._call("list_tasks", state, limit, None, None, before_seq, batch_id)
+
+    # -- batches ----------------------------------------------------------------------------
+    def submit_batch(self, inputs: Iterable[str], from_list: str | None = None,
+                     project_name: str = "default", priority: str | int = "normal",
+                     strict: bool = False, create: bool = False,
+                     on_chunk: Callable[[list[dict]], None] | None = None, **options) -> Summary:
+        """Submit folders, prefixes, files and a list as one batch (see `raydemucs.batches`).
+
+        Inputs are checked eight at a time and sent a thousand at a time; an input refused by its
+        checks is counted in the summary and the rest go on, unless `strict` (then any refusal
+        refuses the batch before anything is queued). `options` are `prepare_task`'s.
+        """
+        inputs = [str(given) for given in inputs]
+        config = self.service_config()
+        items = assign_file_ids(list(expand(inputs, from_list, config.storage)), project_name)
+        if not items:
+            raise InvalidInput("no audio file among the inputs (folders are searched for "
+                               f"{', '.join(sorted(AUDIO_SUFFIXES))})")
+        summary = Summary(batch_id_for(project_name, inputs, from_list), items=len(items))
+
+        def prepare(item: Item) -> TaskSpec:
+            return self.prepare_task(item.input, item.file_id, project_name=item.project,
+                                     priority=item.priority or priority,
+                                     batch_id=summary.batch_id, **options)
+
+        def refuse(item: Item, error: RayDemucsError) -> None:
+            summary.refused.append({"input": item.input, "error": error.to_dict()})
+
+        if strict:
+            for _ in checked_specs(items, prepare, refuse):
+                pass
+            if summary.refused:
+                first = summary.refused[0]
+                raise InvalidInput(f"{len(summary.refused)} of {len(items)} inputs refused "
+                                   f"(--strict), first {first['input']}: {first['error']['message']}")
+        for specs in checked_specs(items, prepare, refuse):
+            replies = self._send_chunk(specs, create)
+            summary.count(replies)
+            if on_chunk is not None:
+                on_chunk(replies)
+        return summary
+
+    def _send_chunk(self, specs: list[TaskSpec], create: bool) -> list[dict]:
+        """One chunk to the scheduler (one journal transaction); uploads one call each."""
+        if not specs[0].uploaded:
+            return self._call("submit_batch", [spec.to_dict() for spec in specs], create=create,
+                              preload=specs[0].options)
+        replies = []
+        for spec, record in zip(specs, self.submit(specs, create=create)):
+            outcome = ("skipped" if record["state"] == TaskState.SUCCEEDED.value
+                       and record["task_id"] != spec.task_id else "queued")
+            replies.append({key: record[key] for key in ("task_id", "project", "file_id",
+                                                         "state")} | {"outcome": outcome})
+        return replies
+
+    def batch(self, batch_id: str) -> dict:
+        """A batch's counts by state, audio seconds done and left, rate and ETA."""
+        return self._call("batch", batch_id)
+
+    def wait_batch(self, batch_id: str, timeout: float | None = None, poll_s: float = 0.5,
+                   on_update: Callable[[dict], None] | None = None) -> dict:
+        """Poll a batch until none of its tasks is queued or running; its last view."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            view = self.batch(batch_id)
+            if on_update is not None:
+                on_update(view)
+            if view["done"]:
+                return view
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimedOut(f"batch {batch_id} still not finished after {timeout:g} s")
+            time.sleep(poll_s)
+
+    def cancel_batch(self, batch_id: str) -> int:
+        return self._call("cancel_batch", batch_id)
+
+    def retry_batch(self, batch_id: str) -> int:
+        return self._call("retry_batch", batch_id)
 
     def wait(self, task_id: str, timeout: float | None = None, poll_s: float = 0.5) -> dict:
         """Block until the task ends; returns its record, or raises TaskFailed / TaskCancelled."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import signal
 import sys
 import time
@@ -16,7 +17,8 @@ from .head import DEFAULT_PORT, ensure_head, stop_head
 from .keys import KeyStore
 
 from .logs import configure_logging
-from .render import print_outputs, progress_bars, status_table, task_line
+from .render import (BARS_UP_TO, batch_bar, batch_line, batch_summary, print_outputs,
+                     progress_bars, status_table, task_line)
 from .storage import is_uri
 
 
@@ -49,7 +51,7 @@ def cli():
 
 
 @cli.command()
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.argument("inputs", nargs=-1, type=click.Path(path_type=str))
 @click.option("-o", "--out", "output_dir", help="Output directory, a path or a URI such as "
               "s3://bucket/stems (default: service.output_dir). With --upload --wait: where the "
               "stems are fetched to.")
@@ -80,13 +82,19 @@ def cli():
               "that cannot read them; the service keeps the stems (see `fetch`).")
 @click.option("--wait", is_flag=True, help="Show progress and wait; starts Ray and a scheduler "
               "for this run when no service is running.")
+@click.option("--from", "from_list", type=click.Path(dir_okay=False),
+              help="A list of inputs: one per line, or CSV with input,file_id,project,priority.")
+@click.option("--strict", is_flag=True, help="In a batch, refuse every input if any is refused.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per task.")
 @service_options
 def submit(manager, inputs, output_dir, project, file_id, priority, fmt, depth, timeout_s, force,
-           no_cache, upload, wait, as_json, **flags):
+           no_cache, upload, wait, as_json, from_list, strict, **flags):
     """Queue INPUT files (paths or URIs such as s3://bucket/song.mp3) for separation into
-    OUT/PROJECT/FILE_ID/."""
-    if file_id and len(inputs) > 1:
+    OUT/PROJECT/FILE_ID/. A folder (searched recursively for audio files), a bucket prefix
+    (s3://bucket/music/), several inputs or a --from list make one batch."""
+    if not inputs and not from_list:
+        raise click.UsageError("give INPUT files, folders or prefixes, or --from LIST")
+    if file_id and (len(inputs) > 1 or from_list or _is_folder(inputs[0])):
         raise click.UsageError("--file-id names one input; give one INPUT or drop it")
     if upload and output_dir and is_uri(output_dir):
         raise click.UsageError("with --upload, -o names the local directory --wait fetches the "
@@ -95,24 +103,38 @@ def submit(manager, inputs, output_dir, project, file_id, priority, fmt, depth, 
     options = {key: value for key, value in flags.items() if value is not None}
     options.update({"format": fmt} if fmt else {})
     options.update({"wav_depth": depth} if depth else {})
-    specs = [manager.prepare_task(path, file_id, output_dir, project, priority, force=force,
-                                  timeout_s=timeout_s, cache=not no_cache, upload=upload,
-                                  **options)
-             for path in inputs]
-    records = manager.submit(specs, create=wait)
+    options.update(output_dir=output_dir, force=force, timeout_s=timeout_s, cache=not no_cache,
+                   upload=upload)
+    if len(inputs) != 1 or from_list or _is_folder(inputs[0]):
+        _submit_batch(manager, inputs, from_list, project, priority, strict, wait, as_json,
+                      options)
+        return
+    records = manager.submit([manager.prepare_task(inputs[0], file_id, project_name=project,
+                                                   priority=priority, **options)], create=wait)
     for record in records:
         _emit({k: record[k] for k in ("task_id", "file_id", "project", "state")}, as_json,
               task_line(record))
     if not wait:
         return
+    records = _wait_for_tasks(manager, [r["task_id"] for r in records], as_json, upload and (
+        output_dir or manager.config.service.output_dir), force)
+    sys.exit(1 if any(r["state"] != "succeeded" for r in records) else 0)
+
+
+def _is_folder(given: str) -> bool:
+    return is_uri(given) and given.endswith("/") or not is_uri(given) and os.path.isdir(given)
+
+
+def _wait_for_tasks(manager, task_ids: list[str], as_json: bool, fetch_to: str | None,
+                    force: bool) -> list[dict]:
+    """Bars until the tasks end (then the stems of uploaded ones are fetched), and their lines;
+    a scheduler this command started is stopped. Their records."""
     try:
-        with progress_bars(records, enabled=not as_json) as update:
-            records = manager.wait_all([r["task_id"] for r in records], on_update=update)
-        if upload:
-            destination = output_dir or manager.config.service.output_dir
-            for record in records:
-                if record["state"] == "succeeded":
-                    record["outputs"] = manager.fetch(record["task_id"], destination, force=force)
+        with progress_bars(manager.get_tasks(task_ids), enabled=not as_json) as update:
+            records = manager.wait_all(task_ids, on_update=update)
+        for record in records:
+            if fetch_to and record["state"] == "succeeded":
+                record["outputs"] = manager.fetch(record["task_id"], fetch_to, force=force)
     except KeyboardInterrupt:
         if manager.owns_scheduler:
             manager.shutdown(now=True)
@@ -121,19 +143,83 @@ def submit(manager, inputs, output_dir, project, file_id, priority, fmt, depth, 
         manager.shutdown()
     for record in records:
         _emit(record, as_json, print_outputs(record))
-    sys.exit(1 if any(r["state"] != "succeeded" for r in records) else 0)
+    return records
+
+
+def _submit_batch(manager, inputs, from_list, project, priority, strict, wait, as_json,
+                  options) -> None:
+    """Submit a batch: a line (or JSON object) per task as chunks are accepted, a summary, and
+    with --wait one bar for the whole batch past a few dozen tasks."""
+    task_ids = []
+
+    def on_chunk(replies: list[dict]) -> None:
+        for reply in replies:
+            if "task_id" in reply and len(task_ids) <= BARS_UP_TO:
+                task_ids.append(reply["task_id"])
+            if as_json:
+                _emit(reply, True, "")
+
+    summary = manager.submit_batch(inputs, from_list, project, priority, strict, create=wait,
+                                   on_chunk=on_chunk, **options)
+    _emit({"batch": summary.to_dict()}, as_json, batch_summary(summary.to_dict()))
+    if not (summary.queued or summary.known or summary.skipped):
+        sys.exit(2)
+    if not wait:
+        return
+    fetch_to = options["upload"] and (options["output_dir"] or manager.config.service.output_dir)
+    if len(task_ids) <= BARS_UP_TO:
+        records = _wait_for_tasks(manager, task_ids, as_json, fetch_to, options["force"])
+        failed = any(r["state"] != "succeeded" for r in records)
+    else:
+        view = _wait_for_batch(manager, summary.batch_id, as_json, fetch_to=fetch_to,
+                               force=options["force"])
+        failed = view["by_state"]["failed"] or view["by_state"]["cancelled"]
+    sys.exit(1 if summary.refused or failed else 0)
+
+
+def _wait_for_batch(manager, batch_id: str, as_json: bool, timeout: float | None = None,
+                    fetch_to: str | None = None, force: bool = False) -> dict:
+    """One bar until the batch ends (then, for uploads, its stems are fetched page by page)."""
+    try:
+        with batch_bar(enabled=not as_json) as update:
+            view = manager.wait_batch(batch_id, timeout=timeout, on_update=update)
+        cursor = None
+        while fetch_to:
+            page = manager.list_tasks("succeeded", 500, batch_id=batch_id, before_seq=cursor)
+            for record in page:
+                manager.fetch(record["task_id"], fetch_to, force=force)
+            if len(page) < 500:
+                break
+            cursor = page[-1]["seq"]
+    except KeyboardInterrupt:
+        if manager.owns_scheduler:
+            manager.shutdown(now=True)
+        raise
+    if manager.owns_scheduler:
+        manager.shutdown()
+    _emit(view, as_json, batch_line(view))
+    return view
+
+
+BATCH = click.option("--batch", "batch_id", metavar="ID", help="A batch (a submit of several inputs).")
 
 
 @cli.command()
 @click.argument("task_id", required=False)
+@BATCH
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--watch", type=float, metavar="SECONDS", help="Refresh every SECONDS until Ctrl-C.")
 @service_options
-def status(manager, task_id, as_json, watch):
-    """The service (queue and workers), or one task."""
+def status(manager, task_id, batch_id, as_json, watch):
+    """The service (queue and workers), one task, or a batch (counts, audio done and left, rate,
+    ETA)."""
     while True:
-        data = manager.get_status(task_id)
-        text = task_line(data, detail=True) if task_id else status_table(data)
+        if batch_id:
+            data = manager.batch(batch_id)
+            text = batch_line(data)
+        else:
+            data = manager.get_status(task_id)
+            text = task_line(data, detail=True) if task_id else status_table(data)
         if watch and not as_json:
             click.clear()
         _emit(data, as_json, text)
@@ -143,13 +229,19 @@ def status(manager, task_id, as_json, watch):
 
 
 @cli.command("wait")
-@click.argument("task_ids", nargs=-1, required=True)
+@click.argument("task_ids", nargs=-1)
+@BATCH
 @click.option("--timeout", type=float, help="Give up after SECONDS (the tasks go on).")
 @click.option("--json", "as_json", is_flag=True)
 @service_options
-def wait_command(manager, task_ids, timeout, as_json):
-    """Wait until tasks end; exit 1 if any failed or was cancelled."""
+def wait_command(manager, task_ids, batch_id, timeout, as_json):
+    """Wait until tasks (or a batch) end; exit 1 if any failed or was cancelled."""
+    if not task_ids and not batch_id:
+        raise click.UsageError("give TASK_IDs or --batch ID")
     manager.scheduler(create=False)
+    if batch_id:
+        view = _wait_for_batch(manager, batch_id, as_json, timeout)
+        sys.exit(1 if view["by_state"]["failed"] or view["by_state"]["cancelled"] else 0)
     records = manager.wait_all(list(task_ids), timeout=timeout)
     for record in records:
         _emit(record, as_json, print_outputs(record))
@@ -173,11 +265,19 @@ def fetch(manager, task_ids, output_dir, force, as_json):
 
 
 @cli.command()
-@click.argument("task_id")
+@click.argument("task_id", required=False)
+@BATCH
 @click.option("--json", "as_json", is_flag=True)
 @service_options
-def cancel(manager, task_id, as_json):
-    """Cancel a queued task or abort a running one."""
+def cancel(manager, task_id, batch_id, as_json):
+    """Cancel a queued task or abort a running one (or every such task of a batch)."""
+    if bool(task_id) == bool(batch_id):
+        raise click.UsageError("give a TASK_ID or --batch ID")
+    if batch_id:
+        count = manager.cancel_batch(batch_id)
+        _emit({"batch_id": batch_id, "cancelled": count}, as_json,
+              f"batch {batch_id}: {count} queued or running task(s) cancelled")
+        return
     record = manager.cancel(task_id)
     _emit(record, as_json, task_line(record))
 
@@ -186,20 +286,32 @@ def cancel(manager, task_id, as_json):
 @click.option("--state", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]),
               help="Only tasks in this state (failed: the dead letters).")
 @click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True)
+@BATCH
+@click.option("--cursor", type=int, metavar="SEQ", help="Go on from a page's last task (its seq).")
 @click.option("--json", "as_json", is_flag=True)
 @service_options
-def list_command(manager, state, limit, as_json):
-    """Recent tasks, newest first."""
-    for record in manager.list_tasks(state, limit):
+def list_command(manager, state, limit, batch_id, cursor, as_json):
+    """Recent tasks, newest first, a page at a time."""
+    records = manager.list_tasks(state, limit, batch_id=batch_id, before_seq=cursor)
+    for record in records:
         _emit(record, as_json, task_line(record, detail=state == "failed"))
+    if len(records) == limit and not as_json:
+        click.echo(f"more: --cursor {records[-1]['seq']}")
 
 
 @cli.command()
-@click.argument("task_ids", nargs=-1, required=True)
+@click.argument("task_ids", nargs=-1)
+@BATCH
 @click.option("--json", "as_json", is_flag=True)
 @service_options
-def retry(manager, task_ids, as_json):
-    """Queue failed or cancelled tasks again, as they were submitted."""
+def retry(manager, task_ids, batch_id, as_json):
+    """Queue failed or cancelled tasks (or those of a batch) again, as they were submitted."""
+    if not task_ids and not batch_id:
+        raise click.UsageError("give TASK_IDs or --batch ID")
+    if batch_id:
+        count = manager.retry_batch(batch_id)
+        _emit({"batch_id": batch_id, "retried": count}, as_json,
+              f"batch {batch_id}: {count} failed or cancelled task(s) queued again")
     for task_id in task_ids:
         _emit(manager.retry(task_id), as_json, task_line(manager.get_status(task_id)))
 

@@ -1,94 +1,80 @@
-"""The scheduler's heaps: ready tasks by (priority, seq), one per pool, and delayed retries by time.
+"""The scheduler's queues: ready tasks by (priority, seq), one per pool, and delayed retries by time.
 
-Both use heapq's entry-invalidation pattern: removing a task, or pushing it again at another place,
-marks its old entry dead, so a stale entry never comes out first.
+Both are sorted lists keyed by task id: a task pushed again moves (a stale place never comes out
+first), and a task's place in its queue is found in O(log n), even 100,000 tasks deep.
 """
 from __future__ import annotations
 
-import heapq
-import itertools
-
-_REMOVED = None  # the task id of a dead entry
+from sortedcontainers import SortedList
 
 
-class _Heap:
-    """A heap of `[key..., count, task_id]` entries, one live entry per task."""
+class _Ordered:
+    """Task ids in the order of their keys, one place per task."""
 
     def __init__(self) -> None:
-        self._heap: list[list] = []
-        self._entries: dict[str, list] = {}
-        self._count = itertools.count()
+        self._order = SortedList()
+        self._keys: dict[str, tuple] = {}
 
-    def push(self, task_id: str, *key) -> None:
-        """Put `task_id` at `key`; an earlier entry of the task is dropped."""
-        old = self._entries.get(task_id)
+    def _put(self, task_id: str, key: tuple) -> None:
+        old = self._keys.get(task_id)
+        if old == key:
+            return
         if old is not None:
-            if old[:-2] == list(key):
-                return
-            old[-1] = _REMOVED
-        entry = [*key, next(self._count), task_id]
-        self._entries[task_id] = entry
-        heapq.heappush(self._heap, entry)
+            self._order.remove((*old, task_id))
+        self._keys[task_id] = key
+        self._order.add((*key, task_id))
 
-    def _drop_dead(self) -> None:
-        while self._heap and self._heap[0][-1] is _REMOVED:
-            heapq.heappop(self._heap)
-
-    def first(self) -> list | None:
-        """The live entry with the smallest key, left in place."""
-        self._drop_dead()
-        return self._heap[0] if self._heap else None
+    def first(self) -> tuple | None:
+        """The first `(*key, task_id)`, left in place."""
+        return self._order[0] if self._order else None
 
     def pop(self) -> str | None:
-        self._drop_dead()
-        if not self._heap:
+        if not self._order:
             return None
-        task_id = heapq.heappop(self._heap)[-1]
-        del self._entries[task_id]
+        task_id = self._order.pop(0)[-1]
+        del self._keys[task_id]
         return task_id
 
     def remove(self, task_id: str) -> bool:
-        entry = self._entries.pop(task_id, None)
-        if entry is None:
+        key = self._keys.pop(task_id, None)
+        if key is None:
             return False
-        entry[-1] = _REMOVED
+        self._order.remove((*key, task_id))
         return True
 
     def __contains__(self, task_id: str) -> bool:
-        return task_id in self._entries
+        return task_id in self._keys
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._keys)
 
 
-class TaskQueue(_Heap):
+class TaskQueue(_Ordered):
     """Ready tasks, lowest priority number first and FIFO within a priority (by `seq`)."""
 
     def push(self, task_id: str, priority: int, seq: int) -> None:
-        super().push(task_id, priority, seq)
-
-    def rank(self, task_id: str) -> int | None:
-        """How many tasks `pop` returns before `task_id` (None when it is not here)."""
-        entry = self._entries.get(task_id)
-        if entry is None:
-            return None
-        return sum(other[:2] < entry[:2] for other in self._entries.values())
+        self._put(task_id, (priority, seq))
 
     def peek_priority(self) -> int | None:
         """The priority of the task `pop` would return, or None when empty."""
-        entry = self.first()
-        return None if entry is None else entry[0]
+        first = self.first()
+        return None if first is None else first[0]
+
+    def rank(self, task_id: str) -> int | None:
+        """How many tasks `pop` returns before `task_id` (None when it is not here)."""
+        key = self._keys.get(task_id)
+        return None if key is None else self._order.bisect_left((*key, task_id))
 
 
-class DelayedTasks(_Heap):
+class DelayedTasks(_Ordered):
     """Tasks waiting for their retry time."""
 
     def push(self, task_id: str, ready_at: float) -> None:
-        super().push(task_id, ready_at)
+        self._put(task_id, (ready_at,))
 
     def pop_ready(self, now: float) -> list[str]:
         ready = []
-        while (entry := self.first()) is not None and entry[0] <= now:
+        while (first := self.first()) is not None and first[0] <= now:
             ready.append(self.pop())
         return ready
 

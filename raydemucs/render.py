@@ -82,3 +82,55 @@ def progress_bars(records: list[dict], enabled: bool = True):
         for bar in bars.values():
             bar.close()
         overall.close()
+
+
+BARS_UP_TO = 24  # a bar per task up to this many; one bar for the whole batch past it
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def batch_line(view: dict) -> str:
+    """A batch in one line: counts by state, audio done and left, rate and ETA."""
+    states = "  ".join(f"{state} {count}" for state, count in view["by_state"].items() if count)
+    rate = view["audio_s_per_s"]
+    speed = f"{rate:.2f} audio s/s" if rate else (
+        f"{view['tasks_per_s']:.2f} tasks/s" if view["tasks_per_s"] else "rate -")
+    return (f"batch {view['batch_id']}: {view['tasks']} tasks: {states}; audio "
+            f"{_duration(view['audio_s_done'])} done, {_duration(view['audio_s_left'])} left; "
+            f"{speed}; ETA {_duration(view['eta_s'])}")
+
+
+def batch_summary(summary: dict) -> str:
+    """What a batch submit did, and the first refusals, one line each."""
+    lines = [f"batch {summary['batch_id']}: {summary['items']} items: {summary['queued']} queued, "
+             f"{summary['skipped']} skipped (done already), {summary['known']} already queued, "
+             f"{summary['refused']} refused"]
+    lines += [f"  refused {r['input']}: {r['error']['message']}" for r in summary["refusals"][:20]]
+    if summary["refused"] > 20:
+        lines.append(f"  ... and {summary['refused'] - 20} more (--json lists them)")
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def batch_bar(enabled: bool = True):
+    """One bar for a whole batch (ended / all tasks, rate and ETA); yields `update(view)`."""
+    bar = tqdm(total=1, desc="batch", disable=not enabled,
+               bar_format="{desc} {bar} {n}/{total} {postfix}")
+
+    def update(view: dict) -> None:
+        ended = sum(view["by_state"][s] for s in ("succeeded", "failed", "cancelled"))
+        bar.total, bar.n = view["tasks"], ended
+        rate = view["audio_s_per_s"]
+        bar.set_postfix_str(f"{rate:.2f} audio s/s, ETA {_duration(view['eta_s'])}" if rate
+                            else f"ETA {_duration(view['eta_s'])}")
+
+    try:
+        yield update
+    finally:
+        bar.close()

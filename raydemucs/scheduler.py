@@ -8,7 +8,6 @@ Disk work it asks for (sweeping a folder) goes through `offload`, off the actor'
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
 import random
@@ -25,7 +24,9 @@ from .outcome import Decision, Outcome, decide
 from .outputs import open_folder
 from .queue import DelayedTasks, PoolQueues
 from .store import TaskStore
-from .task import TaskRecord, TaskSpec, TaskState, priority_name, spec_differences
+from .tally import Tally
+
+from .task import TaskRecord, TaskSpec, TaskState, spec_differences
 
 logger = logging.getLogger("raydemucs.scheduler")
 
@@ -81,6 +82,7 @@ class Recovery:
     unfinished: list  # queued and running records, in submission order
     finished: dict = field(default_factory=dict)  # task id -> {stem: location} already complete
     counts: dict = field(default_factory=dict)  # records by state
+    batches: list = field(default_factory=list)  # (batch id, state, tasks, audio seconds)
 
 
 def read_recovery(store: TaskStore, storage: StorageConfig) -> Recovery:
@@ -89,7 +91,7 @@ def read_recovery(store: TaskStore, storage: StorageConfig) -> Recovery:
     finished = {record.task_id: open_folder(record.spec.output_location, storage).finished(
         record.task_id) for record in unfinished}
     return Recovery(unfinished, {k: v for k, v in finished.items() if v is not None},
-                    store.count_by_state())
+                    store.count_by_state(), store.batch_tallies())
 
 
 def model_key(options) -> tuple:
@@ -114,7 +116,7 @@ class Scheduler:
         self.delayed = DelayedTasks()
         self.running: dict[str, Running] = {}
         self.active: dict[str, TaskRecord] = {}
-        self.counts: collections.Counter = collections.Counter()  # records by state, kept here
+        self.tally = Tally(clock)
         self.accepting = True
         self.dispatching = True
 
@@ -123,7 +125,7 @@ class Scheduler:
         """Requeue what the journal holds unfinished: in order, running ones as interrupted;
         those whose output folder is already complete are succeeded."""
         found = found or read_recovery(self.store, self.config.storage)
-        self.counts = collections.Counter(found.counts)
+        self.tally.load(found.counts, found.batches, found.unfinished)
         for record in found.unfinished:
             if record.task_id in found.finished:
                 self._finish(record, TaskState.SUCCEEDED, outputs=found.finished[record.task_id])
@@ -172,19 +174,54 @@ class Scheduler:
         existing = self.check(spec)
         if existing is not None:
             return self._rerun(existing, spec) if self.reruns(existing, spec) else existing
+        record = self.store.insert(self._new_record(spec))
+        if record.task_id == spec.task_id:
+            self._accepted(record)
+        return record
+
+    def submit_many(self, specs: list[TaskSpec]) -> list[tuple[TaskRecord, str] | InvalidInput]:
+        """Accept a batch's chunk: the new tasks in one journal transaction. Each spec is answered
+        with its task and what happened (`queued`: new or run again; `skipped`: its key succeeded
+        asking the same, or the result cache holds its stems; `known`: the same ask is queued or
+        running), or with the error that refused it alone."""
+        answers, new, seen = [], [], {}
+        for spec in specs:
+            key = (spec.owner, spec.project, spec.file_id)
+            if key not in seen:
+                try:
+                    seen[key] = self._answer(spec, new)
+                except InvalidInput as exc:
+                    seen[key] = exc
+            answers.append(seen[key])
+        self.store.insert_many(new)
+        for record in new:
+            self._accepted(record)
+        return answers
+
+    def _answer(self, spec: TaskSpec, new: list) -> tuple[TaskRecord, str]:
+        existing = self.check(spec)
+        if existing is None:
+            new.append(self._new_record(spec))
+            return new[-1], "skipped" if self._cached_folder(spec) else "queued"
+        if self.reruns(existing, spec):
+            return self._rerun(existing, spec), "queued"
+        return existing, "skipped" if existing.state is TaskState.SUCCEEDED else "known"
+
+
+    def _new_record(self, spec: TaskSpec) -> TaskRecord:
         now = self.clock()
-        record = self.store.insert(TaskRecord(spec=spec, seq=self.store.next_seq(),
-                                              submitted_at=now, queued_at=now))
-        if record.task_id != spec.task_id:
-            return record
-        self.counts[TaskState.QUEUED.value] += 1
+        return TaskRecord(spec=spec, seq=self.store.next_seq(), submitted_at=now, queued_at=now)
+
+    def _accepted(self, record: TaskRecord) -> None:
+        """A new record is in the journal: count it, queue it."""
+        self.tally.add(record)
         if self.listener is not None:
             self.listener.on_transition(record, None)
+        spec = record.spec
         logger.info("task %s: queued (%s/%s, priority %d)", spec.task_id, spec.project,
                     spec.file_id, spec.priority)
         self.active[record.task_id] = record
         self._enqueue(record)
-        return record
 
     def _rerun(self, existing: TaskRecord, spec: TaskSpec) -> TaskRecord:
         """Queue the task of an existing key again, as `spec` asks, under its id."""
@@ -211,7 +248,31 @@ class Scheduler:
         """Run a failed or cancelled task again (the dead-letter queue's resubmit)."""
         return self.submit(self.get(task_id).spec)
 
+    def batch(self, batch_id: str) -> dict:
+        """A batch's counts by state, audio seconds done and left, rate and ETA."""
+        view = self.tally.batch(batch_id)
+        if view is None:
+            raise TaskNotFound(f"no batch with id {batch_id!r}")
+        return view
+
+    def cancel_batch(self, batch_id: str) -> int:
+        """Cancel a batch's queued and running tasks; how many."""
+        self.batch(batch_id)
+        ids = [task_id for task_id, record in self.active.items() if record.spec.batch_id == batch_id]
+        for task_id in ids:
+            self.cancel(task_id)
+        return len(ids)
+
+    def retry_batch(self, batch_id: str) -> int:
+        """Run a batch's failed and cancelled tasks again; how many."""
+        self.batch(batch_id)
+        ids = self.store.batch_task_ids(batch_id, (TaskState.FAILED, TaskState.CANCELLED))
+        for task_id in ids:
+            self.retry(task_id)
+        return len(ids)
+
     def cancel(self, task_id: str) -> TaskRecord:
+
         """Drop a queued task, or abort a running one (killing its worker if it does not stop)."""
         record = self.get(task_id)
         if record.state.is_terminal():
@@ -404,6 +465,7 @@ class Scheduler:
             self._start_clock(*waiting[0])
 
     def _cached_folder(self, spec: TaskSpec) -> str | None:
+
         """Another task's folder holding stems for the same input, model and options."""
         found = self.store.find_result(spec.cache_key) if spec.cache_key else None
         if found is None or found[1] == spec.output_location:
@@ -484,12 +546,7 @@ class Scheduler:
 
     def queued_by_priority(self) -> dict[str, int]:
         """Tasks waiting to run (ready or awaiting a retry), by priority name."""
-        counts: dict[str, int] = {}
-        for record in self.active.values():
-            if record.state is TaskState.QUEUED:
-                name = priority_name(record.spec.priority)
-                counts[name] = counts.get(name, 0) + 1
-        return counts
+        return self.tally.queued_by_priority()
 
     def pool_counts(self) -> list[dict]:
         """Each pool's workers (all, and those not live yet), queued tasks and limits."""
@@ -506,7 +563,7 @@ class Scheduler:
     def queue_counts(self) -> dict[str, int]:
         """Records by state (kept in memory, not counted in the journal), and those waiting for
         a retry."""
-        counts = {state.value: self.counts[state.value] for state in TaskState}
+        counts = {state.value: self.tally.states[state.value] for state in TaskState}
         counts["waiting_retry"] = len(self.delayed)
         return counts
 
@@ -515,8 +572,7 @@ class Scheduler:
                    counted: bool = True) -> None:
         previous, record.state = record.state, state
         self.store.save(record)
-        self.counts[previous.value] -= 1
-        self.counts[state.value] += 1
+        self.tally.move(record, previous)
         if self.listener is not None:
             self.listener.on_transition(record, previous, counted)
         elapsed = self.clock() - record.submitted_at

@@ -185,6 +185,45 @@ class SchedulerService:
         self._changed()
         return records
 
+    async def submit_batch(self, specs: list[dict]) -> list[dict]:
+        """Accept a chunk of a batch, the new tasks in one journal transaction: per spec its task
+        id, key, state and `outcome` (`queued`, `skipped`, `known`), or `error` for a spec refused
+        alone. Answers stay small: a batch may be 100,000 tasks."""
+        await self._ready()
+        tasks = [TaskSpec.from_dict(spec) for spec in specs]
+        tasks = [self.uploads.keep(task) if task.kept else task for task in tasks]
+        answers = self.core.submit_many(tasks)
+        self.core.dispatch()
+        self._changed()
+        replies = []
+        for task, answer in zip(tasks, answers):
+            reply = {"project": task.project, "file_id": task.file_id, "input": task.input_path}
+            if isinstance(answer, RayDemucsError):
+                reply["error"] = answer.to_dict()
+            else:
+                record, outcome = answer
+                reply.update(task_id=record.task_id, state=record.state.value, outcome=outcome,
+                             batch_id=record.spec.batch_id)
+            replies.append(reply)
+        return replies
+
+    async def batch(self, batch_id: str) -> dict:
+        await self._ready()
+        return self.core.batch(batch_id)
+
+    async def cancel_batch(self, batch_id: str) -> int:
+        await self._ready()
+        count = self.core.cancel_batch(batch_id)
+        self._changed()
+        return count
+
+    async def retry_batch(self, batch_id: str) -> int:
+        await self._ready()
+        count = self.core.retry_batch(batch_id)
+        self.core.dispatch()
+        self._changed()
+        return count
+
     def _check_quota(self, accepted: list, max_queued: int) -> None:
         """`OverQuota` when the tasks would take their owner past `max_queued` unfinished ones."""
         new = sum(existing is None or existing.state.is_terminal() for _, existing in accepted)
@@ -215,11 +254,13 @@ class SchedulerService:
         return [self.core.view(task_id) for task_id in task_ids]
 
     async def list_tasks(self, state: str | None = None, limit: int = 100, project: str | None = None,
-                         owner: str | None = None, before_seq: int | None = None) -> list[dict]:
+                         owner: str | None = None, before_seq: int | None = None,
+                         batch_id: str | None = None) -> list[dict]:
         """Newest first; `before_seq` pages on from the last record's `seq`."""
         await self._ready()
         records = self.store.list(TaskState(state) if state else None, limit, project=project,
-                                  owner=owner, before_seq=before_seq)
+                                  owner=owner, batch_id=batch_id, before_seq=before_seq)
+
         return [self.core.active.get(r.task_id, r).to_dict() for r in records]
 
     async def watch(self, task_id: str, seen: dict | None = None, timeout_s: float = 15.0) -> dict:

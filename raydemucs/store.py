@@ -5,6 +5,7 @@ HTTP, '' for the Python API and the CLI.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from pathlib import Path
@@ -20,10 +21,13 @@ CREATE TABLE IF NOT EXISTS tasks (
     seq INTEGER NOT NULL,
     state TEXT NOT NULL,
     record TEXT NOT NULL,
+    batch_id TEXT,
+    duration_s REAL,
     UNIQUE (owner, project, file_id)
 );
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, seq);
 CREATE INDEX IF NOT EXISTS tasks_owner ON tasks (owner, seq);
+CREATE INDEX IF NOT EXISTS tasks_batch ON tasks (batch_id, state);
 CREATE TABLE IF NOT EXISTS results (
     cache_key TEXT PRIMARY KEY,
     task_id TEXT NOT NULL,
@@ -41,6 +45,10 @@ DROP TABLE tasks_without_owner;
 """
 
 
+_INSERT = ("INSERT INTO tasks (task_id, owner, project, file_id, seq, state, record, batch_id, "
+           "duration_s) VALUES (?,?,?,?,?,?,?,?,?)")
+
+
 class TaskStore:
     """Durable task records keyed by task id, unique per (owner, project, file id)."""
 
@@ -54,30 +62,52 @@ class TaskStore:
         columns = [row[1] for row in self._db.execute("PRAGMA table_info(tasks)")]
         if columns and "owner" not in columns:
             self._db.executescript("BEGIN;" + _ADD_OWNERS.format(schema=_SCHEMA) + "COMMIT;")
+        elif columns and "batch_id" not in columns:  # journals written before batches
+            self._db.executescript("ALTER TABLE tasks ADD COLUMN batch_id TEXT;"
+                                   "ALTER TABLE tasks ADD COLUMN duration_s REAL;")
         self._db.executescript(_SCHEMA)
+        self._seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM tasks").fetchone()[0]
 
     def close(self) -> None:
         self._db.close()
 
     def next_seq(self) -> int:
-        (seq,) = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM tasks").fetchone()
-        return seq
+        """The next submission number (kept here: this process is the journal's only writer)."""
+        self._seq += 1
+        return self._seq
+
+    @staticmethod
+    def _row(record: TaskRecord) -> tuple:
+        spec = record.spec
+        return (spec.task_id, spec.owner, spec.project, spec.file_id, record.seq,
+                record.state.value, json.dumps(record.to_dict()), spec.batch_id, spec.duration_s)
 
     def insert(self, record: TaskRecord) -> TaskRecord:
         """Commit a new record; if its (owner, project, file id) exists, return the stored one."""
         spec = record.spec
         try:
-            self._db.execute(
-                "INSERT INTO tasks (task_id, owner, project, file_id, seq, state, record) "
-                "VALUES (?,?,?,?,?,?,?)",
-                (spec.task_id, spec.owner, spec.project, spec.file_id, record.seq,
-                 record.state.value, json.dumps(record.to_dict())))
+            self._db.execute(_INSERT, self._row(record))
         except sqlite3.IntegrityError:
             existing = self.find(spec.project, spec.file_id, spec.owner)
             if existing is None:
                 raise
             return existing
         return record
+
+    def insert_many(self, records: list[TaskRecord]) -> None:
+        """Commit new records in one transaction (their keys were checked to be free)."""
+        with self._transaction():
+            self._db.executemany(_INSERT, [self._row(record) for record in records])
+
+    @contextlib.contextmanager
+    def _transaction(self):
+        self._db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def save(self, record: TaskRecord) -> None:
         """Commit a record's new state (one transaction, synced)."""
@@ -101,13 +131,13 @@ class TaskStore:
         return [TaskRecord.from_dict(json.loads(row[0])) for row in rows]
 
     def list(self, state: TaskState | None = None, limit: int = 1000, *,
-             project: str | None = None, owner: str | None = None,
+             project: str | None = None, owner: str | None = None, batch_id: str | None = None,
              before_seq: int | None = None) -> list[TaskRecord]:
-        """Most recent records first (by submission), filtered by state, project and owner, and
-        only those submitted before `before_seq` (the next page)."""
+        """Most recent records first (by submission), filtered by state, project, owner and
+        batch, and only those submitted before `before_seq` (the next page)."""
         where, values = [], []
         for column, value in (("state", state and state.value), ("project", project),
-                              ("owner", owner), ("seq <", before_seq)):
+                              ("owner", owner), ("batch_id", batch_id), ("seq <", before_seq)):
             if value is not None:
                 where.append(f"{column} ?" if column.endswith("<") else f"{column} = ?")
                 values.append(value)
@@ -125,6 +155,19 @@ class TaskStore:
         """`(task_id, folder)` of stems made earlier for `cache_key`, if any."""
         return self._db.execute("SELECT task_id, folder FROM results WHERE cache_key=?",
                                 (cache_key,)).fetchone()
+
+    def batch_task_ids(self, batch_id: str, states: tuple[TaskState, ...]) -> list[str]:
+        """A batch's tasks in those states, in submission order."""
+        marks = ",".join("?" * len(states))
+        rows = self._db.execute(f"SELECT task_id FROM tasks WHERE batch_id=? AND state IN ({marks})"
+                                " ORDER BY seq", (batch_id, *(state.value for state in states)))
+        return [row[0] for row in rows]
+
+    def batch_tallies(self) -> list[tuple]:
+        """`(batch id, state, tasks, audio seconds)` of every batch (read once, at a restart)."""
+        return self._db.execute("SELECT batch_id, state, COUNT(*), COALESCE(SUM(duration_s), 0) "
+                                "FROM tasks WHERE batch_id IS NOT NULL GROUP BY batch_id, state"
+                                ).fetchall()
 
     def count_by_state(self) -> dict[str, int]:
         rows = self._db.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state")

@@ -70,6 +70,8 @@ class TaskSpec:
     kept: bool = False  # the service keeps the stems under its state directory (back as bytes)
     duration_s: float | None = None  # measured at submit (None for remote inputs)
     owner: str = ""  # the API key that created it over HTTP; '' for the Python API and the CLI
+    batch_id: str | None = None  # the submit that created it with others (folders, lists, ...)
+
 
     @property
     def output_location(self) -> str:
