@@ -187,12 +187,20 @@ class Scheduler:
         answers, new, seen = [], [], {}
         for spec in specs:
             key = (spec.owner, spec.project, spec.file_id)
-            if key not in seen:
+            first, answer = seen.get(key, (None, None))
+            if first is None:
                 try:
-                    seen[key] = self._answer(spec, new)
+                    answer = self._answer(spec, new)
                 except InvalidInput as exc:
-                    seen[key] = exc
-            answers.append(seen[key])
+                    answer = exc
+                seen[key] = (spec, answer)
+            elif differences := spec_differences(first, spec):
+                answer = TaskConflict(f"{spec.project}/{spec.file_id} is in this batch twice, "
+                                      f"asking for other stems ({'; '.join(differences)})")
+
+            answers.append(answer)
+
+
         self.store.insert_many(new)
         for record in new:
             self._accepted(record)
