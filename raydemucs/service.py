@@ -274,7 +274,6 @@ class SchedulerService:
         await self._ready()
         records = self.store.list(TaskState(state) if state else None, limit, project=project,
                                   owner=owner, batch_id=batch_id, before_seq=before_seq)
-
         return [self.core.active.get(r.task_id, r).to_dict() for r in records]
 
     async def watch(self, task_id: str, seen: dict | None = None, timeout_s: float = 15.0) -> dict:

@@ -98,6 +98,21 @@ def test_the_same_project_and_file_id_is_the_same_task_unless_forced(http_servic
 
 
 
+def test_a_batch_submitted_by_the_client_is_listed_by_its_batch_id(http_service, tmp_path):
+    folder = tmp_path / "catalog"
+    for index in range(2):
+        write_audio(folder / f"song{index}.wav", seconds=0.5, seed=index)
+    summary = http_service.manager.submit_batch([str(folder)], project_name="catalog",
+                                                output_dir=str(tmp_path / "out"))
+    listed = http_service.client.get("/v1/tasks", params={"batch_id": summary.batch_id}).json()
+    assert sorted(t["file_id"] for t in listed["tasks"]) == ["song0", "song1"]
+    assert {t["batch_id"] for t in listed["tasks"]} == {summary.batch_id}
+    other = http_service.client.get("/v1/tasks", params={"batch_id": "b-none"}).json()
+    assert other["tasks"] == []
+    for task in listed["tasks"]:
+        http_service.wait(task["task_id"])
+
+
 def test_an_s3_input_named_in_json(http_service, bucket, tmp_path):
     fs, root = bucket
     fs.put_file(str(write_audio(tmp_path / "remote.wav", seconds=1.0)), f"{root}/in/remote.wav")

@@ -54,6 +54,7 @@ def public(view: dict, base: str) -> dict:
     data = {key: view.get(key) for key in PUBLIC}
     options = view["spec"]["options"]
     data["model"] = options["model"]
+    data["batch_id"] = view["spec"].get("batch_id")
     data["options"] = {key: options[key] for key in OPTION_FIELDS if key != "model"}
     url = f"{base}/v1/tasks/{view['task_id']}"
     data["outputs"] = ({stem: f"{url}/stems/{stem}" for stem in view["outputs"]}
@@ -245,14 +246,16 @@ class Ingress:
 
     @app.get("/v1/tasks", summary="Tasks, newest first, a page at a time")
     async def list_tasks(self, request: Request, state: str | None = None,
-                         project: str | None = None, limit: int = 50, cursor: str | None = None):
+                         project: str | None = None, batch_id: str | None = None,
+                         limit: int = 50, cursor: str | None = None):
         caller = await self.caller(request)
         if state is not None and state not in {s.value for s in TaskState}:
             raise InvalidInput(f"state {state!r}; allowed: {', '.join(s.value for s in TaskState)}")
         if not 1 <= limit <= 500:
             raise InvalidInput(f"limit {limit} must be between 1 and 500")
         before = _cursor_seq(cursor)
-        views = await self.call("list_tasks", state, limit + 1, project, caller.owner, before)
+        views = await self.call("list_tasks", state, limit + 1, project, caller.owner, before,
+                                batch_id)
         page = views[:limit]
         following = _cursor(page[-1]["seq"]) if len(views) > limit else None
         return {"tasks": [public(view, self.base(request)) for view in page], "cursor": following}
