@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import sys
 import tempfile
 import threading
@@ -30,19 +29,9 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
+from servicelib import free_port, latency, private_bytes, ray_processes  # noqa: E402
 
 TERMINAL = ("succeeded", "failed", "cancelled")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def summary(latencies: list[float]) -> dict:
-    return {"n": len(latencies), "p50_ms": 1000 * (benchlib.percentile(latencies, 50) or 0),
-            "p99_ms": 1000 * (benchlib.percentile(latencies, 99) or 0)}
 
 
 # -- 1. HTTP clients ------------------------------------------------------------------------------
@@ -72,7 +61,7 @@ async def run_http_clients(url: str, clip: Path, clients: int) -> dict:
                                         for i in range(clients)), return_exceptions=True)
     errors = [repr(s) for s in states if not isinstance(s, str) or s != "succeeded"]
     return {"clients": clients, "errors": len(errors), "first_errors": errors[:3],
-            "wall_s": time.perf_counter() - started, "post": summary(posts), "get": summary(gets)}
+            "wall_s": time.perf_counter() - started, "post": latency(posts), "get": latency(gets)}
 
 
 # -- 2. WorkerManager -----------------------------------------------------------------------------
@@ -98,34 +87,10 @@ def run_manager_clients(manager, clip: Path, clients: int) -> dict:
     with ThreadPoolExecutor(clients) as pool:
         states = list(pool.map(one, range(clients)))
     return {"clients": clients, "errors": sum(s != "succeeded" for s in states),
-            "wall_s": time.perf_counter() - started, "post": summary(posts), "get": summary(gets)}
+            "wall_s": time.perf_counter() - started, "post": latency(posts), "get": latency(gets)}
 
 
 # -- 3. big uploads at once -----------------------------------------------------------------------
-def processes() -> dict[str, psutil.Process]:
-    """The ingress replica, the Serve proxy and the scheduler of this run's Ray: processes
-    under this one (which started that Ray) that Ray titled `ray::CLASS`."""
-    roles = {"ray::ServeReplica": "replica", "ray::ProxyActor": "proxy",
-             "ray::SchedulerService": "scheduler"}
-    found = {}
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            title = " ".join(proc.cmdline())
-        except psutil.Error:
-            continue
-        role = next((name for prefix, name in roles.items() if title.startswith(prefix)), None)
-        if role:
-            found[role] = proc
-    return found
-
-
-
-def private_bytes(proc: psutil.Process) -> int:
-    """The process's own memory (USS): RSS without the pages it shares, such as Ray's object
-    store, which every process that reads an object maps."""
-    return proc.memory_full_info().uss
-
-
 def sample_memory(watched: dict, peaks: dict, stop: threading.Event) -> None:
     while not stop.is_set():
         for role, proc in watched.items():
@@ -139,7 +104,8 @@ def sample_memory(watched: dict, peaks: dict, stop: threading.Event) -> None:
 async def run_big_uploads(url: str, song: Path, uploads: int) -> dict:
     import httpx
 
-    watched = processes()
+    watched = ray_processes({"ray::ServeReplica": "replica", "ray::ProxyActor": "proxy",
+                              "ray::SchedulerService": "scheduler"})
     baseline = {role: private_bytes(proc) for role, proc in watched.items()}
     peaks, stop = {}, threading.Event()
     sampler = threading.Thread(target=sample_memory, args=(watched, peaks, stop), daemon=True)
