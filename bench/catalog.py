@@ -5,8 +5,9 @@ while they wait, in one run.
     python bench/catalog.py --tasks 5000            # a quick run
 
 1. `submit_batch` of a CSV list (`input,file_id`: `--tasks` rows over `--files` half-second wavs,
-   each row its own file id) through `WorkerManager`, as `submit --from LIST` does: every input
-   checked on the client, a thousand specs per call and per journal transaction. Tasks per second,
+   each row its own file id, the result cache off so that each is a task to run) through
+   `WorkerManager`, as `submit --from LIST` does: every input checked on the client (its header,
+   duration and SHA-256), a thousand specs per call and per journal transaction. Tasks per second,
    and the client's own memory (USS) before, at its peak and after.
 2. With them queued (one worker runs the tiny offline model `demucs_unittest`, so the queue stays
    deep while the figures are taken): latency of `status` (the whole service), of `status TASK_ID`
@@ -58,7 +59,7 @@ def submit(manager, listing: Path, out: Path) -> tuple[dict, object]:
     sampler.start()
     started = time.perf_counter()
     summary = manager.submit_batch([], from_list=str(listing), project_name="catalog",
-                                   output_dir=str(out))
+                                   output_dir=str(out), cache=False)  # each row a real task
     wall = time.perf_counter() - started
     stop.set()
     sampler.join()

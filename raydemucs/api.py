@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from . import storage
 from .config import Config, coerce, load_config, route
@@ -306,12 +307,23 @@ class WorkerManager:
                 first = summary.refused[0]
                 raise InvalidInput(f"{len(summary.refused)} of {len(items)} inputs refused "
                                    f"(--strict), first {first['input']}: {first['error']['message']}")
-        for specs in checked_specs(items, prepare, refuse):
-            replies = self._send_chunk(specs, create)
+        for replies in self._sent(checked_specs(items, prepare, refuse), create):
             summary.count(replies)
             if on_chunk is not None:
                 on_chunk(replies)
         return summary
+
+    def _sent(self, chunks: Iterator[list[TaskSpec]], create: bool) -> Iterator[list[dict]]:
+        """Each chunk's replies, in order: a chunk is sent while the next one is checked."""
+        with ThreadPoolExecutor(1) as sender:
+            pending = None
+            for specs in chunks:
+                sending = sender.submit(self._send_chunk, specs, create)
+                if pending is not None:
+                    yield pending.result()
+                pending = sending
+            if pending is not None:
+                yield pending.result()
 
     def _send_chunk(self, specs: list[TaskSpec], create: bool) -> list[dict]:
         """One chunk to the scheduler (one journal transaction); uploads one call each."""

@@ -215,7 +215,6 @@ class Scheduler:
             return self._rerun(existing, spec), "queued"
         return existing, "skipped" if existing.state is TaskState.SUCCEEDED else "known"
 
-
     def _new_record(self, spec: TaskSpec) -> TaskRecord:
         now = self.clock()
         return TaskRecord(spec=spec, seq=self.store.next_seq(), submitted_at=now, queued_at=now)
@@ -267,20 +266,21 @@ class Scheduler:
         """Cancel a batch's queued and running tasks; how many."""
         self.batch(batch_id)
         ids = [task_id for task_id, record in self.active.items() if record.spec.batch_id == batch_id]
-        for task_id in ids:
-            self.cancel(task_id)
+        with self.store.transaction():
+            for task_id in ids:
+                self.cancel(task_id)
         return len(ids)
 
     def retry_batch(self, batch_id: str) -> int:
         """Run a batch's failed and cancelled tasks again; how many."""
         self.batch(batch_id)
         ids = self.store.batch_task_ids(batch_id, (TaskState.FAILED, TaskState.CANCELLED))
-        for task_id in ids:
-            self.retry(task_id)
+        with self.store.transaction():
+            for task_id in ids:
+                self.retry(task_id)
         return len(ids)
 
     def cancel(self, task_id: str) -> TaskRecord:
-
         """Drop a queued task, or abort a running one (killing its worker if it does not stop)."""
         record = self.get(task_id)
         if record.state.is_terminal():
@@ -591,7 +591,7 @@ class Scheduler:
         record.finished_at = self.clock()
         if state is TaskState.SUCCEEDED:
             record.outputs, record.error, record.progress = outputs, None, 1.0
-        else:
+        elif record.attempts:
             # an attempt killed mid-write leaves a hidden staging folder; no later write sweeps it
             folder = open_folder(record.spec.output_location, self.config.storage)
             self.offload(folder.sweep)

@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, seq);
 CREATE INDEX IF NOT EXISTS tasks_owner ON tasks (owner, seq);
-CREATE INDEX IF NOT EXISTS tasks_batch ON tasks (batch_id, state);
+CREATE INDEX IF NOT EXISTS tasks_batch ON tasks (batch_id, seq);
 CREATE TABLE IF NOT EXISTS results (
     cache_key TEXT PRIMARY KEY,
     task_id TEXT NOT NULL,
@@ -96,11 +96,12 @@ class TaskStore:
 
     def insert_many(self, records: list[TaskRecord]) -> None:
         """Commit new records in one transaction (their keys were checked to be free)."""
-        with self._transaction():
+        with self.transaction():
             self._db.executemany(_INSERT, [self._row(record) for record in records])
 
     @contextlib.contextmanager
-    def _transaction(self):
+    def transaction(self):
+        """Every write inside is one transaction: synced once, all or nothing."""
         self._db.execute("BEGIN")
         try:
             yield

@@ -1,8 +1,10 @@
 """What was asked (TaskSpec, frozen) and what happened (TaskRecord)."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import enum
+import functools
 import hashlib
 import json
 import uuid
@@ -47,6 +49,17 @@ def _elapsed(start: float | None, end: float | None) -> float | None:
     return None if start is None or end is None or end < start else end - start
 
 
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def _as_dict(obj) -> dict:
+    """A dataclass of plain values as a dict: `dataclasses.asdict` without its recursion through
+    every value (a batch sends and journals thousands a second)."""
+    return {name: getattr(obj, name) for name in _field_names(type(obj))}
+
+
 def new_task_id() -> str:
     return uuid.uuid4().hex[:16]
 
@@ -79,17 +92,17 @@ class TaskSpec:
         directory is one (`raydemucs.outputs.open_folder` opens either)."""
         return f"{self.output_dir.rstrip('/')}/{self.project}/{self.file_id}"
 
-    @property
+    @functools.cached_property
     def cache_key(self) -> str | None:
         """Same input bytes, model and options give the same key (None when caching is off)."""
         if not self.cache or not self.input_sha256:
             return None
-        options = {k: v for k, v in dataclasses.asdict(self.options).items() if k != "device"}
+        options = {k: v for k, v in _as_dict(self.options).items() if k != "device"}
         blob = json.dumps({"input": self.input_sha256, **options}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {**_as_dict(self), "options": _as_dict(self.options)}
 
     @classmethod
     def from_dict(cls, data: dict) -> "TaskSpec":
@@ -111,7 +124,7 @@ def spec_differences(old: TaskSpec, new: TaskSpec) -> list[str]:
         differences.append(f"input: {old.input_path} changed since (its bytes differ)")
     if old.output_dir != new.output_dir:
         differences.append(f"output directory: {old.output_dir} -> {new.output_dir}")
-    before, after = dataclasses.asdict(old.options), dataclasses.asdict(new.options)
+    before, after = _as_dict(old.options), _as_dict(new.options)
     differences += [f"{key}: {before[key]} -> {after[key]}" for key in before
                     if key not in RUN_ONLY_OPTIONS and before[key] != after[key]]
     return differences
@@ -151,8 +164,9 @@ class TaskRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """The record as `status TASK_ID --json` prints it."""
-        data = dataclasses.asdict(self)
-        spec = data.pop("spec")
+        data = _as_dict(self)
+        spec = data.pop("spec").to_dict()
+        data["error"], data["outputs"] = copy.deepcopy(self.error), copy.deepcopy(self.outputs)
         data["state"] = self.state.value
         data.update(task_id=spec["task_id"], owner=spec["owner"], project=spec["project"],
                     file_id=spec["file_id"],
@@ -163,8 +177,7 @@ class TaskRecord:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TaskRecord":
-        fields = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in data.items() if k in fields and k != "spec"}
+        values = {k: v for k, v in data.items() if k in _field_names(cls) and k != "spec"}
         values["spec"] = TaskSpec.from_dict(data["spec"])
         values["state"] = TaskState(data["state"])
         return cls(**values)
