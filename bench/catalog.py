@@ -20,7 +20,6 @@ It starts its own local Ray, service and Serve proxy on a free port, and stops t
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import tempfile
@@ -32,7 +31,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
-from servicelib import free_port, latency, private_bytes, ray_processes  # noqa: E402
+from servicelib import free_port, latency, private_bytes, ray_processes, report  # noqa: E402
 
 
 def write_list(work: Path, tasks: int, files: int) -> Path:
@@ -161,10 +160,7 @@ def main() -> None:
             result["cancel"] = {"cancelled": cancelled, "wall_s": time.perf_counter() - started}
         finally:
             manager.shutdown(now=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print_table(result)
-    print(f"\nJSON: {args.out}")
+    report(result, args.out, print_table)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import tempfile
 import threading
@@ -29,7 +28,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
-from servicelib import free_port, latency, private_bytes, ray_processes  # noqa: E402
+from servicelib import free_port, latency, private_bytes, ray_processes, report  # noqa: E402
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -186,10 +185,7 @@ def main() -> None:
                       "uploads": asyncio.run(run_big_uploads(url, big, args.uploads))}
         finally:
             manager.shutdown(now=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print_table(result)
-    print(f"\nJSON: {args.out}")
+    report(result, args.out, print_table)
 
 
 if __name__ == "__main__":

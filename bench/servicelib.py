@@ -1,7 +1,10 @@
 """Shared pieces of the benchmarks that run a whole service (Ray, scheduler, HTTP) in-process."""
 from __future__ import annotations
 
+import json
 import socket
+from pathlib import Path
+from typing import Callable
 
 import psutil
 
@@ -39,3 +42,11 @@ def ray_processes(roles: dict[str, str]) -> dict[str, psutil.Process]:
         if role:
             found[role] = proc
     return found
+
+
+def report(result: dict, out: Path, print_table: Callable[[dict], None]) -> None:
+    """Keep the run's figures as JSON in `out`, and print them."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print_table(result)
+    print(f"\nJSON: {out}")

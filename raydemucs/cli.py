@@ -1,6 +1,7 @@
 """`python -m raydemucs`: thin click commands over WorkerManager; the only place that exits."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -129,21 +130,28 @@ def _wait_for_tasks(manager, task_ids: list[str], as_json: bool, fetch_to: str |
                     force: bool) -> list[dict]:
     """Bars until the tasks end (then the stems of uploaded ones are fetched), and their lines;
     a scheduler this command started is stopped. Their records."""
-    try:
+    with _stopping_own_scheduler(manager):
         with progress_bars(manager.get_tasks(task_ids), enabled=not as_json) as update:
             records = manager.wait_all(task_ids, on_update=update)
         for record in records:
             if fetch_to and record["state"] == "succeeded":
                 record["outputs"] = manager.fetch(record["task_id"], fetch_to, force=force)
+    for record in records:
+        _emit(record, as_json, print_outputs(record))
+    return records
+
+
+@contextlib.contextmanager
+def _stopping_own_scheduler(manager):
+    """A scheduler this command started is stopped at the end: drained, or at once on Ctrl-C."""
+    try:
+        yield
     except KeyboardInterrupt:
         if manager.owns_scheduler:
             manager.shutdown(now=True)
         raise
     if manager.owns_scheduler:
         manager.shutdown()
-    for record in records:
-        _emit(record, as_json, print_outputs(record))
-    return records
 
 
 def _submit_batch(manager, inputs, from_list, project, priority, strict, wait, as_json,
@@ -180,7 +188,7 @@ def _submit_batch(manager, inputs, from_list, project, priority, strict, wait, a
 def _wait_for_batch(manager, batch_id: str, as_json: bool, timeout: float | None = None,
                     fetch_to: str | None = None, force: bool = False) -> dict:
     """One bar until the batch ends (then, for uploads, its stems are fetched page by page)."""
-    try:
+    with _stopping_own_scheduler(manager):
         with batch_bar(enabled=not as_json) as update:
             view = manager.wait_batch(batch_id, timeout=timeout, on_update=update)
         cursor = None
@@ -191,12 +199,6 @@ def _wait_for_batch(manager, batch_id: str, as_json: bool, timeout: float | None
             if len(page) < 500:
                 break
             cursor = page[-1]["seq"]
-    except KeyboardInterrupt:
-        if manager.owns_scheduler:
-            manager.shutdown(now=True)
-        raise
-    if manager.owns_scheduler:
-        manager.shutdown()
     _emit(view, as_json, batch_line(view))
     return view
 
