@@ -37,9 +37,11 @@ def test_submit_wait_without_a_service_runs_and_stops_its_own(cli_env, audio, tm
                      "-n", "demucs_unittest", "--shifts", "0", "--wait", "--json", env=cli_env)
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
-    accepted, finished = lines[:3], lines[3:]
+    accepted, [summary], finished = lines[:3], lines[3:4], lines[4:]  # three files: a batch
     assert [a["file_id"] for a in accepted] == ["a", "b", "c"]
     assert {a["state"] for a in accepted} == {"queued"}
+    assert {a["batch_id"] for a in accepted} == {summary["batch"]["batch_id"]}
+    assert (summary["batch"]["items"], summary["batch"]["queued"]) == (3, 3)
     assert [f["state"] for f in finished] == ["succeeded"] * 3
     for record in finished:
         for path in record["outputs"].values():
