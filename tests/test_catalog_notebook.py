@@ -1,75 +1,33 @@
-"""notebooks/catalog.ipynb: committed clean, and it runs top to bottom on the session's Ray.
-
-As tests/test_notebook.py does for the quickstart (whose checks of the committed file run here
-on this notebook): a real Jupyter kernel joins the test session's Ray by its explicit address,
-starts its own uniquely named service with its own journal, submits a folder of short clips and
-one broken file as one batch, plots it, submits it again and stops the service it started.
+"""notebooks/catalog.ipynb runs top to bottom on the session's Ray (tests/test_notebook.py checks
+the committed file and runs it): a real Jupyter kernel joins the test session's Ray by its
+explicit address, starts its own uniquely named service with its own journal, submits a folder of
+short clips and one broken file as one batch, plots it, submits it again and stops the service
+it started.
 """
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from pathlib import Path
 
-import nbformat
 import pytest
 
-import test_notebook as quickstart
+from test_notebook import CATALOG, execute_notebook, images
 
-NOTEBOOK = quickstart.ROOT / "notebooks" / "catalog.ipynb"
 CLIPS = 4
 # Appended after the last cell: what the notebook's two submits counted, for the test to read.
 READOUT = "import json\nprint(json.dumps({'first': summary.to_dict(), 'again': again.to_dict()}))"
 
 
-@pytest.fixture
-def catalog(monkeypatch):
-    """tests/test_notebook.py's helpers, reading this notebook."""
-    monkeypatch.setattr(quickstart, "NOTEBOOK", NOTEBOOK)
-
-
-def test_committed_without_outputs(catalog):
-    quickstart.test_committed_without_outputs()
-
-
-def test_parameters_come_first(catalog):
-    quickstart.test_parameters_come_first()
-
-
 def run_notebook(tmp_path: Path, address: str, service: str, project: str) -> tuple[dict, str]:
     """Execute the notebook with a few 1 s clips; the two submits' summaries, and its text."""
-    from nbclient import NotebookClient
-
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    nb = nbformat.read(NOTEBOOK, as_version=4)
     params = {"RAY_ADDRESS": address, "PROFILE": "test", "MODEL": "demucs_unittest",
               "REPO": None, "INPUT_DIR": str(tmp_path / "inputs"),
               "OUTPUT_DIR": str(tmp_path / "separated"), "PROJECT": project,
               "CLIPS": CLIPS, "CLIP_SECONDS": 1.0, "TIMEOUT_S": 240.0}
-    injected = nbformat.v4.new_code_cell("\n".join(f"{k} = {v!r}" for k, v in params.items()))
-    injected.metadata["tags"] = ["injected-parameters"]
-    nb.cells.insert(quickstart.parameters_index(nb) + 1, injected)
-    nb.cells.append(nbformat.v4.new_code_cell(READOUT))
-
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith("RAYDEMUCS_") and key not in ("MAX_WORKERS", "TASK_TIMEOUT")}
-    env.update(RAY_ADDRESS=address, RAYDEMUCS_SERVICE_NAME=service,
-               RAYDEMUCS_SERVICE_STATE_DIR=str(tmp_path / "state"),
-               RAYDEMUCS_WORKERS_MEMORY_MB="0",
-               MPLBACKEND="module://matplotlib_inline.backend_inline",
-               MPLCONFIGDIR=str(tmp_path / "mpl"))
-    client = NotebookClient(nb, timeout=quickstart.CELL_TIMEOUT_S, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}})
-    client.execute(env=env)   # raises CellExecutionError on the first failing cell
-
-    outputs = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs]
-    assert not [out for out in outputs if out.output_type == "error"]
-    images = [out for out in outputs if "image/png" in out.get("data", {})]
-    assert len(images) == 2, "the throughput and the Gantt chart"
-    summaries = json.loads(nb.cells[-1].outputs[0]["text"])
-    text = "".join(out.get("text", "") for out in outputs if out.output_type == "stream")
-    return summaries, text
+    nb, text = execute_notebook(CATALOG, tmp_path, address, service, params, last_cell=READOUT)
+    assert len(images(nb)) == 2, "the throughput and the Gantt chart"
+    return json.loads(nb.cells[-1].outputs[0]["text"]), text
 
 
 @pytest.mark.ray
