@@ -1,4 +1,5 @@
-"""notebooks/quickstart.ipynb: committed clean, and it runs top to bottom on the session's Ray.
+"""notebooks/quickstart.ipynb: committed clean, and it runs top to bottom on the session's Ray
+(the checks of a committed notebook, and `execute_notebook`, serve notebooks/catalog.ipynb too).
 
 The notebook runs in a real Jupyter kernel (nbclient), joins the test session's Ray by its
 explicit address (never `auto`: other Ray clusters may run on this machine), starts its own
@@ -21,8 +22,13 @@ STEMS = ("drums", "bass", "other", "vocals")
 CELL_TIMEOUT_S = 300
 
 
-def read_notebook():
-    return nbformat.read(NOTEBOOK, as_version=4)
+CATALOG = ROOT / "notebooks" / "catalog.ipynb"
+NOTEBOOKS = {NOTEBOOK: ("RAY_ADDRESS", "MODEL", "OUTPUT_DIR", "INPUT_DIR", "PROJECT"),
+             CATALOG: ("RAY_ADDRESS", "MODEL", "OUTPUT_DIR", "INPUT_DIR", "PROJECT", "CLIPS")}
+
+
+def read_notebook(path: Path = NOTEBOOK):
+    return nbformat.read(path, as_version=4)
 
 
 def parameters_index(nb) -> int:
@@ -30,8 +36,9 @@ def parameters_index(nb) -> int:
                 if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []))
 
 
-def test_committed_without_outputs():
-    nb = read_notebook()
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
+def test_committed_without_outputs(path):
+    nb = read_notebook(path)
     nbformat.validate(nb)
     for cell in nb.cells:
         if cell.cell_type == "code":
@@ -39,28 +46,30 @@ def test_committed_without_outputs():
     assert nb.metadata["kernelspec"]["name"] == "python3"
 
 
-def test_parameters_come_first():
-    nb = read_notebook()
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
+def test_parameters_come_first(path):
+    nb = read_notebook(path)
     index = parameters_index(nb)
     assert index == next(i for i, c in enumerate(nb.cells) if c.cell_type == "code")
     source = nb.cells[index].source
-    for name in ("RAY_ADDRESS", "MODEL", "OUTPUT_DIR", "INPUT_DIR", "PROJECT"):
+    for name in NOTEBOOKS[path]:
         assert f"\n{name} = " in f"\n{source}", name
 
 
-def run_notebook(tmp_path: Path, address: str, service: str, project: str) -> tuple[dict, str]:
-    """Execute the notebook against `address` and service `service`; its outputs and its text."""
+def execute_notebook(path: Path, tmp_path: Path, address: str, service: str, params: dict,
+                     last_cell: str | None = None):
+    """Run the notebook at `path` in a kernel that joins `address` and service `service`, with
+    `params` injected after its parameters (and `last_cell` appended); the executed notebook and
+    its printed text. Raises on the first failing cell."""
     from nbclient import NotebookClient
 
     tmp_path.mkdir(parents=True, exist_ok=True)   # the kernel's working directory
-    nb = read_notebook()
-    params = {"RAY_ADDRESS": address, "PROFILE": "test", "MODEL": "demucs_unittest",
-              "REPO": None, "INPUT_DIR": str(tmp_path / "inputs"),
-              "OUTPUT_DIR": str(tmp_path / "separated"), "PROJECT": project,
-              "CLIP_SECONDS": 2.0, "TIMEOUT_S": 240.0}
+    nb = read_notebook(path)
     injected = nbformat.v4.new_code_cell("\n".join(f"{k} = {v!r}" for k, v in params.items()))
     injected.metadata["tags"] = ["injected-parameters"]
     nb.cells.insert(parameters_index(nb) + 1, injected)
+    if last_cell is not None:
+        nb.cells.append(nbformat.v4.new_code_cell(last_cell))
 
     # The kernel finds this session's Ray and its service through the environment too.
     env = {key: value for key, value in os.environ.items()
@@ -72,18 +81,31 @@ def run_notebook(tmp_path: Path, address: str, service: str, project: str) -> tu
                MPLCONFIGDIR=str(tmp_path / "mpl"))
     client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}})
-    client.execute(env=env)   # raises CellExecutionError on the first failing cell
-
+    client.execute(env=env)
     outputs = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs]
     assert not [out for out in outputs if out.output_type == "error"]
-    images = [out for out in outputs if "image/png" in out.get("data", {})]
-    assert len(images) == len(CLIPS), "one figure of waveforms and spectrograms per clip"
+    text = "".join(out.get("text", "") for out in outputs if out.output_type == "stream")
+    return nb, text
+
+
+def images(nb) -> list:
+    return [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
+            if "image/png" in out.get("data", {})]
+
+
+def run_notebook(tmp_path: Path, address: str, service: str, project: str) -> tuple[dict, str]:
+    """Execute the quickstart against `address` and service `service`; it and its text."""
+    params = {"RAY_ADDRESS": address, "PROFILE": "test", "MODEL": "demucs_unittest",
+              "REPO": None, "INPUT_DIR": str(tmp_path / "inputs"),
+              "OUTPUT_DIR": str(tmp_path / "separated"), "PROJECT": project,
+              "CLIP_SECONDS": 2.0, "TIMEOUT_S": 240.0}
+    nb, text = execute_notebook(NOTEBOOK, tmp_path, address, service, params)
+    assert len(images(nb)) == len(CLIPS), "one figure of waveforms and spectrograms per clip"
     for clip in CLIPS:
         folder = tmp_path / "separated" / project / clip
         assert (folder / "manifest.json").is_file(), folder
         for stem in STEMS:
             assert (folder / f"{stem}.wav").stat().st_size > 1000, (clip, stem)
-    text = "".join(out.get("text", "") for out in outputs if out.output_type == "stream")
     assert text.count("succeeded") >= len(CLIPS)
     return nb, text
 
