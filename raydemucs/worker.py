@@ -157,13 +157,21 @@ class SeparatorWorker:
         try:
             result = self._separate(task, current, reuse_from, upload, helpers or [])
             self.tasks_done += 1
-            return {"ok": True, "models": self.models.keys(), **result}
+            return {"ok": True, "models": self.models.keys(), **result, **self._settle()}
         except (Exception, KeyboardInterrupt) as exc:  # KeyboardInterrupt: how an abort arrives
             error = _error_of(exc, current, task.task_id)
         finally:
             self._leave(current)
         self.tasks_failed += 1
-        return {"ok": False, "models": self.models.keys(), "error": error.to_dict()}
+        return {"ok": False, "models": self.models.keys(), "error": error.to_dict(),
+                **self._settle()}
+
+    def _settle(self) -> dict:
+        """After an attempt: free memory back to the system, and the RSS left (what the pool's
+        recycle rule judges)."""
+        if self.config.workers.release_memory:
+            health.release_free_memory()
+        return {"rss_bytes": self._process.memory_info().rss}
 
     def separate_piece(self, task_id: str, attempt: int, model: str, repo: str | None, plan,
                        piece, window, mean, std):
