@@ -14,6 +14,8 @@ def test_no_request_gets_a_server_error(http_service):
     schema = schemathesis.openapi.from_url(f"{http_service.url}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 12
+    # the stream of all of a caller's tasks never ends by itself (tests/test_web.py reads it)
+    operations = [operation for operation in operations if operation.path != "/v1/events"]
 
     for operation in operations:
         @given(case=operation.as_strategy())

@@ -1,0 +1,93 @@
+// The page's entry: the two views (separate, operator), the API-key dialog, and the parts wired
+// together. `window.raydemucs` holds them, so that a test (or a curious person) can read the
+// player's state.
+
+import { apiKey, onKeyNeeded } from "./api.js";
+import { OperatorView } from "./operator.js";
+import { Player } from "./player.js";
+import { TaskList } from "./tasks.js";
+import { Uploader } from "./upload.js";
+
+const DASHBOARD_PORT = 8265;  // Ray's default dashboard port
+
+const $ = (selector) => document.querySelector(selector);
+
+function notify(message) {
+  const toast = $("#toast");
+  toast.textContent = message;
+  toast.hidden = false;
+  clearTimeout(notify.timer);
+  notify.timer = setTimeout(() => { toast.hidden = true; }, 6000);
+}
+
+function showError(error) {
+  if (error?.name !== "AbortError") notify(error?.message ?? String(error));
+}
+
+/** The key dialog: resolves once a key was given (one dialog for every waiting request). */
+let asking = null;
+function askForKey(message) {
+  asking ??= new Promise((resolve) => {
+    const dialog = $("#key-dialog");
+    const input = $("#key-input");
+    $("#key-reason").textContent = apiKey.get() ? "That key was not accepted." : message;
+    input.value = "";
+    dialog.showModal();
+    dialog.querySelector("form").onsubmit = (event) => {
+      event.preventDefault();
+      apiKey.set(input.value.trim());
+      dialog.close();
+      $("#key-button").hidden = false;
+      asking = null;
+      resolve();
+    };
+  });
+  return asking;
+}
+
+function showView() {
+  const view = location.hash === "#operator" ? "operator" : "separate";
+  for (const name of ["separate", "operator"]) {
+    $(`#${name}-view`).hidden = name !== view;
+    const tab = $(`a[href="#${name}"]`);
+    if (name === view) tab.setAttribute("aria-current", "page");
+    else tab.removeAttribute("aria-current");
+  }
+  if (view === "operator") operator.show();
+  else operator.hide();
+}
+
+function showStatus(status) {
+  const live = status.workers.filter((worker) => ["idle", "busy"].includes(worker.state)).length;
+  $("#service-state").textContent = `${live} worker${live === 1 ? "" : "s"} · ${status.queue.queued} queued`;
+  $("#service-state").dataset.state = live ? "ready" : "starting";
+}
+
+/** Read the service's status again in a moment (tasks just moved), once for a burst. */
+function refreshSoon() {
+  clearTimeout(refreshSoon.timer);
+  refreshSoon.timer = setTimeout(() => operator.refresh(), 1000);
+}
+
+onKeyNeeded(askForKey);
+const player = new Player($("#player"));
+const uploader = new Uploader($("#new-task"), { onTask: (task) => tasks.show(task) });
+const tasks = new TaskList($("#tasks"), $("#tasks-empty"), $("#live"), {
+  onOpen: (task) => player.open(task).catch(showError),
+  onChange: (task, known) => { if (known?.state !== task.state) refreshSoon(); },
+  onError: showError,
+});
+const operator = new OperatorView($("#operator-view"), { onStatus: showStatus, onError: showError });
+
+$("#key-button").hidden = !apiKey.get();
+$("#key-button").addEventListener("click", () => {
+  apiKey.clear();
+  location.reload();
+});
+$("#dashboard").href = `${location.protocol}//${location.hostname}:${DASHBOARD_PORT}/`;
+window.addEventListener("hashchange", showView);
+showView();
+operator.refresh();
+uploader.loadModels().catch(showError);
+tasks.follow();
+window.raydemucs = { player, tasks, uploader, operator };
