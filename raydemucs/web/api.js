@@ -19,7 +19,7 @@ export const apiKey = {
   clear: () => sessionStorage.removeItem(KEY),
 };
 
-/** `ask(message)` resolves once a person has given a key (the page's dialog). */
+/** `ask()` resolves once a person has given a key (the page's dialog). */
 export function onKeyNeeded(ask) {
   askForKey = ask;
 }
@@ -44,7 +44,7 @@ export async function request(path, { method = "GET", body, headers = {}, raw = 
   for (;;) {
     const response = await fetch(path, { method, body, signal, headers: { ...authorization(), ...headers } });
     if (response.status === 401) {
-      await askForKey((await errorOf(response)).message);
+      await askForKey();
       continue;
     }
     if (!response.ok) throw await errorOf(response);
@@ -68,7 +68,7 @@ export function upload(file, fields, onProgress) {
       try { body = JSON.parse(xhr.responseText); } catch { /* not JSON: the status says it */ }
       if (xhr.status === 401) {
         try {
-          await askForKey(body?.error?.message ?? "an API key is needed");
+          await askForKey();
           resolve(await upload(file, fields, onProgress));
         } catch (error) { reject(error); }
       } else if (xhr.status >= 200 && xhr.status < 300) {

@@ -3,6 +3,7 @@
 // player's state.
 
 import { apiKey, onKeyNeeded } from "./api.js";
+import { el } from "./dom.js";
 import { OperatorView } from "./operator.js";
 import { Player } from "./player.js";
 import { TaskList } from "./tasks.js";
@@ -26,11 +27,13 @@ function showError(error) {
 
 /** The key dialog: resolves once a key was given (one dialog for every waiting request). */
 let asking = null;
-function askForKey(message) {
+function askForKey() {
   asking ??= new Promise((resolve) => {
     const dialog = $("#key-dialog");
     const input = $("#key-input");
-    $("#key-reason").textContent = apiKey.get() ? "That key was not accepted." : message;
+    $("#key-reason").replaceChildren(...(apiKey.get() ? ["That key was not accepted: check it and try again."]
+      : ["This service needs an API key. Its operator makes one with ",
+         el("code", {}, "python -m raydemucs keys add NAME"), "."]));
     input.value = "";
     dialog.showModal();
     dialog.querySelector("form").onsubmit = (event) => {
@@ -49,7 +52,7 @@ function showView() {
   const view = location.hash === "#operator" ? "operator" : "separate";
   for (const name of ["separate", "operator"]) {
     $(`#${name}-view`).hidden = name !== view;
-    const tab = $(`a[href="#${name}"]`);
+    const tab = $(`nav a[href="#${name}"]`);
     if (name === view) tab.setAttribute("aria-current", "page");
     else tab.removeAttribute("aria-current");
   }

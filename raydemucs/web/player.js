@@ -40,6 +40,10 @@ export class Player {
 
   /** Load a succeeded task's stems and show them (stops what played before). */
   async open(task) {
+    if (this.task?.task_id === task.task_id && !this.root.hidden) {
+      this.root.scrollIntoView({ behavior: "smooth", block: "start" });
+      return;
+    }
     this.stop();
     const token = (this.token = {});
     this.task = task;
@@ -137,6 +141,7 @@ export class Player {
     this.silence();
     for (const stem of this.stems) stem.meter.disconnect();
     this.stems = [];
+    this.duration = 0;
     cancelAnimationFrame(this.frame);
     this.token = null;
   }
