@@ -19,13 +19,16 @@ STEMS = ["bass", "drums", "other", "vocals"]
 
 
 # -- the summary itself, without Ray --------------------------------------------------------
-def expected_peaks(data: np.ndarray, points: int) -> tuple[list, list]:
+def expected_peaks(data: np.ndarray, points: int, frames: int | None = None) -> tuple[list, list]:
     """Each span's lowest and highest sample, computed on the whole array at once: span i holds
-    frames f with i <= f * count / frames < i + 1."""
-    frames, count = len(data), min(points, len(data))
+    frames f with i <= f * count / frames < i + 1, `frames` being what the file's header says
+    (a span past the decoded samples is 0)."""
+    frames = frames or len(data)
+    count = min(points, frames)
     edges = [-(-i * frames // count) for i in range(count + 1)]  # ceil(i * frames / count)
     spans = [data[start:stop] for start, stop in zip(edges, edges[1:])]
-    return ([round(float(s.min()), 4) for s in spans], [round(float(s.max()), 4) for s in spans])
+    return ([round(float(s.min()), 4) if len(s) else 0.0 for s in spans],
+            [round(float(s.max()), 4) if len(s) else 0.0 for s in spans])
 
 
 @pytest.mark.parametrize("frames, points", [(10_000, 7), (10_000, 10_000), (300, 1000), (4097, 64)])
@@ -39,6 +42,17 @@ def test_peaks_match_the_whole_array_across_block_edges(tmp_path, monkeypatch, f
     assert summary["min"] == low and summary["max"] == high
     assert summary["points"] == min(points, frames) and summary["frames"] == frames
     assert summary["samplerate"] == 8000 and summary["duration_s"] == frames / 8000
+
+
+@pytest.mark.parametrize("suffix", [".flac", ".mp3"])
+def test_peaks_of_the_other_stem_formats(tmp_path, suffix):
+    path = write_audio(tmp_path / f"stem{suffix}", seconds=1.0)
+    data, _ = sf.read(str(path), dtype="float32")
+    header = sf.info(str(path)).frames  # (an mp3's header promises more frames than it decodes to)
+    summary = peaks_module.peaks(str(path), 50)
+    assert summary["points"] == 50 and summary["frames"] == header
+    low, high = expected_peaks(data, 50, header)
+    assert summary["min"] == low and summary["max"] == high
 
 
 # -- over HTTP --------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ def system_program(name: str, package: str) -> str:
 def service(serve_port, tmp_path_factory):
     """A service with API keys for the page and for the Node.js module: `(service, keys)`."""
     service = HttpService(tmp_path_factory.mktemp("clients"), serve_port,
-                          workers={"max_workers": 1, "prefetch": 0})
+                          workers={"max_workers": 1, "prefetch": 0}, input={"max_file_mb": 3.0})
     keys = {name: KeyStore(service.state).add(name) for name in ("page", "node")}
     wait_for(lambda: service.client.get("/v1/models").status_code == 401, timeout_s=10)
     yield service, keys
@@ -186,13 +186,16 @@ def test_upload_listen_mute_and_download(page, service, tmp_path):
     assert not page.errors
 
 
-def test_a_refused_upload_shows_the_servers_message(page, tmp_path):
+def test_refused_uploads_show_the_servers_message(page, tmp_path):
     notes = tmp_path / "notes.wav"
     notes.write_text("not audio at all")
-    page.set_input_files("#files", str(notes))
-    refused = page.locator(".upload[data-state=refused]", has_text="notes.wav")
-    refused.wait_for()
-    assert refused.locator("[role=alert]").inner_text() == "input notes.wav is not a decodable audio file"
+    big = write_audio(tmp_path / "big.wav", seconds=20.0)  # 3.4 MB, over the service's 3 MB
+    page.set_input_files("#files", [str(notes), str(big)])
+    for name, message in [("notes.wav", "input notes.wav is not a decodable audio file"),
+                          ("big.wav", "the body is 3.4 MB, over the 3 MB limit (input.max_file_mb)")]:
+        refused = page.locator(".upload[data-state=refused]", has_text=name)
+        refused.wait_for()
+        assert refused.locator("[role=alert]").inner_text() == message
 
 
 def test_cancel_and_retry_from_the_list(page, tmp_path):

@@ -34,10 +34,10 @@ def peaks(source, points: int) -> dict:
         count = min(points, frames)
         low, high = np.full(count, np.inf, np.float32), np.full(count, -np.inf, np.float32)
         start = 0
-        for block in audio.blocks(BLOCK_FRAMES, dtype="float32", always_2d=True):
-            if start >= frames:
+        while start < frames:  # (`blocks` would pad a short read with stale memory)
+            block = audio.read(min(BLOCK_FRAMES, frames - start), dtype="float32", always_2d=True)
+            if not len(block):
                 break
-            block = block[:frames - start]
             spans = (np.arange(start, start + len(block)) * count) // frames
             edges = np.flatnonzero(np.diff(spans)) + 1
             firsts = np.concatenate(([0], edges))
