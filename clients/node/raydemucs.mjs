@@ -87,8 +87,11 @@ export function createClient({ url = process.env.RAYDEMUCS_URL ?? "http://127.0.
                                apiKey = process.env.RAYDEMUCS_API_KEY } = {}) {
   const base = url.replace(/\/+$/, "");
   const outputDirs = new Map();  // task id -> the outputDir its addTask named
+  const closing = new AbortController();  // shutdown()
+  const shutDown = () => new RaydemucsError("this raydemucs client was shut down", { type: "ClientShutdown" });
 
   async function call(path, { method = "GET", body, signal } = {}) {
+    if (closing.signal.aborted) throw shutDown();
     let response;
     try {
       response = await fetch(`${base}${path}`, {
@@ -132,6 +135,7 @@ export function createClient({ url = process.env.RAYDEMUCS_URL ?? "http://127.0.
     const abort = new AbortController();
     const timer = timeoutMs ? setTimeout(() => abort.abort(), timeoutMs) : null;
     signal?.addEventListener("abort", () => abort.abort());
+    closing.signal.addEventListener("abort", () => abort.abort());
     try {
       for (;;) {
         try {
@@ -147,6 +151,7 @@ export function createClient({ url = process.env.RAYDEMUCS_URL ?? "http://127.0.
           }
         } catch (error) {
           if (signal?.aborted) throw error;
+          if (closing.signal.aborted) throw shutDown();
           if (abort.signal.aborted) {
             throw new RaydemucsError(`task ${id} did not end within ${timeoutMs} ms`, { type: "WaitTimedOut" });
           }
@@ -194,6 +199,9 @@ export function createClient({ url = process.env.RAYDEMUCS_URL ?? "http://127.0.
     getStatus: () => json("/v1/status"),
     cancel: (id) => json(taskPath(id), { method: "DELETE" }),
     retry: (id) => json(taskPath(id, "/retry"), { method: "POST" }),
+    /** The old workerManager's shutdown(), for a server closing: every waitFor still waiting
+     *  rejects (type ClientShutdown) and later calls are refused. The service's tasks go on. */
+    shutdown: async () => closing.abort(),
     verifyWebhook,
   };
 }

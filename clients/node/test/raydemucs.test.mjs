@@ -118,6 +118,16 @@ describe("against the service at RAYDEMUCS_URL", () => {
     await rejects(client.waitFor(slow, { timeoutMs: 1 }), { type: "WaitTimedOut", words: /did not end within 1 ms/ });
     await client.cancel(slow);
   });
+
+  test("shutdown: a waitFor still waiting rejects, later calls are refused, the task goes on", async () => {
+    const closing = createClient({ url, apiKey });
+    const id = await closing.addTask({ inputPath: long, projectName: `shutdown ${run}` });
+    const waiting = closing.waitFor(id);
+    await closing.shutdown();
+    await rejects(waiting, { type: "ClientShutdown", words: /shut down/ });
+    await rejects(closing.getTask(id), { type: "ClientShutdown" });
+    assert.equal((await client.waitFor(id, { timeoutMs: 120_000 })).state, "succeeded");
+  });
 });
 
 describe("verifyWebhook (Standard Webhooks)", () => {
