@@ -204,5 +204,27 @@ def test_a_retried_task_comes_back_to_the_stream(keyed, tmp_path):
 
 def test_the_stream_needs_a_key_like_every_request(keyed):
     service, _ = keyed
-    answer = service.client.get("/v1/events")
-    assert answer.status_code == 401 and answer.json()["error"]["type"] == "Unauthenticated"
+    for path in ("/v1/events", "/v1/status/events"):
+        answer = service.client.get(path)
+        assert answer.status_code == 401 and answer.json()["error"]["type"] == "Unauthenticated"
+
+
+def test_the_status_stream_sends_the_status_as_it_changes(keyed, tmp_path):
+    service, keys = keyed
+    statuses, task_id = [], None
+    with service.client.stream("GET", "/v1/status/events", headers=keys["alice"]) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        for line in stream.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            statuses.append(json.loads(line[len("data: "):]))
+            if task_id is None:
+                task_id = upload(service, write_audio(tmp_path / "s.wav", seconds=1.0),
+                                 keys["alice"], project="status-stream")["task_id"]
+            elif statuses[-1]["queue"]["succeeded"] > statuses[0]["queue"]["succeeded"]:
+                break
+            assert len(statuses) < 100, "the stream did not show the task's end"
+    assert set(statuses[0]) == set(service.client.get("/v1/status", headers=keys["alice"]).json())
+    without_uptime = [{k: v for k, v in status.items() if k != "uptime_s"} for status in statuses]
+    assert all(one != other for one, other in zip(without_uptime, without_uptime[1:]))  # changes only
+    assert service.wait(task_id, **keys["alice"])["state"] == "succeeded"

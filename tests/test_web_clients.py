@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -164,12 +165,26 @@ def test_upload_listen_mute_and_download(page, service, tmp_path):
         assert after["level"] > 0  # and sounds
     assert max(s["position"] for s in second["stems"]) - min(s["position"] for s in second["stems"]) < 1e-6
 
+    page.get_by_role("button", name="Solo drums").click()
+    gains = {s["name"]: s["gain"] for s in state(page)["stems"]}
+    assert gains == {"bass": 0, "drums": 1, "other": 0, "vocals": 0}
+    page.get_by_role("button", name="Solo drums").click()
+    page.get_by_role("slider", name="Volume of bass").focus()
+    page.keyboard.press("Home")  # volume by keyboard: all the way down
+    assert {s["name"]: s["gain"] for s in state(page)["stems"]}["bass"] == 0
+    page.keyboard.press("End")
     page.get_by_role("button", name="Mute vocals").click()
     page.wait_for_function("window.raydemucs.player.state().stems.find(s => s.name == 'vocals').level == 0")
     mixed = {s["name"]: s for s in state(page)["stems"]}
     assert mixed["vocals"]["muted"] and mixed["vocals"]["gain"] == 0
     assert all(mixed[name]["gain"] == 1 and mixed[name]["level"] > 0 for name in ("bass", "drums", "other"))
     assert page.get_by_role("button", name="Mute vocals").get_attribute("aria-pressed") == "true"
+    peaks = [url for url in page.requested if "/peaks?" in url]  # waveforms from the summary
+    assert sorted(url.split("/stems/")[1].split("/")[0] for url in peaks) == STEMS
+    drawn = page.locator(".stem[data-stem=drums] canvas").evaluate(
+        "canvas => canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data"
+        ".some((value, i) => i % 4 == 3 && value > 0)")
+    assert drawn
     page.locator("#player").evaluate("player => player.scrollIntoView()")
     screenshot(page, "03-player")
 
@@ -183,6 +198,13 @@ def test_upload_listen_mute_and_download(page, service, tmp_path):
     saved = Path(download.value.path())
     assert saved.read_bytes() == stored_stem(service, "page", "Browser Song", "drums").read_bytes()
     assert download.value.suggested_filename == "Browser Song - drums.wav"
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download all (zip)").click()
+    assert download.value.suggested_filename == "browser-Browser Song.zip"
+    with zipfile.ZipFile(download.value.path()) as archive:
+        for stem in STEMS:
+            stored = stored_stem(service, "page", "Browser Song", stem)
+            assert archive.read(f"Browser Song/{stored.name}") == stored.read_bytes()
     assert not page.errors
 
 
@@ -196,6 +218,10 @@ def test_refused_uploads_show_the_servers_message(page, tmp_path):
         refused = page.locator(".upload[data-state=refused]", has_text=name)
         refused.wait_for()
         assert refused.locator("[role=alert]").inner_text() == message
+    page.locator("#new-task").scroll_into_view_if_needed()
+    screenshot(page, "06-uploads")
+    page.get_by_role("button", name="Dismiss notes.wav").click()
+    assert page.locator(".upload", has_text="notes.wav").count() == 0
 
 
 def test_cancel_and_retry_from_the_list(page, tmp_path):
@@ -203,6 +229,8 @@ def test_cancel_and_retry_from_the_list(page, tmp_path):
     row = page.locator(".task", has_text="Long Song")
     row.get_by_role("button", name="Cancel Long Song").click()
     page.locator(".task[data-state=cancelled]", has_text="Long Song").wait_for()
+    page.locator("#tasks").scroll_into_view_if_needed()
+    screenshot(page, "07-task-states")
     row.get_by_role("button", name="Retry Long Song").click()
     page.locator(".task[data-state=succeeded]", has_text="Long Song").wait_for(timeout=120_000)
 
@@ -216,6 +244,39 @@ def test_the_operator_view_shows_the_workers(page):
     assert int(page.locator(".tile[data-count=succeeded] .tile-value").inner_text()) >= 2
     assert page.get_by_role("link", name="Ray dashboard ↗").get_attribute("href").endswith(":8265/")
     screenshot(page, "04-operator")
+
+
+def test_no_polling_loop_the_page_waits_on_its_event_streams(page):
+    asked = len(page.requested)
+    page.wait_for_timeout(5000)  # idle on the operator view, which the status stream keeps live
+    assert page.requested[asked:] == []
+    streams = [url.split("/v1/")[1] for url in page.requested if url.endswith("events")]
+    assert {"events", "status/events"} == set(streams)
+    assert not [url for url in page.requested if url.endswith("/v1/status")]
+
+
+def test_every_control_is_named_and_reached_by_tab(page):
+    page.evaluate("location.hash = '#separate'")
+    page.get_by_role("button", name="Listen Browser Song").click()
+    page.wait_for_function("window.raydemucs.player.duration > 0")
+    unnamed = page.evaluate("""[...document.querySelectorAll('button, input, select, a[href]')]
+        .filter((node) => node.checkVisibility() || node.id == 'files')
+        .filter((node) => !(node.getAttribute('aria-label') || node.labels?.[0]?.innerText.trim()
+                            || node.innerText.trim()))
+        .map((node) => node.outerHTML)""")
+    assert unnamed == []
+    page.locator("body").focus()
+    reached = set()
+    for _ in range(80):
+        page.keyboard.press("Tab")
+        reached.add(page.evaluate("""(() => { const node = document.activeElement;
+            return node.getAttribute('aria-label') || node.name || node.innerText.trim(); })()"""))
+    expected = {"Play", "Position", "Close player", "Download all (zip)", "Listen Browser Song",
+                "Listen Long Song", "files", "model", "two_stems", "format", "priority", "project",
+                "Forget API key", "Operator"}
+    for stem in STEMS:
+        expected |= {f"Mute {stem}", f"Solo {stem}", f"Volume of {stem}", f"Download {stem}"}
+    assert expected <= reached, expected - reached
 
 
 def test_readable_at_phone_width(page):

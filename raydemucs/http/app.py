@@ -35,6 +35,7 @@ from .stems import MEDIA_TYPES, StemSource, byte_range, zip_stream
 
 KEYS_TTL_S = 2.0
 EVENTS_WAIT_S = 15.0
+STATUS_EVERY_S = 2.0
 PUBLIC = ("task_id", "project", "file_id", "state", "priority", "attempts", "progress", "error",
           "queue_position", "submitted_at", "started_at", "finished_at", "queue_wait_s", "run_s",
           "audio_duration_s")
@@ -67,6 +68,12 @@ def public(view: dict, base: str) -> dict:
     data["links"] = {"self": url, "events": f"{url}/events",
                      "zip": f"{url}/stems.zip" if view.get("outputs") else None}
     return data
+
+
+def event_stream(chunks) -> StreamingResponse:
+    """Server-sent events, sent as they come (no cache, no proxy buffering)."""
+    return StreamingResponse(chunks, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
 def _unwrap(error: BaseException) -> BaseException:
@@ -279,9 +286,7 @@ class Ingress:
     async def task_events(self, task_id: str, request: Request):
         caller = await self.caller(request)
         first = await self.task_of(caller, task_id)
-        return StreamingResponse(self._events(first, self.base(request)),
-                                 media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        return event_stream(self._events(first, self.base(request)))
 
     async def _events(self, view: dict, base: str):
         """One event per change (`state` when the state moved, else `progress`), the current
@@ -302,9 +307,7 @@ class Ingress:
     @app.get("/v1/events", summary="Server-sent events: every change of the caller's tasks")
     async def caller_events(self, request: Request):
         caller = await self.caller(request)
-        return StreamingResponse(self._changes(caller.owner, self.base(request)),
-                                 media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        return event_stream(self._changes(caller.owner, self.base(request)))
 
     async def _changes(self, owner: str, base: str):
         """A `task` event per change of the owner's tasks, its unfinished ones first; a comment
@@ -397,6 +400,25 @@ class Ingress:
     async def status(self, request: Request):
         await self.caller(request)
         return await self.call("status")
+
+    @app.get("/v1/status/events", summary="Server-sent events: the service's status as it changes")
+    async def status_events(self, request: Request):
+        await self.caller(request)
+        return event_stream(self._statuses())
+
+    async def _statuses(self):
+        """A `status` event (what GET /v1/status answers) at once and whenever it changed, read
+        every STATUS_EVERY_S, else a comment line. It runs until the client goes."""
+        sent = None
+        while True:
+            status = await self.call("status")
+            changed = {key: value for key, value in status.items() if key != "uptime_s"}
+            if changed != sent:
+                yield f"event: status\ndata: {json.dumps(status)}\n\n"
+                sent = changed
+            else:
+                yield ": unchanged\n\n"
+            await asyncio.sleep(STATUS_EVERY_S)
 
     @app.get("/", include_in_schema=False)
     async def page(self):

@@ -3,6 +3,7 @@
 // cannot send the key's header, and a key never goes in a URL).
 
 const KEY = "raydemucs.apiKey";
+const RECONNECT_S = [1, 2, 5, 10];
 let askForKey = async () => { throw new ApiError(401, "Unauthenticated", "an API key is needed"); };
 
 export class ApiError extends Error {
@@ -112,5 +113,26 @@ export async function* events(path, signal) {
       buffer = buffer.slice(end).replace(/^\r?\n\r?\n/, "");
       if (found) yield found;
     }
+  }
+}
+
+/** Follow the events of `path` for ever, reconnecting when the stream drops: `before()` is
+ *  awaited before each connection, `onEvent({event, data})` for each event, `onState(state)`
+ *  with "connecting", "live" or "reconnecting", `onError(error)` when a connection fails. */
+export async function follow(path, { before, onEvent, onState, onError }) {
+  for (let failures = 0; ; failures += 1) {
+    try {
+      onState?.("connecting");
+      await before?.();
+      for await (const found of events(path)) {
+        if (found.event === "open") { onState?.("live"); failures = 0; }
+        else onEvent(found);
+      }
+    } catch (error) {
+      onError?.(error);
+    }
+    onState?.("reconnecting");
+    const wait = RECONNECT_S[Math.min(failures, RECONNECT_S.length - 1)];
+    await new Promise((resolve) => setTimeout(resolve, wait * 1000));
   }
 }

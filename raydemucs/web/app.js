@@ -57,7 +57,6 @@ function showView() {
     else tab.removeAttribute("aria-current");
   }
   if (view === "operator") operator.show();
-  else operator.hide();
 }
 
 function showStatus(status) {
@@ -66,18 +65,11 @@ function showStatus(status) {
   $("#service-state").dataset.state = live ? "ready" : "starting";
 }
 
-/** Read the service's status again in a moment (tasks just moved), once for a burst. */
-function refreshSoon() {
-  clearTimeout(refreshSoon.timer);
-  refreshSoon.timer = setTimeout(() => operator.refresh(), 1000);
-}
-
 onKeyNeeded(askForKey);
 const player = new Player($("#player"));
 const uploader = new Uploader($("#new-task"), { onTask: (task) => tasks.show(task) });
 const tasks = new TaskList($("#tasks"), $("#tasks-empty"), $("#live"), {
   onOpen: (task) => player.open(task).catch(showError),
-  onChange: (task, known) => { if (known?.state !== task.state) refreshSoon(); },
   onError: showError,
 });
 const operator = new OperatorView($("#operator-view"), { onStatus: showStatus, onError: showError });
@@ -90,7 +82,7 @@ $("#key-button").addEventListener("click", () => {
 $("#dashboard").href = `${location.protocol}//${location.hostname}:${DASHBOARD_PORT}/`;
 window.addEventListener("hashchange", showView);
 showView();
-operator.refresh();
 uploader.loadModels().catch(showError);
 tasks.follow();
+operator.follow();
 window.raydemucs = { player, tasks, uploader, operator };

@@ -1,11 +1,10 @@
 // The operator's view: the queue by state and by priority, the pools, every worker (state,
 // model, memory, CPU, tasks done, restarts) and the dead letters (failed tasks) with retry.
-// /v1/status is a snapshot, not a stream: it is read again every few seconds while shown.
+// The service's status comes as it changes, from its event stream (/v1/status/events).
 
-import { request } from "./api.js";
+import { follow, request } from "./api.js";
 import { bytes, el, since } from "./dom.js";
 
-const REFRESH_S = 3;
 const COUNTS = [["queued", "Queued"], ["running", "Running"], ["waiting_retry", "Waiting to retry"],
                 ["succeeded", "Succeeded"], ["failed", "Failed"], ["cancelled", "Cancelled"]];
 const PRIORITIES = [["high", "High"], ["normal", "Normal"], ["low", "Low"]];
@@ -26,28 +25,39 @@ function uptime(seconds) {
 export class OperatorView {
   constructor(root, { onStatus, onError }) {
     Object.assign(this, { root, onStatus, onError });
-    this.timer = null;
+    this.status = null;
+    this.failed = null;  // the dead letters, read again when the count of failed tasks moves
+    this.failedCount = null;
   }
 
-  show() {
-    this.refresh();
+  /** Follow the service's status for ever: the header's summary, and this view when shown. */
+  follow() {
+    return follow("v1/status/events", {
+      onEvent: ({ event, data }) => event === "status" && this.update(data),
+      onError: this.onError,
+    });
   }
 
-  hide() {
-    clearTimeout(this.timer);
-    this.timer = null;
+  async update(status) {
+    this.status = status;
+    this.onStatus?.(status);
+    if (status.queue.failed !== this.failedCount) {
+      this.failedCount = status.queue.failed;
+      await this.readFailed();
+    }
+    this.show();
   }
 
-  async refresh() {
+  async readFailed() {
     try {
-      const [status, failed] = await Promise.all([request("v1/status"), request("v1/tasks?state=failed&limit=20")]);
-      this.render(status, failed.tasks);
-      this.onStatus?.(status);
+      this.failed = (await request("v1/tasks?state=failed&limit=20")).tasks;
     } catch (error) {
       this.onError?.(error);
     }
-    clearTimeout(this.timer);  // one timer, however many refreshes overlapped
-    this.timer = this.root.hidden ? null : setTimeout(() => this.refresh(), REFRESH_S * 1000);
+  }
+
+  show() {
+    if (!this.root.hidden && this.status && this.failed) this.render(this.status, this.failed);
   }
 
   render(status, failed) {
@@ -91,6 +101,7 @@ export class OperatorView {
     } catch (error) {
       this.onError?.(error);
     }
-    this.refresh();
+    await this.readFailed();
+    this.show();
   }
 }

@@ -1,15 +1,10 @@
 // The live list of the caller's tasks: the newest page first, then every change as the
 // service's event stream (/v1/events) sends it; no polling. Cancel, retry, and open the player.
 
-import { events, request } from "./api.js";
+import { follow, request } from "./api.js";
 import { el, percent, progressBar, since } from "./dom.js";
 
-const RECONNECT_S = [1, 2, 5, 10];
 const ACTIVE = new Set(["queued", "running"]);
-
-function sleep(seconds) {
-  return new Promise((resolve) => setTimeout(resolve, seconds * 1000));
-}
 
 function waiting(task) {
   if (task.state !== "queued") return null;
@@ -18,29 +13,20 @@ function waiting(task) {
 }
 
 export class TaskList {
-  constructor(list, empty, live, { onOpen, onChange, onError }) {
-    Object.assign(this, { list, empty, live, onOpen, onChange, onError });
+  constructor(list, empty, live, { onOpen, onError }) {
+    Object.assign(this, { list, empty, live, onOpen, onError });
     this.tasks = new Map();
     this.rows = new Map();
   }
 
   /** Show the newest tasks, then follow the stream for ever (reconnecting when it drops). */
-  async follow() {
-    for (let failures = 0; ; failures += 1) {
-      try {
-        this.showLive("connecting");
-        const page = await request("v1/tasks?limit=50");
-        page.tasks.forEach((task) => this.show(task));
-        for await (const { event, data } of events("v1/events")) {
-          if (event === "open") { this.showLive("live"); failures = 0; }
-          if (event === "task") this.show(data);
-        }
-      } catch (error) {
-        this.onError?.(error);
-      }
-      this.showLive("reconnecting");
-      await sleep(RECONNECT_S[Math.min(failures, RECONNECT_S.length - 1)]);
-    }
+  follow() {
+    return follow("v1/events", {
+      before: async () => (await request("v1/tasks?limit=50")).tasks.forEach((task) => this.show(task)),
+      onEvent: ({ event, data }) => event === "task" && this.show(data),
+      onState: (state) => this.showLive(state),
+      onError: this.onError,
+    });
   }
 
   showLive(state) {
@@ -61,7 +47,6 @@ export class TaskList {
     }
     this.update(row, task, known);
     this.empty.hidden = this.tasks.size > 0;
-    this.onChange?.(task, known);
   }
 
   row(task) {

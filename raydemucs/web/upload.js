@@ -80,5 +80,7 @@ export class Uploader {
       note.textContent = error.message;
       note.setAttribute("role", "alert");
     }
+    row.firstChild.append(el("button", { type: "button", class: "ghost icon-only dismiss",
+                                         "aria-label": `Dismiss ${file.name}`, onclick: () => row.remove() }, "✕"));
   }
 }
