@@ -35,7 +35,8 @@ def system_program(name: str, package: str) -> str:
 def service(serve_port, tmp_path_factory):
     """A service with API keys for the page and for the Node.js module: `(service, keys)`."""
     service = HttpService(tmp_path_factory.mktemp("clients"), serve_port,
-                          workers={"max_workers": 1, "prefetch": 0}, input={"max_file_mb": 3.0})
+                          workers={"max_workers": 1, "prefetch": 0}, input={"max_file_mb": 3.0},
+                          http={"allow_paths": True})  # (a dead letter's input, broken in place)
     keys = {name: KeyStore(service.state).add(name) for name in ("page", "node")}
     wait_for(lambda: service.client.get("/v1/models").status_code == 401, timeout_s=10)
     yield service, keys
@@ -140,7 +141,7 @@ def test_the_page_asks_for_a_key_once_and_keeps_it_in_the_tab(page, service):
 
 def test_upload_listen_mute_and_download(page, service, tmp_path):
     service, keys = service
-    song = write_audio(tmp_path / "Browser Song.wav", seconds=4.0)
+    song = write_audio(tmp_path / "Browser Song.wav", seconds=6.0)
     page.fill("input[name=project]", "browser")
     page.set_input_files("#files", str(song))
     upload = page.locator(".upload[data-state=sent]")
@@ -165,26 +166,12 @@ def test_upload_listen_mute_and_download(page, service, tmp_path):
         assert after["level"] > 0  # and sounds
     assert max(s["position"] for s in second["stems"]) - min(s["position"] for s in second["stems"]) < 1e-6
 
-    page.get_by_role("button", name="Solo drums").click()
-    gains = {s["name"]: s["gain"] for s in state(page)["stems"]}
-    assert gains == {"bass": 0, "drums": 1, "other": 0, "vocals": 0}
-    page.get_by_role("button", name="Solo drums").click()
-    page.get_by_role("slider", name="Volume of bass").focus()
-    page.keyboard.press("Home")  # volume by keyboard: all the way down
-    assert {s["name"]: s["gain"] for s in state(page)["stems"]}["bass"] == 0
-    page.keyboard.press("End")
     page.get_by_role("button", name="Mute vocals").click()
     page.wait_for_function("window.raydemucs.player.state().stems.find(s => s.name == 'vocals').level == 0")
     mixed = {s["name"]: s for s in state(page)["stems"]}
     assert mixed["vocals"]["muted"] and mixed["vocals"]["gain"] == 0
     assert all(mixed[name]["gain"] == 1 and mixed[name]["level"] > 0 for name in ("bass", "drums", "other"))
     assert page.get_by_role("button", name="Mute vocals").get_attribute("aria-pressed") == "true"
-    peaks = [url for url in page.requested if "/peaks?" in url]  # waveforms from the summary
-    assert sorted(url.split("/stems/")[1].split("/")[0] for url in peaks) == STEMS
-    drawn = page.locator(".stem[data-stem=drums] canvas").evaluate(
-        "canvas => canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data"
-        ".some((value, i) => i % 4 == 3 && value > 0)")
-    assert drawn
     page.locator("#player").evaluate("player => player.scrollIntoView()")
     screenshot(page, "03-player")
 
@@ -193,6 +180,20 @@ def test_upload_listen_mute_and_download(page, service, tmp_path):
     page.get_by_role("slider", name="Position").focus()
     page.keyboard.press("ArrowLeft")  # the transport by keyboard
     assert not state(page)["playing"] and state(page)["position"] < paused
+    page.get_by_role("button", name="Solo drums").click()
+    gains = {s["name"]: s["gain"] for s in state(page)["stems"]}
+    assert gains == {"bass": 0, "drums": 1, "other": 0, "vocals": 0}  # (vocals still muted)
+    page.get_by_role("button", name="Solo drums").click()
+    page.get_by_role("slider", name="Volume of bass").focus()
+    page.keyboard.press("Home")  # volume by keyboard: all the way down
+    assert {s["name"]: s["gain"] for s in state(page)["stems"]}["bass"] == 0
+    page.keyboard.press("End")
+    peaks = [url for url in page.requested if "/peaks?" in url]  # waveforms from the summary
+    assert sorted(url.split("/stems/")[1].split("/")[0] for url in peaks) == STEMS
+    drawn = page.locator(".stem[data-stem=drums] canvas").evaluate(
+        "canvas => canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data"
+        ".some((value, i) => i % 4 == 3 && value > 0)")
+    assert drawn
     with page.expect_download() as download:
         page.get_by_role("button", name="Download drums").click()
     saved = Path(download.value.path())
@@ -244,6 +245,29 @@ def test_the_operator_view_shows_the_workers(page):
     assert int(page.locator(".tile[data-count=succeeded] .tile-value").inner_text()) >= 2
     assert page.get_by_role("link", name="Ray dashboard ↗").get_attribute("href").endswith(":8265/")
     screenshot(page, "04-operator")
+
+
+def test_a_failed_task_is_a_dead_letter_retried_from_the_operator_view(page, service, tmp_path):
+    service, keys = service
+    headers = {"Authorization": f"Bearer {keys['page']}"}
+    ahead = write_audio(tmp_path / "Ahead.wav", seconds=10.0)  # keeps the one worker busy
+    song = write_audio(tmp_path / "Dead Song.wav", seconds=1.0)
+    for path in (ahead, song):
+        answer = service.client.post("/v1/tasks", headers=headers,
+                                     json={"input": str(path), "project": "dead"})
+        assert answer.status_code == 202, answer.text
+    song.write_bytes(b"no longer audio")  # checked when queued; broken when it runs
+    row = page.locator("#op-dead tbody tr", has_text="Dead Song")
+    row.wait_for(timeout=120_000)
+    assert "Dead Song" in row.inner_text() and "dead" in row.inner_text()
+    assert page.locator(".tile[data-count=failed] .tile-value").inner_text() == "1"
+    screenshot(page, "08-dead-letters")
+    write_audio(song, seconds=1.0)
+    row.get_by_role("button", name="Retry Dead Song").click()
+    row.wait_for(state="detached")
+    page.locator(".task[data-state=succeeded]", has_text="Dead Song").wait_for(state="attached",
+                                                                               timeout=120_000)
+    page.locator(".tile[data-count=failed] .tile-value", has_text="0").wait_for()
 
 
 def test_no_polling_loop_the_page_waits_on_its_event_streams(page):

@@ -66,7 +66,8 @@ export class OperatorView {
          el("span", { class: `badge ${status.accepting ? "succeeded" : "failed"}` }, status.accepting ? "accepting" : "draining"),
          ` ${status.service} · up ${uptime(status.uptime_s)}`);
     part("#op-counts", ...COUNTS.map(([key, label]) =>
-      el("div", { class: "tile", "data-count": key }, el("span", { class: "tile-value" }, String(status.queue[key] ?? 0)),
+      el("div", { class: "tile", "data-count": key, "data-zero": !status.queue[key] },
+         el("span", { class: "tile-value" }, String(status.queue[key] ?? 0)),
          el("span", { class: "tile-label" }, label))));
     const byPriority = status.queued_by_priority ?? {};
     const most = Math.max(1, ...Object.values(byPriority));
