@@ -19,7 +19,7 @@ from .metrics import ServiceMetrics
 from .outputs import open_folder
 from .scheduler import Scheduler, read_recovery
 from .store import TaskStore
-from .task import TaskSpec, TaskState
+from .task import TaskRecord, TaskSpec, TaskState
 from .keys import KeyStore, KeyTable
 from .uploads import UploadStore
 
@@ -51,8 +51,7 @@ class SchedulerService:
         self.keys = KeyStore(self.config.state_path)
         self._keys_table, self._keys_version = KeyTable([]), None
         self.pool = RayWorkerPool(self.config, on_ready=self._dispatch,
-                                  on_result=self._on_result, on_lost=self._on_lost,
-                                  read_upload=self.uploads.read_input)
+                                  on_result=self._on_result, on_lost=self._on_lost)
         self.metrics = ServiceMetrics(self.config.service.name)
         self.core = Scheduler(self.config, self.store, self.pool, listener=self.metrics,
                               offload=self._offload)
@@ -170,20 +169,35 @@ class SchedulerService:
         `max_queued`, their owner may not have more unfinished tasks than that.
         """
         await self._ready()
-        accepted = []
-        for spec in map(TaskSpec.from_dict, specs):
-            spec = self.uploads.keep(spec) if spec.kept else spec
-            existing = self.core.check(spec)  # one refused task refuses the batch, before any is kept
-            if spec.uploaded:
-                data = (uploads or {}).get(spec.input_sha256)
-                spec = await asyncio.to_thread(self.uploads.accept, spec, data)
-            accepted.append((spec, existing))
+        accepted = self._checked(specs)
         if max_queued is not None:
             self._check_quota(accepted, max_queued)
+        for index, (spec, existing) in enumerate(accepted):
+            if spec.uploaded:
+                data = (uploads or {}).get(spec.input_sha256)
+                accepted[index] = (await asyncio.to_thread(self.uploads.accept, spec, data),
+                                   existing)
         records = [self.core.submit(spec).to_dict() for spec, _ in accepted]
         self.core.dispatch()
         self._changed()
         return records
+
+    async def check_tasks(self, specs: list[dict], max_queued: int | None = None) -> None:
+        """Raise what `submit` would refuse these tasks for (the key, the model, the cap), before
+        a client sends their bytes."""
+        await self._ready()
+        checked = self._checked(specs)
+        if max_queued is not None:
+            self._check_quota(checked, max_queued)
+
+    def _checked(self, specs: list[dict]) -> list[tuple[TaskSpec, TaskRecord | None]]:
+        """Each task (pointed at the service's results when kept) with the known task it repeats;
+        one refused task raises, before anything is kept."""
+        checked = []
+        for spec in map(TaskSpec.from_dict, specs):
+            spec = self.uploads.keep(spec) if spec.kept else spec
+            checked.append((spec, self.core.check(spec)))
+        return checked
 
     def _check_quota(self, accepted: list, max_queued: int) -> None:
         """`OverQuota` when the tasks would take their owner past `max_queued` unfinished ones."""
@@ -232,6 +246,27 @@ class SchedulerService:
             remaining = deadline - time.monotonic()
             if view != seen or TaskState(view["state"]).is_terminal() or remaining <= 0:
                 return view
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._change.wait(), remaining)
+
+    async def watch_tasks(self, owner: str, seen: dict[str, dict],
+                          timeout_s: float = 15.0) -> list[dict]:
+        """The views of `owner`'s tasks that differ from `seen` (task id -> the view last sent),
+        oldest first, as soon as one does, else [] after `timeout_s`: its unfinished tasks, and
+        those `seen` holds unfinished (which may have ended). What the stream of all of a
+        caller's tasks sends on."""
+        await self._ready()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            ids = {task_id for task_id, record in self.core.active.items()
+                   if record.spec.owner == owner}
+            ids.update(task_id for task_id, view in seen.items()
+                       if not TaskState(view["state"]).is_terminal())
+            changed = [view for view in map(self.core.view, ids)
+                       if view != seen.get(view["task_id"])]
+            remaining = deadline - time.monotonic()
+            if changed or remaining <= 0:
+                return sorted(changed, key=lambda view: view["seq"])
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._change.wait(), remaining)
 
@@ -287,7 +322,12 @@ class SchedulerService:
     async def upload_abort(self, upload_id: str) -> None:
         await asyncio.to_thread(self.uploads.abort, upload_id)
 
-    async def submit_upload(self, spec: dict, upload_id: str, max_queued: int | None = None) -> dict:
+    async def read_upload(self, sha256: str, offset: int, size: int) -> bytes:
+        """A chunk of a kept input, for the worker that separates it."""
+        return await asyncio.to_thread(self.uploads.read_chunk, sha256, offset, size)
+
+    async def submit_upload(self, spec: dict, upload_id: str,
+                            max_queued: int | None = None) -> dict:
         """Accept a task whose input was streamed in chunks (`upload_open`, `upload_write`): every
         refusal (the task, the quota, the bytes) comes before the upload is kept, so a refused
         request stores nothing; the same ask as a known task returns that task."""
@@ -341,6 +381,7 @@ class SchedulerService:
                 "uptime_s": time.time() - self.started_at, "journal": self.store.path,
                 "http": self.http_url,
                 "queue": self.core.queue_counts(), "pools": self.core.pool_counts(),
+                "queued_by_priority": self.core.queued_by_priority(),
                 "workers": self.pool.snapshot(),
                 "running": [{k: r[k] for k in ("task_id", "project", "file_id", "attempts",
                                                 "progress", "worker")} for r in running]}

@@ -7,13 +7,16 @@ keys' digests. Errors are `{"error": {"type", "message"}}` (see `raydemucs.http.
 import asyncio
 import base64
 import json
+import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import ray
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import (FileResponse, JSONResponse, RedirectResponse, Response,
+                               StreamingResponse)
+from fastapi.staticfiles import StaticFiles
 from ray import serve
 
 from .. import __version__
@@ -27,19 +30,25 @@ from ..storage import input_size, is_uri
 from ..task import TaskState
 from . import errors
 from .asks import OPTION_FIELDS, check_fields, input_location, task_spec
-from .forms import read_form
+from .forms import Spool, read_form
+from .peaks import PeaksCache, check_points
 from .stems import MEDIA_TYPES, StemSource, byte_range, zip_stream
 
 KEYS_TTL_S = 2.0
 EVENTS_WAIT_S = 15.0
+STATUS_EVERY_S = 2.0
 PUBLIC = ("task_id", "project", "file_id", "state", "priority", "attempts", "progress", "error",
           "queue_position", "submitted_at", "started_at", "finished_at", "queue_wait_s", "run_s",
           "audio_duration_s")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+WEB = Path(__file__).resolve().parent.parent / "web"  # the page, shipped in the package
+PAGE_POLICY = ("default-src 'self'; img-src 'self' data:; media-src 'self' blob:; "
+               "object-src 'none'; frame-ancestors 'none'; base-uri 'none'")
 
 app = FastAPI(title="raydemucs", version=__version__,
               description="Separate songs into stems with Demucs on a Ray actor pool.")
 errors.install(app)
+app.mount("/web", StaticFiles(directory=WEB), name="web")
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,12 @@ def public(view: dict, base: str) -> dict:
     data["links"] = {"self": url, "events": f"{url}/events",
                      "zip": f"{url}/stems.zip" if view.get("outputs") else None}
     return data
+
+
+def event_stream(chunks) -> StreamingResponse:
+    """Server-sent events, sent as they come (no cache, no proxy buffering)."""
+    return StreamingResponse(chunks, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
 def _unwrap(error: BaseException) -> BaseException:
@@ -102,7 +117,12 @@ TASK_BODY = {"requestBody": {"required": True, "content": {
                           ("project", "file_id", "priority", "force", *OPTION_FIELDS)}}}}}}}
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0})
+# Every route awaits the scheduler or a stream (events, stems, uploads): a replica serves many at
+# once, where Serve's default (5) would queue the 6th open event stream behind the others.
+MAX_ONGOING_REQUESTS = 1000
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=MAX_ONGOING_REQUESTS)
 @serve.ingress(app)
 class Ingress:
     """The front door of one raydemucs service (its scheduler named `SERVICE:scheduler`)."""
@@ -113,6 +133,7 @@ class Ingress:
         self._scheduler = None
         self._keys, self._keys_at = KeyTable([]), float("-inf")
         self._service_config: Config | None = None
+        self._peaks = PeaksCache()
 
     # -- the scheduler, the keys ---------------------------------------------------------------
     async def call(self, method: str, *args, **kwargs):
@@ -178,31 +199,30 @@ class Ingress:
         max_bytes = int(config.input.max_file_mb * 2**20)
         if declared > max_bytes + (1 << 16):  # room for the form's own lines
             raise InputTooLarge(f"the body is {declared / 2**20:.1f} MB, over the "
-                                       f"{config.input.max_file_mb:g} MB limit (input.max_file_mb)")
-        upload_id = None
-
-        async def forward(file_name: str, chunk: bytes) -> None:
-            nonlocal upload_id
-            upload_id = upload_id or await self.call("upload_open", file_name)
-            await self.call("upload_write", upload_id, chunk)
-
-
-        try:
-            form = await read_form(request.stream(), kind, max_bytes, forward,
-                                   int(config.http.chunk_mb * 2**20))
+                                f"{config.input.max_file_mb:g} MB limit (input.max_file_mb)")
+        chunk_bytes = int(config.http.chunk_mb * 2**20)
+        with tempfile.TemporaryDirectory(prefix="raydemucs-upload-") as work:
+            spool = Spool(Path(work))
+            form = await read_form(request.stream(), kind, max_bytes, spool.write, chunk_bytes)
             if form.file_name is None:
                 raise InvalidInput("the form has no `file` part (the audio file to separate)")
-            if upload_id is None:
+            if spool.size == 0:
                 raise InvalidInput("the uploaded file is empty")
+            name = PurePosixPath(form.file_name).name or "upload"
+            duration_s = await asyncio.to_thread(spool.validate, name, config.input)
             served = [model["name"] for model in await self.call("models")]
             spec = task_spec(form.fields, config.separation, served, caller.owner,
-                             input_path=PurePosixPath(form.file_name).name or "upload",
-                             sha256=form.sha256, uploaded=True)
-            return await self.call("submit_upload", spec.to_dict(), upload_id, caller.max_queued)
-        except BaseException:
-            if upload_id is not None:
+                             input_path=name, sha256=form.sha256, uploaded=True,
+                             duration_s=duration_s).to_dict()
+            await self.call("check_tasks", [spec], caller.max_queued)  # before the bytes travel
+            upload_id = await self.call("upload_open", name)
+            try:
+                async for chunk in spool.chunks(chunk_bytes):
+                    await self.call("upload_write", upload_id, chunk)
+                return await self.call("submit_upload", spec, upload_id, caller.max_queued)
+            except BaseException:
                 await self.call("upload_abort", upload_id)
-            raise
+                raise
 
     async def _from_input(self, request: Request, caller: Caller) -> dict:
         config = await self.service_config()
@@ -271,9 +291,7 @@ class Ingress:
     async def task_events(self, task_id: str, request: Request):
         caller = await self.caller(request)
         first = await self.task_of(caller, task_id)
-        return StreamingResponse(self._events(first, self.base(request)),
-                                 media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        return event_stream(self._events(first, self.base(request)))
 
     async def _events(self, view: dict, base: str):
         """One event per change (`state` when the state moved, else `progress`), the current
@@ -290,6 +308,27 @@ class Ingress:
                 yield ": waiting\n\n"
             seen = view
             view = await self.call("watch", view["task_id"], seen, EVENTS_WAIT_S)
+
+    @app.get("/v1/events", summary="Server-sent events: every change of the caller's tasks")
+    async def caller_events(self, request: Request):
+        caller = await self.caller(request)
+        return event_stream(self._changes(caller.owner, self.base(request)))
+
+    async def _changes(self, owner: str, base: str):
+        """A `task` event per change of the owner's tasks, its unfinished ones first; a comment
+        line at once, and whenever nothing changed for a while. It runs until the client goes."""
+        seen, number = {}, 0
+        yield ": watching\n\n"
+        while True:
+            views = await self.call("watch_tasks", owner, seen, EVENTS_WAIT_S)
+            for view in views:
+                number += 1
+                yield f"id: {number}\nevent: task\ndata: {json.dumps(public(view, base))}\n\n"
+                seen[view["task_id"]] = view
+            if not views:
+                yield ": waiting\n\n"
+            seen = {task_id: view for task_id, view in seen.items()
+                    if not TaskState(view["state"]).is_terminal()}
 
     # -- stems ---------------------------------------------------------------------------------
     async def _stems(self, caller: Caller, task_id: str) -> tuple[dict, StemSource, dict]:
@@ -326,6 +365,27 @@ class Ingress:
         return StreamingResponse(source.chunks(entry["file"], start, stop), media_type=media,
                                  status_code=206 if span else 200, headers=headers)
 
+    @app.get("/v1/tasks/{task_id}/stems/{stem}/peaks",
+              summary="A stem's waveform: the lowest and highest sample of each of `points` spans")
+    async def get_peaks(self, task_id: str, stem: str, request: Request, points: int = 1000):
+        caller = await self.caller(request)
+        check_points(points)
+        _, source, manifest = await self._stems(caller, task_id)
+        entry = manifest["stems"].get(stem)
+        if entry is None:
+            raise TaskNotFound(f"task {task_id} has no stem {stem!r}; it has "
+                               f"{', '.join(manifest['stems'])}")
+        etag = f'"{entry["sha256"]}-{points}"'
+        headers = {"ETag": etag, "Cache-Control": "private, max-age=86400"}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        key = (entry["sha256"], points)
+        summary = self._peaks.get(key)
+        if summary is None:
+            summary = {"stem": stem, **await source.peaks(entry["file"], points)}
+            self._peaks.put(key, summary)
+        return JSONResponse(summary, headers=headers)
+
     @app.get("/v1/tasks/{task_id}/stems.zip", summary="Every stem and manifest.json, one zip")
     async def get_zip(self, task_id: str, request: Request):
         caller = await self.caller(request)
@@ -345,6 +405,31 @@ class Ingress:
     async def status(self, request: Request):
         await self.caller(request)
         return await self.call("status")
+
+    @app.get("/v1/status/events", summary="Server-sent events: the service's status as it changes")
+    async def status_events(self, request: Request):
+        await self.caller(request)
+        return event_stream(self._statuses())
+
+    async def _statuses(self):
+        """A `status` event (what GET /v1/status answers) at once and whenever it changed, read
+        every STATUS_EVERY_S, else a comment line. It runs until the client goes."""
+        sent = None
+        while True:
+            status = await self.call("status")
+            changed = {key: value for key, value in status.items() if key != "uptime_s"}
+            if changed != sent:
+                yield f"event: status\ndata: {json.dumps(status)}\n\n"
+                sent = changed
+            else:
+                yield ": unchanged\n\n"
+            await asyncio.sleep(STATUS_EVERY_S)
+
+    @app.get("/", include_in_schema=False)
+    async def page(self):
+        """The page for people: upload, the live task list, the player, the operator view."""
+        return FileResponse(WEB / "index.html", headers={"Content-Security-Policy": PAGE_POLICY,
+                                                         "Cache-Control": "no-cache"})
 
     @app.get("/healthz", summary="This replica answers")
     async def healthz(self):
