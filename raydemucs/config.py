@@ -47,8 +47,8 @@ class WorkersConfig:
                            "the worker holds (GPU workers; 1: one at a time)")
     max_rss_mb: int = _opt(0, min=0, max=1 << 24, doc="recycle a worker whose RSS after a task "
                            "is above this (0: no fixed limit)")
-    release_memory: bool = _opt(True, doc="after each task, hand the C heap's free pages back "
-                                "to the system (glibc's malloc_trim)")
+    release_memory: bool = _opt(True, doc="after a task (at most every 5 s), hand the C heap's "
+                                "free pages back to the system (glibc's malloc_trim)")
     max_rss_growth: float = _opt(0.5, min=0.0, max=100.0, doc="recycle a worker whose RSS after a "
                                  "task is this fraction above its RSS after its first (0: never)")
     min_free_memory_mb: int = _opt(256, min=0, max=1 << 24, doc="pause dispatch below this free memory")

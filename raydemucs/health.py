@@ -4,7 +4,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import time
 from dataclasses import dataclass
+from typing import Callable
 
 import psutil
 
@@ -41,6 +43,23 @@ def release_free_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+class MemoryReleases:
+    """`release_free_memory` at most once per `every_s`: a trim after a big free takes tens of
+    milliseconds, which a worker of one-second clips would pay on every task."""
+
+    def __init__(self, every_s: float = 5.0, clock: Callable[[], float] = time.monotonic):
+        self.every_s, self.clock, self.last = every_s, clock, None
+
+    def __call__(self) -> bool:
+        """Release now if the last release is long enough ago; whether it did."""
+        now = self.clock()
+        if self.last is not None and now - self.last < self.every_s:
+            return False
+        self.last = now
+        release_free_memory()
+        return True
 
 
 def reset_peak_rss() -> None:

@@ -103,6 +103,7 @@ class SeparatorWorker:
         self.tasks_failed = 0
         self.started_at = time.time()
         self._process = psutil.Process()
+        self._release_memory = health.MemoryReleases()
         self._process.cpu_percent(None)
         self.load_error: str | None = None
         default = self.config.separation
@@ -167,10 +168,10 @@ class SeparatorWorker:
                 **self._settle()}
 
     def _settle(self) -> dict:
-        """After an attempt: free memory back to the system, and the RSS left (what the pool's
-        recycle rule judges)."""
+        """After an attempt: free memory back to the system (at most every few seconds), and the
+        RSS left (what the pool's recycle rule judges)."""
         if self.config.workers.release_memory:
-            health.release_free_memory()
+            self._release_memory()
         return {"rss_bytes": self._process.memory_info().rss}
 
     def separate_piece(self, task_id: str, attempt: int, model: str, repo: str | None, plan,

@@ -8,7 +8,7 @@ import time
 import psutil
 import pytest
 
-from raydemucs.health import HealthPolicy, release_free_memory, sample
+from raydemucs.health import HealthPolicy, MemoryReleases, release_free_memory, sample
 
 from conftest import wait_for
 
@@ -44,6 +44,16 @@ def test_freed_heap_pages_go_back_to_the_system():
     release_free_memory()
     assert held - process.memory_info().rss > 100 * 2**20
     assert len(keep) == 4000
+
+
+def test_memory_is_released_at_most_once_per_interval():
+    now = [100.0]
+    releases = MemoryReleases(every_s=5.0, clock=lambda: now[0])
+    done = []
+    for step in (0.0, 1.0, 3.9, 1.1, 0.5, 5.0):
+        now[0] += step
+        done.append(releases())
+    assert done == [True, False, False, True, False, True]
 
 
 def test_sample_reports_this_process():
