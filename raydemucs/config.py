@@ -25,6 +25,7 @@ FORMATS = ("wav", "mp3", "flac")
 WAV_DEPTHS = ("int16", "int24", "float32")
 CLIP_MODES = ("rescale", "clamp", "none")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16", "fp16")
 DEFAULT_POOL = "default"
 POOL_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 RAY_BUILTIN_RESOURCES = {"CPU": "num_cpus", "GPU": "num_gpus", "memory": "memory_mb"}
@@ -86,6 +87,8 @@ class SeparationConfig:
     mp3_bitrate: int = _opt(320, min=8, max=320, doc="--mp3-bitrate")
     mp3_preset: int = _opt(2, min=2, max=7, doc="--mp3-preset")
     clip_mode: str = _opt("rescale", choices=CLIP_MODES, doc="--clip-mode")
+    precision: str = _opt("fp32", choices=PRECISIONS, doc="--precision: fp32 (demucs's own), bf16 "
+                          "(CPUs with AVX512-BF16 or AMX, GPUs) or fp16 (GPUs)")
     stream_over_s: float | None = _opt(600.0, min=0.0, max=7 * 86400.0,
                                        doc="inputs longer than this stream (bounded memory)")
 
