@@ -176,7 +176,7 @@ class CompiledNetwork:
     def __init__(self, model, precision: str, threads: int, folder: Path | None = None):
         import openvino as ov
 
-        folder = folder or cache_dir()
+        folder = Path(folder) if folder else cache_dir()
         length = int(model.segment * model.samplerate)
         self.path = folder / f"{weights_digest(model)}-{length}-ov{ov.__version__.split('-')[0]}.xml"
         self.built = not self.path.exists()
