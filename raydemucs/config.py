@@ -26,6 +26,7 @@ WAV_DEPTHS = ("int16", "int24", "float32")
 CLIP_MODES = ("rescale", "clamp", "none")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp16")
+RUNTIMES = ("auto", "eager", "openvino")
 DEFAULT_POOL = "default"
 POOL_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 RAY_BUILTIN_RESOURCES = {"CPU": "num_cpus", "GPU": "num_gpus", "memory": "memory_mb"}
@@ -46,6 +47,9 @@ class WorkersConfig:
                          "they decode ahead (and with batch_size > 1 fill its forward passes)")
     batch_size: int = _opt(1, min=1, max=256, doc="segments per forward pass, from every track "
                            "the worker holds (GPU workers; 1: one at a time)")
+    runtime: str = _opt("auto", choices=RUNTIMES, doc="how CPU workers run HTDemucs's network: "
+                        "eager (torch), openvino (the extra raydemucs[openvino]), auto: "
+                        "openvino where it is installed (docs/precision.md)")
     max_rss_mb: int = _opt(0, min=0, max=1 << 24, doc="recycle a worker above this RSS (0: never)")
     min_free_memory_mb: int = _opt(256, min=0, max=1 << 24, doc="pause dispatch below this free memory")
     max_missed_pings: int = _opt(6, min=1, max=1000, doc="unanswered health polls before a replace")

@@ -28,6 +28,7 @@ from typing import Callable
 import torch as th
 from torch import nn
 
+from .errors import ConfigError
 from .precision import autocast
 
 logger = logging.getLogger("raydemucs.networks")
@@ -39,11 +40,16 @@ OV_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 Forward = Callable[[th.Tensor], th.Tensor]   # `[n, channels, length]` -> `[n, sources, channels, length]`
 
 
-def default_runtime(device: str) -> str:
-    """`openvino` for a CPU worker where the extra is installed, else `eager`."""
-    if device == "cpu" and importlib.util.find_spec("openvino") is not None:
-        return "openvino"
-    return "eager"
+def worker_runtime(wanted: str, device: str) -> str:
+    """The runtime a worker on `device` runs for the config's `workers.runtime`: auto is
+    `openvino` for a CPU worker where the extra is installed, else `eager`; GPUs run eager."""
+    installed = importlib.util.find_spec("openvino") is not None
+    if wanted == "openvino" and not installed:
+        raise ConfigError("workers.runtime=openvino, but OpenVINO is not installed on this "
+                          "worker; pip install 'raydemucs[openvino]', or use auto or eager")
+    if device != "cpu" or wanted == "eager":
+        return "eager"
+    return "openvino" if installed else "eager"
 
 
 def is_spectral(model) -> bool:

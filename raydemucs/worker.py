@@ -28,7 +28,7 @@ from .errors import (InternalError, InvalidInput, ModelNotFound, OutOfMemory, Ra
 from .inputs import validate_input
 from .loading import ModelCache, check_options
 from .logs import configure_logging
-from .networks import default_runtime, runtime_of
+from .networks import runtime_of, worker_runtime
 from .outputs import Folder, LocalFolder, write_outputs
 from .places import attempt_places
 from .precision import check_device
@@ -97,7 +97,7 @@ class SeparatorWorker:
         self.device = worker_device(self.config.workers.num_gpus)
         self.models = ModelCache(self.config.workers.max_models, self.device)
         self.strategies = Strategies(self.device, self.config.workers.batch_size,
-                                     default_runtime(self.device))
+                                     worker_runtime(self.config.workers.runtime, self.device))
         self._models_lock = threading.Lock()
         self._attempts: dict[str, Attempt] = {}
         self._early_aborts: collections.deque = collections.deque(maxlen=64)
