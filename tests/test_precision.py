@@ -16,9 +16,10 @@ from demucs.pretrained import get_model
 
 from raydemucs import networks, precision
 from raydemucs.batching import BatchedSeparator
-from raydemucs.config import SeparationConfig
-from raydemucs.errors import InvalidInput
+from raydemucs.config import SeparationConfig, load_config
+from raydemucs.errors import ConfigError, InvalidInput
 from raydemucs.task import TaskSpec
+from raydemucs.worker import SeparatorWorker
 
 from conftest import make_signal, save_tiny_htdemucs
 from test_worker import STEMS, make_spec, make_worker
@@ -134,6 +135,25 @@ def test_a_bf16_task_records_its_precision_and_stays_close_to_fp32(audio, tmp_pa
         stems[mode] = np.stack([sf.read(result["outputs"][s], dtype="float32")[0] for s in STEMS])
     reference, estimate = torch.from_numpy(stems["fp32"]), torch.from_numpy(stems["bf16"])
     assert snr_db(reference, estimate) >= 35.0
+
+
+def test_workers_runtime_picks_the_network_runtime_and_gpus_run_eager():
+    assert networks.worker_runtime("auto", "cpu") == "openvino"   # the extra is installed here
+    assert networks.worker_runtime("eager", "cpu") == "eager"
+    assert networks.worker_runtime("openvino", "cuda:0") == "eager"
+    with pytest.raises(ConfigError, match="workers.runtime='tpu'; allowed: auto, eager, openvino"):
+        load_config(overrides={"workers": {"runtime": "tpu"}}, environ={})
+
+
+def test_an_eager_worker_writes_eager_in_the_manifest(audio, tmp_path, tiny_repo):
+    config = load_config("test", overrides={"workers": {"runtime": "eager"}, "separation": {
+        "model": "tiny", "repo": str(tiny_repo)}}, environ={})
+    worker = SeparatorWorker("worker-t", config.to_dict())
+    spec = make_spec(audio("e.wav", seconds=1.0), tmp_path, model="tiny", repo=str(tiny_repo))
+    result = worker.separate(spec.to_dict(), 1)
+    assert result["ok"], result
+    manifest = json.loads((tmp_path / "proj" / "song" / "manifest.json").read_text())
+    assert manifest["runtime"] == "eager"
 
 
 # -- the result cache -----------------------------------------------------------------------------
