@@ -4,9 +4,9 @@ HTDemucs turns a segment into a spectrogram (STFT), runs a network of convolutio
 transformer on it and on the waveform, and turns its output back (masking, inverse STFT). That
 network holds all the arithmetic and no complex numbers, so it exports (`torch.export`) and
 compiles (OpenVINO, the extra `raydemucs[openvino]`) where the whole model does not; the STFT and
-the masking stay in torch, as in demucs. A CPU worker uses it whenever OpenVINO is installed:
-on this project's CPU it runs fp32 1.3x and bf16 2.2x as fast as eager fp32, fp32 within 1.3e-6
-of demucs (docs/precision.md). Other models (HDemucs, Demucs) and GPUs run eager.
+the masking stay in torch, as in demucs. A CPU worker uses it where OpenVINO is installed (`workers.runtime`):
+on this project's CPU it takes 1.3-1.5x less CPU than eager fp32 in fp32 (within 1 LSB of
+demucs) and 2.1-2.25x less in bf16 (docs/precision.md). Other models (HDemucs, Demucs) and GPUs run eager.
 
 The export is saved under `cache_dir()` by a digest of the weights and the segment length, and
 OpenVINO keeps what it compiles from it there (by precision and threads), so a worker builds it
