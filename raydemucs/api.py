@@ -16,8 +16,8 @@ from typing import Any, Callable, Iterable
 from . import storage
 from .config import Config, coerce, load_config, route
 from .connection import NAMESPACE, join_ray
-from .errors import (InvalidInput, ModelNotFound, RayDemucsError, ServiceUnavailable,
-                     TaskCancelled, TaskFailed, WaitTimedOut)
+from .errors import (InputTooLarge, InvalidInput, ModelNotFound, RayDemucsError,
+                     ServiceUnavailable, TaskCancelled, TaskFailed, WaitTimedOut)
 from .inputs import validate_input
 from .models import check_model_name, model_source
 from .names import check_task_names, name_from_filename
@@ -188,7 +188,7 @@ class WorkerManager:
         return TaskSpec(task_id=new_task_id(), project=project_name, file_id=file_id,
                         input_path=source, output_dir=output_dir,
                         priority=priority, options=separation, force=force,
-                        timeout_s=timeout_s, cache=cache and local, uploaded=upload,
+                        timeout_s=timeout_s, cache=cache and local, uploaded=upload, kept=upload,
                         duration_s=duration_s,
                         input_sha256=None if is_uri(source) or not (cache or upload)
                         else file_sha256(Path(source)))
@@ -204,7 +204,7 @@ class WorkerManager:
             raise InvalidInput(f"--upload sends a local file; {location} is already in storage")
         size = storage.input_size(location, config.storage)
         if size > config.input.max_file_mb * 2**20:
-            raise InvalidInput(f"input {location} is {size / 2**20:.1f} MB, over the "
+            raise InputTooLarge(f"input {location} is {size / 2**20:.1f} MB, over the "
                                f"{config.input.max_file_mb:g} MB limit (input.max_file_mb)")
         return location, None
 
@@ -304,7 +304,17 @@ class WorkerManager:
         """Cancel a queued task, or abort a running one; its partial output never appears."""
         return self._call("cancel", task_id)
 
+    def start_http(self) -> str:
+        """Start the HTTP API beside the running scheduler (`http.*` of this manager's config);
+        its URL. `stop` (and `shutdown`) remove it with the scheduler."""
+        from .http.deploy import start_http
+
+        url = start_http(self.config)
+        self._call("note_http", url)
+        return url
+
     def shutdown(self, now: bool = False, grace_s: float | None = None,
+
                  hurry: Callable[[], bool] | None = None) -> dict:
         """Drain, then stop the scheduler and its workers.
 
@@ -321,7 +331,13 @@ class WorkerManager:
                 handle.drain.remote(0.0)
                 hurried = True
         summary = _unwrap(lambda: ray.get(ref))
+        if summary.get("http"):
+            from .http.deploy import stop_http
+
+            stop_http(self.config)
+            _unwrap(lambda: ray.get(handle.note_http.remote(None)))
         ray.kill(handle, no_restart=True)
+
         self._scheduler = None
         if self.started_ray:
             ray.shutdown()

@@ -13,6 +13,8 @@ from .api import WorkerManager
 from .config import load_config
 from .errors import RayDemucsError, ServiceUnavailable
 from .head import DEFAULT_PORT, ensure_head, stop_head
+from .keys import KeyStore
+
 from .logs import configure_logging
 from .render import print_outputs, progress_bars, status_table, task_line
 from .storage import is_uri
@@ -205,10 +207,12 @@ def retry(manager, task_ids, as_json):
 
 @cli.command()
 @click.option("--foreground", is_flag=True, help="Stay attached; SIGINT/SIGTERM drain and stop.")
+@click.option("--http", "with_http", is_flag=True, help="Also serve the HTTP API on "
+              "http.host:http.port (default 127.0.0.1:8000; as http.enabled: true).")
 @click.option("--port", type=click.IntRange(1, 65535), default=DEFAULT_PORT, show_default=True,
               help="Port of the Ray head started when no --address is given and no Ray runs here.")
 @service_options
-def start(manager, foreground, port):
+def start(manager, foreground, port, with_http):
     """Start the service: the scheduler actor and its workers (harmless if already running).
 
     With no --address, a local Ray head is started first unless `ray start` already runs one;
@@ -221,6 +225,9 @@ def start(manager, foreground, port):
     info = manager.get_status()
     click.echo(f"raydemucs service {info['service']!r} running with {len(info['workers'])} "
                f"worker(s); journal {info['journal']}")
+    if with_http or manager.config.http.enabled:
+        click.echo(f"HTTP API on {manager.start_http()} (docs at /docs)")
+
     if foreground:
         _serve_until_signal(manager)
         if started_head:
@@ -286,6 +293,43 @@ def doctor(manager):
         if not check.ok:
             click.echo(f"      fix: {check.fix}")
     sys.exit(0 if all(check.ok for check in checks) else 1)
+
+
+@cli.group()
+def keys():
+    """API keys of the HTTP API, kept hashed in the service's state directory: run these on the
+    machine that holds it (the head node). A running service sees changes within seconds."""
+
+
+@keys.command("add")
+@click.argument("name")
+@click.option("--max-queued", type=int, help="Unfinished tasks this key may have at once.")
+@service_options
+def keys_add(manager, name, max_queued):
+    """Create a key called NAME; the key itself is printed once, on the last line."""
+    key = KeyStore(manager.config.state_path).add(name, max_queued)
+    click.echo(f"key {name!r} added; send it as `Authorization: Bearer KEY` (it is shown only now):")
+    click.echo(key)
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@service_options
+def keys_list(manager, as_json):
+    """The keys (names, creation times, caps; never the keys)."""
+    for entry in KeyStore(manager.config.state_path).table().entries:
+        cap = "no cap" if entry.max_queued is None else f"at most {entry.max_queued} unfinished"
+        _emit({"name": entry.name, "created_at": entry.created_at, "max_queued": entry.max_queued},
+              as_json, f"{entry.name}  created {time.ctime(entry.created_at)}  {cap}")
+
+
+@keys.command("revoke")
+@click.argument("name")
+@service_options
+def keys_revoke(manager, name):
+    """Revoke the key called NAME (its requests get 401 within seconds)."""
+    KeyStore(manager.config.state_path).revoke(name)
+    click.echo(f"key {name!r} revoked")
 
 
 @cli.command()

@@ -122,6 +122,20 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    """The HTTP front door (a Ray Serve application beside the scheduler)."""
+
+    enabled: bool = _opt(False, doc="start it with the service (or `start --http`)")
+    host: str = _opt("127.0.0.1", doc="address it binds; anything but loopback needs API keys")
+    port: int = _opt(8000, min=1, max=65535, doc="port it listens on")
+    num_replicas: int = _opt(1, min=1, max=64, doc="ingress replicas (they hold no state)")
+    allow_paths: bool = _opt(False, doc="let requests name an input path on the cluster's shared "
+                             "file system (`input`); URIs such as s3:// are always allowed")
+    chunk_mb: float = _opt(1.0, min=0.0625, max=64.0, doc="size of the chunks an upload is "
+                           "streamed to the service's store in")
+
+
+@dataclass(frozen=True)
 class PoolConfig:
     """One pool of workers: the models routed to it, what each worker asks of Ray, its size.
 
@@ -160,6 +174,7 @@ SECTIONS = {
     "separation": SeparationConfig,
     "service": ServiceConfig,
     "storage": StorageConfig,
+    "http": HttpConfig,
 }
 
 LEGACY_ENV = {
@@ -177,6 +192,7 @@ class Config:
     separation: SeparationConfig = field(default_factory=SeparationConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     pools: tuple[PoolConfig, ...] = ()
 
     def to_dict(self) -> dict:
@@ -252,7 +268,9 @@ def _coerce_field(owner, prefix: str, key: str, value: Any, source: str) -> Any:
             return None
         raise ConfigError(f"{source}: {name} may not be empty")
     try:
-        if declared.startswith("int"):
+        if declared.startswith("bool"):
+            value = _boolean(value)
+        elif declared.startswith("int"):
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
             value = int(value)
@@ -275,6 +293,17 @@ def _coerce_field(owner, prefix: str, key: str, value: Any, source: str) -> Any:
     if (low is not None and value < low) or (high is not None and value > high):
         raise ConfigError(f"{source}: {name}={value!r} is out of range [{low}, {high}]")
     return value
+
+
+def _boolean(value: Any) -> bool:
+    """A YAML or environment boolean: true/false, yes/no, on/off, 1/0."""
+    if isinstance(value, bool):
+        return value
+    words = {"true": True, "yes": True, "on": True, "1": True,
+             "false": False, "no": False, "off": False, "0": False}
+    if isinstance(value, (str, int)) and str(value).lower() in words:
+        return words[str(value).lower()]
+    raise ValueError
 
 
 def apply_overrides(config: Config, data: Mapping[str, Any], source: str) -> Config:

@@ -28,6 +28,10 @@ class InvalidName(InvalidInput):
     """Raised when a project name or file id is unsafe as a folder name."""
 
 
+class InputTooLarge(InvalidInput):
+    """Raised when an input is over `input.max_file_mb` (HTTP 413)."""
+
+
 class TaskConflict(InvalidInput):
     """Raised when a (project, file id) already names a task that asked for something else."""
 
@@ -105,6 +109,16 @@ class WaitTimedOut(RayDemucsError):
     """Raised when `wait` gives up before its tasks ended (the tasks go on)."""
 
 
+class Unauthenticated(RayDemucsError):
+    """Raised when an HTTP request carries no API key, or one the service does not know."""
+
+    exit_code = 2
+
+
+class OverQuota(RayDemucsError):
+    """Raised when an API key already has its `max_queued` unfinished tasks (HTTP 429)."""
+
+
 class ServiceUnavailable(RayDemucsError):
     """Raised when no Ray cluster or no raydemucs service can be reached."""
 
@@ -120,7 +134,8 @@ class InternalError(RayDemucsError):
 
 
 _BY_NAME = {cls.__name__: cls for cls in (
-    ConfigError, InvalidInput, InvalidName, TaskConflict, OutputNotWritable, ModelNotFound, TaskNotFound,
+    ConfigError, InvalidInput, InvalidName, InputTooLarge, TaskConflict, OutputNotWritable,
+    Unauthenticated, OverQuota, ModelNotFound, TaskNotFound,
     TaskTimeout, WorkerDied, OutOfMemory, OutputWriteFailed, StorageUnavailable, SeparationAborted,
     TaskCancelled, WaitTimedOut, ServiceUnavailable, ShuttingDown, InternalError,
 )}

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import InputConfig
-from .errors import InvalidInput
+from .errors import InputTooLarge, InvalidInput
 from .names import printable
 
 # Fewer samples than this cannot be separated (demucs fails on a single one); 10 ms at 44.1 kHz.
@@ -70,7 +70,7 @@ def check_input_file(path: str | os.PathLike, max_file_mb: float) -> Path:
         raise InvalidInput(f"input {shown} is empty")
     limit = max_file_mb * 1024 * 1024
     if info.st_size > limit:
-        raise InvalidInput(f"input {shown} is {info.st_size / 2**20:.1f} MB, over the "
+        raise InputTooLarge(f"input {shown} is {info.st_size / 2**20:.1f} MB, over the "
                            f"{max_file_mb:g} MB limit (input.max_file_mb)")
     return path
 

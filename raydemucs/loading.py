@@ -84,6 +84,11 @@ class ModelCache:
     def keys(self) -> list[tuple]:
         return list(self._separators)
 
+    def stems(self) -> dict[str, list[str]]:
+        """The stems each loaded model makes, by model name."""
+        return {name: list(separator.model.sources)
+                for (name, _), separator in self._separators.items()}
+
 
 def default_segment_s(model) -> float:
     """The segment length `apply_model` uses when none is given."""

@@ -17,9 +17,10 @@ from typing import Iterator
 
 from . import storage
 from .config import StorageConfig
-from .errors import InternalError, InvalidInput
+from .errors import InputTooLarge, InternalError
 from .outputs import Folder, task_folder
 from .task import TaskSpec
+from .uploads import UploadSource
 
 SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
 
@@ -27,17 +28,18 @@ SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
 @dataclass
 class Places:
     input_path: Path  # a local file to decode
-    folder: Folder  # where the stems go (for an uploaded task, a local folder sent back as bytes)
+    folder: Folder  # where the stems go (when the service keeps them, a local folder sent back)
     scratch: Path  # a local path for scratch files (streamed stems), removed after the attempt
-    uploaded: bool
+    kept: bool  # the stems go back to the service as bytes
 
     def previous_manifest(self) -> dict | None:
         """The manifest of an output already where this task's stems go."""
-        return None if self.uploaded else self.folder.manifest()
+        return None if self.kept else self.folder.manifest()
 
     def deliver(self, outputs: dict[str, str]) -> dict:
-        """The result fields that describe the published stems (their bytes, for an upload)."""
-        if self.uploaded:
+        """The result fields that describe the published stems (their bytes, when the service
+        keeps them)."""
+        if self.kept:
             return {"outputs": outputs, **self.folder.read_files()}
         return {"outputs": outputs}
 
@@ -49,10 +51,11 @@ def _local_name(location: str) -> str:
 
 @contextlib.contextmanager
 def attempt_places(task: TaskSpec, config: StorageConfig, max_bytes: int,
-                   upload: bytes | None = None) -> Iterator[Places]:
-    """Local places for one attempt; what it downloads or writes there is removed at the end."""
+                   upload: bytes | UploadSource | None = None) -> Iterator[Places]:
+    """Local places for one attempt; what it downloads or writes there is removed at the end.
+    An uploaded input comes as its bytes, or as the `UploadSource` the worker fetches it from."""
     remote_in = storage.is_uri(task.input_path)
-    if not (remote_in or task.uploaded or storage.is_uri(task.output_dir)):
+    if not (remote_in or task.kept or storage.is_uri(task.output_dir)):
         folder = task_folder(task.output_dir, task.project, task.file_id, config)
         yield Places(Path(task.input_path), folder, folder.scratch(), False)
         return
@@ -63,16 +66,19 @@ def attempt_places(task: TaskSpec, config: StorageConfig, max_bytes: int,
             if upload is None:
                 raise InternalError("the task's uploaded input did not arrive with it")
             input_path = work / _local_name(task.input_path)
-            input_path.write_bytes(upload)
+            if isinstance(upload, bytes):
+                input_path.write_bytes(upload)
+            else:
+                upload.write_to(input_path)
         elif remote_in:
             size = storage.input_size(task.input_path, config)
             if size > max_bytes:
-                raise InvalidInput(f"{task.input_path} is {size / 2**20:.1f} MB, over the limit of "
+                raise InputTooLarge(f"{task.input_path} is {size / 2**20:.1f} MB, over the limit of "
                                    f"{max_bytes / 2**20:g} MB (input.max_file_mb)")
             input_path = storage.download(task.input_path, work / _local_name(task.input_path),
                                           config)
-        out = work / "out" if task.uploaded else task.output_dir
+        out = work / "out" if task.kept else task.output_dir
         folder = task_folder(out, task.project, task.file_id, config)
-        yield Places(input_path, folder, folder.scratch(), task.uploaded)
+        yield Places(input_path, folder, folder.scratch(), task.kept)
     finally:
         shutil.rmtree(work, ignore_errors=True)

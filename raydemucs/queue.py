@@ -67,6 +67,13 @@ class TaskQueue(_Heap):
     def push(self, task_id: str, priority: int, seq: int) -> None:
         super().push(task_id, priority, seq)
 
+    def rank(self, task_id: str) -> int | None:
+        """How many tasks `pop` returns before `task_id` (None when it is not here)."""
+        entry = self._entries.get(task_id)
+        if entry is None:
+            return None
+        return sum(other[:2] < entry[:2] for other in self._entries.values())
+
     def peek_priority(self) -> int | None:
         """The priority of the task `pop` would return, or None when empty."""
         entry = self.first()

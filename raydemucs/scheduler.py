@@ -146,12 +146,13 @@ class Scheduler:
         if not self.accepting:
             raise ShuttingDown("the service is shutting down and accepts no new tasks")
         self.pool_of(spec)
-        existing = self.active.get(spec.task_id) or self.store.find(spec.project, spec.file_id)
+        existing = self.active.get(spec.task_id) or self.store.find(spec.project, spec.file_id,
+                                                                    spec.owner)
         if existing is None:
             return None
         existing = self.active.get(existing.task_id, existing)
         differences = spec_differences(existing.spec, spec)
-        if differences and not self._reruns(existing, spec):
+        if differences and not self.reruns(existing, spec):
             hint = ("pass --force to replace its stems" if existing.state is TaskState.SUCCEEDED
                     else "cancel it first")
             raise TaskConflict(f"{spec.project}/{spec.file_id} is already task {existing.task_id} "
@@ -160,7 +161,7 @@ class Scheduler:
         return existing
 
     @staticmethod
-    def _reruns(existing: TaskRecord, spec: TaskSpec) -> bool:
+    def reruns(existing: TaskRecord, spec: TaskSpec) -> bool:
         """Whether `spec` runs its key's task again: it failed, was cancelled, or is forced."""
         return existing.state in (TaskState.FAILED, TaskState.CANCELLED) or (
             existing.state is TaskState.SUCCEEDED and spec.force)
@@ -170,7 +171,7 @@ class Scheduler:
         is the same task (see `check`)."""
         existing = self.check(spec)
         if existing is not None:
-            return self._rerun(existing, spec) if self._reruns(existing, spec) else existing
+            return self._rerun(existing, spec) if self.reruns(existing, spec) else existing
         now = self.clock()
         record = self.store.insert(TaskRecord(spec=spec, seq=self.store.next_seq(),
                                               submitted_at=now, queued_at=now))
@@ -451,6 +452,35 @@ class Scheduler:
         if record is None:
             raise TaskNotFound(f"no task with id {task_id!r}")
         return record
+
+    def view(self, task_id: str) -> dict:
+        """A task's record as clients see it, with its place in its pool's queue while it waits
+        there (0: next; None: not waiting in the queue)."""
+        record = self.get(task_id)
+        data = record.to_dict()
+        position = None
+        if record.state is TaskState.QUEUED and task_id in self.active:
+            position = self.queue[self.pool_of(record.spec)].rank(task_id)
+        return {**data, "queue_position": position}
+
+    def unfinished_of(self, owner: str) -> int:
+        """Queued and running tasks of one owner."""
+        return sum(record.spec.owner == owner for record in self.active.values())
+
+    def served_models(self) -> list[dict]:
+        """The models this service serves (its default and those its pools list), with the pool
+        and device of each; a client may ask for these only."""
+        default = self.config.separation
+        names = dict.fromkeys([default.model, *(m for p in self.pools for m in p.models)])
+        served = []
+        for name in names:
+            try:
+                pool = route(self.pools, name)
+            except InvalidInput:
+                continue
+            served.append({"name": name, "pool": pool.name, "device": pool.device,
+                           "default": name == default.model})
+        return served
 
     def queued_by_priority(self) -> dict[str, int]:
         """Tasks waiting to run (ready or awaiting a retry), by priority name."""

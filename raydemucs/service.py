@@ -6,23 +6,34 @@ and one loop ticks the scheduler (deadlines, retries, dispatch) every `poll_inte
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import os
 import time
 
 from .config import Config
-from .errors import InvalidInput, RayDemucsError, error_from_dict
+from .errors import InvalidInput, OverQuota, RayDemucsError, error_from_dict
 from .logs import configure_logging
 from .metrics import ServiceMetrics
 from .outputs import open_folder
 from .scheduler import Scheduler, read_recovery
 from .store import TaskStore
-from .task import TaskSpec, TaskState
+from .task import TaskRecord, TaskSpec, TaskState
+from .keys import KeyStore, KeyTable
 from .uploads import UploadStore
 
 logger = logging.getLogger("raydemucs.service")
 
 JOURNAL_FILE = "journal.db"
+HTTP_URL_FILE = "http-url"
+
+
+
+def _node_id() -> str | None:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 class SchedulerService:
@@ -36,17 +47,21 @@ class SchedulerService:
         self.config = Config.from_dict(config)
         configure_logging(self.config.service.log_level, self.config.service.log_format)
         self.store = TaskStore(self.config.state_path / JOURNAL_FILE)
-        self.uploads = UploadStore(self.config.state_path)
+        self.uploads = UploadStore(self.config.state_path, self.config.input)
+        self.keys = KeyStore(self.config.state_path)
+        self._keys_table, self._keys_version = KeyTable([]), None
         self.pool = RayWorkerPool(self.config, on_ready=self._dispatch,
-                                  on_result=self._on_result, on_lost=self._on_lost,
-                                  read_upload=self.uploads.read_input)
+                                  on_result=self._on_result, on_lost=self._on_lost)
         self.metrics = ServiceMetrics(self.config.service.name)
         self.core = Scheduler(self.config, self.store, self.pool, listener=self.metrics,
                               offload=self._offload)
         self.started_at = time.time()
+        self.node_id = _node_id()
         self._started: asyncio.Task | None = None
         self._loop: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
+        self._change = asyncio.Event()  # set, and replaced, whenever tasks may have changed
+        self.http_url: str | None = self._read_http_url()
         self._drain_deadline = float("inf")
         self._kick()
 
@@ -83,6 +98,11 @@ class SchedulerService:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    def _changed(self) -> None:
+        """Wake every `watch`: a task's state, progress or place may have changed."""
+        self._change.set()
+        self._change = asyncio.Event()
+
     def _offload(self, work) -> None:
         """Run blocking disk work (a folder sweep) in a thread, never on the event loop."""
         self._in_background(asyncio.to_thread(work))
@@ -94,6 +114,8 @@ class SchedulerService:
                     self.core.report_progress(answer["task_id"], answer["attempt"],
                                               answer["progress"], answer.get("phase"))
                 self.core.tick()
+                self.uploads.drop_idle()
+                self._changed()
                 self.metrics.observe(self.core.queued_by_priority(), self.core.queue_counts(),
                                      self.pool.snapshot(), [pool.name for pool in self.core.pools])
             except Exception:
@@ -105,13 +127,13 @@ class SchedulerService:
 
     def _on_result(self, task_id: str, attempt: int, result: dict) -> None:
         record = self.core.active.get(task_id)
-        if result["ok"] and record is not None and record.spec.uploaded:
+        if result["ok"] and record is not None and record.spec.kept:
             self._in_background(self._keep_stems(task_id, attempt, record.spec, result))
         else:
             self._ended(task_id, attempt, result)
 
     async def _keep_stems(self, task_id: str, attempt: int, spec: TaskSpec, result: dict) -> None:
-        """Write an uploaded task's stems under the state directory (off the loop), then end it."""
+        """Write a kept task's stems under the state directory (off the loop), then end it."""
         try:
             outputs = await asyncio.to_thread(self.uploads.keep_stems, spec, result)
             self._ended(task_id, attempt, {**result, "outputs": outputs})
@@ -125,6 +147,7 @@ class SchedulerService:
         else:
             self.core.attempt_ended(task_id, attempt, error_from_dict(result["error"]))
         self.core.dispatch()
+        self._changed()
 
     def _on_lost(self, worker_id: str, reason: str) -> None:
         self.core.worker_lost(worker_id, reason)
@@ -137,24 +160,52 @@ class SchedulerService:
                 "accepting": self.core.accepting, "journal": self.store.path,
                 "config": self.config.to_dict()}
 
-    async def submit(self, specs: list[dict], uploads: dict[str, bytes] | None = None) -> list[dict]:
+    async def submit(self, specs: list[dict], uploads: dict[str, bytes] | None = None,
+                     max_queued: int | None = None) -> list[dict]:
         """Accept tasks (each committed to the journal before this returns).
 
-        `uploads` maps an uploaded task's input SHA-256 to its bytes; they are stored first.
+        `uploads` maps an uploaded task's input SHA-256 to its bytes; they are stored first (an
+        uploaded task without them names an input already stored, sent in chunks). With
+        `max_queued`, their owner may not have more unfinished tasks than that.
         """
         await self._ready()
-        accepted = []
-        for spec in map(TaskSpec.from_dict, specs):
-            self.core.check(spec)  # one refused task refuses the batch, before any is kept
+        accepted = self._checked(specs)
+        if max_queued is not None:
+            self._check_quota(accepted, max_queued)
+        for index, (spec, existing) in enumerate(accepted):
             if spec.uploaded:
                 data = (uploads or {}).get(spec.input_sha256)
-                if data is None:
-                    raise InvalidInput(f"task {spec.file_id!r} says it was uploaded, but no bytes came")
-                spec = await asyncio.to_thread(self.uploads.accept, spec, data)
-            accepted.append(spec)
-        records = [self.core.submit(spec).to_dict() for spec in accepted]
+                accepted[index] = (await asyncio.to_thread(self.uploads.accept, spec, data),
+                                   existing)
+        records = [self.core.submit(spec).to_dict() for spec, _ in accepted]
         self.core.dispatch()
+        self._changed()
         return records
+
+    async def check_tasks(self, specs: list[dict], max_queued: int | None = None) -> None:
+        """Raise what `submit` would refuse these tasks for (the key, the model, the cap), before
+        a client sends their bytes."""
+        await self._ready()
+        checked = self._checked(specs)
+        if max_queued is not None:
+            self._check_quota(checked, max_queued)
+
+    def _checked(self, specs: list[dict]) -> list[tuple[TaskSpec, TaskRecord | None]]:
+        """Each task (pointed at the service's results when kept) with the known task it repeats;
+        one refused task raises, before anything is kept."""
+        checked = []
+        for spec in map(TaskSpec.from_dict, specs):
+            spec = self.uploads.keep(spec) if spec.kept else spec
+            checked.append((spec, self.core.check(spec)))
+        return checked
+
+    def _check_quota(self, accepted: list, max_queued: int) -> None:
+        """`OverQuota` when the tasks would take their owner past `max_queued` unfinished ones."""
+        new = sum(existing is None or existing.state.is_terminal() for _, existing in accepted)
+        held = self.core.unfinished_of(accepted[0][0].owner) if accepted else 0
+        if new and held + new > max_queued:
+            raise OverQuota(f"this key has {held} unfinished task(s) and may have {max_queued}; "
+                            "submit again when some have ended")
 
     async def fetch(self, task_id: str) -> dict:
         """A succeeded task's stems for a client that cannot read them where they are:
@@ -171,32 +222,143 @@ class SchedulerService:
 
     async def get_task(self, task_id: str) -> dict:
         await self._ready()
-        return self.core.get(task_id).to_dict()
+        return self.core.view(task_id)
 
     async def get_tasks(self, task_ids: list[str]) -> list[dict]:
         await self._ready()
-        return [self.core.get(task_id).to_dict() for task_id in task_ids]
+        return [self.core.view(task_id) for task_id in task_ids]
 
-    async def list_tasks(self, state: str | None = None, limit: int = 100) -> list[dict]:
+    async def list_tasks(self, state: str | None = None, limit: int = 100, project: str | None = None,
+                         owner: str | None = None, before_seq: int | None = None) -> list[dict]:
+        """Newest first; `before_seq` pages on from the last record's `seq`."""
         await self._ready()
-        records = self.store.list(TaskState(state) if state else None, limit)
+        records = self.store.list(TaskState(state) if state else None, limit, project=project,
+                                  owner=owner, before_seq=before_seq)
         return [self.core.active.get(r.task_id, r).to_dict() for r in records]
+
+    async def watch(self, task_id: str, seen: dict | None = None, timeout_s: float = 15.0) -> dict:
+        """The task's view as soon as it differs from `seen` (or is terminal), else after
+        `timeout_s`: what a server-sent events stream sends on."""
+        await self._ready()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            view = self.core.view(task_id)
+            remaining = deadline - time.monotonic()
+            if view != seen or TaskState(view["state"]).is_terminal() or remaining <= 0:
+                return view
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._change.wait(), remaining)
+
+    async def models(self) -> list[dict]:
+        """The models served here, with the stems of those a worker has loaded."""
+        await self._ready()
+        stems = {}
+        for worker in self.pool.snapshot():
+            stems.update(worker.get("stems") or {})
+        return [{**model, "stems": stems.get(model["name"])} for model in self.core.served_models()]
+
+    def _read_http_url(self) -> str | None:
+        try:
+            return (self.config.state_path / HTTP_URL_FILE).read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    async def note_http(self, url: str | None) -> None:
+        """The HTTP API runs at `url` (None: no more), shown by `status` and removed with the
+        service; kept in the state directory, so that a restarted scheduler knows it too."""
+        self.http_url = url
+        path = self.config.state_path / HTTP_URL_FILE
+        if url:
+            await asyncio.to_thread(path.write_text, url)
+        else:
+            path.unlink(missing_ok=True)
+
+
+    async def api_keys(self) -> dict:
+
+        """The known API keys' digests (and caps), reread when the keys file changes."""
+        version = self.keys.version()
+        if version != self._keys_version:
+            self._keys_table, self._keys_version = await asyncio.to_thread(self.keys.table), version
+        return {"version": version, "keys": self._keys_table.to_list()}
+
+    async def unfinished_of(self, owner: str) -> int:
+        await self._ready()
+        return self.core.unfinished_of(owner)
+
+    # -- uploads streamed in chunks (the HTTP front door) ------------------------------------
+    async def upload_open(self, file_name: str) -> str:
+        await self._ready()
+        return await asyncio.to_thread(self.uploads.open, file_name)
+
+    async def upload_write(self, upload_id: str, chunk: bytes) -> None:
+        await asyncio.to_thread(self.uploads.write, upload_id, chunk)
+
+    async def upload_close(self, upload_id: str) -> dict:
+        """Check the whole upload as an input and keep it: `{"sha256", "duration_s", "bytes"}`."""
+        return await asyncio.to_thread(self.uploads.close, upload_id)
+
+    async def upload_abort(self, upload_id: str) -> None:
+        await asyncio.to_thread(self.uploads.abort, upload_id)
+
+    async def read_upload(self, sha256: str, offset: int, size: int) -> bytes:
+        """A chunk of a kept input, for the worker that separates it."""
+        return await asyncio.to_thread(self.uploads.read_chunk, sha256, offset, size)
+
+    async def submit_upload(self, spec: dict, upload_id: str,
+                            max_queued: int | None = None) -> dict:
+        """Accept a task whose input was streamed in chunks (`upload_open`, `upload_write`): every
+        refusal (the task, the quota, the bytes) comes before the upload is kept, so a refused
+        request stores nothing; the same ask as a known task returns that task."""
+        await self._ready()
+        task = self.uploads.keep(TaskSpec.from_dict(spec))
+        try:
+            existing = self.core.check(task)
+            if max_queued is not None:
+                self._check_quota([(task, existing)], max_queued)
+            if existing is not None and not self.core.reruns(existing, task):
+                return self.core.view(existing.task_id)
+            kept = await asyncio.to_thread(self.uploads.close, upload_id)
+        finally:
+            await asyncio.to_thread(self.uploads.abort, upload_id)  # nothing left once closed
+        if kept["sha256"] != task.input_sha256:
+            raise InvalidInput("the upload's bytes changed on the way (SHA-256 mismatch); send it again")
+        task = dataclasses.replace(task, duration_s=kept["duration_s"])
+
+        record = self.core.submit(task)
+        self.core.dispatch()
+        self._changed()
+        return self.core.view(record.task_id)
+
+    async def stems_place(self, task_id: str) -> dict:
+        """Where a task's stems are: `{"location", "node", "remote"}` (the node that holds a
+        local folder: the scheduler's for the stems it keeps, else the worker's)."""
+        await self._ready()
+        record = self.core.get(task_id)
+        folder = open_folder(record.spec.output_location, self.config.storage)
+        node = self.node_id if record.spec.kept else record.node
+        return {"location": folder.location, "node": None if folder.remote else node,
+                "remote": folder.remote}
 
     async def retry(self, task_id: str) -> dict:
         await self._ready()
         record = self.core.retry(task_id).to_dict()
         self.core.dispatch()
+        self._changed()
         return record
 
     async def cancel(self, task_id: str) -> dict:
         await self._ready()
-        return self.core.cancel(task_id).to_dict()
+        record = self.core.cancel(task_id).to_dict()
+        self._changed()
+        return record
 
     async def status(self) -> dict:
         await self._ready()
         running = [self.core.active[task_id].to_dict() for task_id in self.core.running]
         return {"service": self.config.service.name, "accepting": self.core.accepting,
                 "uptime_s": time.time() - self.started_at, "journal": self.store.path,
+                "http": self.http_url,
                 "queue": self.core.queue_counts(), "pools": self.core.pool_counts(),
                 "workers": self.pool.snapshot(),
                 "running": [{k: r[k] for k in ("task_id", "project", "file_id", "attempts",
@@ -220,4 +382,5 @@ class SchedulerService:
         queued = len(self.core.queue) + len(self.core.delayed)
         logger.info("drained: %d running task(s) interrupted, %d left queued for the next start",
                     len(interrupted), queued)
-        return {"interrupted": interrupted, "queued": queued}
+        return {"interrupted": interrupted, "queued": queued, "http": self.http_url}
+

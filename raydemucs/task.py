@@ -66,8 +66,10 @@ class TaskSpec:
     timeout_s: float | None = None
     cache: bool = True
     input_sha256: str | None = None
-    uploaded: bool = False  # the input's bytes came with the task; stems are kept by the service
+    uploaded: bool = False  # the input's bytes came with the task (and are kept by the service)
+    kept: bool = False  # the service keeps the stems under its state directory (back as bytes)
     duration_s: float | None = None  # measured at submit (None for remote inputs)
+    owner: str = ""  # the API key that created it over HTTP; '' for the Python API and the CLI
 
     @property
     def output_location(self) -> str:
@@ -152,7 +154,8 @@ class TaskRecord:
         data = dataclasses.asdict(self)
         spec = data.pop("spec")
         data["state"] = self.state.value
-        data.update(task_id=spec["task_id"], project=spec["project"], file_id=spec["file_id"],
+        data.update(task_id=spec["task_id"], owner=spec["owner"], project=spec["project"],
+                    file_id=spec["file_id"],
                     priority=priority_name(spec["priority"]), spec=spec,
                     queue_wait_s=_elapsed(self.queued_at, self.started_at),
                     run_s=_elapsed(self.started_at, self.finished_at))

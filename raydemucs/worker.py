@@ -130,8 +130,8 @@ class SeparatorWorker:
     # -- the calls the pool makes ---------------------------------------------------------------
     def ready(self) -> dict:
         return {"worker_id": self.worker_id, "pid": os.getpid(), "node": _node_id(),
-                "device": self.device, "models": self.models.keys(), "load_error": self.load_error,
-                **health.sample(self._process, self.device)}
+                "device": self.device, "models": self.models.keys(), "stems": self.models.stems(),
+                "load_error": self.load_error, **health.sample(self._process, self.device)}
 
     def abort(self, task_id: str, attempt: int | None = None) -> bool:
         """Ask an attempt to stop at its next segment boundary (or before it starts).
@@ -152,7 +152,8 @@ class SeparatorWorker:
         attempts = [a.to_dict() for a in list(self._attempts.values())]
         return {"worker_id": self.worker_id, "pid": os.getpid(), "tasks": attempts,
                 "tasks_done": self.tasks_done, "tasks_failed": self.tasks_failed,
-                "models": self.models.keys(), "uptime_s": time.time() - self.started_at,
+                "models": self.models.keys(), "stems": self.models.stems(),
+                "uptime_s": time.time() - self.started_at,
                 **health.sample(self._process, self.device)}
 
     def separate(self, spec: dict, attempt: int, reuse_from: str | None = None,

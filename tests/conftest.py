@@ -203,3 +203,67 @@ def run_cli(*args, env=None, timeout=300, cwd=None) -> subprocess.CompletedProce
     full_env = {key: value for key, value in full_env.items() if value is not None}
     return subprocess.run([sys.executable, "-m", "raydemucs", *map(str, args)], env=full_env,
                           capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def serve_port(ray_cluster):
+    """The port of the session's Ray Serve proxy (Serve takes one per cluster, at its first start)."""
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield port
+    serve.shutdown()
+
+
+class HttpService:
+    """A raydemucs service with its HTTP API on the session's Serve proxy, and an httpx client."""
+
+    def __init__(self, root: Path, port: int, **sections):
+        import httpx
+
+        from raydemucs import WorkerManager
+
+        sections.setdefault("http", {})["port"] = port
+        self.config = service_config(root, **sections)
+        self.manager = WorkerManager(self.config)
+        self.manager.scheduler(create=True)
+        self.url = self.manager.start_http()
+        self.client = httpx.Client(base_url=self.url, timeout=60)
+        self.state = Path(self.config.service.state_dir)
+
+    def wait(self, task_id: str, timeout_s: float = 120.0, **headers) -> dict:
+        """Poll the task over HTTP until it ends; its record."""
+        return wait_for(lambda: (lambda r: r if r["state"] in ("succeeded", "failed", "cancelled")
+                                 else None)(self.client.get(f"/v1/tasks/{task_id}",
+                                                            headers=headers).json()),
+                        timeout_s=timeout_s, step_s=0.2)
+
+    def stored(self) -> list[str]:
+        """Everything under the service's uploads and results (what a refused request may not add)."""
+        return sorted(str(p.relative_to(self.state)) for base in ("uploads", "results")
+                      for p in (self.state / base).rglob("*") if p.is_file())
+
+    def close(self) -> None:
+        self.client.close()
+        self.manager.shutdown(now=True)
+
+
+@pytest.fixture(scope="module")
+def http_service(serve_port, s3_endpoint, tmp_path_factory):
+    """One HTTP service for a test module: one worker holding one task at a time, uploads up to
+    2 MB (for the 413 cases), s3:// on the session's S3 server."""
+    service = HttpService(tmp_path_factory.mktemp("http"), serve_port, input={"max_file_mb": 2.0},
+                          workers={"max_workers": 1, "prefetch": 0},
+                          storage={"endpoint_url": s3_endpoint})
+
+    yield service
+    service.close()

@@ -24,8 +24,8 @@ from raydemucs import WorkerManager
 from raydemucs.decoding import decode
 from raydemucs.inputs import validate_input
 from raydemucs.config import InputConfig, SeparationConfig, load_config
-from raydemucs.errors import (ConfigError, InvalidInput, InvalidName, ModelNotFound,
-                              OutputNotWritable)
+from raydemucs.errors import (ConfigError, InputTooLarge, InvalidInput, InvalidName,
+                              ModelNotFound, OutputNotWritable)
 from raydemucs.outputs import task_folder, write_outputs
 from raydemucs.task import TaskSpec, new_task_id
 from raydemucs.worker import SeparatorWorker
@@ -237,10 +237,11 @@ def test_a_bad_file_is_refused_by_the_client_and_by_a_worker(case, service, work
     before = tree(place)
     with pytest.raises(InvalidInput) as refused:
         service.prepare_task(path, file_id="song", output_dir=place / "out")
-    assert type(refused.value) is InvalidInput
+    kind = InputTooLarge if case == "over_size_limit" else InvalidInput
+    assert type(refused.value) is kind
     assert_one_line(refused.value, fragment)
     result = worker.separate(spec_for(path, place / "out").to_dict(), attempt=1)
-    assert not result["ok"] and result["error"]["type"] == "InvalidInput", result
+    assert not result["ok"] and result["error"]["type"] == kind.__name__, result
     assert_one_line(result["error"]["message"], fragment)
     assert tree(place) == before
 

@@ -1,0 +1,366 @@
+"""The ingress deployment: the `/v1` job API (upload, status, live events, stems, cancel, retry).
+
+Every route ends in the scheduler actor; a replica keeps only a few seconds' copy of the API
+keys' digests. Errors are `{"error": {"type", "message"}}` (see `raydemucs.http.errors`).
+"""
+
+import asyncio
+import base64
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import ray
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+from ray import serve
+
+from .. import __version__
+from ..config import Config
+from ..connection import NAMESPACE
+from ..errors import (InputTooLarge, InvalidInput, RayDemucsError, ServiceUnavailable,
+                      TaskNotFound, Unauthenticated)
+from ..inputs import validate_input
+from ..keys import KeyTable
+from ..storage import input_size, is_uri
+from ..task import TaskState
+from . import errors
+from .asks import OPTION_FIELDS, check_fields, input_location, task_spec
+from .forms import Spool, read_form
+from .stems import MEDIA_TYPES, StemSource, byte_range, zip_stream
+
+KEYS_TTL_S = 2.0
+EVENTS_WAIT_S = 15.0
+PUBLIC = ("task_id", "project", "file_id", "state", "priority", "attempts", "progress", "error",
+          "queue_position", "submitted_at", "started_at", "finished_at", "queue_wait_s", "run_s",
+          "audio_duration_s")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+app = FastAPI(title="raydemucs", version=__version__,
+              description="Separate songs into stems with Demucs on a Ray actor pool.")
+errors.install(app)
+
+
+@dataclass(frozen=True)
+class Caller:
+    owner: str  # the API key's name; '' on a loopback service without keys
+    max_queued: int | None = None
+
+
+def public(view: dict, base: str) -> dict:
+    """A task as the API shows it: no server paths; stems as URLs."""
+    data = {key: view.get(key) for key in PUBLIC}
+    options = view["spec"]["options"]
+    data["model"] = options["model"]
+    data["options"] = {key: options[key] for key in OPTION_FIELDS if key != "model"}
+    url = f"{base}/v1/tasks/{view['task_id']}"
+    data["outputs"] = ({stem: f"{url}/stems/{stem}" for stem in view["outputs"]}
+                       if view.get("outputs") else None)
+    data["links"] = {"self": url, "events": f"{url}/events",
+                     "zip": f"{url}/stems.zip" if view.get("outputs") else None}
+    return data
+
+
+def _unwrap(error: BaseException) -> BaseException:
+    """Our error inside a failed Ray call, a lost scheduler as ServiceUnavailable."""
+    if isinstance(error, ray.exceptions.RayTaskError) and isinstance(error.cause, RayDemucsError):
+        return error.cause
+    if isinstance(error, ray.exceptions.RayActorError):
+        return ServiceUnavailable("the raydemucs scheduler is unreachable")
+    return error
+
+
+def _cursor(seq: int) -> str:
+    """An opaque cursor for the page after the task with `seq`."""
+    return base64.urlsafe_b64encode(f"before:{seq}".encode()).decode().rstrip("=")
+
+
+def _cursor_seq(cursor: str | None) -> int | None:
+    if cursor is None:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        kind, _, seq = text.partition(":")
+        if kind == "before" and seq.isdigit():
+            return int(seq)
+    except (ValueError, UnicodeDecodeError):
+        pass
+    raise InvalidInput("cursor is not one this service gave (use the `cursor` of a page)")
+
+
+TASK_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {
+        "type": "object", "required": ["file"],
+        "properties": {"file": {"type": "string", "format": "binary"},
+                       **{name: {"type": "string"} for name in
+                          ("project", "file_id", "priority", "force", *OPTION_FIELDS)}}}},
+    "application/json": {"schema": {
+        "type": "object", "required": ["input"], "additionalProperties": False,
+        "properties": {"input": {"type": "string"},
+                       **{name: {"type": "string"} for name in
+                          ("project", "file_id", "priority", "force", *OPTION_FIELDS)}}}}}}}
+
+
+# Every route awaits the scheduler or a stream (events, stems, uploads): a replica serves many at
+# once, where Serve's default (5) would queue the 6th open event stream behind the others.
+MAX_ONGOING_REQUESTS = 1000
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=MAX_ONGOING_REQUESTS)
+@serve.ingress(app)
+class Ingress:
+    """The front door of one raydemucs service (its scheduler named `SERVICE:scheduler`)."""
+
+    def __init__(self, config: dict):
+        self.config = Config.from_dict(config)
+        self.open_door = self.config.http.host in LOOPBACK
+        self._scheduler = None
+        self._keys, self._keys_at = KeyTable([]), float("-inf")
+        self._service_config: Config | None = None
+
+    # -- the scheduler, the keys ---------------------------------------------------------------
+    async def call(self, method: str, *args, **kwargs):
+        if self._scheduler is None:
+            try:
+                self._scheduler = ray.get_actor(f"{self.config.service.name}:scheduler",
+                                                namespace=NAMESPACE)
+            except ValueError:
+                raise ServiceUnavailable("the raydemucs scheduler is not running") from None
+        try:
+            return await getattr(self._scheduler, method).remote(*args, **kwargs)
+        except ray.exceptions.RayError as error:
+            raise _unwrap(error) from None
+
+    async def service_config(self) -> Config:
+        if self._service_config is None:
+            self._service_config = Config.from_dict((await self.call("ping"))["config"])
+        return self._service_config
+
+    async def caller(self, request: Request) -> Caller:
+        """Who asks: the owner of the request's API key (none needed on a loopback service
+        without keys). A missing or unknown key is one answer, with no hint which."""
+        if time.monotonic() - self._keys_at > KEYS_TTL_S:
+            self._keys = KeyTable.from_list((await self.call("api_keys"))["keys"])
+            self._keys_at = time.monotonic()
+        if not self._keys and self.open_door:
+            return Caller("")
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        entry = self._keys.owner_of(key.strip()) if scheme.lower() == "bearer" else None
+        if entry is None:
+            raise Unauthenticated("this service needs an API key: Authorization: Bearer KEY")
+        return Caller(entry.name, entry.max_queued)
+
+    async def task_of(self, caller: Caller, task_id: str) -> dict:
+        """A task the caller may see (another key's is as unknown as a missing one)."""
+        view = await self.call("get_task", task_id)
+        if view["owner"] != caller.owner:
+            raise TaskNotFound(f"no task with id {task_id!r}")
+        return view
+
+    @staticmethod
+    def base(request: Request) -> str:
+        return str(request.base_url).rstrip("/")
+
+    # -- tasks ---------------------------------------------------------------------------------
+    @app.post("/v1/tasks", status_code=202, openapi_extra=TASK_BODY,
+              summary="Create a task from an uploaded file (multipart) or an input URI (JSON)")
+    async def create_task(self, request: Request):
+        caller = await self.caller(request)
+        kind = request.headers.get("content-type", "")
+        if kind.startswith("multipart/form-data"):
+            view = await self._from_upload(request, caller, kind)
+        elif kind.split(";")[0].strip() == "application/json":
+            view = await self._from_input(request, caller)
+        else:
+            raise InvalidInput("send multipart/form-data with a `file` part, or JSON with `input`")
+        body = public(view, self.base(request))
+        return JSONResponse(body, status_code=202, headers={"Location": body["links"]["self"]})
+
+    async def _from_upload(self, request: Request, caller: Caller, kind: str) -> dict:
+        config = await self.service_config()
+        declared = int(request.headers.get("content-length") or 0)
+        max_bytes = int(config.input.max_file_mb * 2**20)
+        if declared > max_bytes + (1 << 16):  # room for the form's own lines
+            raise InputTooLarge(f"the body is {declared / 2**20:.1f} MB, over the "
+                                f"{config.input.max_file_mb:g} MB limit (input.max_file_mb)")
+        chunk_bytes = int(config.http.chunk_mb * 2**20)
+        with tempfile.TemporaryDirectory(prefix="raydemucs-upload-") as work:
+            spool = Spool(Path(work))
+            form = await read_form(request.stream(), kind, max_bytes, spool.write, chunk_bytes)
+            if form.file_name is None:
+                raise InvalidInput("the form has no `file` part (the audio file to separate)")
+            if spool.size == 0:
+                raise InvalidInput("the uploaded file is empty")
+            name = PurePosixPath(form.file_name).name or "upload"
+            duration_s = await asyncio.to_thread(spool.validate, name, config.input)
+            served = [model["name"] for model in await self.call("models")]
+            spec = task_spec(form.fields, config.separation, served, caller.owner,
+                             input_path=name, sha256=form.sha256, uploaded=True,
+                             duration_s=duration_s).to_dict()
+            await self.call("check_tasks", [spec], caller.max_queued)  # before the bytes travel
+            upload_id = await self.call("upload_open", name)
+            try:
+                async for chunk in spool.chunks(chunk_bytes):
+                    await self.call("upload_write", upload_id, chunk)
+                return await self.call("submit_upload", spec, upload_id, caller.max_queued)
+            except BaseException:
+                await self.call("upload_abort", upload_id)
+                raise
+
+    async def _from_input(self, request: Request, caller: Caller) -> dict:
+        config = await self.service_config()
+        try:
+            fields = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidInput("the body is not valid JSON") from None
+        if not isinstance(fields, dict):
+            raise InvalidInput("the body must be a JSON object with `input`")
+        check_fields(fields)
+        location = input_location(fields.get("input"), config.http.allow_paths)
+        duration_s = await asyncio.to_thread(self._check_input, location, config)
+        served = [model["name"] for model in await self.call("models")]
+        spec = task_spec({k: v for k, v in fields.items() if k != "input"}, config.separation,
+                         served, caller.owner, input_path=location, duration_s=duration_s)
+        records = await self.call("submit", [spec.to_dict()], None, caller.max_queued)
+        return await self.call("get_task", records[0]["task_id"])
+
+    @staticmethod
+    def _check_input(location: str, config: Config) -> float | None:
+        """The input's checks short of decoding it all: its size (a URI) or the whole set of
+        submit's checks (a shared path); its duration when known."""
+        if is_uri(location):
+            size = input_size(location, config.storage)
+            if size > config.input.max_file_mb * 2**20:
+                raise InputTooLarge(f"input {location} is {size / 2**20:.1f} MB, over the "
+                                           f"{config.input.max_file_mb:g} MB limit")
+            return None
+        return validate_input(location, config.input)
+
+    @app.get("/v1/tasks/{task_id}", summary="A task: state, progress, queue position, stems")
+    async def get_task(self, task_id: str, request: Request):
+        caller = await self.caller(request)
+        return public(await self.task_of(caller, task_id), self.base(request))
+
+    @app.get("/v1/tasks", summary="Tasks, newest first, a page at a time")
+    async def list_tasks(self, request: Request, state: str | None = None,
+                         project: str | None = None, limit: int = 50, cursor: str | None = None):
+        caller = await self.caller(request)
+        if state is not None and state not in {s.value for s in TaskState}:
+            raise InvalidInput(f"state {state!r}; allowed: {', '.join(s.value for s in TaskState)}")
+        if not 1 <= limit <= 500:
+            raise InvalidInput(f"limit {limit} must be between 1 and 500")
+        before = _cursor_seq(cursor)
+        views = await self.call("list_tasks", state, limit + 1, project, caller.owner, before)
+        page = views[:limit]
+        following = _cursor(page[-1]["seq"]) if len(views) > limit else None
+        return {"tasks": [public(view, self.base(request)) for view in page], "cursor": following}
+
+    @app.delete("/v1/tasks/{task_id}", summary="Cancel a queued or running task")
+    async def cancel_task(self, task_id: str, request: Request):
+        caller = await self.caller(request)
+        await self.task_of(caller, task_id)
+        await self.call("cancel", task_id)
+        return public(await self.call("get_task", task_id), self.base(request))
+
+    @app.post("/v1/tasks/{task_id}/retry", status_code=202,
+              summary="Run a failed or cancelled task again")
+    async def retry_task(self, task_id: str, request: Request):
+        caller = await self.caller(request)
+        await self.task_of(caller, task_id)
+        await self.call("retry", task_id)
+        return public(await self.call("get_task", task_id), self.base(request))
+
+    @app.get("/v1/tasks/{task_id}/events", summary="Server-sent events until the task ends")
+    async def task_events(self, task_id: str, request: Request):
+        caller = await self.caller(request)
+        first = await self.task_of(caller, task_id)
+        return StreamingResponse(self._events(first, self.base(request)),
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    async def _events(self, view: dict, base: str):
+        """One event per change (`state` when the state moved, else `progress`), the current
+        state first, the terminal one last; a comment line keeps an idle stream open."""
+        seen, number = None, 0
+        while True:
+            if view != seen:
+                kind = "state" if seen is None or view["state"] != seen["state"] else "progress"
+                number += 1
+                yield f"id: {number}\nevent: {kind}\ndata: {json.dumps(public(view, base))}\n\n"
+                if TaskState(view["state"]).is_terminal():
+                    return
+            else:
+                yield ": waiting\n\n"
+            seen = view
+            view = await self.call("watch", view["task_id"], seen, EVENTS_WAIT_S)
+
+    # -- stems ---------------------------------------------------------------------------------
+    async def _stems(self, caller: Caller, task_id: str) -> tuple[dict, StemSource, dict]:
+        view = await self.task_of(caller, task_id)
+        if view["state"] != TaskState.SUCCEEDED.value:
+            raise InvalidInput(f"task {task_id} is {view['state']}; its stems come when it succeeds")
+        place = await self.call("stems_place", task_id)
+        source = StemSource(place["location"], place["node"], place["remote"],
+                            (await self.service_config()).storage)
+        return view, source, await source.manifest()
+
+    @app.get("/v1/tasks/{task_id}/stems/{stem}", summary="One stem file (Range requests answered)")
+    async def get_stem(self, task_id: str, stem: str, request: Request):
+        caller = await self.caller(request)
+        _, source, manifest = await self._stems(caller, task_id)
+        entry = manifest["stems"].get(stem)
+        if entry is None:
+            raise TaskNotFound(f"task {task_id} has no stem {stem!r}; it has "
+                               f"{', '.join(manifest['stems'])}")
+        signed = source.signed_url(entry["file"])
+        if signed is not None:
+            return RedirectResponse(signed, status_code=307)
+        size, etag = entry["bytes"], f'"{entry["sha256"]}"'
+        headers = {"ETag": etag, "Accept-Ranges": "bytes",
+                   "Content-Disposition": f'attachment; filename="{entry["file"]}"'}
+        media = MEDIA_TYPES.get(entry["file"].rsplit(".", 1)[-1], "application/octet-stream")
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        span = byte_range(request.headers.get("range"), size)
+        start, stop = span or (0, size)
+        headers["Content-Length"] = str(stop - start)
+        if span is not None:
+            headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+        return StreamingResponse(source.chunks(entry["file"], start, stop), media_type=media,
+                                 status_code=206 if span else 200, headers=headers)
+
+    @app.get("/v1/tasks/{task_id}/stems.zip", summary="Every stem and manifest.json, one zip")
+    async def get_zip(self, task_id: str, request: Request):
+        caller = await self.caller(request)
+        view, source, manifest = await self._stems(caller, task_id)
+        name = f"{view['project']}-{view['file_id']}"
+        return StreamingResponse(zip_stream(source, manifest, view["file_id"]),
+                                 media_type="application/zip", headers={
+                                     "Content-Disposition": f'attachment; filename="{name}.zip"'})
+
+    # -- the service ---------------------------------------------------------------------------
+    @app.get("/v1/models", summary="The models this service serves")
+    async def models(self, request: Request):
+        await self.caller(request)
+        return {"models": await self.call("models")}
+
+    @app.get("/v1/status", summary="The service: queue counts, pools, workers")
+    async def status(self, request: Request):
+        await self.caller(request)
+        return await self.call("status")
+
+    @app.get("/healthz", summary="This replica answers")
+    async def healthz(self):
+        return {"ok": True}
+
+    @app.get("/readyz", summary="The scheduler answers and a worker is ready")
+    async def readyz(self):
+        try:
+            status = await asyncio.wait_for(self.call("status"), 5.0)
+        except (RayDemucsError, asyncio.TimeoutError):
+            return errors.error_response(ServiceUnavailable("the scheduler does not answer"))
+        if not any(worker["state"] in ("idle", "busy") for worker in status["workers"]):
+            return errors.error_response(ServiceUnavailable("no worker is ready yet"))
+        return {"ok": True}

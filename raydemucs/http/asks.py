@@ -1,0 +1,83 @@
+"""What an HTTP request asks for, as a `TaskSpec`: its fields checked one by one, each refusal a
+one-line `InvalidInput` naming the field."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import PurePosixPath
+
+from ..config import SeparationConfig, coerce
+from ..errors import InvalidInput
+from ..names import check_task_names, name_from_filename, printable
+from ..storage import is_uri
+from ..task import TaskSpec, new_task_id, parse_priority
+
+OPTION_FIELDS = ("model", "two_stems", "shifts", "overlap", "segment", "format", "wav_depth",
+                 "mp3_bitrate", "mp3_preset", "clip_mode", "device")
+TASK_FIELDS = ("project", "file_id", "priority", "force")
+FIELDS = (*TASK_FIELDS, *OPTION_FIELDS)
+TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
+
+
+def _flag(name: str, value) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in TRUE + FALSE:
+        return value.lower() in TRUE
+    raise InvalidInput(f"field {name!r}={printable(value)} must be true or false")
+
+
+def _options(fields: dict, defaults: SeparationConfig, served: list[str]) -> SeparationConfig:
+    options = {key: coerce("separation", key, fields[key], "field")
+               for key in OPTION_FIELDS if key in fields}
+    model = options.get("model", defaults.model)
+    if model not in served:
+        raise InvalidInput(f"model {printable(model)} is not served here; served: {', '.join(served)}")
+    if model != defaults.model:
+        options["repo"] = None  # a pool's model comes from the hub or the worker's caches
+    return dataclasses.replace(defaults, **options)
+
+
+def check_fields(fields: dict) -> None:
+    """Refuse what no request may name: a `repo` (a server folder, holding pickles), unknown
+    fields."""
+    if "repo" in fields:
+        raise InvalidInput("field 'repo' is not accepted over HTTP: name a model the service serves "
+                           "(GET /v1/models)")
+    unknown = sorted(set(fields) - set(FIELDS) - {"input"})
+    if unknown:
+        raise InvalidInput(f"unknown field {unknown[0]!r}; allowed: {', '.join(FIELDS)}")
+
+
+def task_spec(fields: dict, defaults: SeparationConfig, served: list[str], owner: str, *,
+              input_path: str, sha256: str | None = None, uploaded: bool = False,
+              duration_s: float | None = None) -> TaskSpec:
+    """The spec a request asks for: `input_path` is the upload's file name, or the `input`
+    the request named; the stems are kept by the service either way."""
+    check_fields(fields)
+    project = fields.get("project", "default")
+    stem = PurePosixPath(input_path.rsplit("/", 1)[-1]).stem
+    file_id = fields.get("file_id") or name_from_filename(stem)
+    if not isinstance(project, str) or not isinstance(file_id, str):
+        raise InvalidInput("fields 'project' and 'file_id' must be strings")
+    check_task_names(project, file_id)
+    return TaskSpec(task_id=new_task_id(), project=project, file_id=file_id,
+                    input_path=input_path, output_dir="", owner=owner,
+                    priority=parse_priority(fields.get("priority", "normal")),
+                    options=_options(fields, defaults, served),
+                    force=_flag("force", fields.get("force", False)), cache=False,
+                    input_sha256=sha256, uploaded=uploaded, kept=True, duration_s=duration_s)
+
+
+def input_location(value, allow_paths: bool) -> str:
+    """A JSON request's `input`: a URI the workers read, or (with `http.allow_paths`) an
+    absolute path on the cluster's shared file system."""
+    if not isinstance(value, str) or not value:
+        raise InvalidInput("field 'input' must be a URI such as s3://bucket/song.mp3")
+    if is_uri(value):
+        return value
+    if not allow_paths:
+        raise InvalidInput("field 'input' must be a URI such as s3://bucket/song.mp3 (paths on "
+                           "the cluster are off: http.allow_paths)")
+    if not value.startswith("/") or "\x00" in value:
+        raise InvalidInput(f"field 'input' {printable(value)} must be an absolute path")
+    return value

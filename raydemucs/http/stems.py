@@ -1,0 +1,138 @@
+"""Stem files for HTTP answers, read wherever they are: this node, another node, or a bucket.
+
+A local output folder lives on the node that wrote it (the worker's, or the scheduler's for the
+stems the service keeps); a replica on another node reads it through a small Ray task pinned to
+that node, chunk by chunk, so a stem never sits whole in a replica's memory. A bucket's stems are
+answered with a redirect to a presigned URL where the storage can sign one.
+"""
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import re
+import zipfile
+from typing import AsyncIterator
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from ..config import StorageConfig
+from ..outputs import MANIFEST, RemoteFolder
+from .errors import RangeNotSatisfiable
+
+CHUNK_BYTES = 1 << 20
+SIGNED_URL_S = 3600
+RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+MEDIA_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg", "flac": "audio/flac"}
+
+
+def _read(path: str, start: int, stop: int) -> bytes:
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        return handle.read(stop - start)
+
+
+@ray.remote(num_cpus=0)
+def _read_on_node(path: str, start: int, stop: int, chunk_bytes: int):
+    """The bytes [start, stop) of a file on the node this task runs on, chunk by chunk."""
+    for offset in range(start, stop, chunk_bytes):
+        yield _read(path, offset, min(stop, offset + chunk_bytes))
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """`(start, stop)` that a single `Range: bytes=...` header asks for; None for a whole-file
+    answer (no header, or one this server may ignore: several ranges, another unit)."""
+    found = RANGE.fullmatch((header or "").strip())
+    if not found or not (found[1] or found[2]):
+        return None
+    if not found[1]:  # the last N bytes
+        start, stop = max(0, size - int(found[2])), size
+    else:
+        start, stop = int(found[1]), min(size, int(found[2]) + 1) if found[2] else size
+    if start >= size or stop <= start:
+        raise RangeNotSatisfiable(f"the range {header.strip()} is outside the stem's {size} bytes",
+                                  size)
+    return start, stop
+
+
+class StemSource:
+    """One task's output folder, as a replica reads it."""
+
+    def __init__(self, location: str, node: str | None, remote: bool, storage: StorageConfig):
+        self.location, self.node = location, node
+        self.remote = RemoteFolder(location, storage) if remote else None
+
+    def _here(self) -> bool:
+        return self.node is None or self.node == ray.get_runtime_context().get_node_id()
+
+    async def chunks(self, name: str, start: int, stop: int) -> AsyncIterator[bytes]:
+        """The bytes [start, stop) of file `name` of the folder, about a megabyte at a time."""
+        if self.remote is not None:
+            fs, folder = self.remote.fs, self.remote.path
+            for offset in range(start, stop, CHUNK_BYTES):
+                end = min(stop, offset + CHUNK_BYTES)
+                yield await asyncio.to_thread(fs.cat_file, f"{folder}/{name}", offset, end)
+            return
+        path = f"{self.location}/{name}"
+        if self._here():
+            for offset in range(start, stop, CHUNK_BYTES):
+                yield await asyncio.to_thread(_read, path, offset, min(stop, offset + CHUNK_BYTES))
+            return
+        strategy = NodeAffinitySchedulingStrategy(self.node, soft=False)
+        async for ref in _read_on_node.options(scheduling_strategy=strategy).remote(
+                path, start, stop, CHUNK_BYTES):
+            yield await ref
+
+    async def manifest(self) -> dict:
+        if self.remote is not None:
+            return await asyncio.to_thread(self.remote.manifest)
+        data = b"".join([chunk async for chunk in self.chunks(MANIFEST, 0, 1 << 24)])
+        return json.loads(data)
+
+    def signed_url(self, name: str) -> str | None:
+        """A presigned URL of a bucket's file, where the storage signs them; else None."""
+        if self.remote is None:
+            return None
+        try:
+            return self.remote.fs.sign(f"{self.remote.path}/{name}", expiration=SIGNED_URL_S)
+        except (NotImplementedError, AttributeError):
+            return None
+
+
+class _Sink(io.RawIOBase):
+    """A write-only, unseekable stream that hands out what was written since the last `take`."""
+
+    def __init__(self):
+        self._parts: list[bytes] = []
+        self._position = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self._parts.append(bytes(data))
+        self._position += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._position
+
+    def take(self) -> bytes:
+        data, self._parts = b"".join(self._parts), []
+        return data
+
+
+async def zip_stream(source: StemSource, manifest: dict, root: str) -> AsyncIterator[bytes]:
+    """Every stem and `manifest.json` under `root/` in one zip (stored, not compressed: audio
+    does not shrink), written as it is read."""
+    sink = _Sink()
+    with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for entry in manifest["stems"].values():
+            info = zipfile.ZipInfo(f"{root}/{entry['file']}", date_time=(2020, 1, 1, 0, 0, 0))
+            with archive.open(info, "w", force_zip64=entry["bytes"] >= 2**31) as member:
+                async for chunk in source.chunks(entry["file"], 0, entry["bytes"]):
+                    member.write(chunk)
+                    yield sink.take()
+        archive.writestr(f"{root}/{MANIFEST}", json.dumps(manifest, indent=2, ensure_ascii=False))
+    yield sink.take()
