@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import yaml
 
 from .errors import ConfigError, InvalidInput
+from .precision import check_pool
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
@@ -231,9 +232,11 @@ def _either(value, default):
     return default if value is None else value
 
 
-def route(pools: tuple[PoolConfig, ...], model: str, device: str = "auto") -> PoolConfig:
+def route(pools: tuple[PoolConfig, ...], model: str, device: str = "auto",
+          precision: str = "fp32") -> PoolConfig:
     """The pool that serves `model`: the one listing it, else the one listing no models;
-    InvalidInput when there is neither, or when that pool does not run on `device`."""
+    InvalidInput when there is neither, or when that pool does not run on `device` or cannot run
+    `precision` (fp16 on a CPU pool)."""
     pool = (next((pool for pool in pools if model in pool.models), None)
             or next((pool for pool in pools if not pool.models), None))
     if pool is None:
@@ -243,6 +246,7 @@ def route(pools: tuple[PoolConfig, ...], model: str, device: str = "auto") -> Po
         raise InvalidInput(f"model {model!r} runs on pool {pool.name!r}, whose workers use "
                            f"{pool.device}, not {device} (a pool uses cuda when its num_gpus is "
                            "above 0: set workers.num_gpus or a GPU pool)")
+    check_pool(precision, pool.device)
     return pool
 
 
