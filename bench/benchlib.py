@@ -29,6 +29,9 @@ MODEL_SIG = "htdemucsrand"
 HTDEMUCS_KWARGS = dict(sources=SOURCES, audio_channels=2, samplerate=SAMPLERATE,
                        segment=Fraction(39, 5), depth=4, dconv_mode=3, t_layers=5,
                        t_dropout=0.02, bottom_channels=512)
+# A small HTDemucs (as tests/conftest.py builds) for runs that check code paths, not speed.
+TINY_KWARGS = dict(sources=SOURCES, audio_channels=2, samplerate=SAMPLERATE, channels=8,
+                   t_layers=1)
 
 
 # -- inputs ---------------------------------------------------------------------------------------
@@ -85,15 +88,16 @@ def make_inputs(folder: Path, durations: list[float], prefix: str = "clip") -> l
 
 
 # -- the model ------------------------------------------------------------------------------------
-def build_model_repo(repo: Path, seed: int = 0) -> dict:
-    """Save htdemucs's architecture with random weights as `repo/htdemucsrand.th` + a bag yaml."""
+def build_model_repo(repo: Path, seed: int = 0, kwargs: dict = HTDEMUCS_KWARGS) -> dict:
+    """Save htdemucs's architecture (or `kwargs`') with random weights as
+    `repo/htdemucsrand.th` + a bag yaml."""
     import torch
     from demucs.htdemucs import HTDemucs
 
     torch.manual_seed(seed)
-    model = HTDemucs(**HTDEMUCS_KWARGS)
+    model = HTDemucs(**kwargs)
     repo.mkdir(parents=True, exist_ok=True)
-    torch.save({"klass": HTDemucs, "args": (), "kwargs": dict(HTDEMUCS_KWARGS),
+    torch.save({"klass": HTDemucs, "args": (), "kwargs": dict(kwargs),
                 "state": model.state_dict()},
                repo / f"{MODEL_SIG}.th")
     (repo / f"{MODEL_NAME}.yaml").write_text(f"models: [{MODEL_SIG}]\n")
@@ -101,7 +105,7 @@ def build_model_repo(repo: Path, seed: int = 0) -> dict:
     return {"name": MODEL_NAME, "repo": str(repo), "params": params,
             "segment_s": float(model.segment),
             "kwargs": {k: (str(v) if isinstance(v, Fraction) else v)
-                       for k, v in HTDEMUCS_KWARGS.items()}}
+                       for k, v in kwargs.items()}}
 
 
 def check_model_loads(repo: Path) -> int:
@@ -227,6 +231,20 @@ def balance(durations: list[float], bins: int) -> list[list[int]]:
     return out
 
 
+def agreement(pairs) -> dict:
+    """How close estimates are to references, over `(reference, estimate)` tensor pairs: SNR in
+    dB of all of them together, and the largest difference in 16-bit LSB."""
+    signal = noise = 0.0
+    largest = 0
+    for a, b in pairs:
+        a, b = a.double(), b.double()
+        signal += float(a.pow(2).sum())
+        noise += float((a - b).pow(2).sum())
+        largest = max(largest, round(float((a - b).abs().max()) * 32768))
+    snr = float("inf") if noise == 0 else 10 * math.log10(signal / noise)
+    return {"snr_db": snr, "max_diff_lsb": largest}
+
+
 # -- the floor -----------------------------------------------------------------------------------
 def _floor_process(repo: str, files: list[str], device: str, threads: int, barrier, results) -> None:
     """One floor process: load the model, decode its files, wait, then time apply_model only."""
@@ -289,9 +307,18 @@ def demucs_cmd(repo: Path, out: Path, files: list[Path], device: str) -> list[st
             "--shifts", "0", "-d", device, "-o", str(out), *map(str, files)]
 
 
+def children_cpu_s() -> float:
+    """CPU seconds (user + system) of this process's children waited for so far."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_cli(repo: Path, files: list[Path], out: Path, device: str, log: Path) -> dict:
     """demucs's own CLI, one process for all files."""
     with open(log, "wb") as handle:
+        cpu_before = children_cpu_s()
         started = time.monotonic()
         proc = subprocess.Popen(demucs_cmd(repo, out, files, device), stdout=handle,
                                 stderr=subprocess.STDOUT)
@@ -300,7 +327,8 @@ def run_cli(repo: Path, files: list[Path], out: Path, device: str, log: Path) ->
             rc = proc.wait()
         wall = time.monotonic() - started
     _check_rc(rc, "demucs CLI", log)
-    return {"wall_s": wall, "processes": 1, **sampler.summary()}
+    return {"wall_s": wall, "cpu_s": children_cpu_s() - cpu_before, "processes": 1,
+            **sampler.summary()}
 
 
 def run_old(repo: Path, files: list[Path], out: Path, device: str, max_workers: int,

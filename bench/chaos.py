@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Chaos run: submit N tasks and, while they run, kill workers, the scheduler, a node and Ray itself.
 
-    python bench/chaos.py --tasks 60 --json out.json      # the larger size (a few minutes on 2 cores)
+    python bench/chaos.py --tasks 300 --json out.json     # the figures in docs/reliability.md
     python bench/chaos.py --tasks 12 --no-extras          # the size tests/test_chaos.py runs
 
 The run owns its Ray: a `ray.cluster_utils.Cluster` whose head has 0 CPUs (the scheduler lives
@@ -492,9 +492,9 @@ class ChaosRun:
 
     # -- plan -------------------------------------------------------------------------------
     def fault_plan(self) -> list[str]:
-        n = self.args.tasks
-        plan = (["worker_sigkill"] * max(2, n // 5) + ["scheduler_kill"] * max(1, n // 30)
-                + ["node_removal"] * max(1, n // 30))
+        args = self.args
+        plan = (["worker_sigkill"] * args.worker_kills + ["scheduler_kill"] * args.scheduler_kills
+                + ["node_removal"] * args.node_losses)
         self.rng.shuffle(plan)
         plan.insert(len(plan) // 2, "ray_restart")
         return plan
@@ -790,6 +790,10 @@ class ChaosRun:
                           "model": "demucs_unittest", "shifts": 0, "clips_s": [1.0, 4.0],
                           "node_removal": "graceful" if self.args.graceful_node_removal else "sigkill",
                           "unprompted_s": self.args.unprompted_s, "work_dir": str(self.work),
+                          "planned_faults": {"worker_sigkill": self.args.worker_kills,
+                                             "scheduler_kill": self.args.scheduler_kills,
+                                             "node_removal": self.args.node_losses,
+                                             "ray_restart": 1},
                           "machine": {"cpus": os.cpu_count(),
                                       "load_avg_at_end": [round(x, 2) for x in os.getloadavg()]}}}
 
@@ -883,6 +887,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--nodes", type=int, default=2, help="worker nodes of 1 CPU (default 2)")
     parser.add_argument("--max-retries", type=int, default=3)
+    parser.add_argument("--worker-kills", type=int,
+                        help="worker SIGKILLs (default: one per 15 tasks, at least 2)")
+    parser.add_argument("--scheduler-kills", type=int,
+                        help="scheduler kills (default: one per 100 tasks, at least 1)")
+    parser.add_argument("--node-losses", type=int,
+                        help="node removals (default: one per 300 tasks, at least 1)")
     parser.add_argument("--unprompted-s", type=float, default=20.0,
                         help="after a scheduler kill, seconds it gets to resume with no client call")
     parser.add_argument("--recovery-wait-s", type=float, default=120.0,
@@ -900,6 +910,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.tasks < 2 or args.nodes < 1:
         parser.error("need --tasks >= 2 and --nodes >= 1")
+    for name, per, least in (("worker_kills", 15, 2), ("scheduler_kills", 100, 1),
+                             ("node_losses", 300, 1)):
+        if getattr(args, name) is None:
+            setattr(args, name, max(least, args.tasks // per))
+        elif getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} cannot be negative")
     return args
 
 

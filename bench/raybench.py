@@ -179,8 +179,12 @@ class LocalRay:
             raise RuntimeError("Ray is already initialized in the benchmark process")
         env_address = os.environ.pop("RAY_ADDRESS", None)
         self._env_address = env_address
-        ctx = ray.init(address="local", num_cpus=2, include_dashboard=False,
-                       namespace="raydemucs", log_to_driver=False, logging_level="WARNING")
+        try:
+            ctx = ray.init(address="local", num_cpus=2, include_dashboard=False,
+                           namespace="raydemucs", log_to_driver=False, logging_level="WARNING")
+        except Exception:
+            ray.shutdown()  # a start that timed out leaves its GCS running otherwise
+            raise
         self.address = ctx.address_info.get("gcs_address") or ctx.address_info.get("address")
         return self
 
@@ -192,12 +196,14 @@ class LocalRay:
             os.environ["RAY_ADDRESS"] = self._env_address
 
 
-def _config(work: Path, name: str, model: str, repo: Path | None, out: Path):
+def _config(work: Path, name: str, model: str, repo: Path | None, out: Path,
+            precision: str = "fp32", runtime: str = "auto"):
     from raydemucs.config import load_config
 
     overrides = {
-        "workers": {"max_workers": 2, "num_cpus": 1.0},
-        "separation": {"model": model, "repo": str(repo) if repo else None, "shifts": 0},
+        "workers": {"max_workers": 2, "num_cpus": 1.0, "runtime": runtime},
+        "separation": {"model": model, "repo": str(repo) if repo else None, "shifts": 0,
+                       "precision": precision},
         "service": {"name": name, "state_dir": str(work / f"{name}-state"),
                     "output_dir": str(out), "log_level": "warning"},
     }
@@ -247,11 +253,19 @@ class StatusSampler(RssSampler):
             self._stop.wait(self.interval_s)
 
 
-def run_warm(repo: Path, files: list[Path], out: Path, work: Path) -> dict:
-    """Submit + wait of all files through the Python API, against a service already running."""
+def workers_cpu_s(handles) -> float:
+    """CPU seconds (user + system) the worker processes have used, with their threads."""
+    return sum(sum(h.cpu_times()[:2]) for h in handles)
+
+
+def run_warm(repo: Path, files: list[Path], out: Path, work: Path,
+             precision: str = "fp32", runtime: str = "auto") -> dict:
+    """Submit + wait of all files through the Python API, against a service already running
+    (its workers' networks built on `runtime` for `precision` at start)."""
     import psutil
 
-    config = _config(work, f"bench-warm-{uuid.uuid4().hex[:6]}", MODEL_NAME, repo, out)
+    config = _config(work, f"bench-warm-{uuid.uuid4().hex[:6]}", MODEL_NAME, repo, out,
+                     precision, runtime)
     manager = _start_service(config)
     try:
         project = f"warm-{uuid.uuid4().hex[:6]}"
@@ -259,19 +273,21 @@ def run_warm(repo: Path, files: list[Path], out: Path, work: Path) -> dict:
             # cross-check with psutil on the same pids (the scheduler polls every 0.5 s)
             pids = [w["pid"] for w in manager.get_status()["workers"]]
             handles = [psutil.Process(pid) for pid in pids]
+            cpu_before = workers_cpu_s(handles)
             with RssSampler(lambda: handles) as direct:
                 t0_wall, started = time.time(), time.monotonic()
                 specs = [manager.prepare_task(f, output_dir=out, project_name=project,
                                               model=MODEL_NAME, repo=str(repo), shifts=0,
-                                              force=True) for f in files]
+                                              precision=precision, force=True) for f in files]
                 submitted = manager.submit(specs)
                 records = manager.wait_all([r["task_id"] for r in submitted], poll_s=0.05)
                 wall, t_end_wall = time.monotonic() - started, time.time()
+            cpu_s = workers_cpu_s(handles) - cpu_before
         failed = [r for r in records if r["state"] != "succeeded"]
         if failed:
             raise RuntimeError(f"raydemucs warm: {len(failed)} task(s) failed: {failed[0]['error']}")
         last_finish = max(r["finished_at"] for r in records)
-        return {"wall_s": wall, "wall_to_last_finish_s": last_finish - t0_wall,
+        return {"wall_s": wall, "cpu_s": cpu_s, "wall_to_last_finish_s": last_finish - t0_wall,
                 "processes": len(pids), **sampler.summary(),
                 "peak_rss_worker_psutil_bytes": max(direct.peaks.values(), default=None),
                 "breakdown": breakdown(records, _manifests(records), t0_wall, t_end_wall)}

@@ -24,14 +24,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib  # noqa: E402
 
-CONTENDERS_CPU = ["floor", "cli", "old", "cold", "warm"]
+CONTENDERS_CPU = ["floor", "cli", "old", "cold", "warm", "warm-bf16", "warm-ov", "warm-ov-bf16"]
 CONTENDERS_CUDA = ["floor", "cli"]
 LABELS = {"floor": "floor (apply_model, 2 procs)", "cli": "demucs CLI (1 process)",
           "old": "old design (1 process/file, 2 at a time)", "cold": "raydemucs cold (submit --wait)",
-          "warm": "raydemucs warm (service running)"}
-# issue 6: warm >= 0.93x floor, >= 1.08x CLI, >= 1.6x old; cold (on 8 files) >= 1.0x CLI;
-# dispatch p50 <= 10 ms, p99 <= 50 ms.
-TARGETS = [("warm", "floor", 0.93), ("warm", "cli", 1.08), ("warm", "old", 1.6), ("cold", "cli", 1.0)]
+          "warm": "raydemucs warm fp32 (service running)",
+          "warm-bf16": "raydemucs warm bf16 (torch autocast)",
+          "warm-ov": "raydemucs warm fp32, OpenVINO network",
+          "warm-ov-bf16": "raydemucs warm bf16, OpenVINO network"}
+WARM = {"warm": ("fp32", "eager"), "warm-bf16": ("bf16", "eager"),
+        "warm-ov": ("fp32", "openvino"), "warm-ov-bf16": ("bf16", "openvino")}
+# issue 15: warm fp32 >= 1.0x CLI, bf16 >= 1.8x CLI with >= 35 dB SNR against fp32, fp32 paths
+# within 1 LSB of the CLI; issue 6: warm >= 1.6x old, cold (on 8 files) >= 1.0x CLI; dispatch
+# p50 <= 10 ms, p99 <= 50 ms.
+TARGETS = [("warm", "cli", 1.0), ("warm-ov", "cli", 1.0), ("warm-bf16", "cli", 1.8),
+           ("warm-ov-bf16", "cli", 1.8), ("warm", "old", 1.6), ("cold", "cli", 1.0)]
+SNR_TARGETS = [("warm-bf16", 35.0), ("warm-ov-bf16", 35.0)]
+LSB_TARGETS = ["warm", "warm-ov", "cold"]
 DISPATCH_TARGETS = [("p50_ms", 10.0), ("p99_ms", 50.0)]
 
 
@@ -115,15 +124,35 @@ def run_one(name: str, ctx: dict, args, round_no: int) -> dict:
 
         result = raybench.run_cold(repo, files, out, work, log, preload=args.cold_preload,
                                    ray_mode=args.cold_ray)
-    elif name == "warm":
+    elif name in WARM:
         import raybench
 
         with raybench.LocalRay():
-            result = raybench.run_warm(repo, files, out, work)
+            precision, runtime = WARM[name]
+            result = raybench.run_warm(repo, files, out, work, precision=precision,
+                                       runtime=runtime)
     else:
         raise ValueError(name)
-    shutil.rmtree(out, ignore_errors=True)
+    if round_no == 0:
+        ctx["outputs"][name] = out  # kept to compare with the CLI's stems
+    else:
+        shutil.rmtree(out, ignore_errors=True)
     return result
+
+
+def stem_files(folder: Path) -> dict:
+    """`{(clip, stem): path}` for the wav stems anywhere under `folder`."""
+    return {(path.parent.name, path.stem): path for path in folder.rglob("*.wav")}
+
+
+def compare(reference: Path, folder: Path) -> dict | None:
+    """All the stems under `folder` against the same stems under `reference` (16-bit wavs):
+    `benchlib.agreement`; None when the stems differ in name."""
+    ref, ours = stem_files(reference), stem_files(folder)
+    if not ref or set(ref) != set(ours):
+        return None
+    return benchlib.agreement((benchlib.read_wav(path), benchlib.read_wav(ours[key]))
+                              for key, path in ref.items())
 
 
 def median(values: list[float]) -> float:
@@ -132,23 +161,28 @@ def median(values: list[float]) -> float:
     return data[mid] if len(data) % 2 else (data[mid - 1] + data[mid]) / 2
 
 
-def summarize(runs: dict[str, list[dict]], audio_s: float) -> dict:
+def summarize(runs: dict[str, list[dict]], audio_s: float, against_cli: dict) -> dict:
     contenders = {}
     for name, results in runs.items():
         ok = [r for r in results if "error" not in r]
         entry = {"label": LABELS[name], "runs": results, "audio_s": audio_s}
         if ok:
             wall = median([r["wall_s"] for r in ok])
-            entry.update(wall_s=wall, throughput=audio_s / wall,
+            cpu = [r["cpu_s"] for r in ok if r.get("cpu_s")]
+            entry.update(wall_s=wall, throughput=audio_s / wall, cpu_s=median(cpu) if cpu else None,
                          peak_rss_worker_bytes=max((r.get("peak_rss_worker_bytes") or 0) for r in ok) or None)
         else:
             entry["error"] = results[-1]["error"]
+        entry.update(against_cli.get(name) or {})
         contenders[name] = entry
     for entry in contenders.values():
         for ref in ("floor", "cli", "old"):
             base = contenders.get(ref, {}).get("throughput")
             if base and entry.get("throughput"):
                 entry[f"vs_{ref}"] = entry["throughput"] / base
+        cli_cpu = contenders.get("cli", {}).get("cpu_s")
+        if cli_cpu and entry.get("cpu_s"):
+            entry["cpu_vs_cli"] = cli_cpu / entry["cpu_s"]
     return contenders
 
 
@@ -159,6 +193,15 @@ def evaluate_targets(contenders: dict, dispatch: dict | None, clips: int) -> lis
         note = "issue 6 sets it for 8 files" if name == "cold" and clips != 8 else ""
         targets.append({"target": f"{name} >= {want:g}x {ref}", "value": value, "want": want,
                         "pass": None if value is None else value >= want, "note": note})
+    for name, want in SNR_TARGETS:
+        value = contenders.get(name, {}).get("snr_db")
+        targets.append({"target": f"{name} SNR >= {want:g} dB", "value": value, "want": want,
+                        "pass": None if value is None else value >= want,
+                        "note": "against the demucs CLI's fp32 stems"})
+    for name in LSB_TARGETS:
+        value = contenders.get(name, {}).get("max_diff_lsb")
+        targets.append({"target": f"{name} within 1 LSB of the CLI", "value": value, "want": 1,
+                        "pass": None if value is None else value <= 1, "note": "largest |diff|"})
     for key, limit in DISPATCH_TARGETS:
         value = (dispatch or {}).get(key)
         targets.append({"target": f"dispatch {key.split('_')[0]} <= {limit:g} ms", "value": value,
@@ -179,7 +222,9 @@ def render(report: dict) -> str:
     lines.append(f"inputs: {len(inputs['durations_s'])} clips, {inputs['audio_s']:.1f} s of audio "
                  f"({min(inputs['durations_s']):g}-{max(inputs['durations_s']):g} s each); "
                  f"machine: {report['machine'].get('cpus')} CPUs, {report['machine'].get('platform')}")
-    head = f"{'contender':44} {'wall s':>8} {'audio s/s':>9} {'vs floor':>8} {'vs CLI':>7} {'vs old':>7} {'RSS/worker':>11}"
+    head = (f"{'contender':44} {'wall s':>8} {'audio s/s':>9} {'vs floor':>8} {'vs CLI':>7} "
+            f"{'vs old':>7} {'RSS/worker':>11} {'CPU s':>7} {'CPU/CLI':>7} {'SNR dB':>7} "
+            f"{'max LSB':>7}")
     lines += ["", head, "-" * len(head)]
     for name, c in report["contenders"].items():
         if "error" in c:
@@ -190,8 +235,10 @@ def render(report: dict) -> str:
                      f"{fmt(c.get('vs_floor'), '7.2f')+'x' if c.get('vs_floor') else '       -'} "
                      f"{fmt(c.get('vs_cli'), '6.2f')+'x' if c.get('vs_cli') else '      -'} "
                      f"{fmt(c.get('vs_old'), '6.2f')+'x' if c.get('vs_old') else '      -'} "
-                     f"{fmt(rss and rss / 2**20, '8.0f') + ' MB' if rss else '          -'}")
-    for name in ("cold", "warm"):
+                     f"{fmt(rss and rss / 2**20, '8.0f') + ' MB' if rss else '          -'} "
+                     f"{fmt(c.get('cpu_s'), '7.1f'):>7} {fmt(c.get('cpu_vs_cli'), '6.2f') + 'x':>7} "
+                     f"{fmt(c.get('snr_db'), '7.1f'):>7} {fmt(c.get('max_diff_lsb'), 'd'):>7}")
+    for name in ("cold", *WARM):
         run = report["contenders"].get(name, {}).get("runs", [{}])[-1]
         b = run.get("breakdown")
         if b:
@@ -227,7 +274,7 @@ def render(report: dict) -> str:
                      f"{report['machine'].get('cpus')} CPUs: other work on the machine skews every row")
     if report["targets"]:
         lines.append("")
-        lines.append("targets (issue 6):")
+        lines.append("targets (issues 6 and 15):")
     for t in report["targets"]:
         mark = {True: "PASS", False: "FAIL", None: "n/a "}[t["pass"]]
         value = fmt(t["value"], ".2f")
@@ -268,7 +315,7 @@ def main(argv=None) -> int:
         files = benchlib.make_inputs(work / "inputs", durations)
         report["inputs"] = {"durations_s": durations, "audio_s": sum(durations),
                             "files": [str(f) for f in files]}
-        ctx = {"work": work, "repo": repo, "files": files, "durations": durations}
+        ctx = {"work": work, "repo": repo, "files": files, "durations": durations, "outputs": {}}
 
         runs: dict[str, list[dict]] = {name: [] for name in names}
         for round_no in range(args.rounds):
@@ -300,7 +347,10 @@ def main(argv=None) -> int:
                 print(f"    FAILED: {dispatch['error']}", flush=True)
             shutil.rmtree(work / "out" / "dispatch", ignore_errors=True)
 
-        report["contenders"] = summarize(runs, sum(durations))
+        reference = ctx["outputs"].get("cli")
+        against_cli = {name: compare(reference, folder) for name, folder in ctx["outputs"].items()
+                       if reference is not None and name != "cli"}
+        report["contenders"] = summarize(runs, sum(durations), against_cli)
         report["dispatch"] = dispatch
         report["targets"] = [] if args.device == "cuda" else evaluate_targets(
             report["contenders"], dispatch if dispatch and "error" not in dispatch else None, args.clips)

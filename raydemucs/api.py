@@ -168,7 +168,8 @@ class WorkerManager:
             separation = dataclasses.replace(separation,
                                              repo=str(Path(separation.repo).expanduser().absolute()))
         check_model_name(separation.model, separation.repo)
-        route(config.worker_pools(), separation.model, separation.device)  # no pool: refused
+        route(config.worker_pools(), separation.model, separation.device,
+              separation.precision)  # no pool, or one that cannot run it: refused
         source, duration_s = self._checked_input(str(input_path), config, upload)
         if upload:
             output_dir = "uploaded"  # the service puts the stems under its state directory

@@ -17,9 +17,16 @@ The model's weights stay on the device; the tracks and their sums stay in CPU me
 `SharedBatcher` is the same for a worker's concurrent attempts: each announces itself before it
 decodes (`reserve`), then blocks in `separate` until its own stems are done, while the passes
 fill with the segments of every track in the worker.
+
+On a GPU, `batch_size` is a ceiling: the first pass runs one segment and measures the memory it
+takes, and the batch becomes what the free device memory holds (`fit_batch_size`); two passes
+may be in flight, so that one's inputs are gathered and copied while the other computes. A pass
+that runs out of memory (on any device) is split in halves and the batch size halved, down to
+one segment; only a pass of one segment that still does not fit fails its tracks.
 """
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -29,10 +36,22 @@ from typing import Callable, Hashable, Mapping
 
 import torch as th
 
-from .engine import (OverlapAdd, Runner, SeparationPlan, finish, notify, plan_separation, take,
-                     track_stats)
+from .engine import (OverlapAdd, Runner, SeparationPlan, finish, is_out_of_memory, notify,
+                     plan_separation, take, track_stats)
+
+logger = logging.getLogger("raydemucs.batching")
 
 LINGER_S = 1.0   # the longest a pass with room left waits for a track still decoding
+MEMORY_HEADROOM = 0.8   # the share of free device memory a batch may take
+
+
+def fit_batch_size(ceiling: int, free_bytes: int, segment_bytes: int,
+                   headroom: float = MEMORY_HEADROOM) -> int:
+    """The most segments (1 to `ceiling`) whose passes fit in `headroom` of `free_bytes`, when
+    one segment takes `segment_bytes` of device memory."""
+    if segment_bytes <= 0:
+        return ceiling
+    return max(1, min(ceiling, int(headroom * free_bytes // segment_bytes)))
 
 
 @dataclass
@@ -52,12 +71,15 @@ class _Track:
 class BatchedSeparator:
     """Separates queued tracks with forward passes of up to `batch_size` segments each."""
 
-    def __init__(self, model, *, batch_size: int = 8, device=None, rng=random):
+    def __init__(self, model, *, batch_size: int = 8, device=None, precision: str = "fp32",
+                 runtime: str = "eager", rng=random):
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.model = model
         self.batch_size = batch_size
-        self.runner = Runner(model, device)
+        self.runner = Runner(model, device, precision, runtime)
+        self.on_gpu = self.runner.device is not None and self.runner.device.type == "cuda"
+        self.segment_bytes: int | None = None if self.on_gpu else 0  # measured on a GPU
         self.rng = rng
         self._tracks: dict = {}
         self._queue: deque = deque()     # (track, segment), oldest first
@@ -122,13 +144,47 @@ class BatchedSeparator:
         return [(t, s) for t, s in batch if t.error is None]
 
     def run(self, batch: list) -> list:
-        """One forward pass of a `take`n batch: each segment's `(weight * output, weight)` on the
-        CPU. Touches no queue or sums, so it may run while other threads add tracks."""
-        track, segment = batch[0]
+        """The forward passes of a `take`n batch: each segment's `(weight * output, weight)` on
+        the CPU, in passes of at most `batch_size` (halved on out of memory). Touches no queue or
+        sums, so it may run while other threads add tracks."""
+        outputs: list = []
+        while len(outputs) < len(batch):
+            chunk = batch[len(outputs):len(outputs) + self.batch_size]
+            try:
+                outputs += self._forward(chunk)
+            except Exception as exc:
+                if not is_out_of_memory(exc) or len(chunk) == 1:
+                    raise
+                self._shrink(len(chunk), exc)
+        return outputs
+
+    def _forward(self, chunk: list) -> list:
+        """One forward pass (of the first segment alone while a GPU's need is unmeasured)."""
+        measuring = self.segment_bytes is None
+        if measuring:
+            chunk = chunk[:1]
+            th.cuda.reset_peak_memory_stats(self.runner.device)
+            before = th.cuda.memory_allocated(self.runner.device)
+        track, segment = chunk[0]
         inputs = th.cat([take(t.mix, 0, t.plan.length, s.input_start, s.input_length)
-                         for t, s in batch])
+                         for t, s in chunk])
         out = self.runner.forward(track.plan.passes[segment.pass_index].model_index, inputs)
-        return [self.runner.weighted(out[i:i + 1], t.plan, s) for i, (t, s) in enumerate(batch)]
+        outputs = [self.runner.weighted(out[i:i + 1], t.plan, s) for i, (t, s) in enumerate(chunk)]
+        if measuring:
+            self.segment_bytes = th.cuda.max_memory_allocated(self.runner.device) - before
+            free, _ = th.cuda.mem_get_info(self.runner.device)
+            self.batch_size = fit_batch_size(self.batch_size, free, self.segment_bytes)
+            logger.info("a segment takes %.0f MB on %s: batches of up to %d", self.segment_bytes
+                        / 2**20, self.runner.device, self.batch_size)
+        return outputs
+
+    def _shrink(self, failed: int, exc: BaseException) -> None:
+        self.batch_size = max(1, min(self.batch_size, failed // 2))
+        if self.on_gpu:
+            th.cuda.empty_cache()
+        logger.warning("a pass of %d segments ran out of memory (%s): batches of %d from now on",
+                       failed, str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                       self.batch_size)
 
     def put(self, batch: list, outputs: list) -> list:
         """Add a pass's outputs into its tracks' sums; the keys of tracks finished (or dropped)."""
@@ -204,18 +260,22 @@ class SharedBatcher:
     An attempt `reserve`s its key when it arrives (before it decodes), then `separate`s its track.
     Whichever waiting caller finds no pass running takes the next batch (oldest track's segments
     first, the others' filling the room it leaves) and runs it with the lock released, so tracks
-    that arrive meanwhile join the next pass; one pass runs at a time. A pass with room left first
+    that arrive meanwhile join the next pass; one pass runs at a time (two on a GPU, so that one
+    gathers and copies its inputs while the other computes). A pass with room left first
     waits for tracks announced but still decoding, up to `linger_s` after each one's `reserve`.
     An abort, or a failed pass, drops only the tracks it touches.
     """
 
-    def __init__(self, model, *, batch_size: int, device=None, linger_s: float = LINGER_S):
-        self.batcher = BatchedSeparator(model, batch_size=batch_size, device=device)
+    def __init__(self, model, *, batch_size: int, device=None, precision: str = "fp32",
+                 runtime: str = "eager", linger_s: float = LINGER_S):
+        self.batcher = BatchedSeparator(model, batch_size=batch_size, device=device,
+                                        precision=precision, runtime=runtime)
         self.linger_s = linger_s
+        self.passes_in_flight = 2 if self.batcher.on_gpu else 1
         self._changed = threading.Condition()
         self._announced: dict = {}    # key -> until when a pass with room left waits for it
         self._results: dict = {}      # key -> stems, or the error that dropped the track
-        self._running = False
+        self._running = 0             # passes in flight
 
     def reserve(self, key: Hashable) -> None:
         """Announce a track that will be `separate`d once it is decoded."""
@@ -240,7 +300,7 @@ class SharedBatcher:
             while key not in self._results:
                 if abort is not None and abort.is_set():
                     self._record(self.batcher.drop(key, KeyboardInterrupt()))
-                elif self._running or not self.batcher.pending():
+                elif self._running >= self.passes_in_flight or not self.batcher.pending():
                     self._changed.wait(0.1)
                 elif (linger_s := self._linger_s()) > 0:
                     self._changed.wait(linger_s)
@@ -264,14 +324,14 @@ class SharedBatcher:
         if not batch:
             self._record(self.batcher.dropped())
             return
-        self._running, outputs, error = True, None, None
+        self._running, outputs, error = self._running + 1, None, None
         self._changed.release()
         try:
             outputs = self.batcher.run(batch)
         except BaseException as exc:  # out of memory, say: only this pass's tracks fail
             error = exc
         self._changed.acquire()
-        self._running = False
+        self._running -= 1
         self._record(self.batcher.put(batch, outputs) if error is None
                      else self.batcher.fail(batch, error))
         self._changed.notify_all()

@@ -72,6 +72,7 @@ def cli():
 @click.option("--int24", "depth", flag_value="int24", help="24-bit wav.")
 @click.option("--float32", "depth", flag_value="float32", help="32-bit float wav.")
 @click.option("--clip-mode", type=click.Choice(["rescale", "clamp", "none"]))
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), help="fp32 (default, within 1 LSB of demucs), bf16 (CPUs with AVX512-BF16 or AMX, GPUs) or fp16 (GPUs): faster, stems within the SNR docs/precision.md gives.")
 @click.option("-d", "--device", type=click.Choice(["auto", "cpu", "cuda"]),
               help="Run only on workers of this device (a pool is cuda when its workers have "
               "GPUs); refused when the model's pool runs on the other. Default auto.")

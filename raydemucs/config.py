@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import yaml
 
 from .errors import ConfigError, InvalidInput
+from .precision import check_pool
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
@@ -25,6 +26,8 @@ FORMATS = ("wav", "mp3", "flac")
 WAV_DEPTHS = ("int16", "int24", "float32")
 CLIP_MODES = ("rescale", "clamp", "none")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16", "fp16")
+RUNTIMES = ("auto", "eager", "openvino")
 DEFAULT_POOL = "default"
 POOL_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 RAY_BUILTIN_RESOURCES = {"CPU": "num_cpus", "GPU": "num_gpus", "memory": "memory_mb"}
@@ -45,7 +48,15 @@ class WorkersConfig:
                          "they decode ahead (and with batch_size > 1 fill its forward passes)")
     batch_size: int = _opt(1, min=1, max=256, doc="segments per forward pass, from every track "
                            "the worker holds (GPU workers; 1: one at a time)")
-    max_rss_mb: int = _opt(0, min=0, max=1 << 24, doc="recycle a worker above this RSS (0: never)")
+    runtime: str = _opt("auto", choices=RUNTIMES, doc="how CPU workers run HTDemucs's network: "
+                        "eager (torch), openvino (the extra raydemucs[openvino]), auto: "
+                        "openvino where it is installed (docs/precision.md)")
+    max_rss_mb: int = _opt(0, min=0, max=1 << 24, doc="recycle a worker whose RSS after a task "
+                           "is above this (0: no fixed limit)")
+    release_memory: bool = _opt(True, doc="after a task (at most every 5 s), hand the C heap's "
+                                "free pages back to the system (glibc's malloc_trim)")
+    max_rss_growth: float = _opt(0.5, min=0.0, max=100.0, doc="recycle a worker whose RSS after a "
+                                 "task is this fraction above its RSS after its first (0: never)")
     min_free_memory_mb: int = _opt(256, min=0, max=1 << 24, doc="pause dispatch below this free memory")
     max_missed_pings: int = _opt(6, min=1, max=1000, doc="unanswered health polls before a replace")
 
@@ -86,6 +97,8 @@ class SeparationConfig:
     mp3_bitrate: int = _opt(320, min=8, max=320, doc="--mp3-bitrate")
     mp3_preset: int = _opt(2, min=2, max=7, doc="--mp3-preset")
     clip_mode: str = _opt("rescale", choices=CLIP_MODES, doc="--clip-mode")
+    precision: str = _opt("fp32", choices=PRECISIONS, doc="--precision: fp32 (demucs's own), bf16 "
+                          "(CPUs with AVX512-BF16 or AMX, GPUs) or fp16 (GPUs)")
     stream_over_s: float | None = _opt(600.0, min=0.0, max=7 * 86400.0,
                                        doc="inputs longer than this stream (bounded memory)")
 
@@ -224,9 +237,11 @@ def _either(value, default):
     return default if value is None else value
 
 
-def route(pools: tuple[PoolConfig, ...], model: str, device: str = "auto") -> PoolConfig:
+def route(pools: tuple[PoolConfig, ...], model: str, device: str = "auto",
+          precision: str = "fp32") -> PoolConfig:
     """The pool that serves `model`: the one listing it, else the one listing no models;
-    InvalidInput when there is neither, or when that pool does not run on `device`."""
+    InvalidInput when there is neither, or when that pool does not run on `device` or cannot run
+    `precision` (fp16 on a CPU pool)."""
     pool = (next((pool for pool in pools if model in pool.models), None)
             or next((pool for pool in pools if not pool.models), None))
     if pool is None:
@@ -236,6 +251,7 @@ def route(pools: tuple[PoolConfig, ...], model: str, device: str = "auto") -> Po
         raise InvalidInput(f"model {model!r} runs on pool {pool.name!r}, whose workers use "
                            f"{pool.device}, not {device} (a pool uses cuda when its num_gpus is "
                            "above 0: set workers.num_gpus or a GPU pool)")
+    check_pool(precision, pool.device)
     return pool
 
 

@@ -209,17 +209,31 @@ def take(window: th.Tensor, window_start: int, total: int, start: int, length: i
     return F.pad(window[..., a:b], (lo - start, start + length - hi))
 
 
-class Runner:
-    """Runs segments through the models as `apply_model` does: weights, device, callbacks."""
+OOM_TEXTS = ("out of memory", "can't allocate memory")
 
-    def __init__(self, model, device=None):
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` says the host or the device ran out of memory."""
+    return isinstance(exc, MemoryError) or any(text in str(exc).lower() for text in OOM_TEXTS)
+
+
+class Runner:
+    """Runs segments through the models as `apply_model` does: weights, device, callbacks; at
+    `precision`, each model's network on `runtime` (`raydemucs.networks`)."""
+
+    def __init__(self, model, device=None, precision: str = "fp32", runtime: str = "eager"):
+        from .networks import forward_for
+
         self.models = sub_models(model)
         self.device = th.device(device) if device is not None else None
+        self.precision = precision
         self._weights: dict = {}
         for sub in self.models:
             if self.device is not None:
                 sub.to(self.device)
             sub.eval()
+        where = self.device or next(iter(self.models[0].parameters())).device
+        self.forwards = [forward_for(sub, where.type, precision, runtime) for sub in self.models]
 
     def weight(self, segment_length: int, power: float, device) -> th.Tensor:
         key = (segment_length, power, str(device))
@@ -228,11 +242,14 @@ class Runner:
         return self._weights[key]
 
     def forward(self, model_index: int, inputs: th.Tensor) -> th.Tensor:
-        """One forward pass of `inputs` `[n, channels, input_length]`, on the compute device."""
+        """One forward pass of `inputs` `[n, channels, input_length]`, on the compute device
+        (copied there from pinned memory without blocking when that is a GPU)."""
         sub = self.models[model_index]
         device = self.device or next(iter(sub.parameters())).device
+        if device.type == "cuda":
+            inputs = inputs.pin_memory().to(device, non_blocking=True)
         with th.no_grad():
-            return sub(inputs.to(device))
+            return self.forwards[model_index](inputs.to(device))
 
     def weighted(self, out: th.Tensor, plan: SeparationPlan, segment: Segment) -> tuple:
         """One segment's `(weight * output, weight)` on the CPU, as `apply_model` adds them."""

@@ -59,12 +59,13 @@ def split_plan(plan: SeparationPlan, pieces: int) -> list[Piece]:
 
 
 def separate_piece(model, plan: SeparationPlan, piece: Piece, window: th.Tensor,
-                   window_start: int, mean, std, *, device=None, callback=None,
+                   window_start: int, mean, std, *, device=None, runner=None, callback=None,
                    callback_arg=None) -> PieceResult:
     """Run a piece's segments on `window` (`[channels, n]`, raw mix samples from `window_start`,
-    covering `piece.input_start:piece.input_stop`), normalised with the whole track's stats."""
+    covering `piece.input_start:piece.input_stop`), normalised with the whole track's stats;
+    `runner` (a `Runner`) says how the model runs, by default eager fp32 on `device`."""
     mix = ((window - mean) / std)[None]
-    runner = Runner(model, device)
+    runner = runner or Runner(model, device)
     sums: dict[int, OverlapAdd] = {}
     prefix = (1, len(plan.sources), plan.channels)
     for segment in piece.segments:
@@ -128,8 +129,8 @@ def separate_across_workers(model, wav: th.Tensor, options: SeparationConfig, he
 
     own = min(pieces, key=lambda piece: len(piece.segments))  # the lead also decodes, joins, writes
     lent = [piece for piece in pieces if piece is not own]
-    refs = [helper.separate_piece.remote(task_id, attempt, options.model, options.repo, plan,
-                                         piece, window(piece), mean, std)
+    refs = [helper.separate_piece.remote(task_id, attempt, options.model, options.repo,
+                                         options.precision, plan, piece, window(piece), mean, std)
             for helper, piece in zip(helpers, lent)]
     try:
         results = [run_here(plan, own, window(own), mean, std)]

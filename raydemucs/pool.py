@@ -55,6 +55,8 @@ class WorkerSlot:
     device: str | None = None
     load_error: str | None = None
     rss_bytes: int | None = None
+    first_rss_bytes: int | None = None  # after its first task: what `max_rss_growth` is against
+    recycling: str | None = None  # why it gets no more tasks and is replaced once it has none
     cpu_percent: float | None = None
     num_threads: int | None = None
     node_available_bytes: int | None = None
@@ -78,6 +80,7 @@ class WorkerSlot:
                 "models": sorted(name for name, _ in self.models), "stems": self.stems,
                 "device": self.device,
                 "load_error": self.load_error, "rss_bytes": self.rss_bytes,
+                "first_rss_bytes": self.first_rss_bytes, "recycling": self.recycling,
                 "cpu_percent": self.cpu_percent, "num_threads": self.num_threads,
                 "node_available_bytes": self.node_available_bytes,
                 "gpu_memory_bytes": self.gpu_memory_bytes, "missed_pings": self.missed_pings,
@@ -122,10 +125,10 @@ class RayWorkerPool:
     def free_workers(self, pool: str) -> list[WorkerSlot]:
         """Live workers of `pool` with room for a task (`PoolConfig.tasks_per_worker`), least
         loaded first, on nodes with enough free memory (dispatch pauses instead of an OOM kill);
-        none lent to another task's lead."""
+        none lent to another task's lead, none waiting to be recycled."""
         capacity = self.pools[pool].tasks_per_worker
         free = [slot for slot in self.members(pool) if slot.state in ("idle", "busy")
-                and slot.load < capacity and slot.lent_to is None
+                and slot.load < capacity and slot.lent_to is None and slot.recycling is None
                 and self.policy.node_has_room(slot.node_available_bytes)]
         return sorted(free, key=lambda slot: slot.load)
 
@@ -187,6 +190,7 @@ class RayWorkerPool:
         slot.restarts += 1
         slot.state, slot.tasks, slot.handle, slot.lent_to = "restarting", {}, None, None
         slot.missed_pings, slot.rss_bytes, slot.cpu_percent = 0, None, None
+        slot.first_rss_bytes = slot.recycling = None
         self._spawn(slot)
 
     # -- health and progress ----------------------------------------------------------------
@@ -194,7 +198,7 @@ class RayWorkerPool:
         """Ask every live worker for its figures; returns the attempts in flight and their progress.
 
         A dead worker is reported lost; one that misses `max_missed_pings` polls in a row is
-        treated as hung and reported lost too; an idle one above `max_rss_mb` is recycled.
+        treated as hung and reported lost too; an idle one over its RSS limit is recycled.
         """
         live = [s for s in self.slots.values() if s.state in ("idle", "busy") and s.handle]
         timeout_s = max(5.0, 10 * self.config.service.poll_interval_s)
@@ -215,8 +219,8 @@ class RayWorkerPool:
             else:
                 self._record_figures(slot, answer)
                 busy.extend(answer["tasks"])
-                if slot.state == "idle" and self.policy.too_big(slot.rss_bytes):
-                    self.replace(slot.worker_id, f"RSS {slot.rss_bytes / 2**20:.0f} MB over the limit")
+                if slot.state == "idle":
+                    self._recycle_if_too_big(slot)
         return busy
 
     @staticmethod
@@ -299,9 +303,25 @@ class RayWorkerPool:
             slot.tasks_done += 1
         else:
             slot.tasks_failed += 1
-        if not slot.tasks and self.policy.too_big(slot.rss_bytes):
-            self.replace(slot.worker_id, f"RSS {slot.rss_bytes / 2**20:.0f} MB over the limit")
+        if result.get("rss_bytes") is not None:
+            slot.rss_bytes = result["rss_bytes"]
+            if slot.first_rss_bytes is None:
+                slot.first_rss_bytes = slot.rss_bytes
+        self._recycle_if_too_big(slot)
         self.on_result(task_id, attempt, result)
+
+    def _recycle_if_too_big(self, slot: WorkerSlot) -> None:
+        """A worker over its RSS limit gets no more tasks, and is replaced once it has none:
+        what it holds finishes first, so a recycle never costs a task an attempt. A worker
+        that has not finished a task yet is as small as it gets, and is left alone."""
+        if slot.first_rss_bytes is None:
+            return
+        limit = self.policy.rss_limit_bytes(slot.first_rss_bytes)
+        if slot.recycling is None and self.policy.too_big(slot.rss_bytes, slot.first_rss_bytes):
+            slot.recycling = f"RSS {slot.rss_bytes / 2**20:.0f} MB over its limit of {limit / 2**20:.0f} MB"
+            logger.info("%s: recycling once its tasks are done (%s)", slot.worker_id, slot.recycling)
+        if slot.recycling is not None and not slot.tasks:
+            self.replace(slot.worker_id, slot.recycling)
 
     def _background(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -246,7 +246,8 @@ class Scheduler:
     def pool_of(self, spec: TaskSpec) -> str:
         """The name of the pool that serves the task's model on its device; InvalidInput when
         none does."""
-        return route(self.pools, spec.options.model, spec.options.device).name
+        options = spec.options
+        return route(self.pools, options.model, options.device, options.precision).name
 
     def _enqueue(self, record: TaskRecord) -> None:
         self.queue[self.pool_of(record.spec)].push(record.task_id, record.spec.priority, record.seq)

@@ -1,6 +1,8 @@
 """The four ways a worker separates one attempt, and the rule that picks one.
 
-- in memory: decode the whole input, then demucs's own `Separator.separate_tensor`;
+- in memory: decode the whole input, then demucs's segment plan through the engine
+  (`raydemucs.batching`, the track's own segments `batch_size` at a time), which equals
+  `Separator.separate_tensor` within 1 LSB in fp32 and runs every precision and runtime;
 - streamed (inputs over `separation.stream_over_s`): windows in, stems streamed to scratch files,
   so memory does not grow with the track (`raydemucs.streaming`);
 - split (when the scheduler lent idle workers): demucs's segment plan cut into pieces, run by
@@ -9,12 +11,12 @@
   (`raydemucs.batching`).
 
 Every path but batching holds the model for one attempt at a time, in arrival order (`ModelTurns`).
+Every path runs the task's precision, each network on the worker's runtime (`raydemucs.networks`).
 """
 from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import shutil
 import threading
 import time
@@ -24,9 +26,9 @@ from typing import Iterator
 
 from . import health
 from .attempt import Attempt, ModelTurns
-from .batching import SharedBatcher
+from .batching import BatchedSeparator, SharedBatcher
 from .decoding import decode
-from .engine import pick_stems, sub_models
+from .engine import Runner, pick_stems
 from .loading import default_segment_s
 from .pieces import separate_across_workers, separate_piece
 from .streaming import separate_file
@@ -42,23 +44,14 @@ class Separated:
     pieces: int = 1
 
 
-def expected_chunks(model, length: int, options) -> int:
-    """How many segment forward passes `apply_model` will run (for progress)."""
-    total = 0
-    for sub in sub_models(model):
-        segment = options.segment or float(sub.segment)
-        stride = max(1, int((1 - options.overlap) * int(sub.samplerate * segment)))
-        padded = length + (sub.samplerate // 2 if options.shifts else 0)
-        total += math.ceil(padded / stride) * max(1, options.shifts)
-    return total
-
-
 class Strategies:
-    """Runs attempts on a worker's models: one at a time in arrival order, or batched."""
+    """Runs attempts on a worker's models: one at a time in arrival order, or batched; each
+    model's network on `runtime`."""
 
-    def __init__(self, device: str, batch_size: int):
+    def __init__(self, device: str, batch_size: int, runtime: str = "eager"):
         self.device = device
         self.batch_size = batch_size
+        self.runtime = runtime
         self.turns = ModelTurns()
         self._batchers: dict[tuple, SharedBatcher] = {}
         self._lock = threading.Lock()
@@ -95,16 +88,21 @@ class Strategies:
         timings["decode_s"] = time.time() - started
         return wav
 
+    def runner(self, model, precision: str) -> Runner:
+        """Runs `model` on this worker's device and runtime at `precision`."""
+        return Runner(model, self.device, precision, self.runtime)
+
     def _in_memory(self, task: TaskSpec, current: Attempt, separator, wav, timings: dict) -> dict:
-        """`Separator.separate_tensor`: demucs's own path."""
+        """demucs's segment plan for the one track, `batch_size` segments per forward pass."""
         options = task.options
-        current.chunks_expected = expected_chunks(separator.model, wav.shape[-1], options)
         with self.turns.turn(current):
-            separator.update_parameter(device=self.device, shifts=options.shifts,
-                                       overlap=options.overlap, segment=options.segment,
-                                       callback=current.on_chunk)
             started = time.time()
-            _, stems = separator.separate_tensor(wav)
+            batcher = BatchedSeparator(separator.model, batch_size=self.batch_size,
+                                       device=self.device, precision=options.precision,
+                                       runtime=self.runtime)
+            stems = batcher.separate({task.task_id: wav}, segment=options.segment,
+                                     overlap=options.overlap, shifts=options.shifts,
+                                     callback=current.on_chunk)[task.task_id]
             timings["separate_s"] = time.time() - started
         return stems
 
@@ -115,18 +113,21 @@ class Strategies:
             started = time.time()
             stems, pieces = separate_across_workers(
                 separator.model, wav, task.options, helpers,
-                lambda *piece: self.run_piece(separator.model, current, *piece), current.abort,
-                task.task_id, current.number)
+                lambda *piece: self.run_piece(separator.model, task.options.precision, current,
+                                              *piece),
+                current.abort, task.task_id, current.number)
             timings["separate_s"] = time.time() - started
         return dict(zip(separator.model.sources, stems)), pieces
 
     def batcher(self, separator, options) -> SharedBatcher:
-        """The batcher this worker's attempts with `options`' model share."""
+        """The batcher this worker's attempts with `options`' model and precision share."""
+        key = (options.model, options.repo, options.precision)
         with self._lock:
-            batcher = self._batchers.get((options.model, options.repo))
+            batcher = self._batchers.get(key)
             if batcher is None or batcher.batcher.model is not separator.model:
-                batcher = self._batchers[options.model, options.repo] = SharedBatcher(
-                    separator.model, batch_size=self.batch_size, device=self.device)
+                batcher = self._batchers[key] = SharedBatcher(
+                    separator.model, batch_size=self.batch_size, device=self.device,
+                    precision=options.precision, runtime=self.runtime)
         return batcher
 
     def _batched(self, task: TaskSpec, current: Attempt, separator, decode_wav,
@@ -159,13 +160,15 @@ class Strategies:
             started = time.time()
             stems = separate_file(separator.model, input_path, scratch,
                                   segment=options.segment, overlap=options.overlap,
-                                  shifts=options.shifts, device=self.device,
+                                  shifts=options.shifts,
+                                  runner=self.runner(separator.model, options.precision),
                                   two_stems=options.two_stems, callback=current.on_chunk)
             timings["separate_s"] = time.time() - started
         return stems
 
-    def run_piece(self, model, current: Attempt, plan, piece, window, mean, std):
+    def run_piece(self, model, precision: str, current: Attempt, plan, piece, window, mean, std):
         """One piece of a split track (the lead's own, or a lent helper's), counted as progress."""
         current.chunks_expected = current.chunks_done + len(piece.segments)
         return separate_piece(model, plan, piece, window, piece.input_start, mean, std,
-                              device=self.device, callback=current.on_piece_chunk)
+                              runner=self.runner(model, precision),
+                              callback=current.on_piece_chunk)

@@ -50,12 +50,13 @@ class _InputBuffer:
 
 
 def stream_separate(model, plan: SeparationPlan, blocks: Iterator[th.Tensor], mean, std,
-                    emit: Callable[[th.Tensor], None], *, device=None, callback=None,
-                    callback_arg=None, block_frames: int = BLOCK_FRAMES) -> None:
+                    emit: Callable[[th.Tensor], None], *, device=None, runner=None,
+                    callback=None, callback_arg=None, block_frames: int = BLOCK_FRAMES) -> None:
     """Run every segment in order of start, and `emit` the stems `[sources, channels, n]` of each
-    run of samples as soon as no later segment can touch it; memory stays a few segments long."""
+    run of samples as soon as no later segment can touch it; memory stays a few segments long.
+    `runner` (a `Runner`) says how the model runs; by default, eager fp32 on `device`."""
     segments = plan.segments
-    runner = Runner(model, device)
+    runner = runner or Runner(model, device)
     inputs = _InputBuffer(iter(blocks), mean, std, plan.channels, plan.length)
     prefix = (1, len(plan.sources), plan.channels)
     sums = [OverlapAdd(prefix) for _ in plan.passes]
@@ -147,7 +148,8 @@ class _TempStemSink:
 
 def separate_file(model, path, workdir=None, *, segment: float | None = None,
                   overlap: float = 0.25, shifts: int = 0, transition_power: float = 1.0,
-                  device=None, two_stems: str | None = None, callback=None, callback_arg=None,
+                  device=None, runner=None, two_stems: str | None = None, callback=None,
+                  callback_arg=None,
                   shift_offsets=None, rng=random,
                   block_frames: int = BLOCK_FRAMES) -> StreamedStems:
     """Separate a file in bounded memory: one pass for the mean and std, one to separate into
@@ -163,7 +165,8 @@ def separate_file(model, path, workdir=None, *, segment: float | None = None,
         sink = _TempStemSink(folder, plan.sources, samplerate, channels, two_stems)
         try:
             stream_separate(model, plan, iter_audio(path, samplerate, channels), mean, std, sink,
-                            device=device, callback=callback, callback_arg=callback_arg,
+                            device=device, runner=runner, callback=callback,
+                            callback_arg=callback_arg,
                             block_frames=block_frames)
         finally:
             sink.close()

@@ -98,6 +98,8 @@ class TaskSpec:
         if not self.cache or not self.input_sha256:
             return None
         options = {k: v for k, v in _as_dict(self.options).items() if k != "device"}
+        if options["precision"] == "fp32":  # the default: keys made before the option stay valid
+            del options["precision"]
         blob = json.dumps({"input": self.input_sha256, **options}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 

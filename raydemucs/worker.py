@@ -22,19 +22,20 @@ from . import __version__, health
 from .attempt import Attempt
 from .config import Config
 from .encoding import stem_saver
+from .engine import is_out_of_memory, sub_models
 from .errors import (InternalError, InvalidInput, ModelNotFound, OutOfMemory, RayDemucsError,
                      SeparationAborted)
 from .inputs import validate_input
 from .loading import ModelCache, check_options
 from .logs import configure_logging
+from .networks import runtime_of, worker_runtime
 from .outputs import Folder, LocalFolder, write_outputs
 from .places import attempt_places
+from .precision import check_device
 from .strategies import Strategies
 from .task import TaskSpec
 
 logger = logging.getLogger("raydemucs.worker")
-
-OOM_TEXTS = ("out of memory", "can't allocate memory")
 
 
 def worker_device(num_gpus: float) -> str:
@@ -72,7 +73,7 @@ def _error_of(exc: BaseException, current: Attempt, task_id: str) -> RayDemucsEr
         return SeparationAborted("stopped on request")
     if isinstance(exc, MemoryError):
         return OutOfMemory("the worker ran out of memory", current.segment_s)
-    if any(text in str(exc).lower() for text in OOM_TEXTS):
+    if is_out_of_memory(exc):
         return OutOfMemory(f"out of memory: {str(exc).splitlines()[0]}", current.segment_s)
     logger.error("task %s: unexpected error", task_id, exc_info=exc)
     return InternalError(f"{type(exc).__name__}: {exc}")
@@ -95,7 +96,8 @@ class SeparatorWorker:
         self.worker_id = worker_id
         self.device = worker_device(self.config.workers.num_gpus)
         self.models = ModelCache(self.config.workers.max_models, self.device)
-        self.strategies = Strategies(self.device, self.config.workers.batch_size)
+        self.strategies = Strategies(self.device, self.config.workers.batch_size,
+                                     worker_runtime(self.config.workers.runtime, self.device))
         self._models_lock = threading.Lock()
         self._attempts: dict[str, Attempt] = {}
         self._early_aborts: collections.deque = collections.deque(maxlen=64)
@@ -103,16 +105,28 @@ class SeparatorWorker:
         self.tasks_failed = 0
         self.started_at = time.time()
         self._process = psutil.Process()
+        self._release_memory = health.MemoryReleases()
         self._process.cpu_percent(None)
         self.load_error: str | None = None
+        self._load_default()
+        logger.info("%s ready on %s (%s) with %d threads (pid %d)", worker_id, self.device,
+                    self.strategies.runtime, threads, os.getpid())
+
+    def _load_default(self) -> None:
+        """Load the config's model, and build its network for the config's precision."""
         default = self.config.separation
         try:
-            self.models.get(default.model, default.repo)
+            separator = self.models.get(default.model, default.repo)
         except ModelNotFound as exc:
             self.load_error = str(exc)
-            logger.error("%s: default model not loaded: %s", worker_id, exc)
-        logger.info("%s ready on %s with %d threads (pid %d)", worker_id, self.device, threads,
-                    os.getpid())
+            logger.error("%s: default model not loaded: %s", self.worker_id, exc)
+            return
+        try:
+            check_device(default.precision, self.device)
+        except InvalidInput as exc:
+            logger.warning("%s: %s", self.worker_id, exc)
+            return
+        self.strategies.runner(separator.model, default.precision)
 
     # -- the calls the pool makes ---------------------------------------------------------------
     def ready(self) -> dict:
@@ -157,16 +171,24 @@ class SeparatorWorker:
         try:
             result = self._separate(task, current, reuse_from, upload, helpers or [])
             self.tasks_done += 1
-            return {"ok": True, "models": self.models.keys(), **result}
+            return {"ok": True, "models": self.models.keys(), **result, **self._settle()}
         except (Exception, KeyboardInterrupt) as exc:  # KeyboardInterrupt: how an abort arrives
             error = _error_of(exc, current, task.task_id)
         finally:
             self._leave(current)
         self.tasks_failed += 1
-        return {"ok": False, "models": self.models.keys(), "error": error.to_dict()}
+        return {"ok": False, "models": self.models.keys(), "error": error.to_dict(),
+                **self._settle()}
 
-    def separate_piece(self, task_id: str, attempt: int, model: str, repo: str | None, plan,
-                       piece, window, mean, std):
+    def _settle(self) -> dict:
+        """After an attempt: free memory back to the system (at most every few seconds), and the
+        RSS left (what the pool's recycle rule judges)."""
+        if self.config.workers.release_memory:
+            self._release_memory()
+        return {"rss_bytes": self._process.memory_info().rss}
+
+    def separate_piece(self, task_id: str, attempt: int, model: str, repo: str | None,
+                       precision: str, plan, piece, window, mean, std):
         """One piece of a track another worker leads; abortable like an attempt, and shown in
         `poll` under the lead's task id."""
         current = self._enter(task_id, attempt)
@@ -174,8 +196,8 @@ class SeparatorWorker:
             with self._models_lock:
                 separator = self.models.get(model, repo)
             with self.strategies.turns.turn(current):
-                return self.strategies.run_piece(separator.model, current, plan, piece, window,
-                                                 mean, std)
+                return self.strategies.run_piece(separator.model, precision, current, plan,
+                                                 piece, window, mean, std)
         except KeyboardInterrupt:
             raise SeparationAborted("stopped on request") from None
         finally:
@@ -239,12 +261,15 @@ class SeparatorWorker:
         with self._models_lock:
             separator = self.models.get(options.model, options.repo)
         check_options(separator.model, options)
+        check_device(options.precision, self.device)
         timings: dict = {}
         with self.strategies.separate(task, current, separator, places.input_path,
                                       places.scratch, duration_s, helpers, timings) as separated:
             current.phase = "writing"
             manifest = {**self._manifest_base(task, current.number, duration_s),
                         "samplerate": separator.samplerate, "streamed": separated.streamed,
+                        "runtime": runtime_of(sub_models(separator.model)[0], self.device,
+                                              self.strategies.runtime),
                         "pieces": separated.pieces, "peak_rss_bytes": current.peak_rss_bytes,
                         "timings": timings}
             started = time.time()

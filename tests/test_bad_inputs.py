@@ -458,6 +458,7 @@ BAD_OPTIONS = {
     "unknown_priority": ({"priority": "urgent"}, InvalidInput, "priority 'urgent' must be high, "
                          "normal, low or 0-9"),
     "cuda_on_cpu_workers": ({"device": "cuda"}, InvalidInput, "whose workers use cpu, not cuda"),
+    "fp16_on_cpu_workers": ({"precision": "fp16"}, InvalidInput, "precision fp16 needs a GPU"),
 }
 
 

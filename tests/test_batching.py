@@ -11,7 +11,7 @@ from demucs.htdemucs import HTDemucs
 from demucs.pretrained import SOURCES, get_model
 
 from raydemucs.attempt import Attempt
-from raydemucs.batching import BatchedSeparator, SharedBatcher
+from raydemucs.batching import BatchedSeparator, SharedBatcher, fit_batch_size
 from raydemucs.engine import plan_separation, track_stats
 
 from conftest import make_signal, wait_for
@@ -264,3 +264,44 @@ def test_a_failed_forward_pass_fails_every_track_in_it_and_hangs_none(tracks):
         thread.join(30)
     assert outcome == {"a": "CUDA out of memory", "b": "CUDA out of memory"}
     assert not shared.batcher.pending() and not shared.batcher._tracks
+
+
+def test_a_pass_that_runs_out_of_memory_is_split_and_later_passes_stay_smaller(tiny, tracks):
+    """An injected out-of-memory error for passes of more than 2 segments: the pass is halved
+    until it fits, the batch size stays at what fitted, and every track's stems are right."""
+    batcher = BatchedSeparator(tiny, batch_size=8)
+    forward, sizes = batcher.runner.forward, []
+
+    def fits_two(model_index, inputs):
+        sizes.append(inputs.shape[0])
+        if inputs.shape[0] > 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return forward(model_index, inputs)
+
+    batcher.runner.forward = fits_two
+    results = batcher.separate(tracks)
+    for key, wav in tracks.items():
+        assert_same_stems(results[key], plain(tiny, wav, shifts=0))
+    assert batcher.batch_size == 2
+    assert sizes[:3] == [8, 4, 2] and max(sizes[3:]) == 2
+
+
+def test_an_error_other_than_out_of_memory_is_not_retried(tiny, tracks):
+    batcher = BatchedSeparator(tiny, batch_size=8)
+    calls = []
+
+    def broken(model_index, inputs):
+        calls.append(inputs.shape[0])
+        raise RuntimeError("shapes do not match")
+
+    batcher.runner.forward = broken
+    batcher.add("a", tracks["a"])
+    assert batcher.step() == ["a"] and calls == [4] and batcher.batch_size == 8
+    with pytest.raises(RuntimeError, match="shapes do not match"):
+        batcher.pop("a")
+
+
+@pytest.mark.parametrize("free_mb, segment_mb, ceiling, expected", [
+    (10_000, 100, 256, 80), (10_000, 100, 16, 16), (50, 100, 16, 1), (1000, 0, 16, 16)])
+def test_the_batch_size_is_what_free_device_memory_holds(free_mb, segment_mb, ceiling, expected):
+    assert fit_batch_size(ceiling, free_mb * 2**20, segment_mb * 2**20) == expected

@@ -744,3 +744,12 @@ def test_a_task_for_a_device_its_pool_does_not_run_on_is_refused(tmp_path):
     with pytest.raises(InvalidInput, match="pool 'gpu', whose workers use cuda, not cpu"):
         scheduler.submit(spec("c", options=SeparationConfig(device="cpu")))
     assert not scheduler.store.list(None, 10)
+
+
+def test_fp16_for_a_cpu_pool_is_refused_at_submit_and_a_gpu_pool_takes_it(tmp_path):
+    gpu = {"name": "gpu", "models": ["htdemucs"], "num_gpus": 1.0, "min_workers": 0}
+    scheduler, _, _ = make(tmp_path, workers=0, pools=(gpu, {"name": "cpu"}))
+    assert scheduler.pool_of(spec("a", options=SeparationConfig(precision="fp16"))) == "gpu"
+    with pytest.raises(InvalidInput, match="precision fp16 needs a GPU"):
+        scheduler.submit(spec("b", options=SeparationConfig(model="mdx_extra", precision="fp16")))
+    assert not scheduler.store.list(None, 10)

@@ -12,7 +12,7 @@ from ..storage import is_uri
 from ..task import TaskSpec, new_task_id, parse_priority
 
 OPTION_FIELDS = ("model", "two_stems", "shifts", "overlap", "segment", "format", "wav_depth",
-                 "mp3_bitrate", "mp3_preset", "clip_mode", "device")
+                 "mp3_bitrate", "mp3_preset", "clip_mode", "device", "precision")
 TASK_FIELDS = ("project", "file_id", "priority", "force")
 FIELDS = (*TASK_FIELDS, *OPTION_FIELDS)
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
