@@ -193,7 +193,7 @@ class Scheduler:
             existing, spec=dataclasses.replace(spec, task_id=existing.task_id),
             seq=self.store.next_seq(), attempts=0, progress=0.0, error=None, outputs=None,
             worker=None, node=None, submitted_at=now, started_at=None, finished_at=None,
-            retry_at=None, queued_at=now, audio_duration_s=None, segment_s=None)
+            retry_at=None, queued_at=now, audio_duration_s=None, segment_s=None, expired_at=None)
         self._set_state(record, TaskState.QUEUED)
         self.active[record.task_id] = record
         self._enqueue(record)
