@@ -20,21 +20,19 @@ from .. import __version__
 from ..config import Config
 from ..connection import NAMESPACE
 from ..errors import (InputTooLarge, InvalidInput, RayDemucsError, ServiceUnavailable,
-                      TaskNotFound, Unauthenticated)
+                      TaskConflict, TaskNotFound, Unauthenticated)
 from ..inputs import validate_input
 from ..keys import KeyTable
 from ..storage import input_size, is_uri
 from ..task import TaskState
 from . import errors
-from .asks import OPTION_FIELDS, check_fields, input_location, task_spec
+from .asks import FIELDS, check_fields, input_location, task_spec
 from .forms import read_form
 from .stems import MEDIA_TYPES, StemSource, byte_range, zip_stream
+from .views import public
 
 KEYS_TTL_S = 2.0
 EVENTS_WAIT_S = 15.0
-PUBLIC = ("task_id", "project", "file_id", "state", "priority", "attempts", "progress", "error",
-          "queue_position", "submitted_at", "started_at", "finished_at", "queue_wait_s", "run_s",
-          "audio_duration_s")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 app = FastAPI(title="raydemucs", version=__version__,
@@ -46,20 +44,6 @@ errors.install(app)
 class Caller:
     owner: str  # the API key's name; '' on a loopback service without keys
     max_queued: int | None = None
-
-
-def public(view: dict, base: str) -> dict:
-    """A task as the API shows it: no server paths; stems as URLs."""
-    data = {key: view.get(key) for key in PUBLIC}
-    options = view["spec"]["options"]
-    data["model"] = options["model"]
-    data["options"] = {key: options[key] for key in OPTION_FIELDS if key != "model"}
-    url = f"{base}/v1/tasks/{view['task_id']}"
-    data["outputs"] = ({stem: f"{url}/stems/{stem}" for stem in view["outputs"]}
-                       if view.get("outputs") else None)
-    data["links"] = {"self": url, "events": f"{url}/events",
-                     "zip": f"{url}/stems.zip" if view.get("outputs") else None}
-    return data
 
 
 def _unwrap(error: BaseException) -> BaseException:
@@ -94,12 +78,12 @@ TASK_BODY = {"requestBody": {"required": True, "content": {
         "type": "object", "required": ["file"],
         "properties": {"file": {"type": "string", "format": "binary"},
                        **{name: {"type": "string"} for name in
-                          ("project", "file_id", "priority", "force", *OPTION_FIELDS)}}}},
+                          FIELDS}}}},
     "application/json": {"schema": {
         "type": "object", "required": ["input"], "additionalProperties": False,
         "properties": {"input": {"type": "string"},
                        **{name: {"type": "string"} for name in
-                          ("project", "file_id", "priority", "force", *OPTION_FIELDS)}}}}}}}
+                          FIELDS}}}}}}}
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0})
@@ -252,11 +236,17 @@ class Ingress:
         following = _cursor(page[-1]["seq"]) if len(views) > limit else None
         return {"tasks": [public(view, self.base(request)) for view in page], "cursor": following}
 
-    @app.delete("/v1/tasks/{task_id}", summary="Cancel a queued or running task")
-    async def cancel_task(self, task_id: str, request: Request):
+    @app.delete("/v1/tasks/{task_id}", summary="Cancel a queued or running task; with "
+                "purge=true, also delete its stored input and stems (it stays listed, expired)")
+    async def cancel_task(self, task_id: str, request: Request, purge: bool = False):
         caller = await self.caller(request)
         await self.task_of(caller, task_id)
         await self.call("cancel", task_id)
+        if purge:
+            if not TaskState((await self.call("get_task", task_id))["state"]).is_terminal():
+                raise TaskConflict(f"task {task_id} is still stopping; DELETE it with purge=true "
+                                   "again once it has ended")
+            await self.call("purge", task_id)
         return public(await self.call("get_task", task_id), self.base(request))
 
     @app.post("/v1/tasks/{task_id}/retry", status_code=202,
