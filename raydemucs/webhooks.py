@@ -342,6 +342,10 @@ class Deliverer:
                                         name="raydemucs-webhooks", daemon=True)
         self._thread.start()
 
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stopping
+
     def wake(self) -> None:
         """Look for due deliveries now (safe from any thread)."""
         loop, event = self._loop, self._wake
