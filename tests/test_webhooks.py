@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from standardwebhooks.webhooks import Webhook
@@ -21,59 +19,6 @@ from raydemucs.webhooks import (Answer, Deliverer, Deliveries, check_events, che
                                 load_secret, sign)
 from conftest import wait_for
 from fakes import FakeClock
-
-
-class Receiver:
-    """A real HTTP receiver on 127.0.0.1: answers each POST with the next of `statuses` (the
-    last one repeated), or holds it until `release` when `hang`; keeps what it got."""
-
-    def __init__(self, statuses=(200,), hang=False, body=b"ok", headers=None):
-        self.statuses, self.hang, self.body = list(statuses), hang, body
-        self.extra_headers = headers or {}
-        self.got: list[tuple[dict, bytes]] = []
-        self.release = threading.Event()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                data = self.rfile.read(int(self.headers["content-length"]))
-                receiver.got.append(({k.lower(): v for k, v in self.headers.items()}, data))
-                if receiver.hang:
-                    receiver.release.wait(60)
-                    return
-                status = receiver.statuses[min(len(receiver.got), len(receiver.statuses)) - 1]
-                self.send_response(status)
-                for key, value in receiver.extra_headers.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(receiver.body)))
-                self.end_headers()
-                self.wfile.write(receiver.body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def receivers():
-    made = []
-
-    def factory(**kwargs) -> Receiver:
-        made.append(Receiver(**kwargs))
-        return made[-1]
-
-    yield factory
-    for receiver in made:
-        receiver.close()
 
 
 def finished(store, url, state=TaskState.SUCCEEDED, events=None, **spec) -> TaskRecord:
