@@ -33,7 +33,8 @@ class InputTooLarge(InvalidInput):
 
 
 class TaskConflict(InvalidInput):
-    """Raised when a (project, file id) already names a task that asked for something else."""
+    """Raised when a (project, file id) already names a task that asked for something else, or
+    when a task is asked for what its state does not allow (a purge of an unfinished one)."""
 
 
 class OutputNotWritable(InvalidInput):
@@ -132,6 +133,8 @@ class ShuttingDown(ServiceUnavailable):
 class Gone(RayDemucsError):
     """Raised when what was asked for existed but is no longer kept: a task's stored input or
     stems deleted by retention or a purge (HTTP 410)."""
+
+    exit_code = 2
 
 
 class InternalError(RayDemucsError):

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import RetentionConfig
-from .errors import InvalidInput
+from .errors import InvalidInput, TaskConflict
 from .store import TaskStore
 from .task import TaskRecord
 from .uploads import UploadStore
@@ -160,7 +160,7 @@ class Retention:
         stays while another task needs it (unfinished, or its files not expired). `users` are
         the tasks of the same input as read at `read_at`."""
         if not record.state.is_terminal():
-            raise InvalidInput(f"task {record.task_id} is {record.state.value}; cancel it first "
+            raise TaskConflict(f"task {record.task_id} is {record.state.value}; cancel it first "
                                "(a purge deletes a finished task's files)")
         if not record.spec.kept:
             raise InvalidInput(f"task {record.task_id} keeps nothing in the service: its stems "

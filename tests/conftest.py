@@ -321,5 +321,8 @@ def receivers():
         return made[-1]
 
     yield factory
-    for receiver in made:
-        receiver.close()
+    closing = [threading.Thread(target=receiver.close) for receiver in made]  # each waits a poll
+    for thread in closing:
+        thread.start()
+    for thread in closing:
+        thread.join()

@@ -4,6 +4,7 @@ journal side stepped with a fake clock, and the deliverer thread against real re
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
@@ -222,3 +223,22 @@ def test_a_refused_connection_is_retried(tmp_path):
     dead = delivered(store, record.task_id, "dead")
     assert dead["attempts"] == 2 and dead["last_status"] is None and dead["last_error"]
     deliverer.stop()
+
+
+def test_the_secret_is_in_the_state_dir_alone_never_in_logs_or_the_journal(tmp_path, receivers,
+                                                                          caplog, monkeypatch):
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setattr(logging.getLogger("raydemucs"), "propagate", True)  # see configure_logging
+    failing, fine = receivers(statuses=(500,)), receivers()
+    store, deliverer, secret = run_deliverer(tmp_path, max_attempts=2)
+    add = Deliveries(store, config(), wake=deliverer.wake).add
+    dead, ok = finished(store, failing.url), finished(store, fine.url)
+    add(dead, "task.failed")
+    add(ok, "task.succeeded")
+    delivered(store, dead.task_id, "dead")
+    delivered(store, ok.task_id)
+    deliverer.stop()
+    key = secret.removeprefix("whsec_")
+    assert caplog.records and key not in caplog.text
+    holders = [p for p in tmp_path.rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
+    assert holders == [tmp_path / "webhook-secret"]  # not the journal, nor its WAL

@@ -31,9 +31,10 @@ def service(serve_port, tmp_path_factory):
 
 
 def cli_env(service) -> dict:
+    """The environment a CLI needs to reach `service` (an HttpService or a WorkerManager)."""
     return {"RAY_ADDRESS": ray.get_runtime_context().gcs_address,
             "RAYDEMUCS_SERVICE_NAME": service.config.service.name,
-            "RAYDEMUCS_SERVICE_STATE_DIR": str(service.state)}
+            "RAYDEMUCS_SERVICE_STATE_DIR": str(service.config.service.state_dir)}
 
 
 def upload(service, path, **fields):
@@ -131,7 +132,17 @@ def test_webhook_urls_refused_at_submit(service, make_service, audio, tmp_path):
         answer = service.client.post("/v1/tasks", files={"file": (song.name, song.read_bytes())},
                                      data={"webhook_url": url})
         assert answer.status_code == 422 and words in answer.json()["error"]["message"]
+    answer = service.client.post("/v1/tasks", files={"file": (song.name, song.read_bytes())},
+                                 data={"webhook_url": "https://example.com/h",
+                                       "webhook_events": "task.started,task.done"})
+    assert answer.status_code == 422 and "task.done" in answer.json()["error"]["message"]
     assert service.stored() == stored
+    busy = upload(service, write_audio(tmp_path / "long.wav", seconds=10.0), segment=1)
+    refused = service.client.delete(f"/v1/tasks/{busy['task_id']}?purge=true")
+    assert refused.status_code == 409 and "cancel it first" in refused.json()["error"]["message"]
+    assert service.client.get(f"/v1/tasks/{busy['task_id']}").json()["state"] in (
+        "queued", "running")
+    service.client.delete(f"/v1/tasks/{busy['task_id']}")
     strict = make_service(workers={"max_workers": 1})  # webhooks.allow_private off
     for url in ("http://127.0.0.1:8080/hook", "http://localhost:8080/hook"):
         spec = strict.prepare_task(audio("song.wav", seconds=0.5), output_dir=tmp_path / "out",
@@ -141,15 +152,35 @@ def test_webhook_urls_refused_at_submit(service, make_service, audio, tmp_path):
     assert strict.list_tasks() == []
 
 
-def test_add_task_with_a_webhook_sends_the_record_with_paths(make_service, receivers, audio,
-                                                             tmp_path):
-    receiver = receivers()
-    manager = make_service(workers={"max_workers": 1}, webhooks={"allow_private": True})
-    task_id = manager.add_task(audio("plain.wav", seconds=0.5), output_dir=tmp_path / "out",
-                               webhook_url=receiver.url)
+def test_a_dead_delivery_is_listed_and_sent_again_from_the_cli(make_service, receivers, audio,
+                                                              tmp_path):
+    receiver = receivers(statuses=(500,))
+    manager = make_service(workers={"max_workers": 1},
+                           webhooks={"allow_private": True, "max_attempts": 1})
+    song = audio("plain.wav", seconds=0.5)
+    task_id = manager.add_task(song, output_dir=tmp_path / "out", webhook_url=receiver.url)
     manager.wait(task_id)
+    wait_for(lambda: manager.get_status(task_id)["deliveries"][0]["state"] == "dead", 60)
+    env = cli_env(manager)
+    listed = run_cli("webhooks", "list", "--failed", "--json", env=env)
+    (dead,) = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert dead["event"] == "task.succeeded" and dead["last_status"] == 500
+    receiver.statuses = [200]
+    again = run_cli("webhooks", "retry", dead["delivery_id"], env=env)
+    assert again.returncode == 0 and "pending" in again.stdout, again.stderr
     wait_for(lambda: manager.get_status(task_id)["deliveries"][0]["state"] == "delivered", 60)
-    (headers, body), = receiver.got
-    event = json.loads(body)
+    assert run_cli("webhooks", "list", "--failed", env=env).stdout == ""
+    assert [headers["webhook-id"] for headers, _ in receiver.got] == [dead["delivery_id"]] * 2
+    event = json.loads(receiver.got[-1][1])  # no HTTP API here: the record, with paths
     assert os.path.isfile(event["data"]["outputs"]["drums"])
     assert event["data"]["outputs"]["drums"].startswith(str(tmp_path / "out"))
+    for args, words in ((("webhooks", "retry", "msg_nosuch"), "no webhook delivery"),
+                        (("submit", song, "--webhook", "ftp://example.com/x"), "only http://"),
+                        (("submit", song, "--webhook", receiver.url, "--webhook-events",
+                          "task.done"), "webhook_events"),
+                        (("purge", task_id), "a folder it named")):
+        ran = run_cli(*args, env=env)
+        assert ran.returncode == 2 and words in ran.stderr, ran.stderr
+        assert len(ran.stderr.strip().splitlines()) == 1
+    assert len(manager.list_tasks()) == 1
+    assert (tmp_path / "out" / "default" / "plain" / "drums.wav").is_file()

@@ -20,7 +20,7 @@ from .. import __version__
 from ..config import Config
 from ..connection import NAMESPACE
 from ..errors import (InputTooLarge, InvalidInput, RayDemucsError, ServiceUnavailable,
-                      TaskConflict, TaskNotFound, Unauthenticated)
+                      TaskNotFound, Unauthenticated)
 from ..inputs import validate_input
 from ..keys import KeyTable
 from ..storage import input_size, is_uri
@@ -237,16 +237,12 @@ class Ingress:
         return {"tasks": [public(view, self.base(request)) for view in page], "cursor": following}
 
     @app.delete("/v1/tasks/{task_id}", summary="Cancel a queued or running task; with "
-                "purge=true, also delete its stored input and stems (it stays listed, expired)")
+                "purge=true, delete a finished task's stored input and stems now (it stays "
+                "listed, expired; 409 for an unfinished one)")
     async def cancel_task(self, task_id: str, request: Request, purge: bool = False):
         caller = await self.caller(request)
         await self.task_of(caller, task_id)
-        await self.call("cancel", task_id)
-        if purge:
-            if not TaskState((await self.call("get_task", task_id))["state"]).is_terminal():
-                raise TaskConflict(f"task {task_id} is still stopping; DELETE it with purge=true "
-                                   "again once it has ended")
-            await self.call("purge", task_id)
+        await self.call("purge" if purge else "cancel", task_id)  # purge refuses unfinished ones
         return public(await self.call("get_task", task_id), self.base(request))
 
     @app.post("/v1/tasks/{task_id}/retry", status_code=202,
