@@ -8,7 +8,8 @@
    the figures): errors, p50/p99 of both calls, wall time.
 2. The same submits and polls through `WorkerManager` from as many threads.
 3. `--uploads` uploads of `--upload-mb` MB at once (their tasks cancelled as they are accepted):
-   the peak RSS of the ingress replica, the Serve proxy and the scheduler while they stream.
+   the peak private memory (USS: RSS without shared pages such as Ray's object store) of the
+   ingress replica, the Serve proxy and the scheduler while they stream.
 
 It starts its own local Ray, service and Serve proxy on a free port, and stops them at the end.
 """
@@ -119,11 +120,17 @@ def processes() -> dict[str, psutil.Process]:
 
 
 
-def sample_rss(watched: dict, peaks: dict, stop: threading.Event) -> None:
+def private_bytes(proc: psutil.Process) -> int:
+    """The process's own memory (USS): RSS without the pages it shares, such as Ray's object
+    store, which every process that reads an object maps."""
+    return proc.memory_full_info().uss
+
+
+def sample_memory(watched: dict, peaks: dict, stop: threading.Event) -> None:
     while not stop.is_set():
         for role, proc in watched.items():
             try:
-                peaks[role] = max(peaks.get(role, 0), proc.memory_info().rss)
+                peaks[role] = max(peaks.get(role, 0), private_bytes(proc))
             except psutil.Error:
                 pass
         time.sleep(0.05)
@@ -133,9 +140,9 @@ async def run_big_uploads(url: str, song: Path, uploads: int) -> dict:
     import httpx
 
     watched = processes()
-    baseline = {role: proc.memory_info().rss for role, proc in watched.items()}
+    baseline = {role: private_bytes(proc) for role, proc in watched.items()}
     peaks, stop = {}, threading.Event()
-    sampler = threading.Thread(target=sample_rss, args=(watched, peaks, stop), daemon=True)
+    sampler = threading.Thread(target=sample_memory, args=(watched, peaks, stop), daemon=True)
     sampler.start()
 
     async def send(client, index: int) -> float:
@@ -154,7 +161,7 @@ async def run_big_uploads(url: str, song: Path, uploads: int) -> dict:
     sampler.join()
     mb = song.stat().st_size / 2**20
     return {"uploads": uploads, "upload_mb": mb, "wall_s": time.perf_counter() - started,
-            "upload_s_max": max(times), "rss_mb": {
+            "upload_s_max": max(times), "uss_mb": {
                 role: {"before": baseline[role] / 2**20, "peak": peaks.get(role, 0) / 2**20,
                        "growth_per_upload_mb": (peaks.get(role, 0) - baseline[role]) / 2**20 / uploads}
                 for role in baseline}}
@@ -188,9 +195,9 @@ def print_table(result: dict) -> None:
               f"{row['get']['p50_ms']:>8.1f}/{row['get']['p99_ms']:<8.1f}")
     big = result["uploads"]
     print(f"\n{big['uploads']} uploads of {big['upload_mb']:.0f} MB at once, {big['wall_s']:.1f} s:")
-    for role, rss in big["rss_mb"].items():
-        print(f"  {role:<10} RSS {rss['before']:7.0f} MB -> peak {rss['peak']:7.0f} MB "
-              f"({rss['growth_per_upload_mb']:+.1f} MB per upload in flight)")
+    for role, uss in big["uss_mb"].items():
+        print(f"  {role:<10} own memory (USS) {uss['before']:6.0f} MB -> peak {uss['peak']:6.0f} MB "
+              f"({uss['growth_per_upload_mb']:+.1f} MB per upload in flight)")
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from .config import StorageConfig
 from .errors import InputTooLarge, InternalError
 from .outputs import Folder, task_folder
 from .task import TaskSpec
+from .uploads import UploadSource
 
 SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
 
@@ -50,8 +51,9 @@ def _local_name(location: str) -> str:
 
 @contextlib.contextmanager
 def attempt_places(task: TaskSpec, config: StorageConfig, max_bytes: int,
-                   upload: bytes | None = None) -> Iterator[Places]:
-    """Local places for one attempt; what it downloads or writes there is removed at the end."""
+                   upload: bytes | UploadSource | None = None) -> Iterator[Places]:
+    """Local places for one attempt; what it downloads or writes there is removed at the end.
+    An uploaded input comes as its bytes, or as the `UploadSource` the worker fetches it from."""
     remote_in = storage.is_uri(task.input_path)
     if not (remote_in or task.kept or storage.is_uri(task.output_dir)):
         folder = task_folder(task.output_dir, task.project, task.file_id, config)
@@ -64,7 +66,10 @@ def attempt_places(task: TaskSpec, config: StorageConfig, max_bytes: int,
             if upload is None:
                 raise InternalError("the task's uploaded input did not arrive with it")
             input_path = work / _local_name(task.input_path)
-            input_path.write_bytes(upload)
+            if isinstance(upload, bytes):
+                input_path.write_bytes(upload)
+            else:
+                upload.write_to(input_path)
         elif remote_in:
             size = storage.input_size(task.input_path, config)
             if size > max_bytes:

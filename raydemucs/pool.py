@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import itertools
 import logging
 import time
@@ -23,9 +22,10 @@ from ray.exceptions import RayActorError, RayError
 
 from .config import DEFAULT_POOL, Config, PoolConfig
 from .connection import NAMESPACE
-from .errors import InternalError, InvalidInput
+from .errors import InternalError
 from .health import HealthPolicy
 from .task import TaskSpec
+from .uploads import UploadSource
 from .worker import SeparatorWorker
 
 logger = logging.getLogger("raydemucs.pool")
@@ -108,10 +108,8 @@ class RayWorkerPool:
 
     def __init__(self, config: Config, on_ready: Callable[[], None],
                  on_result: Callable[[str, int, dict], None],
-                 on_lost: Callable[[str, str], None],
-                 read_upload: Callable[[TaskSpec], bytes]):
+                 on_lost: Callable[[str, str], None]):
         self.config = config
-        self.read_upload = read_upload
         self.policy = HealthPolicy.from_config(config.workers)
         self.prefix = config.service.name
         self.on_ready, self.on_result, self.on_lost = on_ready, on_result, on_lost
@@ -151,33 +149,22 @@ class RayWorkerPool:
 
     def start(self, worker_id: str, spec: TaskSpec, attempt: int, reuse_from: str | None = None,
               helpers: tuple = ()) -> None:
-        """Send an attempt to its worker; `helpers` (idle workers) are lent to it until `release`.
-
-        The call goes out from a background task: an uploaded input is read from the service's
-        disk first, off the event loop."""
+        """Send an attempt to its worker; `helpers` (idle workers) are lent to it until `release`."""
         slot = self.slots[worker_id]
         slot.state = "busy"
         slot.tasks[spec.task_id] = attempt
         for helper in map(self.slots.get, helpers):
             helper.state, helper.lent_to, helper.tasks[spec.task_id] = "busy", spec.task_id, attempt
-        call = functools.partial(slot.handle.separate.remote, spec.to_dict(), attempt, reuse_from,
-                                 helpers=[self.slots[h].handle for h in helpers])
-        self._background(self._run_attempt(slot, slot.handle, call, spec, attempt))
+        upload = UploadSource(self.prefix, spec.input_sha256) if spec.uploaded else None
+        ref = slot.handle.separate.remote(spec.to_dict(), attempt, reuse_from, upload,
+                                          [self.slots[h].handle for h in helpers])
+        self._background(self._run_attempt(slot, slot.handle, ref, spec.task_id, attempt))
 
-    async def _run_attempt(self, slot: WorkerSlot, handle, call, spec: TaskSpec,
-                           attempt: int) -> None:
-        """Read an uploaded input (an input gone from the disk fails the attempt), send the
-        call, and hear its result."""
-        try:
-            upload = await asyncio.to_thread(self.read_upload, spec) if spec.uploaded else None
-        except OSError:
-            error = InvalidInput(f"the uploaded input of {spec.file_id!r} is gone from the "
-                                 "service's state directory; submit the file again")
-            result = {"ok": False, "error": error.to_dict()}
-        else:
-            result = await self._await_result(slot, handle, call(upload=upload))
+    async def _run_attempt(self, slot: WorkerSlot, handle, ref, task_id: str, attempt: int) -> None:
+        """Hear an attempt's result (the worker fetches an uploaded input itself, in chunks)."""
+        result = await self._await_result(slot, handle, ref)
         if result is not None and slot.handle is handle:
-            self._finish_attempt(slot, spec.task_id, attempt, result)
+            self._finish_attempt(slot, task_id, attempt, result)
 
     def release(self, worker_ids: tuple, task_id: str) -> None:
         """Helpers lent to `task_id` are free again (unless replaced since)."""

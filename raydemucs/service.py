@@ -66,8 +66,7 @@ class SchedulerService:
         self.keys = KeyStore(self.config.state_path)
         self._keys_table, self._keys_version = KeyTable([]), None
         self.pool = RayWorkerPool(self.config, on_ready=self._dispatch,
-                                  on_result=self._on_result, on_lost=self._on_lost,
-                                  read_upload=self.uploads.read_input)
+                                  on_result=self._on_result, on_lost=self._on_lost)
         self.metrics = ServiceMetrics(self.config.service.name)
         self.deliverer = Deliverer(self.store.path, self.config.webhooks,
                                    load_secret(self.config.state_path), self._task_data)
@@ -226,21 +225,36 @@ class SchedulerService:
         `max_queued`, their owner may not have more unfinished tasks than that.
         """
         await self._ready()
-        accepted = []
-        for spec in map(TaskSpec.from_dict, specs):
-            spec = self.uploads.keep(spec) if spec.kept else spec
-            existing = self.core.check(spec)  # one refused task refuses the batch, before any is kept
-            await self._check_webhook(spec)
-            if spec.uploaded:
-                data = (uploads or {}).get(spec.input_sha256)
-                spec = await asyncio.to_thread(self.uploads.accept, spec, data)
-            accepted.append((spec, existing))
+        accepted = await self._checked(specs)
         if max_queued is not None:
             self._check_quota(accepted, max_queued)
+        for index, (spec, existing) in enumerate(accepted):
+            if spec.uploaded:
+                data = (uploads or {}).get(spec.input_sha256)
+                accepted[index] = (await asyncio.to_thread(self.uploads.accept, spec, data),
+                                   existing)
         records = [self.core.submit(spec).to_dict() for spec, _ in accepted]
         self.core.dispatch()
         self._changed()
         return records
+
+    async def check_tasks(self, specs: list[dict], max_queued: int | None = None) -> None:
+        """Raise what `submit` would refuse these tasks for (the key, the model, the cap, the
+        webhook), before a client sends their bytes."""
+        await self._ready()
+        checked = await self._checked(specs)
+        if max_queued is not None:
+            self._check_quota(checked, max_queued)
+
+    async def _checked(self, specs: list[dict]) -> list[tuple[TaskSpec, TaskRecord | None]]:
+        """Each task (pointed at the service's results when kept) with the known task it repeats;
+        one refused task raises, before anything is kept."""
+        checked = []
+        for spec in map(TaskSpec.from_dict, specs):
+            spec = self.uploads.keep(spec) if spec.kept else spec
+            checked.append((spec, self.core.check(spec)))
+            await self._check_webhook(spec)
+        return checked
 
     async def _check_webhook(self, spec: TaskSpec) -> None:
         """Refuse a webhook URL the service would not call (its host resolved off the loop)."""
@@ -360,15 +374,18 @@ class SchedulerService:
     async def upload_abort(self, upload_id: str) -> None:
         await asyncio.to_thread(self.uploads.abort, upload_id)
 
-    async def submit_upload(self, spec: dict, upload_id: str, max_queued: int | None = None) -> dict:
+    async def read_upload(self, sha256: str, offset: int, size: int) -> bytes:
+        """A chunk of a kept input, for the worker that separates it."""
+        return await asyncio.to_thread(self.uploads.read_chunk, sha256, offset, size)
+
+    async def submit_upload(self, spec: dict, upload_id: str,
+                            max_queued: int | None = None) -> dict:
         """Accept a task whose input was streamed in chunks (`upload_open`, `upload_write`): every
         refusal (the task, the quota, the bytes) comes before the upload is kept, so a refused
         request stores nothing; the same ask as a known task returns that task."""
         await self._ready()
-        task = self.uploads.keep(TaskSpec.from_dict(spec))
         try:
-            existing = self.core.check(task)
-            await self._check_webhook(task)
+            [(task, existing)] = await self._checked([spec])
             if max_queued is not None:
                 self._check_quota([(task, existing)], max_queued)
             if existing is not None and not self.core.reruns(existing, task):

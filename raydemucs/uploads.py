@@ -48,6 +48,35 @@ def _fsync_write(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
+@dataclass(frozen=True)
+class UploadSource:
+    """An uploaded input as a worker fetches it: from the service that keeps it, a chunk at a
+    time, so neither the scheduler nor the call to the worker holds the whole file."""
+
+    service: str  # the service's name: its scheduler is `SERVICE:scheduler`
+    sha256: str
+    chunk_bytes: int = 1 << 22
+
+    def write_to(self, path: Path) -> None:
+        import ray
+
+        from .connection import NAMESPACE
+
+        scheduler = ray.get_actor(f"{self.service}:scheduler", namespace=NAMESPACE)
+        with open(path, "wb") as handle:
+            offset = 0
+            while True:
+                try:
+                    chunk = ray.get(scheduler.read_upload.remote(self.sha256, offset,
+                                                                 self.chunk_bytes))
+                except ray.exceptions.RayTaskError as exc:
+                    raise exc.cause from None
+                if not chunk:
+                    return
+                handle.write(chunk)
+                offset += len(chunk)
+
+
 class UploadStore:
     def __init__(self, state_dir: Path, limits: InputConfig = InputConfig()):
         self.inputs = state_dir / "uploads"
@@ -108,8 +137,15 @@ class UploadStore:
         """Point a task's stems at the service's results, where it keeps them."""
         return dataclasses.replace(spec, output_dir=str(self.results_dir(spec.owner)), kept=True)
 
-    def read_input(self, spec: TaskSpec) -> bytes:
-        return (self.inputs / spec.input_sha256).read_bytes()
+    def read_chunk(self, sha256: str, offset: int, size: int) -> bytes:
+        """Bytes [offset, offset + size) of a kept input; `InvalidInput` when it is gone."""
+        try:
+            with open(self.inputs / sha256, "rb") as handle:
+                handle.seek(offset)
+                return handle.read(size)
+        except FileNotFoundError:
+            raise InvalidInput("the uploaded input is gone from the service's state directory; "
+                               "submit the file again") from None
 
     def keep_stems(self, spec: TaskSpec, result: dict) -> dict[str, str]:
         """Write the stems a worker sent back into the task's folder; returns `{stem: path}`."""

@@ -135,13 +135,13 @@ def test_models_and_help():
 @pytest.fixture
 def own_ray(tmp_path):
     """A machine of our own for Ray heads: a private Ray temp dir (so no other Ray here is found),
-    a free port, and a PATH without this venv's bin, as a systemd unit or a container runs
-    `/path/venv/bin/python -m raydemucs`. Every process a test starts here (`started`, and the
+    a free port, and a PATH without any `ray` (this venv's bin, pyenv's shims), as a systemd unit
+    or a container runs `/path/venv/bin/python -m raydemucs`. Every process a test starts here (`started`, and the
     head named in its own state directory) is ended afterwards, with what it runs."""
     ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket path limit
     state = tmp_path / "state"
     bare_path = os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep)
-                                if Path(d).resolve() != Path(sys.executable).parent.resolve())
+                                if not shutil.which("ray", path=d))  # venv bin, pyenv shims
     started = []
     own = SimpleNamespace(port=_free_port(), state=state, started=started, env={
         "RAY_ADDRESS": None, "RAY_TMPDIR": str(ray_tmp), "RAY_AUTH_MODE": None, "PATH": bare_path,

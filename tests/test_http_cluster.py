@@ -58,16 +58,16 @@ def scenario(tmp_path: str, song: str) -> dict:
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2,
                                                             "include_dashboard": True})
-    far = cluster.add_node(num_cpus=1, resources={"stem_node": 1})
     port = free_port()
     config = load_config("test", environ={}, overrides={
         "service": {"name": f"c{uuid.uuid4().hex[:6]}", "state_dir": f"{tmp_path}/state"},
         "workers": {"memory_mb": 0}, "pools": [POOL], "http": {"port": port}})
     manager = WorkerManager(config, address=cluster.address)
-    seen = {"far_node": far.node_id}
+    seen = {}
     try:
         manager.scheduler(create=True)
-        url = manager.start_http()
+        url = manager.start_http()  # before the far node joins: the replica stays on the head
+        seen["far_node"] = cluster.add_node(num_cpus=1, resources={"stem_node": 1}).node_id
         task_id = manager.add_task(song, output_dir=f"{tmp_path}/out", project_name="p")
         record = manager.wait(task_id, timeout=180)
         seen["stems_node"] = record["node"]

@@ -7,9 +7,10 @@ keys' digests. Errors are `{"error": {"type", "message"}}` (see `raydemucs.http.
 import asyncio
 import base64
 import json
+import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import ray
 from fastapi import FastAPI, Request
@@ -27,7 +28,7 @@ from ..storage import input_size, is_uri
 from ..task import TaskState
 from . import errors
 from .asks import FIELDS, check_fields, input_location, task_spec
-from .forms import read_form
+from .forms import Spool, read_form
 from .stems import MEDIA_TYPES, StemSource, byte_range, zip_stream
 from .views import public
 
@@ -77,16 +78,19 @@ TASK_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {
         "type": "object", "required": ["file"],
         "properties": {"file": {"type": "string", "format": "binary"},
-                       **{name: {"type": "string"} for name in
-                          FIELDS}}}},
+                       **{name: {"type": "string"} for name in FIELDS}}}},
     "application/json": {"schema": {
         "type": "object", "required": ["input"], "additionalProperties": False,
         "properties": {"input": {"type": "string"},
-                       **{name: {"type": "string"} for name in
-                          FIELDS}}}}}}}
+                       **{name: {"type": "string"} for name in FIELDS}}}}}}}
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0})
+# Every route awaits the scheduler or a stream (events, stems, uploads): a replica serves many at
+# once, where Serve's default (5) would queue the 6th open event stream behind the others.
+MAX_ONGOING_REQUESTS = 1000
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=MAX_ONGOING_REQUESTS)
 @serve.ingress(app)
 class Ingress:
     """The front door of one raydemucs service (its scheduler named `SERVICE:scheduler`)."""
@@ -162,31 +166,30 @@ class Ingress:
         max_bytes = int(config.input.max_file_mb * 2**20)
         if declared > max_bytes + (1 << 16):  # room for the form's own lines
             raise InputTooLarge(f"the body is {declared / 2**20:.1f} MB, over the "
-                                       f"{config.input.max_file_mb:g} MB limit (input.max_file_mb)")
-        upload_id = None
-
-        async def forward(file_name: str, chunk: bytes) -> None:
-            nonlocal upload_id
-            upload_id = upload_id or await self.call("upload_open", file_name)
-            await self.call("upload_write", upload_id, chunk)
-
-
-        try:
-            form = await read_form(request.stream(), kind, max_bytes, forward,
-                                   int(config.http.chunk_mb * 2**20))
+                                f"{config.input.max_file_mb:g} MB limit (input.max_file_mb)")
+        chunk_bytes = int(config.http.chunk_mb * 2**20)
+        with tempfile.TemporaryDirectory(prefix="raydemucs-upload-") as work:
+            spool = Spool(Path(work))
+            form = await read_form(request.stream(), kind, max_bytes, spool.write, chunk_bytes)
             if form.file_name is None:
                 raise InvalidInput("the form has no `file` part (the audio file to separate)")
-            if upload_id is None:
+            if spool.size == 0:
                 raise InvalidInput("the uploaded file is empty")
+            name = PurePosixPath(form.file_name).name or "upload"
+            duration_s = await asyncio.to_thread(spool.validate, name, config.input)
             served = [model["name"] for model in await self.call("models")]
             spec = task_spec(form.fields, config.separation, served, caller.owner,
-                             input_path=PurePosixPath(form.file_name).name or "upload",
-                             sha256=form.sha256, uploaded=True)
-            return await self.call("submit_upload", spec.to_dict(), upload_id, caller.max_queued)
-        except BaseException:
-            if upload_id is not None:
+                             input_path=name, sha256=form.sha256, uploaded=True,
+                             duration_s=duration_s).to_dict()
+            await self.call("check_tasks", [spec], caller.max_queued)  # before the bytes travel
+            upload_id = await self.call("upload_open", name)
+            try:
+                async for chunk in spool.chunks(chunk_bytes):
+                    await self.call("upload_write", upload_id, chunk)
+                return await self.call("submit_upload", spec, upload_id, caller.max_queued)
+            except BaseException:
                 await self.call("upload_abort", upload_id)
-            raise
+                raise
 
     async def _from_input(self, request: Request, caller: Caller) -> dict:
         config = await self.service_config()

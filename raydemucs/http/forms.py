@@ -1,15 +1,22 @@
 """A multipart/form-data body read as it streams: small fields kept, the `file` part handed on in
-chunks (never whole in memory), its size capped and its SHA-256 computed on the way."""
+chunks (never whole in memory, spooled to the replica's disk), its size capped and its SHA-256
+computed on the way."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import re
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from pathlib import Path, PurePosixPath
+from typing import AsyncIterator, Awaitable, Callable
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from ..config import InputConfig
 from ..errors import InputTooLarge, InvalidInput
+from ..inputs import validate_input
 
+SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
 FIELD_BYTES = 4096  # a form field longer than this is no option of ours
 MAX_FIELDS = 64
 
@@ -123,3 +130,36 @@ def _end_part(form: Form, part: dict) -> None:
         form.fields[name] = part["value"].decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidInput(f"form field {name!r} is not UTF-8 text") from None
+
+
+class Spool:
+    """An uploaded file kept on this replica's disk while its form arrives: the body is read as
+    fast as it comes (Serve's proxy and replica queue what a slow reader leaves), checked here,
+    then sent on to the service's store in chunks."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.path, self.size = folder, None, 0
+
+    async def write(self, file_name: str, chunk: bytes) -> None:
+        if self.path is None:
+            suffix = PurePosixPath(file_name).suffix
+            self.path = self.folder / f"upload{suffix if SAFE_SUFFIX.match(suffix) else ''}"
+        self.size += len(chunk)
+        await asyncio.to_thread(_append, self.path, chunk)
+
+    def validate(self, name: str, limits: InputConfig) -> float:
+        """submit's checks of the file (its duration); messages name it `name`, not the spool."""
+        try:
+            return validate_input(self.path, limits)
+        except InvalidInput as exc:
+            raise type(exc)(str(exc).replace(str(self.path), name)) from None
+
+    async def chunks(self, chunk_bytes: int) -> AsyncIterator[bytes]:
+        with open(self.path, "rb") as handle:
+            while chunk := await asyncio.to_thread(handle.read, chunk_bytes):
+                yield chunk
+
+
+def _append(path: Path, chunk: bytes) -> None:
+    with open(path, "ab") as handle:
+        handle.write(chunk)
