@@ -207,6 +207,16 @@ def run_cli(*args, env=None, timeout=300, cwd=None) -> subprocess.CompletedProce
                           capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
+def cli_env(service) -> dict:
+    """What `run_cli` needs to reach `service` (an HttpService or a WorkerManager) on the
+    session's Ray."""
+    import ray
+
+    return {"RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+            "RAYDEMUCS_SERVICE_NAME": service.config.service.name,
+            "RAYDEMUCS_SERVICE_STATE_DIR": str(service.config.service.state_dir)}
+
+
 def free_port() -> int:
     import socket
 

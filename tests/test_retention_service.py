@@ -5,9 +5,8 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-import ray
 
-from conftest import HttpService, run_cli, wait_for, write_audio
+from conftest import HttpService, cli_env, run_cli, wait_for, write_audio
 
 pytestmark = pytest.mark.ray
 TTL_S = 8.0
@@ -56,6 +55,9 @@ def test_expired_stems_answer_410_and_a_folder_named_with_o_stays(service, tmp_p
     wait_for(lambda: not stored_input(service, song).exists(), 60)
     retried = service.client.post(f"{task['links']['self']}/retry")
     assert retried.status_code == 410 and "submit the file again" in retried.text
+    shown = run_cli("status", task["task_id"], env=cli_env(service)).stdout
+    assert "expired: its stored files were deleted" in shown
+    assert "held: uploads" in run_cli("status", env=cli_env(service)).stdout
     assert sorted(p.name for p in mine_folder.iterdir()) == [
         "bass.wav", "drums.wav", "manifest.json", "other.wav", "vocals.wav"]
 
@@ -70,10 +72,7 @@ def test_purge_keeps_a_shared_input_until_no_task_needs_it(service, tmp_path):
     assert service.client.get(first["outputs"]["drums"]).status_code == 410
     assert stored_input(service, song).is_file()  # the second task needs it
     second = service.wait(second["task_id"])
-    env = {"RAY_ADDRESS": ray.get_runtime_context().gcs_address,
-           "RAYDEMUCS_SERVICE_NAME": service.config.service.name,
-           "RAYDEMUCS_SERVICE_STATE_DIR": str(service.state)}
-    ran = run_cli("purge", second["task_id"], env=env)
+    ran = run_cli("purge", second["task_id"], env=cli_env(service))
     assert ran.returncode == 0 and "input deleted" in ran.stdout, ran.stdout + ran.stderr
     assert not stored_input(service, song).exists()
     assert service.client.get(second["outputs"]["drums"]).status_code == 410

@@ -13,7 +13,7 @@ from standardwebhooks.webhooks import Webhook
 
 from raydemucs.connection import NAMESPACE
 from raydemucs.errors import InvalidInput
-from conftest import HttpService, run_cli, wait_for, write_audio
+from conftest import HttpService, cli_env, run_cli, wait_for, write_audio
 
 pytestmark = pytest.mark.ray
 HANGING = 50
@@ -28,13 +28,6 @@ def service(serve_port, tmp_path_factory):
                                     "timeout_s": TIMEOUT_S})
     yield service
     service.close()
-
-
-def cli_env(service) -> dict:
-    """The environment a CLI needs to reach `service` (an HttpService or a WorkerManager)."""
-    return {"RAY_ADDRESS": ray.get_runtime_context().gcs_address,
-            "RAYDEMUCS_SERVICE_NAME": service.config.service.name,
-            "RAYDEMUCS_SERVICE_STATE_DIR": str(service.config.service.state_dir)}
 
 
 def upload(service, path, **fields):
