@@ -322,6 +322,27 @@ class SchedulerService:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._change.wait(), remaining)
 
+    async def watch_tasks(self, owner: str, seen: dict[str, dict],
+                          timeout_s: float = 15.0) -> list[dict]:
+        """The views of `owner`'s tasks that differ from `seen` (task id -> the view last sent),
+        oldest first, as soon as one does, else [] after `timeout_s`: its unfinished tasks, and
+        those `seen` holds unfinished (which may have ended). What the stream of all of a
+        caller's tasks sends on."""
+        await self._ready()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            ids = {task_id for task_id, record in self.core.active.items()
+                   if record.spec.owner == owner}
+            ids.update(task_id for task_id, view in seen.items()
+                       if not TaskState(view["state"]).is_terminal())
+            changed = [view for view in map(self.core.view, ids)
+                       if view != seen.get(view["task_id"])]
+            remaining = deadline - time.monotonic()
+            if changed or remaining <= 0:
+                return sorted(changed, key=lambda view: view["seq"])
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._change.wait(), remaining)
+
     async def models(self) -> list[dict]:
         """The models served here, with the stems of those a worker has loaded."""
         await self._ready()
@@ -468,6 +489,7 @@ class SchedulerService:
                 "uptime_s": time.time() - self.started_at, "journal": self.store.path,
                 "http": self.http_url,
                 "queue": self.core.queue_counts(), "pools": self.core.pool_counts(),
+                "queued_by_priority": self.core.queued_by_priority(),
                 "workers": self.pool.snapshot(), "retention": self.holdings,
                 "webhooks": self.store.count_deliveries(),
                 "running": [{k: r[k] for k in ("task_id", "project", "file_id", "attempts",

@@ -14,6 +14,10 @@ def test_no_request_gets_a_server_error(http_service):
     schema = schemathesis.openapi.from_url(f"{http_service.url}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 12
+    # the streams of all of a caller's tasks and of the status never end by themselves
+    # (tests/test_web.py reads them)
+    endless = ("/v1/events", "/v1/status/events")
+    operations = [operation for operation in operations if operation.path not in endless]
 
     for operation in operations:
         @given(case=operation.as_strategy())

@@ -14,7 +14,9 @@ from pathlib import Path, PurePosixPath
 
 import ray
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import (FileResponse, JSONResponse, RedirectResponse, Response,
+                               StreamingResponse)
+from fastapi.staticfiles import StaticFiles
 from ray import serve
 
 from .. import __version__
@@ -29,22 +31,34 @@ from ..task import TaskState
 from . import errors
 from .asks import FIELDS, check_fields, input_location, task_spec
 from .forms import Spool, read_form
+from .peaks import PeaksCache, check_points
 from .stems import MEDIA_TYPES, StemSource, byte_range, zip_stream
 from .views import public
 
 KEYS_TTL_S = 2.0
 EVENTS_WAIT_S = 15.0
+STATUS_EVERY_S = 2.0
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+WEB = Path(__file__).resolve().parent.parent / "web"  # the page, shipped in the package
+PAGE_POLICY = ("default-src 'self'; img-src 'self' data:; media-src 'self' blob:; "
+               "object-src 'none'; frame-ancestors 'none'; base-uri 'none'")
 
 app = FastAPI(title="raydemucs", version=__version__,
               description="Separate songs into stems with Demucs on a Ray actor pool.")
 errors.install(app)
+app.mount("/web", StaticFiles(directory=WEB), name="web")
 
 
 @dataclass(frozen=True)
 class Caller:
     owner: str  # the API key's name; '' on a loopback service without keys
     max_queued: int | None = None
+
+
+def event_stream(chunks) -> StreamingResponse:
+    """Server-sent events, sent as they come (no cache, no proxy buffering)."""
+    return StreamingResponse(chunks, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
 def _unwrap(error: BaseException) -> BaseException:
@@ -101,6 +115,7 @@ class Ingress:
         self._scheduler = None
         self._keys, self._keys_at = KeyTable([]), float("-inf")
         self._service_config: Config | None = None
+        self._peaks = PeaksCache()
 
     # -- the scheduler, the keys ---------------------------------------------------------------
     async def call(self, method: str, *args, **kwargs):
@@ -260,9 +275,7 @@ class Ingress:
     async def task_events(self, task_id: str, request: Request):
         caller = await self.caller(request)
         first = await self.task_of(caller, task_id)
-        return StreamingResponse(self._events(first, self.base(request)),
-                                 media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        return event_stream(self._events(first, self.base(request)))
 
     async def _events(self, view: dict, base: str):
         """One event per change (`state` when the state moved, else `progress`), the current
@@ -279,6 +292,27 @@ class Ingress:
                 yield ": waiting\n\n"
             seen = view
             view = await self.call("watch", view["task_id"], seen, EVENTS_WAIT_S)
+
+    @app.get("/v1/events", summary="Server-sent events: every change of the caller's tasks")
+    async def caller_events(self, request: Request):
+        caller = await self.caller(request)
+        return event_stream(self._changes(caller.owner, self.base(request)))
+
+    async def _changes(self, owner: str, base: str):
+        """A `task` event per change of the owner's tasks, its unfinished ones first; a comment
+        line at once, and whenever nothing changed for a while. It runs until the client goes."""
+        seen, number = {}, 0
+        yield ": watching\n\n"
+        while True:
+            views = await self.call("watch_tasks", owner, seen, EVENTS_WAIT_S)
+            for view in views:
+                number += 1
+                yield f"id: {number}\nevent: task\ndata: {json.dumps(public(view, base))}\n\n"
+                seen[view["task_id"]] = view
+            if not views:
+                yield ": waiting\n\n"
+            seen = {task_id: view for task_id, view in seen.items()
+                    if not TaskState(view["state"]).is_terminal()}
 
     # -- stems ---------------------------------------------------------------------------------
     async def _stems(self, caller: Caller, task_id: str) -> tuple[dict, StemSource, dict]:
@@ -315,6 +349,27 @@ class Ingress:
         return StreamingResponse(source.chunks(entry["file"], start, stop), media_type=media,
                                  status_code=206 if span else 200, headers=headers)
 
+    @app.get("/v1/tasks/{task_id}/stems/{stem}/peaks",
+              summary="A stem's waveform: the lowest and highest sample of each of `points` spans")
+    async def get_peaks(self, task_id: str, stem: str, request: Request, points: int = 1000):
+        caller = await self.caller(request)
+        check_points(points)
+        _, source, manifest = await self._stems(caller, task_id)
+        entry = manifest["stems"].get(stem)
+        if entry is None:
+            raise TaskNotFound(f"task {task_id} has no stem {stem!r}; it has "
+                               f"{', '.join(manifest['stems'])}")
+        etag = f'"{entry["sha256"]}-{points}"'
+        headers = {"ETag": etag, "Cache-Control": "private, max-age=86400"}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        key = (entry["sha256"], points)
+        summary = self._peaks.get(key)
+        if summary is None:
+            summary = {"stem": stem, **await source.peaks(entry["file"], points)}
+            self._peaks.put(key, summary)
+        return JSONResponse(summary, headers=headers)
+
     @app.get("/v1/tasks/{task_id}/stems.zip", summary="Every stem and manifest.json, one zip")
     async def get_zip(self, task_id: str, request: Request):
         caller = await self.caller(request)
@@ -334,6 +389,31 @@ class Ingress:
     async def status(self, request: Request):
         await self.caller(request)
         return await self.call("status")
+
+    @app.get("/v1/status/events", summary="Server-sent events: the service's status as it changes")
+    async def status_events(self, request: Request):
+        await self.caller(request)
+        return event_stream(self._statuses())
+
+    async def _statuses(self):
+        """A `status` event (what GET /v1/status answers) at once and whenever it changed, read
+        every STATUS_EVERY_S, else a comment line. It runs until the client goes."""
+        sent = None
+        while True:
+            status = await self.call("status")
+            changed = {key: value for key, value in status.items() if key != "uptime_s"}
+            if changed != sent:
+                yield f"event: status\ndata: {json.dumps(status)}\n\n"
+                sent = changed
+            else:
+                yield ": unchanged\n\n"
+            await asyncio.sleep(STATUS_EVERY_S)
+
+    @app.get("/", include_in_schema=False)
+    async def page(self):
+        """The page for people: upload, the live task list, the player, the operator view."""
+        return FileResponse(WEB / "index.html", headers={"Content-Security-Policy": PAGE_POLICY,
+                                                         "Cache-Control": "no-cache"})
 
     @app.get("/healthz", summary="This replica answers")
     async def healthz(self):

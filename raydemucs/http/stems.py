@@ -20,6 +20,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ..config import StorageConfig
 from ..outputs import MANIFEST, RemoteFolder
 from .errors import RangeNotSatisfiable
+from .peaks import peaks, peaks_on_node
 
 CHUNK_BYTES = 1 << 20
 SIGNED_URL_S = 3600
@@ -89,6 +90,19 @@ class StemSource:
             return await asyncio.to_thread(self.remote.manifest)
         data = b"".join([chunk async for chunk in self.chunks(MANIFEST, 0, 1 << 24)])
         return json.loads(data)
+
+    async def peaks(self, name: str, points: int) -> dict:
+        """`raydemucs.http.peaks.peaks` of file `name`, computed where it is read."""
+        if self.remote is not None:
+            def from_bucket():
+                with self.remote.fs.open(f"{self.remote.path}/{name}", "rb") as handle:
+                    return peaks(handle, points)
+            return await asyncio.to_thread(from_bucket)
+        path = f"{self.location}/{name}"
+        if self._here():
+            return await asyncio.to_thread(peaks, path, points)
+        strategy = NodeAffinitySchedulingStrategy(self.node, soft=False)
+        return await peaks_on_node.options(scheduling_strategy=strategy).remote(path, points)
 
     def signed_url(self, name: str) -> str | None:
         """A presigned URL of a bucket's file, where the storage signs them; else None."""
