@@ -29,6 +29,7 @@ from .outputs import (RemoteFolder, check_writable, copy_folder, copy_output_byt
                       task_folder)
 from .storage import is_uri, local_path
 from .task import TaskSpec, TaskState, new_task_id, parse_priority
+from .webhooks import check_events, check_url
 
 OPTION_ALIASES = {"name": "model", "stem": "two_stems"}
 
@@ -150,13 +151,15 @@ class WorkerManager:
                      output_dir: str | os.PathLike | None = None, project_name: str = "default",
                      priority: str | int = "normal", force: bool = False,
                      timeout_s: float | None = None, cache: bool = True, upload: bool = False,
-                     batch_id: str | None = None, **options) -> TaskSpec:
+                     batch_id: str | None = None, webhook_url: str | None = None,
+                     webhook_events=None, **options) -> TaskSpec:
         """Check everything that can be checked here and build the spec; nothing is queued.
 
         Inputs and output directories may be local paths or URIs (`s3://bucket/key`); with
         `upload`, the local input's bytes travel with the task and the service keeps the stems
-        (`fetch` brings them back). Defaults and limits come from the running service's config
-        when there is one.
+        (`fetch` brings them back). With `webhook_url`, the service calls it on each of
+        `webhook_events` (default: the terminal ones). Defaults and limits come from the running
+        service's config when there is one.
         """
         config = self.service_config()
         checked = {}
@@ -183,6 +186,9 @@ class WorkerManager:
         else:
             task_folder(output_dir, project_name, file_id, config.storage)  # names, symlinks
         priority = parse_priority(priority)
+        webhook_events = check_events(webhook_events)
+        if webhook_url is not None:
+            check_url(webhook_url)
         if timeout_s is not None:
             timeout_s = coerce("tasks", "timeout_s", timeout_s, "option")
         self._check_model_source(separation.model, separation.repo)
@@ -194,7 +200,8 @@ class WorkerManager:
                         input_path=source, output_dir=output_dir,
                         priority=priority, options=separation, force=force,
                         timeout_s=timeout_s, cache=cache and local, uploaded=upload, kept=upload,
-                        duration_s=duration_s, batch_id=batch_id,
+                        duration_s=duration_s, batch_id=batch_id, webhook_url=webhook_url,
+                        webhook_events=webhook_events,
                         input_sha256=None if is_uri(source) or not (cache or upload)
                         else file_sha256(Path(source)))
 
@@ -238,9 +245,12 @@ class WorkerManager:
 
     def add_task(self, input_path: str | os.PathLike, file_id: str | None = None,
                  output_dir: str | os.PathLike | None = None, project_name: str = "default",
-                 priority: str | int = "normal", **options) -> str:
-        """Validate and queue one file; returns its task id (the same one for a known key)."""
-        spec = self.prepare_task(input_path, file_id, output_dir, project_name, priority, **options)
+                 priority: str | int = "normal", webhook_url: str | None = None,
+                 **options) -> str:
+        """Validate and queue one file; returns its task id (the same one for a known key).
+        `webhook_url` is called when the task ends (see `prepare_task`)."""
+        spec = self.prepare_task(input_path, file_id, output_dir, project_name, priority,
+                                 webhook_url=webhook_url, **options)
         return self.submit([spec], create=True)[0]["task_id"]
 
     def fetch(self, task_id: str, output_dir: str | os.PathLike, force: bool = False) -> dict:
@@ -399,6 +409,20 @@ class WorkerManager:
     def cancel(self, task_id: str) -> dict:
         """Cancel a queued task, or abort a running one; its partial output never appears."""
         return self._call("cancel", task_id)
+
+    def purge(self, task_id: str) -> dict:
+        """Delete a finished task's stems and input that the service holds, now (an input
+        another task needs stays); `{"stems_deleted", "input_deleted", "input_kept_for",
+        "task"}`."""
+        return self._call("purge", task_id)
+
+    def webhook_deliveries(self, failed: bool = False, limit: int = 100) -> list[dict]:
+        """Webhook deliveries, newest first; `failed`: the dead and those being retried."""
+        return self._call("webhook_deliveries", failed, limit)
+
+    def retry_delivery(self, delivery_id: str) -> dict:
+        """Send a webhook delivery again now (a dead one gets a fresh set of attempts)."""
+        return self._call("retry_delivery", delivery_id)
 
     def start_http(self) -> str:
         """Start the HTTP API beside the running scheduler (`http.*` of this manager's config);

@@ -18,9 +18,10 @@ from .head import DEFAULT_PORT, ensure_head, stop_head
 from .keys import KeyStore
 
 from .logs import configure_logging
-from .render import (BARS_UP_TO, batch_bar, batch_line, batch_summary, print_outputs,
-                     progress_bars, status_table, task_line)
+from .render import (BARS_UP_TO, batch_bar, batch_line, batch_summary, delivery_line,
+                     print_outputs, progress_bars, status_table, task_line)
 from .storage import is_uri
+from .webhooks import load_secret
 
 
 def service_options(func):
@@ -82,6 +83,10 @@ def cli():
               "model and options exist (they are linked in otherwise).")
 @click.option("--upload", is_flag=True, help="Send the files' bytes with the tasks, for a cluster "
               "that cannot read them; the service keeps the stems (see `fetch`).")
+@click.option("--webhook", "webhook_url", metavar="URL", help="Call URL (a signed POST, see "
+              "`webhooks secret`) when each task ends.")
+@click.option("--webhook-events", metavar="LIST", help="Comma-separated events to call it on "
+              "(default task.succeeded,task.failed,task.cancelled; also task.started).")
 @click.option("--wait", is_flag=True, help="Show progress and wait; starts Ray and a scheduler "
               "for this run when no service is running.")
 @click.option("--from", "from_list", type=click.Path(dir_okay=False),
@@ -90,7 +95,8 @@ def cli():
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per task.")
 @service_options
 def submit(manager, inputs, output_dir, project, file_id, priority, fmt, depth, timeout_s, force,
-           no_cache, upload, wait, as_json, from_list, strict, **flags):
+           no_cache, upload, webhook_url, webhook_events, wait, as_json, from_list, strict,
+           **flags):
     """Queue INPUT files (paths or URIs such as s3://bucket/song.mp3) for separation into
     OUT/PROJECT/FILE_ID/. A folder (searched recursively for audio files), a bucket prefix
     (s3://bucket/music/), several inputs or a --from list make one batch."""
@@ -106,7 +112,7 @@ def submit(manager, inputs, output_dir, project, file_id, priority, fmt, depth, 
     options.update({"format": fmt} if fmt else {})
     options.update({"wav_depth": depth} if depth else {})
     options.update(output_dir=output_dir, force=force, timeout_s=timeout_s, cache=not no_cache,
-                   upload=upload)
+                   upload=upload, webhook_url=webhook_url, webhook_events=webhook_events)
     if len(inputs) != 1 or from_list or _is_folder(inputs[0]):
         _submit_batch(manager, inputs, from_list, project, priority, strict, wait, as_json,
                       options)
@@ -283,6 +289,58 @@ def cancel(manager, task_id, batch_id, as_json):
         return
     record = manager.cancel(task_id)
     _emit(record, as_json, task_line(record))
+
+
+@cli.command()
+@click.argument("task_ids", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True)
+@service_options
+def purge(manager, task_ids, as_json):
+    """Delete finished tasks' stems and uploaded inputs that the service holds, now (an input
+    another task needs stays); the tasks stay listed, expired. Folders named with -o are never
+    touched."""
+    for task_id in task_ids:
+        outcome = manager.purge(task_id)
+        kept = outcome["input_kept_for"]
+        _emit(outcome, as_json, f"{task_id} purged: stems "
+              f"{'deleted' if outcome['stems_deleted'] else 'already gone'}; input "
+              + ("deleted" if outcome["input_deleted"] else
+                 f"kept for {kept} other task(s)" if kept else "not the service's"))
+
+
+@cli.group()
+def webhooks():
+    """Webhook deliveries: the signing secret, failed deliveries, retries."""
+
+
+@webhooks.command("secret")
+@service_options
+def webhooks_secret(manager):
+    """The secret webhooks are signed with (Standard Webhooks, `whsec_...`): give it to the
+    receivers. Kept in the service's state directory (run this on the machine that holds it)."""
+    click.echo(load_secret(manager.config.state_path))
+
+
+@webhooks.command("list")
+@click.option("--failed", is_flag=True, help="Only dead deliveries and those being retried.")
+@click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@service_options
+def webhooks_list(manager, failed, limit, as_json):
+    """Webhook deliveries, newest first."""
+    for delivery in manager.webhook_deliveries(failed, limit):
+        _emit(delivery, as_json, delivery_line(delivery))
+
+
+@webhooks.command("retry")
+@click.argument("delivery_ids", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True)
+@service_options
+def webhooks_retry(manager, delivery_ids, as_json):
+    """Send deliveries again now (a dead one gets a fresh set of attempts)."""
+    for delivery_id in delivery_ids:
+        delivery = manager.retry_delivery(delivery_id)
+        _emit(delivery, as_json, delivery_line(delivery))
 
 
 @cli.command("list")

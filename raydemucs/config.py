@@ -142,6 +142,34 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class WebhooksConfig:
+    """Calls to a task's `webhook_url` when it ends (Standard Webhooks, signed, retried)."""
+
+    max_attempts: int = _opt(8, min=1, max=100, doc="attempts per event before it is dead")
+    timeout_s: float = _opt(10.0, min=0.1, max=600.0, doc="per attempt, the whole call")
+    retry_backoff_s: float = _opt(15.0, min=0.0, max=86400.0, doc="first retry delay, four times "
+                                  "longer each time, with jitter (8 attempts: about a day)")
+    allow_private: bool = _opt(False, doc="allow loopback, link-local and private addresses "
+                               "(tests, a laptop); checked after DNS resolution")
+    max_in_flight: int = _opt(64, min=1, max=10000, doc="deliveries sent at once")
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    """How long the service keeps what it holds: uploaded inputs, the stems it keeps, old records."""
+
+    uploads_ttl_s: float | None = _opt(7 * 86400.0, min=0.0, max=10 * 365 * 86400.0,
+                                       doc="an uploaded input, after the last task using it "
+                                       "(null: keep)")
+    results_ttl_s: float | None = _opt(7 * 86400.0, min=0.0, max=10 * 365 * 86400.0,
+                                       doc="the stems the service keeps, after their task ended "
+                                       "(null: keep)")
+    records_ttl_s: float | None = _opt(None, min=0.0, max=10 * 365 * 86400.0,
+                                       doc="finished tasks' journal rows (null: keep)")
+    sweep_interval_s: float = _opt(600.0, min=0.05, max=86400.0, doc="longest wait between sweeps")
+
+
+@dataclass(frozen=True)
 class PoolConfig:
     """One pool of workers: the models routed to it, what each worker asks of Ray, its size.
 
@@ -181,6 +209,8 @@ SECTIONS = {
     "service": ServiceConfig,
     "storage": StorageConfig,
     "http": HttpConfig,
+    "webhooks": WebhooksConfig,
+    "retention": RetentionConfig,
 }
 
 LEGACY_ENV = {
@@ -199,6 +229,8 @@ class Config:
     service: ServiceConfig = field(default_factory=ServiceConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     pools: tuple[PoolConfig, ...] = ()
 
     def to_dict(self) -> dict:

@@ -33,7 +33,8 @@ class InputTooLarge(InvalidInput):
 
 
 class TaskConflict(InvalidInput):
-    """Raised when a (project, file id) already names a task that asked for something else."""
+    """Raised when a (project, file id) already names a task that asked for something else, or
+    when a task is asked for what its state does not allow (a purge of an unfinished one)."""
 
 
 class OutputNotWritable(InvalidInput):
@@ -129,6 +130,13 @@ class ShuttingDown(ServiceUnavailable):
     """Raised when a task is submitted to a service that is draining."""
 
 
+class Gone(RayDemucsError):
+    """Raised when what was asked for existed but is no longer kept: a task's stored input or
+    stems deleted by retention or a purge (HTTP 410)."""
+
+    exit_code = 2
+
+
 class InternalError(RayDemucsError):
     """Raised for an unexpected exception inside a worker; not retried."""
 
@@ -137,7 +145,7 @@ _BY_NAME = {cls.__name__: cls for cls in (
     ConfigError, InvalidInput, InvalidName, InputTooLarge, TaskConflict, OutputNotWritable,
     Unauthenticated, OverQuota, ModelNotFound, TaskNotFound,
     TaskTimeout, WorkerDied, OutOfMemory, OutputWriteFailed, StorageUnavailable, SeparationAborted,
-    TaskCancelled, WaitTimedOut, ServiceUnavailable, ShuttingDown, InternalError,
+    TaskCancelled, WaitTimedOut, ServiceUnavailable, ShuttingDown, Gone, InternalError,
 )}
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 
 from tqdm import tqdm
 
@@ -20,7 +21,25 @@ def task_line(record: dict, detail: bool = False) -> str:
         lines.append(f"  error: {record['error']['type']}: {record['error']['message']}")
     for stem, path in (record.get("outputs") or {}).items():
         lines.append(f"  {stem}: {path}")
+    if record.get("expired_at"):
+        lines.append(f"  expired: its stored files were deleted {_when(record['expired_at'])}")
+    lines += [f"  webhook {delivery_line(delivery)}" for delivery in record.get("deliveries", [])]
     return "\n".join(lines)
+
+
+def _when(at: float | None) -> str:
+    return "-" if at is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+
+
+def delivery_line(delivery: dict) -> str:
+    """One webhook delivery: id, event, state, attempts, the last answer, the next try."""
+    line = (f"{delivery['delivery_id']}  {delivery['event']:<14}  {delivery['state']:<9}  "
+            f"attempts {delivery['attempts']}")
+    if delivery["last_error"] or delivery["last_status"]:
+        line += f"  last: {delivery['last_error'] or delivery['last_status']}"
+    if delivery["state"] == "pending":
+        line += f"  next try {_when(delivery['next_at'])}"
+    return f"{line}  {delivery['url']}"
 
 
 def print_outputs(record: dict) -> str:
@@ -33,13 +52,26 @@ def pool_line(pool: dict) -> str:
             f"{pool['queued']} queued; {pool['min_workers']}-{pool['max_workers']} workers; {models}")
 
 
+def held_lines(status: dict) -> list[str]:
+    """What the service holds under its state directory and its next expiry; webhooks."""
+    lines = []
+    held = status.get("retention") or {}
+    if held:
+        lines.append(f"held: uploads {_mb(held['uploads_bytes'])}, results "
+                     f"{_mb(held['results_bytes'])}; next expiry {_when(held['next_expiry_at'])}")
+    hooks = status.get("webhooks") or {}
+    if hooks:
+        lines.append("webhooks: " + "  ".join(f"{state} {count}" for state, count in hooks.items()))
+    return lines
+
+
 def status_table(status: dict) -> str:
     queue = status["queue"]
     lines = [f"service {status['service']}  "
              f"{'accepting' if status['accepting'] else 'draining'}  "
              f"uptime {status['uptime_s']:.0f} s",
              "tasks: " + "  ".join(f"{state} {count}" for state, count in queue.items()),
-             *map(pool_line, status.get("pools", [])), ""]
+             *map(pool_line, status.get("pools", [])), *held_lines(status), ""]
     width = max([10, *(len(w["worker_id"]) for w in status["workers"])])
     lines.append(f"{'WORKER':<{width}} {'STATE':<10} {'TASK':<17} {'PROGRESS':>8} {'PID':>7} "
                  f"{'RSS':>8} {'CPU%':>6} {'DONE':>5} {'FAILED':>6} {'RESTARTS':>8}")

@@ -13,7 +13,8 @@ import os
 import time
 
 from .config import Config
-from .errors import InvalidInput, OverQuota, RayDemucsError, error_from_dict
+from .errors import Gone, InvalidInput, OverQuota, RayDemucsError, error_from_dict
+from .http.views import public
 from .logs import configure_logging
 from .metrics import ServiceMetrics
 from .outputs import open_folder
@@ -21,7 +22,9 @@ from .scheduler import Scheduler, read_recovery
 from .store import TaskStore
 from .task import TaskRecord, TaskSpec, TaskState
 from .keys import KeyStore, KeyTable
+from .retention import Retention
 from .uploads import UploadStore
+from .webhooks import Deliverer, Deliveries, check_target, load_secret
 
 logger = logging.getLogger("raydemucs.service")
 
@@ -34,6 +37,18 @@ def _node_id() -> str | None:
     import ray
 
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
+class Listeners:
+    """Tells each of its members of every transition (the scheduler takes one listener)."""
+
+    def __init__(self, *members):
+        self.members = members
+
+    def on_transition(self, record: TaskRecord, previous: TaskState | None,
+                      counted: bool = True) -> None:
+        for member in self.members:
+            member.on_transition(record, previous, counted)
 
 
 class SchedulerService:
@@ -53,12 +68,20 @@ class SchedulerService:
         self.pool = RayWorkerPool(self.config, on_ready=self._dispatch,
                                   on_result=self._on_result, on_lost=self._on_lost)
         self.metrics = ServiceMetrics(self.config.service.name)
-        self.core = Scheduler(self.config, self.store, self.pool, listener=self.metrics,
-                              offload=self._offload)
+        self.deliverer = Deliverer(self.store.path, self.config.webhooks,
+                                   load_secret(self.config.state_path), self._task_data)
+        self.deliveries = Deliveries(self.store, self.config.webhooks, self._task_data,
+                                     wake=self.deliverer.wake)
+        self.retention = Retention(self.config.retention, self.store, self.uploads)
+        self.holdings: dict = {}  # what the last sweep found held (bytes, next expiry)
+        self._sweep_soon = asyncio.Event()
+        self.core = Scheduler(self.config, self.store, self.pool, offload=self._offload,
+                              listener=Listeners(self.metrics, self.deliveries))
         self.started_at = time.time()
         self.node_id = _node_id()
         self._started: asyncio.Task | None = None
         self._loop: asyncio.Task | None = None
+        self._sweeper: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
         self._change = asyncio.Event()  # set, and replaced, whenever tasks may have changed
         self.http_url: str | None = self._read_http_url()
@@ -89,6 +112,8 @@ class SchedulerService:
         self.core.recover(found)
         logger.info("scheduler %s started (pid %d); journal %s; %d unfinished task(s) recovered",
                     self.config.service.name, os.getpid(), self.store.path, len(self.core.active))
+        self.deliverer.start()
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
         if self.core.dispatching:
             self.core.dispatch()
             self._loop = asyncio.get_running_loop().create_task(self._tick_forever())
@@ -106,6 +131,37 @@ class SchedulerService:
     def _offload(self, work) -> None:
         """Run blocking disk work (a folder sweep) in a thread, never on the event loop."""
         self._in_background(asyncio.to_thread(work))
+
+    def _task_data(self, record: TaskRecord) -> dict:
+        """A webhook body's `data`: the task as the HTTP API shows it when it runs (stems as
+        URLs), else its record (stems as paths or URIs)."""
+        return public(record.to_dict(), self.http_url) if self.http_url else record.to_dict()
+
+    def _inputs_in_use(self) -> set[str]:
+        """The stored inputs of unfinished tasks."""
+        return {record.spec.input_sha256 for record in self.core.active.values()
+                if record.spec.uploaded}
+
+    async def _sweep_forever(self) -> None:
+        """Retention: sweep at each next expiry, at least every `retention.sweep_interval_s`
+        (and after a purge, to count what is held)."""
+        while True:
+            wait_s = self.config.retention.sweep_interval_s
+            try:
+                due = await asyncio.to_thread(self.retention.scan)
+                for record in self.retention.retire(due, self._inputs_in_use(),
+                                                    set(self.core.active)):
+                    self.core.counts[record.state.value] -= 1
+                await asyncio.to_thread(self.retention.empty_trash)
+                held = await asyncio.to_thread(self.retention.held_bytes)
+                self.holdings = {**held, "next_expiry_at": due.next_expiry_at}
+                if due.next_expiry_at is not None:
+                    wait_s = min(wait_s, max(0.0, due.next_expiry_at - time.time()))
+            except Exception:
+                logger.exception("retention sweep failed")
+            self._sweep_soon.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._sweep_soon.wait(), max(wait_s, 0.05))
 
     async def _tick_forever(self) -> None:
         while True:
@@ -169,7 +225,7 @@ class SchedulerService:
         `max_queued`, their owner may not have more unfinished tasks than that.
         """
         await self._ready()
-        accepted = self._checked(specs)
+        accepted = await self._checked(specs)
         if max_queued is not None:
             self._check_quota(accepted, max_queued)
         for index, (spec, existing) in enumerate(accepted):
@@ -222,21 +278,28 @@ class SchedulerService:
         return count
 
     async def check_tasks(self, specs: list[dict], max_queued: int | None = None) -> None:
-        """Raise what `submit` would refuse these tasks for (the key, the model, the cap), before
-        a client sends their bytes."""
+        """Raise what `submit` would refuse these tasks for (the key, the model, the cap, the
+        webhook), before a client sends their bytes."""
         await self._ready()
-        checked = self._checked(specs)
+        checked = await self._checked(specs)
         if max_queued is not None:
             self._check_quota(checked, max_queued)
 
-    def _checked(self, specs: list[dict]) -> list[tuple[TaskSpec, TaskRecord | None]]:
+    async def _checked(self, specs: list[dict]) -> list[tuple[TaskSpec, TaskRecord | None]]:
         """Each task (pointed at the service's results when kept) with the known task it repeats;
         one refused task raises, before anything is kept."""
         checked = []
         for spec in map(TaskSpec.from_dict, specs):
             spec = self.uploads.keep(spec) if spec.kept else spec
             checked.append((spec, self.core.check(spec)))
+            await self._check_webhook(spec)
         return checked
+
+    async def _check_webhook(self, spec: TaskSpec) -> None:
+        """Refuse a webhook URL the service would not call (its host resolved off the loop)."""
+        if spec.webhook_url:
+            await asyncio.to_thread(check_target, spec.webhook_url,
+                                    self.config.webhooks.allow_private)
 
     def _check_quota(self, accepted: list, max_queued: int) -> None:
         """`OverQuota` when the tasks would take their owner past `max_queued` unfinished ones."""
@@ -250,7 +313,7 @@ class SchedulerService:
         """A succeeded task's stems for a client that cannot read them where they are:
         `{"uri": FOLDER}` for remote storage, else the files' bytes read on this node."""
         await self._ready()
-        record = self.core.get(task_id)
+        record = self._unexpired(task_id)
         if record.state is not TaskState.SUCCEEDED:
             raise InvalidInput(f"task {task_id} is {record.state.value}; only a succeeded task's "
                                "stems can be fetched")
@@ -259,9 +322,19 @@ class SchedulerService:
             return {"uri": folder.location}
         return await asyncio.to_thread(folder.read_files)
 
+    def _unexpired(self, task_id: str) -> TaskRecord:
+        """A task whose stored files are still here; `Gone` for one whose files went."""
+        record = self.core.get(task_id)
+        if record.expired_at is not None:
+            raise Gone(f"task {task_id}'s stored files were deleted at "
+                       f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(record.expired_at))}"
+                       " (retention.results_ttl_s, or a purge)")
+        return record
+
     async def get_task(self, task_id: str) -> dict:
+        """A task's view, with its webhook deliveries."""
         await self._ready()
-        return self.core.view(task_id)
+        return {**self.core.view(task_id), "deliveries": self.deliveries.of_task(task_id)}
 
     async def get_tasks(self, task_ids: list[str]) -> list[dict]:
         await self._ready()
@@ -372,9 +445,8 @@ class SchedulerService:
         refusal (the task, the quota, the bytes) comes before the upload is kept, so a refused
         request stores nothing; the same ask as a known task returns that task."""
         await self._ready()
-        task = self.uploads.keep(TaskSpec.from_dict(spec))
         try:
-            existing = self.core.check(task)
+            [(task, existing)] = await self._checked([spec])
             if max_queued is not None:
                 self._check_quota([(task, existing)], max_queued)
             if existing is not None and not self.core.reruns(existing, task):
@@ -395,7 +467,7 @@ class SchedulerService:
         """Where a task's stems are: `{"location", "node", "remote"}` (the node that holds a
         local folder: the scheduler's for the stems it keeps, else the worker's)."""
         await self._ready()
-        record = self.core.get(task_id)
+        record = self._unexpired(task_id)
         folder = open_folder(record.spec.output_location, self.config.storage)
         node = self.node_id if record.spec.kept else record.node
         return {"location": folder.location, "node": None if folder.remote else node,
@@ -403,6 +475,10 @@ class SchedulerService:
 
     async def retry(self, task_id: str) -> dict:
         await self._ready()
+        spec = self.core.get(task_id).spec
+        if spec.uploaded and not (self.uploads.inputs / spec.input_sha256).is_file():
+            raise Gone(f"task {task_id}'s uploaded input was deleted (retention.uploads_ttl_s, or "
+                       "a purge); submit the file again")
         record = self.core.retry(task_id).to_dict()
         self.core.dispatch()
         self._changed()
@@ -414,6 +490,38 @@ class SchedulerService:
         self._changed()
         return record
 
+    async def purge(self, task_id: str) -> dict:
+        """Delete a finished task's stored stems and input now (an input another task needs
+        stays); the task stays in the journal, expired."""
+        await self._ready()
+        spec, read_at = self.core.get(task_id).spec, time.time()
+        users = (await asyncio.to_thread(self.store.held_records, spec.input_sha256)
+                 if spec.uploaded else [])
+        outcome = self.retention.purge(self.core.get(task_id), users, self._inputs_in_use(),
+                                       read_at)
+        await asyncio.to_thread(self.retention.empty_trash)
+        self._sweep_soon.set()  # recount what is held
+        self._changed()
+        return {**outcome, "task": await self.get_task(task_id)}
+
+    async def webhook_deliveries(self, failed: bool = False, limit: int = 100) -> list[dict]:
+        """Webhook deliveries, newest first; `failed`: dead ones and those whose last attempt
+        failed."""
+        await self._ready()
+        return self.deliveries.listing(failed, limit)
+
+    async def retry_delivery(self, delivery_id: str) -> dict:
+        """Send a webhook delivery again now (a dead one with a fresh set of attempts)."""
+        await self._ready()
+        return self.deliveries.retry(delivery_id)
+
+    def _deliveries_due(self) -> bool:
+        """Whether the running deliverer has an attempt in flight, or one due now."""
+        if not self.deliverer.running:
+            return False
+        next_at = self.store.next_delivery_at()
+        return bool(self.deliverer.in_flight) or (next_at is not None and next_at <= time.time())
+
     async def status(self) -> dict:
         await self._ready()
         running = [self.core.active[task_id].to_dict() for task_id in self.core.running]
@@ -422,7 +530,8 @@ class SchedulerService:
                 "http": self.http_url,
                 "queue": self.core.queue_counts(), "pools": self.core.pool_counts(),
                 "queued_by_priority": self.core.queued_by_priority(),
-                "workers": self.pool.snapshot(),
+                "workers": self.pool.snapshot(), "retention": self.holdings,
+                "webhooks": self.store.count_deliveries(),
                 "running": [{k: r[k] for k in ("task_id", "project", "file_id", "attempts",
                                                 "progress", "worker")} for r in running]}
 
@@ -441,6 +550,11 @@ class SchedulerService:
         self.pool.shutdown()
         if self._loop is not None:
             self._loop.cancel()
+        while self._deliveries_due() and time.time() < self._drain_deadline:
+            await asyncio.sleep(0.1)
+        self.deliverer.stop()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         queued = len(self.core.queue) + len(self.core.delayed)
         logger.info("drained: %d running task(s) interrupted, %d left queued for the next start",
                     len(interrupted), queued)

@@ -33,7 +33,37 @@ CREATE TABLE IF NOT EXISTS results (
     task_id TEXT NOT NULL,
     folder TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS deliveries (
+    delivery_id TEXT PRIMARY KEY,
+    task_id TEXT NOT NULL,
+    run_seq INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    url TEXT NOT NULL,
+    body TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    next_at REAL,
+    last_status INTEGER,
+    last_error TEXT,
+    ended_at REAL
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_at);
+CREATE INDEX IF NOT EXISTS deliveries_task ON deliveries (task_id);
+CREATE TABLE IF NOT EXISTS delivery_attempts (
+    attempt_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    delivery_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    duration_s REAL,
+    status INTEGER,
+    error TEXT,
+    excerpt TEXT
+);
+CREATE INDEX IF NOT EXISTS delivery_attempts_of ON delivery_attempts (delivery_id);
 """
+TERMINAL = tuple(state.value for state in TaskState if state.is_terminal())
+DELIVERY_COLUMNS = ("delivery_id", "task_id", "run_seq", "event", "url", "body", "state",
+                    "attempts", "created_at", "next_at", "last_status", "last_error", "ended_at")
 # journals written before tasks had owners: unique per (project, file id), no owner column
 _ADD_OWNERS = """
 ALTER TABLE tasks RENAME TO tasks_without_owner;
@@ -175,3 +205,118 @@ class TaskStore:
         counts = {state.value: 0 for state in TaskState}
         counts.update(dict(rows.fetchall()))
         return counts
+
+    # -- webhook deliveries (raydemucs.webhooks) ----------------------------------------------
+    def _deliveries(self, where: str, values: tuple) -> list[dict]:
+        rows = self._db.execute(f"SELECT {', '.join(DELIVERY_COLUMNS)} FROM deliveries {where}",
+                                values).fetchall()
+        return [dict(zip(DELIVERY_COLUMNS, row)) for row in rows]
+
+    def add_delivery(self, delivery: dict) -> bool:
+        """Commit a new delivery; False when one with its id exists already."""
+        columns = [c for c in DELIVERY_COLUMNS if c in delivery]
+        cursor = self._db.execute(
+            f"INSERT OR IGNORE INTO deliveries ({', '.join(columns)}) "
+            f"VALUES ({', '.join('?' * len(columns))})", [delivery[c] for c in columns])
+        return cursor.rowcount == 1
+
+    def delivery(self, delivery_id: str) -> dict | None:
+        found = self._deliveries("WHERE delivery_id=?", (delivery_id,))
+        return found[0] if found else None
+
+    def deliveries(self, task_id: str | None = None, state: str | None = None,
+                   limit: int = 1000) -> list[dict]:
+        """Deliveries, newest first, of one task and in one state when given."""
+        where = [f"{column}=?" for column, value in (("task_id", task_id), ("state", state))
+                 if value is not None]
+        values = tuple(value for value in (task_id, state) if value is not None)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        return self._deliveries(f"{clause} ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                                (*values, limit))
+
+    def due_deliveries(self, now: float, limit: int) -> list[dict]:
+        """Pending deliveries whose next attempt is due, the longest due first."""
+        return self._deliveries("WHERE state='pending' AND next_at<=? ORDER BY next_at LIMIT ?",
+                                (now, limit))
+
+    def next_delivery_at(self, skip: list[str] = ()) -> float | None:
+        """When the next pending delivery (none of `skip`) is due."""
+        marks = ", ".join("?" * len(skip))
+        (at,) = self._db.execute("SELECT MIN(next_at) FROM deliveries WHERE state='pending' AND "
+                                 f"delivery_id NOT IN ({marks})", tuple(skip)).fetchone()
+        return at
+
+    def update_delivery(self, delivery_id: str, attempt: dict | None = None, **fields) -> None:
+        """Change a delivery's columns, and journal an attempt with it (one transaction)."""
+        sets = ", ".join(f"{column}=?" for column in fields)
+        with self.transaction():
+            if attempt is not None:
+                self._db.execute("INSERT INTO delivery_attempts (delivery_id, at, duration_s, "
+                                 "status, error, excerpt) VALUES (?,?,?,?,?,?)",
+                                 (delivery_id, attempt["at"], attempt["duration_s"],
+                                  attempt["status"], attempt["error"], attempt["excerpt"]))
+            self._db.execute(f"UPDATE deliveries SET {sets} WHERE delivery_id=?",
+                             (*fields.values(), delivery_id))
+
+    def delivery_attempts(self, delivery_id: str) -> list[dict]:
+        rows = self._db.execute("SELECT at, duration_s, status, error, excerpt FROM "
+                                "delivery_attempts WHERE delivery_id=? ORDER BY attempt_id",
+                                (delivery_id,))
+        return [dict(zip(("at", "duration_s", "status", "error", "excerpt"), row)) for row in rows]
+
+    def count_deliveries(self) -> dict[str, int]:
+        return dict(self._db.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state"))
+
+    def unannounced(self) -> list[TaskRecord]:
+        """Finished tasks with a webhook whose run has no delivery of its end (a stop between
+        the two commits)."""
+        rows = self._db.execute(
+            "SELECT record FROM tasks t WHERE state IN (?,?,?) AND "
+            "json_extract(record, '$.spec.webhook_url') IS NOT NULL AND NOT EXISTS ("
+            "SELECT 1 FROM deliveries d WHERE d.task_id=t.task_id AND d.run_seq=t.seq AND "
+            "d.event='task.' || t.state)", TERMINAL).fetchall()
+        return [TaskRecord.from_dict(json.loads(row[0])) for row in rows]
+
+    # -- retention (raydemucs.retention) -------------------------------------------------------
+    def held_records(self, input_sha256: str | None = None) -> list[TaskRecord]:
+        """Records of tasks whose input or stems the service holds (uploaded or kept); only
+        those of one input when given."""
+        rows = self._db.execute(
+            "SELECT record FROM tasks WHERE (json_extract(record, '$.spec.kept') OR "
+            "json_extract(record, '$.spec.uploaded')) AND (? IS NULL OR "
+            "json_extract(record, '$.spec.input_sha256')=?)", (input_sha256, input_sha256))
+        return [TaskRecord.from_dict(json.loads(row[0])) for row in rows.fetchall()]
+
+    def mark_expired(self, task_id: str, seq: int, at: float) -> bool:
+        """Mark a finished run's files gone; False if the task changed since (run again, or
+        marked already)."""
+        cursor = self._db.execute(
+            "UPDATE tasks SET record=json_set(record, '$.expired_at', ?) WHERE task_id=? AND "
+            "seq=? AND state IN (?,?,?) AND json_extract(record, '$.expired_at') IS NULL",
+            (at, task_id, seq, *TERMINAL))
+        return cursor.rowcount == 1
+
+    def finished_before(self, before: float, limit: int = 1000) -> list[TaskRecord]:
+        """Finished records that ended before `before` and have no delivery still pending."""
+        rows = self._db.execute(
+            "SELECT record FROM tasks t WHERE state IN (?,?,?) AND "
+            "json_extract(record, '$.finished_at') < ? AND NOT EXISTS (SELECT 1 FROM deliveries "
+            "d WHERE d.task_id=t.task_id AND d.state='pending') ORDER BY seq LIMIT ?",
+            (*TERMINAL, before, limit)).fetchall()
+        return [TaskRecord.from_dict(json.loads(row[0])) for row in rows]
+
+    def drop(self, records: list[TaskRecord]) -> list[TaskRecord]:
+        """Remove finished runs' rows with their deliveries and attempts (one transaction); the
+        records dropped (not those run again since they were read)."""
+        dropped = []
+        with self.transaction():
+            for record in records:
+                cursor = self._db.execute("DELETE FROM tasks WHERE task_id=? AND seq=? AND "
+                                          "state IN (?,?,?)", (record.task_id, record.seq, *TERMINAL))
+                if cursor.rowcount != 1:
+                    continue
+                self._db.execute("DELETE FROM delivery_attempts WHERE delivery_id IN (SELECT "
+                                 "delivery_id FROM deliveries WHERE task_id=?)", (record.task_id,))
+                self._db.execute("DELETE FROM deliveries WHERE task_id=?", (record.task_id,))
+                dropped.append(record)
+        return dropped

@@ -15,6 +15,8 @@ from .config import SeparationConfig
 from .errors import InvalidInput
 
 PRIORITIES = {"high": 0, "normal": 5, "low": 9}
+WEBHOOK_EVENTS = ("task.started", "task.succeeded", "task.failed", "task.cancelled")
+DEFAULT_WEBHOOK_EVENTS = WEBHOOK_EVENTS[1:]  # the terminal ones
 
 
 class TaskState(str, enum.Enum):
@@ -84,7 +86,8 @@ class TaskSpec:
     duration_s: float | None = None  # measured at submit (None for remote inputs)
     owner: str = ""  # the API key that created it over HTTP; '' for the Python API and the CLI
     batch_id: str | None = None  # the submit that created it with others (folders, lists, ...)
-
+    webhook_url: str | None = None  # called (signed, retried) on each of `webhook_events`
+    webhook_events: tuple = DEFAULT_WEBHOOK_EVENTS
 
     @property
     def output_location(self) -> str:
@@ -108,7 +111,9 @@ class TaskSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TaskSpec":
-        return cls(**{**data, "options": SeparationConfig(**data["options"])})
+        events = tuple(data.get("webhook_events", DEFAULT_WEBHOOK_EVENTS))
+        return cls(**{**data, "options": SeparationConfig(**data["options"]),
+                      "webhook_events": events})
 
 
 # Options that change no stem: where the task runs, and how memory is spent on the way.
@@ -152,6 +157,7 @@ class TaskRecord:
     queued_at: float | None = None
     audio_duration_s: float | None = None
     segment_s: float | None = None  # the shorter segment a retry after out of memory runs with
+    expired_at: float | None = None  # when the stored input and stems went (retention, purge)
 
     @property
     def task_id(self) -> str:

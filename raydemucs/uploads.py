@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import shutil
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -83,6 +84,7 @@ class UploadStore:
         self.results = state_dir / "results"
         self.limits = limits
         self._open: dict[str, Incoming] = {}
+        self.lock = threading.Lock()  # keeping or reusing an input, against retention's removals
         shutil.rmtree(self.incoming, ignore_errors=True)  # what a stopped service left half-sent
 
     def results_dir(self, owner: str) -> Path:
@@ -96,14 +98,40 @@ class UploadStore:
         if data is not None:
             if hashlib.sha256(data).hexdigest() != spec.input_sha256:
                 raise InvalidInput(f"the uploaded bytes of {spec.file_id!r} do not match their SHA-256")
-            if not path.is_file():
+            if not self._reuse(path):
                 self.inputs.mkdir(parents=True, exist_ok=True)
                 partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
                 _fsync_write(partial, data)
-                os.replace(partial, path)
-        elif not path.is_file():
+                self._place(partial, path)
+        elif not self._reuse(path):
             raise InvalidInput(f"task {spec.file_id!r} says it was uploaded, but no bytes came")
         return self.keep(spec)
+
+    def _reuse(self, path: Path) -> bool:
+        """Whether a stored input is here; its time is renewed (retention counts from it)."""
+        with self.lock:
+            try:
+                os.utime(path)
+                return True
+            except FileNotFoundError:
+                return False
+
+    def _place(self, source: Path, path: Path) -> None:
+        with self.lock:
+            os.replace(source, path)
+
+    def retire_input(self, sha256: str, older_than: float, trash: Path) -> bool:
+        """Move a stored input to `trash` unless it was kept or reused since `older_than`;
+        never at the same time as a task reuses it."""
+        path = self.inputs / sha256
+        with self.lock:
+            try:
+                if path.stat().st_mtime >= older_than:
+                    return False
+                os.replace(path, trash / f"input-{sha256}-{uuid.uuid4().hex[:8]}")
+                return True
+            except FileNotFoundError:
+                return False
 
     def keep(self, spec: TaskSpec) -> TaskSpec:
         """Point a task's stems at the service's results, where it keeps them."""
@@ -164,8 +192,8 @@ class UploadStore:
             with open(incoming.path, "rb+") as handle:
                 os.fsync(handle.fileno())
             target = self.inputs / sha256
-            if not target.is_file():
-                os.replace(incoming.path, target)
+            if not self._reuse(target):
+                self._place(incoming.path, target)
             return {"sha256": sha256, "duration_s": duration_s, "bytes": incoming.size}
         finally:
             self.abort(upload_id)

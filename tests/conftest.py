@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import sys
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -205,6 +207,16 @@ def run_cli(*args, env=None, timeout=300, cwd=None) -> subprocess.CompletedProce
                           capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
+def cli_env(service) -> dict:
+    """What `run_cli` needs to reach `service` (an HttpService or a WorkerManager) on the
+    session's Ray."""
+    import ray
+
+    return {"RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+            "RAYDEMUCS_SERVICE_NAME": service.config.service.name,
+            "RAYDEMUCS_SERVICE_STATE_DIR": str(service.config.service.state_dir)}
+
+
 def free_port() -> int:
     import socket
 
@@ -267,3 +279,60 @@ def http_service(serve_port, s3_endpoint, tmp_path_factory):
 
     yield service
     service.close()
+
+
+class Receiver:
+    """A real HTTP receiver on 127.0.0.1: answers each POST with the next of `statuses` (the
+    last one repeated), or holds it until `release` when `hang`; keeps what it got."""
+
+    def __init__(self, statuses=(200,), hang=False, body=b"ok", headers=None):
+        self.statuses, self.hang, self.body = list(statuses), hang, body
+        self.extra_headers = headers or {}
+        self.got: list[tuple[dict, bytes]] = []
+        self.release = threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                data = self.rfile.read(int(self.headers["content-length"]))
+                receiver.got.append(({k.lower(): v for k, v in self.headers.items()}, data))
+                if receiver.hang:
+                    receiver.release.wait(600)
+                    return
+                status = receiver.statuses[min(len(receiver.got), len(receiver.statuses)) - 1]
+                self.send_response(status)
+                for key, value in receiver.extra_headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(receiver.body)))
+                self.end_headers()
+                self.wfile.write(receiver.body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receivers():
+    """`receivers(statuses=(500, 200))` starts a `Receiver`; each is closed after the test."""
+    made = []
+
+    def factory(**kwargs) -> Receiver:
+        made.append(Receiver(**kwargs))
+        return made[-1]
+
+    yield factory
+    closing = [threading.Thread(target=receiver.close) for receiver in made]  # each waits a poll
+    for thread in closing:
+        thread.start()
+    for thread in closing:
+        thread.join()

@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from conftest import run_cli
-from raydemucs.errors import InvalidInput, OutputNotWritable
+from raydemucs.errors import Gone, InvalidInput, OutputNotWritable
 from raydemucs.outputs import file_sha256
 
 pytestmark = pytest.mark.ray
@@ -79,10 +79,12 @@ def test_retrying_an_upload_whose_bytes_are_gone_fails_cleanly(make_service, aud
     manager = make_service()
     task_id = manager.add_task(audio("song.wav", seconds=1.0), upload=True, two_stems="piano")
     assert manager.wait_all([task_id], timeout=60)[0]["state"] == "failed"  # no such stem
+    failed = manager.get_status(task_id)
     shutil.rmtree(tmp_path / "state" / "uploads")
-    manager.retry(task_id)
-    record = manager.wait_all([task_id], timeout=60)[0]
-    assert record["state"] == "failed" and "submit the file again" in record["error"]["message"]
+    with pytest.raises(Gone, match="submit the file again"):  # refused before it is queued
+        manager.retry(task_id)
+    record = manager.get_status(task_id)
+    assert record["state"] == "failed" and record["attempts"] == failed["attempts"]
     assert manager.get_status()["accepting"]
 
 

@@ -29,17 +29,15 @@ from ..keys import KeyTable
 from ..storage import input_size, is_uri
 from ..task import TaskState
 from . import errors
-from .asks import OPTION_FIELDS, check_fields, input_location, task_spec
+from .asks import FIELDS, check_fields, input_location, task_spec
 from .forms import Spool, read_form
 from .peaks import PeaksCache, check_points
 from .stems import MEDIA_TYPES, StemSource, byte_range, zip_stream
+from .views import public
 
 KEYS_TTL_S = 2.0
 EVENTS_WAIT_S = 15.0
 STATUS_EVERY_S = 2.0
-PUBLIC = ("task_id", "project", "file_id", "state", "priority", "attempts", "progress", "error",
-          "queue_position", "submitted_at", "started_at", "finished_at", "queue_wait_s", "run_s",
-          "audio_duration_s")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 WEB = Path(__file__).resolve().parent.parent / "web"  # the page, shipped in the package
 PAGE_POLICY = ("default-src 'self'; img-src 'self' data:; media-src 'self' blob:; "
@@ -55,21 +53,6 @@ app.mount("/web", StaticFiles(directory=WEB), name="web")
 class Caller:
     owner: str  # the API key's name; '' on a loopback service without keys
     max_queued: int | None = None
-
-
-def public(view: dict, base: str) -> dict:
-    """A task as the API shows it: no server paths; stems as URLs."""
-    data = {key: view.get(key) for key in PUBLIC}
-    options = view["spec"]["options"]
-    data["model"] = options["model"]
-    data["batch_id"] = view["spec"].get("batch_id")
-    data["options"] = {key: options[key] for key in OPTION_FIELDS if key != "model"}
-    url = f"{base}/v1/tasks/{view['task_id']}"
-    data["outputs"] = ({stem: f"{url}/stems/{stem}" for stem in view["outputs"]}
-                       if view.get("outputs") else None)
-    data["links"] = {"self": url, "events": f"{url}/events",
-                     "zip": f"{url}/stems.zip" if view.get("outputs") else None}
-    return data
 
 
 def event_stream(chunks) -> StreamingResponse:
@@ -109,13 +92,11 @@ TASK_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {
         "type": "object", "required": ["file"],
         "properties": {"file": {"type": "string", "format": "binary"},
-                       **{name: {"type": "string"} for name in
-                          ("project", "file_id", "priority", "force", *OPTION_FIELDS)}}}},
+                       **{name: {"type": "string"} for name in FIELDS}}}},
     "application/json": {"schema": {
         "type": "object", "required": ["input"], "additionalProperties": False,
         "properties": {"input": {"type": "string"},
-                       **{name: {"type": "string"} for name in
-                          ("project", "file_id", "priority", "force", *OPTION_FIELDS)}}}}}}}
+                       **{name: {"type": "string"} for name in FIELDS}}}}}}}
 
 
 # Every route awaits the scheduler or a stream (events, stems, uploads): a replica serves many at
@@ -275,11 +256,13 @@ class Ingress:
         following = _cursor(page[-1]["seq"]) if len(views) > limit else None
         return {"tasks": [public(view, self.base(request)) for view in page], "cursor": following}
 
-    @app.delete("/v1/tasks/{task_id}", summary="Cancel a queued or running task")
-    async def cancel_task(self, task_id: str, request: Request):
+    @app.delete("/v1/tasks/{task_id}", summary="Cancel a queued or running task; with "
+                "purge=true, delete a finished task's stored input and stems now (it stays "
+                "listed, expired; 409 for an unfinished one)")
+    async def cancel_task(self, task_id: str, request: Request, purge: bool = False):
         caller = await self.caller(request)
         await self.task_of(caller, task_id)
-        await self.call("cancel", task_id)
+        await self.call("purge" if purge else "cancel", task_id)  # purge refuses unfinished ones
         return public(await self.call("get_task", task_id), self.base(request))
 
     @app.post("/v1/tasks/{task_id}/retry", status_code=202,

@@ -10,10 +10,11 @@ from ..errors import InvalidInput
 from ..names import check_task_names, name_from_filename, printable
 from ..storage import is_uri
 from ..task import TaskSpec, new_task_id, parse_priority
+from ..webhooks import check_events, check_url
 
 OPTION_FIELDS = ("model", "two_stems", "shifts", "overlap", "segment", "format", "wav_depth",
                  "mp3_bitrate", "mp3_preset", "clip_mode", "device", "precision")
-TASK_FIELDS = ("project", "file_id", "priority", "force")
+TASK_FIELDS = ("project", "file_id", "priority", "force", "webhook_url", "webhook_events")
 FIELDS = (*TASK_FIELDS, *OPTION_FIELDS)
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
 
@@ -65,7 +66,9 @@ def task_spec(fields: dict, defaults: SeparationConfig, served: list[str], owner
                     priority=parse_priority(fields.get("priority", "normal")),
                     options=_options(fields, defaults, served),
                     force=_flag("force", fields.get("force", False)), cache=False,
-                    input_sha256=sha256, uploaded=uploaded, kept=True, duration_s=duration_s)
+                    input_sha256=sha256, uploaded=uploaded, kept=True, duration_s=duration_s,
+                    webhook_url=check_url(fields["webhook_url"]) if fields.get("webhook_url")
+                    else None, webhook_events=check_events(fields.get("webhook_events")))
 
 
 def input_location(value, allow_paths: bool) -> str:

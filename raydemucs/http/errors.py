@@ -6,21 +6,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from ..errors import (ConfigError, InputTooLarge, InvalidInput, ModelNotFound, OverQuota,
+from ..errors import (ConfigError, Gone, InputTooLarge, InvalidInput, ModelNotFound, OverQuota,
                       RayDemucsError, ServiceUnavailable, StorageUnavailable, TaskConflict,
                       TaskNotFound, Unauthenticated)
 
 STATUS = [  # most specific first
     (InputTooLarge, 413), (TaskConflict, 409), (InvalidInput, 422), (ConfigError, 422),
     (ModelNotFound, 422), (TaskNotFound, 404), (Unauthenticated, 401), (OverQuota, 429),
-    (ServiceUnavailable, 503), (StorageUnavailable, 503),
-
+    (ServiceUnavailable, 503), (StorageUnavailable, 503), (Gone, 410),
 ]
 RETRY_AFTER_S = {429: 10, 503: 5}
-
-
-class Gone(RayDemucsError):
-    """Raised when what a URL named existed but is no longer kept (HTTP 410)."""
 
 
 class RangeNotSatisfiable(InvalidInput):
@@ -34,8 +29,6 @@ class RangeNotSatisfiable(InvalidInput):
 def status_of(error: RayDemucsError) -> int:
     if isinstance(error, RangeNotSatisfiable):
         return 416
-    if isinstance(error, Gone):
-        return 410
     return next((code for kind, code in STATUS if isinstance(error, kind)), 500)
 
 
