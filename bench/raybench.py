@@ -197,7 +197,7 @@ class LocalRay:
 
 
 def _config(work: Path, name: str, model: str, repo: Path | None, out: Path,
-            precision: str = "fp32", runtime: str = "auto"):
+            precision: str = "fp32", runtime: str = "eager"):
     from raydemucs.config import load_config
 
     overrides = {
@@ -259,7 +259,7 @@ def workers_cpu_s(handles) -> float:
 
 
 def run_warm(repo: Path, files: list[Path], out: Path, work: Path,
-             precision: str = "fp32", runtime: str = "auto") -> dict:
+             precision: str = "fp32", runtime: str = "eager") -> dict:
     """Submit + wait of all files through the Python API, against a service already running
     (its workers' networks built on `runtime` for `precision` at start)."""
     import psutil

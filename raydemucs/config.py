@@ -48,7 +48,7 @@ class WorkersConfig:
                          "they decode ahead (and with batch_size > 1 fill its forward passes)")
     batch_size: int = _opt(1, min=1, max=256, doc="segments per forward pass, from every track "
                            "the worker holds (GPU workers; 1: one at a time)")
-    runtime: str = _opt("auto", choices=RUNTIMES, doc="how CPU workers run HTDemucs's network: "
+    runtime: str = _opt("eager", choices=RUNTIMES, doc="how CPU workers run HTDemucs's network: "
                         "eager (torch), openvino (the extra raydemucs[openvino]), auto: "
                         "openvino where it is installed (docs/precision.md)")
     max_rss_mb: int = _opt(0, min=0, max=1 << 24, doc="recycle a worker whose RSS after a task "
