@@ -7,6 +7,7 @@ published stems first and the manifest last, so a remote folder with a manifest 
 """
 from __future__ import annotations
 
+import abc
 import contextlib
 import functools
 import glob
@@ -45,31 +46,31 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-class Folder:
+class Folder(abc.ABC):
     """One task's output folder; subclasses say how to read it and how to publish into it."""
 
     location: str
     remote: bool  # readable from any machine with the storage's credentials, not only its node
 
+    @abc.abstractmethod
     def manifest(self) -> dict | None:
         """The folder's manifest, or None when there is none (or it is not JSON)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def size_of(self, name: str) -> int | None:
         """Bytes of one file in the folder, None when it is missing."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def staging(self) -> contextlib.AbstractContextManager[Path]:
         """A local folder to write the stems and manifest in before `publish`; removed after."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def publish(self, staged: Path) -> None:
         """Put a complete staged folder in place of this one."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def fetch_file(self, name: str, target: Path) -> None:
         """Copy one file of the folder to the local path `target`."""
-        raise NotImplementedError
 
     def sweep(self) -> None:
         """Remove what killed attempts left beside the folder (nothing is left remotely)."""

@@ -12,11 +12,11 @@ import dataclasses
 import logging
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from .autoscale import LIVE_STATES, Autoscaler, Member
-from .config import Config, StorageConfig, route
+from .config import Config, route
 from .errors import (InvalidInput, RayDemucsError, SeparationAborted, ShuttingDown, TaskConflict,
                      TaskNotFound, TaskTimeout, WorkerDied)
 from .models import OFFLINE_MODEL
@@ -24,8 +24,8 @@ from .outcome import Decision, Outcome, decide
 from .outputs import open_folder
 from .queue import DelayedTasks, PoolQueues
 from .store import TaskStore
+from .recovery import Recovery, read_recovery
 from .tally import Tally
-
 from .task import TaskRecord, TaskSpec, TaskState, spec_differences
 
 logger = logging.getLogger("raydemucs.scheduler")
@@ -73,25 +73,6 @@ class Running:
     step_back: str = ""  # why it was asked back to the queue (a better priority, a drain)
     helpers: tuple = ()  # idle workers lent to split a long track across
     pool: str = ""  # the pool of the task's model (routed once, at dispatch)
-
-
-@dataclass
-class Recovery:
-    """What a restarted scheduler reads from the journal and the output folders (slow: off the loop)."""
-
-    unfinished: list  # queued and running records, in submission order
-    finished: dict = field(default_factory=dict)  # task id -> {stem: location} already complete
-    counts: dict = field(default_factory=dict)  # records by state
-    batches: list = field(default_factory=list)  # (batch id, state, tasks, audio seconds)
-
-
-def read_recovery(store: TaskStore, storage: StorageConfig) -> Recovery:
-    """Read what `Scheduler.recover` needs: blocking disk and object-store work."""
-    unfinished = store.unfinished()
-    finished = {record.task_id: open_folder(record.spec.output_location, storage).finished(
-        record.task_id) for record in unfinished}
-    return Recovery(unfinished, {k: v for k, v in finished.items() if v is not None},
-                    store.count_by_state(), store.batch_tallies())
 
 
 def model_key(options) -> tuple:

@@ -18,7 +18,8 @@ from .http.views import public
 from .logs import configure_logging
 from .metrics import ServiceMetrics
 from .outputs import open_folder
-from .scheduler import Scheduler, read_recovery
+from .recovery import read_recovery
+from .scheduler import Scheduler
 from .store import TaskStore
 from .task import TaskRecord, TaskSpec, TaskState
 from .keys import KeyStore, KeyTable

@@ -336,3 +336,30 @@ def receivers():
         thread.start()
     for thread in closing:
         thread.join()
+
+
+def run_cluster_scenario(script: str, tmp_path: Path, args: list[str], timeout_s: float) -> dict:
+    """Run `python SCRIPT TMP_PATH ARGS...` (a multi-node `ray.cluster_utils.Cluster` and its
+    driver) in a subprocess with its own RAY_TMPDIR and auth token, as on a real cluster: a driver
+    joins one cluster only, and the session's Ray stays untouched. The JSON it printed after
+    `RESULT `."""
+    import json
+    import secrets
+    import shutil
+    import tempfile
+
+    token = tmp_path / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a limit
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    env.update(RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    try:
+        run = subprocess.run([sys.executable, script, str(tmp_path), *args], env=env,
+                             capture_output=True, text=True, timeout=timeout_s)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    result = next((json.loads(line[len("RESULT "):]) for line in run.stdout.splitlines()
+                   if line.startswith("RESULT ")), None)
+    assert run.returncode == 0 and result, run.stderr[-3000:]
+    return result

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import secrets
-import shutil
-import subprocess
 import sys
-import tempfile
 import uuid
 
 import pytest
+
+from conftest import run_cluster_scenario
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 POOL = {"name": "far", "resources": {"stem_node": 1}, "num_cpus": 1, "min_workers": 1,
@@ -26,20 +23,7 @@ POOL = {"name": "far", "resources": {"stem_node": 1}, "num_cpus": 1, "min_worker
 
 def test_a_stem_on_another_node_than_the_replica_downloads_whole_and_in_ranges(audio, tmp_path):
     song = str(audio("song.wav", seconds=2.0))
-    token = tmp_path / "auth_token"  # the cluster's own token: auth on, as on a real cluster
-    token.write_text(secrets.token_hex(32))
-    token.chmod(0o600)
-    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a limit
-    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
-    env.update(RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
-    try:
-        run = subprocess.run([sys.executable, __file__, str(tmp_path), song], env=env,
-                             capture_output=True, text=True, timeout=300)
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    result = next((json.loads(line[len("RESULT "):]) for line in run.stdout.splitlines()
-                   if line.startswith("RESULT ")), None)
-    assert run.returncode == 0 and result, run.stderr[-3000:]
+    result = run_cluster_scenario(__file__, tmp_path, [song], timeout_s=300)
     assert result["stems_node"] == result["far_node"] != result["replica_node"]
     assert result["whole_sha256"] == result["file_sha256"] == result["etag"]
     assert result["range"] == result["file_range"]

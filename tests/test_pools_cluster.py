@@ -8,16 +8,13 @@ a driver joins one cluster only, and the session's Ray must stay untouched.
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 
 import pytest
+
+from conftest import run_cluster_scenario
 
 pytestmark = pytest.mark.ray
 
@@ -27,20 +24,7 @@ POOL = {"name": "edge", "models": ["demucs_unittest"], "resources": {"pool_node"
 
 def test_a_pool_waits_for_its_node_runs_there_and_shrinks_when_idle(audio, tmp_path):
     songs = [str(audio(f"song{i}.wav", seconds=1.0, seed=i)) for i in range(3)]
-    token = tmp_path / "auth_token"  # the cluster's own token: auth on, as on a real cluster
-    token.write_text(secrets.token_hex(32))
-    token.chmod(0o600)
-    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a limit
-    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
-    env.update(RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
-    try:
-        run = subprocess.run([sys.executable, __file__, str(tmp_path), *songs], env=env,
-                             capture_output=True, text=True, timeout=240)
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    result = next((json.loads(line[len("RESULT "):]) for line in run.stdout.splitlines()
-                   if line.startswith("RESULT ")), None)
-    assert run.returncode == 0 and result, run.stderr[-3000:]
+    result = run_cluster_scenario(__file__, tmp_path, songs, timeout_s=240)
     assert result.get("refused", "").startswith("no worker pool serves model 'htdemucs'")
     assert result["pending"] == {"workers": 2, "pending": 2, "queued": 3}
     assert result["states_before_node"] == ["starting", "starting"]
