@@ -325,7 +325,15 @@ class WorkerManager:
         return summary
 
     def _sent(self, chunks: Iterator[list[TaskSpec]], create: bool) -> Iterator[list[dict]]:
-        """Each chunk's replies, in order: a chunk is sent while the next one is checked."""
+        """Each chunk's replies, in order: a chunk is sent while the next one is checked.
+
+        The first goes from this thread: a Ray it starts must not belong to the sender thread,
+        since Ray's processes end with the thread that started them."""
+        chunks = iter(chunks)
+        first = next(chunks, None)
+        if first is None:
+            return
+        yield self._send_chunk(first, create)
         with ThreadPoolExecutor(1) as sender:
             pending = None
             for specs in chunks:

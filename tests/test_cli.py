@@ -223,6 +223,22 @@ def test_start_from_an_unactivated_venv_runs_its_own_ray_head_and_stop_ends_it(o
     assert run_cli("status", env=env).returncode == 3
 
 
+def test_a_folder_with_wait_and_no_ray_running_starts_ray_and_separates_it(own_ray, audio,
+                                                                           tmp_path):
+    """The README's main job on a bare machine: the Ray this command starts is started from its
+    main thread (a Ray started from the chunk sender's thread died with it)."""
+    for name in ("a/song", "b/song"):
+        target = tmp_path / "music" / f"{name}.wav"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(audio(f"{name.replace('/', '-')}.wav", seconds=1.0).read_bytes())
+    done = run_cli("submit", tmp_path / "music", "-o", tmp_path / "out", "--project", "catalog",
+                   "-n", "demucs_unittest", "--wait", env=own_ray.env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 items: 2 queued" in done.stdout
+    for file_id in ("a__song", "b__song"):
+        assert (tmp_path / "out" / "catalog" / file_id / "manifest.json").is_file()
+
+
 def test_stop_ends_the_head_after_the_scheduler_died(own_ray):
     """A foreground service SIGKILLed takes its scheduler with it, not the head it started (its
     own session): `stop` finds no scheduler, still ends that head, and frees the port."""
