@@ -89,6 +89,7 @@ def query(manager, url: str, batch_id: str, samples: int) -> dict:
             "status_task": timed(lambda: manager.get_status(pick(ids)), samples),
             "http_get": timed(lambda: client.get(f"/v1/tasks/{pick(ids)}").raise_for_status(),
                               samples),
+            "http_healthz": timed(lambda: client.get("/healthz").raise_for_status(), samples),
             "status_batch": timed(lambda: manager.batch(batch_id), samples // 5)}
     result["list_pages"] = page_through(manager, batch_id)
     result["scheduler_mb"] = {"rss": scheduler.memory_info().rss / 2**20,
@@ -131,7 +132,8 @@ def print_table(result: dict) -> None:
           f"{sent['tasks_per_s']:.0f} tasks/s ({sent['refused']} refused); client USS "
           f"{memory['before']:.0f} -> peak {memory['peak']:.0f} -> {memory['after']:.0f} MB")
     asked = result["queued"]
-    for name in ("status", "status_task", "http_get", "status_batch", "list_pages"):
+    for name in ("status", "status_task", "http_get", "http_healthz", "status_batch",
+                 "list_pages"):
         row = asked[name]
         print(f"  {name:<13} n={row['n']:<5} p50 {row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms")
     print(f"  scheduler     RSS {asked['scheduler_mb']['rss']:.0f} MB, "

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from . import storage
-from .config import Config, coerce, load_config, route
+from .config import Config, SeparationConfig, coerce, load_config, route
 from .batches import (AUDIO_SUFFIXES, Item, Summary, assign_file_ids, batch_id_for,
                       checked_specs, expand)
 from .connection import NAMESPACE, join_ray
@@ -32,6 +32,22 @@ from .task import TaskSpec, TaskState, new_task_id, parse_priority
 from .webhooks import check_events, check_url
 
 OPTION_ALIASES = {"name": "model", "stem": "two_stems"}
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskTemplate:
+    """What every task of one submit shares (see `WorkerManager.task_template`)."""
+
+    config: Config
+    separation: SeparationConfig
+    output_dir: str
+    force: bool
+    timeout_s: float | None
+    cache: bool
+    upload: bool
+    batch_id: str | None
+    webhook_url: str | None
+    webhook_events: tuple[str, ...]
 
 
 def _unwrap(call: Callable[[], Any]) -> Any:
@@ -149,18 +165,24 @@ class WorkerManager:
 
     def prepare_task(self, input_path: str | os.PathLike, file_id: str | None = None,
                      output_dir: str | os.PathLike | None = None, project_name: str = "default",
-                     priority: str | int = "normal", force: bool = False,
-                     timeout_s: float | None = None, cache: bool = True, upload: bool = False,
-                     batch_id: str | None = None, webhook_url: str | None = None,
-                     webhook_events=None, **options) -> TaskSpec:
+                     priority: str | int = "normal", **shared) -> TaskSpec:
         """Check everything that can be checked here and build the spec; nothing is queued.
 
         Inputs and output directories may be local paths or URIs (`s3://bucket/key`); with
         `upload`, the local input's bytes travel with the task and the service keeps the stems
         (`fetch` brings them back). With `webhook_url`, the service calls it on each of
         `webhook_events` (default: the terminal ones). Defaults and limits come from the running
-        service's config when there is one.
+        service's config when there is one. `shared` are `task_template`'s.
         """
+        template = self.task_template(output_dir, **shared)
+        return self.task_spec(template, input_path, file_id, project_name, priority)
+
+    def task_template(self, output_dir: str | os.PathLike | None = None, force: bool = False,
+                      timeout_s: float | None = None, cache: bool = True, upload: bool = False,
+                      batch_id: str | None = None, webhook_url: str | None = None,
+                      webhook_events=None, **options) -> TaskTemplate:
+        """What the tasks of one call share, checked once: options, model and pool, output
+        directory, webhook; nothing is read or written."""
         config = self.service_config()
         checked = {}
         for key, value in options.items():
@@ -173,12 +195,25 @@ class WorkerManager:
         check_model_name(separation.model, separation.repo)
         route(config.worker_pools(), separation.model, separation.device,
               separation.precision)  # no pool, or one that cannot run it: refused
-        source, duration_s = self._checked_input(str(input_path), config, upload)
         if upload:
             output_dir = "uploaded"  # the service puts the stems under its state directory
         else:
             output_dir = str(output_dir or config.service.output_dir)
             output_dir = output_dir if is_uri(output_dir) else str(local_path(output_dir))
+        webhook_events = check_events(webhook_events)
+        if webhook_url is not None:
+            check_url(webhook_url)
+        if timeout_s is not None:
+            timeout_s = coerce("tasks", "timeout_s", timeout_s, "option")
+        return TaskTemplate(config, separation, output_dir, force, timeout_s, cache, upload,
+                            batch_id, webhook_url, webhook_events)
+
+    def task_spec(self, template: TaskTemplate, input_path: str | os.PathLike,
+                  file_id: str | None, project_name: str, priority: str | int) -> TaskSpec:
+        """One input's spec from its call's template, after the checks of the input, its names
+        and (once per call) the model's source and the output directory."""
+        config, output_dir, upload = template.config, template.output_dir, template.upload
+        source, duration_s = self._checked_input(str(input_path), config, upload)
         file_id = file_id if file_id is not None else name_from_filename(
             Path(source.rsplit("/", 1)[-1]).stem)
         if upload:
@@ -186,23 +221,20 @@ class WorkerManager:
         else:
             task_folder(output_dir, project_name, file_id, config.storage)  # names, symlinks
         priority = parse_priority(priority)
-        webhook_events = check_events(webhook_events)
-        if webhook_url is not None:
-            check_url(webhook_url)
-        if timeout_s is not None:
-            timeout_s = coerce("tasks", "timeout_s", timeout_s, "option")
+        separation = template.separation
         self._check_model_source(separation.model, separation.repo)
         if not upload and output_dir not in self._outputs_writable:
             check_writable(output_dir, config.storage)
             self._outputs_writable.add(output_dir)
         local = not (is_uri(source) or is_uri(output_dir) or upload)
+        cache = template.cache and local
         return TaskSpec(task_id=new_task_id(), project=project_name, file_id=file_id,
                         input_path=source, output_dir=output_dir,
-                        priority=priority, options=separation, force=force,
-                        timeout_s=timeout_s, cache=cache and local, uploaded=upload, kept=upload,
-                        duration_s=duration_s, batch_id=batch_id, webhook_url=webhook_url,
-                        webhook_events=webhook_events,
-                        input_sha256=None if is_uri(source) or not (cache or upload)
+                        priority=priority, options=separation, force=template.force,
+                        timeout_s=template.timeout_s, cache=cache, uploaded=upload, kept=upload,
+                        duration_s=duration_s, batch_id=template.batch_id,
+                        webhook_url=template.webhook_url, webhook_events=template.webhook_events,
+                        input_sha256=None if is_uri(source) or not (template.cache or upload)
                         else file_sha256(Path(source)))
 
     @staticmethod
@@ -291,9 +323,10 @@ class WorkerManager:
                      on_chunk: Callable[[list[dict]], None] | None = None, **options) -> Summary:
         """Submit folders, prefixes, files and a list as one batch (see `raydemucs.batches`).
 
-        Inputs are checked eight at a time and sent a thousand at a time; an input refused by its
-        checks is counted in the summary and the rest go on, unless `strict` (then any refusal
-        refuses the batch before anything is queued). `options` are `prepare_task`'s.
+        Inputs are checked (`checked_specs`) and sent a thousand at a time; an input refused by
+        its checks is counted in the summary and the rest go on, unless `strict` (then any
+        refusal refuses the batch before anything is queued). `options` are `task_template`'s,
+        checked once for the whole batch.
         """
         inputs = [str(given) for given in inputs]
         config = self.service_config()
@@ -303,10 +336,12 @@ class WorkerManager:
                                f"{', '.join(sorted(AUDIO_SUFFIXES))})")
         summary = Summary(batch_id_for(project_name, inputs, from_list), items=len(items))
 
+        parse_priority(priority)  # the batch's own settings refuse the batch, before any item
+        template = self.task_template(batch_id=summary.batch_id, **options)
+
         def prepare(item: Item) -> TaskSpec:
-            return self.prepare_task(item.input, item.file_id, project_name=item.project,
-                                     priority=item.priority or priority,
-                                     batch_id=summary.batch_id, **options)
+            return self.task_spec(template, item.input, item.file_id, item.project,
+                                  item.priority or priority)
 
         def refuse(item: Item, error: RayDemucsError) -> None:
             summary.refused.append({"input": item.input, "error": error.to_dict()})

@@ -26,7 +26,7 @@ AUDIO_SUFFIXES = frozenset({".wav", ".mp3", ".flac", ".ogg", ".m4a", ".aac", ".a
                             ".opus", ".wma", ".mp4", ".webm", ".mkv"})
 LIST_COLUMNS = ("input", "file_id", "project", "priority")
 CHUNK = 1000  # specs per call to the scheduler: one journal transaction each
-CHECKERS = 8  # inputs checked at once
+CHECKERS = 8  # remote inputs checked at once
 
 
 @dataclass(frozen=True)
@@ -160,19 +160,32 @@ def assign_file_ids(items: list[Item], project: str) -> list[Item]:
     return result
 
 
+def _checkers(chunk: list[Item]) -> int:
+    """Threads for a chunk: a local file's checks are Python work that threads only share out
+    under the GIL (one thread checks 5,100-6,700 a second here, eight 2,700), while remote
+    ones wait on the network."""
+    return CHECKERS if any(storage.is_uri(item.input) for item in chunk) else 1
+
+
 def checked_specs(items: list[Item], prepare: Callable[[Item], object],
                   refused: Callable[[Item, RayDemucsError], None]) -> Iterator[list]:
-    """The items' specs in chunks of `CHUNK`, checked `CHECKERS` at a time with at most a
-    chunk's worth in flight (memory stays bounded); an item `prepare` refuses goes to `refused`."""
-    def check(item: Item):
-        try:
-            return prepare(item)
-        except RayDemucsError as exc:
-            refused(item, exc)
-            return None
+    """The items' specs in chunks of `CHUNK`, each chunk split in runs checked by as many
+    threads (`_checkers`), with at most a chunk in flight (memory stays bounded); an item
+    `prepare` refuses goes to `refused`."""
+    def check(run: list[Item]) -> list:
+        specs = []
+        for item in run:
+            try:
+                specs.append(prepare(item))
+            except RayDemucsError as exc:
+                refused(item, exc)
+        return specs
 
     with ThreadPoolExecutor(CHECKERS) as pool:
         for start in range(0, len(items), CHUNK):
-            specs = [spec for spec in pool.map(check, items[start:start + CHUNK]) if spec is not None]
+            chunk = items[start:start + CHUNK]
+            step = -(-len(chunk) // _checkers(chunk))
+            runs = pool.map(check, [chunk[at:at + step] for at in range(0, len(chunk), step)])
+            specs = [spec for run in runs for spec in run]
             if specs:
                 yield specs

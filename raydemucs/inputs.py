@@ -24,6 +24,7 @@ DURATION_SLACK_S = 0.005
 PROBE_RATE = 44100
 SCAN_BLOCK = 1 << 20
 FLOAT_WAV_DTYPES = {32: "<f4", 64: "<f8"}
+WAVE_FORMAT_PCM = 1
 WAVE_FORMAT_IEEE_FLOAT = 3
 WAVE_FORMAT_EXTENSIBLE = 0xFFFE
 # julius, demucs's resampler, needs time and memory that grow with the terms of the reduced rate
@@ -83,8 +84,18 @@ class WavLayout:
     channels: int
     samplerate: int
     bits: int
+    block_align: int
     data_offset: int
     data_bytes: int
+
+    def duration_s(self, file_bytes: int) -> float | None:
+        """Seconds of samples, when the file holds all that its data chunk declares; None when
+        the header cannot tell (a cut file, a stream's or RF64's size field, no block size)."""
+        if self.block_align <= 0 or self.samplerate <= 0:
+            return None
+        if self.data_bytes > file_bytes - self.data_offset:
+            return None
+        return self.data_bytes // self.block_align / self.samplerate
 
 
 def _riff_chunks(handle):
@@ -110,10 +121,10 @@ def _wav_layout(path: Path) -> WavLayout | None:
             if kind == b"fmt " and size >= 16:
                 fmt = handle.read(min(size, 40))
             elif kind == b"data" and fmt is not None:
-                tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", fmt[:16])
+                tag, channels, rate, _, align, bits = struct.unpack("<HHIIHH", fmt[:16])
                 if tag == WAVE_FORMAT_EXTENSIBLE and len(fmt) >= 26:
                     tag = int.from_bytes(fmt[24:26], "little")
-                return WavLayout(tag, channels, rate, bits, offset, size)
+                return WavLayout(tag, channels, rate, bits, align, offset, size)
     return None
 
 
@@ -132,19 +143,21 @@ def _check_finite_samples(path: Path, layout: WavLayout) -> None:
             raise InvalidInput(f"input {printable(path)} holds NaN or infinite samples")
 
 
-def check_wav_header(path: Path) -> None:
-    """A WAV declares channels and a sample rate, and its float samples are finite."""
+def check_wav_header(path: Path) -> WavLayout | None:
+    """A WAV declares channels and a sample rate, and its float samples are finite; its layout
+    (None for any other file)."""
     try:
         layout = _wav_layout(path)
     except OSError as exc:
         raise InvalidInput(f"input {printable(path)} cannot be read: {exc.strerror}") from None
     if layout is None:
-        return
+        return None
     if layout.channels == 0 or layout.samplerate == 0:
         raise InvalidInput(f"input {printable(path)} is a WAV file declaring {layout.channels} "
                            f"channel(s) at {layout.samplerate} Hz")
     if layout.format_tag == WAVE_FORMAT_IEEE_FLOAT and layout.bits in FLOAT_WAV_DTYPES:
         _check_finite_samples(path, layout)
+    return layout
 
 
 def probe_duration_s(path: Path) -> float:
@@ -192,11 +205,21 @@ def check_decodes(path: Path, min_duration_s: float) -> None:
         raise InvalidInput(f"input {printable(path)} holds NaN or infinite samples")
 
 
+def _pcm_duration_s(path: Path, layout: WavLayout) -> float | None:
+    """A PCM or float WAV's duration from its header, as sphn gives it (without opening the
+    file a third time); None for other codecs in a WAV and for headers that do not add up."""
+    if layout.format_tag not in (WAVE_FORMAT_PCM, WAVE_FORMAT_IEEE_FLOAT):
+        return None
+    return layout.duration_s(path.stat().st_size)
+
+
 def validate_input(path: str | os.PathLike, limits: InputConfig) -> float:
     """Every check short of decoding the whole file; returns the duration in seconds."""
     path = check_input_file(path, limits.max_file_mb)
-    check_wav_header(path)
-    duration = probe_duration_s(path)
+    layout = check_wav_header(path)
+    duration = _pcm_duration_s(path, layout) if layout is not None else None
+    if duration is None:
+        duration = probe_duration_s(path)
     if not duration >= limits.min_duration_s:
         raise InvalidInput(f"input {printable(path)} lasts {duration:.3f} s, shorter than the "
                            f"{limits.min_duration_s:g} s minimum")

@@ -1,6 +1,7 @@
 """Project names and file ids: safe as one folder name each, on any platform."""
 from __future__ import annotations
 
+import re
 import unicodedata
 
 from .errors import InvalidName
@@ -9,6 +10,7 @@ MAX_NAME_CHARS = 128
 # A folder name holds at most 255 bytes; the staging folder `.{name}.{8 hex}.tmp` adds 14.
 MAX_NAME_BYTES = 240
 _PUNCTUATION = frozenset(" ._-")
+_PLAIN = re.compile(r"[A-Za-z0-9 ._-]*")  # allowed without asking Unicode (a batch has many)
 
 
 def _allowed(char: str) -> bool:
@@ -28,7 +30,7 @@ def check_name(kind: str, value: object) -> str:
     shown = ascii(value) if len(value) <= 40 else ascii(value[:40]) + "..."
     if len(value) > MAX_NAME_CHARS:
         raise InvalidName(f"{kind} {shown} is longer than {MAX_NAME_CHARS} characters")
-    bad = next((c for c in value if not _allowed(c)), None)
+    bad = None if _PLAIN.fullmatch(value) else next((c for c in value if not _allowed(c)), None)
     if bad is not None:
         raise InvalidName(f"{kind} {shown} holds {ascii(bad)}; allowed are letters, digits, "
                           "spaces, '.', '_' and '-'")

@@ -262,9 +262,9 @@ def _output_root(output_dir: str | os.PathLike) -> Path:
     return root
 
 
-def _refuse_symlinks(*paths: Path) -> None:
+def _refuse_symlinks(*paths: str | os.PathLike) -> None:
     for path in paths:
-        if path.is_symlink():
+        if os.path.islink(path):
             raise OutputNotWritable(f"{printable(path)} is a symlink; raydemucs never writes "
                                     "through one")
 
@@ -276,10 +276,10 @@ def task_folder(output_dir: str | os.PathLike, project: str, file_id: str,
     if storage.is_uri(str(output_dir)):
         return RemoteFolder(f"{str(output_dir).rstrip('/')}/{project}/{file_id}",
                             config or StorageConfig())
-    root = _output_root(output_dir)
-    folder = root / project / file_id
+    root = str(_output_root(output_dir))
     # names hold no separator and no `..`: with neither part a symlink, the folder is in root
-    _refuse_symlinks(root / project, folder)
+    folder = os.path.join(root, project, file_id)
+    _refuse_symlinks(os.path.join(root, project), folder)
     return LocalFolder(folder)
 
 

@@ -472,6 +472,20 @@ def test_an_invalid_option_names_the_key_and_the_range(case, service, place, aud
     assert not any((place / "out").rglob("*"))
 
 
+@pytest.mark.ray
+@pytest.mark.parametrize("case", sorted(BAD_OPTIONS))
+def test_an_invalid_option_refuses_a_whole_batch_before_anything_is_queued(case, service, place,
+                                                                         audio):
+    options, error, fragment = BAD_OPTIONS[case]
+    songs = [audio(f"batch-{number}.wav", seconds=0.5) for number in range(3)]
+    before = len(service.list_tasks(limit=1000))
+    with pytest.raises(error) as refused:
+        service.submit_batch(songs, project_name="refused", output_dir=place / "out", **options)
+    assert_one_line(refused.value, fragment)
+    assert len(service.list_tasks(limit=1000)) == before
+    assert not any((place / "out").rglob("*"))
+
+
 @pytest.mark.parametrize("text, fragment", [
     ("input:\n  max_file_mb: 0\n", "input.max_file_mb=0.0 is out of range [0.001, 1048576]"),
     ("workers: {max_workers: many}\n", "workers.max_workers='many' is not a valid int"),

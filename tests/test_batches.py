@@ -3,6 +3,8 @@ journal transaction each, the counts a batch reports."""
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 
 import pytest
 
@@ -83,6 +85,24 @@ def test_checks_run_in_chunks_and_a_refusal_stays_with_its_item(monkeypatch):
 
     chunks = list(checked_specs(items, prepare, lambda item, error: refused.append(item.input)))
     assert chunks == [["0", "1", "2"], ["3", "5"], ["6"]] and refused == ["4"]
+
+
+def test_local_files_are_checked_in_one_thread_and_remote_ones_in_several():
+    def threads(inputs: list[str]) -> int:
+        seen = set()
+
+        def prepare(item):
+            seen.add(threading.get_ident())
+            time.sleep(0.01)  # as a remote object's check waits on the network
+            return item
+
+        specs = [spec for chunk in checked_specs([Item(path) for path in inputs], prepare,
+                                                 lambda item, error: None) for spec in chunk]
+        assert [spec.input for spec in specs] == inputs  # in the items' order
+        return len(seen)
+
+    assert threads([f"/music/{number}.wav" for number in range(16)]) == 1
+    assert threads([f"s3://bucket/{number}.wav" for number in range(16)]) > 1
 
 
 def test_a_chunk_is_one_journal_transaction_with_an_answer_per_spec(tmp_path):

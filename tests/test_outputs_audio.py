@@ -111,6 +111,18 @@ def test_inputs_of_each_format_decode_at_the_model_rate(audio, suffix, tmp_path,
     assert wav.dtype.is_floating_point
 
 
+@pytest.mark.parametrize("subtype", ["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"])
+def test_a_wavs_duration_comes_from_its_header_as_sphn_reads_it(subtype, tmp_path):
+    import sphn
+
+    path = tmp_path / f"{subtype}.wav"
+    sf.write(path, np.full((12345, 2), 0.1), 44100, subtype=subtype)
+    assert validate_input(path, InputConfig()) == sphn.durations([str(path)])[0] == 12345 / 44100
+    cut = tmp_path / "cut.wav"  # its header claims more samples than it holds: sphn answers
+    cut.write_bytes(path.read_bytes()[:-4001])
+    assert validate_input(cut, InputConfig()) == sphn.durations([str(cut)])[0]
+
+
 def test_input_checks(tmp_path, audio):
     with pytest.raises(InvalidInput, match="does not exist"):
         check_input_file(tmp_path / "nope.wav", 100)
