@@ -408,9 +408,7 @@ class SchedulerService:
         else:
             path.unlink(missing_ok=True)
 
-
     async def api_keys(self) -> dict:
-
         """The known API keys' digests (and caps), reread when the keys file changes."""
         version = self.keys.version()
         if version != self._keys_version:
@@ -456,9 +454,9 @@ class SchedulerService:
         finally:
             await asyncio.to_thread(self.uploads.abort, upload_id)  # nothing left once closed
         if kept["sha256"] != task.input_sha256:
-            raise InvalidInput("the upload's bytes changed on the way (SHA-256 mismatch); send it again")
+            raise InvalidInput("the upload's bytes changed on the way (SHA-256 mismatch); "
+                               "send it again")
         task = dataclasses.replace(task, duration_s=kept["duration_s"])
-
         record = self.core.submit(task)
         self.core.dispatch()
         self._changed()
