@@ -56,7 +56,7 @@ def held_lines(status: dict) -> list[str]:
     """What the service holds under its state directory and its next expiry; webhooks."""
     lines = []
     held = status.get("retention") or {}
-    if held:
+    if "uploads_bytes" in held:  # after the first sweep
         lines.append(f"held: uploads {_mb(held['uploads_bytes'])}, results "
                      f"{_mb(held['results_bytes'])}; next expiry {_when(held['next_expiry_at'])}")
     hooks = status.get("webhooks") or {}

@@ -13,7 +13,8 @@ import os
 import time
 
 from .config import Config
-from .errors import Gone, InvalidInput, OverQuota, RayDemucsError, error_from_dict
+from .errors import (Gone, InvalidInput, OverQuota, RayDemucsError, TaskNotFound,
+                     error_from_dict)
 from .http.views import public
 from .logs import configure_logging
 from .metrics import ServiceMetrics
@@ -31,6 +32,7 @@ logger = logging.getLogger("raydemucs.service")
 
 JOURNAL_FILE = "journal.db"
 HTTP_URL_FILE = "http-url"
+RECENTLY_EXPIRED = 1000  # expired tasks remembered for the streams that watch them
 
 
 
@@ -75,6 +77,9 @@ class SchedulerService:
                                      wake=self.deliverer.wake)
         self.retention = Retention(self.config.retention, self.store, self.uploads)
         self.holdings: dict = {}  # what the last sweep found held (bytes, next expiry)
+        # ended tasks whose files just went -> their number among expirations (the last ones)
+        self.expirations: dict[str, int] = {}
+        self.expired_count = 0
         self._sweep_soon = asyncio.Event()
         self.core = Scheduler(self.config, self.store, self.pool, offload=self._offload,
                               listener=Listeners(self.metrics, self.deliveries))
@@ -129,6 +134,15 @@ class SchedulerService:
         self._change.set()
         self._change = asyncio.Event()
 
+    def _expired(self, task_id: str) -> None:
+        """A finished task's files went: its watchers hear of it (the last RECENTLY_EXPIRED)."""
+        self.expired_count += 1
+        self.expirations.pop(task_id, None)
+        self.expirations[task_id] = self.expired_count
+        while len(self.expirations) > RECENTLY_EXPIRED:
+            del self.expirations[next(iter(self.expirations))]
+        self._changed()
+
     def _offload(self, work) -> None:
         """Run blocking disk work (a folder sweep) in a thread, never on the event loop."""
         self._in_background(asyncio.to_thread(work))
@@ -153,6 +167,7 @@ class SchedulerService:
                 for record in self.retention.retire(due, self._inputs_in_use(),
                                                     set(self.core.active)):
                     self.core.counts[record.state.value] -= 1
+                    self._expired(record.task_id)
                 await asyncio.to_thread(self.retention.empty_trash)
                 held = await asyncio.to_thread(self.retention.held_bytes)
                 self.holdings = {**held, "next_expiry_at": due.next_expiry_at}
@@ -363,26 +378,41 @@ class SchedulerService:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._change.wait(), remaining)
 
-    async def watch_tasks(self, owner: str, seen: dict[str, dict],
-                          timeout_s: float = 15.0) -> list[dict]:
-        """The views of `owner`'s tasks that differ from `seen` (task id -> the view last sent),
-        oldest first, as soon as one does, else [] after `timeout_s`: its unfinished tasks, and
-        those `seen` holds unfinished (which may have ended). What the stream of all of a
-        caller's tasks sends on."""
+    async def watch_tasks(self, owner: str, seen: dict[str, dict], timeout_s: float = 15.0,
+                          expired_after: int | None = None) -> dict:
+        """`{"views", "expired_after"}`: the views of `owner`'s tasks that differ from `seen`
+        (task id -> the view last sent), oldest first, as soon as one does, else none after
+        `timeout_s`. Those are its unfinished tasks, those `seen` holds unfinished (which may
+        have ended), and those whose files went since the expiration `expired_after` (None:
+        from now on), the cursor for the next call. What the stream of all of a caller's tasks
+        sends on."""
         await self._ready()
         deadline = time.monotonic() + timeout_s
+        if expired_after is None:
+            expired_after = self.expired_count
         while True:
             ids = {task_id for task_id, record in self.core.active.items()
                    if record.spec.owner == owner}
             ids.update(task_id for task_id, view in seen.items()
                        if not TaskState(view["state"]).is_terminal())
-            changed = [view for view in map(self.core.view, ids)
-                       if view != seen.get(view["task_id"])]
+            ids.update(task_id for task_id, number in self.expirations.items()
+                       if number > expired_after)
+            changed = [view for view in self._views(ids)
+                       if view["owner"] == owner and view != seen.get(view["task_id"])]
             remaining = deadline - time.monotonic()
             if changed or remaining <= 0:
-                return sorted(changed, key=lambda view: view["seq"])
+                return {"views": sorted(changed, key=lambda view: view["seq"]),
+                        "expired_after": self.expired_count}
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._change.wait(), remaining)
+
+    def _views(self, task_ids) -> list[dict]:
+        """The views of those tasks still in the journal (old rows go, `records_ttl_s`)."""
+        views = []
+        for task_id in task_ids:
+            with contextlib.suppress(TaskNotFound):
+                views.append(self.core.view(task_id))
+        return views
 
     async def models(self) -> list[dict]:
         """The models served here, with the stems of those a worker has loaded."""
@@ -500,7 +530,7 @@ class SchedulerService:
                                        read_at)
         await asyncio.to_thread(self.retention.empty_trash)
         self._sweep_soon.set()  # recount what is held
-        self._changed()
+        self._expired(task_id)
         return {**outcome, "task": await self.get_task(task_id)}
 
     async def webhook_deliveries(self, failed: bool = False, limit: int = 100) -> list[dict]:
@@ -521,6 +551,12 @@ class SchedulerService:
         next_at = self.store.next_delivery_at()
         return bool(self.deliverer.in_flight) or (next_at is not None and next_at <= time.time())
 
+    def _retention_view(self) -> dict:
+        """What the last sweep found held (bytes, next expiry) and how long each kind is kept."""
+        kept = self.config.retention
+        return {**self.holdings, "uploads_ttl_s": kept.uploads_ttl_s,
+                "results_ttl_s": kept.results_ttl_s, "records_ttl_s": kept.records_ttl_s}
+
     async def status(self) -> dict:
         await self._ready()
         running = [self.core.active[task_id].to_dict() for task_id in self.core.running]
@@ -529,7 +565,7 @@ class SchedulerService:
                 "http": self.http_url,
                 "queue": self.core.queue_counts(), "pools": self.core.pool_counts(),
                 "queued_by_priority": self.core.queued_by_priority(),
-                "workers": self.pool.snapshot(), "retention": self.holdings,
+                "workers": self.pool.snapshot(), "retention": self._retention_view(),
                 "webhooks": self.store.count_deliveries(),
                 "running": [{k: r[k] for k in ("task_id", "project", "file_id", "attempts",
                                                 "progress", "worker")} for r in running]}

@@ -11,6 +11,7 @@ import pytest
 
 from raydemucs.config import RetentionConfig
 from raydemucs.errors import InvalidInput
+from raydemucs.render import held_lines
 from raydemucs.retention import Retention
 from raydemucs.store import TaskStore
 from raydemucs.task import TaskRecord, TaskSpec, TaskState, new_task_id
@@ -162,3 +163,11 @@ def test_purge_deletes_now_and_keeps_an_input_another_task_needs(tmp_path):
     again = state.retention.purge(state.store.get(first.task_id), [], set(), time.time())
     assert not again["stems_deleted"] and not again["input_deleted"]
     assert state.retention.held_bytes() == {"uploads_bytes": 0, "results_bytes": 0}
+
+
+def test_status_shows_what_is_held_once_a_sweep_counted_it():
+    ttls = {"uploads_ttl_s": 604800.0, "results_ttl_s": 604800.0, "records_ttl_s": None}
+    assert held_lines({"retention": ttls}) == []  # before the first sweep: nothing counted yet
+    counted = {**ttls, "uploads_bytes": 3 * 2**20, "results_bytes": 0, "next_expiry_at": None}
+    assert held_lines({"retention": counted, "webhooks": {"dead": 1}})[0].startswith(
+        "held: uploads 3")

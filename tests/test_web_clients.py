@@ -248,6 +248,40 @@ def test_the_operator_view_shows_the_workers(page):
     screenshot(page, "04-operator")
 
 
+def shown_bytes(count: int) -> str:
+    """A byte count as the page writes it (dom.js `bytes`)."""
+    value, unit = float(count), 0
+    while value >= 1024 and unit < 3:
+        value, unit = value / 1024, unit + 1
+    return f"{value:.{1 if unit and value < 10 else 0}f} {['B', 'KB', 'MB', 'GB'][unit]}"
+
+
+def test_a_purged_task_shows_its_stems_gone_and_the_operator_view_what_is_held(page, service):
+    service, keys = service
+    headers = {"Authorization": f"Bearer {keys['page']}"}
+    listed = service.client.get("/v1/tasks?state=succeeded", headers=headers).json()["tasks"]
+    [song] = [task for task in listed if task["file_id"] == "Long Song"]
+    answer = service.client.delete(f"/v1/tasks/{song['task_id']}?purge=true", headers=headers)
+    assert answer.status_code == 200, answer.text
+    page.get_by_role("link", name="Separate").click()
+    row = page.locator(".task", has_text="Long Song")
+    expect(row.locator(".task-meta")).to_contain_text("stems deleted (retention)")
+    expect(row.get_by_role("button", name="Listen Long Song")).to_have_count(0)
+
+    page.get_by_role("link", name="Operator").click()
+    stems = page.locator("[data-held=Stems]")
+
+    def shows_what_the_service_holds() -> bool:
+        held = service.client.get("/v1/status", headers=headers).json()["retention"]
+        return stems.inner_text() == (f"Stems: {shown_bytes(held['results_bytes'])} held, each "
+                                      "kept 7 days after their task ended")
+
+    wait_for(shows_what_the_service_holds, timeout_s=30)
+    assert page.locator("[data-held=Uploads]").inner_text().endswith("kept 7 days after its last task")
+    assert page.locator(".tile[data-delivery=dead] .tile-value").inner_text() == "0"
+    screenshot(page, "09-webhooks-retention")
+
+
 def test_a_failed_task_is_a_dead_letter_retried_from_the_operator_view(page, service, tmp_path):
     service, keys = service
     headers = {"Authorization": f"Bearer {keys['page']}"}
@@ -297,8 +331,8 @@ def test_every_control_is_named_and_reached_by_tab(page):
         reached.add(page.evaluate("""(() => { const node = document.activeElement;
             return node.getAttribute('aria-label') || node.name || node.innerText.trim(); })()"""))
     expected = {"Play", "Position", "Close player", "Download all (zip)", "Listen Browser Song",
-                "Listen Long Song", "files", "model", "two_stems", "format", "priority", "project",
-                "Forget API key", "Operator"}
+                "files", "model", "two_stems", "format", "priority", "project", "Forget API key",
+                "Operator"}  # (Long Song's stems were purged above: nothing to listen to)
     for stem in STEMS:
         expected |= {f"Mute {stem}", f"Solo {stem}", f"Volume of {stem}", f"Download {stem}"}
     assert expected <= reached, expected - reached

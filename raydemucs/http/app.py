@@ -303,10 +303,11 @@ class Ingress:
     async def _changes(self, owner: str, base: str):
         """A `task` event per change of the owner's tasks, its unfinished ones first; a comment
         line at once, and whenever nothing changed for a while. It runs until the client goes."""
-        seen, number = {}, 0
+        seen, number, expired_after = {}, 0, None
         yield ": watching\n\n"
         while True:
-            views = await self.call("watch_tasks", owner, seen, EVENTS_WAIT_S)
+            answer = await self.call("watch_tasks", owner, seen, EVENTS_WAIT_S, expired_after)
+            views, expired_after = answer["views"], answer["expired_after"]
             for view in views:
                 number += 1
                 yield f"id: {number}\nevent: task\ndata: {json.dumps(public(view, base))}\n\n"

@@ -1,5 +1,6 @@
 // The operator's view: the queue by state and by priority, the pools, every worker (state,
-// model, memory, CPU, tasks done, restarts) and the dead letters (failed tasks) with retry.
+// model, memory, CPU, tasks done, restarts), webhook deliveries by state and what retention
+// holds, and the dead letters (failed tasks) with retry.
 // The service's status comes as it changes, from its event stream (/v1/status/events).
 
 import { follow, request } from "./api.js";
@@ -8,6 +9,7 @@ import { bytes, el, since } from "./dom.js";
 const COUNTS = [["queued", "Queued"], ["running", "Running"], ["waiting_retry", "Waiting to retry"],
                 ["succeeded", "Succeeded"], ["failed", "Failed"], ["cancelled", "Cancelled"]];
 const PRIORITIES = [["high", "High"], ["normal", "Normal"], ["low", "Low"]];
+const DELIVERIES = [["delivered", "Delivered"], ["pending", "Being sent"], ["dead", "Dead"]];
 
 function table(label, headings, rows, empty) {
   if (!rows.length) return el("p", { class: "empty" }, empty);
@@ -15,6 +17,30 @@ function table(label, headings, rows, empty) {
     el("table", {},
        el("thead", {}, el("tr", {}, ...headings.map((heading) => el("th", { scope: "col" }, heading)))),
        el("tbody", {}, ...rows.map((cells) => el("tr", {}, ...cells.map((cell) => el("td", {}, cell)))))));
+}
+
+function duration(seconds) {
+  if (seconds == null) return "for ever";
+  const days = seconds / 86400;
+  if (days >= 1) return `${+days.toFixed(1)} day${days === 1 ? "" : "s"}`;
+  return seconds >= 3600 ? `${+(seconds / 3600).toFixed(1)} h` : `${Math.round(seconds)} s`;
+}
+
+/** Webhook deliveries by state, and what the service holds and for how long. */
+function keeping(webhooks, retention) {
+  const tiles = DELIVERIES.map(([key, label]) =>
+    el("div", { class: "tile", "data-delivery": key, "data-zero": !webhooks[key] },
+       el("span", { class: "tile-value" }, String(webhooks[key] ?? 0)),
+       el("span", { class: "tile-label" }, label)));
+  const next = retention.next_expiry_at;
+  const held = (kind, amount, ttl, after) => el("li", { "data-held": kind },
+    `${kind}: ${bytes(amount ?? 0)} held, each kept ${duration(ttl)} ${after}`);
+  return [el("div", { class: "tiles" }, ...tiles),
+          el("ul", { class: "held" },
+             held("Uploads", retention.uploads_bytes, retention.uploads_ttl_s, "after its last task"),
+             held("Stems", retention.results_bytes, retention.results_ttl_s, "after their task ended"),
+             el("li", { "data-held": "next" }, next ? `Next deletion ${new Date(next * 1000).toLocaleString()}`
+                                                    : "Nothing due for deletion"))];
 }
 
 function uptime(seconds) {
@@ -89,6 +115,7 @@ export class OperatorView {
         worker.models.join(", ") || "–", worker.task_id ? el("code", {}, worker.task_id.slice(0, 8)) : "–",
         bytes(worker.rss_bytes), worker.cpu_percent == null ? "–" : `${worker.cpu_percent.toFixed(0)} %`,
         String(worker.tasks_done), String(worker.restarts)]), "No workers yet: they start with the first task."));
+    part("#op-keeping", ...keeping(status.webhooks ?? {}, status.retention ?? {}));
     part("#op-dead", table("Dead letters", ["Task", "Project", "Error", "Failed", ""],
       failed.map((task) => [
         task.file_id, task.project, task.error ? `${task.error.type}: ${task.error.message}` : "–", since(task.finished_at),

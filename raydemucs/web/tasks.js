@@ -81,19 +81,22 @@ export class TaskList {
                      task.attempts > 1 && `attempt ${task.attempts}`,
                      task.audio_duration_s && `${task.audio_duration_s.toFixed(1)} s of audio`,
                      task.run_s && task.state === "succeeded" && `took ${task.run_s.toFixed(1)} s`,
-                     since(task.submitted_at)];
+                     task.expired_at && "stems deleted (retention)", since(task.submitted_at)];
     parts.meta.textContent = details.filter(Boolean).join(" · ");
     const progress = task.state === "succeeded" ? 1 : task.progress;
     parts.bar.set(progress);
     parts.percent.textContent = percent(progress);
     parts.error.textContent = task.error ? `${task.error.type}: ${task.error.message}` : "";
     parts.error.hidden = !task.error;
-    if (known?.state !== task.state) parts.actions.replaceChildren(...this.actions(task));
+    if (known?.state !== task.state || known?.expired_at !== task.expired_at) {
+      parts.actions.replaceChildren(...this.actions(task));
+    }
   }
 
   actions(task) {
     const button = (label, onclick, kind = "ghost") =>
       el("button", { type: "button", class: kind, "aria-label": `${label} ${task.file_id}`, onclick }, label);
+    if (task.state === "succeeded" && task.expired_at) return [];  // nothing left to hear
     if (task.state === "succeeded") return [button("Listen", () => this.onOpen(this.tasks.get(task.task_id)), "primary")];
     if (ACTIVE.has(task.state)) return [button("Cancel", () => this.act(task, "DELETE", ""))];
     return [button("Retry", () => this.act(task, "POST", "/retry"))];
