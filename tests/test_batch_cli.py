@@ -54,7 +54,8 @@ def test_a_folder_is_one_batch_a_bad_file_is_reported_and_a_rerun_skips_what_is_
 
 def test_a_list_strict_and_the_batch_commands(cli_env, tmp_path):
     manager, env = cli_env
-    folder = music(tmp_path / "in", ["one.wav", "two.wav"], seconds=20.0)
+    # long enough that neither ends before `cancel --batch` (a CLI start) reaches them
+    folder = music(tmp_path / "in", ["one.wav", "two.wav"], seconds=120.0)
     listing = tmp_path / "list.csv"
     listing.write_text(f"input,file_id,priority\n{folder / 'one.wav'},first,low\n"
                        f"{folder / 'two.wav'},second,low\n{tmp_path / 'missing.wav'},gone,low\n")
