@@ -89,8 +89,11 @@ class WavLayout:
     data_bytes: int
 
     def duration_s(self, file_bytes: int) -> float | None:
-        """Seconds of samples, when the file holds all that its data chunk declares; None when
-        the header cannot tell (a cut file, a stream's or RF64's size field, no block size)."""
+        """Seconds of PCM or float samples, as sphn gives them, when the file holds all that
+        its data chunk declares; None when the header cannot tell (another codec, a cut file, a
+        stream's or RF64's size field, no block size)."""
+        if self.format_tag not in (WAVE_FORMAT_PCM, WAVE_FORMAT_IEEE_FLOAT):
+            return None
         if self.block_align <= 0 or self.samplerate <= 0:
             return None
         if self.data_bytes > file_bytes - self.data_offset:
@@ -205,19 +208,12 @@ def check_decodes(path: Path, min_duration_s: float) -> None:
         raise InvalidInput(f"input {printable(path)} holds NaN or infinite samples")
 
 
-def _pcm_duration_s(path: Path, layout: WavLayout) -> float | None:
-    """A PCM or float WAV's duration from its header, as sphn gives it (without opening the
-    file a third time); None for other codecs in a WAV and for headers that do not add up."""
-    if layout.format_tag not in (WAVE_FORMAT_PCM, WAVE_FORMAT_IEEE_FLOAT):
-        return None
-    return layout.duration_s(path.stat().st_size)
-
-
 def validate_input(path: str | os.PathLike, limits: InputConfig) -> float:
     """Every check short of decoding the whole file; returns the duration in seconds."""
     path = check_input_file(path, limits.max_file_mb)
     layout = check_wav_header(path)
-    duration = _pcm_duration_s(path, layout) if layout is not None else None
+    # a WAV's header gives it without reading the file a third time
+    duration = layout.duration_s(path.stat().st_size) if layout is not None else None
     if duration is None:
         duration = probe_duration_s(path)
     if not duration >= limits.min_duration_s:

@@ -131,7 +131,7 @@ class LocalFolder(Folder):
 
     @contextlib.contextmanager
     def staging(self) -> Iterator[Path]:
-        """A hidden `.NAME.XXXXXXXX.tmp` beside the folder (same file system: renames are atomic)."""
+        """A hidden `.NAME.<8 hex digits>.tmp` beside the folder (same file system: renames are atomic)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _refuse_symlinks(self.path.parent, self.path)
         self.sweep(("tmp",))

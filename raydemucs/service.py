@@ -77,8 +77,8 @@ class SchedulerService:
                                      wake=self.deliverer.wake)
         self.retention = Retention(self.config.retention, self.store, self.uploads)
         self.holdings: dict = {}  # what the last sweep found held (bytes, next expiry)
-        # ended tasks whose files just went -> their number among expirations (the last ones)
-        self.expirations: dict[str, int] = {}
+        # ended tasks whose files just went -> (their number among expirations, owner)
+        self.expirations: dict[str, tuple[int, str]] = {}
         self.expired_count = 0
         self._sweep_soon = asyncio.Event()
         self.core = Scheduler(self.config, self.store, self.pool, offload=self._offload,
@@ -134,11 +134,11 @@ class SchedulerService:
         self._change.set()
         self._change = asyncio.Event()
 
-    def _expired(self, task_id: str) -> None:
+    def _expired(self, task_id: str, owner: str) -> None:
         """A finished task's files went: its watchers hear of it (the last RECENTLY_EXPIRED)."""
         self.expired_count += 1
         self.expirations.pop(task_id, None)
-        self.expirations[task_id] = self.expired_count
+        self.expirations[task_id] = (self.expired_count, owner)
         while len(self.expirations) > RECENTLY_EXPIRED:
             del self.expirations[next(iter(self.expirations))]
         self._changed()
@@ -167,7 +167,7 @@ class SchedulerService:
                 for record in self.retention.retire(due, self._inputs_in_use(),
                                                     set(self.core.active)):
                     self.core.counts[record.state.value] -= 1
-                    self._expired(record.task_id)
+                    self._expired(record.task_id, record.spec.owner)
                 await asyncio.to_thread(self.retention.empty_trash)
                 held = await asyncio.to_thread(self.retention.held_bytes)
                 self.holdings = {**held, "next_expiry_at": due.next_expiry_at}
@@ -395,10 +395,9 @@ class SchedulerService:
                    if record.spec.owner == owner}
             ids.update(task_id for task_id, view in seen.items()
                        if not TaskState(view["state"]).is_terminal())
-            ids.update(task_id for task_id, number in self.expirations.items()
-                       if number > expired_after)
-            changed = [view for view in self._views(ids)
-                       if view["owner"] == owner and view != seen.get(view["task_id"])]
+            ids.update(task_id for task_id, (number, of) in self.expirations.items()
+                       if number > expired_after and of == owner)
+            changed = [view for view in self._views(ids) if view != seen.get(view["task_id"])]
             remaining = deadline - time.monotonic()
             if changed or remaining <= 0:
                 return {"views": sorted(changed, key=lambda view: view["seq"]),
@@ -530,7 +529,7 @@ class SchedulerService:
                                        read_at)
         await asyncio.to_thread(self.retention.empty_trash)
         self._sweep_soon.set()  # recount what is held
-        self._expired(task_id)
+        self._expired(task_id, spec.owner)
         return {**outcome, "task": await self.get_task(task_id)}
 
     async def webhook_deliveries(self, failed: bool = False, limit: int = 100) -> list[dict]:

@@ -110,7 +110,7 @@ class StemSource:
             return None
         try:
             return self.remote.fs.sign(f"{self.remote.path}/{name}", expiration=SIGNED_URL_S)
-        except (NotImplementedError, AttributeError):
+        except (NotImplementedError, AttributeError):  # fsspec: a storage that cannot sign
             return None
 
 

@@ -19,6 +19,14 @@ function table(label, headings, rows, empty) {
        el("tbody", {}, ...rows.map((cells) => el("tr", {}, ...cells.map((cell) => el("td", {}, cell)))))));
 }
 
+/** A tile per `[key, label]` of `entries`, showing `counts[key]`; `attribute` names the key. */
+function tiles(entries, counts, attribute) {
+  return entries.map(([key, label]) =>
+    el("div", { class: "tile", [attribute]: key, "data-zero": !counts[key] },
+       el("span", { class: "tile-value" }, String(counts[key] ?? 0)),
+       el("span", { class: "tile-label" }, label)));
+}
+
 function duration(seconds) {
   if (seconds == null) return "for ever";
   const days = seconds / 86400;
@@ -28,14 +36,10 @@ function duration(seconds) {
 
 /** Webhook deliveries by state, and what the service holds and for how long. */
 function keeping(webhooks, retention) {
-  const tiles = DELIVERIES.map(([key, label]) =>
-    el("div", { class: "tile", "data-delivery": key, "data-zero": !webhooks[key] },
-       el("span", { class: "tile-value" }, String(webhooks[key] ?? 0)),
-       el("span", { class: "tile-label" }, label)));
   const next = retention.next_expiry_at;
   const held = (kind, amount, ttl, after) => el("li", { "data-held": kind },
     `${kind}: ${bytes(amount ?? 0)} held, each kept ${duration(ttl)} ${after}`);
-  return [el("div", { class: "tiles" }, ...tiles),
+  return [el("div", { class: "tiles" }, ...tiles(DELIVERIES, webhooks, "data-delivery")),
           el("ul", { class: "held" },
              held("Uploads", retention.uploads_bytes, retention.uploads_ttl_s, "after its last task"),
              held("Stems", retention.results_bytes, retention.results_ttl_s, "after their task ended"),
@@ -91,10 +95,7 @@ export class OperatorView {
     part("#op-service",
          el("span", { class: `badge ${status.accepting ? "succeeded" : "failed"}` }, status.accepting ? "accepting" : "draining"),
          ` ${status.service} · up ${uptime(status.uptime_s)}`);
-    part("#op-counts", ...COUNTS.map(([key, label]) =>
-      el("div", { class: "tile", "data-count": key, "data-zero": !status.queue[key] },
-         el("span", { class: "tile-value" }, String(status.queue[key] ?? 0)),
-         el("span", { class: "tile-label" }, label))));
+    part("#op-counts", ...tiles(COUNTS, status.queue, "data-count"));
     const byPriority = status.queued_by_priority ?? {};
     const most = Math.max(1, ...Object.values(byPriority));
     part("#op-priority", ...PRIORITIES.map(([key, label]) => {
