@@ -112,7 +112,7 @@ def start(work: Path):
     import ray
 
     from raydemucs import WorkerManager
-    from raydemucs.config import load_config
+    from raydemucs.core.config import load_config
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              namespace="raydemucs")

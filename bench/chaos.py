@@ -267,7 +267,7 @@ class ChaosCluster:
 
 def chaos_config(state_dir: Path, max_workers: int = 2, **sections):
     """The test profile (demucs_unittest, shifts 0) with this run's journal and a fresh name."""
-    from raydemucs.config import load_config
+    from raydemucs.core.config import load_config
 
     overrides = {"service": {"name": f"chaos{uuid.uuid4().hex[:6]}", "state_dir": str(state_dir),
                              "log_level": "info"},
@@ -296,7 +296,7 @@ def make_clips(folder: Path, count: int, min_s: float = 1.0, max_s: float = 4.0,
 
 def folder_is_whole(folder: Path) -> tuple[bool, str | None]:
     """(complete, manifest task id): the manifest exists and every stem matches size and sha256."""
-    from raydemucs.outputs import file_sha256
+    from raydemucs.storage.folders import file_sha256
 
     try:
         manifest = json.loads((folder / "manifest.json").read_text())

@@ -5,7 +5,7 @@
     bash bench/gpu.sh --device cpu --tiny      # the same code paths on a CPU in about a minute
 
 Rows: `demucs CLI` (`python -m demucs.separate -d DEVICE`, one process for every clip), then for
-each precision the worker's engine (`raydemucs.batching.BatchedSeparator`, in this process, the
+each precision the worker's engine (`raydemucs.separation.batching.BatchedSeparator`, in this process, the
 model on the device) once with one segment per forward pass (no batching) and once with every
 clip queued together and up to `--batch` segments per pass, sized down from free GPU memory
 (cross-task batching). Each row reports the real-time factor, the GPU memory peak and its SNR
@@ -67,7 +67,7 @@ def engine_row(model, wavs: dict, device: str, precision: str, batch: int) -> tu
     """Separate every clip through one BatchedSeparator; the row's figures and the stems."""
     import torch
 
-    from raydemucs.batching import BatchedSeparator
+    from raydemucs.separation.batching import BatchedSeparator
 
     separator = BatchedSeparator(model, batch_size=batch, device=device, precision=precision)
     if device == "cuda":
@@ -84,8 +84,8 @@ def engine_row(model, wavs: dict, device: str, precision: str, batch: int) -> tu
 
 def refusal(precision: str, device: str) -> str | None:
     """Why a worker on `device` would refuse `precision`, or None."""
-    from raydemucs.errors import InvalidInput
-    from raydemucs.precision import check_device
+    from raydemucs.core.errors import InvalidInput
+    from raydemucs.models.precision import check_device
 
     try:
         check_device(precision, device)
@@ -102,7 +102,7 @@ def stem_pairs(reference: dict, stems: dict):
 
 def cli_pairs(cli_out: Path, files: list[Path], stems: dict, samplerate: int):
     """The CLI's stems and ours, quantized as the CLI writes them (16-bit wav)."""
-    from raydemucs.encoding import save_any
+    from raydemucs.separation.encode import save_any
 
     scratch = cli_out / "ours"
     scratch.mkdir(exist_ok=True)

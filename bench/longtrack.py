@@ -103,8 +103,10 @@ def child_separate(args) -> dict:
     from demucs.api import Separator
     from demucs.audio import save_audio
 
-    from raydemucs import encoding, streaming
-    from raydemucs.decoding import decode
+    from raydemucs.separation import encode
+
+    from raydemucs.separation import streaming
+    from raydemucs.separation.decode import decode
 
     torch.set_num_threads(args.threads)
     if args.mode == "plain":
@@ -131,7 +133,7 @@ def child_separate(args) -> dict:
                                      device=args.device) as result:
             separated = time.perf_counter()
             for name, stem in result.stems.items():
-                encoding.save_streamed(stem, out / f"{name}.wav", model.samplerate,
+                encode.save_streamed(stem, out / f"{name}.wav", model.samplerate,
                                        clip="rescale")
     done = time.perf_counter()
     return {"mode": args.mode, "peak_rss_bytes": rss_peak_bytes(), "loaded_rss_bytes": loaded_rss,
@@ -143,13 +145,13 @@ def child_piece(args) -> dict:
     """Separate one piece of a plan (saved by the parent) and save its sums."""
     import torch
 
-    from raydemucs import pieces
+    from raydemucs.separation import split
 
     torch.set_num_threads(args.threads)
     model = load_model(args.model, args.repo)
     job = torch.load(args.job, weights_only=False)
     started = time.perf_counter()
-    result = pieces.separate_piece_file(model, job["plan"], job["piece"], args.input,
+    result = split.separate_piece_file(model, job["plan"], job["piece"], args.input,
                                         job["mean"], job["std"], device=args.device)
     torch.save(result, args.out)
     return {"piece": job["piece"].index, "separate_s": time.perf_counter() - started,
@@ -218,11 +220,15 @@ def render_memory(report: dict) -> str:
 def cmd_pieces(args, work: Path) -> dict:
     import torch
 
-    from raydemucs import decoding, engine, pieces as cut
+    from raydemucs.separation import decode
+
+    from raydemucs.separation import engine
+
+    from raydemucs.separation import split as cut
 
     path = write_long_wav(work / "track.wav", args.seconds)
     model = load_model(args.model, args.repo)
-    mean, std, length = decoding.stream_stats(path, model.samplerate, model.audio_channels)
+    mean, std, length = decode.stream_stats(path, model.samplerate, model.audio_channels)
     plan = engine.plan_separation(model, length, segment=args.segment, overlap=args.overlap,
                                   shifts=args.shifts)
     rows, joined = [], {}
@@ -257,7 +263,7 @@ def cmd_split(args, work: Path) -> dict:
     import ray
 
     from raydemucs import WorkerManager
-    from raydemucs.config import load_config
+    from raydemucs.core.config import load_config
 
     path = write_long_wav(work / "track.wav", args.seconds)
     ray.init(address="local", num_cpus=args.pieces, include_dashboard=False, log_to_driver=False)
@@ -304,8 +310,8 @@ def cmd_batch(args, work: Path) -> dict:
     import torch
     from demucs.apply import apply_model
 
-    from raydemucs.batching import BatchedSeparator
-    from raydemucs.engine import track_stats
+    from raydemucs.separation.batching import BatchedSeparator
+    from raydemucs.separation.engine import track_stats
 
     torch.set_num_threads(args.threads)
     model = load_model(args.model, args.repo).to(args.device)

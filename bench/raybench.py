@@ -198,7 +198,7 @@ class LocalRay:
 
 def _config(work: Path, name: str, model: str, repo: Path | None, out: Path,
             precision: str = "fp32", runtime: str = "eager"):
-    from raydemucs.config import load_config
+    from raydemucs.core.config import load_config
 
     overrides = {
         "workers": {"max_workers": 2, "num_cpus": 1.0, "runtime": runtime},

@@ -141,7 +141,7 @@ def state_root() -> Path:
 
 def run(args, work: Path, workers_overrides: dict) -> dict:
     from raydemucs import WorkerManager
-    from raydemucs.config import load_config
+    from raydemucs.core.config import load_config
 
     output_dir = work / "out"
     state_dir = Path(tempfile.mkdtemp(prefix="raydemucs-soak-state-", dir=state_root()))

@@ -20,20 +20,20 @@ from fastapi.staticfiles import StaticFiles
 from ray import serve
 
 from .. import __version__
-from ..config import Config
-from ..connection import NAMESPACE
-from ..errors import (InputTooLarge, InvalidInput, RayDemucsError, ServiceUnavailable,
+from ..core.config import Config
+from ..client.connection import NAMESPACE
+from ..core.errors import (InputTooLarge, InvalidInput, RayDemucsError, ServiceUnavailable,
                       TaskNotFound, Unauthenticated)
-from ..inputs import validate_input
-from ..keys import KeyTable
-from ..storage import input_size, is_uri
-from ..task import TaskState
+from ..audio.checks import validate_input
+from ..core.keys import KeyTable
+from ..storage.uris import input_size, is_uri
+from ..core.task import TaskState
 from . import errors
 from .asks import FIELDS, check_fields, input_location, task_spec
 from .forms import Spool, read_form
 from .peaks import PeaksCache, check_points
 from .stems import MEDIA_TYPES, StemSource, byte_range, zip_stream
-from .views import public
+from ..core.public import public
 
 KEYS_TTL_S = 2.0
 EVENTS_WAIT_S = 15.0

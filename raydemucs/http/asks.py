@@ -5,12 +5,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import PurePosixPath
 
-from ..config import SeparationConfig, coerce
-from ..errors import InvalidInput
-from ..names import check_task_names, name_from_filename, printable
-from ..storage import is_uri
-from ..task import TaskSpec, new_task_id, parse_priority
-from ..webhooks import check_events, check_url
+from ..core.config import SeparationConfig, coerce
+from ..core.errors import InvalidInput
+from ..core.names import check_task_names, name_from_filename, printable
+from ..storage.uris import is_uri
+from ..core.task import TaskSpec, new_task_id, parse_priority
+from ..webhooks.deliveries import check_events, check_url
 
 OPTION_FIELDS = ("model", "two_stems", "shifts", "overlap", "segment", "format", "wav_depth",
                  "mp3_bitrate", "mp3_preset", "clip_mode", "device", "precision")

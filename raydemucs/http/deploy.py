@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import ipaddress
 
-from ..config import Config
-from ..errors import ConfigError
-from ..keys import KeyStore
+from ..core.config import Config
+from ..core.errors import ConfigError
+from ..core.keys import KeyStore
 
 
 def app_name(config: Config) -> str:

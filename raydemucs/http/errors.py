@@ -6,7 +6,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from ..errors import (ConfigError, Gone, InputTooLarge, InvalidInput, ModelNotFound, OverQuota,
+from ..core.errors import (ConfigError, Gone, InputTooLarge, InvalidInput, ModelNotFound, OverQuota,
                       RayDemucsError, ServiceUnavailable, StorageUnavailable, TaskConflict,
                       TaskNotFound, Unauthenticated)
 

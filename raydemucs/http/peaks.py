@@ -12,7 +12,7 @@ import numpy as np
 import ray
 import soundfile as sf
 
-from ..errors import InvalidInput
+from ..core.errors import InvalidInput
 
 MAX_POINTS = 10_000
 BLOCK_FRAMES = 1 << 16

@@ -17,8 +17,8 @@ from typing import AsyncIterator
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from ..config import StorageConfig
-from ..outputs import MANIFEST, RemoteFolder
+from ..core.config import StorageConfig
+from ..storage.folders import MANIFEST, RemoteFolder
 from .errors import RangeNotSatisfiable
 from .peaks import peaks, peaks_on_node
 

@@ -1,0 +1,508 @@
+"""WorkerManager: the Python API (and what the CLI and notebooks call).
+
+    from raydemucs import WorkerManager
+    manager = WorkerManager()                      # RAY_ADDRESS, a running cluster, or local Ray
+    task_id = manager.add_task(input_path="song.mp3", project_name="My Project", priority="high")
+    manager.wait(task_id)["outputs"]               # {"drums": ".../drums.wav", ...}
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from ..storage import uris
+from ..core.config import Config, SeparationConfig, coerce, load_config, route
+from .batch_submit import (AUDIO_SUFFIXES, Item, Summary, assign_file_ids, batch_id_for,
+                      checked_specs, expand)
+from .connection import NAMESPACE, join_ray
+
+from ..core.errors import (InputTooLarge, InvalidInput, ModelNotFound, RayDemucsError,
+                     ServiceUnavailable, TaskCancelled, TaskFailed, WaitTimedOut)
+from ..audio.checks import validate_input
+from ..models.catalogue import check_model_name, model_source
+from ..core.names import check_task_names, name_from_filename
+from ..storage.folders import (RemoteFolder, check_writable, copy_folder, copy_output_bytes, file_sha256,
+                      task_folder)
+from ..storage.uris import is_uri, local_path
+from ..core.task import TaskSpec, TaskState, new_task_id, parse_priority
+from ..webhooks.deliveries import check_events, check_url
+
+OPTION_ALIASES = {"name": "model", "stem": "two_stems"}
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskTemplate:
+    """What every task of one submit shares (see `WorkerManager.task_template`)."""
+
+    config: Config
+    separation: SeparationConfig
+    output_dir: str
+    force: bool
+    timeout_s: float | None
+    cache: bool
+    upload: bool
+    batch_id: str | None
+    webhook_url: str | None
+    webhook_events: tuple[str, ...]
+
+
+def _unwrap(call: Callable[[], Any]) -> Any:
+    """Run a Ray call, re-raising our own errors as themselves and lost actors as unavailable."""
+    import ray
+    from ray.exceptions import RayActorError, RayTaskError
+
+    try:
+        return call()
+    except RayTaskError as exc:
+        if isinstance(exc.cause, RayDemucsError):
+            raise exc.cause from None
+        raise
+    except RayActorError as exc:
+        raise ServiceUnavailable(f"the raydemucs scheduler is unreachable: {exc}") from None
+    except ray.exceptions.RaySystemError as exc:
+        raise ServiceUnavailable(f"Ray is unreachable: {exc}") from None
+
+
+class WorkerManager:
+    """Connects to (or starts) Ray and a named scheduler; submits, watches and cancels tasks."""
+
+    def __init__(self, config: Config | None = None, address: str | None = None,
+                 profile: str | None = None):
+        self.config = config or load_config(profile)
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self._scheduler = None
+        self._service_config: Config | None = None
+        self._models_found: set[tuple[str, str | None]] = set()
+        self._outputs_writable: set[str] = set()  # probed once each, not once per input
+        self.started_ray = False
+        self.owns_scheduler = False
+        self.local_dashboard = True
+
+    @property
+    def scheduler_name(self) -> str:
+        return f"{self.config.service.name}:scheduler"
+
+    # -- connection -------------------------------------------------------------------------
+    def connect(self, start_local: bool = True) -> None:
+        """Join the cluster at `address`, else the one `ray start` runs here, else start Ray locally.
+
+        A Ray started here lives as long as this process; `local_dashboard` says whether it
+        serves the dashboard (on `service.dashboard_host`).
+        """
+        import ray
+
+        if ray.is_initialized():
+            return
+        dashboard = self.config.service.dashboard_host if self.local_dashboard else None
+        self.started_ray = join_ray(self.address, start_local, dashboard)
+
+    def scheduler(self, create: bool = True, detached: bool = False, preload=None):
+        """The named scheduler actor; created here if allowed and none is running.
+
+        A scheduler created here loads `preload` (separation options) in its workers, else the
+        config's default model.
+        """
+        import ray
+
+        if self._scheduler is not None:
+            return self._scheduler
+        self.connect(start_local=create)
+        try:
+            self._scheduler = ray.get_actor(self.scheduler_name, namespace=NAMESPACE)
+        except ValueError:
+            if not create:
+                raise ServiceUnavailable(
+                    f"no raydemucs service {self.config.service.name!r} is running; start one "
+                    "with `python -m raydemucs start` or use `submit --wait`") from None
+            from ..scheduler.service import SchedulerService
+
+            config = self.config
+            if preload is not None:
+                config = dataclasses.replace(config, separation=preload)
+            self._scheduler = ray.remote(SchedulerService).options(
+                name=self.scheduler_name, namespace=NAMESPACE, get_if_exists=True,
+                lifetime="detached" if detached else None, num_cpus=0,
+                max_restarts=-1, max_task_retries=-1, max_concurrency=1000,
+                resources={"node:__internal_head__": 0.001},
+            ).remote(config.to_dict())
+            self.owns_scheduler = not detached
+        info = _unwrap(lambda: ray.get(self._scheduler.ping.remote()))
+        self._service_config = Config.from_dict(info["config"])
+        return self._scheduler
+
+    def service_config(self) -> Config:
+        """The running service's config (its defaults and limits apply to tasks), else our own."""
+        if self._service_config is None:
+            try:
+                self.scheduler(create=False)
+            except ServiceUnavailable:
+                self._service_config = self.config
+        return self._service_config
+
+    def _call(self, method: str, *args, create: bool = False, preload=None):
+        import ray
+
+        handle = self.scheduler(create=create, preload=preload)
+        return _unwrap(lambda: ray.get(getattr(handle, method).remote(*args)))
+
+    # -- tasks ------------------------------------------------------------------------------
+    def _check_model_source(self, name: str, repo: str | None) -> None:
+        """Refuse a model the workers could not load: not in a local cache and not downloadable
+        from here (offline), unless the running service's workers already hold it."""
+        if (name, repo) in self._models_found:
+            return
+        try:
+            model_source(name, repo)
+        except ModelNotFound:
+            if self._scheduler is None or not any(
+                    name in worker["models"] for worker in self._call("status")["workers"]):
+                raise
+        self._models_found.add((name, repo))
+
+    def prepare_task(self, input_path: str | os.PathLike, file_id: str | None = None,
+                     output_dir: str | os.PathLike | None = None, project_name: str = "default",
+                     priority: str | int = "normal", **shared) -> TaskSpec:
+        """Check everything that can be checked here and build the spec; nothing is queued.
+
+        Inputs and output directories may be local paths or URIs (`s3://bucket/key`); with
+        `upload`, the local input's bytes travel with the task and the service keeps the stems
+        (`fetch` brings them back). With `webhook_url`, the service calls it on each of
+        `webhook_events` (default: the terminal ones). Defaults and limits come from the running
+        service's config when there is one. `shared` are `task_template`'s.
+        """
+        template = self.task_template(output_dir, **shared)
+        return self.task_spec(template, input_path, file_id, project_name, priority)
+
+    def task_template(self, output_dir: str | os.PathLike | None = None, force: bool = False,
+                      timeout_s: float | None = None, cache: bool = True, upload: bool = False,
+                      batch_id: str | None = None, webhook_url: str | None = None,
+                      webhook_events=None, **options) -> TaskTemplate:
+        """What the tasks of one call share, checked once: options, model and pool, output
+        directory, webhook; nothing is read or written."""
+        config = self.service_config()
+        checked = {}
+        for key, value in options.items():
+            key = OPTION_ALIASES.get(key, key)
+            checked[key] = coerce("separation", key, value, "option")
+        separation = dataclasses.replace(config.separation, **checked)
+        if separation.repo:
+            separation = dataclasses.replace(separation,
+                                             repo=str(Path(separation.repo).expanduser().absolute()))
+        check_model_name(separation.model, separation.repo)
+        route(config.worker_pools(), separation.model, separation.device,
+              separation.precision)  # no pool, or one that cannot run it: refused
+        if upload:
+            output_dir = "uploaded"  # the service puts the stems under its state directory
+        else:
+            output_dir = str(output_dir or config.service.output_dir)
+            output_dir = output_dir if is_uri(output_dir) else str(local_path(output_dir))
+        webhook_events = check_events(webhook_events)
+        if webhook_url is not None:
+            check_url(webhook_url)
+        if timeout_s is not None:
+            timeout_s = coerce("tasks", "timeout_s", timeout_s, "option")
+        return TaskTemplate(config, separation, output_dir, force, timeout_s, cache, upload,
+                            batch_id, webhook_url, webhook_events)
+
+    def task_spec(self, template: TaskTemplate, input_path: str | os.PathLike,
+                  file_id: str | None, project_name: str, priority: str | int) -> TaskSpec:
+        """One input's spec from its call's template, after the checks of the input, its names
+        and (once per call) the model's source and the output directory."""
+        config, output_dir, upload = template.config, template.output_dir, template.upload
+        source, duration_s = self._checked_input(str(input_path), config, upload)
+        file_id = file_id if file_id is not None else name_from_filename(
+            Path(source.rsplit("/", 1)[-1]).stem)
+        if upload:
+            check_task_names(project_name, file_id)
+        else:
+            task_folder(output_dir, project_name, file_id, config.storage)  # names, symlinks
+        priority = parse_priority(priority)
+        separation = template.separation
+        self._check_model_source(separation.model, separation.repo)
+        if not upload and output_dir not in self._outputs_writable:
+            check_writable(output_dir, config.storage)
+            self._outputs_writable.add(output_dir)
+        local = not (is_uri(source) or is_uri(output_dir) or upload)
+        cache = template.cache and local
+        return TaskSpec(task_id=new_task_id(), project=project_name, file_id=file_id,
+                        input_path=source, output_dir=output_dir,
+                        priority=priority, options=separation, force=template.force,
+                        timeout_s=template.timeout_s, cache=cache, uploaded=upload, kept=upload,
+                        duration_s=duration_s, batch_id=template.batch_id,
+                        webhook_url=template.webhook_url, webhook_events=template.webhook_events,
+                        input_sha256=None if is_uri(source) or not (template.cache or upload)
+                        else file_sha256(Path(source)))
+
+    @staticmethod
+    def _checked_input(location: str, config: Config, upload: bool) -> tuple[str, float | None]:
+        """The input as the spec names it and its duration (None for a URI: not decoded here),
+        after the checks possible from here."""
+        if not is_uri(location):
+            path = local_path(location)
+            return str(path), validate_input(path, config.input)
+        if upload:
+            raise InvalidInput(f"--upload sends a local file; {location} is already in storage")
+        size = uris.input_size(location, config.storage)
+        if size > config.input.max_file_mb * 2**20:
+            raise InputTooLarge(f"input {location} is {size / 2**20:.1f} MB, over the "
+                               f"{config.input.max_file_mb:g} MB limit (input.max_file_mb)")
+        return location, None
+
+    def submit(self, specs: Iterable[TaskSpec], create: bool = False) -> list[dict]:
+        """Queue prepared specs; returns their records (an existing task for a known key).
+
+        Uploaded inputs go one call each, so no single message holds every file's bytes. With
+        `create`, a scheduler is started if none runs, its workers loading the first spec's
+        model.
+        """
+        specs = list(specs)
+        preload = specs[0].options if specs else None
+        plain = [spec for spec in specs if not spec.uploaded]
+        records = {}
+        if plain:
+            for spec, record in zip(plain, self._call("submit", [s.to_dict() for s in plain],
+                                                      create=create, preload=preload)):
+                records[spec.task_id] = record
+        for spec in specs:
+            if spec.uploaded:
+                data = Path(spec.input_path).read_bytes()
+                records[spec.task_id] = self._call("submit", [spec.to_dict()],
+                                                   {spec.input_sha256: data}, create=create,
+                                                   preload=preload)[0]
+        return [records[spec.task_id] for spec in specs]
+
+    def add_task(self, input_path: str | os.PathLike, file_id: str | None = None,
+                 output_dir: str | os.PathLike | None = None, project_name: str = "default",
+                 priority: str | int = "normal", webhook_url: str | None = None,
+                 **options) -> str:
+        """Validate and queue one file; returns its task id (the same one for a known key).
+        `webhook_url` is called when the task ends (see `prepare_task`)."""
+        spec = self.prepare_task(input_path, file_id, output_dir, project_name, priority,
+                                 webhook_url=webhook_url, **options)
+        return self.submit([spec], create=True)[0]["task_id"]
+
+    def fetch(self, task_id: str, output_dir: str | os.PathLike, force: bool = False) -> dict:
+        """Copy a succeeded task's stems to `OUTPUT_DIR/PROJECT/FILE_ID` here; returns
+        `{stem: path}`. Works from any machine: remote folders are read directly, others
+        through the scheduler actor (which reads them on its node)."""
+        if is_uri(str(output_dir)):
+            raise InvalidInput(f"fetch copies stems to a local directory, not to {output_dir}")
+        root = local_path(output_dir)
+        record = self.get_status(task_id)
+        folder = task_folder(root, record["project"], record["file_id"])
+        if folder.complete() and not force:
+            raise InvalidInput(f"{folder.location} already holds stems; pass --force to replace them")
+        check_writable(root)
+        answer = self._call("fetch", task_id)
+        if "uri" in answer:
+            return copy_folder(RemoteFolder(answer["uri"], self.service_config().storage), folder)
+        return copy_output_bytes(folder, answer)
+
+    def get_status(self, task_id: str | None = None) -> dict:
+        """One task's record, or the service: queue counts by state and every worker."""
+        if task_id is not None:
+            return self._call("get_task", task_id)
+        return self._call("status")
+
+    def get_tasks(self, task_ids: list[str]) -> list[dict]:
+        return self._call("get_tasks", list(task_ids))
+
+    def list_tasks(self, state: str | None = None, limit: int = 100, batch_id: str | None = None,
+                   before_seq: int | None = None) -> list[dict]:
+        """Newest first, up to `limit`; `before_seq` (the last one's `seq`) gives the next page."""
+        return self._call("list_tasks", state, limit, None, None, before_seq, batch_id)
+
+    # -- batches ----------------------------------------------------------------------------
+    def submit_batch(self, inputs: Iterable[str], from_list: str | None = None,
+                     project_name: str = "default", priority: str | int = "normal",
+                     strict: bool = False, create: bool = False,
+                     on_chunk: Callable[[list[dict]], None] | None = None, **options) -> Summary:
+        """Submit folders, prefixes, files and a list as one batch (see `raydemucs.client.batch_submit`).
+
+        Inputs are checked (`checked_specs`) and sent a thousand at a time; an input refused by
+        its checks is counted in the summary and the rest go on, unless `strict` (then any
+        refusal refuses the batch before anything is queued). `options` are `task_template`'s,
+        checked once for the whole batch.
+        """
+        inputs = [str(given) for given in inputs]
+        config = self.service_config()
+        items = assign_file_ids(list(expand(inputs, from_list, config.storage)), project_name)
+        if not items:
+            raise InvalidInput("no audio file among the inputs (folders are searched for "
+                               f"{', '.join(sorted(AUDIO_SUFFIXES))})")
+        summary = Summary(batch_id_for(project_name, inputs, from_list), items=len(items))
+
+        parse_priority(priority)  # the batch's own settings refuse the batch, before any item
+        template = self.task_template(batch_id=summary.batch_id, **options)
+
+        def prepare(item: Item) -> TaskSpec:
+            return self.task_spec(template, item.input, item.file_id, item.project,
+                                  item.priority or priority)
+
+        def refuse(item: Item, error: RayDemucsError) -> None:
+            summary.refused.append({"input": item.input, "error": error.to_dict()})
+
+        if strict:
+            for _ in checked_specs(items, prepare, refuse):
+                pass
+            if summary.refused:
+                first = summary.refused[0]
+                raise InvalidInput(f"{len(summary.refused)} of {len(items)} inputs refused "
+                                   f"(--strict), first {first['input']}: {first['error']['message']}")
+        for replies in self._sent(checked_specs(items, prepare, refuse), create):
+            summary.count(replies)
+            if on_chunk is not None:
+                on_chunk(replies)
+        return summary
+
+    def _sent(self, chunks: Iterator[list[TaskSpec]], create: bool) -> Iterator[list[dict]]:
+        """Each chunk's replies, in order: a chunk is sent while the next one is checked.
+
+        The first goes from this thread: a Ray it starts must not belong to the sender thread,
+        since Ray's processes end with the thread that started them."""
+        chunks = iter(chunks)
+        first = next(chunks, None)
+        if first is None:
+            return
+        yield self._send_chunk(first, create)
+        with ThreadPoolExecutor(1) as sender:
+            pending = None
+            for specs in chunks:
+                sending = sender.submit(self._send_chunk, specs, create)
+                if pending is not None:
+                    yield pending.result()
+                pending = sending
+            if pending is not None:
+                yield pending.result()
+
+    def _send_chunk(self, specs: list[TaskSpec], create: bool) -> list[dict]:
+        """One chunk to the scheduler (one journal transaction); uploads one call each."""
+        if not specs[0].uploaded:
+            return self._call("submit_batch", [spec.to_dict() for spec in specs], create=create,
+                              preload=specs[0].options)
+        replies = []
+        for spec, record in zip(specs, self.submit(specs, create=create)):
+            outcome = ("skipped" if record["state"] == TaskState.SUCCEEDED.value
+                       and record["task_id"] != spec.task_id else "queued")
+            replies.append({key: record[key] for key in ("task_id", "project", "file_id",
+                                                         "state")} | {"outcome": outcome})
+        return replies
+
+    def batch(self, batch_id: str) -> dict:
+        """A batch's counts by state, audio seconds done and left, rate and ETA."""
+        return self._call("batch", batch_id)
+
+    def wait_batch(self, batch_id: str, timeout: float | None = None, poll_s: float = 0.5,
+                   on_update: Callable[[dict], None] | None = None) -> dict:
+        """Poll a batch until none of its tasks is queued or running; its last view."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            view = self.batch(batch_id)
+            if on_update is not None:
+                on_update(view)
+            if view["done"]:
+                return view
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimedOut(f"batch {batch_id} still not finished after {timeout:g} s")
+            time.sleep(poll_s)
+
+    def cancel_batch(self, batch_id: str) -> int:
+        return self._call("cancel_batch", batch_id)
+
+    def retry_batch(self, batch_id: str) -> int:
+        return self._call("retry_batch", batch_id)
+
+    def wait(self, task_id: str, timeout: float | None = None, poll_s: float = 0.5) -> dict:
+        """Block until the task ends; returns its record, or raises TaskFailed / TaskCancelled."""
+        return self.wait_all([task_id], timeout=timeout, poll_s=poll_s, raise_on_failure=True)[0]
+
+    def wait_all(self, task_ids: list[str], timeout: float | None = None, poll_s: float = 0.5,
+                 on_update: Callable[[list[dict]], None] | None = None,
+                 raise_on_failure: bool = False) -> list[dict]:
+        """Poll until every task is terminal, calling `on_update(records)` after each poll."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            records = self.get_tasks(task_ids)
+            if on_update is not None:
+                on_update(records)
+            if all(TaskState(r["state"]).is_terminal() for r in records):
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                pending = [r["task_id"] for r in records if not TaskState(r["state"]).is_terminal()]
+                raise WaitTimedOut(f"still not finished after {timeout:g} s: {', '.join(pending)}")
+            time.sleep(poll_s)
+        if raise_on_failure:
+            for record in records:
+                if record["state"] == TaskState.FAILED.value:
+                    error = record["error"] or {}
+                    raise TaskFailed(f"task {record['task_id']} failed: {error.get('type')}: "
+                                     f"{error.get('message')}", record)
+                if record["state"] == TaskState.CANCELLED.value:
+                    raise TaskCancelled(f"task {record['task_id']} was cancelled")
+        return records
+
+    def retry(self, task_id: str) -> dict:
+        """Queue a failed or cancelled task again with the same spec; returns its record."""
+        return self._call("retry", task_id)
+
+    def cancel(self, task_id: str) -> dict:
+        """Cancel a queued task, or abort a running one; its partial output never appears."""
+        return self._call("cancel", task_id)
+
+    def purge(self, task_id: str) -> dict:
+        """Delete a finished task's stems and input that the service holds, now (an input
+        another task needs stays); `{"stems_deleted", "input_deleted", "input_kept_for",
+        "task"}`."""
+        return self._call("purge", task_id)
+
+    def webhook_deliveries(self, failed: bool = False, limit: int = 100) -> list[dict]:
+        """Webhook deliveries, newest first; `failed`: the dead and those being retried."""
+        return self._call("webhook_deliveries", failed, limit)
+
+    def retry_delivery(self, delivery_id: str) -> dict:
+        """Send a webhook delivery again now (a dead one gets a fresh set of attempts)."""
+        return self._call("retry_delivery", delivery_id)
+
+    def start_http(self) -> str:
+        """Start the HTTP API beside the running scheduler (`http.*` of this manager's config);
+        its URL. `stop` (and `shutdown`) remove it with the scheduler."""
+        from ..http.deploy import start_http
+
+        url = start_http(self.config)
+        self._call("note_http", url)
+        return url
+
+    def shutdown(self, now: bool = False, grace_s: float | None = None,
+
+                 hurry: Callable[[], bool] | None = None) -> dict:
+        """Drain, then stop the scheduler and its workers.
+
+        Running tasks get `grace_s` (default: config) to finish, none with `now=True` or once
+        `hurry()` turns true; queued and interrupted tasks wait in the journal for the next start.
+        """
+        import ray
+
+        handle = self.scheduler(create=False)
+        ref = handle.drain.remote(0.0 if now else grace_s)
+        hurried = now
+        while not ray.wait([ref], timeout=0.2)[0]:
+            if hurry is not None and not hurried and hurry():
+                handle.drain.remote(0.0)
+                hurried = True
+        summary = _unwrap(lambda: ray.get(ref))
+        if summary.get("http"):
+            from ..http.deploy import stop_http
+
+            stop_http(self.config)
+            _unwrap(lambda: ray.get(handle.note_http.remote(None)))
+        ray.kill(handle, no_restart=True)
+
+        self._scheduler = None
+        if self.started_ray:
+            ray.shutdown()
+            self.started_ray = False
+        return summary

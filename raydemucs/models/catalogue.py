@@ -1,0 +1,239 @@
+"""The model catalogue: which names exist and where a worker would load each from, with errors
+that say what to do when offline.
+
+Nothing here imports torch or demucs's modules (the client checks models before it queues): the
+files demucs reads are read here directly, as demucs lays them out (tests compare each reading
+with demucs's own).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import yaml
+
+from ..core.errors import ModelNotFound
+from ..core.names import printable
+
+OFFLINE_MODEL = "demucs_unittest"
+HUB_PROBE_TIMEOUT_S = 3.0
+HUB_NAMESPACE = "adefossez"  # demucs.hf.DEFAULT_NAMESPACE
+ZIP_MAGIC = b"PK\x03\x04"
+PICKLE_MAGIC = b"\x80"
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one short line, for error messages."""
+    return " ".join(str(exc).split()).rstrip(".")[:300] or type(exc).__name__
+
+
+# -- files as demucs lays them out ---------------------------------------------------------------
+def remote_root() -> Path:
+    """demucs's `remote/` folder: the bags it can download and `files.txt` (read, not imported)."""
+    spec = importlib.util.find_spec("demucs")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFound("demucs is not installed (pip install demucs)")
+    return Path(spec.submodule_search_locations[0]) / "remote"
+
+
+def remote_checkpoints() -> dict[str, str]:
+    """`{signature: file name}` of the checkpoints `files.txt` lists, as demucs parses it."""
+    found = {}
+    for line in (remote_root() / "files.txt").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", "root:")):
+            found[line.split("-", 1)[0]] = line.rsplit("/", 1)[-1]
+    return found
+
+
+def hub_repo_id(name: str) -> str:
+    """The Hugging Face repository demucs downloads model `name` from (`demucs.hf`'s naming)."""
+    namespace, _, short = name.rpartition("/")
+    if short == "htdemucs":
+        repo = "HTDemucs"
+    elif short.startswith("htdemucs_"):
+        repo = "HTDemucs-" + short[len("htdemucs_"):]
+    else:
+        repo = "Demucs-" + short
+    return f"{namespace or HUB_NAMESPACE}/{repo}"
+
+
+def torch_hub_dir() -> Path:
+    """Where `torch.hub` keeps downloads (`torch.hub.get_dir()`), without importing torch."""
+    if os.environ.get("TORCH_HOME"):
+        return Path(os.environ["TORCH_HOME"]).expanduser() / "hub"
+    cache = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    return Path(cache).expanduser() / "torch" / "hub"
+
+
+def repo_contents(repo: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+    """`(checkpoints by signature, bags by name)` of a local folder, as demucs's `LocalRepo` and
+    `BagOnlyRepo` see it (`SIG.th` or `SIG-CHECKSUM.th`, and `NAME.yaml`)."""
+    if not repo.is_dir():
+        raise ModelNotFound(f"model repo {printable(repo)} is not a directory")
+    checkpoints, bags = {}, {}
+    try:
+        files = sorted(repo.iterdir())
+    except OSError as exc:
+        raise ModelNotFound(f"model repo {printable(repo)} cannot be read: {one_line(exc)}") from None
+    for file in files:
+        if file.suffix == ".th":
+            signature = file.stem.rsplit("-", 1)[0]
+            if signature in checkpoints:
+                raise ModelNotFound(f"model repo {printable(repo)} holds two checkpoints for "
+                                    f"signature {signature!r}; keep one")
+            checkpoints[signature] = file
+        elif file.suffix == ".yaml":
+            bags[file.stem] = file
+    return checkpoints, bags
+
+
+def _bag_signatures(bag_file: Path) -> list[str]:
+    """The checkpoint signatures a bag's YAML lists (loaded safely)."""
+    try:
+        bag = yaml.safe_load(bag_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ModelNotFound(f"bag {printable(bag_file)} is not readable YAML: "
+                            f"{one_line(exc)}") from None
+    signatures = bag.get("models") if isinstance(bag, dict) else None
+    if not (isinstance(signatures, list) and signatures
+            and all(isinstance(sig, str) for sig in signatures)):
+        raise ModelNotFound(f"bag {printable(bag_file)} must hold 'models:', a list of checkpoint "
+                            "signatures")
+    return signatures
+
+
+def _check_checkpoint(path: Path) -> None:
+    """A checkpoint is a PyTorch file: a whole zip archive, or a legacy pickle."""
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(len(ZIP_MAGIC))
+        whole = zipfile.is_zipfile(path) if magic == ZIP_MAGIC else magic.startswith(PICKLE_MAGIC)
+    except OSError as exc:
+        raise ModelNotFound(f"checkpoint {printable(path)} cannot be read: {exc.strerror}") from None
+    if not whole:
+        raise ModelNotFound(f"checkpoint {printable(path)} is not a PyTorch file (corrupt, "
+                            "truncated or something else)")
+
+
+def _check_repo_model(name: str, repo: Path) -> None:
+    """`name` is a checkpoint or a bag in `repo`, and every checkpoint it needs is there and whole."""
+    checkpoints, bags = repo_contents(repo)
+    if name in checkpoints:
+        signatures = [name]
+    elif name in bags:
+        signatures = _bag_signatures(bags[name])
+    else:
+        available = ", ".join(sorted(set(checkpoints) | set(bags))) or "none"
+        raise ModelNotFound(f"unknown model {name!r} in repo {printable(repo)}; available: "
+                            f"{available}")
+    for sig in signatures:
+        if sig not in checkpoints:
+            raise ModelNotFound(f"bag {name!r} in repo {printable(repo)} names checkpoint "
+                                f"{sig!r}, but there is no {printable(sig)}.th")
+        _check_checkpoint(checkpoints[sig])
+
+
+# -- names and sources ---------------------------------------------------------------------------
+def remote_models() -> list[str]:
+    """Names demucs can download (bags first); `demucs_unittest` ships inside the package."""
+    bags = sorted(p.stem for p in remote_root().glob("*.yaml"))
+    return bags + [OFFLINE_MODEL]
+
+
+def list_models(repo: str | None = None) -> list[str]:
+    if not repo:
+        return remote_models()
+    checkpoints, bags = repo_contents(Path(repo).expanduser())
+    return sorted(set(checkpoints) | set(bags))
+
+
+def check_model_name(name: str, repo: str | None) -> None:
+    """Fail fast, before queueing, on a model that no source has or whose files are broken."""
+    if not name:
+        raise ModelNotFound("the model name is empty")
+    if name == OFFLINE_MODEL or (name.startswith("hf://") and not repo):
+        return
+    if repo:
+        _check_repo_model(name, Path(repo).expanduser())
+        return
+    available = remote_models()
+    if name not in available:
+        raise ModelNotFound(f"unknown model {name!r} among demucs's pretrained models; "
+                            f"available: {', '.join(available)}")
+
+
+def model_source(name: str, repo: str | None, hub_timeout_s: float = HUB_PROBE_TIMEOUT_S) -> str:
+    """Where a worker on this machine would load `name` from; `ModelNotFound` if from nowhere."""
+    check_model_name(name, repo)
+    if name == OFFLINE_MODEL:
+        return "ships inside demucs (untrained; for tests)"
+    if repo:
+        return f"found in {repo}"
+    cache = cached_in(name)
+    if cache:
+        return f"in the local {cache}"
+    if hub_reachable(hub_timeout_s):
+        return ("not downloaded yet; each worker node fetches it from the Hugging Face hub on "
+                "first use (needs internet there)")
+    raise ModelNotFound(f"{name} is not in the local model caches and the Hugging Face hub "
+                        "cannot be reached (offline, or HF_HUB_OFFLINE is set); pass --repo DIR, "
+                        f"use -n {OFFLINE_MODEL}, or see `python -m raydemucs doctor`")
+
+
+def cached_in(name: str) -> str | None:
+    """Which local cache holds every file of model `name`, if any."""
+    if _in_hf_cache(name.removeprefix("hf://")):
+        return "Hugging Face cache"
+    if not name.startswith("hf://") and _in_torch_cache(name):
+        return "torch hub cache (legacy demucs downloads)"
+    return None
+
+
+def _in_hf_cache(name: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    repo_id, short = hub_repo_id(name), name.rpartition("/")[2]
+    bag = try_to_load_from_cache(repo_id, f"{short}.yaml")
+    if not isinstance(bag, str):
+        return False
+    signatures = yaml.safe_load(Path(bag).read_text())["models"]
+    return all(isinstance(try_to_load_from_cache(repo_id, f"{sig}.safetensors"), str)
+               for sig in signatures)
+
+
+def _in_torch_cache(name: str) -> bool:
+    files = remote_checkpoints()
+    bag = remote_root() / f"{name}.yaml"
+    signatures = yaml.safe_load(bag.read_text())["models"] if bag.is_file() else [name]
+    folder = torch_hub_dir() / "checkpoints"
+    return all(sig in files and (folder / files[sig]).is_file() for sig in signatures)
+
+
+def hub_reachable(timeout_s: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether the Hugging Face endpoint answers within `timeout_s` (never when offline is set)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    answers: list[bool] = []
+
+    def probe() -> None:
+        request = urllib.request.Request(constants.ENDPOINT, method="HEAD")
+        try:
+            urllib.request.urlopen(request, timeout=timeout_s).close()
+            answers.append(True)
+        except urllib.error.HTTPError:
+            answers.append(True)
+        except (OSError, ValueError):
+            answers.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)  # name lookups ignore the timeout
+    thread.start()
+    thread.join(timeout_s)
+    return bool(answers and answers[0])

@@ -1,0 +1,98 @@
+"""Loaded models: demucs's `Separator` built once per worker, its weights on the worker's device,
+kept in a small LRU; and the option checks only a loaded model can make."""
+from __future__ import annotations
+
+import pickle
+from collections import OrderedDict
+from pathlib import Path
+
+from ..core.errors import InvalidInput, ModelNotFound
+from .catalogue import OFFLINE_MODEL, check_model_name, one_line
+from ..core.names import printable
+
+
+def _load_reason(exc: BaseException) -> str:
+    if isinstance(exc, KeyError):
+        return f"a checkpoint is not a Demucs model (it has no {one_line(exc)} entry)"
+    if isinstance(exc, (EOFError, pickle.UnpicklingError)):
+        return f"a checkpoint is corrupt ({one_line(exc)})"
+    return one_line(exc)
+
+
+def load_separator(name: str, repo: str | None, device: str):
+    """A `demucs.api.Separator` holding the model, its weights moved to `device` once."""
+    from demucs.api import Separator
+
+    check_model_name(name, repo)
+    try:
+        separator = Separator(model=name, repo=Path(repo).expanduser() if repo else None,
+                              device=device, progress=False)
+    except SystemExit:  # demucs.utils.fatal exits; never let it end a worker
+        raise ModelNotFound(f"model {name!r} could not be loaded: demucs gave up (its reason "
+                            "is in the worker's log)") from None
+    except Exception as exc:
+        hint = "" if repo else (" Without internet, pass --repo DIR holding the model's .yaml "
+                                f"and .th files, or use -n {OFFLINE_MODEL}.")
+        source = f"repo {printable(repo)}" if repo else "the model hub"
+        raise ModelNotFound(f"model {name!r} could not be loaded from {source}: "
+                            f"{_load_reason(exc)}.{hint}") from None
+    separator.model.to(device)
+    return separator
+
+
+def max_segment_s(model) -> float:
+    """The longest segment a model accepts (transformer models are bounded by training)."""
+    from demucs.apply import BagOfModels
+    from demucs.htdemucs import HTDemucs
+
+    if isinstance(model, BagOfModels):
+        return model.max_allowed_segment
+    if isinstance(model, HTDemucs):
+        return float(model.segment)
+    return float("inf")
+
+
+def check_options(model, options) -> None:
+    """Options that only the loaded model can judge: segment length and the two-stems name."""
+    limit = max_segment_s(model)
+    if options.segment is not None and options.segment > limit:
+        raise InvalidInput(f"segment {options.segment:g} s is longer than this model allows "
+                           f"({limit:g} s)")
+    if options.two_stems is not None and options.two_stems not in model.sources:
+        raise InvalidInput(f"two-stems {options.two_stems!r} is not a stem of this model; "
+                           f"choose one of {', '.join(model.sources)}")
+
+
+class ModelCache:
+    """Loaded separators by (name, repo), least recently used dropped beyond `max_models`."""
+
+    def __init__(self, max_models: int, device: str):
+        self.max_models = max_models
+        self.device = device
+        self._separators: OrderedDict[tuple, object] = OrderedDict()
+
+    def get(self, name: str, repo: str | None):
+        key = (name, repo)
+        if key in self._separators:
+            self._separators.move_to_end(key)
+        else:
+            self._separators[key] = load_separator(name, repo, self.device)
+            while len(self._separators) > self.max_models:
+                self._separators.popitem(last=False)
+        return self._separators[key]
+
+    def keys(self) -> list[tuple]:
+        return list(self._separators)
+
+    def stems(self) -> dict[str, list[str]]:
+        """The stems each loaded model makes, by model name."""
+        return {name: list(separator.model.sources)
+                for (name, _), separator in self._separators.items()}
+
+
+def default_segment_s(model) -> float:
+    """The segment length `apply_model` uses when none is given."""
+    from demucs.apply import BagOfModels
+
+    first = model.models[0] if isinstance(model, BagOfModels) else model
+    return float(first.segment)

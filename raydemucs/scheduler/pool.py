@@ -1,0 +1,330 @@
+"""The worker pools: Ray actors created from config, explicit idle/busy, kill-and-replace.
+
+Workers are created here, in one place, as `ray.remote(SeparatorWorker)` (`WORKER_ACTOR`), with
+the resources of their pool (`config.worker_pools()`). A dead actor never returns to the pool: its slot gets a
+fresh actor (which reloads the model) under a new name. Slots are added and removed as the
+scheduler sizes the pools; an actor Ray cannot place yet stays `starting` without blocking
+anything.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import ray
+from ray.exceptions import RayActorError, RayError
+
+from ..core.config import DEFAULT_POOL, Config, PoolConfig
+from ..client.connection import NAMESPACE
+from ..core.errors import InternalError
+from ..worker.health import HealthPolicy
+from ..core.task import TaskSpec
+from ..storage.uploads import UploadSource
+from ..worker.actor import SeparatorWorker
+
+logger = logging.getLogger("raydemucs.scheduler.pool")
+
+RESPAWN_DELAY_S = 1.0
+# `poll`, `abort` and `ready` run in their own concurrency group, beside the worker's attempts
+CONTROL = "control"
+CONTROL_CALLS = 3
+WORKER_ACTOR = ray.remote(concurrency_groups={CONTROL: CONTROL_CALLS})(SeparatorWorker)
+
+
+@dataclass
+class WorkerSlot:
+    """One place in the pool and what is known of the actor in it."""
+
+    worker_id: str
+    pool: str = DEFAULT_POOL
+    handle: Any = None
+    actor_name: str = ""
+    state: str = "starting"  # starting, idle, busy, restarting, dead
+    tasks: dict = field(default_factory=dict)  # task id -> attempt, in dispatch order
+    lent_to: str | None = None  # the task whose long track this worker helps separate
+    node: str | None = None
+    pid: int | None = None
+    models: frozenset = frozenset()
+    stems: dict = field(default_factory=dict)  # model name -> the stems it makes
+    device: str | None = None
+    load_error: str | None = None
+    rss_bytes: int | None = None
+    first_rss_bytes: int | None = None  # after its first task: what `max_rss_growth` is against
+    recycling: str | None = None  # why it gets no more tasks and is replaced once it has none
+    cpu_percent: float | None = None
+    num_threads: int | None = None
+    node_available_bytes: int | None = None
+    gpu_memory_bytes: int | None = None
+    missed_pings: int = 0
+    tasks_done: int = 0
+    tasks_failed: int = 0
+    restarts: int = 0
+    started_at: float = field(default_factory=time.time)
+    last_poll_at: float | None = None
+
+    @property
+    def load(self) -> int:
+        return len(self.tasks)
+
+    def to_dict(self) -> dict:
+        return {"worker_id": self.worker_id, "pool": self.pool, "actor_name": self.actor_name,
+                "state": self.state, "lent_to": self.lent_to,
+                "task_id": next(iter(self.tasks), None), "tasks": list(self.tasks),
+                "node": self.node, "pid": self.pid,
+                "models": sorted(name for name, _ in self.models), "stems": self.stems,
+                "device": self.device,
+                "load_error": self.load_error, "rss_bytes": self.rss_bytes,
+                "first_rss_bytes": self.first_rss_bytes, "recycling": self.recycling,
+                "cpu_percent": self.cpu_percent, "num_threads": self.num_threads,
+                "node_available_bytes": self.node_available_bytes,
+                "gpu_memory_bytes": self.gpu_memory_bytes, "missed_pings": self.missed_pings,
+                "tasks_done": self.tasks_done, "tasks_failed": self.tasks_failed,
+                "restarts": self.restarts, "uptime_s": time.time() - self.started_at}
+
+
+def worker_id(pool: str, index: int) -> str:
+    """`worker-i` in the default pool (the only one when none is configured), `POOL-worker-i`
+    in the others."""
+    return f"worker-{index}" if pool == DEFAULT_POOL else f"{pool}-worker-{index}"
+
+
+def worker_config(config: Config, pool: PoolConfig) -> dict:
+    """The config a worker of `pool` gets: the pool's CPUs (torch threads) and GPUs (device), and
+    as the model to load at start the config's default if the pool serves it, else its first."""
+    workers = dataclasses.replace(config.workers, num_cpus=pool.num_cpus, num_gpus=pool.num_gpus,
+                                  memory_mb=pool.memory_mb, batch_size=pool.batch_size,
+                                  prefetch=pool.prefetch)
+    separation = config.separation
+    if pool.models and separation.model not in pool.models:
+        separation = dataclasses.replace(separation, model=pool.models[0])
+    return dataclasses.replace(config, workers=workers, separation=separation).to_dict()
+
+
+class RayWorkerPool:
+    """Implements the scheduler's `Pool` with Ray actors; reports back through callbacks."""
+
+    def __init__(self, config: Config, on_ready: Callable[[], None],
+                 on_result: Callable[[str, int, dict], None],
+                 on_lost: Callable[[str, str], None]):
+        self.config = config
+        self.policy = HealthPolicy.from_config(config.workers)
+        self.prefix = config.service.name
+        self.on_ready, self.on_result, self.on_lost = on_ready, on_result, on_lost
+        self.pools = {pool.name: pool for pool in config.worker_pools()}
+        self._worker_configs = {name: worker_config(config, pool) for name, pool in self.pools.items()}
+        self.slots: dict[str, WorkerSlot] = {}
+        self._tasks: set[asyncio.Task] = set()
+
+    # -- the scheduler's Pool protocol ------------------------------------------------------
+    def free_workers(self, pool: str) -> list[WorkerSlot]:
+        """Live workers of `pool` with room for a task (`PoolConfig.tasks_per_worker`), least
+        loaded first, on nodes with enough free memory (dispatch pauses instead of an OOM kill);
+        none lent to another task's lead, none waiting to be recycled."""
+        capacity = self.pools[pool].tasks_per_worker
+        free = [slot for slot in self.members(pool) if slot.state in ("idle", "busy")
+                and slot.load < capacity and slot.lent_to is None and slot.recycling is None
+                and self.policy.node_has_room(slot.node_available_bytes)]
+        return sorted(free, key=lambda slot: slot.load)
+
+    def members(self, pool: str) -> list[WorkerSlot]:
+        return [slot for slot in self.slots.values() if slot.pool == pool]
+
+    def add_workers(self, pool: str, count: int) -> None:
+        """Create `count` workers in `pool`, each in the lowest free place."""
+        for _ in range(count):
+            name = next(worker_id(pool, i) for i in itertools.count()
+                        if worker_id(pool, i) not in self.slots)
+            slot = self.slots[name] = WorkerSlot(name, pool)
+            self._spawn(slot)
+
+    def remove(self, worker_id: str) -> None:
+        """Take a worker out of its pool and end its actor (the scheduler only removes idle ones)."""
+        slot = self.slots.pop(worker_id)
+        if slot.handle is not None:
+            ray.kill(slot.handle, no_restart=True)
+        slot.state, slot.handle = "dead", None
+
+    def start(self, worker_id: str, spec: TaskSpec, attempt: int, reuse_from: str | None = None,
+              helpers: tuple = ()) -> None:
+        """Send an attempt to its worker; `helpers` (idle workers) are lent to it until `release`."""
+        slot = self.slots[worker_id]
+        slot.state = "busy"
+        slot.tasks[spec.task_id] = attempt
+        for helper in map(self.slots.get, helpers):
+            helper.state, helper.lent_to, helper.tasks[spec.task_id] = "busy", spec.task_id, attempt
+        upload = UploadSource(self.prefix, spec.input_sha256) if spec.uploaded else None
+        ref = slot.handle.separate.remote(spec.to_dict(), attempt, reuse_from, upload,
+                                          [self.slots[h].handle for h in helpers])
+        self._background(self._run_attempt(slot, slot.handle, ref, spec.task_id, attempt))
+
+    async def _run_attempt(self, slot: WorkerSlot, handle, ref, task_id: str, attempt: int) -> None:
+        """Hear an attempt's result (the worker fetches an uploaded input itself, in chunks)."""
+        result = await self._await_result(slot, handle, ref)
+        if result is not None and slot.handle is handle:
+            self._finish_attempt(slot, task_id, attempt, result)
+
+    def release(self, worker_ids: tuple, task_id: str) -> None:
+        """Helpers lent to `task_id` are free again (unless replaced since)."""
+        for slot in map(self.slots.get, worker_ids):
+            if slot is not None and slot.lent_to == task_id:
+                slot.lent_to = None
+                slot.tasks.pop(task_id, None)
+                slot.state = "busy" if slot.tasks else "idle"
+
+    def abort(self, worker_id: str, task_id: str, attempt: int) -> None:
+        slot = self.slots[worker_id]
+        if slot.handle is not None:
+            slot.handle.abort.options(concurrency_group=CONTROL).remote(task_id, attempt)
+
+    def replace(self, worker_id: str, reason: str) -> None:
+        slot = self.slots[worker_id]
+        logger.warning("%s: replacing worker (%s)", worker_id, reason)
+        if slot.handle is not None:
+            ray.kill(slot.handle, no_restart=True)
+        slot.restarts += 1
+        slot.state, slot.tasks, slot.handle, slot.lent_to = "restarting", {}, None, None
+        slot.missed_pings, slot.rss_bytes, slot.cpu_percent = 0, None, None
+        slot.first_rss_bytes = slot.recycling = None
+        self._spawn(slot)
+
+    # -- health and progress ----------------------------------------------------------------
+    async def poll(self) -> list[dict]:
+        """Ask every live worker for its figures; returns the attempts in flight and their progress.
+
+        A dead worker is reported lost; one that misses `max_missed_pings` polls in a row is
+        treated as hung and reported lost too; an idle one over its RSS limit is recycled.
+        """
+        live = [s for s in self.slots.values() if s.state in ("idle", "busy") and s.handle]
+        timeout_s = max(5.0, 10 * self.config.service.poll_interval_s)
+        answers = await asyncio.gather(
+            *(asyncio.wait_for(s.handle.poll.options(concurrency_group=CONTROL).remote(),
+                               timeout_s) for s in live),
+            return_exceptions=True)
+        busy = []
+        for slot, answer in zip(live, answers):
+            if slot.handle is None or slot.state not in ("idle", "busy"):
+                continue
+            if isinstance(answer, RayActorError):
+                self.on_lost(slot.worker_id, "it died")
+            elif isinstance(answer, BaseException):
+                slot.missed_pings += 1
+                if self.policy.hung(slot.missed_pings):
+                    self.on_lost(slot.worker_id, f"it missed {slot.missed_pings} health polls")
+            else:
+                self._record_figures(slot, answer)
+                busy.extend(answer["tasks"])
+                if slot.state == "idle":
+                    self._recycle_if_too_big(slot)
+        return busy
+
+    @staticmethod
+    def _record_figures(slot: WorkerSlot, answer: dict) -> None:
+        slot.missed_pings, slot.last_poll_at = 0, time.time()
+        for key in ("rss_bytes", "cpu_percent", "num_threads", "node_available_bytes",
+                    "gpu_memory_bytes", "stems"):
+            setattr(slot, key, answer[key])
+
+    def snapshot(self) -> list[dict]:
+        return [{**slot.to_dict(),
+                 "memory_paused": not self.policy.node_has_room(slot.node_available_bytes)}
+                for slot in self.slots.values()]
+
+    def shutdown(self) -> None:
+        for slot in self.slots.values():
+            if slot.handle is not None:
+                ray.kill(slot.handle, no_restart=True)
+            slot.state, slot.handle = "dead", None
+        for task in self._tasks:
+            task.cancel()
+
+    # -- internals --------------------------------------------------------------------------
+    def _spawn(self, slot: WorkerSlot) -> None:
+        pool = self.pools[slot.pool]
+        options = dict(namespace=NAMESPACE, num_cpus=pool.num_cpus, num_gpus=pool.num_gpus,
+                       memory=pool.memory_mb * 2**20 or None, resources=pool.resources or None,
+                       max_restarts=0, max_task_retries=0, max_concurrency=pool.tasks_per_worker)
+        config = self._worker_configs[slot.pool]
+        base = f"{self.prefix}:{slot.worker_id}"
+        slot.actor_name = base if slot.restarts == 0 else f"{base}.{slot.restarts}"
+        try:
+            actor = WORKER_ACTOR.options(name=slot.actor_name, **options)
+            slot.handle = actor.remote(slot.worker_id, config)
+        except ValueError:  # the name is still held by a predecessor (removed, or a restarted
+            slot.actor_name = f"{base}.{uuid.uuid4().hex[:6]}"  # scheduler's)
+            actor = WORKER_ACTOR.options(name=slot.actor_name, **options)
+            slot.handle = actor.remote(slot.worker_id, config)
+        slot.started_at = time.time()
+        self._background(self._await_ready(slot, slot.handle))
+
+    async def _await_ready(self, slot: WorkerSlot, handle) -> None:
+        try:
+            info = await handle.ready.options(concurrency_group=CONTROL).remote()
+        except RayError as exc:
+            if slot.handle is not handle:
+                return
+            logger.error("%s: failed to start: %s", slot.worker_id, str(exc).splitlines()[0])
+            slot.state = "dead"
+            await asyncio.sleep(RESPAWN_DELAY_S * min(60, 2 ** slot.restarts))
+            if slot.handle is handle:
+                self.replace(slot.worker_id, "it failed to start")
+            return
+        if slot.handle is not handle:
+            return
+        slot.pid, slot.node, slot.device = info["pid"], info["node"], info["device"]
+        slot.models, slot.load_error = frozenset(map(tuple, info["models"])), info["load_error"]
+        self._record_figures(slot, info)
+        slot.state = "idle"
+        logger.info("%s: ready (pid %s)", slot.worker_id, slot.pid)
+        self.on_ready()
+
+    async def _await_result(self, slot: WorkerSlot, handle, ref) -> dict | None:
+        """The attempt's answer; None when its worker died (and is reported lost)."""
+        try:
+            result = await ref
+        except RayActorError as exc:
+            if slot.handle is handle:
+                self.on_lost(slot.worker_id, str(exc).splitlines()[0])
+            return None
+        except RayError as exc:
+            result = {"ok": False, "error": InternalError(str(exc).splitlines()[0]).to_dict()}
+        return result
+
+    def _finish_attempt(self, slot: WorkerSlot, task_id: str, attempt: int, result: dict) -> None:
+        slot.tasks.pop(task_id, None)
+        slot.state = "busy" if slot.tasks else "idle"
+        slot.models = frozenset(map(tuple, result.get("models", slot.models)))
+        if result["ok"]:
+            slot.tasks_done += 1
+        else:
+            slot.tasks_failed += 1
+        if result.get("rss_bytes") is not None:
+            slot.rss_bytes = result["rss_bytes"]
+            if slot.first_rss_bytes is None:
+                slot.first_rss_bytes = slot.rss_bytes
+        self._recycle_if_too_big(slot)
+        self.on_result(task_id, attempt, result)
+
+    def _recycle_if_too_big(self, slot: WorkerSlot) -> None:
+        """A worker over its RSS limit gets no more tasks, and is replaced once it has none:
+        what it holds finishes first, so a recycle never costs a task an attempt. A worker
+        that has not finished a task yet is as small as it gets, and is left alone."""
+        if slot.first_rss_bytes is None:
+            return
+        limit = self.policy.rss_limit_bytes(slot.first_rss_bytes)
+        if slot.recycling is None and self.policy.too_big(slot.rss_bytes, slot.first_rss_bytes):
+            slot.recycling = f"RSS {slot.rss_bytes / 2**20:.0f} MB over its limit of {limit / 2**20:.0f} MB"
+            logger.info("%s: recycling once its tasks are done (%s)", slot.worker_id, slot.recycling)
+        if slot.recycling is not None and not slot.tasks:
+            self.replace(slot.worker_id, slot.recycling)
+
+    def _background(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+

@@ -1,0 +1,361 @@
+"""The separation engine every path uses: demucs's own segment plan, and a runner for any subset.
+
+`apply_model(model, mix, shifts, split=True)` cuts a mix of T samples into segments at
+`range(0, T, stride)`, runs the model on each one (padded with the real neighbouring samples,
+zeros past the track's ends), multiplies by a triangular weight, adds into a track-long sum and a
+track-long weight sum, and divides. Shifts repeat that on the mix delayed by a random amount and
+average; a bag of models repeats it per model and averages with the bag's weights. A *pass* here is
+one such split run (one model, one shift); this module lays out every segment of every pass
+exactly as `apply_model` does (`plan_separation`), runs any of them (`Runner`, `run_segment`),
+adds their weighted outputs (`OverlapAdd`) and turns the sums into stems (`finish`). The
+strategies build on it: `raydemucs.separation.split` (one track on several workers), `raydemucs.separation.streaming`
+(bounded memory) and `raydemucs.separation.batching` (segments of several tracks per forward pass).
+
+The mix is normalised with the whole track's mean and std (`track_stats`, or `Moments` block by
+block), as `Separator.separate_tensor` does; every part of one track must use the same figures.
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch as th
+from torch.nn import functional as F
+
+STD_EPS = 1e-8                 # what Separator.separate_tensor adds to the std
+
+# -- the plan ---------------------------------------------------------------------------------
+def sub_models(model) -> list:
+    """The models of a bag, or `[model]`."""
+    from demucs.apply import BagOfModels
+
+    return list(model.models) if isinstance(model, BagOfModels) else [model]
+
+
+def _bag_weights(model) -> tuple | None:
+    from demucs.apply import BagOfModels
+
+    if not isinstance(model, BagOfModels):
+        return None
+    return tuple(tuple(float(w) for w in weights) for weights in model.weights)
+
+
+def _input_length(sub, segment: float | None, length: int) -> int:
+    """What `apply_model(split=False)` pads a chunk of `length` samples to."""
+    from demucs.htdemucs import HTDemucs
+
+    if isinstance(sub, HTDemucs) and segment is not None:
+        return int(segment * sub.samplerate)
+    if hasattr(sub, "valid_length"):
+        return int(sub.valid_length(length))
+    return length
+
+
+def draw_shift_offsets(model, shifts: int, rng=random) -> list[list[int]]:
+    """Random shifts as `apply_model` draws them (`randint(0, samplerate // 2)`), per model.
+
+    After `random.seed(s)`, these equal the ones `apply_model` draws after the same seed.
+    """
+    return [[rng.randint(0, int(0.5 * sub.samplerate)) for _ in range(shifts)]
+            for sub in sub_models(model)]
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One split run of `apply_model`: one model of the bag, one shift (or none)."""
+
+    index: int
+    model_index: int
+    shift_index: int | None
+    delay: int            # the pass's position p holds mix position p - delay
+    length: int           # the pass's length: T + delay
+    segment_length: int
+    stride: int
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One forward pass of the model; positions are in mix samples (negative: before the mix)."""
+
+    pass_index: int
+    offset: int           # in the pass's positions: demucs's callback `segment_offset`
+    start: int            # first output sample
+    length: int           # output samples (the segment length, shorter at the end)
+    input_start: int      # first input sample fed to the model (zeros outside the mix)
+    input_length: int
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+    @property
+    def input_end(self) -> int:
+        return self.input_start + self.input_length
+
+
+@dataclass(frozen=True)
+class SeparationPlan:
+    """Every segment `apply_model(model, mix, shifts, split=True)` runs on a mix of `length`."""
+
+    length: int
+    samplerate: int
+    channels: int
+    sources: tuple
+    segment: float | None
+    overlap: float
+    transition_power: float
+    shifts: int
+    passes: tuple
+    weights: tuple | None       # the bag's weights, None for a single model
+    segments: tuple             # sorted by start: the order streaming runs them in
+
+    @property
+    def num_models(self) -> int:
+        return 1 + max(p.model_index for p in self.passes)
+
+
+def plan_separation(model, length: int, *, segment: float | None = None, overlap: float = 0.25,
+                    shifts: int = 0, transition_power: float = 1.0,
+                    shift_offsets: Sequence[Sequence[int]] | None = None,
+                    rng=random) -> SeparationPlan:
+    """Lay out the segments as `apply_model` does for a mix of `length` samples.
+
+    With `shifts`, the random offsets are drawn here once (from `rng`, in `apply_model`'s order)
+    unless given, so that every piece of one track uses the same ones.
+    """
+    if length <= 0:
+        raise ValueError("the mix is empty")
+    models = sub_models(model)
+    if shifts and shift_offsets is None:
+        shift_offsets = draw_shift_offsets(model, shifts, rng)
+    passes = []
+    for index, sub in enumerate(models):
+        segment_length = int(sub.samplerate * (segment if segment is not None else sub.segment))
+        stride = int((1 - overlap) * segment_length)
+        if segment_length <= 0 or stride <= 0:
+            raise ValueError(f"segment {segment} s with overlap {overlap} leaves no stride")
+        if shifts:
+            max_shift = int(0.5 * sub.samplerate)
+            for shift_index, offset in enumerate(shift_offsets[index]):
+                delay = max_shift - offset
+                passes.append(Pass(len(passes), index, shift_index, delay, length + delay,
+                                   segment_length, stride))
+        else:
+            passes.append(Pass(len(passes), index, None, 0, length, segment_length, stride))
+    segments = []
+    for p in passes:
+        for offset in range(0, p.length, p.stride):
+            out_length = min(p.length - offset, p.segment_length)
+            in_length = _input_length(models[p.model_index], segment, out_length)
+            start = offset - p.delay
+            segments.append(Segment(p.index, offset, start, out_length,
+                                    start - (in_length - out_length) // 2, in_length))
+    segments.sort(key=lambda s: (s.start, s.pass_index))
+    return SeparationPlan(length, models[0].samplerate, models[0].audio_channels,
+                          tuple(models[0].sources), segment, overlap, transition_power, shifts,
+                          tuple(passes), _bag_weights(model), tuple(segments))
+
+
+def transition_weight(segment_length: int, power: float, device="cpu") -> th.Tensor:
+    """`apply_model`'s triangular weight, maximal in the middle of a segment."""
+    weight = th.cat([th.arange(1, segment_length // 2 + 1, device=device),
+                     th.arange(segment_length - segment_length // 2, 0, -1, device=device)])
+    return (weight / weight.max()) ** power
+
+
+def track_stats(wav: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+    """`(mean, std)` of a `[channels, time]` mix, as `Separator.separate_tensor` takes them."""
+    ref = wav.mean(0)
+    return ref.mean(), ref.std() + STD_EPS
+
+
+class Moments:
+    """Count, mean and sum of squared deviations, merged block by block (Chan et al.)."""
+
+    def __init__(self):
+        self.count, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def add(self, ref: th.Tensor) -> None:
+        block = ref.double()
+        n = block.numel()
+        if n == 0:
+            return
+        mean = block.mean().item()
+        m2 = ((block - mean) ** 2).sum().item()
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += m2 + delta * delta * self.count * n / total
+        self.count = total
+
+    def stats(self) -> tuple[th.Tensor, th.Tensor]:
+        """`(mean, std)` of everything added, as `track_stats` gives them for the whole."""
+        std = math.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else float("nan")
+        return th.tensor(self.mean, dtype=th.float32), th.tensor(std, dtype=th.float32) + STD_EPS
+
+
+# -- running segments -------------------------------------------------------------------------
+def take(window: th.Tensor, window_start: int, total: int, start: int, length: int) -> th.Tensor:
+    """Mix samples [start, start + length) from a window of them; zeros outside [0, total)."""
+    lo, hi = max(start, 0), min(start + length, total)
+    if hi <= lo:
+        return window.new_zeros(*window.shape[:-1], length)
+    a, b = lo - window_start, hi - window_start
+    if a < 0 or b > window.shape[-1]:
+        raise ValueError(f"samples [{lo}, {hi}) are outside the window [{window_start}, "
+                         f"{window_start + window.shape[-1]})")
+    return F.pad(window[..., a:b], (lo - start, start + length - hi))
+
+
+OOM_TEXTS = ("out of memory", "can't allocate memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` says the host or the device ran out of memory."""
+    return isinstance(exc, MemoryError) or any(text in str(exc).lower() for text in OOM_TEXTS)
+
+
+class Runner:
+    """Runs segments through the models as `apply_model` does: weights, device, callbacks; at
+    `precision`, each model's network on `runtime` (`raydemucs.models.runtimes`)."""
+
+    def __init__(self, model, device=None, precision: str = "fp32", runtime: str = "eager"):
+        from ..models.runtimes import forward_for
+
+        self.models = sub_models(model)
+        self.device = th.device(device) if device is not None else None
+        self.precision = precision
+        self._weights: dict = {}
+        for sub in self.models:
+            if self.device is not None:
+                sub.to(self.device)
+            sub.eval()
+        where = self.device or next(iter(self.models[0].parameters())).device
+        self.forwards = [forward_for(sub, where.type, precision, runtime) for sub in self.models]
+
+    def weight(self, segment_length: int, power: float, device) -> th.Tensor:
+        key = (segment_length, power, str(device))
+        if key not in self._weights:
+            self._weights[key] = transition_weight(segment_length, power, device)
+        return self._weights[key]
+
+    def forward(self, model_index: int, inputs: th.Tensor) -> th.Tensor:
+        """One forward pass of `inputs` `[n, channels, input_length]`, on the compute device
+        (copied there from pinned memory without blocking when that is a GPU)."""
+        sub = self.models[model_index]
+        device = self.device or next(iter(sub.parameters())).device
+        if device.type == "cuda":
+            inputs = inputs.pin_memory().to(device, non_blocking=True)
+        with th.no_grad():
+            return self.forwards[model_index](inputs.to(device))
+
+    def weighted(self, out: th.Tensor, plan: SeparationPlan, segment: Segment) -> tuple:
+        """One segment's `(weight * output, weight)` on the CPU, as `apply_model` adds them."""
+        from demucs.utils import center_trim
+
+        chunk = center_trim(out, segment.length)
+        p = plan.passes[segment.pass_index]
+        weight = self.weight(p.segment_length, plan.transition_power, out.device)
+        return (weight[:segment.length] * chunk).to("cpu"), weight[:segment.length].to("cpu")
+
+
+def notify(callback, callback_arg, plan: SeparationPlan, segment: Segment, state: str) -> None:
+    """demucs's progress callback for one segment (it may raise `KeyboardInterrupt` to abort)."""
+    if callback is not None:
+        p = plan.passes[segment.pass_index]
+        callback({**(callback_arg or {}), "audio_length": plan.length, "models": plan.num_models,
+                  "segments": len(plan.segments),
+                  "model_idx_in_bag": p.model_index, "shift_idx": p.shift_index or 0,
+                  "segment_offset": segment.offset, "state": state})
+
+
+def run_segment(runner: Runner, plan, segment, x, callback, callback_arg) -> tuple:
+    notify(callback, callback_arg, plan, segment, "start")
+    out = runner.forward(plan.passes[segment.pass_index].model_index, x)
+    notify(callback, callback_arg, plan, segment, "end")
+    return runner.weighted(out, plan, segment)
+
+
+class OverlapAdd:
+    """One pass's weighted sums and weight sums over mix samples [start, stop), growable."""
+
+    def __init__(self, prefix: Sequence[int], start: int = 0, stop: int | None = None):
+        self.start = start
+        stop = start if stop is None else stop
+        self.out = th.zeros(*prefix, stop - start)
+        self.weight = th.zeros(stop - start)
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.weight.shape[-1]
+
+    def add(self, start: int, weighted: th.Tensor, weight: th.Tensor) -> None:
+        """Add one segment's output starting at mix sample `start`; samples before 0 are dropped."""
+        lo, hi = max(start, 0), start + weighted.shape[-1]
+        if hi <= lo:
+            return
+        if lo < self.start:
+            raise ValueError(f"sample {lo} was already released (sums start at {self.start})")
+        if hi > self.stop:
+            grow = hi - self.stop
+            self.out = th.cat([self.out, self.out.new_zeros(*self.out.shape[:-1], grow)], -1)
+            self.weight = th.cat([self.weight, self.weight.new_zeros(grow)])
+        a, b = lo - self.start, hi - self.start
+        self.out[..., a:b] += weighted[..., lo - start:]
+        self.weight[a:b] += weight[lo - start:]
+
+    def release(self, upto: int) -> tuple[th.Tensor, th.Tensor]:
+        """The sums for [start, upto), dropped from here."""
+        cut = upto - self.start
+        if cut > self.weight.shape[-1]:
+            raise ValueError(f"no sums yet up to sample {upto}")
+        out, weight = self.out[..., :cut], self.weight[:cut]
+        self.out, self.weight = self.out[..., cut:].clone(), self.weight[cut:].clone()
+        self.start = upto
+        return out, weight
+
+
+def combine_passes(plan: SeparationPlan, outs: list[th.Tensor]) -> th.Tensor:
+    """Normalised outputs of every pass -> the estimate, by `apply_model`'s operations in order."""
+    per_model: list = [None] * plan.num_models
+    for p, out in zip(plan.passes, outs):
+        if plan.shifts:
+            per_model[p.model_index] = (0. + out if per_model[p.model_index] is None
+                                        else per_model[p.model_index].add_(out))
+        else:
+            per_model[p.model_index] = out
+    if plan.shifts:
+        for out in per_model:
+            out /= plan.shifts
+    if plan.weights is None:
+        return per_model[0]
+    estimates = None
+    totals = [0.] * len(plan.sources)
+    for out, weights in zip(per_model, plan.weights):
+        for k, weight in enumerate(weights):
+            out[:, k, :, :] *= weight
+            totals[k] += weight
+        estimates = 0. + out if estimates is None else estimates.add_(out)
+    for k in range(estimates.shape[1]):
+        estimates[:, k, :, :] /= totals[k]
+    return estimates
+
+
+def finish(plan, sums: list[tuple[th.Tensor, th.Tensor]], mean, std) -> th.Tensor:
+    """Per-pass sums -> separated stems `[1, sources, channels, n]` in the mix's scale."""
+    outs = []
+    for out, weight in sums:
+        if weight.numel() and not weight.min() > 0:
+            raise ValueError("some samples got no segment: a piece is missing")
+        outs.append(out / weight)
+    return combine_passes(plan, outs) * std + mean
+
+
+def pick_stems(stems: dict, two_stems: str | None) -> dict:
+    """All stems, or `STEM` and `no_STEM` (the sum of the others), as `demucs.separate` writes them."""
+    if two_stems is None:
+        return stems
+    others = [wav for name, wav in stems.items() if name != two_stems]
+    return {two_stems: stems[two_stems], f"no_{two_stems}": sum(others[1:], others[0].clone())}

@@ -1,0 +1,157 @@
+"""One track on several workers: demucs's segment plan cut into contiguous pieces and joined.
+
+`split_plan` cuts a plan (`raydemucs.separation.engine`) into pieces; `separate_piece` runs one on the window
+of samples it reads (on any worker); `join_pieces` adds the pieces' un-normalised sums and divides,
+which gives what `Separator.separate_tensor` gives for the whole track, within float tolerance.
+
+`separate_across_workers` is how a lead worker uses that: it decodes the track, keeps the smallest
+piece (it also decodes, joins and writes), sends the others to the idle workers the scheduler lent
+it (each gets only its window), and joins. A helper that fails costs time, not the task: the lead
+runs that piece itself.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import ray
+import torch as th
+
+from ..core.config import SeparationConfig
+from .decode import read_window
+from .engine import (OverlapAdd, Runner, SeparationPlan, finish, plan_separation, run_segment,
+                     take, track_stats)
+
+logger = logging.getLogger("raydemucs.separation.split")
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A contiguous run of a plan's segments, and the mix samples they read."""
+
+    index: int
+    segments: tuple
+    input_start: int      # clipped to the mix: decode [input_start, input_stop) for this piece
+    input_stop: int
+
+
+@dataclass
+class PieceResult:
+    """A piece's un-normalised sums: `{pass index: (first sample, out, weight)}`."""
+
+    index: int
+    sums: dict = field(default_factory=dict)
+
+
+def split_plan(plan: SeparationPlan, pieces: int) -> list[Piece]:
+    """Cut the plan into at most `pieces` contiguous runs of near-equal segment counts."""
+    segments = plan.segments
+    count = min(max(1, pieces), len(segments))
+    bounds = [round(i * len(segments) / count) for i in range(count + 1)]
+    result = []
+    for index in range(count):
+        run = segments[bounds[index]:bounds[index + 1]]
+        result.append(Piece(index, tuple(run), max(0, min(s.input_start for s in run)),
+                            min(plan.length, max(s.input_end for s in run))))
+    return result
+
+
+def separate_piece(model, plan: SeparationPlan, piece: Piece, window: th.Tensor,
+                   window_start: int, mean, std, *, device=None, runner=None, callback=None,
+                   callback_arg=None) -> PieceResult:
+    """Run a piece's segments on `window` (`[channels, n]`, raw mix samples from `window_start`,
+    covering `piece.input_start:piece.input_stop`), normalised with the whole track's stats;
+    `runner` (a `Runner`) says how the model runs, by default eager fp32 on `device`."""
+    mix = ((window - mean) / std)[None]
+    runner = runner or Runner(model, device)
+    sums: dict[int, OverlapAdd] = {}
+    prefix = (1, len(plan.sources), plan.channels)
+    for segment in piece.segments:
+        x = take(mix, window_start, plan.length, segment.input_start, segment.input_length)
+        weighted, weight = run_segment(runner, plan, segment, x, callback, callback_arg)
+        if segment.pass_index not in sums:
+            runs = [s for s in piece.segments if s.pass_index == segment.pass_index]
+            first = max(0, runs[0].start)
+            sums[segment.pass_index] = OverlapAdd(prefix, first, max(first, runs[-1].end))
+        sums[segment.pass_index].add(segment.start, weighted, weight)
+    return PieceResult(piece.index,
+                       {i: (acc.start, acc.out, acc.weight) for i, acc in sums.items()})
+
+
+def join_pieces(plan: SeparationPlan, results: Sequence[PieceResult], mean, std) -> th.Tensor:
+    """Add the pieces' sums and divide: `[sources, channels, time]`, as `separate_tensor` returns
+    (stacked). Raises `ValueError` when a piece is missing."""
+    prefix = (1, len(plan.sources), plan.channels)
+    totals = [OverlapAdd(prefix, 0, plan.length) for _ in plan.passes]
+    for result in sorted(results, key=lambda r: r.index):
+        for index, (start, out, weight) in result.sums.items():
+            totals[index].out[..., start:start + out.shape[-1]] += out
+            totals[index].weight[start:start + weight.shape[-1]] += weight
+    return finish(plan, [(t.out, t.weight) for t in totals], mean, std)[0]
+
+
+def separate_in_pieces(model, wav: th.Tensor, pieces: int, **options) -> th.Tensor:
+    """The whole round trip in one process (for tests and single-machine use)."""
+    mean, std = track_stats(wav)
+    device = options.pop("device", None)
+    plan = plan_separation(model, wav.shape[-1], **options)
+    results = [separate_piece(model, plan, piece, wav[:, piece.input_start:piece.input_stop],
+                              piece.input_start, mean, std, device=device)
+               for piece in split_plan(plan, pieces)]
+    return join_pieces(plan, results, mean, std)
+
+
+def separate_piece_file(model, plan: SeparationPlan, piece: Piece, path, mean, std,
+                        **kwargs) -> PieceResult:
+    """`separate_piece` on the piece's window, decoded from `path` by the worker that runs it."""
+    window = read_window(path, piece.input_start, piece.input_stop, plan.samplerate, plan.channels)
+    return separate_piece(model, plan, piece, window, piece.input_start, mean, std, **kwargs)
+
+
+# -- a lead worker and its helpers ---------------------------------------------------------------
+RunPiece = Callable[..., PieceResult]  # (plan, piece, window, mean, std) -> PieceResult
+
+
+def separate_across_workers(model, wav: th.Tensor, options: SeparationConfig, helpers: Sequence,
+                            run_here: RunPiece, abort: threading.Event, task_id: str,
+                            attempt: int) -> tuple[th.Tensor, int]:
+    """`[sources, channels, time]` for `wav`, computed with `helpers` (actor handles); also
+    returns the number of pieces."""
+    mean, std = track_stats(wav)
+    plan = plan_separation(model, wav.shape[-1], segment=options.segment, overlap=options.overlap,
+                           shifts=options.shifts)
+    pieces = split_plan(plan, 1 + len(helpers))
+
+    def window(piece: Piece) -> th.Tensor:  # contiguous: a strided view does not survive Ray
+        return wav[:, piece.input_start:piece.input_stop].contiguous()
+
+    own = min(pieces, key=lambda piece: len(piece.segments))  # the lead also decodes, joins, writes
+    lent = [piece for piece in pieces if piece is not own]
+    refs = [helper.separate_piece.remote(task_id, attempt, options.model, options.repo,
+                                         options.precision, plan, piece, window(piece), mean, std)
+            for helper, piece in zip(helpers, lent)]
+    try:
+        results = [run_here(plan, own, window(own), mean, std)]
+        for piece, ref in zip(lent, refs):
+            result = _helper_result(ref, abort, task_id, piece)
+            results.append(result or run_here(plan, piece, window(piece), mean, std))
+    except BaseException:
+        for helper in helpers:
+            helper.abort.remote(task_id, attempt)
+        raise
+    return join_pieces(plan, results, mean, std), len(pieces)
+
+
+def _helper_result(ref, abort: threading.Event, task_id: str, piece: Piece) -> PieceResult | None:
+    """A helper's piece, or None when the helper failed; an abort here raises KeyboardInterrupt."""
+    while not ray.wait([ref], timeout=0.2)[0]:
+        if abort.is_set():
+            raise KeyboardInterrupt
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayError as exc:
+        logger.warning("task %s: piece %d failed on its helper (%s); running it here", task_id,
+                       piece.index, str(exc).splitlines()[0])
+        return None

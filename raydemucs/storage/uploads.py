@@ -1,0 +1,218 @@
+"""Inputs sent with their tasks and those tasks' stems, kept by the service.
+
+For clients that share no storage with the cluster (`submit --upload`, and every file posted over
+HTTP): the bytes are stored under the service's state directory on the head node by SHA-256,
+synced before the task is accepted, reach the worker with the task, and its stems come back to
+`STATE_DIR/results/[@OWNER/]PROJECT/FILE_ID`. Bytes arrive whole (`accept`) or in chunks, as an
+HTTP replica streams them (`open`, `write`, `close`), checked as audio before they are kept.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..core.config import InputConfig
+from ..core.errors import InputTooLarge, InvalidInput
+from ..audio.checks import validate_input
+from .folders import LocalFolder, copy_output_bytes
+from ..core.task import TaskSpec
+
+SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
+IDLE_UPLOAD_S = 600.0  # an incoming upload no chunk reached for this long was abandoned
+
+
+@dataclass
+class Incoming:
+    """An upload arriving in chunks: its partial file, running hash and size."""
+
+    path: Path
+    name: str  # the file's name where it came from (its path here never reaches a message)
+    max_bytes: int
+    digest: object = field(default_factory=hashlib.sha256)
+    size: int = 0
+    touched_at: float = field(default_factory=time.monotonic)
+
+
+def _fsync_write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+@dataclass(frozen=True)
+class UploadSource:
+    """An uploaded input as a worker fetches it: from the service that keeps it, a chunk at a
+    time, so neither the scheduler nor the call to the worker holds the whole file."""
+
+    service: str  # the service's name: its scheduler is `SERVICE:scheduler`
+    sha256: str
+    chunk_bytes: int = 1 << 22
+
+    def write_to(self, path: Path) -> None:
+        import ray
+
+        from ..client.connection import NAMESPACE
+
+        scheduler = ray.get_actor(f"{self.service}:scheduler", namespace=NAMESPACE)
+        with open(path, "wb") as handle:
+            offset = 0
+            while True:
+                try:
+                    chunk = ray.get(scheduler.read_upload.remote(self.sha256, offset,
+                                                                 self.chunk_bytes))
+                except ray.exceptions.RayTaskError as exc:
+                    raise exc.cause from None
+                if not chunk:
+                    return
+                handle.write(chunk)
+                offset += len(chunk)
+
+
+class UploadStore:
+    def __init__(self, state_dir: Path, limits: InputConfig = InputConfig()):
+        self.inputs = state_dir / "uploads"
+        self.incoming = self.inputs / ".incoming"
+        self.results = state_dir / "results"
+        self.limits = limits
+        self._open: dict[str, Incoming] = {}
+        self.lock = threading.Lock()  # keeping or reusing an input, against retention's removals
+        shutil.rmtree(self.incoming, ignore_errors=True)  # what a stopped service left half-sent
+
+    def results_dir(self, owner: str) -> Path:
+        """Where the stems of an owner's uploaded tasks go (`@` cannot start a project name)."""
+        return self.results / f"@{owner}" if owner else self.results
+
+    def accept(self, spec: TaskSpec, data: bytes | None = None) -> TaskSpec:
+        """Keep an uploaded input (synced) and point the task's stems at the service's results;
+        without `data`, the input must already be here (sent in chunks, or by an earlier task)."""
+        path = self.inputs / str(spec.input_sha256)
+        if data is not None:
+            if hashlib.sha256(data).hexdigest() != spec.input_sha256:
+                raise InvalidInput(f"the uploaded bytes of {spec.file_id!r} do not match their SHA-256")
+            if not self._reuse(path):
+                self.inputs.mkdir(parents=True, exist_ok=True)
+                partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+                _fsync_write(partial, data)
+                self._place(partial, path)
+        elif not self._reuse(path):
+            raise InvalidInput(f"task {spec.file_id!r} says it was uploaded, but no bytes came")
+        return self.keep(spec)
+
+    def _reuse(self, path: Path) -> bool:
+        """Whether a stored input is here; its time is renewed (retention counts from it)."""
+        with self.lock:
+            try:
+                os.utime(path)
+                return True
+            except FileNotFoundError:
+                return False
+
+    def _place(self, source: Path, path: Path) -> None:
+        with self.lock:
+            os.replace(source, path)
+
+    def retire_input(self, sha256: str, older_than: float, trash: Path) -> bool:
+        """Move a stored input to `trash` unless it was kept or reused since `older_than`;
+        never at the same time as a task reuses it."""
+        path = self.inputs / sha256
+        with self.lock:
+            try:
+                if path.stat().st_mtime >= older_than:
+                    return False
+                os.replace(path, trash / f"input-{sha256}-{uuid.uuid4().hex[:8]}")
+                return True
+            except FileNotFoundError:
+                return False
+
+    def keep(self, spec: TaskSpec) -> TaskSpec:
+        """Point a task's stems at the service's results, where it keeps them."""
+        return dataclasses.replace(spec, output_dir=str(self.results_dir(spec.owner)), kept=True)
+
+    def read_chunk(self, sha256: str, offset: int, size: int) -> bytes:
+        """Bytes [offset, offset + size) of a kept input; `InvalidInput` when it is gone."""
+        try:
+            with open(self.inputs / sha256, "rb") as handle:
+                handle.seek(offset)
+                return handle.read(size)
+        except FileNotFoundError:
+            raise InvalidInput("the uploaded input is gone from the service's state directory; "
+                               "submit the file again") from None
+
+    def keep_stems(self, spec: TaskSpec, result: dict) -> dict[str, str]:
+        """Write the stems a worker sent back into the task's folder; returns `{stem: path}`."""
+        return copy_output_bytes(LocalFolder(spec.output_location), result)
+
+    # -- uploads in chunks -------------------------------------------------------------------
+    def open(self, file_name: str) -> str:
+        """Start an upload of a file called `file_name` (its suffix helps decoders); its id."""
+        upload_id = uuid.uuid4().hex
+        suffix = Path(file_name).suffix
+        folder = self.incoming / upload_id
+        folder.mkdir(parents=True)
+        name = f"input{suffix if SAFE_SUFFIX.match(suffix) else ''}"
+        self._open[upload_id] = Incoming(folder / name, Path(file_name).name or "upload",
+                                         int(self.limits.max_file_mb * 2**20))
+        return upload_id
+
+    def write(self, upload_id: str, chunk: bytes) -> None:
+        """Append a chunk; over `input.max_file_mb` the upload is dropped (`InputTooLarge`)."""
+        incoming = self._get(upload_id)
+        incoming.size += len(chunk)
+        if incoming.size > incoming.max_bytes:
+            self.abort(upload_id)
+            raise InputTooLarge(f"the upload is over the {self.limits.max_file_mb:g} MB limit "
+                                "(input.max_file_mb)")
+        with open(incoming.path, "ab") as handle:
+            handle.write(chunk)
+        incoming.digest.update(chunk)
+        incoming.touched_at = time.monotonic()
+
+    def close(self, upload_id: str) -> dict:
+        """Check the whole file as a submitted input is checked, sync it and keep it by SHA-256:
+        `{"sha256", "duration_s", "bytes"}`. A file that is not acceptable is dropped."""
+        incoming = self._get(upload_id)
+        try:
+            if incoming.size == 0:
+                raise InvalidInput("the uploaded file is empty")
+            try:
+                duration_s = validate_input(incoming.path, self.limits)
+            except InvalidInput as exc:
+                raise type(exc)(str(exc).replace(str(incoming.path), incoming.name)) from None
+
+            sha256 = incoming.digest.hexdigest()
+            with open(incoming.path, "rb+") as handle:
+                os.fsync(handle.fileno())
+            target = self.inputs / sha256
+            if not self._reuse(target):
+                self._place(incoming.path, target)
+            return {"sha256": sha256, "duration_s": duration_s, "bytes": incoming.size}
+        finally:
+            self.abort(upload_id)
+
+    def abort(self, upload_id: str) -> None:
+        """Drop an upload and its partial file."""
+        incoming = self._open.pop(upload_id, None)
+        if incoming is not None:
+            shutil.rmtree(incoming.path.parent, ignore_errors=True)
+
+    def drop_idle(self) -> None:
+        """Drop uploads no chunk reached for `IDLE_UPLOAD_S` (their sender went away)."""
+        now = time.monotonic()
+        for upload_id, incoming in list(self._open.items()):
+            if now - incoming.touched_at > IDLE_UPLOAD_S:
+                self.abort(upload_id)
+
+    def _get(self, upload_id: str) -> Incoming:
+        incoming = self._open.get(upload_id)
+        if incoming is None:
+            raise InvalidInput(f"no upload {upload_id!r} is open here (it ended, or was dropped)")
+        return incoming

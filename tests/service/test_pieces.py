@@ -1,0 +1,116 @@
+"""One track split across worker actors: the same stems as one worker, even when a helper dies."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from support import wait_for
+from raydemucs.core.config import SeparationConfig, load_config
+from raydemucs.core.task import TaskSpec, new_task_id
+from raydemucs.worker.actor import SeparatorWorker
+
+STEMS = ["drums", "bass", "other", "vocals"]
+
+
+@pytest.fixture
+def workers(ray_cluster, tiny_repo):
+    """Three workers holding the same weights (demucs_unittest would not do: it is initialised at
+    random in each process)."""
+    import ray
+
+    config = load_config("test", overrides={"separation": {"model": "tiny", "repo": str(tiny_repo)}},
+                         environ={}).to_dict()
+    actor = ray.remote(SeparatorWorker).options(num_cpus=1, max_concurrency=4)
+    handles = [actor.remote(f"w{i}", config) for i in range(3)]
+    ray.get([h.ready.remote() for h in handles])
+    yield handles
+    for handle in handles:
+        ray.kill(handle)
+
+
+def spec(path, out, file_id, **options):
+    base = SeparationConfig(model="tiny", repo=str(options.pop("repo")), shifts=0, segment=1.0)
+    return TaskSpec(task_id=new_task_id(), project="p", file_id=file_id, input_path=str(path),
+                    output_dir=str(out), options=SeparationConfig(**{**base.__dict__, **options}))
+
+
+def assert_same_stems(folder_a, folder_b, stems=STEMS):
+    for stem in stems:
+        a, _ = sf.read(folder_a / f"{stem}.wav", dtype="int16")
+        b, _ = sf.read(folder_b / f"{stem}.wav", dtype="int16")
+        assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).max() <= 1, stem
+
+
+@pytest.mark.parametrize("helpers, two_stems", [(1, None), (2, "vocals")])
+def test_split_across_workers_equals_one_worker(workers, tiny_repo, audio, tmp_path, helpers,
+                                                two_stems):
+    import ray
+
+    lead, *others = workers
+    song = audio("song.wav", seconds=8.0)
+    plain = spec(song, tmp_path, "plain", two_stems=two_stems, repo=tiny_repo)
+    split = spec(song, tmp_path, "split", two_stems=two_stems, repo=tiny_repo)
+    plain = ray.get(lead.separate.remote(plain.to_dict(), 1))
+    split = ray.get(lead.separate.remote(split.to_dict(), 1, None, None, others[:helpers]))
+    assert plain["ok"] and split["ok"], (plain, split)
+    stems = ["vocals", "no_vocals"] if two_stems else STEMS
+    assert_same_stems(tmp_path / "p" / "plain", tmp_path / "p" / "split", stems)
+    manifest = json.loads((tmp_path / "p" / "split" / "manifest.json").read_text())
+    assert manifest["pieces"] == 1 + helpers
+    assert json.loads((tmp_path / "p" / "plain" / "manifest.json").read_text())["pieces"] == 1
+
+
+def test_a_helper_killed_during_its_piece_costs_time_not_the_task(workers, tiny_repo, audio,
+                                                                  tmp_path):
+    import ray
+
+    lead, helper, _ = workers
+    song = audio("song.wav", seconds=8.0)
+    plain = ray.get(lead.separate.remote(spec(song, tmp_path, "plain", repo=tiny_repo).to_dict(), 1))
+    split = lead.separate.remote(spec(song, tmp_path, "split", repo=tiny_repo).to_dict(), 1,
+                                 None, None, [helper])
+    wait_for(lambda: [t for t in ray.get(helper.poll.remote())["tasks"] if t["progress"] > 0],
+             timeout_s=60, step_s=0.05)  # the helper is computing its piece
+    ray.kill(helper)
+    split = ray.get(split)
+    assert plain["ok"] and split["ok"], split
+    assert_same_stems(tmp_path / "p" / "plain", tmp_path / "p" / "split")
+
+
+def split_long_track(make_service, tiny_repo, audio, tmp_path, seconds: float):
+    """A service of 2 idle workers that splits tracks over 5 s, and a track submitted to it."""
+    manager = make_service(workers={"max_workers": 2}, tasks={"split_over_s": 5.0},
+                           separation={"model": "tiny", "repo": str(tiny_repo)})
+    song = audio("long.wav", seconds=seconds)
+    wait_for(lambda: [w["state"] for w in manager.get_status()["workers"]] == ["idle", "idle"])
+    task_id = manager.add_task(song, output_dir=tmp_path / "out", segment=1.0, shifts=0)
+    return manager, song, task_id
+
+
+def test_the_service_splits_a_long_track_across_its_idle_workers(make_service, tiny_repo, audio,
+                                                                 tmp_path):
+    manager, song, task_id = split_long_track(make_service, tiny_repo, audio, tmp_path, 10.0)
+    record = manager.wait(task_id, timeout=180)
+    assert record["state"] == "succeeded", record["error"]
+    folder = tmp_path / "out" / "default" / "long"
+    assert json.loads((folder / "manifest.json").read_text())["pieces"] == 2
+    assert all(w["lent_to"] is None and w["state"] == "idle" for w in manager.get_status()["workers"])
+    config = load_config("test", overrides={"separation": {"model": "tiny", "repo": str(tiny_repo)}},
+                         environ={})
+    reference = SeparatorWorker("reference", config.to_dict())
+    assert reference.separate(spec(song, tmp_path / "ref", "long", repo=tiny_repo).to_dict(), 1)["ok"]
+    assert_same_stems(tmp_path / "ref" / "p" / "long", folder)
+
+
+def test_cancelling_a_split_track_stops_its_helpers_and_frees_them(make_service, tiny_repo, audio,
+                                                                   tmp_path):
+    manager, _, task_id = split_long_track(make_service, tiny_repo, audio, tmp_path, 60.0)
+    wait_for(lambda: any(w["lent_to"] == task_id for w in manager.get_status()["workers"]))
+    manager.cancel(task_id)
+    assert manager.wait_all([task_id], timeout=60)[0]["state"] == "cancelled"
+    wait_for(lambda: [(w["state"], w["lent_to"]) for w in manager.get_status()["workers"]]
+             == [("idle", None)] * 2, timeout_s=30)
+    assert not (tmp_path / "out" / "default" / "long").exists()

@@ -1,0 +1,244 @@
+"""Webhooks without Ray: signatures checked by the `standardwebhooks` package, URLs refused, the
+journal side stepped with a fake clock, and the deliverer thread against real receivers on
+127.0.0.1."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from raydemucs.core.config import WebhooksConfig
+from raydemucs.core.errors import InvalidInput, TaskNotFound
+from raydemucs.journal.tasks import TaskStore
+from raydemucs.core.task import TaskRecord, TaskSpec, TaskState, new_task_id
+from raydemucs.webhooks.deliveries import (Answer, Deliverer, Deliveries, check_events, check_target,
+                                load_secret, sign)
+from support import wait_for
+from fakes import FakeClock
+
+
+def finished(store, url, state=TaskState.SUCCEEDED, events=None, **spec) -> TaskRecord:
+    """A task of the journal that ended in `state`, with a webhook to `url`."""
+    task = TaskSpec(task_id=new_task_id(), project="p", file_id=new_task_id(),
+                    input_path="/in.wav", output_dir="/out", webhook_url=url,
+                    webhook_events=check_events(events), **spec)
+    record = store.insert(TaskRecord(spec=task, seq=store.next_seq(), submitted_at=time.time()))
+    record.state, record.finished_at = state, time.time()
+    store.save(record)
+    return record
+
+
+def config(**values) -> WebhooksConfig:
+    return WebhooksConfig(**{"allow_private": True, "retry_backoff_s": 0.05, "timeout_s": 2.0,
+                             **values})
+
+
+def test_signatures_verify_with_the_standardwebhooks_package(tmp_path):
+    secret = load_secret(tmp_path)
+    assert secret.startswith("whsec_") and load_secret(tmp_path) == secret
+    assert oct(os.stat(tmp_path / "webhook-secret").st_mode & 0o777) == "0o600"
+    body, now = json.dumps({"type": "task.succeeded", "data": {"é": 1}}), int(time.time())
+    headers = {"webhook-id": "msg_1", "webhook-timestamp": str(now),
+               "webhook-signature": sign(secret, "msg_1", now, body)}
+    assert Webhook(secret).verify(body, headers) == json.loads(body)
+    with pytest.raises(Exception):
+        Webhook(load_secret(tmp_path / "other")).verify(body, headers)
+
+
+@pytest.mark.parametrize("url, words", [
+    ("file:///etc/passwd", "only http:// and https://"),
+    ("ftp://example.com/hook", "only http:// and https://"),
+    ("http:///no-host", "no host"),
+    ("http://example.com:99999/", "bad port"),
+    ("http://127.0.0.1:8000/hook", "127.0.0.1 is a loopback address"),
+    ("http://[::1]/hook", "::1 is a loopback address"),
+    ("http://169.254.169.254/latest/meta-data", "link-local"),
+    ("http://192.168.1.10/", "private"),
+    ("http://localhost:8000/hook", "loopback"),
+])
+def test_urls_refused_with_private_addresses_off(url, words):
+    with pytest.raises(InvalidInput, match=words):
+        check_target(url, allow_private=False)
+
+
+def test_a_name_that_resolves_to_a_private_address_is_refused():
+    def resolve(host, port, type=0):
+        assert host == "hooks.internal.example"
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.1.2.3", 0))]
+
+    with pytest.raises(InvalidInput, match=r"hooks.internal.example -> 10.1.2.3 is a private"):
+        check_target("https://hooks.internal.example/x", allow_private=False, resolve=resolve)
+    check_target("https://hooks.internal.example/x", allow_private=True, resolve=resolve)
+    check_target("https://93.184.215.14/hook", allow_private=False)  # a public address: no DNS
+
+
+def test_events_asked_for_are_checked():
+    assert check_events(None) == ("task.succeeded", "task.failed", "task.cancelled")
+    assert check_events("task.started, task.failed") == ("task.started", "task.failed")
+    for bad in ("task.done", "", ["task.succeeded", 3]):
+        with pytest.raises(InvalidInput, match="webhook_events"):
+            check_events(bad)
+
+
+def test_transitions_journal_the_events_asked_for_once_per_run(tmp_path):
+    store, clock = TaskStore(tmp_path / "j.db"), FakeClock(time.time())
+    deliveries = Deliveries(store, config(), clock=clock)
+    record = finished(store, "https://example.com/h", TaskState.QUEUED, events="task.started,"
+                      "task.succeeded")
+    record.state = TaskState.RUNNING
+    deliveries.on_transition(record, TaskState.QUEUED)
+    deliveries.on_transition(record, TaskState.QUEUED)  # a retry of the same run starts again
+    record.state = TaskState.SUCCEEDED
+    deliveries.on_transition(record, TaskState.RUNNING)
+    events = [d["event"] for d in store.deliveries(task_id=record.task_id)]
+    assert sorted(events) == ["task.started", "task.succeeded"]
+    quiet = finished(store, None)
+    deliveries.on_transition(quiet, TaskState.RUNNING)
+    unwanted = finished(store, "https://example.com/h", TaskState.CANCELLED, events="task.failed")
+    deliveries.on_transition(unwanted, TaskState.QUEUED)
+    assert store.deliveries(task_id=quiet.task_id) == store.deliveries(task_id=unwanted.task_id) == []
+    body = json.loads(store.deliveries(task_id=record.task_id)[0]["body"])
+    assert body["type"] == "task.succeeded" and body["data"]["task_id"] == record.task_id
+    assert body["timestamp"].endswith("Z")
+
+
+def test_backoff_grows_four_times_then_the_delivery_is_dead(tmp_path):
+    store, clock = TaskStore(tmp_path / "j.db"), FakeClock(time.time())
+    deliveries = Deliveries(store, config(retry_backoff_s=10.0, max_attempts=4), clock=clock,
+                            rng=lambda: 0.5)  # no jitter
+    record = finished(store, "https://example.com/h")
+    assert deliveries.add(record, "task.succeeded") and not deliveries.add(record, "task.succeeded")
+    waits = []
+    for _ in range(4):
+        (delivery,) = deliveries.due(10)
+        changed = deliveries.attempted(delivery, Answer(500, "answered 500"), clock())
+        if changed["next_at"] is not None:
+            waits.append(changed["next_at"] - clock())
+            assert deliveries.due(10) == []
+            clock.advance(waits[-1])
+    assert waits == [10.0, 40.0, 160.0]
+    (dead,) = deliveries.listing(failed=True)
+    assert dead["state"] == "dead" and dead["attempts"] == 4 and dead["last_status"] == 500
+    assert len(store.delivery_attempts(dead["delivery_id"])) == 4
+    again = deliveries.retry(dead["delivery_id"])
+    assert again["state"] == "pending" and again["attempts"] == 0 and deliveries.due(10)
+    with pytest.raises(TaskNotFound):
+        deliveries.retry("msg_nope")
+
+
+def test_an_end_never_journaled_is_journaled_at_the_next_start(tmp_path):
+    store = TaskStore(tmp_path / "j.db")
+    lost = finished(store, "https://example.com/h", TaskState.FAILED)  # stopped before on_transition
+    deliveries = Deliveries(store, config())
+    assert deliveries.reconcile() == 1 and deliveries.reconcile() == 0
+    (delivery,) = store.deliveries(task_id=lost.task_id)
+    assert delivery["event"] == "task.failed" and delivery["state"] == "pending"
+
+
+def run_deliverer(tmp_path, **values) -> tuple[TaskStore, Deliverer, str]:
+    store, secret = TaskStore(tmp_path / "j.db"), load_secret(tmp_path)
+    deliverer = Deliverer(store.path, config(**values), secret)
+    deliverer.start()
+    return store, deliverer, secret
+
+
+def delivered(store, task_id, state="delivered", timeout_s=30.0) -> dict:
+    return wait_for(lambda: next((d for d in store.deliveries(task_id=task_id)
+                                  if d["state"] == state), None), timeout_s)
+
+
+def test_500s_then_200_is_one_delivery_with_one_webhook_id(tmp_path, receivers):
+    receiver = receivers(statuses=(500, 500, 500, 200))
+    store, deliverer, secret = run_deliverer(tmp_path)
+    record = finished(store, receiver.url)
+    Deliveries(store, config(), wake=deliverer.wake).add(record, "task.succeeded")
+    delivery = delivered(store, record.task_id)
+    assert delivery["attempts"] == 4 and delivery["last_status"] == 200
+    assert len(receiver.got) == 4
+    ids = {headers["webhook-id"] for headers, _ in receiver.got}
+    assert ids == {delivery["delivery_id"]}
+    assert len({body for _, body in receiver.got}) == 1  # the same bytes on every try
+    for headers, body in receiver.got:
+        assert Webhook(secret).verify(body, headers)["data"]["task_id"] == record.task_id
+    answers = [a["status"] for a in store.delivery_attempts(delivery["delivery_id"])]
+    assert answers == [500, 500, 500, 200]
+    deliverer.stop()
+
+
+def test_a_hanging_receiver_times_out_and_is_retried(tmp_path, receivers):
+    receiver = receivers(hang=True)
+    store, deliverer, _ = run_deliverer(tmp_path, timeout_s=0.5, max_attempts=2)
+    record = finished(store, receiver.url)
+    Deliveries(store, config(), wake=deliverer.wake).add(record, "task.succeeded")
+    dead = delivered(store, record.task_id, "dead")
+    assert dead["attempts"] == 2 and "no answer within 0.5 s" in dead["last_error"]
+    assert len(receiver.got) == 2
+    deliverer.stop()
+
+
+def test_answers_are_kept_as_an_excerpt_and_redirects_are_not_followed(tmp_path, receivers):
+    chatty = receivers(body=b"x" * 100_000)
+    moved = receivers(statuses=(302,), headers={"Location": chatty.url})
+    store, deliverer, _ = run_deliverer(tmp_path, max_attempts=1)
+    add = Deliveries(store, config(), wake=deliverer.wake).add
+    first, second = finished(store, chatty.url), finished(store, moved.url)
+    add(first, "task.succeeded")
+    add(second, "task.succeeded")
+    ok = delivered(store, first.task_id)
+    (attempt,) = store.delivery_attempts(ok["delivery_id"])
+    assert attempt["excerpt"] == "x" * 200
+    dead = delivered(store, second.task_id, "dead")
+    assert dead["last_status"] == 302 and "redirects are not followed" in dead["last_error"]
+    assert len(chatty.got) == 1  # the redirect was not followed there
+    deliverer.stop()
+
+
+def test_private_addresses_are_refused_when_sending_too(tmp_path, receivers):
+    receiver = receivers()
+    store, deliverer, _ = run_deliverer(tmp_path, allow_private=False, max_attempts=1)
+    add = Deliveries(store, config(), wake=deliverer.wake).add
+    by_address = finished(store, receiver.url)
+    by_name = finished(store, receiver.url.replace("127.0.0.1", "localhost"))
+    add(by_address, "task.succeeded")
+    add(by_name, "task.succeeded")
+    for record in (by_address, by_name):
+        dead = delivered(store, record.task_id, "dead")
+        assert "refused" in dead["last_error"] and "loopback" in dead["last_error"]
+    assert receiver.got == []
+    deliverer.stop()
+
+
+def test_a_refused_connection_is_retried(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}/closed"
+    store, deliverer, _ = run_deliverer(tmp_path, max_attempts=2)
+    record = finished(store, url)
+    Deliveries(store, config(), wake=deliverer.wake).add(record, "task.succeeded")
+    dead = delivered(store, record.task_id, "dead")
+    assert dead["attempts"] == 2 and dead["last_status"] is None and dead["last_error"]
+    deliverer.stop()
+
+
+def test_the_secret_is_in_the_state_dir_alone_never_in_logs_or_the_journal(tmp_path, receivers,
+                                                                          caplog, monkeypatch):
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setattr(logging.getLogger("raydemucs"), "propagate", True)  # see configure_logging
+    failing, fine = receivers(statuses=(500,)), receivers()
+    store, deliverer, secret = run_deliverer(tmp_path, max_attempts=2)
+    add = Deliveries(store, config(), wake=deliverer.wake).add
+    dead, ok = finished(store, failing.url), finished(store, fine.url)
+    add(dead, "task.failed")
+    add(ok, "task.succeeded")
+    delivered(store, dead.task_id, "dead")
+    delivered(store, ok.task_id)
+    deliverer.stop()
+    key = secret.removeprefix("whsec_")
+    assert caplog.records and key not in caplog.text
+    holders = [p for p in tmp_path.rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
+    assert holders == [tmp_path / "webhook-secret"]  # not the journal, nor its WAL
