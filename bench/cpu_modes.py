@@ -50,10 +50,10 @@ def main(argv=None) -> int:
     from demucs.audio import convert_audio
     from demucs.pretrained import get_model
 
+    from raydemucs.models.precision import check_device
     from raydemucs.separation.batching import BatchedSeparator
     from raydemucs.separation.decode import decode
     from raydemucs.separation.encode import save_any
-    from raydemucs.models.precision import check_device
 
     th.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="raydemucs-cpu-modes-"))

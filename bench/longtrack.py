@@ -103,9 +103,7 @@ def child_separate(args) -> dict:
     from demucs.api import Separator
     from demucs.audio import save_audio
 
-    from raydemucs.separation import encode
-
-    from raydemucs.separation import streaming
+    from raydemucs.separation import encode, streaming
     from raydemucs.separation.decode import decode
 
     torch.set_num_threads(args.threads)
@@ -220,10 +218,7 @@ def render_memory(report: dict) -> str:
 def cmd_pieces(args, work: Path) -> dict:
     import torch
 
-    from raydemucs.separation import decode
-
-    from raydemucs.separation import engine
-
+    from raydemucs.separation import decode, engine
     from raydemucs.separation import split as cut
 
     path = write_long_wav(work / "track.wav", args.seconds)

@@ -6,9 +6,8 @@ import socket
 from pathlib import Path
 from typing import Callable
 
-import psutil
-
 import benchlib
+import psutil
 
 
 def free_port() -> int:

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Iterator
 
-from ..storage import uris
 from ..core.config import StorageConfig
 from ..core.errors import InvalidInput, RayDemucsError
 from ..core.names import name_from_filename, printable
+from ..storage import uris
 
 AUDIO_SUFFIXES = frozenset({".wav", ".mp3", ".flac", ".ogg", ".m4a", ".aac", ".aif", ".aiff",
                             ".opus", ".wma", ".mp4", ".webm", ".mkv"})

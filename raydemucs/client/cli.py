@@ -11,17 +11,25 @@ import time
 
 import click
 
-from .manager import WorkerManager
 from ..core.config import load_config
 from ..core.errors import RayDemucsError, ServiceUnavailable
-from .head import DEFAULT_PORT, ensure_head, stop_head
 from ..core.keys import KeyStore
-
 from ..core.logs import configure_logging
-from .render import (BARS_UP_TO, batch_bar, batch_line, batch_summary, delivery_line,
-                     print_outputs, progress_bars, status_table, task_line)
 from ..storage.uris import is_uri
 from ..webhooks.deliveries import load_secret
+from .head import DEFAULT_PORT, ensure_head, stop_head
+from .manager import WorkerManager
+from .render import (
+    BARS_UP_TO,
+    batch_bar,
+    batch_line,
+    batch_summary,
+    delivery_line,
+    print_outputs,
+    progress_bars,
+    status_table,
+    task_line,
+)
 
 
 def service_options(func):

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import socket
 
-from . import rayshim
+from ..core.actors import NAMESPACE
 from ..core.errors import ServiceUnavailable
+from . import rayshim
 
-NAMESPACE = "raydemucs"
 NO_CLUSTER = ("no Ray cluster runs here (start one with `python -m raydemucs start`) and none was "
               "given with --address")
 

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import psutil
 
+from ..core.actors import NAMESPACE, scheduler_name
 from ..core.config import Config, SeparationConfig, WorkersConfig
-from .connection import NAMESPACE, check_reachable, cluster_address, join_ray
 from ..core.errors import ModelNotFound, OutputNotWritable, ServiceUnavailable
 from ..models.catalogue import OFFLINE_MODEL, model_source, remote_models
 from ..storage.folders import check_writable
+from .connection import check_reachable, cluster_address, join_ray
 
 MIN_PYTHON = (3, 10)
 PROBE_TIMEOUT_S = 3.0
@@ -214,7 +215,7 @@ def check_service(config: Config) -> Check:
 
     name = config.service.name
     try:
-        handle = ray.get_actor(f"{name}:scheduler", namespace=NAMESPACE)
+        handle = ray.get_actor(scheduler_name(name), namespace=NAMESPACE)
     except ValueError:
         return Check("service", True, f"no raydemucs service {name!r} is running")
     try:

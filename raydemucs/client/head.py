@@ -16,8 +16,8 @@ from pathlib import Path
 
 import psutil
 
-from .connection import join_ray
 from ..core.errors import ServiceUnavailable
+from .connection import join_ray
 
 MARKER = "ray-started-by-raydemucs"
 LOG = "ray-head.log"

@@ -14,22 +14,43 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from ..storage import uris
-from ..core.config import Config, SeparationConfig, coerce, load_config, route
-from .batch_submit import (AUDIO_SUFFIXES, Item, Summary, assign_file_ids, batch_id_for,
-                      checked_specs, expand)
-from .connection import NAMESPACE, join_ray
-
-from ..core.errors import (InputTooLarge, InvalidInput, ModelNotFound, RayDemucsError,
-                     ServiceUnavailable, TaskCancelled, TaskFailed, WaitTimedOut)
 from ..audio.checks import validate_input
-from ..models.catalogue import check_model_name, model_source
+from ..core.actors import NAMESPACE, as_our_error, get_scheduler, scheduler_name
+from ..core.config import Config, SeparationConfig, coerce, load_config, route
+from ..core.errors import (
+    InputTooLarge,
+    InvalidInput,
+    ModelNotFound,
+    RayDemucsError,
+    ServiceUnavailable,
+    TaskCancelled,
+    TaskFailed,
+    WaitTimedOut,
+)
 from ..core.names import check_task_names, name_from_filename
-from ..storage.folders import (RemoteFolder, check_writable, copy_folder, copy_output_bytes, file_sha256,
-                      task_folder)
-from ..storage.uris import is_uri, local_path
 from ..core.task import TaskSpec, TaskState, new_task_id, parse_priority
+from ..models.catalogue import check_model_name, model_source
+from ..storage import uris
+from ..storage.folders import (
+    RemoteFolder,
+    check_writable,
+    copy_folder,
+    copy_output_bytes,
+    file_sha256,
+    task_folder,
+)
+from ..storage.uris import is_uri, local_path
 from ..webhooks.deliveries import check_events, check_url
+from .batch_submit import (
+    AUDIO_SUFFIXES,
+    Item,
+    Summary,
+    assign_file_ids,
+    batch_id_for,
+    checked_specs,
+    expand,
+)
+from .connection import join_ray
 
 OPTION_ALIASES = {"name": "model", "stem": "two_stems"}
 
@@ -51,20 +72,13 @@ class TaskTemplate:
 
 
 def _unwrap(call: Callable[[], Any]) -> Any:
-    """Run a Ray call, re-raising our own errors as themselves and lost actors as unavailable."""
+    """Run a Ray call; its failure as one of our errors (`as_our_error`)."""
     import ray
-    from ray.exceptions import RayActorError, RayTaskError
 
     try:
         return call()
-    except RayTaskError as exc:
-        if isinstance(exc.cause, RayDemucsError):
-            raise exc.cause from None
-        raise
-    except RayActorError as exc:
-        raise ServiceUnavailable(f"the raydemucs scheduler is unreachable: {exc}") from None
-    except ray.exceptions.RaySystemError as exc:
-        raise ServiceUnavailable(f"Ray is unreachable: {exc}") from None
+    except ray.exceptions.RayError as exc:
+        raise as_our_error(exc) from None
 
 
 class WorkerManager:
@@ -81,10 +95,6 @@ class WorkerManager:
         self.started_ray = False
         self.owns_scheduler = False
         self.local_dashboard = True
-
-    @property
-    def scheduler_name(self) -> str:
-        return f"{self.config.service.name}:scheduler"
 
     # -- connection -------------------------------------------------------------------------
     def connect(self, start_local: bool = True) -> None:
@@ -112,19 +122,17 @@ class WorkerManager:
             return self._scheduler
         self.connect(start_local=create)
         try:
-            self._scheduler = ray.get_actor(self.scheduler_name, namespace=NAMESPACE)
-        except ValueError:
+            self._scheduler = get_scheduler(self.config.service.name)
+        except ServiceUnavailable:
             if not create:
-                raise ServiceUnavailable(
-                    f"no raydemucs service {self.config.service.name!r} is running; start one "
-                    "with `python -m raydemucs start` or use `submit --wait`") from None
+                raise
             from ..scheduler.service import SchedulerService
 
             config = self.config
             if preload is not None:
                 config = dataclasses.replace(config, separation=preload)
             self._scheduler = ray.remote(SchedulerService).options(
-                name=self.scheduler_name, namespace=NAMESPACE, get_if_exists=True,
+                name=scheduler_name(self.config.service.name), namespace=NAMESPACE, get_if_exists=True,
                 lifetime="detached" if detached else None, num_cpus=0,
                 max_restarts=-1, max_task_retries=-1, max_concurrency=1000,
                 resources={"node:__internal_head__": 0.001},

@@ -17,8 +17,8 @@ from typing import Any, Mapping
 
 import yaml
 
-from .errors import ConfigError, InvalidInput
 from ..models.precision import check_pool
+from .errors import ConfigError, InvalidInput
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")

@@ -14,26 +14,37 @@ from pathlib import Path, PurePosixPath
 
 import ray
 from fastapi import FastAPI, Request
-from fastapi.responses import (FileResponse, JSONResponse, RedirectResponse, Response,
-                               StreamingResponse)
+from fastapi.responses import (
+    FileResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from fastapi.staticfiles import StaticFiles
 from ray import serve
 
 from .. import __version__
-from ..core.config import Config
-from ..client.connection import NAMESPACE
-from ..core.errors import (InputTooLarge, InvalidInput, RayDemucsError, ServiceUnavailable,
-                      TaskNotFound, Unauthenticated)
 from ..audio.checks import validate_input
+from ..core.actors import as_our_error, get_scheduler
+from ..core.config import Config
+from ..core.errors import (
+    InputTooLarge,
+    InvalidInput,
+    RayDemucsError,
+    ServiceUnavailable,
+    TaskNotFound,
+    Unauthenticated,
+)
 from ..core.keys import KeyTable
-from ..storage.uris import input_size, is_uri
+from ..core.public import public
 from ..core.task import TaskState
+from ..storage.uris import input_size, is_uri
 from . import errors
 from .asks import FIELDS, check_fields, input_location, task_spec
 from .forms import Spool, read_form
 from .peaks import PeaksCache, check_points
 from .stems import MEDIA_TYPES, StemSource, byte_range, zip_stream
-from ..core.public import public
 
 KEYS_TTL_S = 2.0
 EVENTS_WAIT_S = 15.0
@@ -59,15 +70,6 @@ def event_stream(chunks) -> StreamingResponse:
     """Server-sent events, sent as they come (no cache, no proxy buffering)."""
     return StreamingResponse(chunks, media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
-
-
-def _unwrap(error: BaseException) -> BaseException:
-    """Our error inside a failed Ray call, a lost scheduler as ServiceUnavailable."""
-    if isinstance(error, ray.exceptions.RayTaskError) and isinstance(error.cause, RayDemucsError):
-        return error.cause
-    if isinstance(error, ray.exceptions.RayActorError):
-        return ServiceUnavailable("the raydemucs scheduler is unreachable")
-    return error
 
 
 def _cursor(seq: int) -> str:
@@ -120,15 +122,11 @@ class Ingress:
     # -- the scheduler, the keys ---------------------------------------------------------------
     async def call(self, method: str, *args, **kwargs):
         if self._scheduler is None:
-            try:
-                self._scheduler = ray.get_actor(f"{self.config.service.name}:scheduler",
-                                                namespace=NAMESPACE)
-            except ValueError:
-                raise ServiceUnavailable("the raydemucs scheduler is not running") from None
+            self._scheduler = get_scheduler(self.config.service.name)
         try:
             return await getattr(self._scheduler, method).remote(*args, **kwargs)
         except ray.exceptions.RayError as error:
-            raise _unwrap(error) from None
+            raise as_our_error(error) from None
 
     async def service_config(self) -> Config:
         if self._service_config is None:

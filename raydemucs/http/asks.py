@@ -8,8 +8,8 @@ from pathlib import PurePosixPath
 from ..core.config import SeparationConfig, coerce
 from ..core.errors import InvalidInput
 from ..core.names import check_task_names, name_from_filename, printable
-from ..storage.uris import is_uri
 from ..core.task import TaskSpec, new_task_id, parse_priority
+from ..storage.uris import is_uri
 from ..webhooks.deliveries import check_events, check_url
 
 OPTION_FIELDS = ("model", "two_stems", "shifts", "overlap", "segment", "format", "wav_depth",

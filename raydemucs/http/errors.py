@@ -6,9 +6,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from ..core.errors import (ConfigError, Gone, InputTooLarge, InvalidInput, ModelNotFound, OverQuota,
-                      RayDemucsError, ServiceUnavailable, StorageUnavailable, TaskConflict,
-                      TaskNotFound, Unauthenticated)
+from ..core.errors import (
+    ConfigError,
+    Gone,
+    InputTooLarge,
+    InvalidInput,
+    ModelNotFound,
+    OverQuota,
+    RayDemucsError,
+    ServiceUnavailable,
+    StorageUnavailable,
+    TaskConflict,
+    TaskNotFound,
+    Unauthenticated,
+)
 
 STATUS = [  # most specific first
     (InputTooLarge, 413), (TaskConflict, 409), (InvalidInput, 422), (ConfigError, 422),

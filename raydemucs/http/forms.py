@@ -12,9 +12,9 @@ from typing import AsyncIterator, Awaitable, Callable
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from ..audio.checks import validate_input
 from ..core.config import InputConfig
 from ..core.errors import InputTooLarge, InvalidInput
-from ..audio.checks import validate_input
 
 SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
 FIELD_BYTES = 4096  # a form field longer than this is no option of ours

@@ -7,8 +7,8 @@ from collections import OrderedDict
 from pathlib import Path
 
 from ..core.errors import InvalidInput, ModelNotFound
-from .catalogue import OFFLINE_MODEL, check_model_name, one_line
 from ..core.names import printable
+from .catalogue import OFFLINE_MODEL, check_model_name, one_line
 
 
 def _load_reason(exc: BaseException) -> str:

@@ -31,7 +31,7 @@ from torch import nn
 from ..core.errors import ConfigError
 from .precision import autocast
 
-logger = logging.getLogger("raydemucs.models.runtimes")
+logger = logging.getLogger(__name__)
 
 RUNTIMES = ("eager", "openvino")
 NETWORK_VERSION = 1   # bump when SpectralNetwork changes: cached exports are rebuilt

@@ -22,11 +22,11 @@ from typing import Callable
 
 from ..core.config import RetentionConfig
 from ..core.errors import InvalidInput, TaskConflict
-from ..journal.tasks import TaskStore
 from ..core.task import TaskRecord
+from ..journal.tasks import TaskStore
 from ..storage.uploads import UploadStore
 
-logger = logging.getLogger("raydemucs.retention.sweeps")
+logger = logging.getLogger(__name__)
 
 TRASH = ".trash"
 

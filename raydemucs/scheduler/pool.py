@@ -20,15 +20,16 @@ from typing import Any, Callable
 import ray
 from ray.exceptions import RayActorError, RayError
 
+from ..core.actors import NAMESPACE
 from ..core.config import DEFAULT_POOL, Config, PoolConfig
-from ..client.connection import NAMESPACE
 from ..core.errors import InternalError
-from ..worker.health import HealthPolicy
 from ..core.task import TaskSpec
 from ..storage.uploads import UploadSource
 from ..worker.actor import SeparatorWorker
+from ..worker.health import HealthPolicy
+from .supervision import Supervisor
 
-logger = logging.getLogger("raydemucs.scheduler.pool")
+logger = logging.getLogger(__name__)
 
 RESPAWN_DELAY_S = 1.0
 # `poll`, `abort` and `ready` run in their own concurrency group, beside the worker's attempts
@@ -111,7 +112,7 @@ class RayWorkerPool:
 
     def __init__(self, config: Config, on_ready: Callable[[], None],
                  on_result: Callable[[str, int, dict], None],
-                 on_lost: Callable[[str, str], None]):
+                 on_lost: Callable[[str, str], None], supervisor: Supervisor | None = None):
         self.config = config
         self.policy = HealthPolicy.from_config(config.workers)
         self.prefix = config.service.name
@@ -119,7 +120,7 @@ class RayWorkerPool:
         self.pools = {pool.name: pool for pool in config.worker_pools()}
         self._worker_configs = {name: worker_config(config, pool) for name, pool in self.pools.items()}
         self.slots: dict[str, WorkerSlot] = {}
-        self._tasks: set[asyncio.Task] = set()
+        self.supervisor = supervisor or Supervisor()
 
     # -- the scheduler's Pool protocol ------------------------------------------------------
     def free_workers(self, pool: str) -> list[WorkerSlot]:
@@ -161,7 +162,7 @@ class RayWorkerPool:
         upload = UploadSource(self.prefix, spec.input_sha256) if spec.uploaded else None
         ref = slot.handle.separate.remote(spec.to_dict(), attempt, reuse_from, upload,
                                           [self.slots[h].handle for h in helpers])
-        self._background(self._run_attempt(slot, slot.handle, ref, spec.task_id, attempt))
+        self.supervisor.spawn("attempt_result", self._run_attempt(slot, slot.handle, ref, spec.task_id, attempt))
 
     async def _run_attempt(self, slot: WorkerSlot, handle, ref, task_id: str, attempt: int) -> None:
         """Hear an attempt's result (the worker fetches an uploaded input itself, in chunks)."""
@@ -240,8 +241,7 @@ class RayWorkerPool:
             if slot.handle is not None:
                 ray.kill(slot.handle, no_restart=True)
             slot.state, slot.handle = "dead", None
-        for task in self._tasks:
-            task.cancel()
+        self.supervisor.cancel_all()
 
     # -- internals --------------------------------------------------------------------------
     def _spawn(self, slot: WorkerSlot) -> None:
@@ -260,7 +260,7 @@ class RayWorkerPool:
             actor = WORKER_ACTOR.options(name=slot.actor_name, **options)
             slot.handle = actor.remote(slot.worker_id, config)
         slot.started_at = time.time()
-        self._background(self._await_ready(slot, slot.handle))
+        self.supervisor.spawn("worker_start", self._await_ready(slot, slot.handle))
 
     async def _await_ready(self, slot: WorkerSlot, handle) -> None:
         try:
@@ -322,9 +322,4 @@ class RayWorkerPool:
             logger.info("%s: recycling once its tasks are done (%s)", slot.worker_id, slot.recycling)
         if slot.recycling is not None and not slot.tasks:
             self.replace(slot.worker_id, slot.recycling)
-
-    def _background(self, coro) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 

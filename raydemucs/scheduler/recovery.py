@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..core.config import StorageConfig
-from ..storage.folders import open_folder
 from ..journal.tasks import TaskStore
+from ..storage.folders import open_folder
 
 
 @dataclass

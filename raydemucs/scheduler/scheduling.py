@@ -15,20 +15,28 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from .autoscale import LIVE_STATES, Autoscaler, Member
 from ..core.config import Config, route
-from ..core.errors import (InvalidInput, RayDemucsError, SeparationAborted, ShuttingDown, TaskConflict,
-                     TaskNotFound, TaskTimeout, WorkerDied)
-from ..models.catalogue import OFFLINE_MODEL
-from .retry_policy import Decision, Outcome, decide
-from ..storage.folders import open_folder
-from .queues import DelayedTasks, PoolQueues
-from ..journal.tasks import TaskStore
-from .recovery import Recovery, read_recovery
-from .counts import Tally
+from ..core.errors import (
+    InvalidInput,
+    RayDemucsError,
+    SeparationAborted,
+    ShuttingDown,
+    TaskConflict,
+    TaskNotFound,
+    TaskTimeout,
+    WorkerDied,
+)
 from ..core.task import TaskRecord, TaskSpec, TaskState, spec_differences
+from ..journal.tasks import TaskStore
+from ..models.catalogue import OFFLINE_MODEL
+from ..storage.folders import open_folder
+from .autoscale import LIVE_STATES, Autoscaler, Member
+from .counts import Tally
+from .queues import DelayedTasks, PoolQueues
+from .recovery import Recovery, read_recovery
+from .retry_policy import Decision, Outcome, decide
 
-logger = logging.getLogger("raydemucs.scheduler.scheduling")
+logger = logging.getLogger(__name__)
 
 
 class FreeWorker(Protocol):

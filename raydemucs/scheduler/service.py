@@ -12,34 +12,35 @@ import logging
 import os
 import time
 
+from ..core.actors import node_id
 from ..core.config import Config
-from ..core.errors import (Gone, InvalidInput, OverQuota, RayDemucsError, TaskNotFound,
-                     error_from_dict)
-from ..core.public import public
-from ..core.logs import configure_logging
-from .metrics import ServiceMetrics
-from ..storage.folders import open_folder
-from .recovery import read_recovery
-from .scheduling import Scheduler
-from ..journal.tasks import TaskStore
-from ..core.task import TaskRecord, TaskSpec, TaskState
+from ..core.errors import (
+    Gone,
+    InvalidInput,
+    OverQuota,
+    RayDemucsError,
+    TaskNotFound,
+    error_from_dict,
+)
 from ..core.keys import KeyStore, KeyTable
+from ..core.logs import configure_logging
+from ..core.public import public
+from ..core.task import TaskRecord, TaskSpec, TaskState
+from ..journal.tasks import TaskStore
 from ..retention.sweeps import Retention
+from ..storage.folders import open_folder
 from ..storage.uploads import UploadStore
 from ..webhooks.deliveries import Deliverer, Deliveries, check_target, load_secret
+from .metrics import ServiceMetrics
+from .recovery import read_recovery
+from .scheduling import Scheduler
 
-logger = logging.getLogger("raydemucs.scheduler.service")
+logger = logging.getLogger(__name__)
 
 JOURNAL_FILE = "journal.db"
 HTTP_URL_FILE = "http-url"
 RECENTLY_EXPIRED = 1000  # expired tasks remembered for the streams that watch them
 
-
-
-def _node_id() -> str | None:
-    import ray
-
-    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 class Listeners:
@@ -84,7 +85,7 @@ class SchedulerService:
         self.core = Scheduler(self.config, self.store, self.pool, offload=self._offload,
                               listener=Listeners(self.metrics, self.deliveries))
         self.started_at = time.time()
-        self.node_id = _node_id()
+        self.node_id = node_id()
         self._started: asyncio.Task | None = None
         self._loop: asyncio.Task | None = None
         self._sweeper: asyncio.Task | None = None

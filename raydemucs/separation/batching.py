@@ -36,10 +36,19 @@ from typing import Callable, Hashable, Mapping
 
 import torch as th
 
-from .engine import (OverlapAdd, Runner, SeparationPlan, finish, is_out_of_memory, notify,
-                     plan_separation, take, track_stats)
+from .engine import (
+    OverlapAdd,
+    Runner,
+    SeparationPlan,
+    finish,
+    is_out_of_memory,
+    notify,
+    plan_separation,
+    take,
+    track_stats,
+)
 
-logger = logging.getLogger("raydemucs.separation.batching")
+logger = logging.getLogger(__name__)
 
 LINGER_S = 1.0   # the longest a pass with room left waits for a track still decoding
 MEMORY_HEADROOM = 0.8   # the share of free device memory a batch may take

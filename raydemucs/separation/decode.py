@@ -12,11 +12,11 @@ import numpy as np
 import torch as th
 from torch.nn import functional as F
 
-from .engine import Moments
-from ..core.errors import InvalidInput
 from ..audio.checks import MIN_SAMPLES, resamples_cheaply, sphn_or_none
-from ..core.names import printable
 from ..audio.ffmpeg import Decoder
+from ..core.errors import InvalidInput
+from ..core.names import printable
+from .engine import Moments
 
 SPHN_WINDOW_S = 10             # sphn decodes whole seconds: seeks to integer seconds are exact
 SPHN_PREROLL_S = 1             # decoded before each window and dropped (mp3 needs a warm-up)

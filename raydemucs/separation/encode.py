@@ -12,8 +12,8 @@ import struct
 from pathlib import Path
 
 import numpy as np
-import torch as th
 import soundfile as sf
+import torch as th
 from demucs.audio import prevent_clip, save_audio
 
 from .streaming import StreamedStem

@@ -21,10 +21,18 @@ import torch as th
 
 from ..core.config import SeparationConfig
 from .decode import read_window
-from .engine import (OverlapAdd, Runner, SeparationPlan, finish, plan_separation, run_segment,
-                     take, track_stats)
+from .engine import (
+    OverlapAdd,
+    Runner,
+    SeparationPlan,
+    finish,
+    plan_separation,
+    run_segment,
+    take,
+    track_stats,
+)
 
-logger = logging.getLogger("raydemucs.separation.split")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -24,15 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from ..core.task import TaskSpec
+from ..models.loading import default_segment_s
 from ..worker import health
 from .attempt import Attempt, ModelTurns
 from .batching import BatchedSeparator, SharedBatcher
 from .decode import decode
 from .engine import Runner, pick_stems
-from ..models.loading import default_segment_s
 from .split import separate_across_workers, separate_piece
 from .streaming import separate_file
-from ..core.task import TaskSpec
 
 
 @dataclass

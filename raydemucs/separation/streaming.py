@@ -18,10 +18,19 @@ from typing import Callable, Iterator
 import numpy as np
 import torch as th
 
-from .decode import iter_audio, stream_stats
-from .engine import (OverlapAdd, Runner, SeparationPlan, finish, pick_stems, plan_separation,
-                     run_segment, sub_models, take)
 from ..audio.ffmpeg import BLOCK_FRAMES
+from .decode import iter_audio, stream_stats
+from .engine import (
+    OverlapAdd,
+    Runner,
+    SeparationPlan,
+    finish,
+    pick_stems,
+    plan_separation,
+    run_segment,
+    sub_models,
+    take,
+)
 
 
 class _InputBuffer:

@@ -20,10 +20,10 @@ import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
-from . import uris
 from ..core.config import StorageConfig
 from ..core.errors import InvalidInput, OutputNotWritable, OutputWriteFailed, StorageUnavailable
 from ..core.names import check_name, check_task_names, printable
+from . import uris
 
 MANIFEST = "manifest.json"
 STAGING_SUFFIXES = ("tmp", "scratch")  # staging folders, and streaming's scratch files

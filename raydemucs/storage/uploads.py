@@ -19,11 +19,11 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..audio.checks import validate_input
 from ..core.config import InputConfig
 from ..core.errors import InputTooLarge, InvalidInput
-from ..audio.checks import validate_input
-from .folders import LocalFolder, copy_output_bytes
 from ..core.task import TaskSpec
+from .folders import LocalFolder, copy_output_bytes
 
 SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
 IDLE_UPLOAD_S = 600.0  # an incoming upload no chunk reached for this long was abandoned
@@ -60,9 +60,9 @@ class UploadSource:
     def write_to(self, path: Path) -> None:
         import ray
 
-        from ..client.connection import NAMESPACE
+        from ..core.actors import get_scheduler
 
-        scheduler = ray.get_actor(f"{self.service}:scheduler", namespace=NAMESPACE)
+        scheduler = get_scheduler(self.service)
         with open(path, "wb") as handle:
             offset = 0
             while True:

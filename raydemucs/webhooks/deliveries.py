@@ -35,10 +35,10 @@ from .. import __version__
 from ..core.config import WebhooksConfig
 from ..core.errors import InvalidInput, TaskNotFound
 from ..core.names import printable
-from ..journal.tasks import TaskStore
 from ..core.task import DEFAULT_WEBHOOK_EVENTS, WEBHOOK_EVENTS, TaskRecord, TaskState
+from ..journal.tasks import TaskStore
 
-logger = logging.getLogger("raydemucs.webhooks.deliveries")
+logger = logging.getLogger(__name__)
 
 SECRET_FILE = "webhook-secret"
 SECRET_PREFIX = "whsec_"

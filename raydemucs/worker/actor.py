@@ -19,24 +19,31 @@ from pathlib import Path
 import psutil
 
 from .. import __version__
-from . import health
-from ..separation.attempt import Attempt
+from ..audio.checks import validate_input
+from ..core.actors import node_id
 from ..core.config import Config
+from ..core.errors import (
+    InternalError,
+    InvalidInput,
+    ModelNotFound,
+    OutOfMemory,
+    RayDemucsError,
+    SeparationAborted,
+)
+from ..core.logs import configure_logging
+from ..core.task import TaskSpec
+from ..models.loading import ModelCache, check_options
+from ..models.precision import check_device
+from ..models.runtimes import runtime_of, worker_runtime
+from ..separation.attempt import Attempt
 from ..separation.encode import stem_saver
 from ..separation.engine import is_out_of_memory, sub_models
-from ..core.errors import (InternalError, InvalidInput, ModelNotFound, OutOfMemory, RayDemucsError,
-                     SeparationAborted)
-from ..audio.checks import validate_input
-from ..models.loading import ModelCache, check_options
-from ..core.logs import configure_logging
-from ..models.runtimes import runtime_of, worker_runtime
-from ..storage.folders import Folder, LocalFolder, write_outputs
-from .files import attempt_places
-from ..models.precision import check_device
 from ..separation.strategies import Strategies
-from ..core.task import TaskSpec
+from ..storage.folders import Folder, LocalFolder, write_outputs
+from . import health
+from .files import attempt_places
 
-logger = logging.getLogger("raydemucs.worker.actor")
+logger = logging.getLogger(__name__)
 
 
 def worker_device(num_gpus: float) -> str:
@@ -56,14 +63,8 @@ def link_or_copy(source: Path, target: Path) -> None:
 
 @functools.lru_cache(maxsize=1)
 def _node_id() -> str:
-    try:
-        import ray
-
-        if ray.is_initialized():
-            return ray.get_runtime_context().get_node_id()
-    except Exception:
-        pass
-    return socket.gethostname()
+    """The Ray node, or the host name outside a cluster (a plain worker in a test)."""
+    return node_id() or socket.gethostname()
 
 
 def _error_of(exc: BaseException, current: Attempt, task_id: str) -> RayDemucsError:

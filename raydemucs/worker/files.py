@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from ..storage import uris
 from ..core.config import StorageConfig
 from ..core.errors import InputTooLarge, InternalError
-from ..storage.folders import Folder, task_folder
 from ..core.task import TaskSpec
+from ..storage import uris
+from ..storage.folders import Folder, task_folder
 from ..storage.uploads import UploadSource
 
 SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
