@@ -107,3 +107,19 @@ class FakePool:
 
     def started_ids(self) -> list[str]:
         return [task_id for _, task_id, _ in self.started]
+
+
+class FakeServicePool(FakePool):
+    """`FakePool` with the calls the service actor makes besides the scheduler's: the test plays
+    the workers by calling `service.core.attempt_ended` (or the service's result handler)."""
+
+    async def poll(self) -> list[dict]:
+        return []
+
+    def snapshot(self) -> list[dict]:
+        return [{"worker_id": w.worker_id, "pool": w.pool, "state": w.state, "restarts": 0,
+                 "stems": {}, "models": [], "rss_bytes": None, "cpu_percent": None}
+                for w in self.workers.values()]
+
+    def shutdown(self) -> None:
+        pass

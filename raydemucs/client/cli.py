@@ -16,7 +16,7 @@ from ..core.errors import RayDemucsError, ServiceUnavailable
 from ..core.keys import KeyStore
 from ..core.logs import configure_logging
 from ..storage.uris import is_uri
-from ..webhooks.deliveries import load_secret
+from ..webhooks.signing import load_secret
 from .head import DEFAULT_PORT, ensure_head, stop_head
 from .manager import WorkerManager
 from .render import (

@@ -40,7 +40,7 @@ from ..storage.folders import (
     task_folder,
 )
 from ..storage.uris import is_uri, local_path
-from ..webhooks.deliveries import check_events, check_url
+from ..webhooks.targets import check_events, check_url
 from .batch_submit import (
     AUDIO_SUFFIXES,
     Item,

@@ -1,15 +1,17 @@
-"""A task as the HTTP API shows it (answers, events, webhook bodies): no server paths; stems as
-URLs. Free of FastAPI, so that the scheduler can build webhook bodies with it."""
+"""A task as clients outside the cluster see it (HTTP answers, event streams, webhook bodies):
+no server paths, stems as URLs, and the separation options a client may set. Free of FastAPI:
+the scheduler builds webhook bodies with it."""
 from __future__ import annotations
 
-from ..http.asks import OPTION_FIELDS
-
+# the separation options a client may set over HTTP, and its view shows
+OPTION_FIELDS = ("model", "two_stems", "shifts", "overlap", "segment", "format", "wav_depth",
+                 "mp3_bitrate", "mp3_preset", "clip_mode", "device", "precision")
 PUBLIC = ("task_id", "project", "file_id", "state", "priority", "attempts", "progress", "error",
           "queue_position", "submitted_at", "started_at", "finished_at", "queue_wait_s", "run_s",
           "audio_duration_s", "expired_at")
 
 
-def public(view: dict, base: str) -> dict:
+def public_task(view: dict, base: str) -> dict:
     """`view` (a task's record or view) as the API at `base` shows it; its webhook deliveries
     when the view lists them."""
     data = {key: view.get(key) for key in PUBLIC}

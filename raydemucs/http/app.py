@@ -37,10 +37,11 @@ from ..core.errors import (
     Unauthenticated,
 )
 from ..core.keys import KeyTable
-from ..core.public import public
+from ..core.public import public_task
 from ..core.task import TaskState
 from ..storage.uris import input_size, is_uri
 from . import errors
+from .deploy import is_loopback
 from .asks import FIELDS, check_fields, input_location, task_spec
 from .forms import Spool, read_form
 from .peaks import PeaksCache, check_points
@@ -49,7 +50,6 @@ from .stems import MEDIA_TYPES, StemSource, byte_range, zip_stream
 KEYS_TTL_S = 2.0
 EVENTS_WAIT_S = 15.0
 STATUS_EVERY_S = 2.0
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 WEB = Path(__file__).resolve().parent.parent / "web"  # the page, shipped in the package
 PAGE_POLICY = ("default-src 'self'; img-src 'self' data:; media-src 'self' blob:; "
                "object-src 'none'; frame-ancestors 'none'; base-uri 'none'")
@@ -113,7 +113,7 @@ class Ingress:
 
     def __init__(self, config: dict):
         self.config = Config.from_dict(config)
-        self.open_door = self.config.http.host in LOOPBACK
+        self.open_door = is_loopback(self.config.http.host)
         self._scheduler = None
         self._keys, self._keys_at = KeyTable([]), float("-inf")
         self._service_config: Config | None = None
@@ -170,7 +170,7 @@ class Ingress:
             view = await self._from_input(request, caller)
         else:
             raise InvalidInput("send multipart/form-data with a `file` part, or JSON with `input`")
-        body = public(view, self.base(request))
+        body = public_task(view, self.base(request))
         return JSONResponse(body, status_code=202, headers={"Location": body["links"]["self"]})
 
     async def _from_upload(self, request: Request, caller: Caller, kind: str) -> dict:
@@ -236,7 +236,7 @@ class Ingress:
     @app.get("/v1/tasks/{task_id}", summary="A task: state, progress, queue position, stems")
     async def get_task(self, task_id: str, request: Request):
         caller = await self.caller(request)
-        return public(await self.task_of(caller, task_id), self.base(request))
+        return public_task(await self.task_of(caller, task_id), self.base(request))
 
     @app.get("/v1/tasks", summary="Tasks, newest first, a page at a time")
     async def list_tasks(self, request: Request, state: str | None = None,
@@ -252,7 +252,8 @@ class Ingress:
                                 batch_id)
         page = views[:limit]
         following = _cursor(page[-1]["seq"]) if len(views) > limit else None
-        return {"tasks": [public(view, self.base(request)) for view in page], "cursor": following}
+        return {"tasks": [public_task(view, self.base(request)) for view in page],
+                "cursor": following}
 
     @app.delete("/v1/tasks/{task_id}", summary="Cancel a queued or running task; with "
                 "purge=true, delete a finished task's stored input and stems now (it stays "
@@ -261,7 +262,7 @@ class Ingress:
         caller = await self.caller(request)
         await self.task_of(caller, task_id)
         await self.call("purge" if purge else "cancel", task_id)  # purge refuses unfinished ones
-        return public(await self.call("get_task", task_id), self.base(request))
+        return public_task(await self.call("get_task", task_id), self.base(request))
 
     @app.post("/v1/tasks/{task_id}/retry", status_code=202,
               summary="Run a failed or cancelled task again")
@@ -269,7 +270,7 @@ class Ingress:
         caller = await self.caller(request)
         await self.task_of(caller, task_id)
         await self.call("retry", task_id)
-        return public(await self.call("get_task", task_id), self.base(request))
+        return public_task(await self.call("get_task", task_id), self.base(request))
 
     @app.get("/v1/tasks/{task_id}/events", summary="Server-sent events until the task ends")
     async def task_events(self, task_id: str, request: Request):
@@ -285,7 +286,8 @@ class Ingress:
             if view != seen:
                 kind = "state" if seen is None or view["state"] != seen["state"] else "progress"
                 number += 1
-                yield f"id: {number}\nevent: {kind}\ndata: {json.dumps(public(view, base))}\n\n"
+                data = json.dumps(public_task(view, base))
+                yield f"id: {number}\nevent: {kind}\ndata: {data}\n\n"
                 if TaskState(view["state"]).is_terminal():
                     return
             else:
@@ -308,7 +310,7 @@ class Ingress:
             views, expired_after = answer["views"], answer["expired_after"]
             for view in views:
                 number += 1
-                yield f"id: {number}\nevent: task\ndata: {json.dumps(public(view, base))}\n\n"
+                yield f"id: {number}\nevent: task\ndata: {json.dumps(public_task(view, base))}\n\n"
                 seen[view["task_id"]] = view
             if not views:
                 yield ": waiting\n\n"

@@ -8,12 +8,11 @@ from pathlib import PurePosixPath
 from ..core.config import SeparationConfig, coerce
 from ..core.errors import InvalidInput
 from ..core.names import check_task_names, name_from_filename, printable
+from ..core.public import OPTION_FIELDS
 from ..core.task import TaskSpec, new_task_id, parse_priority
 from ..storage.uris import is_uri
-from ..webhooks.deliveries import check_events, check_url
+from ..webhooks.targets import check_events, check_url
 
-OPTION_FIELDS = ("model", "two_stems", "shifts", "overlap", "segment", "format", "wav_depth",
-                 "mp3_bitrate", "mp3_preset", "clip_mode", "device", "precision")
 TASK_FIELDS = ("project", "file_id", "priority", "force", "webhook_url", "webhook_events")
 FIELDS = (*TASK_FIELDS, *OPTION_FIELDS)
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")

@@ -23,12 +23,13 @@ from typing import Callable
 from ..core.config import RetentionConfig
 from ..core.errors import InvalidInput, TaskConflict
 from ..core.task import TaskRecord
-from ..journal.tasks import TaskStore
+from ..journal import Journal
 from ..storage.uploads import UploadStore
 
 logger = logging.getLogger(__name__)
 
 TRASH = ".trash"
+RECORDS_PER_SWEEP = 1000  # journal rows dropped per sweep (the next sweep follows at once)
 
 
 @dataclass
@@ -43,6 +44,19 @@ class Due:
     next_expiry_at: float | None = None
 
 
+@dataclass
+class Retired:
+    """What a sweep retired: finished runs whose stems went, stored inputs, dropped records."""
+
+    stems: list[TaskRecord]
+    inputs: list[str]
+    records: list[TaskRecord]
+
+    def expired(self) -> list[TaskRecord]:
+        """The tasks whose watchers hear that their files (or records) went."""
+        return list({record.task_id: record for record in self.stems + self.records}.values())
+
+
 def _size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
@@ -52,9 +66,9 @@ def _size(path: Path) -> int:
 class Retention:
     """Sweeps and purges of one service's state directory, with an injected clock."""
 
-    def __init__(self, config: RetentionConfig, store: TaskStore, uploads: UploadStore,
+    def __init__(self, config: RetentionConfig, journal: Journal, uploads: UploadStore,
                  clock: Callable[[], float] = time.time):
-        self.config, self.store, self.uploads, self.clock = config, store, uploads, clock
+        self.config, self.journal, self.uploads, self.clock = config, journal, uploads, clock
         self.trash = uploads.inputs.parent / TRASH
 
     # -- reading (a thread) --------------------------------------------------------------------
@@ -63,7 +77,7 @@ class Retention:
         due = Due(self.clock())
         users: dict[str, list[TaskRecord]] = defaultdict(list)
         expiries = []
-        for record in self.store.held_records():
+        for record in self.journal.tasks.held_records():
             if record.spec.uploaded and record.spec.input_sha256:
                 users[record.spec.input_sha256].append(record)
             at = self._stems_expire_at(record)
@@ -72,9 +86,19 @@ class Retention:
         for sha256, at in self._inputs_expire_at(users):
             (due.inputs.append(sha256) if at <= due.scanned_at else expiries.append(at))
         if self.config.records_ttl_s is not None:
-            due.records = self.store.finished_before(due.scanned_at - self.config.records_ttl_s)
-        due.next_expiry_at = min(expiries, default=None)
+            expiries.append(self._records_expire(due))
+        due.next_expiry_at = min((at for at in expiries if at is not None), default=None)
         return due
+
+    def _records_expire(self, due: Due) -> float | None:
+        """Find the records due (a page at a time); when the next one is (now, when a full
+        page leaves more behind it)."""
+        ttl, cutoff = self.config.records_ttl_s, due.scanned_at - self.config.records_ttl_s
+        due.records = self.journal.tasks.finished_before(cutoff, RECORDS_PER_SWEEP)
+        if len(due.records) == RECORDS_PER_SWEEP:
+            return due.scanned_at
+        first = self.journal.tasks.first_finished_after(cutoff)
+        return None if first is None else first + ttl
 
     @staticmethod
     def _holds_stems(record: TaskRecord) -> bool:
@@ -119,24 +143,22 @@ class Retention:
                 path.unlink(missing_ok=True)
 
     # -- acting (the scheduler's loop: quick renames and journal marks) ------------------------
-    def retire(self, due: Due, in_use: set[str], active: set[str]) -> list[TaskRecord]:
+    def retire(self, due: Due, in_use: set[str], active: set[str]) -> Retired:
         """Retire what `due` found, but no input in `in_use` (by an unfinished task now) and no
-        record in `active` (run again since the scan); the records dropped."""
+        record in `active` (run again since the scan)."""
         self.trash.mkdir(parents=True, exist_ok=True)
-        for record in due.stems:
-            self._retire_stems(record)
+        stems = [record for record in due.stems if self._retire_stems(record)]
         older_than = min(due.scanned_at, self.clock() - (self.config.uploads_ttl_s or 0.0))
         inputs = [sha256 for sha256 in due.inputs if sha256 not in in_use and
                   self.uploads.retire_input(sha256, older_than, self.trash)]
         records = [record for record in due.records if record.task_id not in active]
-        for record in records:
-            if self._holds_stems(record):
-                self._retire_stems(record)
-        dropped = self.store.drop(records) if records else []
-        if due.stems or inputs or dropped:
+        stems += [record for record in records
+                  if self._holds_stems(record) and self._retire_stems(record)]
+        dropped = self.journal.drop(records) if records else []
+        if stems or inputs or dropped:
             logger.info("retention: %d task(s) stems, %d input(s) and %d record(s) expired",
-                        len(due.stems), len(inputs), len(dropped))
-        return dropped
+                        len(stems), len(inputs), len(dropped))
+        return Retired(stems, inputs, dropped)
 
     def _retire_stems(self, record: TaskRecord) -> bool:
         """Mark a finished run's stems expired and move them to the trash; False if the task
@@ -148,7 +170,7 @@ class Retention:
             logger.warning("task %s: %s is not a folder the service keeps; left alone",
                            record.task_id, folder)
             return False
-        if not self.store.mark_expired(record.task_id, record.seq, self.clock()):
+        if not self.journal.tasks.mark_expired(record.task_id, record.seq, self.clock()):
             return False
         if folder.exists():
             os.replace(folder, self.trash / f"stems-{record.task_id}-{uuid.uuid4().hex[:8]}")

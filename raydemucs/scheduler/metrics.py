@@ -50,6 +50,10 @@ class ServiceMetrics:
         self.restarts = self._metric(Counter, "raydemucs_worker_restarts_total",
                                      "Worker actors replaced (died, hung, timed out, recycled)",
                                      "pool", "worker")
+        self.background_errors = self._metric(
+            Counter, "raydemucs_background_errors_total",
+            "Failures of background work on the scheduler (a sweep, a listener, the webhook "
+            "thread, ...), each logged with its traceback", "job")
         self._priorities = set(PRIORITIES)
         self._restarts_seen: dict[str, int] = {}
 
@@ -57,6 +61,10 @@ class ServiceMetrics:
         metric = kind(name, description=description, tag_keys=("service", *tag_keys), **kwargs)
         metric.set_default_tags(self._tags)
         return metric
+
+    def background_failed(self, job: str) -> None:
+        """Count a failure of background work (`raydemucs.scheduler.supervision`)."""
+        self.background_errors.inc(tags={"job": job})
 
     # -- the scheduler's Listener -----------------------------------------------------------
     def on_transition(self, record: TaskRecord, previous: TaskState | None,

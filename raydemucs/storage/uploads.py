@@ -137,6 +137,10 @@ class UploadStore:
         """Point a task's stems at the service's results, where it keeps them."""
         return dataclasses.replace(spec, output_dir=str(self.results_dir(spec.owner)), kept=True)
 
+    def holds_input(self, spec: TaskSpec) -> bool:
+        """Whether an uploaded task's input is still stored (any other task's is not ours)."""
+        return not spec.uploaded or (self.inputs / str(spec.input_sha256)).is_file()
+
     def read_chunk(self, sha256: str, offset: int, size: int) -> bytes:
         """Bytes [offset, offset + size) of a kept input; `InvalidInput` when it is gone."""
         try:

@@ -38,7 +38,7 @@ def test_catalog_runs_top_to_bottom(ray_cluster, tmp_path):
 
     from raydemucs.client.connection import NAMESPACE
     from raydemucs.scheduler.service import JOURNAL_FILE
-    from raydemucs.journal.tasks import TaskStore
+    from raydemucs.journal import Journal
 
     service = f"nb{uuid.uuid4().hex[:8]}"
     summaries, text = run_notebook(tmp_path, ray_cluster, service, "Catalog Test")
@@ -53,11 +53,11 @@ def test_catalog_runs_top_to_bottom(ray_cluster, tmp_path):
     assert (first["queued"], first["skipped"], first["known"]) == (CLIPS, 0, 0)
     assert (again["queued"], again["skipped"], again["known"]) == (0, CLIPS, 0)
 
-    store = TaskStore(tmp_path / "state" / JOURNAL_FILE)
+    journal = Journal(tmp_path / "state" / JOURNAL_FILE)
     try:
-        records = store.list()
+        records = journal.tasks.list()
     finally:
-        store.close()
+        journal.close()
     assert sorted(r.spec.file_id for r in records) == sorted(
         f"{'abc'[n % 3]}__song-{n:02d}" for n in range(1, CLIPS + 1))
     assert {(r.spec.batch_id, r.state.value, r.attempts) for r in records} == {

@@ -117,18 +117,18 @@ def test_quickstart_runs_top_to_bottom(ray_cluster, tmp_path):
 
     from raydemucs.client.connection import NAMESPACE
     from raydemucs.scheduler.service import JOURNAL_FILE
-    from raydemucs.journal.tasks import TaskStore
+    from raydemucs.journal import Journal
 
     service = f"nb{uuid.uuid4().hex[:8]}"
     _, text = run_notebook(tmp_path, ray_cluster, service, "Notebook Test")
     assert "started by this notebook" in text
 
     # The journal: three succeeded tasks, the high-priority one started no later than the low.
-    store = TaskStore(tmp_path / "state" / JOURNAL_FILE)
+    journal = Journal(tmp_path / "state" / JOURNAL_FILE)
     try:
-        records = {r.spec.file_id: r for r in store.list()}
+        records = {r.spec.file_id: r for r in journal.tasks.list()}
     finally:
-        store.close()
+        journal.close()
     assert set(records) == set(CLIPS)
     assert {r.state.value for r in records.values()} == {"succeeded"}
     assert [records[c].spec.priority for c in CLIPS] == [0, 5, 9]

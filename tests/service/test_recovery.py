@@ -10,7 +10,7 @@ import uuid
 
 
 from raydemucs import WorkerManager
-from raydemucs.journal.tasks import TaskStore
+from raydemucs.journal import Journal
 
 from support import wait_for
 
@@ -68,9 +68,9 @@ def test_sigterm_on_a_foreground_service_drains_and_the_next_start_resumes(ray_c
             foreground.kill()
     assert foreground.returncode == 0, err
     assert "0 task(s) interrupted, 1 queued" in out
-    journal = TaskStore(tmp_path / "state" / "journal.db")
-    assert journal.get(running).state.value == "succeeded"
-    assert journal.get(queued).state.value == "queued"
+    journal = Journal(tmp_path / "state" / "journal.db")
+    assert journal.tasks.get(running).state.value == "succeeded"
+    assert journal.tasks.get(queued).state.value == "queued"
     journal.close()
     restarted = WorkerManager(config)
     restarted.scheduler(create=True)

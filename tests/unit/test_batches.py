@@ -15,8 +15,8 @@ from raydemucs.client.batch_submit import (Item, assign_file_ids, batch_id_for, 
 from raydemucs.core.config import SeparationConfig, StorageConfig
 from raydemucs.core.errors import InvalidInput, SeparationAborted, TaskConflict
 
-from raydemucs.journal.tasks import TaskStore
-from raydemucs.scheduler.counts import Tally
+from raydemucs.journal import Journal
+from raydemucs.scheduler.counts import TaskCounts
 from raydemucs.core.task import TaskRecord, TaskSpec, TaskState, new_task_id
 
 from test_scheduler import finish, make, spec
@@ -112,12 +112,12 @@ def test_a_chunk_is_one_journal_transaction_with_an_answer_per_spec(tmp_path):
     finish(scheduler, pool)
     queued = scheduler.submit(spec("waiting"))
     commits = []
-    scheduler.store._db.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT"
+    scheduler.journal.db.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT"
                                            else None)
     specs = [spec("new1", batch_id="b1"), spec("done"), spec("waiting"), spec("new2", batch_id="b1"),
              spec("new1", batch_id="b1"), spec("waiting", options=SeparationConfig(shifts=3))]
     answers = scheduler.submit_many(specs)
-    scheduler.store._db.set_trace_callback(None)
+    scheduler.journal.db.set_trace_callback(None)
     assert commits == ["COMMIT"]  # the two new tasks, in one transaction
     outcomes = [answer if isinstance(answer, Exception) else answer[1] for answer in answers]
     assert outcomes[:5] == ["queued", "skipped", "known", "queued", "queued"]
@@ -169,15 +169,15 @@ def test_a_journal_from_before_batches_gets_its_columns(tmp_path):
                       " state TEXT NOT NULL, record TEXT NOT NULL,"
                       " UNIQUE (owner, project, file_id));")
     old.close()
-    store = TaskStore(path)
+    tasks = Journal(path).tasks
     record = TaskRecord(TaskSpec(new_task_id(), "p", "f", "/a.wav", "/out", batch_id="b",
-                                 duration_s=3.0), seq=store.next_seq())
-    store.insert_many([record])
-    assert store.batch_tallies() == [("b", "queued", 1, 3.0)]
+                                 duration_s=3.0), seq=tasks.next_seq())
+    tasks.insert_many([record])
+    assert tasks.batch_tallies() == [("b", "queued", 1, 3.0)]
 
 
-def test_tally_counts_queued_tasks_by_priority():
-    tally = Tally(FakeClock())
+def test_counts_of_queued_tasks_by_priority():
+    tally = TaskCounts(FakeClock())
     record = TaskRecord(TaskSpec(new_task_id(), "p", "f", "/a.wav", "/out", priority=0), seq=1)
     tally.add(record)
     assert tally.queued_by_priority() == {"high": 1}

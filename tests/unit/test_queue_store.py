@@ -4,7 +4,7 @@ from __future__ import annotations
 import sqlite3
 
 from raydemucs.scheduler.queues import DelayedTasks, TaskQueue
-from raydemucs.journal.tasks import TaskStore
+from raydemucs.journal import Journal
 from raydemucs.core.task import TaskRecord, TaskSpec, TaskState, new_task_id, parse_priority
 
 
@@ -33,35 +33,35 @@ def test_priority_names_and_numbers():
     assert [parse_priority(p) for p in ("high", "NORMAL", "low", 3, "7")] == [0, 5, 9, 3, 7]
 
 
-def _record(store, file_id="f", project="p"):
+def _record(journal, file_id="f", project="p"):
     spec = TaskSpec(task_id=new_task_id(), project=project, file_id=file_id, input_path="/x.wav",
                     output_dir="/out")
-    return TaskRecord(spec=spec, seq=store.next_seq(), submitted_at=1.0)
+    return TaskRecord(spec=spec, seq=journal.tasks.next_seq(), submitted_at=1.0)
 
 
 def test_journal_is_wal_with_full_sync(tmp_path):
-    store = TaskStore(tmp_path / "j.db")
-    assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    journal = Journal(tmp_path / "j.db")
+    assert journal.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert journal.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
 
 def test_journal_insert_is_unique_per_project_and_file_id(tmp_path):
-    store = TaskStore(tmp_path / "j.db")
-    first = store.insert(_record(store))
-    duplicate = store.insert(_record(store))
+    journal = Journal(tmp_path / "j.db")
+    first = journal.tasks.insert(_record(journal))
+    duplicate = journal.tasks.insert(_record(journal))
     assert duplicate.task_id == first.task_id
-    assert store.insert(_record(store, project="other")).task_id != first.task_id
+    assert journal.tasks.insert(_record(journal, project="other")).task_id != first.task_id
 
 
 def test_journal_survives_reopening_and_lists_unfinished_in_order(tmp_path):
-    store = TaskStore(tmp_path / "j.db")
-    records = [store.insert(_record(store, file_id=str(i))) for i in range(4)]
+    journal = Journal(tmp_path / "j.db")
+    records = [journal.tasks.insert(_record(journal, file_id=str(i))) for i in range(4)]
     records[1].state = TaskState.SUCCEEDED
     records[2].state = TaskState.RUNNING
-    store.save(records[1])
-    store.save(records[2])
-    store.close()
-    reopened = TaskStore(tmp_path / "j.db")
+    journal.tasks.save(records[1])
+    journal.tasks.save(records[2])
+    journal.close()
+    reopened = Journal(tmp_path / "j.db").tasks
     assert [r.task_id for r in reopened.unfinished()] == [records[i].task_id for i in (0, 2, 3)]
     assert reopened.count_by_state()["succeeded"] == 1
     assert reopened.get(records[1].task_id).state is TaskState.SUCCEEDED

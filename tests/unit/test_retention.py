@@ -13,7 +13,7 @@ from raydemucs.core.config import RetentionConfig
 from raydemucs.core.errors import InvalidInput
 from raydemucs.client.render import held_lines
 from raydemucs.retention.sweeps import Retention
-from raydemucs.journal.tasks import TaskStore
+from raydemucs.journal import Journal
 from raydemucs.core.task import TaskRecord, TaskSpec, TaskState, new_task_id
 from raydemucs.storage.uploads import UploadStore
 from fakes import FakeClock
@@ -29,10 +29,11 @@ class State:
     def __init__(self, root, **ttls):
         self.root = root
         self.clock = FakeClock(time.time() - 1000 * DAY)  # behind the files' times (see age_input)
-        self.store = TaskStore(root / "state" / "journal.db")
+        self.journal = Journal(root / "state" / "journal.db")
+        self.store = self.journal.tasks
         self.uploads = UploadStore(root / "state")
         config = RetentionConfig(**{"uploads_ttl_s": 2 * DAY, "results_ttl_s": DAY, **ttls})
-        self.retention = Retention(config, self.store, self.uploads, clock=self.clock)
+        self.retention = Retention(config, self.journal, self.uploads, clock=self.clock)
 
     def task(self, file_id, state=TaskState.SUCCEEDED, uploaded=True, output_dir=None):
         """A task of the journal (ended now unless queued or running) with its files: the stored
@@ -59,9 +60,9 @@ class State:
 
     def sweep(self, in_use=(), active=()):
         due = self.retention.scan()
-        dropped = self.retention.retire(due, set(in_use), set(active))
+        retired = self.retention.retire(due, set(in_use), set(active))
         self.retention.empty_trash()
-        return due, dropped
+        return due, retired.records
 
     def age_input(self, seconds):
         """Make the stored input look stored `seconds` before the fake clock's now (files are
@@ -130,7 +131,7 @@ def test_records_ttl_drops_finished_rows_with_their_deliveries(tmp_path):
     state = State(tmp_path, records_ttl_s=30 * DAY, results_ttl_s=None, uploads_ttl_s=None)
     old, announcing, fresh = state.task("old"), state.task("announcing"), state.task("fresh")
     for record, delivery_state in ((old, "delivered"), (announcing, "pending")):
-        state.store.add_delivery({"delivery_id": f"msg_{record.task_id}", "task_id": record.task_id,
+        state.journal.deliveries.add({"delivery_id": f"msg_{record.task_id}", "task_id": record.task_id,
                                   "run_seq": record.seq, "event": "task.succeeded", "url": "u",
                                   "body": "{}", "state": delivery_state, "created_at": 1.0,
                                   "next_at": 1e12})
@@ -139,10 +140,11 @@ def test_records_ttl_drops_finished_rows_with_their_deliveries(tmp_path):
     state.clock.advance(DAY + 1)
     due, dropped = state.sweep(active={announcing.task_id})
     assert [r.task_id for r in dropped] == [old.task_id]
-    assert state.store.get(old.task_id) is None and state.store.deliveries(task_id=old.task_id) == []
+    assert state.store.get(old.task_id) is None and state.journal.deliveries.listing(task_id=old.task_id) == []
     assert not state.stems(old)  # its stems went with its record (no record would name them)
     assert state.store.get(announcing.task_id) and state.store.get(fresh.task_id)
-    assert state.stems(fresh) and due.next_expiry_at is None  # files kept forever
+    assert state.stems(fresh)  # files kept forever; its record goes 30 days after it ended
+    assert due.next_expiry_at == state.store.get(fresh.task_id).finished_at + 30 * DAY
 
 
 def test_purge_deletes_now_and_keeps_an_input_another_task_needs(tmp_path):

@@ -10,7 +10,7 @@ from raydemucs.core.errors import (InvalidInput, SeparationAborted, ShuttingDown
                               WorkerDied)
 from raydemucs.scheduler.retry_policy import retry_delay_s
 from raydemucs.scheduler.scheduling import Scheduler
-from raydemucs.journal.tasks import TaskStore
+from raydemucs.journal import Journal
 from raydemucs.core.task import TaskSpec, TaskState, new_task_id
 from fakes import FakeClock, FakePool
 
@@ -25,8 +25,8 @@ def make(tmp_path, workers=1, pools=(), batch_size=1, prefetch=0, **tasks):
                                                 "batch_size": batch_size, "prefetch": prefetch},
                                     "pools": list(pools)}, environ={})
     clock, pool = FakeClock(), FakePool.of(config, workers)
-    store = TaskStore(tmp_path / "journal.db")
-    return Scheduler(config, store, pool, clock=clock, rng=lambda: 1.0), pool, clock
+    journal = Journal(tmp_path / "journal.db")
+    return Scheduler(config, journal, pool, clock=clock, rng=lambda: 1.0), pool, clock
 
 
 def spec(file_id, priority=5, project="p", **kwargs):
@@ -61,8 +61,8 @@ def test_submit_is_committed_and_idempotent_by_project_and_file_id(tmp_path):
     other_project = scheduler.submit(spec("song", project="q"))
     assert again.task_id == first.task_id
     assert other_project.task_id != first.task_id
-    reopened = TaskStore(scheduler.store.path)
-    assert reopened.get(first.task_id).state is TaskState.QUEUED
+    reopened = Journal(scheduler.journal.path)
+    assert reopened.tasks.get(first.task_id).state is TaskState.QUEUED
     assert len(scheduler.queue) == 2
 
 
@@ -164,7 +164,7 @@ def test_cancel_a_queued_task_drops_it(tmp_path):
     task = scheduler.submit(spec("song"))
     assert scheduler.cancel(task.task_id).state is TaskState.CANCELLED
     assert len(scheduler.queue) == 0
-    assert scheduler.store.get(task.task_id).state is TaskState.CANCELLED
+    assert scheduler.journal.tasks.get(task.task_id).state is TaskState.CANCELLED
 
 
 def test_cancel_a_running_task_aborts_it_and_ends_cancelled(tmp_path):
@@ -260,7 +260,7 @@ def test_draining_refuses_submissions_and_starts_nothing(tmp_path):
         scheduler.submit(spec("b"))
     scheduler.tick()
     assert not pool.started
-    assert scheduler.store.get(queued.task_id).state is TaskState.QUEUED
+    assert scheduler.journal.tasks.get(queued.task_id).state is TaskState.QUEUED
 
 
 def test_unknown_task_id(tmp_path):
@@ -275,9 +275,9 @@ def test_every_transition_is_journaled(tmp_path):
     scheduler, pool, _ = make(tmp_path)
     task = scheduler.submit(spec("song"))
     scheduler.dispatch()
-    assert TaskStore(scheduler.store.path).get(task.task_id).state is TaskState.RUNNING
+    assert Journal(scheduler.journal.path).tasks.get(task.task_id).state is TaskState.RUNNING
     finish(scheduler, pool)
-    stored = TaskStore(scheduler.store.path).get(task.task_id)
+    stored = Journal(scheduler.journal.path).tasks.get(task.task_id)
     assert stored.state is TaskState.SUCCEEDED and stored.outputs == {"drums": "x"}
 
 
@@ -292,7 +292,7 @@ def test_out_of_memory_is_retried_with_half_the_segment(tmp_path):
     scheduler.attempt_ended(task.task_id, 1, error)
     record = scheduler.get(task.task_id)
     assert record.state is TaskState.QUEUED and record.segment_s == 3.9
-    assert scheduler.store.get(task.task_id).segment_s == 3.9
+    assert scheduler.journal.tasks.get(task.task_id).segment_s == 3.9
     assert record.spec.options.segment is None  # what was asked stays as asked
     clock.advance(10.0)
     scheduler.tick()
@@ -313,7 +313,7 @@ class RecordingListener:
 
 def test_the_listener_hears_every_transition_and_queue_counts_by_priority(tmp_path):
     scheduler, pool, clock = make(tmp_path)
-    scheduler.listener = listener = RecordingListener()
+    scheduler.book.listeners.append(listener := RecordingListener())
     first = scheduler.submit(spec("a", priority=0))
     scheduler.submit(spec("b", priority=9))
     scheduler.submit(spec("c", priority=9))
@@ -407,8 +407,8 @@ def test_draining_sends_prefetched_tasks_back_to_the_queue(tmp_path):
     scheduler.stop_accepting()
     assert pool.aborted == [("worker-0", second)]
     scheduler.attempt_ended(second, 1, SeparationAborted("stopped"))
-    assert scheduler.store.get(second).state is TaskState.QUEUED
-    assert scheduler.store.get(first).state is TaskState.RUNNING
+    assert scheduler.journal.tasks.get(second).state is TaskState.QUEUED
+    assert scheduler.journal.tasks.get(first).state is TaskState.RUNNING
 
 
 def test_a_task_that_ends_without_stems_leaves_no_staging_folder(tmp_path):
@@ -469,7 +469,7 @@ def test_a_model_no_pool_serves_is_refused_at_submit(tmp_path):
     scheduler, _, _ = pooled(tmp_path, GPU)
     with pytest.raises(InvalidInput, match="no worker pool serves model 'mdx_extra'.*gpu: htdemucs"):
         scheduler.submit(on("mdx_extra", "song"))
-    assert not scheduler.store.list(None, 10) and len(scheduler.queue) == 0
+    assert not scheduler.journal.tasks.list(None, 10) and len(scheduler.queue) == 0
 
 
 def test_a_pool_grows_to_max_and_pending_workers_are_never_free(tmp_path):
@@ -637,7 +637,7 @@ def test_a_waiting_task_starts_its_clock_when_its_segments_start_to_run(tmp_path
 
 def test_a_step_back_is_not_counted_as_a_retry(tmp_path):
     scheduler, pool, _ = make(tmp_path, workers=1, prefetch=1)
-    scheduler.listener = listener = RecordingListener()
+    scheduler.book.listeners.append(listener := RecordingListener())
     scheduler.submit(spec("running", priority=5))
     low = scheduler.submit(spec("low", priority=9)).task_id
     scheduler.dispatch()
@@ -726,12 +726,12 @@ def test_counts_by_state_are_kept_in_memory_not_counted_in_the_journal(tmp_path)
         scheduler.submit(spec(name))
     restarted, pool, clock = make(tmp_path)
     restarted.recover()
-    restarted.store.count_by_state = lambda: pytest.fail("the journal was counted")
+    restarted.journal.tasks.count_by_state = lambda: pytest.fail("the journal was counted")
     restarted.dispatch()
     finish(restarted, pool)
-    restarted.cancel(restarted.store.list(TaskState.QUEUED, 1)[0].task_id)
+    restarted.cancel(restarted.journal.tasks.list(TaskState.QUEUED, 1)[0].task_id)
     counts = restarted.queue_counts()
-    assert counts == {**TaskStore(tmp_path / "journal.db").count_by_state(), "waiting_retry": 0}
+    assert counts == {**Journal(tmp_path / "journal.db").tasks.count_by_state(), "waiting_retry": 0}
     assert (counts["succeeded"], counts["cancelled"], counts["running"]) == (1, 1, 1)
 
 
@@ -743,7 +743,7 @@ def test_a_task_for_a_device_its_pool_does_not_run_on_is_refused(tmp_path):
                                                                 device="cpu"))) == "cpu"
     with pytest.raises(InvalidInput, match="pool 'gpu', whose workers use cuda, not cpu"):
         scheduler.submit(spec("c", options=SeparationConfig(device="cpu")))
-    assert not scheduler.store.list(None, 10)
+    assert not scheduler.journal.tasks.list(None, 10)
 
 
 def test_fp16_for_a_cpu_pool_is_refused_at_submit_and_a_gpu_pool_takes_it(tmp_path):
@@ -752,4 +752,4 @@ def test_fp16_for_a_cpu_pool_is_refused_at_submit_and_a_gpu_pool_takes_it(tmp_pa
     assert scheduler.pool_of(spec("a", options=SeparationConfig(precision="fp16"))) == "gpu"
     with pytest.raises(InvalidInput, match="precision fp16 needs a GPU"):
         scheduler.submit(spec("b", options=SeparationConfig(model="mdx_extra", precision="fp16")))
-    assert not scheduler.store.list(None, 10)
+    assert not scheduler.journal.tasks.list(None, 10)

@@ -1,0 +1,108 @@
+"""What comes in to the scheduler: tasks checked before anything is kept (their key, model and
+webhook, their owner's quota), and the inputs uploaded with them, kept by SHA-256.
+
+An owner's quota (`max_queued`, an API key's cap) counts its unfinished tasks and the tasks of
+its requests still being accepted (their bytes checked and stored off the event loop), so that
+concurrent requests of one key cannot all pass the same check.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+
+from ..core.errors import InvalidInput, OverQuota, RayDemucsError
+from ..core.task import TaskRecord, TaskSpec
+from ..storage.uploads import UploadStore
+from ..webhooks.targets import check_target
+from .scheduling import Scheduler
+
+Checked = list[tuple[TaskSpec, TaskRecord | None]]  # each task with the known task it repeats
+
+
+class Intake:
+    """Accepts tasks into `core`; `allow_private` is `webhooks.allow_private`."""
+
+    def __init__(self, core: Scheduler, uploads: UploadStore, allow_private: bool):
+        self.core, self.uploads, self.allow_private = core, uploads, allow_private
+        self._accepting: collections.Counter = collections.Counter()  # owner -> tasks in flight
+
+    async def check(self, specs: list[dict]) -> Checked:
+        """Each task (pointed at the service's results when kept) with the known task it
+        repeats; one refused task raises, before anything is kept."""
+        checked = []
+        for spec in map(TaskSpec.from_dict, specs):
+            spec = self.uploads.keep(spec) if spec.kept else spec
+            checked.append((spec, self.core.check(spec)))
+            if spec.webhook_url:  # its host resolved off the loop
+                await asyncio.to_thread(check_target, spec.webhook_url, self.allow_private)
+        return checked
+
+    @contextlib.contextmanager
+    def quota(self, checked: Checked, max_queued: int | None):
+        """`OverQuota` when the tasks would take their owner past `max_queued` unfinished ones
+        (counting those of its requests still being accepted); held until the block ends."""
+        new = sum(existing is None or existing.state.is_terminal() for _, existing in checked)
+        if max_queued is None or not checked or not new:
+            yield
+            return
+        owner = checked[0][0].owner
+        held = self.core.unfinished_of(owner) + self._accepting[owner]
+        if held + new > max_queued:
+            raise OverQuota(f"this key has {held} unfinished task(s) and may have {max_queued}; "
+                            "submit again when some have ended")
+        self._accepting[owner] += new
+        try:
+            yield
+        finally:
+            self._accepting[owner] -= new
+            if not self._accepting[owner]:
+                del self._accepting[owner]
+
+    async def submit(self, specs: list[dict], uploads: dict[str, bytes] | None,
+                     max_queued: int | None) -> list[dict]:
+        """Accept tasks, each committed before this returns; an uploaded task's bytes (in
+        `uploads`, by SHA-256, or stored already) are kept first."""
+        checked = await self.check(specs)
+        with self.quota(checked, max_queued):
+            tasks = [await asyncio.to_thread(self.uploads.accept, spec,
+                                             (uploads or {}).get(spec.input_sha256))
+                     if spec.uploaded else spec for spec, _ in checked]
+            return [self.core.submit(task).to_dict() for task in tasks]
+
+    async def submit_upload(self, spec: dict, upload_id: str, max_queued: int | None) -> str:
+        """Accept a task whose input was streamed in chunks: every refusal (the task, the
+        quota, the bytes) comes before the upload is kept, so a refused request stores nothing;
+        the same ask as a known task returns that task. Its task id."""
+        try:
+            [(task, existing)] = await self.check([spec])
+            with self.quota([(task, existing)], max_queued):
+                if existing is not None and not self.core.reruns(existing, task):
+                    return existing.task_id
+                kept = await asyncio.to_thread(self.uploads.close, upload_id)
+                if kept["sha256"] != task.input_sha256:
+                    raise InvalidInput("the upload's bytes changed on the way (SHA-256 mismatch); "
+                                       "send it again")
+                task = dataclasses.replace(task, duration_s=kept["duration_s"])
+                return self.core.submit(task).task_id
+        finally:
+            await asyncio.to_thread(self.uploads.abort, upload_id)  # nothing left once closed
+
+    def submit_batch(self, specs: list[dict]) -> list[dict]:
+        """A chunk of a batch, the new tasks in one journal transaction: per spec its task id,
+        key, state and `outcome` (`queued`, `skipped`, `known`), or `error` for a spec refused
+        alone. Answers stay small: a batch may be 100,000 tasks."""
+        tasks = [TaskSpec.from_dict(spec) for spec in specs]
+        tasks = [self.uploads.keep(task) if task.kept else task for task in tasks]
+        replies = []
+        for task, answer in zip(tasks, self.core.submit_many(tasks)):
+            reply = {"project": task.project, "file_id": task.file_id, "input": task.input_path}
+            if isinstance(answer, RayDemucsError):
+                reply["error"] = answer.to_dict()
+            else:
+                record, outcome = answer
+                reply.update(task_id=record.task_id, state=record.state.value, outcome=outcome,
+                             batch_id=record.spec.batch_id)
+            replies.append(reply)
+        return replies

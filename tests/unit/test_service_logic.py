@@ -1,0 +1,167 @@
+"""The scheduler actor's own logic without Ray: a real journal, sweeper, intake, webhooks thread
+and event streams around a fake pool, driven by the test as the workers would."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import threading
+import time
+
+import pytest
+
+from raydemucs.core.config import load_config
+from raydemucs.core.errors import OverQuota
+from raydemucs.core.task import TaskSpec, TaskState, new_task_id
+from raydemucs.scheduler.service import SchedulerService
+from raydemucs.storage.folders import LocalFolder, write_outputs
+
+from fakes import FakeServicePool
+from support import write_audio
+
+STEMS = ("drums", "bass")
+
+
+def make_service(tmp_path, **sections) -> SchedulerService:
+    overrides = {"service": {"name": "logic", "state_dir": str(tmp_path / "state"),
+                             "poll_interval_s": 0.05}, "workers": {"max_workers": 1}, **sections}
+    config = load_config("test", overrides=overrides, environ={})
+    return SchedulerService(config.to_dict(), pool=FakeServicePool.of(config, 1))
+
+
+def spec(tmp_path, file_id="song", **fields) -> dict:
+    return TaskSpec(task_id=new_task_id(), project="p", file_id=file_id, input_path="/in.wav",
+                    output_dir=str(tmp_path / "out"), **fields).to_dict()
+
+
+def stems_bytes(tmp_path, task_id: str) -> dict:
+    """What a worker sends back for a kept task: `{"manifest", "files"}` of a written folder."""
+    folder = LocalFolder(tmp_path / "made" / task_id)
+    write_outputs(folder, {stem: b"x" * 100 for stem in STEMS}, "wav",
+                  lambda data, path: path.write_bytes(data), {"task_id": task_id})
+    return folder.read_files()
+
+
+def run_attempt(service, tmp_path, ok=True) -> str:
+    """The fake worker ends the attempt it holds, as the pool would report it."""
+    worker = service.pool.workers["worker-0"]
+    task_id, attempt = worker.busy_with
+    service.pool.free("worker-0")
+    record = service.core.get(task_id)
+    result = {"ok": True, "duration_s": 1.0, "outputs": {s: f"/x/{s}.wav" for s in STEMS},
+              **(stems_bytes(tmp_path, task_id) if record.spec.kept else {})}
+    service._on_result(task_id, attempt, result if ok else {
+        "ok": False, "error": {"type": "InvalidInput", "message": "bad"}})
+    return task_id
+
+
+async def until(predicate, timeout_s: float = 20.0):
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+def test_short_ttls_with_the_default_sweep_interval_take_stems_then_records(tmp_path, caplog):
+    """Expiries a task's end starts are swept on time (not at the next 10-minute sweep); the
+    stream hears of expired stems; a dropped record leaves the counts right; no sweep error."""
+    caplog.set_level(logging.ERROR, logger="raydemucs")
+    data = b"RIFF" + b"\0" * 2000
+    sha = hashlib.sha256(data).hexdigest()
+
+    async def scenario():
+        service = make_service(tmp_path, retention={"results_ttl_s": 1.0, "records_ttl_s": 3.0})
+        assert service.config.retention.sweep_interval_s == 600.0
+        uploaded = spec(tmp_path, uploaded=True, kept=True, input_sha256=sha)
+        [record] = await service.submit([uploaded], {sha: data})
+        await until(lambda: service.pool.workers["worker-0"].tasks)
+        cursor = (await service.watch_tasks("", {}, 0.0))["expired_after"]
+        task_id = run_attempt(service, tmp_path)
+        await until(lambda: service.core.get(task_id).state is TaskState.SUCCEEDED)
+        assert (await service.status())["queue"]["succeeded"] == 1
+        answer = await service.watch_tasks("", {}, 10.0, cursor)  # woken by the expiry
+        assert [view["task_id"] for view in answer["views"]] == [task_id]
+        assert answer["views"][0]["expired_at"] is not None
+        await until(lambda: service.journal.tasks.get(task_id) is None)
+        status = await service.status()
+        assert status["queue"] == {**service.journal.tasks.count_by_state(), "waiting_retry": 0}
+        assert status["queue"]["succeeded"] == 0
+        assert not (service.uploads.results / "p" / "song").exists()
+        await service.drain(0.0)
+    asyncio.run(scenario())
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+
+
+def test_concurrent_uploads_of_one_key_respect_its_cap(tmp_path):
+    """Two uploads of a key with room for one: the second counts the first while its bytes are
+    checked off the loop, and is refused."""
+    async def scenario():
+        service = make_service(tmp_path, workers={"max_workers": 1, "min_free_memory_mb": 0})
+        closing = threading.Event()
+        close = service.uploads.close
+
+        def slow_close(upload_id):
+            closing.wait(5)  # both requests are past their checks before either stores
+            return close(upload_id)
+        service.uploads.close = slow_close
+        ids = []
+        for name in ("a", "b"):
+            upload_id = await service.upload_open(f"{name}.wav")
+            path = write_audio(tmp_path / f"{name}.wav", seconds=0.5, seed=len(ids))
+            data = path.read_bytes()
+            await service.upload_write(upload_id, data)
+            ids.append((upload_id, hashlib.sha256(data).hexdigest(), name))
+        answers = [service.submit_upload(spec(tmp_path, name, owner="k", uploaded=True,
+                                              kept=True, input_sha256=sha), upload_id, 1)
+                   for upload_id, sha, name in ids]
+        tasks = [asyncio.ensure_future(answer) for answer in answers]
+        await asyncio.sleep(0.3)
+        closing.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert sum(isinstance(r, OverQuota) for r in results) == 1
+        assert sum(isinstance(r, dict) for r in results) == 1
+        assert service.core.unfinished_of("k") == 1
+        await service.drain(0.0)
+    asyncio.run(scenario())
+
+
+def test_a_start_that_failed_is_tried_again_by_the_next_call(tmp_path, monkeypatch):
+    import raydemucs.scheduler.service as module
+
+    real, calls = module.read_recovery, []
+
+    def flaky(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("the journal's disk is not there yet")
+        return real(*args)
+    monkeypatch.setattr(module, "read_recovery", flaky)
+
+    async def scenario():
+        service = make_service(tmp_path)
+        with pytest.raises(OSError, match="not there yet"):
+            await service.ping()
+        assert (await service.ping())["accepting"]
+        await service.drain(0.0)
+    asyncio.run(scenario())
+    assert len(calls) == 2
+
+
+def test_background_work_runs_off_the_loop_and_its_failures_are_counted(tmp_path):
+    async def scenario():
+        service = make_service(tmp_path)
+        failures = []
+        service.supervisor.on_error = failures.append
+        loop_thread, threads = threading.get_ident(), []
+        service.uploads.drop_idle = lambda: threads.append(threading.get_ident())
+        await service.ping()
+        await until(lambda: threads)
+        assert loop_thread not in threads  # the tick hands the upload cleanup to a thread
+
+        async def broken():
+            raise ValueError("boom")
+        service.supervisor.spawn("probe", broken())
+        await until(lambda: failures)
+        assert failures == ["probe"]
+        await service.drain(0.0)
+    asyncio.run(scenario())

@@ -1,0 +1,38 @@
+"""Background work is supervised: a failure is logged and counted, a loop goes on after one."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from raydemucs.scheduler.supervision import Supervisor
+
+
+def test_a_failed_task_and_a_failing_loop_are_logged_and_counted(caplog):
+    counted = []
+    steps = []
+
+    async def failing():
+        raise ValueError("boom")
+
+    async def step() -> float:
+        steps.append(1)
+        if len(steps) < 3:
+            raise OSError(f"step {len(steps)} failed")
+        return 10.0
+
+    async def scenario():
+        supervisor = Supervisor(counted.append)
+        supervisor.spawn("once", failing())
+        supervisor.forever("loop", step, retry_s=0.01)
+        for _ in range(100):
+            if len(steps) >= 3:
+                break
+            await asyncio.sleep(0.01)
+        supervisor.cancel_all()
+        await asyncio.sleep(0)
+
+    caplog.set_level(logging.ERROR, logger="raydemucs")
+    asyncio.run(scenario())
+    assert sorted(counted) == ["loop", "loop", "once"] and len(steps) == 3
+    assert "background job once failed: boom" in caplog.text
+    assert all(record.exc_info for record in caplog.records)  # each with its traceback
