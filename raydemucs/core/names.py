@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from pathlib import PurePosixPath
 
 from .errors import InvalidName
 
@@ -11,6 +12,7 @@ MAX_NAME_CHARS = 128
 MAX_NAME_BYTES = 240
 _PUNCTUATION = frozenset(" ._-")
 _PLAIN = re.compile(r"[A-Za-z0-9 ._-]*")  # allowed without asking Unicode (a batch has many)
+_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,8}")
 
 
 def _allowed(char: str) -> bool:
@@ -66,3 +68,11 @@ def printable(value: object) -> str:
     """`value` as text fit for a one-line message: as is if printable, else escaped by `ascii`."""
     text = str(value)
     return text if text.isprintable() else ascii(text)
+
+
+def stored_name(stem: str, file_name: str) -> str:
+    """`stem` with the suffix of `file_name` (the name a file came with) when it is a plain one
+    (a dot and up to 8 letters or digits): how an input's bytes are named where they are kept,
+    so that decoders that go by the suffix still can."""
+    suffix = PurePosixPath(file_name.replace("\\", "/")).suffix
+    return stem + (suffix if _SUFFIX.fullmatch(suffix) else "")

@@ -41,8 +41,8 @@ from ..core.public import public_task
 from ..core.task import TaskState
 from ..storage.uris import input_size, is_uri
 from . import errors
-from .deploy import is_loopback
 from .asks import FIELDS, check_fields, input_location, task_spec
+from .deploy import is_loopback
 from .forms import Spool, read_form
 from .peaks import PeaksCache, check_points
 from .stems import MEDIA_TYPES, StemSource, byte_range, zip_stream

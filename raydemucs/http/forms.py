@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import re
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable
 
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -15,8 +14,8 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from ..audio.checks import validate_input
 from ..core.config import InputConfig
 from ..core.errors import InputTooLarge, InvalidInput
+from ..core.names import stored_name
 
-SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
 FIELD_BYTES = 4096  # a form field longer than this is no option of ours
 MAX_FIELDS = 64
 
@@ -142,8 +141,7 @@ class Spool:
 
     async def write(self, file_name: str, chunk: bytes) -> None:
         if self.path is None:
-            suffix = PurePosixPath(file_name).suffix
-            self.path = self.folder / f"upload{suffix if SAFE_SUFFIX.match(suffix) else ''}"
+            self.path = self.folder / stored_name("upload", file_name)
         self.size += len(chunk)
         await asyncio.to_thread(_append, self.path, chunk)
 

@@ -15,8 +15,15 @@ import time
 from typing import Callable
 
 from ..core.config import Config, route
-from ..core.errors import (Gone, InvalidInput, RayDemucsError, ShuttingDown, TaskConflict,
-                           TaskNotFound, WorkerDied)
+from ..core.errors import (
+    Gone,
+    InvalidInput,
+    RayDemucsError,
+    ShuttingDown,
+    TaskConflict,
+    TaskNotFound,
+    WorkerDied,
+)
 from ..core.task import TaskRecord, TaskSpec, TaskState, spec_differences
 from ..journal import Journal
 from .attempts import Attempts, Pool

@@ -14,8 +14,7 @@ import time
 
 from ..core.actors import node_id
 from ..core.config import Config
-from ..core.errors import (Gone, InvalidInput, OutputWriteFailed, RayDemucsError,
-                           error_from_dict)
+from ..core.errors import Gone, InvalidInput, OutputWriteFailed, RayDemucsError, error_from_dict
 from ..core.keys import KeyStore, KeyTable
 from ..core.logs import configure_logging
 from ..core.public import public_task

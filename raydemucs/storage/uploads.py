@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import re
 import shutil
 import threading
 import time
@@ -22,10 +21,10 @@ from pathlib import Path
 from ..audio.checks import validate_input
 from ..core.config import InputConfig
 from ..core.errors import InputTooLarge, InvalidInput
+from ..core.names import stored_name
 from ..core.task import TaskSpec
 from .folders import LocalFolder, copy_output_bytes
 
-SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
 IDLE_UPLOAD_S = 600.0  # an incoming upload no chunk reached for this long was abandoned
 
 
@@ -159,10 +158,9 @@ class UploadStore:
     def open(self, file_name: str) -> str:
         """Start an upload of a file called `file_name` (its suffix helps decoders); its id."""
         upload_id = uuid.uuid4().hex
-        suffix = Path(file_name).suffix
         folder = self.incoming / upload_id
         folder.mkdir(parents=True)
-        name = f"input{suffix if SAFE_SUFFIX.match(suffix) else ''}"
+        name = stored_name("input", file_name)
         self._open[upload_id] = Incoming(folder / name, Path(file_name).name or "upload",
                                          int(self.limits.max_file_mb * 2**20))
         return upload_id

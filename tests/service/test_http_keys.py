@@ -73,3 +73,18 @@ def test_a_key_past_its_cap_gets_429_with_retry_after(service, tmp_path):
     assert over.status_code == 429 and over.headers["retry-after"]
     assert "may have 1" in over.json()["error"]["message"]
 
+
+
+def test_every_loopback_address_is_the_same_open_door(serve_port, tmp_path):
+    """127.0.0.2 is loopback for the check that starts the API without keys and for the one
+    that answers requests without a key alike (they disagreed: it started, then said 401)."""
+    import httpx
+
+    service = HttpService(tmp_path, serve_port, http={"host": "127.0.0.2"},
+                          workers={"max_workers": 1})
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{serve_port}", timeout=60) as client:
+            answer = client.get("/v1/tasks")
+        assert answer.status_code == 200, answer.text
+    finally:
+        service.close()
