@@ -153,3 +153,12 @@ def receivers():
     for thread in closing:
         thread.join()
 
+
+@pytest.fixture
+def doctor_config(tmp_path):
+    """`doctor_config(**sections)`: the test profile, with writable output and state dirs under
+    `tmp_path`, as overrides allow."""
+    def factory(**sections):
+        service = {"output_dir": str(tmp_path / "out"), **sections.pop("service", {})}
+        return service_config(tmp_path, service=service, **sections)
+    return factory

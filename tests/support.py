@@ -145,6 +145,7 @@ class HttpService:
 
     def __init__(self, root: Path, port: int, **sections):
         import httpx
+
         from raydemucs import WorkerManager
 
         sections.setdefault("http", {})["port"] = port
@@ -239,3 +240,25 @@ def run_cluster_scenario(script: str, tmp_path: Path, args: list[str], timeout_s
     assert run.returncode == 0 and result, run.stderr[-3000:]
     return result
 
+
+def by_name(checks) -> dict:
+    """`doctor`'s checks by name."""
+    return {check.name: check for check in checks}
+
+
+def failed(checks) -> dict:
+    """{name: check} of `doctor`'s failed checks; each failure must say how to fix it."""
+    failures = {check.name: check for check in checks if not check.ok}
+    assert all(check.fix for check in failures.values())
+    return failures
+
+def expected_peaks(data: np.ndarray, points: int, frames: int | None = None) -> tuple[list, list]:
+    """Each span's lowest and highest sample, computed on the whole array at once: span i holds
+    frames f with i <= f * count / frames < i + 1, `frames` being what the file's header says
+    (a span past the decoded samples is 0)."""
+    frames = frames or len(data)
+    count = min(points, frames)
+    edges = [-(-i * frames // count) for i in range(count + 1)]  # ceil(i * frames / count)
+    spans = [data[start:stop] for start, stop in zip(edges, edges[1:])]
+    return ([round(float(s.min()), 4) if len(s) else 0.0 for s in spans],
+            [round(float(s.max()), 4) if len(s) else 0.0 for s in spans])

@@ -9,7 +9,6 @@ import pytest
 from support import run_cli, write_audio
 
 
-
 @pytest.fixture
 def cli_env(make_service, ray_cluster):
     manager = make_service(workers={"max_workers": 2})

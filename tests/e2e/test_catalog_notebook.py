@@ -11,7 +11,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from test_notebook import CATALOG, execute_notebook, images
 
 CLIPS = 4
@@ -37,8 +36,8 @@ def test_catalog_runs_top_to_bottom(ray_cluster, tmp_path):
     import ray
 
     from raydemucs.client.connection import NAMESPACE
-    from raydemucs.scheduler.service import JOURNAL_FILE
     from raydemucs.journal import Journal
+    from raydemucs.scheduler.service import JOURNAL_FILE
 
     service = f"nb{uuid.uuid4().hex[:8]}"
     summaries, text = run_notebook(tmp_path, ray_cluster, service, "Catalog Test")

@@ -116,8 +116,8 @@ def test_quickstart_runs_top_to_bottom(ray_cluster, tmp_path):
     import ray
 
     from raydemucs.client.connection import NAMESPACE
-    from raydemucs.scheduler.service import JOURNAL_FILE
     from raydemucs.journal import Journal
+    from raydemucs.scheduler.service import JOURNAL_FILE
 
     service = f"nb{uuid.uuid4().hex[:8]}"
     _, text = run_notebook(tmp_path, ray_cluster, service, "Notebook Test")

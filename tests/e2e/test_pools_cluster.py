@@ -12,9 +12,7 @@ import sys
 import time
 import uuid
 
-
 from support import run_cluster_scenario
-
 
 POOL = {"name": "edge", "models": ["demucs_unittest"], "resources": {"pool_node": 1},
         "num_cpus": 1, "min_workers": 0, "max_workers": 2, "idle_timeout_s": 2.0}

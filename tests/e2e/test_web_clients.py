@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from support import HttpService, wait_for, write_audio
 from raydemucs.core.keys import KeyStore
+
+from support import HttpService, wait_for, write_audio
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

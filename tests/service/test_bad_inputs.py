@@ -17,18 +17,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from support import make_signal, run_cli, save_tiny_htdemucs, service_config, write_audio
 from raydemucs import WorkerManager
-from raydemucs.separation.decode import decode
 from raydemucs.audio.checks import validate_input
 from raydemucs.core.config import InputConfig, SeparationConfig, load_config
-from raydemucs.core.errors import (ConfigError, InputTooLarge, InvalidInput, InvalidName,
-                              ModelNotFound, OutputNotWritable)
-from raydemucs.storage.folders import task_folder, write_outputs
+from raydemucs.core.errors import (
+    ConfigError,
+    InputTooLarge,
+    InvalidInput,
+    InvalidName,
+    ModelNotFound,
+    OutputNotWritable,
+)
 from raydemucs.core.task import TaskSpec, new_task_id
+from raydemucs.separation.decode import decode
+from raydemucs.storage.folders import task_folder, write_outputs
 from raydemucs.worker.actor import SeparatorWorker
+
+from support import make_signal, run_cli, save_tiny_htdemucs, service_config, write_audio
 
 STEMS = ["bass", "drums", "other", "vocals"]
 

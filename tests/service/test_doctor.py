@@ -8,27 +8,7 @@ import torch
 
 from raydemucs.client.doctor import run_checks
 
-from support import service_config
-
-
-def by_name(checks) -> dict:
-    return {check.name: check for check in checks}
-
-
-def failed(checks) -> dict:
-    """{name: check} of the failed checks; each failure must say how to fix it."""
-    failures = {check.name: check for check in checks if not check.ok}
-    assert all(check.fix for check in failures.values())
-    return failures
-
-
-@pytest.fixture
-def config(tmp_path):
-    """The test profile, with writable output and state dirs under `tmp_path`, as overrides allow."""
-    def factory(**sections):
-        service = {"output_dir": str(tmp_path / "out"), **sections.pop("service", {})}
-        return service_config(tmp_path, service=service, **sections)
-    return factory
+from support import by_name, failed
 
 
 def test_a_healthy_setup_with_a_running_service_passes(make_service, ray_cluster):
@@ -41,12 +21,12 @@ def test_a_healthy_setup_with_a_running_service_passes(make_service, ray_cluster
     assert "worker-0" in by_name(checks)["service"].detail
 
 
-def test_no_ffmpeg_on_path_is_fine_pyav_decodes(config, ray_cluster, tmp_path, monkeypatch):
+def test_no_ffmpeg_on_path_is_fine_pyav_decodes(doctor_config, ray_cluster, tmp_path, monkeypatch):
     import av
     import soundfile
 
     monkeypatch.setenv("PATH", str(tmp_path))
-    checks = run_checks(config(), ray_cluster)
+    checks = run_checks(doctor_config(), ray_cluster)
     assert failed(checks) == {}
     assert "ffmpeg is not on PATH; optional" in by_name(checks)["ffmpeg"].detail
     assert f"PyAV {av.__version__} with FFmpeg {av.ffmpeg_version_info}" in \
@@ -54,16 +34,17 @@ def test_no_ffmpeg_on_path_is_fine_pyav_decodes(config, ray_cluster, tmp_path, m
     assert f"libsndfile {soundfile.__libsndfile_version__}" in by_name(checks)["flac"].detail
 
 
-def test_an_output_dir_under_a_regular_file_is_not_writable(config, ray_cluster, tmp_path):
+def test_an_output_dir_under_a_regular_file_is_not_writable(doctor_config, ray_cluster, tmp_path):
     (tmp_path / "file").write_text("not a folder")
-    checks = run_checks(config(service={"output_dir": str(tmp_path / "file" / "out")}), ray_cluster)
+    config = doctor_config(service={"output_dir": str(tmp_path / "file" / "out")})
+    checks = run_checks(config, ray_cluster)
     assert set(failed(checks)) == {"output dir"}
     assert "is not a directory" in by_name(checks)["output dir"].detail
 
 
-def test_an_unwritable_state_dir(config, ray_cluster, tmp_path):
+def test_an_unwritable_state_dir(doctor_config, ray_cluster, tmp_path):
     (tmp_path / "file").write_text("not a folder")
-    checks = run_checks(config(service={"state_dir": str(tmp_path / "file")}), ray_cluster)
+    checks = run_checks(doctor_config(service={"state_dir": str(tmp_path / "file")}), ray_cluster)
     assert set(failed(checks)) == {"state dir"}
 
 
@@ -72,16 +53,16 @@ def test_an_unwritable_state_dir(config, ray_cluster, tmp_path):
     ("tiny", "empty", "unknown model 'tiny' in repo"),
     ("tiny", "missing", "is not a directory"),
 ])
-def test_an_unknown_model_or_a_bad_repo(config, ray_cluster, tmp_path, model, repo, message):
+def test_an_unknown_model_or_a_bad_repo(doctor_config, ray_cluster, tmp_path, model, repo, message):
     (tmp_path / "empty").mkdir()
     separation = {"model": model, "repo": str(tmp_path / repo) if repo else None}
-    checks = run_checks(config(separation=separation), ray_cluster)
+    checks = run_checks(doctor_config(separation=separation), ray_cluster)
     assert set(failed(checks)) == {"model"}
     assert message in by_name(checks)["model"].detail
 
 
-def test_too_few_cpus_for_max_workers(config, ray_cluster):
-    checks = run_checks(config(workers={"max_workers": 8, "num_cpus": 1.0}), ray_cluster)
+def test_too_few_cpus_for_max_workers(doctor_config, ray_cluster):
+    checks = run_checks(doctor_config(workers={"max_workers": 8, "num_cpus": 1.0}), ray_cluster)
     assert set(failed(checks)) == {"resources"}
     assert by_name(checks)["resources"].detail.endswith("room for 4")
 

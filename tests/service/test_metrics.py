@@ -13,7 +13,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from support import wait_for
 
-
 EXPORT_DEADLINE_S = 90.0  # Ray flushes metrics to the node's exporter every few seconds
 DASHBOARD = Path(__file__).resolve().parents[2] / "grafana" / "raydemucs-dashboard.json"
 

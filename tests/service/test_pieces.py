@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from support import wait_for
 from raydemucs.core.config import SeparationConfig, load_config
 from raydemucs.core.task import TaskSpec, new_task_id
 from raydemucs.worker.actor import SeparatorWorker
+
+from support import wait_for
 
 STEMS = ["drums", "bass", "other", "vocals"]
 

@@ -8,12 +8,10 @@ import sys
 import time
 import uuid
 
-
 from raydemucs import WorkerManager
 from raydemucs.journal import Journal
 
 from support import wait_for
-
 
 
 def test_a_killed_scheduler_restarts_and_finishes_every_task(make_service, audio, tmp_path):

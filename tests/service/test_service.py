@@ -12,9 +12,6 @@ from raydemucs.core.errors import InvalidInput, ModelNotFound, TaskFailed
 from support import wait_for
 
 
-
-
-
 def test_separates_wav_mp3_and_flac_with_the_offline_model(make_service, audio, tmp_path):
     manager = make_service()
     out = tmp_path / "out"
@@ -185,8 +182,9 @@ def test_with_prefetch_a_busy_worker_takes_the_next_task_and_both_succeed(make_s
 
 def test_the_same_key_with_other_options_is_refused_on_the_api_and_the_cli(make_service, audio,
                                                                            ray_cluster, tmp_path):
-    from support import run_cli
     from raydemucs.core.errors import TaskConflict
+
+    from support import run_cli
 
     manager = make_service()
     song, out = audio("song.wav", seconds=1.0), tmp_path / "out"

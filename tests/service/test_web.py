@@ -7,26 +7,12 @@ import json
 import re
 import time
 
-import numpy as np
 import pytest
 import soundfile as sf
 
 from raydemucs.core.keys import KeyStore
 
-from support import HttpService, wait_for, write_audio
-
-
-# -- the summary itself, without Ray --------------------------------------------------------
-def expected_peaks(data: np.ndarray, points: int, frames: int | None = None) -> tuple[list, list]:
-    """Each span's lowest and highest sample, computed on the whole array at once: span i holds
-    frames f with i <= f * count / frames < i + 1, `frames` being what the file's header says
-    (a span past the decoded samples is 0)."""
-    frames = frames or len(data)
-    count = min(points, frames)
-    edges = [-(-i * frames // count) for i in range(count + 1)]  # ceil(i * frames / count)
-    spans = [data[start:stop] for start, stop in zip(edges, edges[1:])]
-    return ([round(float(s.min()), 4) if len(s) else 0.0 for s in spans],
-            [round(float(s.max()), 4) if len(s) else 0.0 for s in spans])
+from support import HttpService, expected_peaks, wait_for, write_audio
 
 
 # -- over HTTP --------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from standardwebhooks.webhooks import Webhook
 
 from raydemucs.client.connection import NAMESPACE
 from raydemucs.core.errors import InvalidInput
+
 from support import HttpService, cli_env, run_cli, wait_for, write_audio
 
 HANGING = 50

@@ -7,19 +7,24 @@ import threading
 import time
 
 import pytest
+from test_scheduler import finish, make, spec
 
-from support import write_audio
-from fakes import FakeClock
-from raydemucs.client.batch_submit import (Item, assign_file_ids, batch_id_for, checked_specs, expand,
-                               read_list)
+from raydemucs.client.batch_submit import (
+    Item,
+    assign_file_ids,
+    batch_id_for,
+    checked_specs,
+    expand,
+    read_list,
+)
 from raydemucs.core.config import SeparationConfig, StorageConfig
 from raydemucs.core.errors import InvalidInput, SeparationAborted, TaskConflict
-
+from raydemucs.core.task import TaskRecord, TaskSpec, TaskState, new_task_id
 from raydemucs.journal import Journal
 from raydemucs.scheduler.counts import TaskCounts
-from raydemucs.core.task import TaskRecord, TaskSpec, TaskState, new_task_id
 
-from test_scheduler import finish, make, spec
+from fakes import FakeClock
+from support import write_audio
 
 
 def test_a_folder_is_searched_recursively_for_audio_in_a_stable_order(tmp_path):

@@ -3,12 +3,11 @@ own; batch cancels and retries a chunk per transaction, all or nothing; counts s
 from __future__ import annotations
 
 import pytest
+from test_scheduler import finish, make, spec
 
 from raydemucs.core.errors import Gone
 from raydemucs.core.task import TaskState
 from raydemucs.scheduler import counts as counts_module
-
-from test_scheduler import finish, make, spec
 
 
 class Failing:

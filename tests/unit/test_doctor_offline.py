@@ -3,33 +3,12 @@ from __future__ import annotations
 
 import socket
 
-import pytest
 import yaml
 
 from raydemucs.client.doctor import check_model, run_checks
 from raydemucs.core.config import SeparationConfig
 
-from support import service_config
-
-
-def by_name(checks) -> dict:
-    return {check.name: check for check in checks}
-
-
-def failed(checks) -> dict:
-    """{name: check} of the failed checks; each failure must say how to fix it."""
-    failures = {check.name: check for check in checks if not check.ok}
-    assert all(check.fix for check in failures.values())
-    return failures
-
-
-@pytest.fixture
-def config(tmp_path):
-    """The test profile, with writable output and state dirs under `tmp_path`, as overrides allow."""
-    def factory(**sections):
-        service = {"output_dir": str(tmp_path / "out"), **sections.pop("service", {})}
-        return service_config(tmp_path, service=service, **sections)
-    return factory
+from support import by_name, failed
 
 
 def closed_port() -> int:
@@ -61,8 +40,8 @@ def test_a_hub_model_passes_only_when_cached_or_downloadable(tmp_path, monkeypat
     assert cached.ok and "Hugging Face cache" in cached.detail
 
 
-def test_no_ray_at_a_closed_port(config):
-    checks = run_checks(config(), f"127.0.0.1:{closed_port()}")
+def test_no_ray_at_a_closed_port(doctor_config):
+    checks = run_checks(doctor_config(), f"127.0.0.1:{closed_port()}")
     assert set(failed(checks)) == {"ray"}
     assert "no Ray cluster reachable" in by_name(checks)["ray"].detail
 

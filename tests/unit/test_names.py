@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from raydemucs.core.errors import InvalidName
 from raydemucs.core.names import check_name, name_from_filename

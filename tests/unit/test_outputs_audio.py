@@ -9,13 +9,14 @@ import pytest
 import soundfile as sf
 import torch
 
-from support import make_signal
+from raydemucs.audio.checks import check_input_file, validate_input
 from raydemucs.core.config import InputConfig
+from raydemucs.core.errors import InvalidInput, OutputNotWritable, OutputWriteFailed
 from raydemucs.separation.decode import decode
 from raydemucs.separation.encode import save_any
-from raydemucs.core.errors import InvalidInput, OutputNotWritable, OutputWriteFailed
-from raydemucs.audio.checks import check_input_file, validate_input
 from raydemucs.storage.folders import LocalFolder, check_writable, task_folder, write_outputs
+
+from support import make_signal
 
 
 def _save_bytes(data, path):

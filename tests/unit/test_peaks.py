@@ -7,20 +7,7 @@ import soundfile as sf
 
 from raydemucs.http import peaks as peaks_module
 
-from support import write_audio
-
-
-# -- the summary itself, without Ray --------------------------------------------------------
-def expected_peaks(data: np.ndarray, points: int, frames: int | None = None) -> tuple[list, list]:
-    """Each span's lowest and highest sample, computed on the whole array at once: span i holds
-    frames f with i <= f * count / frames < i + 1, `frames` being what the file's header says
-    (a span past the decoded samples is 0)."""
-    frames = frames or len(data)
-    count = min(points, frames)
-    edges = [-(-i * frames // count) for i in range(count + 1)]  # ceil(i * frames / count)
-    spans = [data[start:stop] for start, stop in zip(edges, edges[1:])]
-    return ([round(float(s.min()), 4) if len(s) else 0.0 for s in spans],
-            [round(float(s.max()), 4) if len(s) else 0.0 for s in spans])
+from support import expected_peaks, write_audio
 
 
 @pytest.mark.parametrize("frames, points", [(10_000, 7), (10_000, 10_000), (300, 1000), (4097, 64)])

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import sqlite3
 
-from raydemucs.scheduler.queues import DelayedTasks, TaskQueue
-from raydemucs.journal import Journal
 from raydemucs.core.task import TaskRecord, TaskSpec, TaskState, new_task_id, parse_priority
+from raydemucs.journal import Journal
+from raydemucs.scheduler.queues import DelayedTasks, TaskQueue
 
 
 def test_queue_pops_by_priority_then_sequence_and_skips_removed():

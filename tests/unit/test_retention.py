@@ -9,13 +9,14 @@ import time
 
 import pytest
 
+from raydemucs.client.render import held_lines
 from raydemucs.core.config import RetentionConfig
 from raydemucs.core.errors import InvalidInput
-from raydemucs.client.render import held_lines
-from raydemucs.retention.sweeps import Retention
-from raydemucs.journal import Journal
 from raydemucs.core.task import TaskRecord, TaskSpec, TaskState, new_task_id
+from raydemucs.journal import Journal
+from raydemucs.retention.sweeps import Retention
 from raydemucs.storage.uploads import UploadStore
+
 from fakes import FakeClock
 
 DAY = 86400.0

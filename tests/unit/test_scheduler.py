@@ -6,12 +6,18 @@ import dataclasses
 import pytest
 
 from raydemucs.core.config import SeparationConfig, load_config
-from raydemucs.core.errors import (InvalidInput, SeparationAborted, ShuttingDown, TaskNotFound,
-                              WorkerDied)
+from raydemucs.core.errors import (
+    InvalidInput,
+    SeparationAborted,
+    ShuttingDown,
+    TaskNotFound,
+    WorkerDied,
+)
+from raydemucs.core.task import TaskSpec, TaskState, new_task_id
+from raydemucs.journal import Journal
 from raydemucs.scheduler.retry_policy import retry_delay_s
 from raydemucs.scheduler.scheduling import Scheduler
-from raydemucs.journal import Journal
-from raydemucs.core.task import TaskSpec, TaskState, new_task_id
+
 from fakes import FakeClock, FakePool
 
 

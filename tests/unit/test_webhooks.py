@@ -14,14 +14,15 @@ from standardwebhooks.webhooks import Webhook
 
 from raydemucs.core.config import WebhooksConfig
 from raydemucs.core.errors import InvalidInput, TaskNotFound
-from raydemucs.journal import Journal
 from raydemucs.core.task import TaskRecord, TaskSpec, TaskState, new_task_id
+from raydemucs.journal import Journal
 from raydemucs.webhooks.deliverer import Deliverer
 from raydemucs.webhooks.deliveries import Answer, Deliveries
 from raydemucs.webhooks.signing import load_secret, sign
 from raydemucs.webhooks.targets import check_events, check_target
-from support import wait_for
+
 from fakes import FakeClock
+from support import wait_for
 
 
 def finished(journal, url, state=TaskState.SUCCEEDED, events=None, **spec) -> TaskRecord:

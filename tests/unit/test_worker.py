@@ -14,8 +14,8 @@ import torch
 
 from raydemucs.audio.checks import validate_input
 from raydemucs.core.config import InputConfig, SeparationConfig, load_config
-from raydemucs.separation.engine import plan_separation
 from raydemucs.core.task import TaskSpec, new_task_id
+from raydemucs.separation.engine import plan_separation
 from raydemucs.worker.actor import SeparatorWorker
 
 from support import wait_for
