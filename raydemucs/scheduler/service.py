@@ -8,6 +8,7 @@ webhook `Deliverer` (a thread), and a `Supervisor` for every background task.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -134,7 +135,9 @@ class SchedulerService:
             self.core.report_progress(answer["task_id"], answer["attempt"], answer["progress"],
                                       answer.get("phase"))
         self.core.tick()
-        self.supervisor.offload("drop_idle_uploads", self.uploads.drop_idle)
+        for upload_id in self.uploads.idle():
+            self.supervisor.offload("drop_idle_upload", functools.partial(self.uploads.abort,
+                                                                          upload_id))
         self.watchers.changed()
         self.metrics.observe(self.core.queued_by_priority(), self.core.queue_counts(),
                              self.pool.snapshot(), [pool.name for pool in self.core.pools])

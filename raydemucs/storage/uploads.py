@@ -206,12 +206,11 @@ class UploadStore:
         if incoming is not None:
             shutil.rmtree(incoming.path.parent, ignore_errors=True)
 
-    def drop_idle(self) -> None:
-        """Drop uploads no chunk reached for `IDLE_UPLOAD_S` (their sender went away)."""
+    def idle(self) -> list[str]:
+        """Uploads no chunk reached for `IDLE_UPLOAD_S` (their sender went away): `abort` them."""
         now = time.monotonic()
-        for upload_id, incoming in list(self._open.items()):
-            if now - incoming.touched_at > IDLE_UPLOAD_S:
-                self.abort(upload_id)
+        return [upload_id for upload_id, incoming in list(self._open.items())
+                if now - incoming.touched_at > IDLE_UPLOAD_S]
 
     def _get(self, upload_id: str) -> Incoming:
         incoming = self._open.get(upload_id)

@@ -153,10 +153,13 @@ def test_background_work_runs_off_the_loop_and_its_failures_are_counted(tmp_path
         failures = []
         service.supervisor.on_error = failures.append
         loop_thread, threads = threading.get_ident(), []
-        service.uploads.drop_idle = lambda: threads.append(threading.get_ident())
         await service.ping()
+        abandoned = await service.upload_open("gone.wav")
+        pending = [abandoned]
+        service.uploads.idle = lambda: [pending.pop()] if pending else []
+        service.uploads.abort = lambda upload_id: threads.append(threading.get_ident())
         await until(lambda: threads)
-        assert loop_thread not in threads  # the tick hands the upload cleanup to a thread
+        assert loop_thread not in threads  # the tick hands an abandoned upload's files to a thread
 
         async def broken():
             raise ValueError("boom")
