@@ -2,7 +2,7 @@
 """Chaos run: submit N tasks and, while they run, kill workers, the scheduler, a node and Ray itself.
 
     python bench/chaos.py --tasks 300 --json out.json     # the figures in docs/reliability.md
-    python bench/chaos.py --tasks 12 --no-extras          # the size tests/test_chaos.py runs
+    python bench/chaos.py --tasks 12 --no-extras          # the size tests/e2e/test_chaos.py runs
 
 The run owns its Ray: a `ray.cluster_utils.Cluster` whose head has 0 CPUs (the scheduler lives
 there) and two worker nodes of one CPU each (one worker actor on each), started under a private

@@ -1,7 +1,8 @@
 """The private Ray calls raydemucs makes, in one place.
 
-Ray is pinned to the minor version these exist in (pyproject.toml), and `tests/test_private_apis.py`
-calls each one, so that an upgrade that moves them fails there, loudly.
+Ray is pinned to the minor version these exist in (pyproject.toml), and
+`tests/unit/test_private_apis.py` calls each one, so that an upgrade that moves them fails there,
+loudly.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""notebooks/catalog.ipynb runs top to bottom on the session's Ray (tests/test_notebook.py checks
-the committed file and runs it): a real Jupyter kernel joins the test session's Ray by its
+"""notebooks/catalog.ipynb runs top to bottom on the session's Ray (tests/e2e/test_notebook.py
+checks the committed file and runs it): a real Jupyter kernel joins the test session's Ray by its
 explicit address, starts its own uniquely named service with its own journal, submits a folder of
 short clips and one broken file as one batch, plots it, submits it again and stops the service
 it started.

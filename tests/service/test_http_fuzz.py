@@ -15,7 +15,7 @@ def test_no_request_gets_a_server_error(http_service):
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 12
     # the streams of all of a caller's tasks and of the status never end by themselves
-    # (tests/test_web.py reads them)
+    # (tests/service/test_web.py reads them)
     endless = ("/v1/events", "/v1/status/events")
     operations = [operation for operation in operations if operation.path not in endless]
 

@@ -21,7 +21,7 @@ from raydemucs.models import catalogue
 from raydemucs.separation import decode, encode
 
 
-# -- Ray's private calls (raydemucs/rayshim.py) -------------------------------------------------
+# -- Ray's private calls (raydemucs/client/rayshim.py) ---------------------------------------------
 def test_ray_start_address_reads_what_ray_start_writes(tmp_path, monkeypatch):
     import inspect
 
@@ -54,7 +54,7 @@ def test_present_auth_token_turns_token_mode_on_only_with_a_token(tmp_path, has_
     assert "Token authentication" not in done.stderr
 
 
-# -- demucs's model files, read without importing demucs (raydemucs/catalogue.py) -----------------
+# -- demucs's model files, read without importing demucs (raydemucs/models/catalogue.py) -----------
 def test_remote_checkpoints_are_the_files_torch_hub_downloads():
     from demucs import pretrained
 
@@ -120,7 +120,7 @@ def test_repo_contents_are_what_local_repo_and_bag_only_repo_see(tmp_path):
         catalogue.repo_contents(tmp_path)
 
 
-# -- julius's resampler, block by block (raydemucs/decode.py) --------------------------------
+# -- julius's resampler, block by block (raydemucs/separation/decode.py) ---------------------------
 @pytest.mark.parametrize("old, new", [(48000, 44100), (22050, 44100), (8000, 44100),
                                       (96000, 44100), (44100, 44100 * 2)])
 def test_block_resampler_equals_julius_on_the_whole_track(old, new):
@@ -133,7 +133,7 @@ def test_block_resampler_equals_julius_on_the_whole_track(old, new):
     assert torch.equal(out, julius.resample_frac(track, old, new))
 
 
-# -- demucs's PCM (raydemucs/encode.py) ------------------------------------------------------
+# -- demucs's PCM (raydemucs/separation/encode.py) -------------------------------------------------
 @pytest.mark.parametrize("bits", [16, 24])
 def test_pcm_is_what_save_audio_writes_in_a_wav(tmp_path, bits):
     from demucs.audio import save_audio

@@ -1,8 +1,8 @@
 // The Node.js client against a real running service:
 //   RAYDEMUCS_URL=http://127.0.0.1:8000 [RAYDEMUCS_API_KEY=...] node --test clients/node/test/
-// (tests/test_web_clients.py starts one and runs this). Optional: RAYDEMUCS_TEST_OUT (where the
+// (tests/e2e/test_web_clients.py starts one and runs this). Optional: RAYDEMUCS_TEST_OUT (where the
 // stems are downloaded, for the caller to compare). webhook-vectors.json: deliveries signed by
-// the `standardwebhooks` package (PyPI), checked against it by tests/test_web_clients.py.
+// the `standardwebhooks` package (PyPI), checked against it by tests/e2e/test_web_clients.py.
 
 import assert from "node:assert/strict";
 import { createHmac } from "node:crypto";
