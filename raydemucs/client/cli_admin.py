@@ -203,8 +203,8 @@ def config_show(profile, config_file, as_json):
     """The effective config: the defaults, default.yaml, the profile or file, then the
     environment (what `start` with the same options would run with)."""
     data = load_config(profile, config_file).to_dict()
-    click.echo(json.dumps(data, indent=2) if as_json else yaml.safe_dump(data, sort_keys=False),
-               nl=as_json)
+    text = json.dumps(data, indent=2) + "\n" if as_json else yaml.safe_dump(data, sort_keys=False)
+    click.echo(text, nl=False)
 
 
 @config_group.command("schema")

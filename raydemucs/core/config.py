@@ -273,25 +273,25 @@ def read_yaml(path: Path) -> dict:
     return data or {}
 
 
-class Environment(BaseSettings):
-    """Where `RAYDEMUCS_<SECTION>_<KEY>` variables go: the first word after the prefix names
-    the section, the rest its key (which may hold '_')."""
+class _EnvLayout(BaseSettings):
+    """How `RAYDEMUCS_<SECTION>_<KEY>` reads: the first word after the prefix names the section,
+    the rest is its key (which may hold '_')."""
 
     model_config = SettingsConfigDict(env_prefix="RAYDEMUCS_", env_nested_delimiter="_",
                                       env_nested_max_split=1)
 
 
-EnvironmentSections = create_model(
-    "EnvironmentSections", __base__=Environment, **{name: (dict[str, str], {}) for name in SECTIONS})
+_EnvSections = create_model(
+    "_EnvSections", __base__=_EnvLayout, **{name: (dict[str, str], {}) for name in SECTIONS})
 
 
-class _MappingSource(EnvSettingsSource):
-    """pydantic-settings' environment source, reading a given mapping instead of os.environ
-    (its providers override `_load_env_vars` the same way)."""
+class _EnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping rather than os.environ (its
+    own providers override `_load_env_vars` the same way)."""
 
     def __init__(self, environ: Mapping[str, str]):
         self.environ = environ
-        super().__init__(EnvironmentSections)
+        super().__init__(_EnvSections)
 
     def _load_env_vars(self) -> Mapping[str, str]:
         return {name.lower(): value for name, value in self.environ.items()}
@@ -308,7 +308,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict:
     for var, (section, key, scale) in LEGACY_ENV.items():
         if environ.get(var):
             out[section][key] = _legacy_value(var, environ[var], scale)
-    for section, values in _MappingSource(ours)().items():
+    for section, values in _EnvSource(ours)().items():
         out[section].update(values)
     return {section: values for section, values in out.items() if values}
 

@@ -16,7 +16,7 @@ from pydantic_core import ErrorDetails
 
 from .errors import ConfigError
 
-RANGE = ("greater_than_equal", "less_than_equal", "greater_than", "less_than")
+RANGE = ("greater_than_equal", "less_than_equal")
 WRONG_SHAPE = {"model_type": "a mapping", "dict_type": "a mapping", "tuple_type": "a list",
                "list_type": "a list"}
 NOT_VALID = {"int": "int", "float": "float", "finite_number": "float", "bool": "bool",
@@ -43,8 +43,7 @@ def refusal(root: type[BaseModel], data: Any, error: ErrorDetails, source: str,
     elif kind == "refused":
         line = error["msg"]
     elif kind == "ray_resource":
-        line = (f"{name} is {error['msg']}; use {name.split('.')[0]}."
-                f"{error.get('ctx', {}).get('use')}")
+        line = f"{name} is {error['msg']}; use {name.split('.')[0]}.{error['ctx']['use']}"
     else:
         line = f"{name}={_shown(value, kind, field)!r}{_allowed(kind, error, field)}"
     return ConfigError(f"{source}: {line}")
