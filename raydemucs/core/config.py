@@ -21,8 +21,6 @@ from .config_types import Float, Int, MaybeFloat, MaybeText, Section, Text
 from .errors import ConfigError
 from .pools import DEFAULT_POOL, PoolConfig, Pools, route, worker_pools  # noqa: F401 (re-exported)
 
-LogLevel = Literal["debug", "info", "warning", "error"]
-Device = Literal["auto", "cpu", "cuda"]
 T = TypeVar("T", bound=BaseModel)
 WEEK_S, TEN_YEARS_S = 7 * 86400.0, 10 * 365 * 86400.0
 
@@ -88,8 +86,9 @@ class SeparationConfig(Section):
 
     model: Text = Field("htdemucs", description="-n: model name")
     repo: MaybeText = Field(None, description="--repo: local folder of models")
-    device: Device = Field("auto", description="run on a pool of this device (a pool runs on cuda "
-                           "when its workers have GPUs); auto: the model's pool, whatever it is")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="run on a pool of this device (a pool runs on cuda when its workers "
+        "have GPUs); auto: the model's pool, whatever it is")
     shifts: Int = Field(1, ge=0, le=100, description="--shifts")
     overlap: Float = Field(0.25, ge=0.0, le=0.99, description="--overlap")
     segment: MaybeFloat = Field(None, ge=0.1, le=3600.0, description="--segment seconds")
@@ -120,7 +119,8 @@ class ServiceConfig(Section):
     state_dir: Text = Field("~/.raydemucs", description="journal and service files (on the head "
                             "node)")
     output_dir: Text = Field("separated", description="default output directory")
-    log_level: LogLevel = Field("info", description="LOG_LEVEL")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="LOG_LEVEL")
     log_format: Literal["text", "json"] = Field("text", description="text, or json for log "
                                                 "shippers")
     poll_interval_s: Float = Field(0.5, ge=0.01, le=60.0,
