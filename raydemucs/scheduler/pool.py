@@ -97,9 +97,9 @@ def worker_id(pool: str, index: int) -> str:
 def worker_config(config: Config, pool: PoolConfig) -> dict:
     """The config a worker of `pool` gets: the pool's CPUs (torch threads) and GPUs (device), and
     as the model to load at start the config's default if the pool serves it, else its first."""
-    workers = config.workers.model_copy(update=dict(
-        num_cpus=pool.num_cpus, num_gpus=pool.num_gpus, memory_mb=pool.memory_mb,
-        batch_size=pool.batch_size, prefetch=pool.prefetch))
+    workers = config.workers.model_copy(update={
+        "num_cpus": pool.num_cpus, "num_gpus": pool.num_gpus, "memory_mb": pool.memory_mb,
+        "batch_size": pool.batch_size, "prefetch": pool.prefetch})
     separation = config.separation
     if pool.models and separation.model not in pool.models:
         separation = separation.model_copy(update={"model": pool.models[0]})
