@@ -1,57 +1,28 @@
-"""`python -m raydemucs`: thin click commands over WorkerManager; the only place that exits."""
+"""`python -m raydemucs`: the group, the task commands (submit, status, wait, fetch, cancel,
+list, retry, purge) and `main`, the only place that exits; `cli_admin` holds the others."""
 from __future__ import annotations
 
 import contextlib
-import functools
-import json
 import os
-import signal
 import sys
 import time
 
 import click
 
-from ..core.config import load_config
-from ..core.errors import RayDemucsError, ServiceUnavailable
-from ..core.keys import KeyStore
-from ..core.logs import configure_logging
+from ..core.errors import RayDemucsError
 from ..storage.uris import is_uri
-from ..webhooks.signing import load_secret
-from .head import DEFAULT_PORT, ensure_head, stop_head
-from .manager import WorkerManager
+from .cli_admin import ADMIN_COMMANDS
+from .cli_options import emit, service_options
 from .render import (
     BARS_UP_TO,
     batch_bar,
     batch_line,
     batch_summary,
-    delivery_line,
     print_outputs,
     progress_bars,
     status_table,
     task_line,
 )
-
-
-def service_options(func):
-    """--address, --profile and --config, turned into a WorkerManager passed as `manager`."""
-    @click.option("--address", envvar="RAY_ADDRESS", help="Ray cluster address (ray://, host:port); "
-                  "default: the cluster running here, else a new local one.")
-    @click.option("--profile", help="Shipped profile: default, dev, prod, test.")
-    @click.option("--config", "config_file", type=click.Path(dir_okay=False),
-                  help="YAML file overriding config keys.")
-    @click.option("--log-format", type=click.Choice(["text", "json"]),
-                  help="Log lines as text or JSON objects (default: service.log_format).")
-    @functools.wraps(func)
-    def wrapper(address, profile, config_file, log_format, **kwargs):
-        flags = {"service": {"log_format": log_format}} if log_format else {}
-        config = load_config(profile, config_file, overrides=flags)
-        configure_logging(config.service.log_level, config.service.log_format)
-        return func(manager=WorkerManager(config, address=address), **kwargs)
-    return wrapper
-
-
-def _emit(data, as_json: bool, text: str) -> None:
-    click.echo(json.dumps(data, ensure_ascii=False) if as_json else text)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -128,7 +99,7 @@ def submit(manager, inputs, output_dir, project, file_id, priority, fmt, depth, 
     records = manager.submit([manager.prepare_task(inputs[0], file_id, project_name=project,
                                                    priority=priority, **options)], create=wait)
     for record in records:
-        _emit({k: record[k] for k in ("task_id", "file_id", "project", "state")}, as_json,
+        emit({k: record[k] for k in ("task_id", "file_id", "project", "state")}, as_json,
               task_line(record))
     if not wait:
         return
@@ -152,7 +123,7 @@ def _wait_for_tasks(manager, task_ids: list[str], as_json: bool, fetch_to: str |
             if fetch_to and record["state"] == "succeeded":
                 record["outputs"] = manager.fetch(record["task_id"], fetch_to, force=force)
     for record in records:
-        _emit(record, as_json, print_outputs(record))
+        emit(record, as_json, print_outputs(record))
     return records
 
 
@@ -180,11 +151,11 @@ def _submit_batch(manager, inputs, from_list, project, priority, strict, wait, a
             if "task_id" in reply and len(task_ids) <= BARS_UP_TO:
                 task_ids.append(reply["task_id"])
             if as_json:
-                _emit(reply, True, "")
+                emit(reply, True, "")
 
     summary = manager.submit_batch(inputs, from_list, project, priority, strict, create=wait,
                                    on_chunk=on_chunk, **options)
-    _emit({"batch": summary.to_dict()}, as_json, batch_summary(summary.to_dict()))
+    emit({"batch": summary.to_dict()}, as_json, batch_summary(summary.to_dict()))
     if not (summary.queued or summary.known or summary.skipped):
         sys.exit(2)
     if not wait:
@@ -214,7 +185,7 @@ def _wait_for_batch(manager, batch_id: str, as_json: bool, timeout: float | None
             if len(page) < 500:
                 break
             cursor = page[-1]["seq"]
-    _emit(view, as_json, batch_line(view))
+    emit(view, as_json, batch_line(view))
     return view
 
 
@@ -239,7 +210,7 @@ def status(manager, task_id, batch_id, as_json, watch):
             text = task_line(data, detail=True) if task_id else status_table(data)
         if watch and not as_json:
             click.clear()
-        _emit(data, as_json, text)
+        emit(data, as_json, text)
         if not watch:
             return
         time.sleep(watch)
@@ -261,7 +232,7 @@ def wait_command(manager, task_ids, batch_id, timeout, as_json):
         sys.exit(1 if view["by_state"]["failed"] or view["by_state"]["cancelled"] else 0)
     records = manager.wait_all(list(task_ids), timeout=timeout)
     for record in records:
-        _emit(record, as_json, print_outputs(record))
+        emit(record, as_json, print_outputs(record))
     sys.exit(1 if any(r["state"] != "succeeded" for r in records) else 0)
 
 
@@ -277,7 +248,7 @@ def fetch(manager, task_ids, output_dir, force, as_json):
     --upload tasks, a bucket, a worker node's disk the scheduler can read)."""
     for task_id in task_ids:
         outputs = manager.fetch(task_id, output_dir, force=force)
-        _emit({"task_id": task_id, "outputs": outputs}, as_json,
+        emit({"task_id": task_id, "outputs": outputs}, as_json,
               "\n".join(f"{task_id} {stem}: {path}" for stem, path in outputs.items()))
 
 
@@ -292,11 +263,11 @@ def cancel(manager, task_id, batch_id, as_json):
         raise click.UsageError("give a TASK_ID or --batch ID")
     if batch_id:
         count = manager.cancel_batch(batch_id)
-        _emit({"batch_id": batch_id, "cancelled": count}, as_json,
+        emit({"batch_id": batch_id, "cancelled": count}, as_json,
               f"batch {batch_id}: {count} queued or running task(s) cancelled")
         return
     record = manager.cancel(task_id)
-    _emit(record, as_json, task_line(record))
+    emit(record, as_json, task_line(record))
 
 
 @cli.command()
@@ -310,45 +281,10 @@ def purge(manager, task_ids, as_json):
     for task_id in task_ids:
         outcome = manager.purge(task_id)
         kept = outcome["input_kept_for"]
-        _emit(outcome, as_json, f"{task_id} purged: stems "
+        emit(outcome, as_json, f"{task_id} purged: stems "
               f"{'deleted' if outcome['stems_deleted'] else 'already gone'}; input "
               + ("deleted" if outcome["input_deleted"] else
                  f"kept for {kept} other task(s)" if kept else "not the service's"))
-
-
-@cli.group()
-def webhooks():
-    """Webhook deliveries: the signing secret, failed deliveries, retries."""
-
-
-@webhooks.command("secret")
-@service_options
-def webhooks_secret(manager):
-    """The secret webhooks are signed with (Standard Webhooks, `whsec_...`): give it to the
-    receivers. Kept in the service's state directory (run this on the machine that holds it)."""
-    click.echo(load_secret(manager.config.state_path))
-
-
-@webhooks.command("list")
-@click.option("--failed", is_flag=True, help="Only dead deliveries and those being retried.")
-@click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
-@service_options
-def webhooks_list(manager, failed, limit, as_json):
-    """Webhook deliveries, newest first."""
-    for delivery in manager.webhook_deliveries(failed, limit):
-        _emit(delivery, as_json, delivery_line(delivery))
-
-
-@webhooks.command("retry")
-@click.argument("delivery_ids", nargs=-1, required=True)
-@click.option("--json", "as_json", is_flag=True)
-@service_options
-def webhooks_retry(manager, delivery_ids, as_json):
-    """Send deliveries again now (a dead one gets a fresh set of attempts)."""
-    for delivery_id in delivery_ids:
-        delivery = manager.retry_delivery(delivery_id)
-        _emit(delivery, as_json, delivery_line(delivery))
 
 
 @cli.command("list")
@@ -363,7 +299,7 @@ def list_command(manager, state, limit, batch_id, cursor, as_json):
     """Recent tasks, newest first, a page at a time."""
     records = manager.list_tasks(state, limit, batch_id=batch_id, before_seq=cursor)
     for record in records:
-        _emit(record, as_json, task_line(record, detail=state == "failed"))
+        emit(record, as_json, task_line(record, detail=state == "failed"))
     if len(records) == limit and not as_json:
         click.echo(f"more: --cursor {records[-1]['seq']}")
 
@@ -379,147 +315,14 @@ def retry(manager, task_ids, batch_id, as_json):
         raise click.UsageError("give TASK_IDs or --batch ID")
     if batch_id:
         count = manager.retry_batch(batch_id)
-        _emit({"batch_id": batch_id, "retried": count}, as_json,
+        emit({"batch_id": batch_id, "retried": count}, as_json,
               f"batch {batch_id}: {count} failed or cancelled task(s) queued again")
     for task_id in task_ids:
-        _emit(manager.retry(task_id), as_json, task_line(manager.get_status(task_id)))
+        emit(manager.retry(task_id), as_json, task_line(manager.get_status(task_id)))
 
 
-@cli.command()
-@click.option("--foreground", is_flag=True, help="Stay attached; SIGINT/SIGTERM drain and stop.")
-@click.option("--http", "with_http", is_flag=True, help="Also serve the HTTP API on "
-              "http.host:http.port (default 127.0.0.1:8000; as http.enabled: true).")
-@click.option("--port", type=click.IntRange(1, 65535), default=DEFAULT_PORT, show_default=True,
-              help="Port of the Ray head started when no --address is given and no Ray runs here.")
-@service_options
-def start(manager, foreground, port, with_http):
-    """Start the service: the scheduler actor and its workers (harmless if already running).
-
-    With no --address, a local Ray head is started first unless `ray start` already runs one;
-    `stop` ends that head.
-    """
-    state = manager.config.state_path
-    started_head = not manager.address and ensure_head(
-        state, port, manager.config.service.dashboard_host)
-    manager.scheduler(create=True, detached=not foreground)
-    info = manager.get_status()
-    click.echo(f"raydemucs service {info['service']!r} running with {len(info['workers'])} "
-               f"worker(s); journal {info['journal']}")
-    if with_http or manager.config.http.enabled:
-        click.echo(f"HTTP API on {manager.start_http()} (docs at /docs)")
-
-    if foreground:
-        _serve_until_signal(manager)
-        if started_head:
-            stop_head(state)
-
-
-def _serve_until_signal(manager) -> None:
-    signals = []
-
-    def on_signal(signum, _frame):
-        signals.append(signum)
-        if len(signals) == 1:
-            click.echo(f"draining (up to {manager.config.service.shutdown_grace_s:g} s); "
-                       "send the signal again to stop now", err=True)
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    while not signals:
-        time.sleep(0.2)
-        try:
-            manager.get_status()
-        except ServiceUnavailable:
-            click.echo("the service was stopped elsewhere", err=True)
-            return
-    summary = manager.shutdown(hurry=lambda: len(signals) > 1)
-    click.echo(f"stopped: {len(summary['interrupted'])} task(s) interrupted, {summary['queued']} "
-               "queued; both resume on the next start")
-
-
-@cli.command()
-@click.option("--now", is_flag=True, help="Do not wait for running tasks (they are retried on the next start).")
-@click.option("--grace", type=float, help="Seconds to let running tasks finish (default: config).")
-@service_options
-def stop(manager, now, grace):
-    """Drain and stop the service, and the Ray head `start` launched; queued tasks wait in the
-    journal for the next start."""
-    state = manager.config.state_path
-    try:
-        manager.scheduler(create=False)
-    except ServiceUnavailable:
-        head = stop_head(state)
-        if head is None:
-            raise
-        click.echo(f"no raydemucs service {manager.config.service.name!r} answered; stopped the "
-                   f"Ray head raydemucs started here (pid {head})")
-        return
-    summary = manager.shutdown(now=now, grace_s=grace)
-    stop_head(state)
-    click.echo(f"stopped: {len(summary['interrupted'])} task(s) interrupted, {summary['queued']} "
-               "queued for the next start")
-
-
-@cli.command()
-@service_options
-def doctor(manager):
-    """Check Python, Demucs, the audio decoders, memory, the model, directories, Ray and the
-    service."""
-    from .doctor import run_checks
-
-    checks = run_checks(manager.config, manager.address)
-    for check in checks:
-        click.echo(f"{'ok' if check.ok else 'FAIL':4}  {check.name}: {check.detail}")
-        if not check.ok:
-            click.echo(f"      fix: {check.fix}")
-    sys.exit(0 if all(check.ok for check in checks) else 1)
-
-
-@cli.group()
-def keys():
-    """API keys of the HTTP API, kept hashed in the service's state directory: run these on the
-    machine that holds it (the head node). A running service sees changes within seconds."""
-
-
-@keys.command("add")
-@click.argument("name")
-@click.option("--max-queued", type=int, help="Unfinished tasks this key may have at once.")
-@service_options
-def keys_add(manager, name, max_queued):
-    """Create a key called NAME; the key itself is printed once, on the last line."""
-    key = KeyStore(manager.config.state_path).add(name, max_queued)
-    click.echo(f"key {name!r} added; send it as `Authorization: Bearer KEY` (it is shown only now):")
-    click.echo(key)
-
-
-@keys.command("list")
-@click.option("--json", "as_json", is_flag=True)
-@service_options
-def keys_list(manager, as_json):
-    """The keys (names, creation times, caps; never the keys)."""
-    for entry in KeyStore(manager.config.state_path).table().entries:
-        cap = "no cap" if entry.max_queued is None else f"at most {entry.max_queued} unfinished"
-        _emit({"name": entry.name, "created_at": entry.created_at, "max_queued": entry.max_queued},
-              as_json, f"{entry.name}  created {time.ctime(entry.created_at)}  {cap}")
-
-
-@keys.command("revoke")
-@click.argument("name")
-@service_options
-def keys_revoke(manager, name):
-    """Revoke the key called NAME (its requests get 401 within seconds)."""
-    KeyStore(manager.config.state_path).revoke(name)
-    click.echo(f"key {name!r} revoked")
-
-
-@cli.command()
-@click.option("--repo", type=click.Path(), help="List a local model folder instead.")
-def models(repo):
-    """List model names (demucs's pretrained ones, or those in --repo)."""
-    from ..models.catalogue import list_models
-
-    for name in list_models(repo):
-        click.echo(name)
+for command in ADMIN_COMMANDS:
+    cli.add_command(command)
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from ..audio.checks import validate_input
 from ..core.actors import NAMESPACE, as_our_error, get_scheduler, scheduler_name
-from ..core.config import Config, SeparationConfig, coerce, load_config, route
+from ..core.config import Config, SeparationConfig, coerce, load_config
 from ..core.errors import (
     InputTooLarge,
     InvalidInput,
@@ -28,6 +28,7 @@ from ..core.errors import (
     WaitTimedOut,
 )
 from ..core.names import check_task_names, name_from_filename
+from ..core.pools import route
 from ..core.task import TaskSpec, TaskState, new_task_id, parse_priority
 from ..models.catalogue import check_model_name, model_source
 from ..storage import uris
@@ -130,7 +131,7 @@ class WorkerManager:
 
             config = self.config
             if preload is not None:
-                config = dataclasses.replace(config, separation=preload)
+                config = config.model_copy(update={"separation": preload})
             self._scheduler = ray.remote(SchedulerService).options(
                 name=scheduler_name(self.config.service.name), namespace=NAMESPACE, get_if_exists=True,
                 lifetime="detached" if detached else None, num_cpus=0,
@@ -196,10 +197,10 @@ class WorkerManager:
         for key, value in options.items():
             key = OPTION_ALIASES.get(key, key)
             checked[key] = coerce("separation", key, value, "option")
-        separation = dataclasses.replace(config.separation, **checked)
+        separation = config.separation.model_copy(update=checked)
         if separation.repo:
-            separation = dataclasses.replace(separation,
-                                             repo=str(Path(separation.repo).expanduser().absolute()))
+            separation = separation.model_copy(
+                update={"repo": str(Path(separation.repo).expanduser().absolute())})
         check_model_name(separation.model, separation.repo)
         route(config.worker_pools(), separation.model, separation.device,
               separation.precision)  # no pool, or one that cannot run it: refused

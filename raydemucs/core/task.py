@@ -100,19 +100,19 @@ class TaskSpec:
         """Same input bytes, model and options give the same key (None when caching is off)."""
         if not self.cache or not self.input_sha256:
             return None
-        options = {k: v for k, v in _as_dict(self.options).items() if k != "device"}
+        options = {k: v for k, v in self.options.model_dump().items() if k != "device"}
         if options["precision"] == "fp32":  # the default: keys made before the option stay valid
             del options["precision"]
         blob = json.dumps({"input": self.input_sha256, **options}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def to_dict(self) -> dict:
-        return {**_as_dict(self), "options": _as_dict(self.options)}
+        return {**_as_dict(self), "options": self.options.model_dump()}
 
     @classmethod
     def from_dict(cls, data: dict) -> "TaskSpec":
         events = tuple(data.get("webhook_events", DEFAULT_WEBHOOK_EVENTS))
-        return cls(**{**data, "options": SeparationConfig(**data["options"]),
+        return cls(**{**data, "options": SeparationConfig.model_validate(data["options"]),
                       "webhook_events": events})
 
 
@@ -131,7 +131,7 @@ def spec_differences(old: TaskSpec, new: TaskSpec) -> list[str]:
         differences.append(f"input: {old.input_path} changed since (its bytes differ)")
     if old.output_dir != new.output_dir:
         differences.append(f"output directory: {old.output_dir} -> {new.output_dir}")
-    before, after = _as_dict(old.options), _as_dict(new.options)
+    before, after = old.options.model_dump(), new.options.model_dump()
     differences += [f"{key}: {before[key]} -> {after[key]}" for key in before
                     if key not in RUN_ONLY_OPTIONS and before[key] != after[key]]
     return differences
@@ -167,7 +167,7 @@ class TaskRecord:
         """The spec the next attempt runs: as asked, with the segment an out-of-memory retry chose."""
         if self.segment_s is None:
             return self.spec
-        options = dataclasses.replace(self.spec.options, segment=self.segment_s)
+        options = self.spec.options.model_copy(update={"segment": self.segment_s})
         return dataclasses.replace(self.spec, options=options)
 
     def to_dict(self) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 one-line `InvalidInput` naming the field."""
 from __future__ import annotations
 
-import dataclasses
 from pathlib import PurePosixPath
 
 from ..core.config import SeparationConfig, coerce
@@ -34,7 +33,7 @@ def _options(fields: dict, defaults: SeparationConfig, served: list[str]) -> Sep
         raise InvalidInput(f"model {printable(model)} is not served here; served: {', '.join(served)}")
     if model != defaults.model:
         options["repo"] = None  # a pool's model comes from the hub or the worker's caches
-    return dataclasses.replace(defaults, **options)
+    return defaults.model_copy(update=options)
 
 
 def check_fields(fields: dict) -> None:

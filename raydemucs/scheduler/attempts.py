@@ -12,8 +12,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from ..core.config import Config, route
+from ..core.config import Config
 from ..core.errors import RayDemucsError, SeparationAborted, TaskTimeout, WorkerDied
+from ..core.pools import route
 from ..core.task import TaskRecord, TaskSpec, TaskState
 from ..models.catalogue import OFFLINE_MODEL
 from ..storage.folders import open_folder

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from ..core.config import PoolConfig
+from ..core.pools import PoolConfig
 
 LIVE_STATES = ("idle", "busy")
 

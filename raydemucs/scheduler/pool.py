@@ -9,7 +9,6 @@ anything.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import logging
 import time
@@ -21,8 +20,9 @@ import ray
 from ray.exceptions import RayActorError, RayError
 
 from ..core.actors import NAMESPACE
-from ..core.config import DEFAULT_POOL, Config, PoolConfig
+from ..core.config import Config
 from ..core.errors import InternalError
+from ..core.pools import DEFAULT_POOL, PoolConfig
 from ..core.task import TaskSpec
 from ..storage.uploads import UploadSource
 from ..worker.actor import SeparatorWorker
@@ -98,13 +98,13 @@ def worker_id(pool: str, index: int) -> str:
 def worker_config(config: Config, pool: PoolConfig) -> dict:
     """The config a worker of `pool` gets: the pool's CPUs (torch threads) and GPUs (device), and
     as the model to load at start the config's default if the pool serves it, else its first."""
-    workers = dataclasses.replace(config.workers, num_cpus=pool.num_cpus, num_gpus=pool.num_gpus,
-                                  memory_mb=pool.memory_mb, batch_size=pool.batch_size,
-                                  prefetch=pool.prefetch)
+    workers = config.workers.model_copy(update={
+        "num_cpus": pool.num_cpus, "num_gpus": pool.num_gpus, "memory_mb": pool.memory_mb,
+        "batch_size": pool.batch_size, "prefetch": pool.prefetch})
     separation = config.separation
     if pool.models and separation.model not in pool.models:
-        separation = dataclasses.replace(separation, model=pool.models[0])
-    return dataclasses.replace(config, workers=workers, separation=separation).to_dict()
+        separation = separation.model_copy(update={"model": pool.models[0]})
+    return config.model_copy(update={"workers": workers, "separation": separation}).to_dict()
 
 
 class RayWorkerPool:

@@ -14,7 +14,7 @@ import random
 import time
 from typing import Callable
 
-from ..core.config import Config, route
+from ..core.config import Config
 from ..core.errors import (
     Gone,
     InvalidInput,
@@ -24,6 +24,7 @@ from ..core.errors import (
     TaskNotFound,
     WorkerDied,
 )
+from ..core.pools import route
 from ..core.task import TaskRecord, TaskSpec, TaskState, spec_differences
 from ..journal import Journal
 from .attempts import Attempts, Pool

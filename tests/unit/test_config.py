@@ -1,15 +1,22 @@
 """Configuration: defaults, profiles, environment (with the Node.js names and units), flags."""
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from raydemucs.core.config import SECTIONS, Config, load_config, profile_path, read_yaml
+from raydemucs.core.config import (
+    SECTIONS,
+    Config,
+    coerce,
+    load_config,
+    profile_path,
+    read_yaml,
+)
 from raydemucs.core.errors import ConfigError, InvalidInput
 
 
@@ -30,7 +37,7 @@ def test_default_yaml_lists_every_key_with_the_code_default():
 def test_profiles_only_override_known_keys(profile):
     data = read_yaml(profile_path(profile))
     for section, values in data.items():
-        assert set(values) <= {f.name for f in dataclasses.fields(SECTIONS[section])}
+        assert set(values) <= set(SECTIONS[section].model_fields)
     load_config(profile, environ={})
 
 
@@ -118,6 +125,19 @@ def test_int_keys_refuse_fractions_and_booleans():
         load_config(overrides={"workers": {"max_workers": True}}, environ={})
 
 
+def test_none_means_null_only_where_null_is_allowed():
+    assert coerce("separation", "segment", "none", "option") is None
+    assert coerce("separation", "clip_mode", "none", "option") == "none"  # a choice, not null
+    with pytest.raises(ConfigError, match="^option: service.name may not be empty$"):
+        coerce("service", "name", "", "option")
+
+
+def test_configs_are_frozen():
+    config = load_config(environ={})
+    with pytest.raises(ValidationError):
+        config.workers.max_workers = 3  # type: ignore[misc]
+
+
 def test_config_round_trips_through_a_dict():
     config = load_config("prod", environ={})
     assert Config.from_dict(config.to_dict()) == config
@@ -134,7 +154,7 @@ def test_no_pools_is_one_fixed_pool_of_max_workers_serving_every_model():
 
 
 def test_pools_from_yaml_take_left_out_sizes_from_workers_and_route_by_model(tmp_path):
-    from raydemucs.core.config import route
+    from raydemucs.core.pools import route
 
     path = tmp_path / "pools.yaml"
     path.write_text("workers:\n  num_cpus: 2\npools:\n"
@@ -168,7 +188,7 @@ def test_pools_from_yaml_take_left_out_sizes_from_workers_and_route_by_model(tmp
     ([{"name": "gpu", "models": "htdemucs"}], ["pools[gpu].models='htdemucs'", "a list of model names"]),
     ([{"name": "gpu", "models": ["htdemucs", ""]}], ["pools[gpu].models", "a list of model names"]),
     ([{"name": "gpu", "models": ["htdemucs", "htdemucs"]}], ["pools[gpu].models", "twice"]),
-    ([{"name": "gpu", "resources": ["gpu_node"]}], ["pools[gpu].resources=['gpu_node']", "mapping"]),
+    ([{"name": "gpu", "resources": ["gpu_node"]}], ["pools[gpu].resources must be a mapping", "list"]),
     ([{"name": "gpu", "resources": {"gpu_node": -1}}], ["pools[gpu].resources.gpu_node=-1", ">= 0"]),
     ([{"name": "gpu", "resources": {"gpu_node": True}}], ["pools[gpu].resources.gpu_node=True"]),
     ([{"name": "gpu", "resources": {"GPU": 1}}], ["pools[gpu].resources.GPU", "pools[gpu].num_gpus"]),

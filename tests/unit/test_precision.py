@@ -2,7 +2,6 @@
 disk cache of exports, and the result-cache key."""
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import subprocess
@@ -170,7 +169,7 @@ def spec_with(**options) -> TaskSpec:
 def test_precision_is_part_of_the_cache_key_and_fp32_keeps_the_old_keys():
     keys = {mode: spec_with(precision=mode).cache_key for mode in ("fp32", "bf16", "fp16")}
     assert len(set(keys.values())) == 3
-    options = {k: v for k, v in dataclasses.asdict(SeparationConfig()).items()
+    options = {k: v for k, v in SeparationConfig().model_dump().items()
                if k not in ("device", "precision")}
     before = json.dumps({"input": "ab" * 32, **options}, sort_keys=True)  # the key before it
     assert keys["fp32"] == hashlib.sha256(before.encode()).hexdigest()
