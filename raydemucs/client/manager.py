@@ -7,41 +7,31 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from ..audio.checks import validate_input
 from ..core.actors import NAMESPACE, as_our_error, get_scheduler, scheduler_name
-from ..core.config import Config, SeparationConfig, coerce, load_config
+from ..core.config import Config, load_config
 from ..core.errors import (
-    InputTooLarge,
     InvalidInput,
-    ModelNotFound,
     RayDemucsError,
     ServiceUnavailable,
     TaskCancelled,
     TaskFailed,
     WaitTimedOut,
 )
-from ..core.names import check_task_names, name_from_filename
-from ..core.pools import route
-from ..core.task import TaskSpec, TaskState, new_task_id, parse_priority
-from ..models.catalogue import check_model_name, model_source
-from ..storage import uris
+from ..core.task import TaskSpec, TaskState, parse_priority
 from ..storage.folders import (
     RemoteFolder,
     check_writable,
     copy_folder,
     copy_output_bytes,
-    file_sha256,
     task_folder,
 )
 from ..storage.uris import is_uri, local_path
-from ..webhooks.targets import check_events, check_url
 from .batch_submit import (
     AUDIO_SUFFIXES,
     Item,
@@ -51,25 +41,8 @@ from .batch_submit import (
     checked_specs,
     expand,
 )
+from .checks import TaskChecks
 from .connection import join_ray
-
-OPTION_ALIASES = {"name": "model", "stem": "two_stems"}
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskTemplate:
-    """What every task of one submit shares (see `WorkerManager.task_template`)."""
-
-    config: Config
-    separation: SeparationConfig
-    output_dir: str
-    force: bool
-    timeout_s: float | None
-    cache: bool
-    upload: bool
-    batch_id: str | None
-    webhook_url: str | None
-    webhook_events: tuple[str, ...]
 
 
 def _unwrap(call: Callable[[], Any]) -> Any:
@@ -91,8 +64,7 @@ class WorkerManager:
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self._scheduler = None
         self._service_config: Config | None = None
-        self._models_found: set[tuple[str, str | None]] = set()
-        self._outputs_writable: set[str] = set()  # probed once each, not once per input
+        self.checks = TaskChecks(self.service_config, self._held_models)
         self.started_ray = False
         self.owns_scheduler = False
         self.local_dashboard = True
@@ -152,6 +124,12 @@ class WorkerManager:
                 self._service_config = self.config
         return self._service_config
 
+    def _held_models(self) -> set[str]:
+        """The models the running service's workers hold (none when no service runs)."""
+        if self._scheduler is None:
+            return set()
+        return {name for worker in self._call("status")["workers"] for name in worker["models"]}
+
     def _call(self, method: str, *args, create: bool = False, preload=None):
         import ray
 
@@ -159,19 +137,6 @@ class WorkerManager:
         return _unwrap(lambda: ray.get(getattr(handle, method).remote(*args)))
 
     # -- tasks ------------------------------------------------------------------------------
-    def _check_model_source(self, name: str, repo: str | None) -> None:
-        """Refuse a model the workers could not load: not in a local cache and not downloadable
-        from here (offline), unless the running service's workers already hold it."""
-        if (name, repo) in self._models_found:
-            return
-        try:
-            model_source(name, repo)
-        except ModelNotFound:
-            if self._scheduler is None or not any(
-                    name in worker["models"] for worker in self._call("status")["workers"]):
-                raise
-        self._models_found.add((name, repo))
-
     def prepare_task(self, input_path: str | os.PathLike, file_id: str | None = None,
                      output_dir: str | os.PathLike | None = None, project_name: str = "default",
                      priority: str | int = "normal", **shared) -> TaskSpec:
@@ -181,85 +146,10 @@ class WorkerManager:
         `upload`, the local input's bytes travel with the task and the service keeps the stems
         (`fetch` brings them back). With `webhook_url`, the service calls it on each of
         `webhook_events` (default: the terminal ones). Defaults and limits come from the running
-        service's config when there is one. `shared` are `task_template`'s.
+        service's config when there is one. `shared` are `TaskChecks.template`'s.
         """
-        template = self.task_template(output_dir, **shared)
-        return self.task_spec(template, input_path, file_id, project_name, priority)
-
-    def task_template(self, output_dir: str | os.PathLike | None = None, force: bool = False,
-                      timeout_s: float | None = None, cache: bool = True, upload: bool = False,
-                      batch_id: str | None = None, webhook_url: str | None = None,
-                      webhook_events=None, **options) -> TaskTemplate:
-        """What the tasks of one call share, checked once: options, model and pool, output
-        directory, webhook; nothing is read or written."""
-        config = self.service_config()
-        checked = {}
-        for key, value in options.items():
-            key = OPTION_ALIASES.get(key, key)
-            checked[key] = coerce("separation", key, value, "option")
-        separation = config.separation.model_copy(update=checked)
-        if separation.repo:
-            separation = separation.model_copy(
-                update={"repo": str(Path(separation.repo).expanduser().absolute())})
-        check_model_name(separation.model, separation.repo)
-        route(config.worker_pools(), separation.model, separation.device,
-              separation.precision)  # no pool, or one that cannot run it: refused
-        if upload:
-            output_dir = "uploaded"  # the service puts the stems under its state directory
-        else:
-            output_dir = str(output_dir or config.service.output_dir)
-            output_dir = output_dir if is_uri(output_dir) else str(local_path(output_dir))
-        webhook_events = check_events(webhook_events)
-        if webhook_url is not None:
-            check_url(webhook_url)
-        if timeout_s is not None:
-            timeout_s = coerce("tasks", "timeout_s", timeout_s, "option")
-        return TaskTemplate(config, separation, output_dir, force, timeout_s, cache, upload,
-                            batch_id, webhook_url, webhook_events)
-
-    def task_spec(self, template: TaskTemplate, input_path: str | os.PathLike,
-                  file_id: str | None, project_name: str, priority: str | int) -> TaskSpec:
-        """One input's spec from its call's template, after the checks of the input, its names
-        and (once per call) the model's source and the output directory."""
-        config, output_dir, upload = template.config, template.output_dir, template.upload
-        source, duration_s = self._checked_input(str(input_path), config, upload)
-        file_id = file_id if file_id is not None else name_from_filename(
-            Path(source.rsplit("/", 1)[-1]).stem)
-        if upload:
-            check_task_names(project_name, file_id)
-        else:
-            task_folder(output_dir, project_name, file_id, config.storage)  # names, symlinks
-        priority = parse_priority(priority)
-        separation = template.separation
-        self._check_model_source(separation.model, separation.repo)
-        if not upload and output_dir not in self._outputs_writable:
-            check_writable(output_dir, config.storage)
-            self._outputs_writable.add(output_dir)
-        local = not (is_uri(source) or is_uri(output_dir) or upload)
-        cache = template.cache and local
-        return TaskSpec(task_id=new_task_id(), project=project_name, file_id=file_id,
-                        input_path=source, output_dir=output_dir,
-                        priority=priority, options=separation, force=template.force,
-                        timeout_s=template.timeout_s, cache=cache, uploaded=upload, kept=upload,
-                        duration_s=duration_s, batch_id=template.batch_id,
-                        webhook_url=template.webhook_url, webhook_events=template.webhook_events,
-                        input_sha256=None if is_uri(source) or not (template.cache or upload)
-                        else file_sha256(Path(source)))
-
-    @staticmethod
-    def _checked_input(location: str, config: Config, upload: bool) -> tuple[str, float | None]:
-        """The input as the spec names it and its duration (None for a URI: not decoded here),
-        after the checks possible from here."""
-        if not is_uri(location):
-            path = local_path(location)
-            return str(path), validate_input(path, config.input)
-        if upload:
-            raise InvalidInput(f"--upload sends a local file; {location} is already in storage")
-        size = uris.input_size(location, config.storage)
-        if size > config.input.max_file_mb * 2**20:
-            raise InputTooLarge(f"input {location} is {size / 2**20:.1f} MB, over the "
-                               f"{config.input.max_file_mb:g} MB limit (input.max_file_mb)")
-        return location, None
+        template = self.checks.template(output_dir, **shared)
+        return self.checks.spec(template, input_path, file_id, project_name, priority)
 
     def submit(self, specs: Iterable[TaskSpec], create: bool = False) -> list[dict]:
         """Queue prepared specs; returns their records (an existing task for a known key).
@@ -334,7 +224,7 @@ class WorkerManager:
 
         Inputs are checked (`checked_specs`) and sent a thousand at a time; an input refused by
         its checks is counted in the summary and the rest go on, unless `strict` (then any
-        refusal refuses the batch before anything is queued). `options` are `task_template`'s,
+        refusal refuses the batch before anything is queued). `options` are `TaskChecks.template`'s,
         checked once for the whole batch.
         """
         inputs = [str(given) for given in inputs]
@@ -346,10 +236,10 @@ class WorkerManager:
         summary = Summary(batch_id_for(project_name, inputs, from_list), items=len(items))
 
         parse_priority(priority)  # the batch's own settings refuse the batch, before any item
-        template = self.task_template(batch_id=summary.batch_id, **options)
+        template = self.checks.template(batch_id=summary.batch_id, **options)
 
         def prepare(item: Item) -> TaskSpec:
-            return self.task_spec(template, item.input, item.file_id, item.project,
+            return self.checks.spec(template, item.input, item.file_id, item.project,
                                   item.priority or priority)
 
         def refuse(item: Item, error: RayDemucsError) -> None:

@@ -12,7 +12,7 @@ INTRO = """\
 # Configuration
 
 <!-- Generated from raydemucs/core/config.py by `python -m raydemucs config reference`;
-     tests/unit/test_config_reference.py keeps this file equal to its output. -->
+     tests/unit/test_config_docs.py keeps this file equal to its output. -->
 
 Each layer overrides the one before it:
 

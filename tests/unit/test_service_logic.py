@@ -62,7 +62,8 @@ async def until(predicate, timeout_s: float = 20.0):
         await asyncio.sleep(0.05)
 
 
-def test_short_ttls_with_the_default_sweep_interval_take_stems_then_records(tmp_path, caplog):
+def test_short_ttls_with_the_default_sweep_interval_take_stems_then_records(tmp_path, caplog,
+                                                                          monkeypatch):
     """Expiries a task's end starts are swept on time (not at the next 10-minute sweep); the
     stream hears of expired stems; a dropped record leaves the counts right; no sweep error."""
     caplog.set_level(logging.ERROR, logger="raydemucs")
@@ -71,6 +72,7 @@ def test_short_ttls_with_the_default_sweep_interval_take_stems_then_records(tmp_
 
     async def scenario():
         service = make_service(tmp_path, retention={"results_ttl_s": 1.0, "records_ttl_s": 3.0})
+        logging.getLogger("raydemucs").propagate = True  # (configure_logging turned it off)
         assert service.config.retention.sweep_interval_s == 600.0
         uploaded = spec(tmp_path, uploaded=True, kept=True, input_sha256=sha)
         [record] = await service.submit([uploaded], {sha: data})
@@ -88,6 +90,7 @@ def test_short_ttls_with_the_default_sweep_interval_take_stems_then_records(tmp_
         assert status["queue"]["succeeded"] == 0
         assert not (service.uploads.results / "p" / "song").exists()
         await service.drain(0.0)
+    monkeypatch.setattr(logging.getLogger("raydemucs"), "propagate", False)  # restored after
     asyncio.run(scenario())
     assert not caplog.records, [r.getMessage() for r in caplog.records]
 

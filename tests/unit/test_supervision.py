@@ -7,7 +7,7 @@ import logging
 from raydemucs.scheduler.supervision import Supervisor
 
 
-def test_a_failed_task_and_a_failing_loop_are_logged_and_counted(caplog):
+def test_a_failed_task_and_a_failing_loop_are_logged_and_counted(caplog, monkeypatch):
     counted = []
     steps = []
 
@@ -32,6 +32,7 @@ def test_a_failed_task_and_a_failing_loop_are_logged_and_counted(caplog):
         await asyncio.sleep(0)
 
     caplog.set_level(logging.ERROR, logger="raydemucs")
+    monkeypatch.setattr(logging.getLogger("raydemucs"), "propagate", True)  # see configure_logging
     asyncio.run(scenario())
     assert sorted(counted) == ["loop", "loop", "once"] and len(steps) == 3
     assert "background job once failed: boom" in caplog.text
