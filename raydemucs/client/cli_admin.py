@@ -15,7 +15,7 @@ from ..core.errors import ServiceUnavailable
 from ..core.keys import KeyStore
 from ..webhooks.signing import load_secret
 from .cli_options import config_options, emit, service_options
-from .head import DEFAULT_PORT, ensure_head, stop_head
+from .ray_head import DEFAULT_PORT, ensure_head, stop_head
 from .render import delivery_line
 
 

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from raydemucs.client.head import port_free, ray_command
+from raydemucs.client.ray_head import port_free, ray_command
 
 from support import run_cli
 
