@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from ..models.precision import check_pool
+from ..models.runtimes import check_pool
 from .errors import ConfigError, InvalidInput
 
 LOG_LEVELS = ("debug", "info", "warning", "error")

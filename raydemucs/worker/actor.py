@@ -33,7 +33,7 @@ from ..core.errors import (
 from ..core.logs import configure_logging
 from ..core.task import TaskSpec
 from ..models.loading import ModelCache, check_options
-from ..models.precision import check_device
+from ..models.runtimes import check_device
 from ..models.runtimes import runtime_of, worker_runtime
 from ..separation.attempt import Attempt
 from ..separation.encode import stem_saver
