@@ -170,6 +170,7 @@ class Strategies:
         self.runtime = runtime
         self.memory = memory
         self.turns = ModelTurns(memory)
+        self._runners: dict[tuple, Runner] = {}
         self._batchers: dict[tuple, SharedBatcher] = {}
         self._lock = threading.Lock()
 
@@ -180,8 +181,8 @@ class Strategies:
         `scratch` as long as the context."""
         options, model = task.options, separator.model
         current.segment_s = options.segment or default_segment_s(model)
-        made = dict(samplerate=separator.samplerate,
-                    runtime=runtime_of(sub_models(model)[0], self.device, self.runtime))
+        made = {"samplerate": separator.samplerate,
+                "runtime": runtime_of(sub_models(model)[0], self.device, self.runtime)}
         if options.streams(duration_s):
             try:
                 stems = self._streamed(task, current, model, input_path, scratch).stems
@@ -202,8 +203,14 @@ class Strategies:
         yield Separated(pick_stems(stems, options.two_stems), pieces=pieces, **made)
 
     def runner(self, model, precision: str) -> Runner:
-        """Runs `model` on this worker's device and runtime at `precision`."""
-        return Runner(model, self.device, precision, self.runtime)
+        """Runs `model` on this worker's device and runtime at `precision`; built once (its
+        weights moved, its segment weights computed), used by one attempt at a time."""
+        with self._lock:
+            runner = self._runners.get((model, precision))
+            if runner is None:
+                runner = self._runners[model, precision] = Runner(model, self.device, precision,
+                                                                  self.runtime)
+        return runner
 
     def _in_memory(self, task: TaskSpec, current: Attempt, model, wav) -> dict:
         """demucs's segment plan for the one track, one segment per forward pass."""
@@ -237,6 +244,8 @@ class Strategies:
     def forget(self, model) -> None:
         """Drop what was built for `model` (it left the worker's model cache)."""
         with self._lock:
+            self._runners = {key: runner for key, runner in self._runners.items()
+                             if runner.model is not model}
             self._batchers = {key: batcher for key, batcher in self._batchers.items()
                               if batcher.batcher.model is not model}
 
