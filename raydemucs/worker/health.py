@@ -169,9 +169,11 @@ class MemoryTrend:
     baselines: dict = field(default_factory=dict)  # length class -> bytes at rest
     over: int = 0      # samples in a row above the growth limit
     judged: int = 0    # samples compared with a baseline
+    highest: float = 0.0  # the highest of them, as a multiple of its baseline
 
     def to_dict(self) -> dict:
         return {"longest_s": self.longest_s, "judged": self.judged,
+                "highest_ratio": round(self.highest, 3),
                 "baselines": {f"{2 ** key:g}s": size for key, size in self.baselines.items()}}
 
     def rebase(self) -> None:
@@ -201,6 +203,7 @@ class MemoryTrend:
             return None
         baseline = self.baselines[key]
         self.judged += 1
+        self.highest = max(self.highest, rest_bytes / baseline)
         limit = baseline * (1 + self.growth)
         self.over = self.over + 1 if rest_bytes > limit else 0
         if self.over < LEAK_SAMPLES:
