@@ -296,9 +296,9 @@ def test_batched_attempts_share_forward_passes_and_equal_one_at_a_time(audio, tm
             assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
 
 
-def test_a_dropped_model_takes_its_batcher_with_it(audio, tmp_path, tiny_repo):
-    """A batching worker keeps `max_models` models, and no batcher of a model it dropped (each
-    holds the model, its runner and its queue: on a GPU, the model's weights)."""
+def test_a_dropped_model_takes_its_batcher_and_runners_with_it(audio, tmp_path, tiny_repo):
+    """A batching worker keeps `max_models` models, and no batcher or runner of a model it
+    dropped (each holds the model: on a GPU, its weights)."""
     config = load_config("test", overrides={"separation": {"model": "demucs_unittest"},
                                             "workers": {"batch_size": 2, "max_models": 1}},
                          environ={})
@@ -306,11 +306,13 @@ def test_a_dropped_model_takes_its_batcher_with_it(audio, tmp_path, tiny_repo):
     song = audio("a.wav", seconds=1.0)
     first = make_spec(song, tmp_path / "out", file_id="first")
     second = make_spec(song, tmp_path / "out", file_id="second", model="tiny", repo=str(tiny_repo))
+    dropped = worker.models.get("demucs_unittest", None).model
     assert worker.separate(first.to_dict(), 1)["ok"]
     assert [key[0] for key in worker.strategies._batchers] == ["demucs_unittest"]
     assert worker.separate(second.to_dict(), 1)["ok"]
     assert worker.models.keys() == [("tiny", str(tiny_repo))]
     assert [key[0] for key in worker.strategies._batchers] == ["tiny"]
+    assert all(model is not dropped for model, _ in worker.strategies._runners)
 
 
 def test_the_model_cache_is_read_safely_while_another_thread_loads(monkeypatch):
