@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     from demucs.audio import convert_audio
     from demucs.pretrained import get_model
 
-    from raydemucs.models.precision import check_device
+    from raydemucs.models.runtimes import check_device
     from raydemucs.separation.batching import BatchedSeparator
     from raydemucs.separation.decode import decode
     from raydemucs.separation.encode import save_any

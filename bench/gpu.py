@@ -85,7 +85,7 @@ def engine_row(model, wavs: dict, device: str, precision: str, batch: int) -> tu
 def refusal(precision: str, device: str) -> str | None:
     """Why a worker on `device` would refuse `precision`, or None."""
     from raydemucs.core.errors import InvalidInput
-    from raydemucs.models.precision import check_device
+    from raydemucs.models.runtimes import check_device
 
     try:
         check_device(precision, device)

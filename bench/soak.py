@@ -1,15 +1,17 @@
 #!/usr/bin/env python
-"""Soak: N one-second clips through a real service on `demucs_unittest`; each worker's RSS.
+"""Soak: N short clips through a real service on `demucs_unittest`; each worker's RSS.
 
     python bench/soak.py --tasks 1500 --compare --json soak.json  # the README's figure
     python bench/soak.py --tasks 2000 --no-recycle               # recycling off: the raw growth
+    python bench/soak.py --tasks 400 --clip-s 2 12               # 2 s clips, then 12 s clips
 
 The run owns its Ray (a local instance under a private `RAY_TMPDIR`, `--workers` CPUs) and a real
 service on it (`WorkerManager`, scheduler, the test profile; the journal on tmpfs where there is
 one, since its fsyncs would otherwise measure the disk rather than the workers). `--compare`
 runs the same soak twice in one invocation, on fresh services of the same Ray: first as the
 code was before issue 16 (`workers.release_memory` off, no recycling), then with the defaults.
-It keeps `--window` tasks queued or running, each one of `--clips` distinct 1 s clips with
+It keeps `--window` tasks queued or running, each one of `--clips` distinct clips of `--clip-s`
+seconds (1 s; several lengths: the tasks in that many phases, in order, on the same service) with
 `cache=False` (so every task separates) and its own file id, and deletes each succeeded task's
 folder (10,000 tasks of stems would fill the disk).
 
@@ -18,9 +20,11 @@ poll reports (what the recycle rule sees), its tasks done, its restarts; and, re
 `/proc/PID/smaps_rollup`, its anonymous memory (heap, torch tensors: the process's own) apart from
 shared memory and mapped files. The figures: each slot's RSS after 100, 1,000 and N tasks, the
 ratio of the last to the one after 100, the slope of RSS over tasks from task 100 on (MB per
-task, least squares, the slot's first process only), the recycles, the throughput, and the
-machine's load average. Exit 1 when a task fails or a worker ends more than `--within` above
-its size at 100 (with `--compare`, judged on the second soak).
+task, least squares, the slot's first process only), the recycles, the throughput, the
+machine's load average, and the recycle rule's view (`worker.health.MemoryTrend`): the samples
+at rest it judged and the highest of them against its baseline (1.5 is a leak's threshold).
+Exit 1 when a task fails or a worker ends more than `--within` above its size at 100 (with
+`--compare`, judged on the second soak).
 """
 from __future__ import annotations
 
@@ -94,7 +98,7 @@ class Sampler(threading.Thread):
             self.samples.append({"t": now, "worker": worker["worker_id"], "pid": worker["pid"],
                                  "tasks_done": worker["tasks_done"],
                                  "restarts": worker["restarts"], "rss": worker["rss_bytes"],
-                                 **smaps_rollup(worker["pid"])})
+                                 "memory": worker["memory"], **smaps_rollup(worker["pid"])})
 
 
 def at_mark(samples: list[dict], mark: int) -> dict | None:
@@ -125,7 +129,8 @@ def slot_figures(samples: list[dict], tasks: int) -> dict:
                "anonymous_mb": {k: s and s.get("anonymous") and round(s["anonymous"] / 2**20, 1)
                                 for k, s in marks.items()},
                "max_rss_mb": round(max(s["rss"] for s in samples) / 2**20, 1),
-               "mb_per_task_first_pid": mb_per_task(samples)}
+               "mb_per_task_first_pid": mb_per_task(samples),
+               "at_rest": last["memory"]}
     at_100 = marks["100"]
     figures["last_vs_100"] = at_100 and round(last["rss"] / at_100["rss"], 3)
     return figures
@@ -145,8 +150,9 @@ def run(args, work: Path, workers_overrides: dict) -> dict:
 
     output_dir = work / "out"
     state_dir = Path(tempfile.mkdtemp(prefix="raydemucs-soak-state-", dir=state_root()))
-    clips = [benchlib.write_wav(work / "inputs" / f"clip{i:02d}.wav",
-                                benchlib.make_signal(1.0, seed=i)) for i in range(args.clips)]
+    phases = [[benchlib.write_wav(work / "inputs" / f"clip{seconds:g}s{i:02d}.wav",
+                                  benchlib.make_signal(seconds, seed=i)) for i in range(args.clips)]
+              for seconds in args.clip_s]
     workers = {"max_workers": args.workers, "memory_mb": 0, **workers_overrides}
     config = load_config("test", environ={}, overrides={
         "service": {"name": f"soak{uuid.uuid4().hex[:6]}", "state_dir": str(state_dir),
@@ -165,7 +171,7 @@ def run(args, work: Path, workers_overrides: dict) -> dict:
         while done < args.tasks:
             chunk = min(args.window - len(pending), args.tasks - submitted)
             if chunk > 0:
-                specs = [manager.prepare_task(clips[(submitted + i) % len(clips)],
+                specs = [manager.prepare_task(clip_for(phases, submitted + i, args.tasks),
                                               file_id=f"t{submitted + i:06d}",
                                               output_dir=output_dir, project_name="soak",
                                               cache=False) for i in range(chunk)]
@@ -203,17 +209,25 @@ def run(args, work: Path, workers_overrides: dict) -> dict:
               "load_avg": {"before": [round(x, 2) for x in load_before],
                            "after": [round(x, 2) for x in os.getloadavg()]},
               "setup": {"workers": args.workers, "window": args.window, "clips": args.clips,
-                        "model": "demucs_unittest", "shifts": 0, "clip_s": 1.0,
+                        "model": "demucs_unittest", "shifts": 0, "clip_s": args.clip_s,
                         "workers_config": dict(config.workers.__dict__), "cpus": os.cpu_count()}}
     if args.samples:
         result["samples"] = sampler.samples
     return result
 
 
+def clip_for(phases: list[list[Path]], task: int, tasks: int) -> Path:
+    """The clip of task number `task`: its phase's length, the phase's clips in turn."""
+    clips = phases[task * len(phases) // tasks]
+    return clips[task % len(clips)]
+
+
 def check(result: dict, within: float) -> list[str]:
-    """Failed tasks, and workers that grew by more than `within` over their size after 100
-    tasks (a worker that shrinks is fine)."""
+    """Failed tasks, and, for clips of one length, workers that grew by more than `within` over
+    their size after 100 tasks (a worker that shrinks is fine; longer clips later need more)."""
     problems = [f"{result['failed']} task(s) failed"] if result["failed"] else []
+    if len(result["setup"]["clip_s"]) > 1:
+        return problems
     for name, slot in result["workers"].items():
         ratio = slot["last_vs_100"]
         if ratio is not None and ratio - 1 > within:
@@ -226,14 +240,15 @@ def print_report(result: dict) -> None:
           f"{result['failed']} failed, {result['recycles']} recycles; load average "
           f"{result['load_avg']['before'][0]} -> {result['load_avg']['after'][0]}")
     print(f"  {'worker':<10} {'tasks':>6} {'recycles':>8} {'RSS@1':>7} {'@100':>7} {'@1000':>7} "
-          f"{'@end':>7} {'max':>7} {'end/100':>7} {'MB/task':>8}")
+          f"{'@end':>7} {'max':>7} {'end/100':>7} {'MB/task':>8} {'judged':>6} {'rest/base':>9}")
     for name, slot in result["workers"].items():
-        rss = slot["rss_mb"]
+        rss, rest = slot["rss_mb"], slot["at_rest"]
         cells = [rss.get(k) for k in ("1", "100", "1000", "last")]
         print(f"  {name:<10} {slot['tasks_done']:>6} {slot['recycles']:>8} "
               + " ".join(f"{'-' if c is None else c:>7}" for c in cells)
               + f" {slot['max_rss_mb']:>7} {slot['last_vs_100'] or '-':>7}"
-              + f" {'-' if slot['mb_per_task_first_pid'] is None else slot['mb_per_task_first_pid']:>8}")
+              + f" {'-' if slot['mb_per_task_first_pid'] is None else slot['mb_per_task_first_pid']:>8}"
+              + f" {rest['judged']:>6} {rest['highest_ratio']:>9}")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -241,7 +256,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tasks", type=int, default=10000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--window", type=int, default=32, help="tasks kept queued or running")
-    parser.add_argument("--clips", type=int, default=20, help="distinct 1 s clips")
+    parser.add_argument("--clips", type=int, default=20, help="distinct clips of each length")
+    parser.add_argument("--clip-s", type=float, nargs="+", default=[1.0],
+                        help="clip lengths in seconds, one phase of the tasks each, in order")
     parser.add_argument("--sample-s", type=float, default=0.5)
     parser.add_argument("--no-recycle", action="store_true",
                         help="workers.max_rss_mb and workers.max_rss_growth 0: never recycle")

@@ -76,17 +76,34 @@ def write_audio(path: Path, seconds: float = 3.0, samplerate: int = SAMPLERATE,
 
 def save_tiny_htdemucs(repo: Path, name: str = "tiny", seed: int = 0) -> Path:
     """A small HTDemucs with random weights saved in demucs's repo format: `sig.th` + `name.yaml`."""
+    from demucs.htdemucs import HTDemucs
+
+    return save_model(repo, name, HTDemucs, {"channels": 8, "t_layers": 1}, seed)
+
+
+def save_leaky_model(repo: Path, name: str = "leaky") -> Path:
+    """`tests.leaky_model.LeakyHDemucs` (`demucs_unittest`'s network, whose forward keeps its
+    outputs) saved like `save_tiny_htdemucs`: a real leak in the workers that load it."""
+    root = str(TESTS.parent)
+    if root not in sys.path:  # import it as the workers will: `tests.leaky_model`
+        sys.path.insert(0, root)
+    from tests.leaky_model import LeakyHDemucs
+
+    return save_model(repo, name, LeakyHDemucs, {"channels": 4})
+
+
+def save_model(repo: Path, name: str, klass, kwargs: dict, seed: int = 0) -> Path:
+    """`klass(sources=demucs's four, **kwargs)` with random weights in demucs's repo format."""
     import torch
     import yaml
-    from demucs.htdemucs import HTDemucs
     from demucs.pretrained import SOURCES
 
     torch.manual_seed(seed)
-    kwargs = {"sources": SOURCES, "channels": 8, "t_layers": 1}
-    model = HTDemucs(**kwargs)
+    kwargs = {"sources": SOURCES, **kwargs}
+    model = klass(**kwargs)
     repo.mkdir(parents=True, exist_ok=True)
     signature = f"{name}sig"
-    torch.save({"klass": HTDemucs, "args": (), "kwargs": kwargs, "state": model.state_dict()},
+    torch.save({"klass": klass, "args": (), "kwargs": kwargs, "state": model.state_dict()},
                repo / f"{signature}.th")
     (repo / f"{name}.yaml").write_text(yaml.safe_dump({"models": [signature]}))
     return repo

@@ -33,7 +33,8 @@ class WorkersConfig(Section):
                             description="Ray CPUs per worker; torch threads follow")
     num_gpus: Float = Field(0.0, ge=0.0, le=16.0,
                             description="Ray GPUs per worker (fractions share one)")
-    memory_mb: Int = Field(2048, ge=0, le=1 << 20, description="Ray memory reserved per worker")
+    memory_mb: Int = Field(2048, ge=0, le=1 << 20, description="Ray memory reserved per worker; "
+                           "also a ceiling on its RSS after a task (0: none)")
     max_models: Int = Field(2, ge=1, le=16, description="models kept loaded per worker")
     prefetch: Int = Field(1, ge=0, le=64, description="tasks a busy worker holds beyond the "
                           "running one: they decode ahead (and with batch_size > 1 fill its "
@@ -44,12 +45,13 @@ class WorkersConfig(Section):
         "eager", description="how CPU workers run HTDemucs's network: eager (torch), openvino "
         "(the extra raydemucs[openvino]), auto: openvino where it is installed (docs/precision.md)")
     max_rss_mb: Int = Field(0, ge=0, le=1 << 24, description="recycle a worker whose RSS after a "
-                            "task is above this (0: no fixed limit)")
+                            "task is above this, or above memory_mb when that is lower "
+                            "(0: memory_mb's ceiling only)")
     release_memory: bool = Field(True, description="after a task (at most every 5 s), hand the C "
                                  "heap's free pages back to the system (glibc's malloc_trim)")
-    max_rss_growth: Float = Field(0.5, ge=0.0, le=100.0, description="recycle a worker whose RSS "
-                                  "after a task is this fraction above its RSS after its first "
-                                  "(0: never)")
+    max_rss_growth: Float = Field(0.5, ge=0.0, le=100.0, description="recycle a worker that "
+                                  "leaks: its RSS at rest this fraction above its RSS at rest "
+                                  "after tasks of similar length, 3 samples in a row (0: never)")
     min_free_memory_mb: Int = Field(256, ge=0, le=1 << 24,
                                     description="pause dispatch below this free memory")
     max_missed_pings: Int = Field(6, ge=1, le=1000,

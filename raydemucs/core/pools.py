@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints
 from pydantic_core import PydanticCustomError
 
-from ..models.precision import check_pool
+from ..models.runtimes import check_pool
 from .config_types import Float, Int, MaybeFloat, MaybeInt, Section
 from .errors import ConfigError, InvalidInput
 

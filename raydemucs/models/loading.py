@@ -1,14 +1,17 @@
 """Loaded models: demucs's `Separator` built once per worker, its weights on the worker's device,
-kept in a small LRU; and the option checks only a loaded model can make."""
+kept in a small LRU; and the checks only a loaded model can make (segment, two-stems, precision)."""
 from __future__ import annotations
 
 import pickle
+import threading
 from collections import OrderedDict
 from pathlib import Path
+from typing import Callable
 
 from ..core.errors import InvalidInput, ModelNotFound
 from ..core.names import printable
 from .catalogue import OFFLINE_MODEL, check_model_name, one_line
+from .runtimes import check_device
 
 
 def _load_reason(exc: BaseException) -> str:
@@ -64,30 +67,58 @@ def check_options(model, options) -> None:
 
 
 class ModelCache:
-    """Loaded separators by (name, repo), least recently used dropped beyond `max_models`."""
+    """Loaded separators by (name, repo), least recently used dropped beyond `max_models`.
 
-    def __init__(self, max_models: int, device: str):
+    Thread-safe: attempts and `poll` run on threads of their own. One model loads at a time, and
+    outside the lock that `keys` and `stems` take, so that a poll is answered during a load.
+    `on_drop(model)` is told of each model dropped (what was built for it can go too).
+    """
+
+    def __init__(self, max_models: int, device: str,
+                 on_drop: Callable[[object], None] = lambda model: None):
         self.max_models = max_models
         self.device = device
+        self.on_drop = on_drop
         self._separators: OrderedDict[tuple, object] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading = threading.Lock()
 
     def get(self, name: str, repo: str | None):
         key = (name, repo)
-        if key in self._separators:
-            self._separators.move_to_end(key)
-        else:
-            self._separators[key] = load_separator(name, repo, self.device)
-            while len(self._separators) > self.max_models:
-                self._separators.popitem(last=False)
-        return self._separators[key]
+        with self._lock:
+            if key in self._separators:
+                self._separators.move_to_end(key)
+                return self._separators[key]
+        with self._loading:
+            with self._lock:
+                if key in self._separators:  # loaded by another thread while this one waited
+                    return self._separators[key]
+            separator = load_separator(name, repo, self.device)
+            with self._lock:
+                self._separators[key] = separator
+                dropped = [self._separators.popitem(last=False)[1]
+                           for _ in range(len(self._separators) - self.max_models)]
+        for old in dropped:
+            self.on_drop(old.model)
+        return separator
+
+    def for_task(self, options):
+        """The separator for a task's model, once it and this worker's device can run the
+        task's options (segment, two-stems, precision)."""
+        separator = self.get(options.model, options.repo)
+        check_options(separator.model, options)
+        check_device(options.precision, self.device)
+        return separator
 
     def keys(self) -> list[tuple]:
-        return list(self._separators)
+        with self._lock:
+            return list(self._separators)
 
     def stems(self) -> dict[str, list[str]]:
         """The stems each loaded model makes, by model name."""
-        return {name: list(separator.model.sources)
-                for (name, _), separator in self._separators.items()}
+        with self._lock:
+            return {name: list(separator.model.sources)
+                    for (name, _), separator in self._separators.items()}
 
 
 def default_segment_s(model) -> float:

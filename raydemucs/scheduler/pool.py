@@ -5,6 +5,13 @@ the resources of their pool (`config.worker_pools()`). A dead actor never return
 fresh actor (which reloads the model) under a new name. Slots are added and removed as the
 scheduler sizes the pools; an actor Ray cannot place yet stays `starting` without blocking
 anything.
+
+Each live worker is polled every tick, on its own: at most one poll is out per worker, its answer
+is applied when it comes, and a tick never waits for a slow worker. One that leaves
+`max_missed_pings` polls unanswered (a poll out for longer than `ping_timeout_s` counts as one
+more) is hung, and reported lost. After each attempt the worker's memory is judged
+(`worker.health.MemoryTrend`): one over its ceiling, or leaking, finishes what it holds and is
+replaced.
 """
 from __future__ import annotations
 
@@ -25,16 +32,13 @@ from ..core.errors import InternalError
 from ..core.pools import DEFAULT_POOL, PoolConfig
 from ..core.task import TaskSpec
 from ..storage.uploads import UploadSource
-from ..worker.actor import SeparatorWorker
-from ..worker.health import HealthPolicy
+from ..worker.actor import CONTROL, CONTROL_CALLS, SeparatorWorker
+from ..worker.health import HealthPolicy, MemoryTrend
 from .supervision import Supervisor
 
 logger = logging.getLogger(__name__)
 
 RESPAWN_DELAY_S = 1.0
-# `poll`, `abort` and `ready` run in their own concurrency group, beside the worker's attempts
-CONTROL = "control"
-CONTROL_CALLS = 3
 WORKER_ACTOR = ray.remote(concurrency_groups={CONTROL: CONTROL_CALLS})(SeparatorWorker)
 
 
@@ -56,13 +60,14 @@ class WorkerSlot:
     device: str | None = None
     load_error: str | None = None
     rss_bytes: int | None = None
-    first_rss_bytes: int | None = None  # after its first task: what `max_rss_growth` is against
+    memory: MemoryTrend | None = None  # its memory after its tasks, judged for a leak
     recycling: str | None = None  # why it gets no more tasks and is replaced once it has none
     cpu_percent: float | None = None
     num_threads: int | None = None
     node_available_bytes: int | None = None
     gpu_memory_bytes: int | None = None
     missed_pings: int = 0
+    poll_sent_at: float | None = None  # when the poll still out was sent
     tasks_done: int = 0
     tasks_failed: int = 0
     restarts: int = 0
@@ -81,7 +86,7 @@ class WorkerSlot:
                 "models": sorted(name for name, _ in self.models), "stems": self.stems,
                 "device": self.device,
                 "load_error": self.load_error, "rss_bytes": self.rss_bytes,
-                "first_rss_bytes": self.first_rss_bytes, "recycling": self.recycling,
+                "memory": self.memory and self.memory.to_dict(), "recycling": self.recycling,
                 "cpu_percent": self.cpu_percent, "num_threads": self.num_threads,
                 "node_available_bytes": self.node_available_bytes,
                 "gpu_memory_bytes": self.gpu_memory_bytes, "missed_pings": self.missed_pings,
@@ -112,15 +117,19 @@ class RayWorkerPool:
 
     def __init__(self, config: Config, on_ready: Callable[[], None],
                  on_result: Callable[[str, int, dict], None],
-                 on_lost: Callable[[str, str], None], supervisor: Supervisor | None = None):
+                 on_lost: Callable[[str, str], None], supervisor: Supervisor | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.config = config
         self.policy = HealthPolicy.from_config(config.workers)
+        self.ping_timeout_s = max(5.0, 10 * config.service.poll_interval_s)
+        self.clock = clock
         self.prefix = config.service.name
         self.on_ready, self.on_result, self.on_lost = on_ready, on_result, on_lost
         self.pools = {pool.name: pool for pool in config.worker_pools()}
         self._worker_configs = {name: worker_config(config, pool) for name, pool in self.pools.items()}
         self.slots: dict[str, WorkerSlot] = {}
         self.supervisor = supervisor or Supervisor()
+        self._answers: list[dict] = []  # attempts' progress polled since the last tick
 
     # -- the scheduler's Pool protocol ------------------------------------------------------
     def free_workers(self, pool: str) -> list[WorkerSlot]:
@@ -171,12 +180,15 @@ class RayWorkerPool:
             self._finish_attempt(slot, task_id, attempt, result)
 
     def release(self, worker_ids: tuple, task_id: str) -> None:
-        """Helpers lent to `task_id` are free again (unless replaced since)."""
+        """Helpers lent to `task_id` are free again (unless replaced since); the piece each ran
+        may have raised its memory's high-water mark."""
         for slot in map(self.slots.get, worker_ids):
             if slot is not None and slot.lent_to == task_id:
                 slot.lent_to = None
                 slot.tasks.pop(task_id, None)
                 slot.state = "busy" if slot.tasks else "idle"
+                slot.memory.rebase()
+                self._replace_if_recycled(slot)
 
     def abort(self, worker_id: str, task_id: str, attempt: int) -> None:
         slot = self.slots[worker_id]
@@ -191,38 +203,48 @@ class RayWorkerPool:
         slot.restarts += 1
         slot.state, slot.tasks, slot.handle, slot.lent_to = "restarting", {}, None, None
         slot.missed_pings, slot.rss_bytes, slot.cpu_percent = 0, None, None
-        slot.first_rss_bytes = slot.recycling = None
+        slot.poll_sent_at = slot.recycling = None
         self._spawn(slot)
 
     # -- health and progress ----------------------------------------------------------------
     async def poll(self) -> list[dict]:
-        """Ask every live worker for its figures; returns the attempts in flight and their progress.
+        """Send every live worker with no poll out a poll; returns the attempts in flight and their
+        progress from the answers that came since the last call. Never waits for a worker.
 
-        A dead worker is reported lost; one that misses `max_missed_pings` polls in a row is
-        treated as hung and reported lost too; an idle one over its RSS limit is recycled.
+        A worker whose poll is out counts a missed poll for every `ping_timeout_s` it has been
+        out; at `max_missed_pings` it is hung, and reported lost (as is a dead one, when its
+        poll fails).
         """
-        live = [s for s in self.slots.values() if s.state in ("idle", "busy") and s.handle]
-        timeout_s = max(5.0, 10 * self.config.service.poll_interval_s)
-        answers = await asyncio.gather(
-            *(asyncio.wait_for(s.handle.poll.options(concurrency_group=CONTROL).remote(),
-                               timeout_s) for s in live),
-            return_exceptions=True)
-        busy = []
-        for slot, answer in zip(live, answers):
-            if slot.handle is None or slot.state not in ("idle", "busy"):
+        now = self.clock()
+        for slot in list(self.slots.values()):  # a lost worker's replacement may resize the pool
+            if slot.state not in ("idle", "busy") or slot.handle is None:
                 continue
-            if isinstance(answer, RayActorError):
+            if slot.poll_sent_at is None:
+                slot.poll_sent_at = now
+                ref = slot.handle.poll.options(concurrency_group=CONTROL).remote()
+                self.supervisor.spawn("worker_poll", self._hear_poll(slot, slot.handle, ref))
+                continue
+            slot.missed_pings = int((now - slot.poll_sent_at) // self.ping_timeout_s)
+            if self.policy.hung(slot.missed_pings):
+                self.on_lost(slot.worker_id, f"it left {slot.missed_pings} health polls unanswered")
+        answers, self._answers = self._answers, []
+        return answers
+
+    async def _hear_poll(self, slot: WorkerSlot, handle, ref) -> None:
+        """A worker's answer to its poll, applied when it comes (unless the worker was replaced
+        meanwhile)."""
+        try:
+            answer = await ref
+        except RayActorError:
+            if slot.handle is handle:
                 self.on_lost(slot.worker_id, "it died")
-            elif isinstance(answer, BaseException):
-                slot.missed_pings += 1
-                if self.policy.hung(slot.missed_pings):
-                    self.on_lost(slot.worker_id, f"it missed {slot.missed_pings} health polls")
-            else:
-                self._record_figures(slot, answer)
-                busy.extend(answer["tasks"])
-                if slot.state == "idle":
-                    self._recycle_if_too_big(slot)
-        return busy
+            return
+        finally:
+            if slot.handle is handle:
+                slot.poll_sent_at = None
+        if slot.handle is handle and slot.state in ("idle", "busy"):
+            self._record_figures(slot, answer)
+            self._answers.extend(answer["tasks"])
 
     @staticmethod
     def _record_figures(slot: WorkerSlot, answer: dict) -> None:
@@ -246,6 +268,7 @@ class RayWorkerPool:
     # -- internals --------------------------------------------------------------------------
     def _spawn(self, slot: WorkerSlot) -> None:
         pool = self.pools[slot.pool]
+        slot.memory = self.policy.memory_trend(pool.memory_mb)
         options = dict(namespace=NAMESPACE, num_cpus=pool.num_cpus, num_gpus=pool.num_gpus,
                        memory=pool.memory_mb * 2**20 or None, resources=pool.resources or None,
                        max_restarts=0, max_task_retries=0, max_concurrency=pool.tasks_per_worker)
@@ -305,21 +328,16 @@ class RayWorkerPool:
             slot.tasks_failed += 1
         if result.get("rss_bytes") is not None:
             slot.rss_bytes = result["rss_bytes"]
-            if slot.first_rss_bytes is None:
-                slot.first_rss_bytes = slot.rss_bytes
-        self._recycle_if_too_big(slot)
+            separated_s = None if result.get("cached_from") else result.get("duration_s")
+            reason = slot.memory.add(slot.rss_bytes, result.get("rest_rss_bytes"), separated_s)
+            if reason and slot.recycling is None:
+                slot.recycling = reason
+                logger.info("%s: recycling once its tasks are done (%s)", slot.worker_id, reason)
+        self._replace_if_recycled(slot)
         self.on_result(task_id, attempt, result)
 
-    def _recycle_if_too_big(self, slot: WorkerSlot) -> None:
-        """A worker over its RSS limit gets no more tasks, and is replaced once it has none:
-        what it holds finishes first, so a recycle never costs a task an attempt. A worker
-        that has not finished a task yet is as small as it gets, and is left alone."""
-        if slot.first_rss_bytes is None:
-            return
-        limit = self.policy.rss_limit_bytes(slot.first_rss_bytes)
-        if slot.recycling is None and self.policy.too_big(slot.rss_bytes, slot.first_rss_bytes):
-            slot.recycling = f"RSS {slot.rss_bytes / 2**20:.0f} MB over its limit of {limit / 2**20:.0f} MB"
-            logger.info("%s: recycling once its tasks are done (%s)", slot.worker_id, slot.recycling)
+    def _replace_if_recycled(self, slot: WorkerSlot) -> None:
+        """A worker to recycle gets no more tasks, and is replaced once it has none: what it
+        holds finishes first, so a recycle never costs a task an attempt."""
         if slot.recycling is not None and not slot.tasks:
             self.replace(slot.worker_id, slot.recycling)
-

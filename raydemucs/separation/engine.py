@@ -8,8 +8,9 @@ average; a bag of models repeats it per model and averages with the bag's weight
 one such split run (one model, one shift); this module lays out every segment of every pass
 exactly as `apply_model` does (`plan_separation`), runs any of them (`Runner`, `run_segment`),
 adds their weighted outputs (`OverlapAdd`) and turns the sums into stems (`finish`). The
-strategies build on it: `raydemucs.separation.split` (one track on several workers), `raydemucs.separation.streaming`
-(bounded memory) and `raydemucs.separation.batching` (segments of several tracks per forward pass).
+strategies build on it: `separate_track` (one track in memory), `raydemucs.separation.split` (one
+track on several workers), `raydemucs.separation.streaming` (bounded memory) and
+`raydemucs.separation.batching` (segments of several tracks per forward pass).
 
 The mix is normalised with the whole track's mean and std (`track_stats`, or `Moments` block by
 block), as `Separator.separate_tensor` does; every part of one track must use the same figures.
@@ -224,6 +225,7 @@ class Runner:
     def __init__(self, model, device=None, precision: str = "fp32", runtime: str = "eager"):
         from ..models.runtimes import forward_for
 
+        self.model = model
         self.models = sub_models(model)
         self.device = th.device(device) if device is not None else None
         self.precision = precision
@@ -359,3 +361,23 @@ def pick_stems(stems: dict, two_stems: str | None) -> dict:
         return stems
     others = [wav for name, wav in stems.items() if name != two_stems]
     return {two_stems: stems[two_stems], f"no_{two_stems}": sum(others[1:], others[0].clone())}
+
+
+def separate_track(runner: Runner, wav: th.Tensor, *, segment: float | None = None,
+                   overlap: float = 0.25, shifts: int = 0, callback=None,
+                   rng=random) -> dict:
+    """`{source: [channels, time]}` for a `[channels, time]` mix, one segment per forward pass
+    in `apply_model`'s order (each pass's segments by offset): `Separator.separate_tensor`'s
+    stems, at the runner's precision and on its runtime."""
+    mean, std = track_stats(wav)
+    plan = plan_separation(runner.model, wav.shape[-1], segment=segment, overlap=overlap,
+                           shifts=shifts, rng=rng)
+    mix = ((wav - mean) / std)[None]
+    sums = [OverlapAdd((1, len(plan.sources), plan.channels), 0, plan.length)
+            for _ in plan.passes]
+    for segment_ in sorted(plan.segments, key=lambda s: (s.pass_index, s.offset)):
+        x = take(mix, 0, plan.length, segment_.input_start, segment_.input_length)
+        weighted, weight = run_segment(runner, plan, segment_, x, callback, None)
+        sums[segment_.pass_index].add(segment_.start, weighted, weight)
+    stems = finish(plan, [(acc.out, acc.weight) for acc in sums], mean, std)[0]
+    return dict(zip(plan.sources, stems))

@@ -7,16 +7,16 @@ which gives what `Separator.separate_tensor` gives for the whole track, within f
 `separate_across_workers` is how a lead worker uses that: it decodes the track, keeps the smallest
 piece (it also decodes, joins and writes), sends the others to the idle workers the scheduler lent
 it (each gets only its window), and joins. A helper that fails costs time, not the task: the lead
-runs that piece itself.
+runs that piece itself. The helpers are what the worker hands in (`Helper`): how they are reached
+(Ray, its concurrency groups) is the worker's business.
 """
 from __future__ import annotations
 
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
-import ray
 import torch as th
 
 from ..core.config import SeparationConfig
@@ -122,11 +122,37 @@ def separate_piece_file(model, plan: SeparationPlan, piece: Piece, path, mean, s
 RunPiece = Callable[..., PieceResult]  # (plan, piece, window, mean, std) -> PieceResult
 
 
-def separate_across_workers(model, wav: th.Tensor, options: SeparationConfig, helpers: Sequence,
-                            run_here: RunPiece, abort: threading.Event, task_id: str,
+class HelperLost(Exception):
+    """Raised by a `PendingPiece` whose helper failed or died: the lead runs the piece itself."""
+
+
+class PendingPiece(Protocol):
+    """A piece sent to a helper."""
+
+    def wait(self, timeout_s: float) -> bool:
+        """Whether the piece's answer is in, after waiting up to `timeout_s`."""
+
+    def result(self) -> PieceResult:
+        """The piece's sums; raises `HelperLost`."""
+
+
+class Helper(Protocol):
+    """An idle worker lent to the lead (the worker hands the splitter these)."""
+
+    def start(self, task_id: str, attempt: int, options: SeparationConfig, plan: SeparationPlan,
+              piece: Piece, window: th.Tensor, mean, std) -> PendingPiece:
+        """Send the helper its piece and the window of samples it reads."""
+
+    def abort(self, task_id: str, attempt: int) -> None:
+        """Stop the helper's piece at its next segment (without waiting for it)."""
+
+
+def separate_across_workers(model, wav: th.Tensor, options: SeparationConfig,
+                            helpers: Sequence[Helper], run_here: RunPiece,
+                            abort: threading.Event, task_id: str,
                             attempt: int) -> tuple[th.Tensor, int]:
-    """`[sources, channels, time]` for `wav`, computed with `helpers` (actor handles); also
-    returns the number of pieces."""
+    """`[sources, channels, time]` for `wav`, computed with `helpers`; also returns the number
+    of pieces."""
     mean, std = track_stats(wav)
     plan = plan_separation(model, wav.shape[-1], segment=options.segment, overlap=options.overlap,
                            shifts=options.shifts)
@@ -137,29 +163,29 @@ def separate_across_workers(model, wav: th.Tensor, options: SeparationConfig, he
 
     own = min(pieces, key=lambda piece: len(piece.segments))  # the lead also decodes, joins, writes
     lent = [piece for piece in pieces if piece is not own]
-    refs = [helper.separate_piece.remote(task_id, attempt, options.model, options.repo,
-                                         options.precision, plan, piece, window(piece), mean, std)
+    sent = [helper.start(task_id, attempt, options, plan, piece, window(piece), mean, std)
             for helper, piece in zip(helpers, lent)]
     try:
         results = [run_here(plan, own, window(own), mean, std)]
-        for piece, ref in zip(lent, refs):
-            result = _helper_result(ref, abort, task_id, piece)
+        for piece, pending in zip(lent, sent):
+            result = _helper_result(pending, abort, task_id, piece)
             results.append(result or run_here(plan, piece, window(piece), mean, std))
     except BaseException:
         for helper in helpers:
-            helper.abort.remote(task_id, attempt)
+            helper.abort(task_id, attempt)
         raise
     return join_pieces(plan, results, mean, std), len(pieces)
 
 
-def _helper_result(ref, abort: threading.Event, task_id: str, piece: Piece) -> PieceResult | None:
+def _helper_result(pending: PendingPiece, abort: threading.Event, task_id: str,
+                   piece: Piece) -> PieceResult | None:
     """A helper's piece, or None when the helper failed; an abort here raises KeyboardInterrupt."""
-    while not ray.wait([ref], timeout=0.2)[0]:
+    while not pending.wait(0.2):
         if abort.is_set():
             raise KeyboardInterrupt
     try:
-        return ray.get(ref)
-    except ray.exceptions.RayError as exc:
+        return pending.result()
+    except HelperLost as exc:
         logger.warning("task %s: piece %d failed on its helper (%s); running it here", task_id,
-                       piece.index, str(exc).splitlines()[0])
+                       piece.index, exc)
         return None

@@ -1,25 +1,28 @@
 """SeparatorWorker: one process, models loaded once, attempts abortable and observable.
 
-What an attempt does, in order: find its places (`raydemucs.worker.files`), check the input again,
-separate it the way that fits (`raydemucs.separation.strategies`), write the stems (`raydemucs.separation.encode`)
-into its output folder atomically (`raydemucs.storage.folders`).
+An attempt is a pipeline (docs/architecture.md, "One attempt through a worker"); each step is one call into the module that holds
+it, and control comes back here only between steps:
+
+1. its files (`raydemucs.worker.files`): the input fetched and checked again, the output folder;
+   the stems of an identical earlier task linked in, when the scheduler found one;
+2. its model (`raydemucs.models.loading`), checked against the task's options;
+3. the separation (`raydemucs.separation.strategies`), the way that fits the task;
+4. its files again: the stems written and published with their manifest;
+5. the worker's memory after it (`raydemucs.worker.health`).
 """
 from __future__ import annotations
 
 import collections
-import functools
 import logging
 import os
-import shutil
 import socket
-import threading
 import time
-from pathlib import Path
 
 import psutil
+import ray
+from ray.exceptions import RayError
 
 from .. import __version__
-from ..audio.checks import validate_input
 from ..core.actors import node_id
 from ..core.config import Config
 from ..core.errors import (
@@ -32,18 +35,20 @@ from ..core.errors import (
 )
 from ..core.logs import configure_logging
 from ..core.task import TaskSpec
-from ..models.loading import ModelCache, check_options
-from ..models.precision import check_device
-from ..models.runtimes import runtime_of, worker_runtime
-from ..separation.attempt import Attempt
-from ..separation.encode import stem_saver
-from ..separation.engine import is_out_of_memory, sub_models
-from ..separation.strategies import Strategies
-from ..storage.folders import Folder, LocalFolder, write_outputs
+from ..models.loading import ModelCache
+from ..models.runtimes import check_device, worker_runtime
+from ..separation.engine import is_out_of_memory
+from ..separation.split import HelperLost
+from ..separation.strategies import Attempt, Strategies
 from . import health
-from .files import attempt_places
+from .files import attempt_files
 
 logger = logging.getLogger(__name__)
+
+# `poll`, `abort` and `ready` run in a concurrency group of their own, beside the attempts: a
+# worker answers them while it separates, even one that holds a single attempt (prefetch 0)
+CONTROL = "control"
+CONTROL_CALLS = 3
 
 
 def worker_device(num_gpus: float) -> str:
@@ -51,20 +56,6 @@ def worker_device(num_gpus: float) -> str:
     import torch
 
     return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
-
-
-def link_or_copy(source: Path, target: Path) -> None:
-    """Hard-link `source` to `target`, or copy it across file systems."""
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
-
-
-@functools.lru_cache(maxsize=1)
-def _node_id() -> str:
-    """The Ray node, or the host name outside a cluster (a plain worker in a test)."""
-    return node_id() or socket.gethostname()
 
 
 def _error_of(exc: BaseException, current: Attempt, task_id: str) -> RayDemucsError:
@@ -81,6 +72,40 @@ def _error_of(exc: BaseException, current: Attempt, task_id: str) -> RayDemucsEr
     return InternalError(f"{type(exc).__name__}: {exc}")
 
 
+class _RemotePiece:
+    """A piece a lent worker is separating (`separation.split.PendingPiece`)."""
+
+    def __init__(self, ref):
+        self.ref = ref
+
+    def wait(self, timeout_s: float) -> bool:
+        return bool(ray.wait([self.ref], timeout=timeout_s)[0])
+
+    def result(self):
+        try:
+            return ray.get(self.ref)
+        except RayError as exc:
+            raise HelperLost(str(exc).splitlines()[0]) from None
+
+
+class LentWorker:
+    """An idle worker the scheduler lent to an attempt, as the splitter uses it
+    (`separation.split.Helper`): its abort goes through the control group, so that it overtakes
+    the piece it stops."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def start(self, task_id: str, attempt: int, options, plan, piece, window, mean,
+              std) -> _RemotePiece:
+        return _RemotePiece(self.handle.separate_piece.remote(
+            task_id, attempt, options.model, options.repo, options.precision, plan, piece,
+            window, mean, std))
+
+    def abort(self, task_id: str, attempt: int) -> None:
+        self.handle.abort.options(concurrency_group=CONTROL).remote(task_id, attempt)
+
+
 class SeparatorWorker:
     """Separates with models it keeps loaded; `abort` and `poll` are thread-safe.
 
@@ -90,24 +115,28 @@ class SeparatorWorker:
 
     def __init__(self, worker_id: str, config: dict):
         self.config = Config.from_dict(config)
+        workers = self.config.workers
         configure_logging(self.config.service.log_level, self.config.service.log_format)
         import torch
 
-        threads = max(1, round(self.config.workers.num_cpus))
+        threads = max(1, round(workers.num_cpus))
         torch.set_num_threads(threads)
         self.worker_id = worker_id
-        self.device = worker_device(self.config.workers.num_gpus)
-        self.models = ModelCache(self.config.workers.max_models, self.device)
-        self.strategies = Strategies(self.device, self.config.workers.batch_size,
-                                     worker_runtime(self.config.workers.runtime, self.device))
-        self._models_lock = threading.Lock()
+        self.device = worker_device(workers.num_gpus)
+        self._process = psutil.Process()
+        self.strategies = Strategies(self.device, workers.batch_size,
+                                     worker_runtime(workers.runtime, self.device),
+                                     health.TurnMemory(self._process, workers.release_memory))
+        self.models = ModelCache(workers.max_models, self.device, self.strategies.forget)
+        self.stamp = {"worker": worker_id, "node": node_id() or socket.gethostname(),
+                      "device": self.device, "raydemucs_version": __version__}
         self._attempts: dict[str, Attempt] = {}
         self._early_aborts: collections.deque = collections.deque(maxlen=64)
         self.tasks_done = 0
         self.tasks_failed = 0
         self.started_at = time.time()
-        self._process = psutil.Process()
-        self._release_memory = health.MemoryReleases()
+        self._release_memory = health.MemoryReleases() if workers.release_memory else None
+        self._ceiling_bytes = health.rss_ceiling_bytes(workers.max_rss_mb, workers.memory_mb)
         self._process.cpu_percent(None)
         self.load_error: str | None = None
         self._load_default()
@@ -132,7 +161,7 @@ class SeparatorWorker:
 
     # -- the calls the pool makes ---------------------------------------------------------------
     def ready(self) -> dict:
-        return {"worker_id": self.worker_id, "pid": os.getpid(), "node": _node_id(),
+        return {"worker_id": self.worker_id, "pid": os.getpid(), "node": self.stamp["node"],
                 "device": self.device, "models": self.models.keys(), "stems": self.models.stems(),
                 "load_error": self.load_error, **health.sample(self._process, self.device)}
 
@@ -171,23 +200,17 @@ class SeparatorWorker:
         task = TaskSpec.from_dict(spec)
         current = self._enter(task.task_id, attempt)
         try:
-            result = self._separate(task, current, reuse_from, upload, helpers or [])
+            result = self._pipeline(task, current, reuse_from, upload,
+                                    [LentWorker(handle) for handle in helpers or []])
             self.tasks_done += 1
-            return {"ok": True, "models": self.models.keys(), **result, **self._settle()}
+            return {"ok": True, "models": self.models.keys(), **result, **self._settle(current)}
         except (Exception, KeyboardInterrupt) as exc:  # KeyboardInterrupt: how an abort arrives
             error = _error_of(exc, current, task.task_id)
         finally:
             self._leave(current)
         self.tasks_failed += 1
         return {"ok": False, "models": self.models.keys(), "error": error.to_dict(),
-                **self._settle()}
-
-    def _settle(self) -> dict:
-        """After an attempt: free memory back to the system (at most every few seconds), and the
-        RSS left (what the pool's recycle rule judges)."""
-        if self.config.workers.release_memory:
-            self._release_memory()
-        return {"rss_bytes": self._process.memory_info().rss}
+                **self._settle(current)}
 
     def separate_piece(self, task_id: str, attempt: int, model: str, repo: str | None,
                        precision: str, plan, piece, window, mean, std):
@@ -195,8 +218,7 @@ class SeparatorWorker:
         `poll` under the lead's task id."""
         current = self._enter(task_id, attempt)
         try:
-            with self._models_lock:
-                separator = self.models.get(model, repo)
+            separator = self.models.get(model, repo)
             with self.strategies.turns.turn(current):
                 return self.strategies.run_piece(separator.model, precision, current, plan,
                                                  piece, window, mean, std)
@@ -207,6 +229,7 @@ class SeparatorWorker:
 
     # -- one attempt ----------------------------------------------------------------------------
     def _enter(self, task_id: str, number: int) -> Attempt:
+        """The attempt takes its place in this worker, and in the model's line (in arrival order)."""
         current = self._attempts[task_id] = Attempt(task_id, number)
         if (task_id, number) in self._early_aborts:
             current.abort.set()
@@ -217,67 +240,27 @@ class SeparatorWorker:
         self.strategies.turns.leave(current)
         self._attempts.pop(current.task_id, None)
 
-    def _separate(self, task: TaskSpec, current: Attempt, reuse_from: str | None,
-                  upload: bytes | None, helpers: list) -> dict:
-        max_bytes = int(self.config.input.max_file_mb * 2**20)
-        with attempt_places(task, self.config.storage, max_bytes, upload) as places:
-            previous = places.previous_manifest()
-            if previous and previous.get("task_id") != task.task_id and not task.force:
-                raise InvalidInput(f"{task.output_location} already holds the stems of task "
-                                   f"{previous.get('task_id')}; pass --force to replace them")
-            duration_s = validate_input(places.input_path, self.config.input)
-            places.folder.sweep()  # what an earlier, killed attempt of this task left
-            source = LocalFolder(reuse_from) if reuse_from else None
-            if source is not None and source.complete():
-                result = self._reuse(task, current.number, source, places.folder, duration_s)
-            else:
-                result = self._separate_into(task, current, places, duration_s, helpers)
-            return {**result, **places.deliver(result["outputs"])}
-
-    def _manifest_base(self, task: TaskSpec, attempt: int, duration_s: float) -> dict:
-        return {"task_id": task.task_id, "project": task.project, "file_id": task.file_id,
-                "input": {"path": task.input_path, "duration_s": duration_s,
-                          "sha256": task.input_sha256},
-                "model": task.options.model, "options": task.to_dict()["options"],
-                "attempt": attempt, "worker": self.worker_id, "node": _node_id(),
-                "device": self.device, "raydemucs_version": __version__, "created_at": time.time()}
-
-    def _reuse(self, task: TaskSpec, attempt: int, source: LocalFolder, folder: Folder,
-               duration_s: float) -> dict:
-        """Link the stems of an earlier task with the same cache key into this task's folder."""
-        previous = source.manifest()
-        stems = {name: source.path / entry["file"] for name, entry in previous["stems"].items()}
-        manifest = {**self._manifest_base(task, attempt, duration_s),
-                    "samplerate": previous.get("samplerate"), "cached_from": previous["task_id"],
-                    "timings": {}}
-        started = time.time()
-        outputs = write_outputs(folder, stems, task.options.format, link_or_copy, manifest)
-        logger.info("task %s attempt %d: reused the stems of task %s", task.task_id, attempt,
-                    previous["task_id"])
-        return {"outputs": outputs, "timings": {"write_s": time.time() - started},
-                "duration_s": duration_s, "cached_from": previous["task_id"]}
-
-    def _separate_into(self, task: TaskSpec, current: Attempt, places, duration_s: float,
-                       helpers: list) -> dict:
-        options = task.options
-        with self._models_lock:
-            separator = self.models.get(options.model, options.repo)
-        check_options(separator.model, options)
-        check_device(options.precision, self.device)
-        timings: dict = {}
-        with self.strategies.separate(task, current, separator, places.input_path,
-                                      places.scratch, duration_s, helpers, timings) as separated:
-            current.phase = "writing"
-            manifest = {**self._manifest_base(task, current.number, duration_s),
-                        "samplerate": separator.samplerate, "streamed": separated.streamed,
-                        "runtime": runtime_of(sub_models(separator.model)[0], self.device,
-                                              self.strategies.runtime),
-                        "pieces": separated.pieces, "peak_rss_bytes": current.peak_rss_bytes,
-                        "timings": timings}
-            started = time.time()
-            outputs = write_outputs(places.folder, separated.stems, options.format,
-                                    stem_saver(options, separator.samplerate), manifest)
-        timings["write_s"] = time.time() - started
+    def _pipeline(self, task: TaskSpec, current: Attempt, reuse_from: str | None,
+                  upload: bytes | None, helpers: list[LentWorker]) -> dict:
+        with attempt_files(task, self.config, self.stamp, upload) as files:
+            if reuse_from and (reused := files.reuse(reuse_from, current.number)):
+                return reused
+            separator = self.models.for_task(task.options)
+            places = files.places
+            with self.strategies.separate(task, current, separator, places.input_path,
+                                          places.scratch, files.duration_s, helpers) as separated:
+                current.phase = "writing"
+                result = files.publish(separated, current)
         logger.info("task %s attempt %d: separated %.1f s of audio in %.2f s", task.task_id,
-                    current.number, duration_s, sum(timings.values()))
-        return {"outputs": outputs, "timings": timings, "duration_s": duration_s}
+                    current.number, files.duration_s, sum(current.timings.values()))
+        return result
+
+    def _settle(self, current: Attempt) -> dict:
+        """The worker's memory after an attempt (what the pool's recycle rule judges): its RSS,
+        free heap handed back first at most every few seconds (at once when over the ceiling),
+        and the attempt's sample at rest, if one was taken as it left the model."""
+        rss = self._process.memory_info().rss
+        over = self._ceiling_bytes is not None and rss > self._ceiling_bytes
+        if self._release_memory is not None and self._release_memory(force=over):
+            rss = self._process.memory_info().rss
+        return {"rss_bytes": rss, "rest_rss_bytes": current.rest_rss_bytes}

@@ -1,28 +1,36 @@
-"""Where one attempt reads its input and writes its stems, from the worker's point of view.
+"""An attempt's files, from the worker's point of view: its input (fetched when remote or uploaded,
+then checked again), its output folder (swept of what killed attempts left), the stems of an
+identical earlier task linked in, and the stems published with their manifest.
 
 A task may name a local file and folder (one machine, or a shared filesystem), URIs read and
 written through fsspec, or bytes uploaded with it. The worker always decodes a local file;
 `attempt_places` provides it, the `Folder` the stems are published to, and a local place for
-scratch files.
+scratch files; `attempt_files` checks them for one attempt, which the worker then separates.
 """
 from __future__ import annotations
 
 import contextlib
-import re
+import logging
+import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from ..core.config import StorageConfig
-from ..core.errors import InputTooLarge, InternalError
+from ..audio.checks import validate_input
+from ..core.config import Config, StorageConfig
+from ..core.errors import InputTooLarge, InternalError, InvalidInput
+from ..core.names import stored_name
 from ..core.task import TaskSpec
+from ..separation.encode import stem_saver
 from ..storage import uris
-from ..storage.folders import Folder, task_folder
+from ..storage.folders import Folder, LocalFolder, task_folder, write_outputs
 from ..storage.uploads import UploadSource
 
-SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
+logger = logging.getLogger(__name__)
+
 
 
 @dataclass
@@ -45,8 +53,7 @@ class Places:
 
 
 def _local_name(location: str) -> str:
-    suffix = Path(location.rsplit("/", 1)[-1]).suffix
-    return "input" + (suffix if SAFE_SUFFIX.match(suffix) else "")
+    return stored_name("input", location.rsplit("/", 1)[-1])
 
 
 @contextlib.contextmanager
@@ -82,3 +89,79 @@ def attempt_places(task: TaskSpec, config: StorageConfig, max_bytes: int,
         yield Places(input_path, folder, folder.scratch(), task.kept)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link `source` to `target`, or copy it across file systems."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+@dataclass
+class AttemptFiles:
+    """One attempt's checked input and its output folder; `stamp` says who makes the stems
+    (worker, node, device, raydemucs_version), for the manifest."""
+
+    task: TaskSpec
+    places: Places
+    duration_s: float
+    stamp: dict
+
+    def reuse(self, location: str | None, attempt: int) -> dict | None:
+        """Link in the stems of an earlier task with the same cache key (its folder at
+        `location`); None when there is none or its folder is not complete."""
+        source = LocalFolder(location) if location else None
+        if source is None or not source.complete():
+            return None
+        previous = source.manifest()
+        stems = {name: source.path / entry["file"] for name, entry in previous["stems"].items()}
+        manifest = {**self._manifest(attempt), "samplerate": previous.get("samplerate"),
+                    "cached_from": previous["task_id"], "timings": {}}
+        started = time.time()
+        outputs = write_outputs(self.places.folder, stems, self.task.options.format,
+                                link_or_copy, manifest)
+        logger.info("task %s attempt %d: reused the stems of task %s", self.task.task_id, attempt,
+                    previous["task_id"])
+        return {**self.places.deliver(outputs), "timings": {"write_s": time.time() - started},
+                "duration_s": self.duration_s, "cached_from": previous["task_id"]}
+
+    def publish(self, separated, current) -> dict:
+        """Write `separated`'s stems (a `separation.strategies.Separated`) in the task's format
+        and publish them with the manifest of the attempt `current`."""
+        options = self.task.options
+        manifest = {**self._manifest(current.number), "samplerate": separated.samplerate,
+                    "streamed": separated.streamed, "runtime": separated.runtime,
+                    "pieces": separated.pieces, "peak_rss_bytes": current.peak_rss_bytes,
+                    "timings": current.timings}
+        with current.timed("write_s"):
+            outputs = write_outputs(self.places.folder, separated.stems, options.format,
+                                    stem_saver(options, separated.samplerate), manifest)
+        return {**self.places.deliver(outputs), "timings": current.timings,
+                "duration_s": self.duration_s}
+
+    def _manifest(self, attempt: int) -> dict:
+        task = self.task
+        return {"task_id": task.task_id, "project": task.project, "file_id": task.file_id,
+                "input": {"path": task.input_path, "duration_s": self.duration_s,
+                          "sha256": task.input_sha256},
+                "model": task.options.model, "options": task.to_dict()["options"],
+                "attempt": attempt, **self.stamp, "created_at": time.time()}
+
+
+@contextlib.contextmanager
+def attempt_files(task: TaskSpec, config: Config, stamp: dict,
+                  upload: bytes | UploadSource | None = None) -> Iterator[AttemptFiles]:
+    """An attempt's files, checked: the input again (it may have changed since submit), and that
+    the output folder holds no other task's stems (unless forced); what killed attempts of this
+    task left beside it is swept."""
+    max_bytes = int(config.input.max_file_mb * 2**20)
+    with attempt_places(task, config.storage, max_bytes, upload) as places:
+        previous = places.previous_manifest()
+        if previous and previous.get("task_id") != task.task_id and not task.force:
+            raise InvalidInput(f"{task.output_location} already holds the stems of task "
+                               f"{previous.get('task_id')}; pass --force to replace them")
+        duration_s = validate_input(places.input_path, config.input)
+        places.folder.sweep()
+        yield AttemptFiles(task, places, duration_s, stamp)

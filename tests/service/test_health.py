@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 
 import psutil
 
-from support import wait_for
+from raydemucs.worker.health import LEAK_SAMPLES
+
+from support import save_leaky_model, wait_for
 
 
 def test_figures_move_when_a_worker_is_busy(make_service, audio, tmp_path):
@@ -69,3 +72,51 @@ def test_dispatch_pauses_while_free_memory_is_below_the_floor(make_service, audi
     assert manager.get_status()["workers"][0]["state"] == "idle"
     manager.cancel(task_id)
 
+
+
+def run_rounds(manager, clips, out, until, max_tasks: int) -> list[dict]:
+    """Submit `clips` (each task its own file id, no result cache) round after round, each
+    round's stems deleted once it is done, until `until()` or `max_tasks`; the records."""
+    records = []
+    while not until() and len(records) < max_tasks:
+        ids = [manager.add_task(clip, file_id=f"t{len(records) + i}", output_dir=out, cache=False)
+               for i, clip in enumerate(clips)]
+        records += manager.wait_all(ids, timeout=300)
+        shutil.rmtree(out, ignore_errors=True)
+    return records
+
+
+def test_a_soak_of_mixed_lengths_replaces_no_worker(make_service, audio, tmp_path):
+    """The default rule, two workers, clips of 1 to 12 s in turn (a worker holds two at once),
+    until each worker's memory at rest was judged against its baselines twice as often as a
+    leak needs: no worker is replaced. (The rule before this one, against a worker's RSS after
+    its first task, replaced them over and over.)"""
+    manager = make_service(workers={"max_workers": 2})
+    clips = [audio(f"c{i}.wav", seconds=s, seed=i) for i, s in enumerate((1, 1, 2, 12, 2, 6))]
+
+    def judged():
+        return min(w["memory"]["judged"] for w in manager.get_status()["workers"])
+
+    records = run_rounds(manager, clips * 2, tmp_path / "out",
+                         lambda: judged() >= 2 * LEAK_SAMPLES, max_tasks=2400)
+    assert {(r["state"], r["attempts"]) for r in records} == {("succeeded", 1)}
+    workers = manager.get_status()["workers"]
+    assert [w["restarts"] for w in workers] == [0, 0], [w["memory"] for w in workers]
+    assert judged() >= 2 * LEAK_SAMPLES
+
+
+def test_a_worker_that_leaks_is_recycled_between_tasks(make_service, audio, tmp_path):
+    """A model whose forward keeps its outputs (`tests/leaky_model.py`), the default rule: its
+    worker is replaced between tasks, no task failing or retried."""
+    repo = save_leaky_model(tmp_path / "models")
+    manager = make_service(workers={"max_workers": 1},
+                           separation={"model": "leaky", "repo": str(repo)})
+    clip = audio("clip.wav", seconds=2.0)
+
+    def restarts():
+        return manager.get_status()["workers"][0]["restarts"]
+
+    records = run_rounds(manager, [clip] * 40, tmp_path / "out", lambda: restarts() > 0,
+                         max_tasks=4000)
+    assert restarts() > 0
+    assert {(r["state"], r["attempts"]) for r in records} == {("succeeded", 1)}

@@ -9,24 +9,33 @@ import soundfile as sf
 
 from raydemucs.core.config import SeparationConfig, load_config
 from raydemucs.core.task import TaskSpec, new_task_id
-from raydemucs.worker.actor import SeparatorWorker
+from raydemucs.scheduler.pool import WORKER_ACTOR
+from raydemucs.worker.actor import CONTROL, SeparatorWorker
 
 from support import wait_for
 
 STEMS = ["drums", "bass", "other", "vocals"]
 
 
-@pytest.fixture
-def workers(ray_cluster, tiny_repo):
-    """Three workers holding the same weights (demucs_unittest would not do: it is initialised at
-    random in each process)."""
+def start_workers(tiny_repo, count: int, max_concurrency: int) -> list:
+    """Worker actors as the pool makes them, holding the same weights (demucs_unittest would not
+    do: it is initialised at random in each process)."""
     import ray
 
     config = load_config("test", overrides={"separation": {"model": "tiny", "repo": str(tiny_repo)}},
                          environ={}).to_dict()
-    actor = ray.remote(SeparatorWorker).options(num_cpus=1, max_concurrency=4)
-    handles = [actor.remote(f"w{i}", config) for i in range(3)]
-    ray.get([h.ready.remote() for h in handles])
+    actor = WORKER_ACTOR.options(num_cpus=1, max_concurrency=max_concurrency)
+    handles = [actor.remote(f"w{i}", config) for i in range(count)]
+    ray.get([h.ready.options(concurrency_group=CONTROL).remote() for h in handles])
+    return handles
+
+
+@pytest.fixture
+def workers(ray_cluster, tiny_repo):
+    """Three workers that each hold up to 4 calls at once."""
+    import ray
+
+    handles = start_workers(tiny_repo, 3, max_concurrency=4)
     yield handles
     for handle in handles:
         ray.kill(handle)
@@ -79,6 +88,34 @@ def test_a_helper_killed_during_its_piece_costs_time_not_the_task(workers, tiny_
     split = ray.get(split)
     assert plain["ok"] and split["ok"], split
     assert_same_stems(tmp_path / "p" / "plain", tmp_path / "p" / "split")
+
+
+def test_an_aborted_lead_stops_a_helper_that_runs_one_call_at_a_time(ray_cluster, tiny_repo, audio,
+                                                                      tmp_path):
+    """With prefetch 0 a worker runs one attempt (or piece) at a time, beside its control group:
+    an aborted lead stops its helper's piece through that group, at its next segment. (An abort
+    sent as an ordinary call would wait behind the piece it should stop.)"""
+    import ray
+
+    lead, helper = start_workers(tiny_repo, 2, max_concurrency=1)
+    try:
+        task = spec(audio("long.wav", seconds=240.0), tmp_path, "split", repo=tiny_repo)
+        result = lead.separate.remote(task.to_dict(), 1, None, None, [helper])
+
+        def piece_progress():
+            tasks = ray.get(helper.poll.options(concurrency_group=CONTROL).remote())["tasks"]
+            return tasks[0]["progress"] if tasks else None
+
+        wait_for(lambda: (piece_progress() or 0) > 0, timeout_s=120, step_s=0.05)
+        lead.abort.options(concurrency_group=CONTROL).remote(task.task_id, 1)
+        assert ray.get(result)["error"]["type"] == "SeparationAborted"
+        seen = []  # the piece's progress until it left the helper
+        wait_for(lambda: seen.append(piece_progress()) or seen[-1] is None, timeout_s=300,
+                 step_s=0.02)
+        assert max([p for p in seen if p is not None], default=0) < 0.5, seen
+    finally:
+        for handle in (lead, helper):
+            ray.kill(handle)
 
 
 def split_long_track(make_service, tiny_repo, audio, tmp_path, seconds: float):

@@ -10,9 +10,9 @@ from demucs.apply import BagOfModels, apply_model
 from demucs.htdemucs import HTDemucs
 from demucs.pretrained import SOURCES, get_model
 
-from raydemucs.separation.attempt import Attempt
 from raydemucs.separation.batching import BatchedSeparator, SharedBatcher, fit_batch_size
 from raydemucs.separation.engine import plan_separation, track_stats
+from raydemucs.separation.strategies import Attempt
 
 from support import make_signal, wait_for
 

@@ -17,14 +17,14 @@ from test_worker import STEMS, make_spec, make_worker
 from raydemucs.core.config import SeparationConfig, load_config
 from raydemucs.core.errors import ConfigError, InvalidInput
 from raydemucs.core.task import TaskSpec
-from raydemucs.models import precision, runtimes
+from raydemucs.models import compiled, runtimes
 from raydemucs.separation.batching import BatchedSeparator
 from raydemucs.worker.actor import SeparatorWorker
 
 from support import make_signal, save_tiny_htdemucs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-HAS_BF16 = bool(precision.cpu_flags() & set(precision.CPU_BF16_FLAGS))
+HAS_BF16 = bool(runtimes.cpu_flags() & set(runtimes.CPU_BF16_FLAGS))
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_only_htdemucs_exports():
 
 
 RELOAD = ("import sys; from demucs.pretrained import get_model; "
-          "from raydemucs.models.runtimes import CompiledNetwork; "
+          "from raydemucs.models.compiled import CompiledNetwork; "
           "from pathlib import Path; model = get_model('tiny', Path(sys.argv[1])).models[0].eval(); "
           "print(CompiledNetwork(model, 'fp32', 1, folder=sys.argv[2]).built)")
 
@@ -78,8 +78,8 @@ RELOAD = ("import sys; from demucs.pretrained import get_model; "
 def test_an_export_is_built_once_and_reloaded_from_disk(tiny, tiny_repo, tmp_path):
     """A fresh cache folder builds it; the same folder again, and a new process (a restarted
     worker), load it instead."""
-    first = runtimes.CompiledNetwork(tiny, "fp32", 1, folder=tmp_path)
-    again = runtimes.CompiledNetwork(tiny, "bf16", 1, folder=tmp_path)
+    first = compiled.CompiledNetwork(tiny, "fp32", 1, folder=tmp_path)
+    again = compiled.CompiledNetwork(tiny, "bf16", 1, folder=tmp_path)
     assert first.built and not again.built and first.path.exists()
     restarted = subprocess.run([sys.executable, "-c", RELOAD, str(tiny_repo), str(tmp_path)],
                                capture_output=True, text=True, timeout=300, check=True)
@@ -89,25 +89,25 @@ def test_an_export_is_built_once_and_reloaded_from_disk(tiny, tiny_repo, tmp_pat
 def test_the_export_key_follows_the_weights(tmp_path):
     a, b = (get_model("tiny", save_tiny_htdemucs(tmp_path / name, seed=seed)).models[0]
             for name, seed in (("a", 0), ("b", 1)))
-    assert runtimes.weights_digest(a) != runtimes.weights_digest(b)
-    assert runtimes.weights_digest(a) == runtimes.weights_digest(
+    assert compiled.weights_digest(a) != compiled.weights_digest(b)
+    assert compiled.weights_digest(a) == compiled.weights_digest(
         get_model("tiny", tmp_path / "a").models[0])
 
 
 # -- what can run where ---------------------------------------------------------------------------
 def test_fp16_is_refused_for_a_cpu_pool():
     with pytest.raises(InvalidInput, match="fp16 needs a GPU"):
-        precision.check_pool("fp16", "cpu")
-    precision.check_pool("fp16", "cuda")
-    precision.check_pool("bf16", "cpu")
+        runtimes.check_pool("fp16", "cpu")
+    runtimes.check_pool("fp16", "cuda")
+    runtimes.check_pool("bf16", "cpu")
 
 
 def test_bf16_is_refused_on_a_cpu_without_bf16_units(monkeypatch):
-    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    monkeypatch.setattr(runtimes, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
     with pytest.raises(InvalidInput, match="AVX512-BF16 or AMX"):
-        precision.check_device("bf16", "cpu")
-    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
-    precision.check_device("bf16", "cpu")
+        runtimes.check_device("bf16", "cpu")
+    monkeypatch.setattr(runtimes, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    runtimes.check_device("bf16", "cpu")
 
 
 def test_a_worker_refuses_fp16_on_its_cpu_and_writes_nothing(audio, tmp_path):

@@ -1,11 +1,13 @@
 """SeparatorWorker with real Demucs code, no Ray: outputs, formats, two-stems, abort, equivalence."""
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ import torch
 from raydemucs.audio.checks import validate_input
 from raydemucs.core.config import InputConfig, SeparationConfig, load_config
 from raydemucs.core.task import TaskSpec, new_task_id
+from raydemucs.models import loading
 from raydemucs.separation.engine import plan_separation
 from raydemucs.worker.actor import SeparatorWorker
 
@@ -291,3 +294,112 @@ def test_batched_attempts_share_forward_passes_and_equal_one_at_a_time(audio, tm
             a, _ = sf.read(tmp_path / "plain" / "proj" / song.stem / f"{stem}.wav", dtype="int16")
             b, _ = sf.read(tmp_path / "batched" / "proj" / song.stem / f"{stem}.wav", dtype="int16")
             assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+def test_a_dropped_model_takes_its_batcher_and_runners_with_it(audio, tmp_path, tiny_repo):
+    """A batching worker keeps `max_models` models, and no batcher or runner of a model it
+    dropped (each holds the model: on a GPU, its weights)."""
+    config = load_config("test", overrides={"separation": {"model": "demucs_unittest"},
+                                            "workers": {"batch_size": 2, "max_models": 1}},
+                         environ={})
+    worker = SeparatorWorker("worker-b", config.to_dict())
+    song = audio("a.wav", seconds=1.0)
+    first = make_spec(song, tmp_path / "out", file_id="first")
+    second = make_spec(song, tmp_path / "out", file_id="second", model="tiny", repo=str(tiny_repo))
+    dropped = worker.models.get("demucs_unittest", None).model
+    assert worker.separate(first.to_dict(), 1)["ok"]
+    assert [key[0] for key in worker.strategies._batchers] == ["demucs_unittest"]
+    assert worker.separate(second.to_dict(), 1)["ok"]
+    assert worker.models.keys() == [("tiny", str(tiny_repo))]
+    assert [key[0] for key in worker.strategies._batchers] == ["tiny"]
+    assert all(model is not dropped for model, _ in worker.strategies._runners)
+
+
+def test_the_model_cache_is_read_safely_while_another_thread_loads(monkeypatch):
+    """`poll` reads the cache (`keys`, `stems`) on the control thread while an attempt may load a
+    model: the load waits for the read, which never sees the cache change under it."""
+    reading, loaded = threading.Event(), threading.Event()
+
+    class Model:
+        @property
+        def sources(self):  # read by `stems`, while the other thread loads and drops a model
+            reading.set()
+            loaded.wait(0.5)
+            return ["drums"]
+
+    monkeypatch.setattr(loading, "load_separator",
+                        lambda name, repo, device: SimpleNamespace(model=Model()))
+    cache = loading.ModelCache(max_models=2, device="cpu")
+    cache.get("a", None)
+    cache.get("b", None)
+
+    def load():
+        reading.wait(5)
+        cache.get("c", None)
+        loaded.set()
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    assert cache.stems() == {"a": ["drums"], "b": ["drums"]}
+    thread.join(5)
+    assert cache.keys() == [("b", None), ("c", None)]
+
+
+def trace_attempt(worker: SeparatorWorker, spec: TaskSpec) -> tuple[dict, list]:
+    """Run one attempt under `sys.setprofile`: every call into raydemucs as `(module, caller)`,
+    each the file under raydemucs/ (the caller: the nearest raydemucs frame, None if none)."""
+    import raydemucs
+
+    root = str(Path(raydemucs.__file__).parent) + "/"
+
+    def module_of(frame):
+        while frame is not None and not frame.f_code.co_filename.startswith(root):
+            frame = frame.f_back
+        return frame and frame.f_code.co_filename[len(root):]
+
+    calls = []
+
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_code.co_filename.startswith(root):
+            calls.append((module_of(frame), module_of(frame.f_back)))
+
+    sys.setprofile(profile)
+    try:
+        result = worker.separate(spec.to_dict(), 1)
+    finally:
+        sys.setprofile(None)
+    return result, calls
+
+
+def test_an_attempt_is_a_pipeline_of_few_modules(audio, tmp_path):
+    """One default attempt (in memory, eager fp32, a local wav) goes from the actor through at
+    most 6 modules, outside raydemucs/core (the shared vocabulary): the actor hands each step to
+    the module that holds it (files, model, separation, files, memory), and no module calls back
+    into the actor, so control comes back to it only between steps. Beneath the steps, the
+    modules each step uses (docs/architecture.md, "One attempt through a worker"); at the package move, an attempt went through
+    12 modules from the actor, back to it 16 times, and 15 modules in all."""
+    worker = make_worker()
+    assert worker.strategies.runtime == "eager"
+    result, calls = trace_attempt(worker, make_spec(audio("a.wav", seconds=2.0), tmp_path / "out"))
+    assert result["ok"], result
+    actor = "worker/actor.py"
+    calls = [(module, caller) for module, caller in calls if not module.startswith("core/")]
+    steps = [module for module, caller in calls if caller == actor and module != actor]
+    steps = [module for i, module in enumerate(steps) if i == 0 or steps[i - 1] != module]
+    assert len({actor, *steps}) <= 6, steps
+    assert len(steps) <= 10, steps  # strategies, files, models, strategies, files, back out, health
+    assert {caller for module, caller in calls if module == actor} <= {actor, None}
+    assert len({module for module, _ in calls}) <= 12
+
+
+def test_separation_does_not_import_the_worker():
+    """The arrow goes one way: the worker uses separation/, which knows neither the worker nor
+    Ray (the worker hands it what it needs: a memory meter, helper adapters)."""
+    import raydemucs.separation
+
+    for path in Path(raydemucs.separation.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                     for alias in node.names}
+        assert not {name for name in imported if "worker" in name or name.split(".")[0] == "ray"}, path
