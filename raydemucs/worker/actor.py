@@ -1,7 +1,7 @@
 """SeparatorWorker: one process, models loaded once, attempts abortable and observable.
 
-An attempt is a pipeline (docs/architecture.md, "One attempt through a worker"); each step is one call into the module that holds
-it, and control comes back here only between steps:
+An attempt is a pipeline (docs/architecture.md, "One attempt through a worker"); each step is one
+call into the module that holds it, and control comes back here only between steps:
 
 1. its files (`raydemucs.worker.files`): the input fetched and checked again, the output folder;
    the stems of an identical earlier task linked in, when the scheduler found one;

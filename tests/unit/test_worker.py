@@ -376,8 +376,8 @@ def test_an_attempt_is_a_pipeline_of_few_modules(audio, tmp_path):
     most 6 modules, outside raydemucs/core (the shared vocabulary): the actor hands each step to
     the module that holds it (files, model, separation, files, memory), and no module calls back
     into the actor, so control comes back to it only between steps. Beneath the steps, the
-    modules each step uses (docs/architecture.md, "One attempt through a worker"); at the package move, an attempt went through
-    12 modules from the actor, back to it 16 times, and 15 modules in all."""
+    modules each step uses (docs/architecture.md, "One attempt through a worker"); at the package
+    move, an attempt went through 12 modules from the actor, back to it 16 times, 15 in all."""
     worker = make_worker()
     assert worker.strategies.runtime == "eager"
     result, calls = trace_attempt(worker, make_spec(audio("a.wav", seconds=2.0), tmp_path / "out"))
