@@ -135,7 +135,7 @@ def test_the_page_asks_for_a_key_once_and_keeps_it_in_the_tab(page, service):
     page.reload()
     page.wait_for_selector("#live[data-state=live]")
     assert not page.locator("#key-dialog").evaluate("dialog => dialog.open")
-    assert page.evaluate("sessionStorage.getItem('raydemucs.client.managerKey')") == keys["page"]
+    assert page.evaluate("sessionStorage.getItem('raydemucs.apiKey')") == keys["page"]
     assert page.evaluate("localStorage.length") == 0
     assert not page.errors
 
@@ -351,5 +351,5 @@ def test_readable_at_phone_width(page):
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     screenshot(page, "05-phone-player")
     assert not page.errors
-    key = page.evaluate("sessionStorage.getItem('raydemucs.client.managerKey')")
+    key = page.evaluate("sessionStorage.getItem('raydemucs.apiKey')")
     assert not [url for url in page.requested if key in url]  # never in a URL
