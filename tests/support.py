@@ -74,11 +74,12 @@ def write_audio(path: Path, seconds: float = 3.0, samplerate: int = SAMPLERATE,
     return path
 
 
-def save_tiny_htdemucs(repo: Path, name: str = "tiny", seed: int = 0) -> Path:
-    """A small HTDemucs with random weights saved in demucs's repo format: `sig.th` + `name.yaml`."""
+def save_tiny_htdemucs(repo: Path, name: str = "tiny", seed: int = 0, **options) -> Path:
+    """A small HTDemucs with random weights saved in demucs's repo format: `sig.th` + `name.yaml`
+    (`options`: more of its constructor's arguments, such as a shorter training `segment`)."""
     from demucs.htdemucs import HTDemucs
 
-    return save_model(repo, name, HTDemucs, {"channels": 8, "t_layers": 1}, seed)
+    return save_model(repo, name, HTDemucs, {"channels": 8, "t_layers": 1, **options}, seed)
 
 
 def save_leaky_model(repo: Path, name: str = "leaky") -> Path:
