@@ -200,8 +200,12 @@ def _config(work: Path, name: str, model: str, repo: Path | None, out: Path,
             precision: str = "fp32", runtime: str = "eager"):
     from raydemucs.core.config import load_config
 
+    # OpenVINO keeps its compiled network beside the model: about 1.8 GB at rest for htdemucs,
+    # near the default memory_mb (2048), which is also a ceiling on a worker's RSS (a recycle)
+    memory_mb = 3072 if runtime == "openvino" else 2048
     overrides = {
-        "workers": {"max_workers": 2, "num_cpus": 1.0, "runtime": runtime},
+        "workers": {"max_workers": 2, "num_cpus": 1.0, "runtime": runtime,
+                    "memory_mb": memory_mb},
         "separation": {"model": model, "repo": str(repo) if repo else None, "shifts": 0,
                        "precision": precision},
         "service": {"name": name, "state_dir": str(work / f"{name}-state"),
@@ -254,8 +258,17 @@ class StatusSampler(RssSampler):
 
 
 def workers_cpu_s(handles) -> float:
-    """CPU seconds (user + system) the worker processes have used, with their threads."""
-    return sum(sum(h.cpu_times()[:2]) for h in handles)
+    """CPU seconds (user + system) the worker processes have used, with their threads (a worker
+    replaced meanwhile counts until it went: its own CPU time is gone with it)."""
+    import psutil
+
+    total = 0.0
+    for handle in handles:
+        try:
+            total += sum(handle.cpu_times()[:2])
+        except psutil.NoSuchProcess:
+            pass
+    return total
 
 
 def run_warm(repo: Path, files: list[Path], out: Path, work: Path,
@@ -283,12 +296,15 @@ def run_warm(repo: Path, files: list[Path], out: Path, work: Path,
                 records = manager.wait_all([r["task_id"] for r in submitted], poll_s=0.05)
                 wall, t_end_wall = time.monotonic() - started, time.time()
             cpu_s = workers_cpu_s(handles) - cpu_before
+        replaced = sum(w["restarts"] for w in manager.get_status()["workers"])
+        if replaced:
+            print(f"    note: {replaced} worker(s) replaced during the run", flush=True)
         failed = [r for r in records if r["state"] != "succeeded"]
         if failed:
             raise RuntimeError(f"raydemucs warm: {len(failed)} task(s) failed: {failed[0]['error']}")
         last_finish = max(r["finished_at"] for r in records)
         return {"wall_s": wall, "cpu_s": cpu_s, "wall_to_last_finish_s": last_finish - t0_wall,
-                "processes": len(pids), **sampler.summary(),
+                "processes": len(pids), "workers_replaced": replaced, **sampler.summary(),
                 "peak_rss_worker_psutil_bytes": max(direct.peaks.values(), default=None),
                 "breakdown": breakdown(records, _manifests(records), t0_wall, t_end_wall)}
     finally:
