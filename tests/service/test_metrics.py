@@ -72,9 +72,14 @@ def test_metrics_count_tasks_retries_audio_queue_and_workers(make_service, audio
     assert [records[t]["state"] for t in (*quick, bad, long)] == ["succeeded"] * 3 + ["failed", "succeeded"]
     assert records[long]["attempts"] == 2
 
+    # each metric reaches the exporter on its own: wait until the gauges asserted below are there
     samples = scrape_until(service, lambda s: (
         value(s, "ray_raydemucs_tasks_finished_total", state="succeeded") == 4
-        and value(s, "ray_raydemucs_workers", state="idle") == 2))
+        and value(s, "ray_raydemucs_workers", state="idle") == 2
+        and all(value(s, "ray_raydemucs_queue_depth", priority=p) is not None
+                for p in ("high", "normal", "low"))
+        and all(value(s, "ray_raydemucs_worker_cpu_percent", worker=w) is not None
+                for w in ("worker-0", "worker-1"))))
 
     assert value(samples, "ray_raydemucs_tasks_submitted_total") == 5
     assert value(samples, "ray_raydemucs_tasks_finished_total", state="failed") == 1
