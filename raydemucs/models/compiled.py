@@ -160,10 +160,13 @@ class CompiledNetwork:
             export_network(model, self.path)
         core = ov.Core()
         core.set_property({"CACHE_DIR": str(folder / "compiled")})
+        # unpinned: each worker process would pin its threads from the first core on, so two
+        # workers of one thread each would share one core and leave the other idle
         self.compiled = core.compile_model(
             core.read_model(self.path), "CPU",
             {"INFERENCE_PRECISION_HINT": OV_PRECISIONS[precision],
-             "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+             "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+             "ENABLE_CPU_PINNING": False})
 
     def __call__(self, mag: th.Tensor, mix: th.Tensor):
         request = self.compiled.create_infer_request()  # one per call: passes may overlap
