@@ -41,6 +41,8 @@ class WorkersConfig(Section):
                           "forward passes)")
     batch_size: Int = Field(1, ge=1, le=256, description="segments per forward pass, from every "
                             "track the worker holds (GPU workers; 1: one at a time)")
+    lend_cores: bool = Field(True, description="idle CPU workers lend their cores to the busy "
+                             "ones on their node (extra torch threads) until they get a task")
     runtime: Literal["auto", "eager", "openvino"] = Field(
         "eager", description="how CPU workers run HTDemucs's network: eager (torch), openvino "
         "(the extra raydemucs[openvino]), auto: openvino where it is installed (docs/precision.md)")

@@ -34,6 +34,7 @@ from ..core.task import TaskSpec
 from ..storage.uploads import UploadSource
 from ..worker.actor import CONTROL, CONTROL_CALLS, SeparatorWorker
 from ..worker.health import HealthPolicy, MemoryTrend
+from .lending import lent_threads
 from .supervision import Supervisor
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ class WorkerSlot:
     recycling: str | None = None  # why it gets no more tasks and is replaced once it has none
     cpu_percent: float | None = None
     num_threads: int | None = None
+    lent_threads: int = 0  # idle workers' cores it may use on top of its own (`lending`)
+    threads: int | None = None  # the intra-op threads of its last forward pass, as last polled
     node_available_bytes: int | None = None
     gpu_memory_bytes: int | None = None
     missed_pings: int = 0
@@ -88,6 +91,7 @@ class WorkerSlot:
                 "load_error": self.load_error, "rss_bytes": self.rss_bytes,
                 "memory": self.memory and self.memory.to_dict(), "recycling": self.recycling,
                 "cpu_percent": self.cpu_percent, "num_threads": self.num_threads,
+                "threads": self.threads, "lent_threads": self.lent_threads,
                 "node_available_bytes": self.node_available_bytes,
                 "gpu_memory_bytes": self.gpu_memory_bytes, "missed_pings": self.missed_pings,
                 "tasks_done": self.tasks_done, "tasks_failed": self.tasks_failed,
@@ -216,12 +220,13 @@ class RayWorkerPool:
         poll fails).
         """
         now = self.clock()
+        lent = self._lent_threads()
         for slot in list(self.slots.values()):  # a lost worker's replacement may resize the pool
             if slot.state not in ("idle", "busy") or slot.handle is None:
                 continue
             if slot.poll_sent_at is None:
-                slot.poll_sent_at = now
-                ref = slot.handle.poll.options(concurrency_group=CONTROL).remote()
+                slot.poll_sent_at, slot.lent_threads = now, lent.get(slot.worker_id, 0)
+                ref = slot.handle.poll.options(concurrency_group=CONTROL).remote(slot.lent_threads)
                 self.supervisor.spawn("worker_poll", self._hear_poll(slot, slot.handle, ref))
                 continue
             slot.missed_pings = int((now - slot.poll_sent_at) // self.ping_timeout_s)
@@ -229,6 +234,11 @@ class RayWorkerPool:
                 self.on_lost(slot.worker_id, f"it left {slot.missed_pings} health polls unanswered")
         answers, self._answers = self._answers, []
         return answers
+
+    def _lent_threads(self) -> dict[str, int]:
+        if not self.config.workers.lend_cores:
+            return {}
+        return lent_threads(self.slots.values(), lambda pool: max(1, round(self.pools[pool].num_cpus)))
 
     async def _hear_poll(self, slot: WorkerSlot, handle, ref) -> None:
         """A worker's answer to its poll, applied when it comes (unless the worker was replaced
@@ -249,7 +259,7 @@ class RayWorkerPool:
     @staticmethod
     def _record_figures(slot: WorkerSlot, answer: dict) -> None:
         slot.missed_pings, slot.last_poll_at = 0, time.time()
-        for key in ("rss_bytes", "cpu_percent", "num_threads", "node_available_bytes",
+        for key in ("rss_bytes", "cpu_percent", "num_threads", "threads", "node_available_bytes",
                     "gpu_memory_bytes", "stems"):
             setattr(slot, key, answer[key])
 

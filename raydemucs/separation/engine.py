@@ -25,6 +25,8 @@ from typing import Sequence
 import torch as th
 from torch.nn import functional as F
 
+from .threads import COMPUTE
+
 STD_EPS = 1e-8                 # what Separator.separate_tensor adds to the std
 
 # -- the plan ---------------------------------------------------------------------------------
@@ -250,6 +252,8 @@ class Runner:
         device = self.device or next(iter(sub.parameters())).device
         if device.type == "cuda":
             inputs = inputs.pin_memory().to(device, non_blocking=True)
+        if device.type == "cpu":
+            COMPUTE.use()
         with th.no_grad():
             return self.forwards[model_index](inputs.to(device))
 

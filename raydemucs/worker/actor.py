@@ -40,6 +40,7 @@ from ..models.runtimes import check_device, worker_runtime
 from ..separation.engine import is_out_of_memory
 from ..separation.split import HelperLost
 from ..separation.strategies import Attempt, Strategies
+from ..separation.threads import COMPUTE
 from . import health
 from .files import attempt_files
 
@@ -117,10 +118,7 @@ class SeparatorWorker:
         self.config = Config.from_dict(config)
         workers = self.config.workers
         configure_logging(self.config.service.log_level, self.config.service.log_format)
-        import torch
-
-        threads = max(1, round(workers.num_cpus))
-        torch.set_num_threads(threads)
+        COMPUTE.configure(round(workers.num_cpus))
         self.worker_id = worker_id
         self.device = worker_device(workers.num_gpus)
         self._process = psutil.Process()
@@ -141,7 +139,7 @@ class SeparatorWorker:
         self.load_error: str | None = None
         self._load_default()
         logger.info("%s ready on %s (%s) with %d threads (pid %d)", worker_id, self.device,
-                    self.strategies.runtime, threads, os.getpid())
+                    self.strategies.runtime, COMPUTE.own, os.getpid())
 
     def _load_default(self) -> None:
         """Load the config's model, and build its network for the config's precision."""
@@ -163,7 +161,8 @@ class SeparatorWorker:
     def ready(self) -> dict:
         return {"worker_id": self.worker_id, "pid": os.getpid(), "node": self.stamp["node"],
                 "device": self.device, "models": self.models.keys(), "stems": self.models.stems(),
-                "load_error": self.load_error, **health.sample(self._process, self.device)}
+                "load_error": self.load_error, "threads": COMPUTE.in_use,
+                **health.sample(self._process, self.device)}
 
     def abort(self, task_id: str, attempt: int | None = None) -> bool:
         """Ask an attempt to stop at its next segment boundary (or before it starts).
@@ -179,10 +178,14 @@ class SeparatorWorker:
             self._early_aborts.append((task_id, attempt))
         return False
 
-    def poll(self) -> dict:
-        """Attempts in flight, their progress, and health figures; cheap enough to call often."""
+    def poll(self, lent_threads: int = 0) -> dict:
+        """Attempts in flight, their progress, and health figures; cheap enough to call often.
+        `lent_threads`: idle workers' cores this one may use on top of its own, until the next
+        poll (`raydemucs.scheduler.lending`)."""
+        COMPUTE.lend(lent_threads)
         attempts = [a.to_dict() for a in list(self._attempts.values())]
         return {"worker_id": self.worker_id, "pid": os.getpid(), "tasks": attempts,
+                "threads": COMPUTE.in_use,
                 "tasks_done": self.tasks_done, "tasks_failed": self.tasks_failed,
                 "models": self.models.keys(), "stems": self.models.stems(),
                 "uptime_s": time.time() - self.started_at,

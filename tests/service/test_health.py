@@ -120,3 +120,19 @@ def test_a_worker_that_leaks_is_recycled_between_tasks(make_service, audio, tmp_
                          max_tasks=4000)
     assert restarts() > 0
     assert {(r["state"], r["attempts"]) for r in records} == {("succeeded", 1)}
+
+
+def test_an_idle_workers_core_goes_to_the_busy_one_until_it_gets_a_task(make_service, audio,
+                                                                        tmp_path):
+    manager = make_service(workers={"max_workers": 2})
+    out = tmp_path / "out"
+    first = manager.add_task(audio("first.wav", seconds=60.0), output_dir=out, segment=2.0)
+    lent = wait_for(lambda: [w for w in manager.get_status()["workers"]
+                             if w["task_id"] == first and w["threads"] == 2])
+    assert lent[0]["lent_threads"] == 1
+    second = manager.add_task(audio("second.wav", seconds=60.0), output_dir=out, segment=2.0)
+    wait_for(lambda: {w["task_id"]: w["threads"] for w in manager.get_status()["workers"]}
+             == {first: 1, second: 1})
+    assert {w["lent_threads"] for w in manager.get_status()["workers"]} == {0}
+    assert [r["state"] for r in manager.wait_all([first, second], timeout=300)] \
+        == ["succeeded"] * 2

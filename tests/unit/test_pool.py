@@ -19,6 +19,7 @@ class RemoteMethod:
 
     def __init__(self):
         self.sent: list[asyncio.Future] = []
+        self.args: list[tuple] = []
         self.groups: list[str | None] = []
 
     def options(self, concurrency_group=None):
@@ -26,6 +27,7 @@ class RemoteMethod:
         return self
 
     def remote(self, *args):
+        self.args.append(args)
         self.sent.append(asyncio.get_running_loop().create_future())
         return self.sent[-1]
 
@@ -38,16 +40,16 @@ class FakeWorker:
 def answer(task_id: str, progress: float) -> dict:
     return {"tasks": [{"task_id": task_id, "attempt": 1, "phase": "separating",
                        "progress": progress}],
-            "rss_bytes": 400 * 2**20, "cpu_percent": 90.0, "num_threads": 8,
+            "rss_bytes": 400 * 2**20, "cpu_percent": 90.0, "num_threads": 8, "threads": 1,
             "node_available_bytes": 2**34, "gpu_memory_bytes": None, "stems": {}}
 
 
 class Pool:
     """A pool of two live fake workers, a clock the test moves, and the workers reported lost."""
 
-    def __init__(self, max_missed_pings: int = 2):
+    def __init__(self, max_missed_pings: int = 2, lend_cores: bool = True):
         config = load_config("test", overrides={"workers": {
-            "max_missed_pings": max_missed_pings}}, environ={})
+            "max_missed_pings": max_missed_pings, "lend_cores": lend_cores}}, environ={})
         self.now = 0.0
         self.lost: list[tuple[str, str]] = []
         self.pool = RayWorkerPool(config, on_ready=lambda: None,
@@ -121,3 +123,16 @@ def test_a_worker_whose_poll_fails_because_it_died_is_lost():
         await fakes.tick()
         assert fakes.lost == [("worker-1", "it died")]
     asyncio.run(scenario())
+
+
+def test_an_idle_workers_cores_go_to_the_busy_one_beside_it_with_its_poll():
+    async def scenario(lend_cores):
+        fakes = Pool(lend_cores=lend_cores)
+        for slot in fakes.pool.slots.values():
+            slot.node, slot.device = "node-a", "cpu"
+        fakes.pool.slots["worker-1"].state = "idle"
+        await fakes.pool.poll()
+        return {name: worker.poll.args[-1] for name, worker in fakes.workers.items()}
+
+    assert asyncio.run(scenario(True)) == {"worker-0": (1,), "worker-1": (0,)}
+    assert asyncio.run(scenario(False)) == {"worker-0": (0,), "worker-1": (0,)}
