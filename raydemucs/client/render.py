@@ -74,20 +74,28 @@ def status_table(status: dict) -> str:
              *map(pool_line, status.get("pools", [])), *held_lines(status), ""]
     width = max([10, *(len(w["worker_id"]) for w in status["workers"])])
     lines.append(f"{'WORKER':<{width}} {'STATE':<10} {'TASK':<17} {'PROGRESS':>8} {'PID':>7} "
-                 f"{'RSS':>8} {'CPU%':>6} {'DONE':>5} {'FAILED':>6} {'RESTARTS':>8}")
+                 f"{'RSS':>8} {'CPU%':>6} {'THREADS':>7} {'DONE':>5} {'FAILED':>6} {'RESTARTS':>8}")
     progress = {r["task_id"]: r["progress"] for r in status.get("running", [])}
     for w in status["workers"]:
         task = w["task_id"] or "-"
         done = f"{progress[task]:.0%}" if task in progress else "-"
         cpu = "-" if w["cpu_percent"] is None else f"{w['cpu_percent']:.0f}"
         lines.append(f"{w['worker_id']:<{width}} {w['state']:<10} {task:<17} {done:>8} "
-                     f"{w['pid'] or '-':>7} {_mb(w['rss_bytes']):>8} {cpu:>6} "
+                     f"{w['pid'] or '-':>7} {_mb(w['rss_bytes']):>8} {cpu:>6} {_threads(w):>7} "
                      f"{w['tasks_done']:>5} {w['tasks_failed']:>6} {w['restarts']:>8}")
         if w.get("memory_paused"):
             lines.append("  paused: its node is below workers.min_free_memory_mb of free memory")
         if w.get("load_error"):
             lines.append(f"  model load error: {w['load_error']}")
     return "\n".join(lines)
+
+
+def _threads(worker: dict) -> str:
+    """The threads of its last forward pass, and how many of them idle workers lent: `2 (+1)`."""
+    if worker.get("threads") is None:
+        return "-"
+    lent = worker.get("lent_threads") or 0
+    return f"{worker['threads']} (+{lent})" if lent else str(worker["threads"])
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ import time
 
 import psutil
 
+from raydemucs.client.render import status_table
 from raydemucs.worker.health import LEAK_SAMPLES
 
 from support import save_leaky_model, wait_for
@@ -130,6 +131,8 @@ def test_an_idle_workers_core_goes_to_the_busy_one_until_it_gets_a_task(make_ser
     lent = wait_for(lambda: [w for w in manager.get_status()["workers"]
                              if w["task_id"] == first and w["threads"] == 2])
     assert lent[0]["lent_threads"] == 1
+    assert "2 (+1)" in next(line for line in status_table(manager.get_status()).splitlines()
+                            if line.startswith(lent[0]["worker_id"]))
     second = manager.add_task(audio("second.wav", seconds=60.0), output_dir=out, segment=2.0)
     wait_for(lambda: {w["task_id"]: w["threads"] for w in manager.get_status()["workers"]}
              == {first: 1, second: 1})
