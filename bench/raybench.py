@@ -197,7 +197,7 @@ class LocalRay:
 
 
 def _config(work: Path, name: str, model: str, repo: Path | None, out: Path,
-            precision: str = "fp32", runtime: str = "eager"):
+            precision: str = "fp32", runtime: str = "eager", lend_cores: bool = True):
     from raydemucs.core.config import load_config
 
     # OpenVINO keeps its compiled network beside the model: about 1.8 GB at rest for htdemucs,
@@ -205,7 +205,7 @@ def _config(work: Path, name: str, model: str, repo: Path | None, out: Path,
     memory_mb = 3072 if runtime == "openvino" else 2048
     overrides = {
         "workers": {"max_workers": 2, "num_cpus": 1.0, "runtime": runtime,
-                    "memory_mb": memory_mb},
+                    "memory_mb": memory_mb, "lend_cores": lend_cores},
         "separation": {"model": model, "repo": str(repo) if repo else None, "shifts": 0,
                        "precision": precision},
         "service": {"name": name, "state_dir": str(work / f"{name}-state"),
@@ -257,6 +257,53 @@ class StatusSampler(RssSampler):
             self._stop.wait(self.interval_s)
 
 
+def process_role(proc) -> str:
+    """What a process on this machine is, for the CPU beside the workers: a Ray part, this
+    benchmark, or other work on the machine."""
+    if proc.pid == os.getpid():
+        return "benchmark (driver)"
+    try:
+        title = " ".join(proc.cmdline()[:3])
+        name = proc.name()
+    except Exception:
+        return "other"
+    if title.startswith("ray::"):
+        return ("workers" if WORKER_CLASS in title else "scheduler" if "Scheduler" in title
+                else "ray idle workers" if "IDLE" in title else "other actors")
+    roles = {"raylet": "raylet", "gcs_server": "gcs_server"}
+    if name in roles:
+        return roles[name]
+    for part, role in (("dashboard/agent", "dashboard agent"), ("runtime_env", "runtime env agent"),
+                       ("log_monitor", "log monitor"), ("dashboard/dashboard", "dashboard"),
+                       ("monitor.py", "autoscaler monitor")):
+        if part in title:
+            return role
+    return "other"
+
+
+def cpu_by_process() -> dict[int, tuple[str, float]]:
+    """pid -> (role, CPU seconds so far) for every process this user can read."""
+    import psutil
+
+    found = {}
+    for proc in psutil.process_iter():
+        try:
+            found[proc.pid] = (process_role(proc), sum(proc.cpu_times()[:2]))
+        except Exception:
+            continue
+    return found
+
+
+def cpu_by_role(before: dict, after: dict) -> dict[str, float]:
+    """CPU seconds each role used between two `cpu_by_process` snapshots (a process that started
+    meanwhile counts whole; one that ended is gone with its time)."""
+    used: dict[str, float] = {}
+    for pid, (role, cpu) in after.items():
+        spent = cpu - before[pid][1] if pid in before and before[pid][0] == role else cpu
+        used[role] = used.get(role, 0.0) + max(0.0, spent)
+    return dict(sorted(used.items(), key=lambda item: -item[1]))
+
+
 def workers_cpu_s(handles) -> float:
     """CPU seconds (user + system) the worker processes have used, with their threads (a worker
     replaced meanwhile counts until it went: its own CPU time is gone with it)."""
@@ -272,13 +319,13 @@ def workers_cpu_s(handles) -> float:
 
 
 def run_warm(repo: Path, files: list[Path], out: Path, work: Path,
-             precision: str = "fp32", runtime: str = "eager") -> dict:
+             precision: str = "fp32", runtime: str = "eager", lend_cores: bool = True) -> dict:
     """Submit + wait of all files through the Python API, against a service already running
     (its workers' networks built on `runtime` for `precision` at start)."""
     import psutil
 
     config = _config(work, f"bench-warm-{uuid.uuid4().hex[:6]}", MODEL_NAME, repo, out,
-                     precision, runtime)
+                     precision, runtime, lend_cores)
     manager = _start_service(config)
     try:
         project = f"warm-{uuid.uuid4().hex[:6]}"
@@ -286,7 +333,7 @@ def run_warm(repo: Path, files: list[Path], out: Path, work: Path,
             # cross-check with psutil on the same pids (the scheduler polls every 0.5 s)
             pids = [w["pid"] for w in manager.get_status()["workers"]]
             handles = [psutil.Process(pid) for pid in pids]
-            cpu_before = workers_cpu_s(handles)
+            cpu_before, machine_before = workers_cpu_s(handles), cpu_by_process()
             with RssSampler(lambda: handles) as direct:
                 t0_wall, started = time.time(), time.monotonic()
                 specs = [manager.prepare_task(f, output_dir=out, project_name=project,
@@ -296,6 +343,7 @@ def run_warm(repo: Path, files: list[Path], out: Path, work: Path,
                 records = manager.wait_all([r["task_id"] for r in submitted], poll_s=0.05)
                 wall, t_end_wall = time.monotonic() - started, time.time()
             cpu_s = workers_cpu_s(handles) - cpu_before
+            beside = cpu_by_role(machine_before, cpu_by_process())
         replaced = sum(w["restarts"] for w in manager.get_status()["workers"])
         if replaced:
             print(f"    note: {replaced} worker(s) replaced during the run", flush=True)
@@ -304,7 +352,8 @@ def run_warm(repo: Path, files: list[Path], out: Path, work: Path,
             raise RuntimeError(f"raydemucs warm: {len(failed)} task(s) failed: {failed[0]['error']}")
         last_finish = max(r["finished_at"] for r in records)
         return {"wall_s": wall, "cpu_s": cpu_s, "wall_to_last_finish_s": last_finish - t0_wall,
-                "processes": len(pids), "workers_replaced": replaced, **sampler.summary(),
+                "processes": len(pids), "workers_replaced": replaced, "cpu_by_role_s": beside,
+                **sampler.summary(),
                 "peak_rss_worker_psutil_bytes": max(direct.peaks.values(), default=None),
                 "breakdown": breakdown(records, _manifests(records), t0_wall, t_end_wall)}
     finally:

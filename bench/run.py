@@ -24,15 +24,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib  # noqa: E402
 
-CONTENDERS_CPU = ["floor", "cli", "old", "cold", "warm", "warm-bf16", "warm-ov", "warm-ov-bf16"]
+CONTENDERS_CPU = ["floor", "cli", "old", "cold", "warm", "warm-unlent", "warm-bf16", "warm-ov",
+                  "warm-ov-bf16"]
 CONTENDERS_CUDA = ["floor", "cli"]
 LABELS = {"floor": "floor (apply_model, 2 procs)", "cli": "demucs CLI (1 process)",
           "old": "old design (1 process/file, 2 at a time)", "cold": "raydemucs cold (submit --wait)",
           "warm": "raydemucs warm fp32 (service running)",
+          "warm-unlent": "raydemucs warm fp32, idle cores not lent",
           "warm-bf16": "raydemucs warm bf16 (torch autocast)",
           "warm-ov": "raydemucs warm fp32, OpenVINO network",
           "warm-ov-bf16": "raydemucs warm bf16, OpenVINO network"}
-WARM = {"warm": ("fp32", "eager"), "warm-bf16": ("bf16", "eager"),
+WARM = {"warm": ("fp32", "eager"), "warm-unlent": ("fp32", "eager"), "warm-bf16": ("bf16", "eager"),
         "warm-ov": ("fp32", "openvino"), "warm-ov-bf16": ("bf16", "openvino")}
 # issue 15: warm fp32 >= 1.0x CLI, bf16 >= 1.8x CLI with >= 35 dB SNR against fp32, fp32 paths
 # within 1 LSB of the CLI; issue 6: warm >= 1.6x old, cold (on 8 files) >= 1.0x CLI; dispatch
@@ -42,6 +44,7 @@ TARGETS = [("warm", "cli", 1.0), ("warm-ov", "cli", 1.0), ("warm-bf16", "cli", 1
 SNR_TARGETS = [("warm-bf16", 35.0), ("warm-ov-bf16", 35.0)]
 LSB_TARGETS = ["warm", "warm-ov", "cold"]
 DISPATCH_TARGETS = [("p50_ms", 10.0), ("p99_ms", 50.0)]
+PUBLISHED = Path(__file__).resolve().parent / "published.json"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -65,6 +68,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--cold-ray", choices=["auto", "local"], default="auto",
                         help="auto: RAY_ADDRESS unset (as a user runs it) unless another Ray "
                              "cluster runs here, then RAY_ADDRESS=local; local: always the latter")
+    parser.add_argument("--check", action="store_true",
+                        help=f"compare each contender's ratio to the CLI with the published one "
+                             f"({PUBLISHED.name}); exit 1 when one fell by more than --tolerance")
+    parser.add_argument("--tolerance", type=float, default=0.05,
+                        help="--check: the fall in a ratio taken as a regression (default 0.05)")
+    parser.add_argument("--publish", action="store_true",
+                        help=f"write this run's ratios to {PUBLISHED.name}, for later --check")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "latest.json")
     parser.add_argument("--work-dir", type=Path, help="inputs, model and outputs (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir")
@@ -77,11 +87,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def cpu_model() -> str | None:
+    """The CPU's name as /proc/cpuinfo gives it (Linux), else None."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next((line.split(":", 1)[1].strip() for line in info
+                         if line.startswith("model name")), None)
+    except OSError:
+        return None
+
+
 def machine_info() -> dict:
     import torch
 
     info = {"platform": platform.platform(), "python": platform.python_version(),
-            "cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+            "cpus": os.cpu_count(), "cpu_model": cpu_model(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads()}
     try:
         import demucs
 
@@ -130,7 +151,7 @@ def run_one(name: str, ctx: dict, args, round_no: int) -> dict:
         with raybench.LocalRay():
             precision, runtime = WARM[name]
             result = raybench.run_warm(repo, files, out, work, precision=precision,
-                                       runtime=runtime)
+                                       runtime=runtime, lend_cores=name != "warm-unlent")
     else:
         raise ValueError(name)
     if round_no == 0:
@@ -209,6 +230,40 @@ def evaluate_targets(contenders: dict, dispatch: dict | None, clips: int) -> lis
     return targets
 
 
+def ratios(contenders: dict) -> dict[str, float]:
+    return {name: c["vs_cli"] for name, c in contenders.items() if c.get("vs_cli")}
+
+
+def publish(report: dict) -> None:
+    PUBLISHED.write_text(json.dumps({
+        "date": time.strftime("%Y-%m-%d", time.localtime(report["started_at"])),
+        "command": "python bench/run.py " + " ".join(sys.argv[1:]),
+        "workload": workload(report["args"]), "machine": report["machine"],
+        "vs_cli": ratios(report["contenders"])}, indent=2) + "\n")
+
+
+def workload(args: dict) -> dict:
+    return {key: args[key] for key in ("clips", "min_s", "max_s", "device")}
+
+
+def check(report: dict, tolerance: float) -> list[str]:
+    """Lines saying how each contender's ratio to the CLI moved since the published run; the
+    ones that fell by more than `tolerance` start with REGRESSED."""
+    published = json.loads(PUBLISHED.read_text())
+    lines = [f"against {PUBLISHED.name} ({published['date']}: {published['command']})"]
+    if published["workload"] != workload(report["args"]):
+        lines.append(f"  note: another workload than the published {published['workload']}")
+    for name, now in ratios(report["contenders"]).items():
+        before = published["vs_cli"].get(name)
+        if before is None:
+            lines.append(f"  new        {name}: {now:.2f}x")
+            continue
+        mark = ("REGRESSED" if now < before * (1 - tolerance) else
+                "improved" if now > before * (1 + tolerance) else "same")
+        lines.append(f"  {mark:10} {name}: {before:.2f}x -> {now:.2f}x")
+    return lines
+
+
 def fmt(value, spec: str, none: str = "-") -> str:
     return none if value is None else format(value, spec)
 
@@ -221,7 +276,9 @@ def render(report: dict) -> str:
                  f"device {report['args']['device']}")
     lines.append(f"inputs: {len(inputs['durations_s'])} clips, {inputs['audio_s']:.1f} s of audio "
                  f"({min(inputs['durations_s']):g}-{max(inputs['durations_s']):g} s each); "
-                 f"machine: {report['machine'].get('cpus')} CPUs, {report['machine'].get('platform')}")
+                 f"machine: {report['machine'].get('cpus')} CPUs "
+                 f"({report['machine'].get('cpu_model') or 'model unknown'}), "
+                 f"{report['machine'].get('platform')}")
     head = (f"{'contender':44} {'wall s':>8} {'audio s/s':>9} {'vs floor':>8} {'vs CLI':>7} "
             f"{'vs old':>7} {'RSS/worker':>11} {'CPU s':>7} {'CPU/CLI':>7} {'SNR dB':>7} "
             f"{'max LSB':>7}")
@@ -252,6 +309,10 @@ def render(report: dict) -> str:
                          f"submit->first dispatch {b['submit_to_first_dispatch_s']:.2f} s | "
                          f"dispatch->last finish {b['first_dispatch_to_last_finish_s']:.2f} s | "
                          f"last finish->exit {b['last_finish_to_exit_s']:.2f} s")
+            roles = run.get("cpu_by_role_s")
+            if roles:
+                lines.append(f"{' ' * len(name)} CPU s on the machine meanwhile: " + ", ".join(
+                    f"{role} {spent:.1f}" for role, spent in roles.items() if spent >= 0.05))
             lines.append(f"{' ' * len(name)} in tasks: decode {b['sum_decode_s']:.2f} s, separate "
                          f"{b['sum_separate_s']:.2f} s, write {b['sum_write_s']:.2f} s, other "
                          f"{b['sum_task_overhead_s']:.2f} s (first task per worker: "
@@ -364,7 +425,15 @@ def main(argv=None) -> int:
         args.out.write_text(json.dumps(report, indent=2, default=str))
         print(f"\nwrote {args.out} ({report['elapsed_s']:.0f} s in all)")
         failed = [n for n, c in report["contenders"].items() if "error" in c]
-        return 1 if failed or (dispatch and "error" in dispatch) else 0
+        if args.publish:
+            publish(report)
+            print(f"published the ratios to {PUBLISHED}")
+        regressed = []
+        if args.check:
+            lines = check(report, args.tolerance)
+            print("\n".join(lines))
+            regressed = [line for line in lines if "REGRESSED" in line]
+        return 1 if failed or regressed or (dispatch and "error" in dispatch) else 0
     finally:
         if not args.keep and not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
