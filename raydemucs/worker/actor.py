@@ -37,10 +37,9 @@ from ..core.logs import configure_logging
 from ..core.task import TaskSpec
 from ..models.loading import ModelCache
 from ..models.runtimes import check_device, worker_runtime
-from ..separation.engine import is_out_of_memory
+from ..separation.engine import COMPUTE, is_out_of_memory
 from ..separation.split import HelperLost
 from ..separation.strategies import Attempt, Strategies
-from ..separation.threads import COMPUTE
 from . import health
 from .files import attempt_files
 

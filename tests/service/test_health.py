@@ -127,13 +127,14 @@ def test_an_idle_workers_core_goes_to_the_busy_one_until_it_gets_a_task(make_ser
                                                                         tmp_path):
     manager = make_service(workers={"max_workers": 2})
     out = tmp_path / "out"
-    first = manager.add_task(audio("first.wav", seconds=60.0), output_dir=out, segment=2.0)
+    # long enough to outlive both changes of its threads, even on a slow machine
+    first = manager.add_task(audio("first.wav", seconds=240.0), output_dir=out, segment=2.0)
     lent = wait_for(lambda: [w for w in manager.get_status()["workers"]
                              if w["task_id"] == first and w["threads"] == 2])
     assert lent[0]["lent_threads"] == 1
     assert "2 (+1)" in next(line for line in status_table(manager.get_status()).splitlines()
                             if line.startswith(lent[0]["worker_id"]))
-    second = manager.add_task(audio("second.wav", seconds=60.0), output_dir=out, segment=2.0)
+    second = manager.add_task(audio("second.wav", seconds=120.0), output_dir=out, segment=2.0)
     wait_for(lambda: {w["task_id"]: w["threads"] for w in manager.get_status()["workers"]}
              == {first: 1, second: 1})
     assert {w["lent_threads"] for w in manager.get_status()["workers"]} == {0}

@@ -1,5 +1,5 @@
 """Idle CPU workers' cores lent to the busy ones on their node (`raydemucs.scheduler.lending`),
-and a worker's forward passes taking them (`raydemucs.separation.threads`)."""
+and a worker's forward passes taking them (`raydemucs.separation.engine.COMPUTE`)."""
 from __future__ import annotations
 
 import threading
@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from raydemucs.scheduler.lending import lent_threads
-from raydemucs.separation.threads import ComputeThreads
+from raydemucs.separation.engine import ComputeThreads
 
 
 @dataclass
