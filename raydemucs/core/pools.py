@@ -74,9 +74,18 @@ class PoolConfig(Section):
         return "cuda" if self.num_gpus else "cpu"
 
     @property
+    def threads(self) -> int:
+        return worker_threads(self.num_cpus)
+
+    @property
     def tasks_per_worker(self) -> int:
         """How many tasks one worker holds at once: the running one and `prefetch` more."""
         return 1 + self.prefetch
+
+
+def worker_threads(num_cpus: float) -> int:
+    """The torch threads of a worker given `num_cpus` Ray CPUs (at least one)."""
+    return max(1, round(num_cpus))
 
 
 def _one_owner_per_model(pools: tuple[PoolConfig, ...]) -> tuple[PoolConfig, ...]:

@@ -3,8 +3,9 @@
 A worker with no task has nothing waiting in its pool (or dispatch would have given it one), so
 its cores would sit idle: while that lasts they go to the busy CPU workers on its node as extra
 intra-op threads (`raydemucs.separation.engine.COMPUTE`). One song alone, or the last of a
-batch, then runs on every core, as the demucs CLI does. The lend ends at the next poll once the lender has a
-task again (it takes effect at the borrower's next segment). GPU workers neither lend nor borrow.
+batch, then runs on every core, as the demucs CLI does. The lend ends at the next poll once the
+lender has a task again (it takes effect at the borrower's next segment). GPU workers neither
+lend nor borrow.
 """
 from __future__ import annotations
 

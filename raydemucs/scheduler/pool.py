@@ -238,8 +238,7 @@ class RayWorkerPool:
     def _lent_threads(self) -> dict[str, int]:
         if not self.config.workers.lend_cores:
             return {}
-        return lent_threads(self.slots.values(),
-                            lambda pool: max(1, round(self.pools[pool].num_cpus)))
+        return lent_threads(self.slots.values(), lambda pool: self.pools[pool].threads)
 
     async def _hear_poll(self, slot: WorkerSlot, handle, ref) -> None:
         """A worker's answer to its poll, applied when it comes (unless the worker was replaced

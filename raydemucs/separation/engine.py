@@ -45,8 +45,8 @@ class ComputeThreads:
         self._local = threading.local()
 
     def configure(self, own: int) -> None:
-        self.own = max(1, own)
-        th.set_num_threads(self.own)
+        self.own = own
+        th.set_num_threads(own)
 
     def lend(self, extra: int) -> None:
         self.lent = max(0, extra)

@@ -34,6 +34,7 @@ from ..core.errors import (
     SeparationAborted,
 )
 from ..core.logs import configure_logging
+from ..core.pools import worker_threads
 from ..core.task import TaskSpec
 from ..models.loading import ModelCache
 from ..models.runtimes import check_device, worker_runtime
@@ -117,7 +118,7 @@ class SeparatorWorker:
         self.config = Config.from_dict(config)
         workers = self.config.workers
         configure_logging(self.config.service.log_level, self.config.service.log_format)
-        COMPUTE.configure(round(workers.num_cpus))
+        COMPUTE.configure(worker_threads(workers.num_cpus))
         self.worker_id = worker_id
         self.device = worker_device(workers.num_gpus)
         self._process = psutil.Process()
