@@ -99,12 +99,13 @@ class WorkerManager:
         except ServiceUnavailable:
             if not create:
                 raise
-            from ..scheduler.service import SchedulerService
+            from ..scheduler.service import STREAMS, SchedulerService
 
             config = self.config
             if preload is not None:
                 config = config.model_copy(update={"separation": preload})
-            self._scheduler = ray.remote(SchedulerService).options(
+            actor = ray.remote(concurrency_groups={STREAMS: config.http.max_streams})
+            self._scheduler = actor(SchedulerService).options(
                 name=scheduler_name(self.config.service.name), namespace=NAMESPACE, get_if_exists=True,
                 lifetime="detached" if detached else None, num_cpus=0,
                 max_restarts=-1, max_task_retries=-1, max_concurrency=1000,

@@ -156,6 +156,20 @@ class HttpConfig(Section):
                               "always allowed")
     chunk_mb: Float = Field(1.0, ge=0.0625, le=64.0, description="size of the chunks an upload "
                             "is streamed to the service's store in")
+    max_json_kb: Float = Field(64.0, ge=1.0, le=4096.0, description="a JSON body's limit (413 "
+                               "past it, whatever its Content-Length says)")
+    read_timeout_s: Float = Field(30.0, ge=0.1, le=3600.0, description="longest wait for the next "
+                                  "bytes of a request's body (408 past it)")
+    body_timeout_s: Float = Field(900.0, ge=1.0, le=86400.0, description="longest time a request's "
+                                  "body may take to arrive, all of it (408 past it)")
+    max_uploads_per_key: Int = Field(4, ge=1, le=1000, description="uploads one API key (or the "
+                                     "open door) may send at once, across replicas (429 past it)")
+    max_streams_per_key: Int = Field(16, ge=1, le=10000, description="event streams one API key "
+                                     "(or the open door) may hold open at once, across replicas "
+                                     "(429 past it)")
+    max_streams: Int = Field(1000, ge=1, le=10000, description="event streams the service holds "
+                             "open at once (503 past it); their waits run on the scheduler apart "
+                             "from every other call")
 
 
 class WebhooksConfig(Section):

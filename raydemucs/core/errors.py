@@ -29,7 +29,12 @@ class InvalidName(InvalidInput):
 
 
 class InputTooLarge(InvalidInput):
-    """Raised when an input is over `input.max_file_mb` (HTTP 413)."""
+    """Raised when an input is over `input.max_file_mb`, or a request's body over its limit
+    (HTTP 413)."""
+
+
+class BodyTimeout(InvalidInput):
+    """Raised when a request's body stops arriving, or takes too long to arrive (HTTP 408)."""
 
 
 class TaskConflict(InvalidInput):

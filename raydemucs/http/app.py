@@ -39,11 +39,14 @@ from ..core.errors import (
 from ..core.keys import KeyTable
 from ..core.public import public_task
 from ..core.task import TaskState
+from ..scheduler.leases import STREAM, UPLOAD
 from ..storage.uris import input_size, is_uri
 from . import errors
 from .asks import FIELDS, check_fields, input_location, task_spec
+from .bodies import BodyLimits, read_json
 from .deploy import is_loopback
-from .forms import Spool, read_form
+from .forms import Spool, form_limits, read_form
+from .leases import Lease
 from .peaks import PeaksCache, check_points
 from .stems import MEDIA_TYPES, StemSource, byte_range, zip_stream
 
@@ -174,16 +177,25 @@ class Ingress:
         return JSONResponse(body, status_code=202, headers={"Location": body["links"]["self"]})
 
     async def _from_upload(self, request: Request, caller: Caller, kind: str) -> dict:
+        """An uploaded file's task: the caller's cap on uploads at once and its quota are
+        checked before a byte of the body is read."""
         config = await self.service_config()
-        declared = int(request.headers.get("content-length") or 0)
         max_bytes = int(config.input.max_file_mb * 2**20)
-        if declared > max_bytes + (1 << 16):  # room for the form's own lines
-            raise InputTooLarge(f"the body is {declared / 2**20:.1f} MB, over the "
-                                f"{config.input.max_file_mb:g} MB limit (input.max_file_mb)")
+        limits = form_limits(max_bytes, config.http)
+        limits.check_declared(request.headers.get("content-length"))
+        lease = await Lease.take(self.call, UPLOAD, caller.owner, caller.max_queued)
+        async with lease.held():
+            return await self._upload(request, caller, kind, lease, limits)
+
+    async def _upload(self, request: Request, caller: Caller, kind: str, lease: Lease,
+                      limits: BodyLimits) -> dict:
+        config = await self.service_config()
+        max_bytes = int(config.input.max_file_mb * 2**20)
         chunk_bytes = int(config.http.chunk_mb * 2**20)
         with tempfile.TemporaryDirectory(prefix="raydemucs-upload-") as work:
             spool = Spool(Path(work))
-            form = await read_form(request.stream(), kind, max_bytes, spool.write, chunk_bytes)
+            form = await read_form(request.stream(), kind, max_bytes, limits, spool.write,
+                                   chunk_bytes)
             if form.file_name is None:
                 raise InvalidInput("the form has no `file` part (the audio file to separate)")
             if spool.size == 0:
@@ -194,22 +206,23 @@ class Ingress:
             spec = task_spec(form.fields, config.separation, served, caller.owner,
                              input_path=name, sha256=form.sha256, uploaded=True,
                              duration_s=duration_s).to_dict()
-            await self.call("check_tasks", [spec], caller.max_queued)  # before the bytes travel
+            # before the bytes travel
+            await self.call("check_tasks", [spec], caller.max_queued, lease.id)
             upload_id = await self.call("upload_open", name)
             try:
                 async for chunk in spool.chunks(chunk_bytes):
                     await self.call("upload_write", upload_id, chunk)
-                return await self.call("submit_upload", spec, upload_id, caller.max_queued)
+                return await self.call("submit_upload", spec, upload_id, caller.max_queued,
+                                       lease.id)
             except BaseException:
                 await self.call("upload_abort", upload_id)
                 raise
 
     async def _from_input(self, request: Request, caller: Caller) -> dict:
         config = await self.service_config()
-        try:
-            fields = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError):
-            raise InvalidInput("the body is not valid JSON") from None
+        limits = BodyLimits.json(config.http)
+        limits.check_declared(request.headers.get("content-length"))
+        fields = await read_json(request.stream(), limits)
         if not isinstance(fields, dict):
             raise InvalidInput("the body must be a JSON object with `input`")
         check_fields(fields)
@@ -276,7 +289,8 @@ class Ingress:
     async def task_events(self, task_id: str, request: Request):
         caller = await self.caller(request)
         first = await self.task_of(caller, task_id)
-        return event_stream(self._events(first, self.base(request)))
+        lease = await Lease.take(self.call, STREAM, caller.owner)
+        return event_stream(lease.stream(self._events(first, self.base(request))))
 
     async def _events(self, view: dict, base: str):
         """One event per change (`state` when the state moved, else `progress`), the current
@@ -298,7 +312,8 @@ class Ingress:
     @app.get("/v1/events", summary="Server-sent events: every change of the caller's tasks")
     async def caller_events(self, request: Request):
         caller = await self.caller(request)
-        return event_stream(self._changes(caller.owner, self.base(request)))
+        lease = await Lease.take(self.call, STREAM, caller.owner)
+        return event_stream(lease.stream(self._changes(caller.owner, self.base(request))))
 
     async def _changes(self, owner: str, base: str):
         """A `task` event per change of the owner's tasks, its unfinished ones first; a comment
@@ -395,8 +410,9 @@ class Ingress:
 
     @app.get("/v1/status/events", summary="Server-sent events: the service's status as it changes")
     async def status_events(self, request: Request):
-        await self.caller(request)
-        return event_stream(self._statuses())
+        caller = await self.caller(request)
+        lease = await Lease.take(self.call, STREAM, caller.owner)
+        return event_stream(lease.stream(self._statuses()))
 
     async def _statuses(self):
         """A `status` event (what GET /v1/status answers) at once and whenever it changed, read

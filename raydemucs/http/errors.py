@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from ..core.errors import (
+    BodyTimeout,
     ConfigError,
     Gone,
     InputTooLarge,
@@ -22,7 +23,7 @@ from ..core.errors import (
 )
 
 STATUS = [  # most specific first
-    (InputTooLarge, 413), (TaskConflict, 409), (InvalidInput, 422), (ConfigError, 422),
+    (InputTooLarge, 413), (BodyTimeout, 408), (TaskConflict, 409), (InvalidInput, 422), (ConfigError, 422),
     (ModelNotFound, 422), (TaskNotFound, 404), (Unauthenticated, 401), (OverQuota, 429),
     (ServiceUnavailable, 503), (StorageUnavailable, 503), (Gone, 410),
 ]

@@ -1,6 +1,7 @@
 """A multipart/form-data body read as it streams: small fields kept, the `file` part handed on in
 chunks (never whole in memory, spooled to the replica's disk), its size capped and its SHA-256
-computed on the way."""
+computed on the way. The form's own parts are capped too: their number, and what follows its
+closing boundary (python-multipart caps each part's headers: 8, of 4 KB each)."""
 from __future__ import annotations
 
 import asyncio
@@ -12,12 +13,21 @@ from typing import AsyncIterator, Awaitable, Callable
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from ..audio.checks import validate_input
-from ..core.config import InputConfig
-from ..core.errors import InputTooLarge, InvalidInput
+from ..core.config import HttpConfig, InputConfig
+from ..core.errors import InputTooLarge, InvalidInput, RayDemucsError
 from ..core.names import stored_name
+from .bodies import BodyLimits, read_chunks
 
 FIELD_BYTES = 4096  # a form field longer than this is no option of ours
 MAX_FIELDS = 64
+EPILOGUE_BYTES = 4096  # after the closing boundary (a client sends a line end, if anything)
+FORM_BYTES = 1 << 19  # a form's own bytes beside its file: fields, headers, boundaries
+
+
+def form_limits(max_file_bytes: int, http: HttpConfig) -> BodyLimits:
+    """What a form whose file may be `max_file_bytes` may be, all of it."""
+    return BodyLimits(max_file_bytes + FORM_BYTES, http.read_timeout_s, http.body_timeout_s,
+                      f"the {max_file_bytes / 2**20:g} MB limit (input.max_file_mb)")
 
 
 @dataclass
@@ -35,16 +45,26 @@ class _Events:
 
     def __init__(self):
         self.queue: list[tuple] = []
+        self.ended = False  # the closing boundary came
         self._header: list[bytes] = [b"", b""]
+        self._parts = 0
 
     def callbacks(self) -> dict:
-        return {"on_part_begin": lambda: self.queue.append(("begin",)),
+        return {"on_part_begin": self._part_begin,
                 "on_header_field": lambda data, start, end: self._add(0, data[start:end]),
                 "on_header_value": lambda data, start, end: self._add(1, data[start:end]),
                 "on_header_end": self._header_end,
                 "on_part_data": lambda data, start, end: self.queue.append(
                     ("data", bytes(data[start:end]))),
-                "on_part_end": lambda: self.queue.append(("end",))}
+                "on_part_end": lambda: self.queue.append(("end",)),
+                "on_end": self._end}
+
+    def _part_begin(self) -> None:
+        self._parts += 1
+        if self._parts > MAX_FIELDS + 1:
+            raise InvalidInput(f"the form holds more than {MAX_FIELDS + 1} parts "
+                               f"(a file and {MAX_FIELDS} fields)")
+        self.queue.append(("begin",))
 
     def _add(self, index: int, data: bytes) -> None:
         self._header[index] += data
@@ -53,6 +73,9 @@ class _Events:
         name, value = self._header
         self._header = [b"", b""]
         self.queue.append(("header", name.decode("latin-1").lower(), value))
+
+    def _end(self) -> None:
+        self.ended = True
 
     def take(self) -> list[tuple]:
         events, self.queue = self.queue, []
@@ -67,20 +90,24 @@ def _boundary(content_type: str) -> bytes:
     return boundary
 
 
-async def read_form(stream, content_type: str, max_bytes: int,
+async def read_form(stream, content_type: str, max_bytes: int, limits: BodyLimits,
                     on_chunk: Callable[[str, bytes], Awaitable[None]], chunk_bytes: int) -> Form:
-    """Read a multipart body from `stream` (the request's chunks); the part named `file` goes to
-    `on_chunk(file name, chunk)` in chunks of about `chunk_bytes`. `InputTooLarge` past
-    `max_bytes` of file."""
+    """Read a multipart body from `stream` (the request's chunks) within `limits`; the part
+    named `file` goes to `on_chunk(file name, chunk)` in chunks of about `chunk_bytes`.
+    `InputTooLarge` past `max_bytes` of file, or more than a few KB after the form's end."""
     events, form = _Events(), Form()
     parser = MultipartParser(_boundary(content_type), events.callbacks())
     digest, pending = hashlib.sha256(), bytearray()
     part: dict = {}
-    async for received in stream:
-        try:
-            parser.write(received)
-        except Exception as exc:  # python-multipart's parse errors
-            raise InvalidInput(f"the multipart body is malformed: {exc}") from None
+    epilogue = 0
+    async for received in read_chunks(stream, limits):
+        if events.ended:
+            epilogue += len(received)
+            if epilogue > EPILOGUE_BYTES:
+                raise InputTooLarge(f"the body goes on past the form's end (over "
+                                    f"{EPILOGUE_BYTES} bytes after its closing boundary)")
+            continue
+        _write(parser, received)
         for event in events.take():
             if event[0] == "begin":
                 part = {"name": None, "file": None, "value": bytearray()}
@@ -91,8 +118,7 @@ async def read_form(stream, content_type: str, max_bytes: int,
             elif event[0] == "data" and part.get("name") == "file":
                 form.size += len(event[1])
                 if form.size > max_bytes:
-                    raise InputTooLarge(f"the file is over the {max_bytes / 2**20:g} MB limit "
-                                        "(input.max_file_mb)")
+                    raise InputTooLarge(f"the file is over {limits.what}")
                 digest.update(event[1])
                 pending += event[1]
                 if len(pending) >= chunk_bytes:
@@ -105,11 +131,22 @@ async def read_form(stream, content_type: str, max_bytes: int,
             elif event[0] == "end":
                 _end_part(form, part)
     parser.finalize()
+    if not events.ended:
+        raise InvalidInput("the multipart body ends before its closing boundary")
     if pending:
         await on_chunk(form.file_name or "upload", bytes(pending))
 
     form.sha256 = digest.hexdigest()
     return form
+
+
+def _write(parser: MultipartParser, data: bytes) -> None:
+    try:
+        parser.write(data)
+    except RayDemucsError:  # a limit of ours, from a callback
+        raise
+    except Exception as exc:  # python-multipart's parse errors
+        raise InvalidInput(f"the multipart body is malformed: {exc}") from None
 
 
 def _end_part(form: Form, part: dict) -> None:

@@ -2,8 +2,10 @@
 
 It never blocks on `ray.get`: worker results, readiness and polls are awaited as asyncio tasks,
 and one loop ticks the scheduler (deadlines, retries, dispatch) every `poll_interval_s`. Its parts:
-`Intake` (what comes in), `Watchers` (what event streams wait on), `Sweeper` (retention), the
-webhook `Deliverer` (a thread), and a `Supervisor` for every background task.
+`Intake` (what comes in), `Watchers` (what event streams wait on), `Leases` (what a key may hold
+a few of at once), `Sweeper` (retention), the webhook `Deliverer` (a thread), and a `Supervisor`
+for every background task. The event streams' long waits are calls of their own concurrency
+group (`STREAMS`), so that open streams never take the slots every other call needs.
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import functools
 import logging
 import os
 import time
+
+import ray
 
 from ..core.actors import node_id
 from ..core.config import Config
@@ -30,6 +34,7 @@ from ..webhooks.deliveries import Deliveries
 from ..webhooks.signing import load_secret
 from .book import read_recovery
 from .intake import Intake
+from .leases import LEASE_TTL_S, STREAM, UPLOAD, Leases
 from .metrics import ServiceMetrics
 from .scheduling import Scheduler
 from .streams import Watchers
@@ -39,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 JOURNAL_FILE = "journal.db"
 HTTP_URL_FILE = "http-url"
+STREAMS = "streams"  # the concurrency group of the event streams' waits (`http.max_streams`)
 
 
 class SchedulerService:
@@ -65,7 +71,9 @@ class SchedulerService:
         self.core = Scheduler(self.config, self.journal, self.pool, offload=self._offload,
                               listeners=(self.metrics, self.deliveries),
                               input_kept=self.uploads.holds_input, on_error=self.supervisor.failed)
-        self.intake = Intake(self.core, self.uploads, self.config.webhooks.allow_private)
+        self.leases = Leases(LEASE_TTL_S)
+        self.intake = Intake(self.core, self.uploads, self.config.webhooks.allow_private,
+                             self.leases)
         self.watchers = Watchers(self.core.view, self._owned)
         self.sweeper = Sweeper(self.config.retention,
                                Retention(self.config.retention, self.journal, self.uploads),
@@ -76,6 +84,7 @@ class SchedulerService:
         self._started: asyncio.Task | None = None
         self._recovered = self._ticking = False
         self._drain_deadline = float("inf")
+        self._loop = self._own_loop()
         self._kick()
 
     def _worker_pool(self):
@@ -85,6 +94,26 @@ class SchedulerService:
 
         return RayWorkerPool(self.config, on_ready=self.core_dispatch, on_result=self._on_result,
                              on_lost=self._on_lost, supervisor=self.supervisor)
+
+    @staticmethod
+    def _own_loop() -> asyncio.AbstractEventLoop | None:
+        """The loop every call but the streams' runs on, where the actor's state lives (Ray
+        builds an async actor on its default group's loop); None: built outside a loop."""
+        try:
+            return asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+
+    async def _on_own_loop(self, wait, *args):
+        """`await wait(*args)`, once started, on the actor's own loop: a call of the `STREAMS`
+        group runs on a loop of its own, in another thread."""
+        async def run():
+            await self._ready()
+            return await wait(*args)
+
+        if self._loop is None or self._loop is asyncio.get_running_loop():
+            return await run()
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(run(), self._loop))
 
     @staticmethod
     def _kick() -> None:
@@ -222,11 +251,12 @@ class SchedulerService:
         self._changed(dispatch=True)
         return replies
 
-    async def check_tasks(self, specs: list[dict], max_queued: int | None = None) -> None:
+    async def check_tasks(self, specs: list[dict], max_queued: int | None = None,
+                          upload: str | None = None) -> None:
         """Raise what `submit` would refuse these tasks for (the key, the model, the cap, the
-        webhook), before a client sends their bytes."""
+        webhook), before a client sends their bytes (those of the upload lease `upload`)."""
         await self._ready()
-        with self.intake.quota(await self.intake.check(specs), max_queued):
+        with self.intake.quota(await self.intake.check(specs), max_queued, upload):
             pass
 
     async def batch(self, batch_id: str) -> dict:
@@ -264,16 +294,38 @@ class SchedulerService:
                                           before_seq=before_seq)
         return [self.core.active.get(r.task_id, r).to_dict() for r in records]
 
+    @ray.method(concurrency_group=STREAMS)
     async def watch(self, task_id: str, seen: dict | None = None, timeout_s: float = 15.0) -> dict:
         """The task's view as soon as it differs from `seen`: what a task's event stream sends."""
-        await self._ready()
-        return await self.watchers.watch(task_id, seen, timeout_s)
+        return await self._on_own_loop(self.watchers.watch, task_id, seen, timeout_s)
 
+    @ray.method(concurrency_group=STREAMS)
     async def watch_tasks(self, owner: str, seen: dict[str, dict], timeout_s: float = 15.0,
                           expired_after: int | None = None) -> dict:
         """The changed views of an owner's tasks (see `Watchers.watch_tasks`)."""
+        return await self._on_own_loop(self.watchers.watch_tasks, owner, seen, timeout_s,
+                                       expired_after)
+
+    # -- leases: what a key may hold a few of at once (the HTTP front door) ------------------
+    async def take_lease(self, kind: str, owner: str, max_queued: int | None = None) -> dict:
+        """A lease on one of `owner`'s uploads (`http.max_uploads_per_key` at once, each
+        counted as a task against `max_queued` until its task is submitted) or event streams
+        (`http.max_streams_per_key`, `http.max_streams` in all): `{"id", "renew_s"}`, renewed
+        every `renew_s` by its holder, released when it ends; it lapses should its holder die."""
         await self._ready()
-        return await self.watchers.watch_tasks(owner, seen, timeout_s, expired_after)
+        http = self.config.http
+        if kind == STREAM:
+            lease_id = self.leases.take(STREAM, owner, http.max_streams_per_key, http.max_streams)
+        else:
+            lease_id = self.intake.take_upload(owner, max_queued, http.max_uploads_per_key)
+        return {"id": lease_id, "renew_s": self.leases.ttl_s / 3}
+
+    async def renew_lease(self, lease_id: str) -> bool:
+        """Keep a lease; False when it lapsed (its holder was silent too long) or ended."""
+        return self.leases.renew(lease_id)
+
+    async def release_lease(self, lease_id: str) -> None:
+        self.leases.release(lease_id)
 
     async def retry(self, task_id: str) -> dict:
         await self._ready()
@@ -337,12 +389,12 @@ class SchedulerService:
     async def upload_abort(self, upload_id: str) -> None:
         await asyncio.to_thread(self.uploads.abort, upload_id)
 
-    async def submit_upload(self, spec: dict, upload_id: str,
-                            max_queued: int | None = None) -> dict:
-        """Accept a task whose input was streamed in chunks (see `Intake.submit_upload`); its
-        view."""
+    async def submit_upload(self, spec: dict, upload_id: str, max_queued: int | None = None,
+                            lease: str | None = None) -> dict:
+        """Accept a task whose input was streamed in chunks under the upload `lease` (see
+        `Intake.submit_upload`); its view."""
         await self._ready()
-        task_id = await self.intake.submit_upload(spec, upload_id, max_queued)
+        task_id = await self.intake.submit_upload(spec, upload_id, max_queued, lease)
         self._changed(dispatch=True)
         return self.core.view(task_id)
 
@@ -403,6 +455,7 @@ class SchedulerService:
                 "queued_by_priority": self.core.queued_by_priority(),
                 "workers": self.pool.snapshot(), "retention": self.sweeper.view(),
                 "webhooks": self.journal.deliveries.count_by_state(),
+                "leases": {kind: self.leases.count(kind) for kind in (UPLOAD, STREAM)},
                 "running": [{k: r[k] for k in ("task_id", "project", "file_id", "attempts",
                                                 "progress", "worker")} for r in running]}
 
