@@ -47,7 +47,7 @@ class _Events:
         self.queue: list[tuple] = []
         self.ended = False  # the closing boundary came
         self._header: list[bytes] = [b"", b""]
-        self._parts = 0
+        self._parts = self._epilogue = 0
 
     def callbacks(self) -> dict:
         return {"on_part_begin": self._part_begin,
@@ -77,6 +77,17 @@ class _Events:
     def _end(self) -> None:
         self.ended = True
 
+    def past_end(self, data: bytes) -> bool:
+        """Whether `data` came after the closing boundary: read and counted, `InputTooLarge`
+        past `EPILOGUE_BYTES`."""
+        if not self.ended:
+            return False
+        self._epilogue += len(data)
+        if self._epilogue > EPILOGUE_BYTES:
+            raise InputTooLarge(f"the body goes on past the form's end (over {EPILOGUE_BYTES} "
+                                "bytes after its closing boundary)")
+        return True
+
     def take(self) -> list[tuple]:
         events, self.queue = self.queue, []
         return events
@@ -99,13 +110,8 @@ async def read_form(stream, content_type: str, max_bytes: int, limits: BodyLimit
     parser = MultipartParser(_boundary(content_type), events.callbacks())
     digest, pending = hashlib.sha256(), bytearray()
     part: dict = {}
-    epilogue = 0
     async for received in read_chunks(stream, limits):
-        if events.ended:
-            epilogue += len(received)
-            if epilogue > EPILOGUE_BYTES:
-                raise InputTooLarge(f"the body goes on past the form's end (over "
-                                    f"{EPILOGUE_BYTES} bytes after its closing boundary)")
+        if events.past_end(received):
             continue
         _write(parser, received)
         for event in events.take():
