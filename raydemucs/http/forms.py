@@ -137,8 +137,6 @@ async def read_form(stream, content_type: str, max_bytes: int, limits: BodyLimit
             elif event[0] == "end":
                 _end_part(form, part)
     parser.finalize()
-    if not events.ended:
-        raise InvalidInput("the multipart body ends before its closing boundary")
     if pending:
         await on_chunk(form.file_name or "upload", bytes(pending))
 

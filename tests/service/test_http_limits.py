@@ -172,9 +172,12 @@ def test_a_keys_second_upload_at_once_gets_429_before_its_body_is_read(service, 
 
 
 def test_concurrent_submits_of_a_key_with_room_for_one_make_one_task(service, bucket):
+    """Six JSON submits at once of a key with room for one task: one task; then its upload is
+    refused for its quota before it sends a byte of its body."""
     fs, base = bucket
-    fs.pipe(f"{base[5:]}/song.wav", write_audio(service.state.parent / "long.wav",
-                                                 seconds=8.0).read_bytes())
+    long = write_audio(service.state.parent / "long.wav", seconds=40.0, samplerate=11025,
+                       channels=1)  # under 1 MB, its task still running when the test ends
+    fs.pipe(f"{base[5:]}/song.wav", long.read_bytes())
 
     def submit(number: int):
         return service.client.post("/v1/tasks", headers=service.keys["capped"], json={
@@ -184,7 +187,10 @@ def test_concurrent_submits_of_a_key_with_room_for_one_make_one_task(service, bu
         answers = list(pool.map(submit, range(6)))
     assert sorted(a.status_code for a in answers) == [202] + [429] * 5, [a.text for a in answers]
     listed = service.client.get("/v1/tasks", headers=service.keys["capped"]).json()["tasks"]
-    assert len(listed) == 1
+    assert len(listed) == 1 and listed[0]["state"] in ("queued", "running")
+    upload = connect(service, "capped", MULTIPART, 2**20)  # its quota before any of its body
+    status, body = answer(upload)
+    assert status == 429 and "may have 1" in body["error"]["message"]
 
 
 def test_streams_past_a_keys_cap_get_429_and_full_streams_hold_no_other_call(service, song):
