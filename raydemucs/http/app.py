@@ -98,7 +98,18 @@ TASK_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": {
         "type": "object", "required": ["input"], "additionalProperties": False,
         "properties": {"input": {"type": "string"},
-                       **{name: {"type": "string"} for name in FIELDS}}}}}}}
+                       **{name: {"type": "string"} for name in FIELDS}}}}}},
+    "responses": {"202": {"links": {  # what a client (and a stateful fuzzer) may do next
+        name: {"operationRef": f"#/paths/{path.replace('/', '~1')}/{method}",
+               "parameters": {"task_id": "$response.body#/task_id", **extra}}
+        for name, path, method, extra in [
+            ("get", "/v1/tasks/{task_id}", "get", {}),
+            ("cancel", "/v1/tasks/{task_id}", "delete", {}),
+            ("retry", "/v1/tasks/{task_id}/retry", "post", {}),
+            ("events", "/v1/tasks/{task_id}/events", "get", {}),
+            ("stem", "/v1/tasks/{task_id}/stems/{stem}", "get", {"stem": "vocals"}),
+            ("peaks", "/v1/tasks/{task_id}/stems/{stem}/peaks", "get", {"stem": "vocals"}),
+            ("zip", "/v1/tasks/{task_id}/stems.zip", "get", {})]}}}}
 
 
 # Every route awaits the scheduler or a stream (events, stems, uploads): a replica serves many at
