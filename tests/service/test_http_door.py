@@ -141,10 +141,11 @@ def test_two_stems_the_model_lacks_is_refused_at_the_door(http_service, bucket, 
     fs, root = bucket
     fs.put_file(str(song), f"{root}/song.wav")
     before = held(http_service)
-    message = one_line(post(http_service, song, two_stems="piano"), 422, "InvalidInput")
+    message = one_line(post(http_service, song, project="two", two_stems="piano"), 422,
+                       "InvalidInput")
     assert "'piano'" in message and STEMS in message
     named = http_service.client.post("/v1/tasks", json={"input": f"{root}/song.wav",
-                                                        "two_stems": "piano"})
+                                                        "project": "two", "two_stems": "piano"})
     assert one_line(named, 422, "InvalidInput") == message
     with pytest.raises(InvalidInput, match=f"piano.*{STEMS}"):  # what `submit` runs
         http_service.manager.add_task(song, output_dir=tmp_path / "out", two_stems="piano")
