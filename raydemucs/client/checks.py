@@ -44,8 +44,8 @@ class TaskTemplate:
 class TaskChecks:
     """Checks against `config()` (the running service's config when there is one: its defaults
     and limits apply, else the client's own); `held_models()` gives the models the running
-    service's workers hold, with their stems where known. What was found once (a model's source, a writable output directory)
-    is not checked again."""
+    service's workers hold, with their stems where known. What was found once (a model's
+    source, a writable output directory) is not checked again."""
 
     def __init__(self, config: Callable[[], Config],
                  held_models: Callable[[], dict[str, list[str] | None]]):

@@ -28,7 +28,7 @@ def is_loopback(host: str) -> bool:
 def check_bind(host: str, keyed: bool, what: str) -> None:
     """Refuse to serve without API keys on anything but loopback."""
     if not keyed and not is_loopback(host):
-        raise ConfigError(f"{what} listens on {host}, not loopback: add an API key first "
+        raise ConfigError(f"{what} {host} is not loopback: add an API key first "
                           "(`python -m raydemucs keys add NAME`); every request will need one")
 
 
@@ -49,7 +49,7 @@ def start_http(config: Config) -> str:
     check_bind(http.host, keyed, "http.host")
     serve.start(http_options={"host": http.host, "port": http.port})
     host, port = serve_proxy_bind()
-    check_bind(host, keyed, "the running Ray Serve proxy")
+    check_bind(host, keyed, "the running Ray Serve proxy's address")
     if (host, port) != (http.host, http.port):
         logger.warning("Ray Serve already runs on %s:%s: http.host and http.port (%s:%s) are "
                        "not used", host, port, http.host, http.port)

@@ -36,7 +36,7 @@ def test_without_keys_only_loopback_gets_in_though_serve_listens_on_every_addres
                                     prefix=("ip", "netns", "exec", namespace))
     finally:
         subprocess.run(["ip", "netns", "del", namespace], check=True)
-    assert "the running Ray Serve proxy listens on 0.0.0.0, not loopback: add an API key" in (
+    assert "the running Ray Serve proxy's address 0.0.0.0 is not loopback: add an API key" in (
         seen["keyless_start"])
     assert seen["loopback"] == 200
     assert seen["outside"] == [421, "MisdirectedRequest"]  # its Host is not an allowed name
