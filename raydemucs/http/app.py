@@ -42,10 +42,10 @@ from ..core.task import TaskState
 from ..storage.uris import input_size, is_uri
 from . import errors
 from .asks import FIELDS, check_fields, input_location, task_spec
-from .deploy import is_loopback
+from .door import Door, allowed_hosts, came_over_loopback
 from .forms import Spool, read_form
 from .peaks import PeaksCache, check_points
-from .stems import MEDIA_TYPES, StemSource, byte_range, zip_stream
+from .stems import MEDIA_TYPES, StemSource, attachment, byte_range, verified, zip_stream
 
 KEYS_TTL_S = 2.0
 EVENTS_WAIT_S = 15.0
@@ -57,6 +57,7 @@ PAGE_POLICY = ("default-src 'self'; img-src 'self' data:; media-src 'self' blob:
 app = FastAPI(title="raydemucs", version=__version__,
               description="Separate songs into stems with Demucs on a Ray actor pool.")
 errors.install(app)
+app.add_middleware(Door, hosts=lambda: serve.get_replica_context().servable_object.allowed_hosts)
 app.mount("/web", StaticFiles(directory=WEB), name="web")
 
 
@@ -124,7 +125,7 @@ class Ingress:
 
     def __init__(self, config: dict):
         self.config = Config.from_dict(config)
-        self.open_door = is_loopback(self.config.http.host)
+        self.allowed_hosts = allowed_hosts(self.config.http.allowed_hosts, self.config.http.host)
         self._scheduler = None
         self._keys, self._keys_at = KeyTable([]), float("-inf")
         self._service_config: Config | None = None
@@ -145,12 +146,12 @@ class Ingress:
         return self._service_config
 
     async def caller(self, request: Request) -> Caller:
-        """Who asks: the owner of the request's API key (none needed on a loopback service
-        without keys). A missing or unknown key is one answer, with no hint which."""
+        """Who asks: the owner of the request's API key (none needed without keys, over
+        loopback only). A missing or unknown key is one answer, with no hint which."""
         if time.monotonic() - self._keys_at > KEYS_TTL_S:
             self._keys = KeyTable.from_list((await self.call("api_keys"))["keys"])
             self._keys_at = time.monotonic()
-        if not self._keys and self.open_door:
+        if not self._keys and came_over_loopback(request.scope):
             return Caller("")
         scheme, _, key = request.headers.get("authorization", "").partition(" ")
         entry = self._keys.owner_of(key.strip()) if scheme.lower() == "bearer" else None
@@ -201,7 +202,7 @@ class Ingress:
                 raise InvalidInput("the uploaded file is empty")
             name = PurePosixPath(form.file_name).name or "upload"
             duration_s = await asyncio.to_thread(spool.validate, name, config.input)
-            served = [model["name"] for model in await self.call("models")]
+            served = {model["name"]: model["stems"] for model in await self.call("models")}
             spec = task_spec(form.fields, config.separation, served, caller.owner,
                              input_path=name, sha256=form.sha256, uploaded=True,
                              duration_s=duration_s).to_dict()
@@ -226,7 +227,7 @@ class Ingress:
         check_fields(fields)
         location = input_location(fields.get("input"), config.http.allow_paths)
         duration_s = await asyncio.to_thread(self._check_input, location, config)
-        served = [model["name"] for model in await self.call("models")]
+        served = {model["name"]: model["stems"] for model in await self.call("models")}
         spec = task_spec({k: v for k, v in fields.items() if k != "input"}, config.separation,
                          served, caller.owner, input_path=location, duration_s=duration_s)
         records = await self.call("submit", [spec.to_dict()], None, caller.max_queued)
@@ -351,7 +352,7 @@ class Ingress:
             return RedirectResponse(signed, status_code=307)
         size, etag = entry["bytes"], f'"{entry["sha256"]}"'
         headers = {"ETag": etag, "Accept-Ranges": "bytes",
-                   "Content-Disposition": f'attachment; filename="{entry["file"]}"'}
+                   "Content-Disposition": attachment(entry["file"])}
         media = MEDIA_TYPES.get(entry["file"].rsplit(".", 1)[-1], "application/octet-stream")
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers=headers)
@@ -360,8 +361,11 @@ class Ingress:
         headers["Content-Length"] = str(stop - start)
         if span is not None:
             headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
-        return StreamingResponse(source.chunks(entry["file"], start, stop), media_type=media,
-                                 status_code=206 if span else 200, headers=headers)
+        chunks = source.chunks(entry["file"], start, stop)
+        if span is None:
+            chunks = verified(chunks, entry["sha256"], f"{task_id}/{stem}")
+        return StreamingResponse(chunks, media_type=media, status_code=206 if span else 200,
+                                 headers=headers)
 
     @app.get("/v1/tasks/{task_id}/stems/{stem}/peaks",
               summary="A stem's waveform: the lowest and highest sample of each of `points` spans")
@@ -388,10 +392,10 @@ class Ingress:
     async def get_zip(self, task_id: str, request: Request):
         caller = await self.caller(request)
         view, source, manifest = await self._stems(caller, task_id)
-        name = f"{view['project']}-{view['file_id']}"
+        name = f"{view['project']}-{view['file_id']}.zip"
         return StreamingResponse(zip_stream(source, manifest, view["file_id"]),
-                                 media_type="application/zip", headers={
-                                     "Content-Disposition": f'attachment; filename="{name}.zip"'})
+                                 media_type="application/zip",
+                                 headers={"Content-Disposition": attachment(name)})
 
     # -- the service ---------------------------------------------------------------------------
     @app.get("/v1/models", summary="The models this service serves")
