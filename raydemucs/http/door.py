@@ -96,10 +96,15 @@ def refusal(scope: dict, hosts: frozenset[str]) -> Exception | None:
     return None
 
 
+FORWARDED = ("forwarded", "x-forwarded-for", "x-real-ip")  # a proxy's mark of another client
+
+
 def came_over_loopback(scope: dict) -> bool:
-    """Whether the connection reached a loopback address of the proxy from a loopback address."""
+    """Whether the connection reached a loopback address of the proxy from a loopback address,
+    and no proxy in between says it carries another client's request."""
     ends = [scope.get("server"), scope.get("client")]
-    return all(end and is_loopback(str(end[0])) for end in ends)
+    forwarded = any(name in headers_of(scope) for name in FORWARDED)
+    return not forwarded and all(end and is_loopback(str(end[0])) for end in ends)
 
 
 class Door:

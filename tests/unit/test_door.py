@@ -136,3 +136,9 @@ def test_two_stems_is_judged_by_the_model_stems_when_known():
     with pytest.raises(InvalidInput, match="two-stems 'piano' is not a stem of model m; "
                                            "choose one of drums, vocals"):
         check_two_stems("piano", "m", ["drums", "vocals"])
+
+
+@pytest.mark.parametrize("header", ["forwarded", "x-forwarded-for", "x-real-ip"])
+def test_a_request_a_proxy_forwarded_over_loopback_is_not_from_loopback(header):
+    """A reverse proxy on the same machine connects over loopback for a client elsewhere."""
+    assert not came_over_loopback(scope(**{header.replace("-", "_"): "203.0.113.9"}))
