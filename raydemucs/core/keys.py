@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .errors import InvalidInput, OverCeiling
 from .statedir import private_dir, write_private
-from .task import TaskSpec, parse_priority, priority_name
+from .task import PRIORITIES, TaskSpec, priority_name
 
 KEYS_FILE = "api-keys.json"
 PREFIX = "rdk_"
@@ -41,7 +41,7 @@ class Ceilings:
 
     def check(self, spec: TaskSpec) -> None:
         """`OverCeiling` when the task asks for more than these allow."""
-        if spec.priority < parse_priority(self.max_priority):
+        if spec.priority < PRIORITIES[self.max_priority]:
             raise OverCeiling(f"priority {priority_name(spec.priority)} is above this key's "
                               f"ceiling ({self.max_priority})")
         for field, ceiling in (("shifts", self.max_shifts), ("overlap", self.max_overlap)):
@@ -85,7 +85,8 @@ def checked_entry(entry: KeyEntry) -> KeyEntry:
         raise InvalidInput(f"--max-queued {entry.max_queued} must be 1 or more")
     if entry.role not in ROLES:
         raise InvalidInput(f"--role {entry.role!r}: use {' or '.join(ROLES)}")
-    parse_priority(entry.max_priority)
+    if entry.max_priority not in PRIORITIES:
+        raise InvalidInput(f"--max-priority {entry.max_priority!r}: use {', '.join(PRIORITIES)}")
     if entry.max_shifts is not None and not 0 <= entry.max_shifts <= MAX_SHIFTS:
         raise InvalidInput(f"--max-shifts {entry.max_shifts} must be between 0 and {MAX_SHIFTS}")
     if entry.max_overlap is not None and not 0 <= entry.max_overlap <= MAX_OVERLAP:
@@ -155,7 +156,8 @@ class KeyStore:
                                        id=f"key_{secrets.token_hex(8)}", **options))
         table = self.table()
         if any(known.name == name for known in table.entries):
-            raise InvalidInput(f"a key named {name!r} exists; revoke it first or choose another name")
+            raise InvalidInput(f"a key named {name!r} exists; revoke it first or choose another "
+                               "name")
         self._write([*table.entries, entry])
         return key
 

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from raydemucs.core.errors import ConfigError
+from raydemucs.core.errors import ConfigError, InvalidInput
 from raydemucs.core.keys import Ceilings, KeyStore
 from raydemucs.core.task import TaskSpec
 from raydemucs.storage.uploads import UploadStore
@@ -47,9 +47,9 @@ def test_a_key_has_an_id_a_role_and_ceilings_and_old_entries_keep_their_name_as_
     assert entry.owner == entry.id and entry.id.startswith("key_") and entry.role == "operator"
     assert entry.ceilings == Ceilings("high", 2, 0.5)
     assert entry.inputs == ["s3://songs/ops/", "gs://more/"]
-    (shown,) = [json.loads(line) for line in
-                run_cli("keys", "list", "--json", env=env).stdout.splitlines()]
-    assert "sha256" not in shown and entry.sha256 not in run_cli("keys", "list", env=env).stdout
+    listed = run_cli("keys", "list", "--json", env=env).stdout
+    (shown,) = [json.loads(line) for line in listed.splitlines()]
+    assert "sha256" not in shown and entry.sha256 not in listed
     assert shown == {"name": "ops", "created_at": entry.created_at, "max_queued": None,
                      "id": entry.id, "role": "operator", "max_priority": "high", "max_shifts": 2,
                      "max_overlap": 0.5, "inputs": ["s3://songs/ops/", "gs://more/"]}
@@ -62,12 +62,14 @@ def test_a_key_has_an_id_a_role_and_ceilings_and_old_entries_keep_their_name_as_
 
 
 def test_key_options_out_of_range_are_refused(tmp_path):
-    for args, words in [(["--role", "admin"], "--role"), (["--max-shifts", "101"], "--max-shifts"),
-                        (["--max-overlap", "1.5"], "--max-overlap"),
-                        (["--max-priority", "urgent"], "--max-priority")]:
-        refused = run_cli("keys", "add", "k", *args,
-                          env={"RAYDEMUCS_SERVICE_STATE_DIR": str(tmp_path)})
-        assert refused.returncode == 2 and words in refused.stderr, refused.stderr
+    for options, words in [({"role": "admin"}, "--role"), ({"max_shifts": 101}, "--max-shifts"),
+                           ({"max_overlap": 1.5}, "--max-overlap"), ({"inputs": [""]}, "--input"),
+                           ({"max_priority": "0"}, "--max-priority")]:
+        with pytest.raises(InvalidInput, match=words):
+            KeyStore(tmp_path).add("k", **options)
+    refused = run_cli("keys", "add", "k", "--max-priority", "urgent",
+                      env={"RAYDEMUCS_SERVICE_STATE_DIR": str(tmp_path)})
+    assert refused.returncode == 2 and "--max-priority" in refused.stderr, refused.stderr
     assert not (tmp_path / "api-keys.json").exists()
 
 
