@@ -12,7 +12,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from raydemucs.core.keys import KeyStore
 from raydemucs.webhooks.signing import load_secret
 
-from support import HttpService, wait_for, write_audio
+from support import HttpService, cli_env, run_cli, wait_for, write_audio
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +131,8 @@ def test_each_key_signs_its_webhooks_with_its_own_secret(service, receivers, tmp
     secrets = {name: service.client.get("/v1/webhooks/secret", headers=headers).json()["secret"]
                for name, headers in keys.items()}
     assert len({*secrets.values(), load_secret(service.state)}) == 3
+    printed = run_cli("webhooks", "secret", "--key", "erin", env=cli_env(service))
+    assert printed.stdout.strip() == secrets["erin"], printed.stderr
     song = write_audio(tmp_path / "hooked.wav", seconds=0.5)
     got = {}
     for name, headers in keys.items():
