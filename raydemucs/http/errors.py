@@ -12,6 +12,7 @@ from ..core.errors import (
     InputTooLarge,
     InvalidInput,
     ModelNotFound,
+    OverCeiling,
     OverQuota,
     RayDemucsError,
     ServiceUnavailable,
@@ -32,7 +33,7 @@ class MisdirectedRequest(RayDemucsError):
 
 STATUS = [  # most specific first
     (InputTooLarge, 413), (TaskConflict, 409), (InvalidInput, 422), (ConfigError, 422),
-    (ModelNotFound, 422), (TaskNotFound, 404), (Unauthenticated, 401), (OverQuota, 429),
+    (ModelNotFound, 422), (TaskNotFound, 404), (Unauthenticated, 401), (OverQuota, 429), (OverCeiling, 403),
     (ServiceUnavailable, 503), (StorageUnavailable, 503), (Gone, 410),
     (CrossOrigin, 403), (MisdirectedRequest, 421),
 ]
