@@ -23,7 +23,7 @@ def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
         return ip.ipv4_mapped or ip.sixtofour
     if ip.teredo:
         return ip.teredo[1]
-    if ip in NAT64 or int(ip) >> 32 == 0:  # NAT64, or IPv4-compatible (::a.b.c.d)
+    if ip in NAT64 or (int(ip) >> 32 == 0 and int(ip) > 1):  # NAT64, IPv4-compatible ::a.b.c.d
         return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return None
 
@@ -42,7 +42,7 @@ def refusal(address: str) -> str | None:
     inner = embedded_ipv4(ip) if ip.version == 6 else None
     if ip.version == 6 and ip in LOCAL_NAT64:
         return "a non-public address"
-    kind = _kind(ip) or (inner and _kind(inner))
+    kind = (inner and _kind(inner)) or _kind(ip)
     return f"a {kind} address" if kind else None
 
 
