@@ -54,6 +54,11 @@ def not_fetched(uri: str) -> InvalidInput:
                         "address)")
 
 
+def missing(uri: str) -> InvalidInput:
+    """The refusal of an input that is not there (an http(s) one: or not reachable, unsaid)."""
+    return not_fetched(uri) if is_web(uri) else InvalidInput(f"{printable(uri)} does not exist")
+
+
 def open_uri(uri: str, storage: StorageConfig):
     """`(filesystem, path)` for `uri`, with a one-line error when its protocol is not installed."""
     import fsspec
@@ -99,8 +104,7 @@ def input_size(uri: str, storage: StorageConfig) -> int:
     try:
         info = fs.info(path)
     except FileNotFoundError:
-        raise (not_fetched(uri) if is_web(uri) else
-               InvalidInput(f"{printable(uri)} does not exist")) from None
+        raise missing(uri) from None
     except PermissionError:
         raise InvalidInput(f"{printable(uri)} is not readable (permission denied)") from None
     except Exception as exc:
@@ -116,7 +120,7 @@ def download(uri: str, target: Path, storage: StorageConfig) -> Path:
     try:
         fs.get_file(path, str(target))
     except FileNotFoundError:
-        raise InvalidInput(f"{printable(uri)} does not exist") from None
+        raise missing(uri) from None
     except Exception as exc:
         raise unreachable(uri, exc) from None
     return target
