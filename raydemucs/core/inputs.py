@@ -84,13 +84,14 @@ def check_input(value: Any, allowed: Sequence[str], roots: Sequence[str],
     the `private` folders (the service's state and outputs). Else one `InvalidInput` line."""
     if not isinstance(value, str) or not value:
         raise InvalidInput("field 'input' must be a URI such as s3://bucket/song.mp3")
+    shown = printable(value if len(value) <= MAX_CHARS else f"{value[:80]}...")
     if value.startswith("/"):
         if not path_allowed(value, roots, private):
-            raise InvalidInput(f"field 'input' {printable(value)} is not under a directory this "
-                               "service reads inputs from (http.allow_paths)")
+            raise InvalidInput(f"field 'input' {shown} is not under a directory this service "
+                               "reads inputs from (http.allow_paths)")
     elif not under_prefix(value, allowed):
-        raise InvalidInput(f"field 'input' {printable(value)} is not under a storage prefix this "
-                           "service reads inputs from (http.inputs)")
+        raise InvalidInput(f"field 'input' {shown} is not under a storage prefix this service "
+                           "reads inputs from (http.inputs)")
     return value
 
 
