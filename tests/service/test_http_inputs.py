@@ -88,8 +88,8 @@ def refused(service, listener, json: dict | None = None, **request) -> dict:
     return error
 
 
-def test_inputs_no_prefix_allows_and_http_inputs_at_loopback_are_refused(service, listener,
-                                                                        tmp_path):
+def test_inputs_outside_the_prefixes_and_http_inputs_at_loopback_are_refused(service, listener,
+                                                                             tmp_path):
     here = f"127.0.0.1:{listener.port}"
     archive = tmp_path / "a.zip"
     archive.write_bytes(b"PK\x05\x06" + b"\0" * 18)
