@@ -25,7 +25,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from .config_errors import refusal
-from .config_types import Float, Int, MaybeFloat, MaybeText, Section, Text
+from .config_types import Float, Int, MaybeFloat, MaybeText, Section, Text, Texts
 from .errors import ConfigError
 from .inputs import allowed_roots, check_prefix, check_root, listed
 from .pools import PoolConfig, Pools, worker_pools
@@ -163,6 +163,10 @@ class HttpConfig(Section):
     host: Text = Field("127.0.0.1", description="address it binds; anything but loopback needs "
                        "API keys")
     port: Int = Field(8000, ge=1, le=65535, description="port it listens on")
+    allowed_hosts: Texts = Field(
+        ("localhost", "127.0.0.1", "[::1]"), description="the names a request's `Host` header "
+        "may give (any port), `host` besides; any other gets 421 (DNS rebinding): list the "
+        "names clients use on a public address (in a variable: comma-separated)")
     num_replicas: Int = Field(1, ge=1, le=64, description="ingress replicas (they hold no state)")
     inputs: InputPrefixes = Field((), description="storage a request's `input` may name: URI "
                                   "prefixes such as s3://bucket/folder/, or a whole scheme such "

@@ -23,8 +23,8 @@ URI = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(.*)", re.DOTALL)
 # No chain (`simplecache::`, `zip://a::file://`), query, fragment, user info or backslash, no
 # control character, no percent-encoded dot, separator, percent or NUL.
 TRICKS = re.compile(r"::|[?#@\\\x00-\x1f\x7f]|%(2e|2f|5c|25|00)", re.IGNORECASE)
-PREFIX_FORM = (f"; allowed: a storage prefix such as s3://bucket/folder/ or a whole scheme such "
-               f"as s3:// ({', '.join(SCHEMES)}), without '..', '::', '?', '#', '@' or escapes")
+PREFIX_FORM = (f"a storage prefix such as s3://bucket/folder/ or a whole scheme such as s3:// "
+               f"({', '.join(SCHEMES)}), without '..', '::', '?', '#', '@' or escapes")
 
 
 def uri_parts(text: str, prefix: bool = False) -> tuple[str, tuple[str, ...]] | None:
@@ -124,5 +124,5 @@ def check_root(root: str) -> str:
 
 def check_prefix(prefix: str) -> str:
     if uri_parts(prefix, prefix=True) is None:
-        raise PydanticCustomError("allowed", PREFIX_FORM)
+        raise PydanticCustomError("allowed", f"; allowed: {PREFIX_FORM}")
     return prefix

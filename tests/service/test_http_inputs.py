@@ -10,7 +10,9 @@ import uuid
 
 import pytest
 
-from support import HttpService, write_audio
+from raydemucs.core.keys import KeyStore
+
+from support import HttpService, wait_for, write_audio
 
 
 class Listener:
@@ -149,3 +151,19 @@ def test_webhooks_to_loopback_written_any_way_are_refused(service, listener, tmp
     kind = "non-public" if host.startswith("[64:ff9b:1:") else "loopback"  # a local-use NAT64
     assert error["message"] == (f"webhook_url {url} names a {kind} address "
                                 "(webhooks.allow_private is off)")
+
+
+def test_a_key_with_its_own_prefixes_names_inputs_under_those_alone(service, listener, media,
+                                                                   tmp_path):
+    """Last here: once a key exists, every request needs one."""
+    fs, bucket = media
+    fs.put_file(str(write_audio(tmp_path / "k.wav", seconds=0.5)), f"{bucket}/keyed/song.wav")
+    key = KeyStore(service.state).add("tenant", inputs=[f"{bucket}/keyed/"])
+    headers = {"Authorization": f"Bearer {key}"}
+    wait_for(lambda: service.client.get("/v1/tasks").status_code == 401, timeout_s=10)
+    error = refused(service, listener, {"input": f"{bucket}/ok/song.wav"}, headers=headers)
+    assert "is not under a storage prefix" in error["message"]  # the service's, not the key's
+    created = service.client.post("/v1/tasks", json={"input": f"{bucket}/keyed/song.wav"},
+                                  headers=headers)
+    assert created.status_code == 202, created.text
+    assert service.wait(created.json()["task_id"], **headers)["state"] == "succeeded"
