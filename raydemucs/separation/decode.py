@@ -1,7 +1,11 @@
 """Decoding samples, the way `demucs.api` reads audio: sphn (+ julius to resample), FFmpeg as the
-fallback (through PyAV, where demucs runs the ffmpeg program); a whole file at once (`decode`) or
-in windows of bounded memory (`iter_audio`, `read_window`, `stream_stats`), which give the samples
-of a whole decode.
+fallback (through PyAV, where demucs runs the ffmpeg program), in windows of bounded memory
+(`iter_audio`, `read_window`, `stream_stats`) or joined into a whole track (`decode`).
+
+Every decode keeps to the input limits whatever the header said: the rate and channels it
+decodes at are checked before the first window, and the samples it gives at the model's rate
+are counted as they come, so that a file that decodes to more than `input.max_duration_s`
+stops there (memory follows the model's rate and the limit, not the file's).
 """
 from __future__ import annotations
 
@@ -12,14 +16,22 @@ import numpy as np
 import torch as th
 from torch.nn import functional as F
 
-from ..audio.checks import MIN_SAMPLES, resamples_cheaply, sphn_or_none
+from ..audio.checks import (
+    MIN_SAMPLES,
+    DecodedLength,
+    check_format,
+    resamples_cheaply,
+    sphn_or_none,
+)
 from ..audio.ffmpeg import Decoder
+from ..core.config import InputConfig
 from ..core.errors import InvalidInput
 from ..core.names import printable
 from .engine import Moments
 
 SPHN_WINDOW_S = 10             # sphn decodes whole seconds: seeks to integer seconds are exact
 SPHN_PREROLL_S = 1             # decoded before each window and dropped (mp3 needs a warm-up)
+DEFAULT_LIMITS = InputConfig()
 
 # -- decoding in windows ----------------------------------------------------------------------
 def _sphn_seeks_exactly(path: Path) -> bool:
@@ -34,15 +46,16 @@ def _sphn_seeks_exactly(path: Path) -> bool:
 class _SphnSource:
     """Native-rate `[channels, n]` float32 blocks from sphn, windows of whole seconds.
 
-    The first window is decoded on opening, so that a file sphn cannot read fails here and goes
-    to PyAV, as in `decode`.
+    The rate and channels are checked against `limits`, then the first window is decoded on
+    opening, so that a file sphn cannot read fails here and goes to PyAV.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, limits: InputConfig):
         import sphn
 
         self.reader = sphn.FileReader(str(path))
         self.rate = int(self.reader.sample_rate)
+        check_format(path, self.rate, int(self.reader.channels), limits)
         self.first = self.reader.decode(0.0, float(SPHN_WINDOW_S))
         if not self.first.size:
             raise ValueError("no samples")
@@ -101,25 +114,38 @@ class _Resampler:
         return ys.transpose(1, 2).reshape(*x.shape[:-1], -1)
 
 
-def _pyav_blocks(path: Path, samplerate: int, channels: int) -> Iterator[th.Tensor]:
+def _pyav_blocks(path: Path, samplerate: int, channels: int,
+                 limits: InputConfig) -> Iterator[th.Tensor]:
     """Model-rate blocks decoded and resampled by FFmpeg (PyAV), channels as demucs converts."""
     from demucs.audio import convert_audio_channels
 
-    for block in Decoder(path, samplerate).blocks():
+    decoder = Decoder(path, samplerate)
+    check_format(path, decoder.stream.rate, decoder.stream.channels, limits)
+    for block in decoder.blocks():
         yield convert_audio_channels(th.from_numpy(block), channels)
 
 
-def iter_audio(path, samplerate: int, channels: int) -> Iterator[th.Tensor]:
-    """The file as model-rate `[channels, n]` float32 blocks, the samples `decode`
-    returns: sphn (+ julius) for WAV, FLAC and MP3; FFmpeg where the plain path uses it too
-    (files sphn cannot read, rates julius cannot convert cheaply) and for other formats (see
-    the docs)."""
+def iter_audio(path, samplerate: int, channels: int,
+               limits: InputConfig = DEFAULT_LIMITS) -> Iterator[th.Tensor]:
+    """The file as model-rate `[channels, n]` float32 blocks within `limits` (`InvalidInput`
+    past them): sphn (+ julius) for WAV, FLAC and MP3; FFmpeg for files sphn cannot read, rates
+    julius cannot convert cheaply, and other formats (see the docs)."""
+    path = Path(path)
+    length = DecodedLength(path, samplerate, limits)
+    for block in _model_rate_blocks(path, samplerate, channels, limits):
+        length.add(block.shape[-1])
+        yield block
+
+
+def _model_rate_blocks(path: Path, samplerate: int, channels: int,
+                       limits: InputConfig) -> Iterator[th.Tensor]:
+    """`iter_audio`'s blocks, uncounted."""
     from demucs.audio import convert_audio_channels
 
-    path = Path(path)
-    source = sphn_or_none(lambda: _SphnSource(path)) if _sphn_seeks_exactly(path) else None
+    source = sphn_or_none(lambda: _SphnSource(path, limits)) if _sphn_seeks_exactly(path) \
+        else None
     if source is None or not resamples_cheaply(source.rate, samplerate):
-        yield from _pyav_blocks(path, samplerate, channels)
+        yield from _pyav_blocks(path, samplerate, channels, limits)
         return
     blocks = (convert_audio_channels(th.from_numpy(np.ascontiguousarray(b)), channels)
               for b in source.blocks())
@@ -129,10 +155,11 @@ def iter_audio(path, samplerate: int, channels: int) -> Iterator[th.Tensor]:
         yield block.float()
 
 
-def stream_stats(path, samplerate: int, channels: int) -> tuple[th.Tensor, th.Tensor, int]:
+def stream_stats(path, samplerate: int, channels: int,
+                 limits: InputConfig = DEFAULT_LIMITS) -> tuple[th.Tensor, th.Tensor, int]:
     """`(mean, std, length)` of a file, one window at a time (the cheap first pass)."""
     moments = Moments()
-    for block in iter_audio(path, samplerate, channels):
+    for block in iter_audio(path, samplerate, channels, limits):
         if not th.isfinite(block).all():
             raise ValueError(f"{printable(path)} holds NaN or infinite samples")
         moments.add(block.mean(0))
@@ -155,25 +182,11 @@ def read_window(path, start: int, stop: int, samplerate: int, channels: int) -> 
     return th.cat(parts, -1) if parts else th.zeros(channels, 0)
 
 
-def _read_with_pyav(path: Path, samplerate: int, channels: int) -> th.Tensor:
-    blocks = list(_pyav_blocks(path, samplerate, channels))
-    return th.cat(blocks, -1) if blocks else th.zeros(channels, 0)
-
-
-def decode(path: Path, samplerate: int, channels: int):
-    """Decode to a float32 `[channels, time]` tensor at the model's rate, as `demucs.api` does."""
-    import sphn
-    from demucs.audio import convert_audio
-
-    def read():
-        data, rate = sphn.read(str(path))
-        if not data.size or not resamples_cheaply(int(rate), samplerate):
-            return None
-        return convert_audio(th.from_numpy(data), int(rate), samplerate, channels)
-
-    wav = sphn_or_none(read)
-    if wav is None:
-        wav = _read_with_pyav(path, samplerate, channels)
+def decode(path: Path, samplerate: int, channels: int, limits: InputConfig = DEFAULT_LIMITS):
+    """The whole file as a float32 `[channels, time]` tensor at the model's rate: `iter_audio`'s
+    blocks, joined."""
+    blocks = list(iter_audio(path, samplerate, channels, limits))
+    wav = th.cat(blocks, -1) if blocks else th.zeros(channels, 0)
     if wav.shape[-1] == 0:
         raise InvalidInput(f"input {printable(path)} holds no audio samples")
     if wav.shape[-1] < MIN_SAMPLES:

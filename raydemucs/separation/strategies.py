@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Protocol
 
+from ..core.config import InputConfig
 from ..core.task import TaskSpec
 from ..models.loading import default_segment_s
 from ..models.runtimes import runtime_of
@@ -162,10 +163,12 @@ class Separated:
 
 class Strategies:
     """Runs attempts on a worker's models: one at a time in arrival order, or batched; each
-    model's network on `runtime`."""
+    model's network on `runtime`; inputs decoded within `limits`."""
 
-    def __init__(self, device: str, batch_size: int, runtime: str, memory: MemoryMeter):
+    def __init__(self, device: str, batch_size: int, runtime: str, memory: MemoryMeter,
+                 limits: InputConfig):
         self.device = device
+        self.limits = limits
         self.batch_size = batch_size
         self.runtime = runtime
         self.memory = memory
@@ -195,7 +198,8 @@ class Strategies:
             stems = self._batched(task, current, separator, input_path)
         else:
             with current.timed("decode_s"):
-                wav = decode(input_path, separator.samplerate, separator.audio_channels)
+                wav = decode(input_path, separator.samplerate, separator.audio_channels,
+                             self.limits)
             if helpers:
                 stems, pieces = self._split(task, current, model, wav, helpers)
             else:
@@ -258,7 +262,8 @@ class Strategies:
         batcher.reserve(key)
         try:
             with current.timed("decode_s"):
-                wav = decode(input_path, separator.samplerate, separator.audio_channels)
+                wav = decode(input_path, separator.samplerate, separator.audio_channels,
+                             self.limits)
         except BaseException:
             batcher.withdraw(key)
             raise
@@ -278,7 +283,8 @@ class Strategies:
             return separate_file(model, input_path, scratch, segment=options.segment,
                                  overlap=options.overlap, shifts=options.shifts,
                                  runner=self.runner(model, options.precision),
-                                 two_stems=options.two_stems, callback=current.on_chunk)
+                                 two_stems=options.two_stems, callback=current.on_chunk,
+                                 limits=self.limits)
 
     def run_piece(self, model, precision: str, current: Attempt, plan, piece, window, mean, std):
         """One piece of a split track (the lead's own, or a lent helper's), counted as progress."""
