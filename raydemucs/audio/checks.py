@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..core.config import InputConfig
-from ..core.errors import InputTooLarge, InvalidInput, RayDemucsError
+from ..core.errors import InputTooLarge, InvalidInput
 from ..core.names import printable
 
 # Fewer samples than this cannot be separated (demucs fails on a single one); 10 ms at 44.1 kHz.
@@ -36,9 +36,8 @@ MAX_RESAMPLE_TERMS = 1000
 
 
 def _is_decoder_failure(exc: BaseException) -> bool:
-    """sphn reports bad files as exceptions, and as Rust panics that are not `Exception`s; our
-    own refusals are not sphn's."""
-    if isinstance(exc, (MemoryError, RayDemucsError)):
+    """sphn reports bad files as exceptions, and as Rust panics that are not `Exception`s."""
+    if isinstance(exc, MemoryError):
         return False
     return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
 

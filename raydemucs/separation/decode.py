@@ -46,16 +46,13 @@ def _sphn_seeks_exactly(path: Path) -> bool:
 class _SphnSource:
     """Native-rate `[channels, n]` float32 blocks from sphn, windows of whole seconds.
 
-    The rate and channels are checked against `limits`, then the first window is decoded on
-    opening, so that a file sphn cannot read fails here and goes to PyAV.
+    The first window is decoded on opening, so that a file sphn cannot read fails here and goes
+    to PyAV.
     """
 
-    def __init__(self, path: Path, limits: InputConfig):
-        import sphn
-
-        self.reader = sphn.FileReader(str(path))
+    def __init__(self, reader):
+        self.reader = reader
         self.rate = int(self.reader.sample_rate)
-        check_format(path, self.rate, int(self.reader.channels), limits)
         self.first = self.reader.decode(0.0, float(SPHN_WINDOW_S))
         if not self.first.size:
             raise ValueError("no samples")
@@ -137,14 +134,29 @@ def iter_audio(path, samplerate: int, channels: int,
         yield block
 
 
+def _sphn_source(path: Path, samplerate: int, limits: InputConfig) -> _SphnSource | None:
+    """sphn's windows of the file, its rate and channels checked first; None where FFmpeg
+    decodes it (formats whose seeks are not exact, files sphn cannot read, rates julius cannot
+    convert cheaply)."""
+    import sphn
+
+    reader = sphn_or_none(lambda: sphn.FileReader(str(path))) if _sphn_seeks_exactly(path) \
+        else None
+    if reader is None:
+        return None
+    check_format(path, int(reader.sample_rate), int(reader.channels), limits)
+    if not resamples_cheaply(int(reader.sample_rate), samplerate):
+        return None
+    return sphn_or_none(lambda: _SphnSource(reader))
+
+
 def _model_rate_blocks(path: Path, samplerate: int, channels: int,
                        limits: InputConfig) -> Iterator[th.Tensor]:
     """`iter_audio`'s blocks, uncounted."""
     from demucs.audio import convert_audio_channels
 
-    source = sphn_or_none(lambda: _SphnSource(path, limits)) if _sphn_seeks_exactly(path) \
-        else None
-    if source is None or not resamples_cheaply(source.rate, samplerate):
+    source = _sphn_source(path, samplerate, limits)
+    if source is None:
         yield from _pyav_blocks(path, samplerate, channels, limits)
         return
     blocks = (convert_audio_channels(th.from_numpy(np.ascontiguousarray(b)), channels)
@@ -184,14 +196,17 @@ def read_window(path, start: int, stop: int, samplerate: int, channels: int) -> 
 
 def decode(path: Path, samplerate: int, channels: int, limits: InputConfig = DEFAULT_LIMITS):
     """The whole file as a float32 `[channels, time]` tensor at the model's rate: `iter_audio`'s
-    blocks, joined."""
-    blocks = list(iter_audio(path, samplerate, channels, limits))
+    blocks, each checked finite, joined (at most twice the track in memory, while joining)."""
+    blocks = []
+    for block in iter_audio(path, samplerate, channels, limits):
+        if not th.isfinite(block).all():
+            raise InvalidInput(f"input {printable(path)} holds NaN or infinite samples")
+        blocks.append(block)
     wav = th.cat(blocks, -1) if blocks else th.zeros(channels, 0)
+    blocks.clear()
     if wav.shape[-1] == 0:
         raise InvalidInput(f"input {printable(path)} holds no audio samples")
     if wav.shape[-1] < MIN_SAMPLES:
         raise InvalidInput(f"input {printable(path)} holds {wav.shape[-1]} samples at "
                            f"{samplerate} Hz, too few to separate (at least {MIN_SAMPLES})")
-    if not th.isfinite(wav).all():
-        raise InvalidInput(f"input {printable(path)} holds NaN or infinite samples")
-    return wav.float()
+    return wav
