@@ -1,24 +1,34 @@
-"""Decompression bombs on a real service: a file that declares a rate or channels past the caps,
-or decodes to more than its header says, fails its task at once with one line (no retry), and
-the worker that met it stays and goes on with its other task."""
+"""Decompression bombs on a real service, through the client and over HTTP: a file that declares
+a rate past the caps is refused at the door (one line, nothing queued or stored), or, when it gets
+to a worker anyway, fails its task at once with one line; so does a file that decodes to more
+than its header says. No retry, and the worker that met it stays and goes on with its other task."""
 from __future__ import annotations
 
 import pytest
 
 from raydemucs.core.errors import InvalidInput
 
-from support import flac_bomb, understated_mp3, wait_for, write_audio
+from support import HttpService, flac_bomb, understated_mp3, wait_for, write_audio
 
 LIMIT_S = 4.0
+
+
+@pytest.fixture(scope="module")
+def service(serve_port, tmp_path_factory):
+    """One worker, two retries (a bomb must use none), a short duration limit."""
+    service = HttpService(tmp_path_factory.mktemp("bombs"), serve_port,
+                          workers={"max_workers": 1}, tasks={"max_retries": 2},
+                          input={"max_duration_s": LIMIT_S})
+    yield service
+    service.close()
 
 
 def assert_one_line(message: str, fragment: str) -> None:
     assert fragment in message and "\n" not in message, message
 
 
-def test_bombs_fail_at_once_and_the_worker_goes_on(make_service, tmp_path):
-    manager = make_service(workers={"max_workers": 1}, tasks={"max_retries": 2},
-                           input={"max_duration_s": LIMIT_S})
+def test_bombs_fail_at_once_and_the_worker_goes_on(service, tmp_path):
+    manager = service.manager
     [worker] = wait_for(lambda: [w for w in manager.get_status()["workers"]
                                  if w["state"] in ("idle", "busy")])
     out = tmp_path / "out"
@@ -42,3 +52,23 @@ def test_bombs_fail_at_once_and_the_worker_goes_on(make_service, tmp_path):
     assert done["state"] == "succeeded", done
     [after] = manager.get_status()["workers"]
     assert after["pid"] == worker["pid"] and after["restarts"] == 0
+
+
+def test_bombs_over_http_are_refused_at_the_door_or_fail_at_once(service, tmp_path):
+    before = service.stored()
+    bomb = flac_bomb(tmp_path / "bomb.flac", 1)
+    refused = service.client.post("/v1/tasks", files={"file": (bomb.name, bomb.read_bytes())})
+    assert refused.status_code == 422 and refused.json()["error"]["type"] == "InvalidInput"
+    assert_one_line(refused.json()["error"]["message"],
+                    "input bomb.flac is sampled at 655350 Hz, over the 192000 Hz limit "
+                    "(input.max_samplerate)")
+    assert service.stored() == before
+    mp3 = understated_mp3(tmp_path / "long.mp3", seconds=5 * LIMIT_S)
+    created = service.client.post("/v1/tasks", files={"file": (mp3.name, mp3.read_bytes())})
+    assert created.status_code == 202, created.text
+    done = service.wait(created.json()["task_id"])
+    assert done["state"] == "failed" and done["attempts"] == 1, done
+    assert done["error"]["type"] == "InvalidInput"
+    assert_one_line(done["error"]["message"], "input long.mp3 decodes to more than the 4 s limit "
+                                              "(input.max_duration_s)")
+    assert "/" not in done["error"]["message"]  # not the worker's copy of the upload
