@@ -260,11 +260,12 @@ class Receiver:
         self.server.server_close()
 
 
-def run_cluster_scenario(script: str, tmp_path: Path, args: list[str], timeout_s: float) -> dict:
-    """Run `python SCRIPT TMP_PATH ARGS...` (a multi-node `ray.cluster_utils.Cluster` and its
-    driver) in a subprocess with its own RAY_TMPDIR and auth token, as on a real cluster: a driver
-    joins one cluster only, and the session's Ray stays untouched. The JSON it printed after
-    `RESULT `."""
+def run_cluster_scenario(script: str, tmp_path: Path, args: list[str], timeout_s: float,
+                         prefix: tuple[str, ...] = ()) -> dict:
+    """Run `PREFIX... python SCRIPT TMP_PATH ARGS...` (a multi-node `ray.cluster_utils.Cluster` and
+    its driver, or a Ray of its own) in a subprocess with its own RAY_TMPDIR and auth token, as on
+    a real cluster: a driver joins one cluster only, and the session's Ray stays untouched. The
+    JSON it printed after `RESULT `."""
     import json
     import secrets
     import shutil
@@ -278,7 +279,7 @@ def run_cluster_scenario(script: str, tmp_path: Path, args: list[str], timeout_s
     env.update(RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token),
                PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")])))
     try:
-        run = subprocess.run([sys.executable, script, str(tmp_path), *args], env=env,
+        run = subprocess.run([*prefix, sys.executable, script, str(tmp_path), *args], env=env,
                              capture_output=True, text=True, timeout=timeout_s)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -16,7 +16,7 @@ from ..core.errors import InputTooLarge, InvalidInput, ModelNotFound
 from ..core.names import check_task_names, name_from_filename
 from ..core.pools import route
 from ..core.task import TaskSpec, new_task_id, parse_priority
-from ..models.catalogue import check_model_name, model_source
+from ..models.catalogue import check_model_name, check_two_stems, model_source
 from ..storage import uris
 from ..storage.folders import check_writable, file_sha256, task_folder
 from ..storage.uris import is_uri, local_path
@@ -43,11 +43,12 @@ class TaskTemplate:
 
 class TaskChecks:
     """Checks against `config()` (the running service's config when there is one: its defaults
-    and limits apply, else the client's own); `held_models()` names the models the running
-    service's workers hold. What was found once (a model's source, a writable output directory)
-    is not checked again."""
+    and limits apply, else the client's own); `held_models()` gives the models the running
+    service's workers hold, with their stems where known. What was found once (a model's
+    source, a writable output directory) is not checked again."""
 
-    def __init__(self, config: Callable[[], Config], held_models: Callable[[], set[str]]):
+    def __init__(self, config: Callable[[], Config],
+                 held_models: Callable[[], dict[str, list[str] | None]]):
         self.config, self.held_models = config, held_models
         self._models_found: set[tuple[str, str | None]] = set()
         self._outputs_writable: set[str] = set()
@@ -70,6 +71,9 @@ class TaskChecks:
         check_model_name(separation.model, separation.repo)
         route(config.worker_pools(), separation.model, separation.device,
               separation.precision)  # no pool, or one that cannot run it: refused
+        if separation.two_stems is not None:  # judged here when the service's workers know it
+            check_two_stems(separation.two_stems, separation.model,
+                            self.held_models().get(separation.model))
         if upload:
             output_dir = "uploaded"  # the service puts the stems under its state directory
         else:

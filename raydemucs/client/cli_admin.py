@@ -6,14 +6,16 @@ import json
 import signal
 import sys
 import time
+from dataclasses import asdict
 
 import click
 import yaml
 
 from ..core.config import Config, load_config
 from ..core.errors import ServiceUnavailable
-from ..core.keys import KeyStore
-from ..webhooks.signing import load_secret
+from ..core.keys import ROLES, KeyEntry, KeyStore
+from ..core.task import PRIORITIES
+from ..webhooks.signing import load_secret, owner_secret
 from .cli_options import config_options, emit, service_options
 from .ray_head import DEFAULT_PORT, ensure_head, stop_head
 from .render import delivery_line
@@ -25,11 +27,19 @@ def webhooks():
 
 
 @webhooks.command("secret")
+@click.option("--key", "key_name", metavar="NAME", help="The secret of the tasks of the API key "
+              "called NAME (each key has its own; GET /v1/webhooks/secret answers it to the key).")
 @service_options
-def webhooks_secret(manager):
+def webhooks_secret(manager, key_name):
     """The secret webhooks are signed with (Standard Webhooks, `whsec_...`): give it to the
-    receivers. Kept in the service's state directory (run this on the machine that holds it)."""
-    click.echo(load_secret(manager.config.state_path))
+    receivers. Without --key, the secret of tasks submitted without a key (the CLI, a loopback
+    service without keys). Kept in the service's state directory (run this on the machine that
+    holds it)."""
+    state = manager.config.state_path
+    secret = load_secret(state)
+    if key_name:
+        secret = owner_secret(secret, KeyStore(state).table().named(key_name).owner)
+    click.echo(secret)
 
 
 @webhooks.command("list")
@@ -152,24 +162,47 @@ def keys():
 
 @keys.command("add")
 @click.argument("name")
+@click.option("--role", type=click.Choice(ROLES), default="tenant", show_default=True,
+              help="tenant: its own tasks and its own view of the service; operator: also "
+              "every owner's view in status and the page's operator view.")
 @click.option("--max-queued", type=int, help="Unfinished tasks this key may have at once.")
+@click.option("--max-priority", type=click.Choice(tuple(PRIORITIES)), default="normal",
+              show_default=True, help="The highest priority its tasks may ask for.")
+@click.option("--max-shifts", type=int, help="The most `shifts` its tasks may ask for.")
+@click.option("--max-overlap", type=float, help="The most `overlap` its tasks may ask for.")
+@click.option("--input", "inputs", multiple=True, metavar="PREFIX",
+              help="An input URI prefix its tasks may name (repeat it; default: the service's).")
 @service_options
-def keys_add(manager, name, max_queued):
+def keys_add(manager, name, role, max_queued, max_priority, max_shifts, max_overlap, inputs):
     """Create a key called NAME; the key itself is printed once, on the last line."""
-    key = KeyStore(manager.config.state_path).add(name, max_queued)
+    key = KeyStore(manager.config.state_path).add(
+        name, max_queued, role=role, max_priority=max_priority, max_shifts=max_shifts,
+        max_overlap=max_overlap, inputs=list(inputs) or None)
     click.echo(f"key {name!r} added; send it as `Authorization: Bearer KEY` (it is shown only now):")
     click.echo(key)
+
+
+def _limits(entry: KeyEntry) -> str:
+    """A key's role and ceilings, in a line."""
+    parts = [entry.role, f"priority up to {entry.max_priority}",
+             "no cap" if entry.max_queued is None else f"at most {entry.max_queued} unfinished"]
+    parts += [f"{field} up to {value:g}" for field, value in (
+        ("shifts", entry.max_shifts), ("overlap", entry.max_overlap)) if value is not None]
+    if entry.inputs is not None:
+        parts.append(f"inputs under {', '.join(entry.inputs)}")
+    return ", ".join(parts)
 
 
 @keys.command("list")
 @click.option("--json", "as_json", is_flag=True)
 @service_options
 def keys_list(manager, as_json):
-    """The keys (names, creation times, caps; never the keys)."""
+    """The keys (names, ids, roles, creation times, caps and ceilings; never the keys)."""
     for entry in KeyStore(manager.config.state_path).table().entries:
-        cap = "no cap" if entry.max_queued is None else f"at most {entry.max_queued} unfinished"
-        emit({"name": entry.name, "created_at": entry.created_at, "max_queued": entry.max_queued},
-             as_json, f"{entry.name}  created {time.ctime(entry.created_at)}  {cap}")
+        shown = {k: v for k, v in asdict(entry).items() if k != "sha256"}
+        emit({**shown, "id": entry.owner}, as_json,
+             f"{entry.name}  ({entry.owner})  created {time.ctime(entry.created_at)}  "
+             f"{_limits(entry)}")
 
 
 @keys.command("revoke")

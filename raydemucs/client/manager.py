@@ -124,11 +124,13 @@ class WorkerManager:
                 self._service_config = self.config
         return self._service_config
 
-    def _held_models(self) -> set[str]:
-        """The models the running service's workers hold (none when no service runs)."""
+    def _held_models(self) -> dict[str, list[str] | None]:
+        """The models the running service's workers hold, with the stems each makes where a
+        worker told them (none when no service runs)."""
         if self._scheduler is None:
-            return set()
-        return {name for worker in self._call("status")["workers"] for name in worker["models"]}
+            return {}
+        return {name: (worker.get("stems") or {}).get(name)
+                for worker in self._call("status")["workers"] for name in worker["models"]}
 
     def _call(self, method: str, *args, create: bool = False, preload=None):
         import ray

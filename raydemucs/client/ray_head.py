@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 
 from ..core.errors import ServiceUnavailable
+from ..core.statedir import private_dir
 from .connection import join_ray
 
 MARKER = "ray-started-by-raydemucs"
@@ -53,7 +54,7 @@ def ensure_head(state: Path, port: int = DEFAULT_PORT, dashboard_host: str = "12
         raise ServiceUnavailable(
             f"port {port} is held by a Ray head (or another program) that raydemucs did not start: "
             f"join it with --address 127.0.0.1:{port}, stop it, or start a head on another --port")
-    state.mkdir(parents=True, exist_ok=True)
+    private_dir(state)
     with open(state / LOG, "ab") as log:
         head = subprocess.Popen(
             [*ray_command(), "start", "--head", "--block", f"--port={port}",

@@ -32,3 +32,14 @@ def present_auth_token() -> None:
         setup.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
     finally:
         quiet.setLevel(level)
+
+
+def serve_proxy_bind() -> tuple[str, int]:
+    """The host and port Ray Serve's proxies listen on: `serve.start` keeps those of a Serve that
+    already runs, whatever it is asked."""
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    options = ray.get(controller.get_http_config.remote())
+    return options.host, options.port

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from .config_errors import refusal
-from .config_types import Float, Int, MaybeFloat, MaybeText, Section, Text
+from .config_types import Float, Int, MaybeFloat, MaybeText, Section, Text, Texts
 from .errors import ConfigError
 from .pools import PoolConfig, Pools, worker_pools
 
@@ -154,6 +154,10 @@ class HttpConfig(Section):
     host: Text = Field("127.0.0.1", description="address it binds; anything but loopback needs "
                        "API keys")
     port: Int = Field(8000, ge=1, le=65535, description="port it listens on")
+    allowed_hosts: Texts = Field(
+        ("localhost", "127.0.0.1", "[::1]"), description="the names a request's `Host` header "
+        "may give (any port), `host` besides; any other gets 421 (DNS rebinding): list the "
+        "names clients use on a public address (in a variable: comma-separated)")
     num_replicas: Int = Field(1, ge=1, le=64, description="ingress replicas (they hold no state)")
     allow_paths: bool = Field(False, description="let requests name an input path on the "
                               "cluster's shared file system (`input`); URIs such as s3:// are "

@@ -37,9 +37,17 @@ def _nullable(kind: str) -> BeforeValidator:
     return BeforeValidator(read)
 
 
+def _words(value: Any) -> Any:
+    """A list from YAML as it is; from a string (a variable, a flag), its comma-separated words."""
+    if isinstance(value, str):
+        return [word.strip() for word in value.split(",") if word.strip()]
+    return value
+
+
 Int = Annotated[int, _number("int")]
 Float = Annotated[float, _number("float")]
 Text = Annotated[str, StringConstraints(min_length=1)]
 MaybeInt = Annotated[int | None, _nullable("int")]
 MaybeFloat = Annotated[float | None, _nullable("float")]
 MaybeText = Annotated[str | None, _nullable("str")]
+Texts = Annotated[tuple[Text, ...], BeforeValidator(_words)]

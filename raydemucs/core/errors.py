@@ -120,6 +120,11 @@ class OverQuota(RayDemucsError):
     """Raised when an API key already has its `max_queued` unfinished tasks (HTTP 429)."""
 
 
+class OverCeiling(RayDemucsError):
+    """Raised when a task asks for more than its API key's ceilings allow: a higher priority,
+    more shifts or overlap (HTTP 403)."""
+
+
 class ServiceUnavailable(RayDemucsError):
     """Raised when no Ray cluster or no raydemucs service can be reached."""
 
@@ -143,7 +148,7 @@ class InternalError(RayDemucsError):
 
 _BY_NAME = {cls.__name__: cls for cls in (
     ConfigError, InvalidInput, InvalidName, InputTooLarge, TaskConflict, OutputNotWritable,
-    Unauthenticated, OverQuota, ModelNotFound, TaskNotFound,
+    Unauthenticated, OverQuota, OverCeiling, ModelNotFound, TaskNotFound,
     TaskTimeout, WorkerDied, OutOfMemory, OutputWriteFailed, StorageUnavailable, SeparationAborted,
     TaskCancelled, WaitTimedOut, ServiceUnavailable, ShuttingDown, Gone, InternalError,
 )}

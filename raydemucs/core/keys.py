@@ -3,24 +3,51 @@
 `python -m raydemucs keys add NAME` writes `STATE_DIR/api-keys.json` (mode 0600) on the machine
 that holds the state directory (the head node); the running service rereads it when it changes.
 A key is `rdk_` and 43 URL-safe characters (256 random bits), so a plain SHA-256 is a safe digest.
+
+Each key has a random `id`, the owner of its tasks: a new key given a revoked key's name owns
+none of the old one's tasks (entries written before ids keep their name as the owner). A key's
+role is `tenant` (its own tasks, its own view of the service) or `operator` (every owner's view
+of the service), and its ceilings bound what its tasks may ask for.
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import InvalidInput
+from .errors import InvalidInput, OverCeiling
+from .statedir import private_dir, write_private
+from .task import PRIORITIES, TaskSpec, priority_name
 
 KEYS_FILE = "api-keys.json"
 PREFIX = "rdk_"
 KEY_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+ROLES = ("tenant", "operator")
+MAX_SHIFTS, MAX_OVERLAP = 100, 0.99  # separation.shifts and .overlap's own ranges
+
+
+@dataclass(frozen=True)
+class Ceilings:
+    """The most a key's tasks may ask for (None: what the service allows anyone)."""
+
+    max_priority: str = "high"
+    max_shifts: int | None = None
+    max_overlap: float | None = None
+
+    def check(self, spec: TaskSpec) -> None:
+        """`OverCeiling` when the task asks for more than these allow."""
+        if spec.priority < PRIORITIES[self.max_priority]:
+            raise OverCeiling(f"priority {priority_name(spec.priority)} is above this key's "
+                              f"ceiling ({self.max_priority})")
+        for field, ceiling in (("shifts", self.max_shifts), ("overlap", self.max_overlap)):
+            asked = getattr(spec.options, field)
+            if ceiling is not None and asked > ceiling:
+                raise OverCeiling(f"{field} {asked:g} is above this key's ceiling ({ceiling:g})")
 
 
 @dataclass(frozen=True)
@@ -29,10 +56,45 @@ class KeyEntry:
     sha256: str
     created_at: float
     max_queued: int | None = None  # unfinished tasks this key may have at once (None: no cap)
+    id: str | None = None  # the owner of its tasks; None in files written before ids (the name)
+    role: str = "tenant"
+    max_priority: str = "normal"
+    max_shifts: int | None = None
+    max_overlap: float | None = None
+    inputs: list[str] | None = None  # the input URI prefixes it may name (None: the service's)
+
+    @property
+    def owner(self) -> str:
+        return self.id or self.name
+
+    @property
+    def ceilings(self) -> Ceilings:
+        return Ceilings(self.max_priority, self.max_shifts, self.max_overlap)
 
 
 def digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def checked_entry(entry: KeyEntry) -> KeyEntry:
+    """`entry` with its name, role and ceilings checked (`InvalidInput` naming the option)."""
+    if not KEY_NAME.fullmatch(entry.name):
+        raise InvalidInput(f"key name {entry.name!r}: use up to 32 lowercase letters, digits, '-' "
+                           "and '_', starting with a letter or digit")
+    if entry.max_queued is not None and entry.max_queued < 1:
+        raise InvalidInput(f"--max-queued {entry.max_queued} must be 1 or more")
+    if entry.role not in ROLES:
+        raise InvalidInput(f"--role {entry.role!r}: use {' or '.join(ROLES)}")
+    if entry.max_priority not in PRIORITIES:
+        raise InvalidInput(f"--max-priority {entry.max_priority!r}: use {', '.join(PRIORITIES)}")
+    if entry.max_shifts is not None and not 0 <= entry.max_shifts <= MAX_SHIFTS:
+        raise InvalidInput(f"--max-shifts {entry.max_shifts} must be between 0 and {MAX_SHIFTS}")
+    if entry.max_overlap is not None and not 0 <= entry.max_overlap <= MAX_OVERLAP:
+        raise InvalidInput(f"--max-overlap {entry.max_overlap:g} must be between 0 and "
+                           f"{MAX_OVERLAP:g}")
+    if entry.inputs is not None and not all(isinstance(p, str) and p for p in entry.inputs):
+        raise InvalidInput("--input takes a URI prefix such as s3://bucket/songs/")
+    return entry
 
 
 class KeyTable:
@@ -51,6 +113,12 @@ class KeyTable:
         for entry in self.entries:
             if hmac.compare_digest(presented, entry.sha256):
                 found = entry
+        return found
+
+    def named(self, name: str) -> KeyEntry:
+        found = next((entry for entry in self.entries if entry.name == name), None)
+        if found is None:
+            raise InvalidInput(f"no key named {name!r}")
         return found
 
     def to_list(self) -> list[dict]:
@@ -80,18 +148,17 @@ class KeyStore:
         except FileNotFoundError:
             return None
 
-    def add(self, name: str, max_queued: int | None = None) -> str:
-        """Create a key named `name`; returns the key, which is never stored."""
-        if not KEY_NAME.fullmatch(name):
-            raise InvalidInput(f"key name {name!r}: use up to 32 lowercase letters, digits, '-' "
-                               "and '_', starting with a letter or digit")
-        if max_queued is not None and max_queued < 1:
-            raise InvalidInput(f"--max-queued {max_queued} must be 1 or more")
-        table = self.table()
-        if any(entry.name == name for entry in table.entries):
-            raise InvalidInput(f"a key named {name!r} exists; revoke it first or choose another name")
+    def add(self, name: str, max_queued: int | None = None, **options) -> str:
+        """Create a key named `name` with a new id, and `KeyEntry`'s role, ceilings and inputs
+        as `options`; returns the key, which is never stored."""
         key = PREFIX + secrets.token_urlsafe(32)
-        self._write([*table.entries, KeyEntry(name, digest(key), time.time(), max_queued)])
+        entry = checked_entry(KeyEntry(name, digest(key), time.time(), max_queued,
+                                       id=f"key_{secrets.token_hex(8)}", **options))
+        table = self.table()
+        if any(known.name == name for known in table.entries):
+            raise InvalidInput(f"a key named {name!r} exists; revoke it first or choose another "
+                               "name")
+        self._write([*table.entries, entry])
         return key
 
     def revoke(self, name: str) -> None:
@@ -101,11 +168,5 @@ class KeyStore:
         self._write([entry for entry in entries if entry.name != name])
 
     def _write(self, entries: list[KeyEntry]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_name(f".{KEYS_FILE}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump({"keys": KeyTable(entries).to_list()}, handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, self.path)
+        private_dir(self.path.parent)
+        write_private(self.path, json.dumps({"keys": KeyTable(entries).to_list()}, indent=2))

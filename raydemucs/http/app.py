@@ -36,19 +36,20 @@ from ..core.errors import (
     TaskNotFound,
     Unauthenticated,
 )
-from ..core.keys import KeyTable
+from ..core.keys import Ceilings, KeyEntry, KeyTable
 from ..core.public import public_task
-from ..core.task import TaskState
+from ..core.task import TaskSpec, TaskState
 from ..storage.uris import input_size, is_uri
 from . import errors
 from .asks import FIELDS, check_fields, input_location, task_spec
-from .deploy import is_loopback
+from .door import Door, allowed_hosts, came_over_loopback
 from .forms import Spool, read_form
 from .peaks import PeaksCache, check_points
-from .stems import MEDIA_TYPES, StemSource, byte_range, zip_stream
+from .stems import MEDIA_TYPES, StemSource, attachment, byte_range, verified, zip_stream
 
 KEYS_TTL_S = 2.0
-EVENTS_WAIT_S = 15.0
+EVENTS_WAIT_S = 5.0  # a stream's longest turn: it rechecks its key (revoked?) on each
+READY_TTL_S = 1.0  # /readyz answers from a copy this old at most
 STATUS_EVERY_S = 2.0
 WEB = Path(__file__).resolve().parent.parent / "web"  # the page, shipped in the package
 PAGE_POLICY = ("default-src 'self'; img-src 'self' data:; media-src 'self' blob:; "
@@ -57,13 +58,36 @@ PAGE_POLICY = ("default-src 'self'; img-src 'self' data:; media-src 'self' blob:
 app = FastAPI(title="raydemucs", version=__version__,
               description="Separate songs into stems with Demucs on a Ray actor pool.")
 errors.install(app)
+app.add_middleware(Door, hosts=lambda: serve.get_replica_context().servable_object.allowed_hosts)
 app.mount("/web", StaticFiles(directory=WEB), name="web")
 
 
 @dataclass(frozen=True)
 class Caller:
-    owner: str  # the API key's name; '' on a loopback service without keys
+    """Who asks, and what its key allows; `Caller("")`: anyone, on a loopback service without
+    keys."""
+
+    owner: str  # the API key's id; '' on a loopback service without keys
+    operator: bool = True  # sees the whole service in its status
     max_queued: int | None = None
+    inputs: list[str] | None = None  # the input URI prefixes it may name (None: the service's)
+    ceilings: Ceilings = Ceilings()
+    sha256: str | None = None  # its key's digest: its open streams end once it is revoked
+
+    @classmethod
+    def of(cls, entry: KeyEntry) -> "Caller":
+        return cls(entry.owner, entry.role == "operator", entry.max_queued, entry.inputs,
+                   entry.ceilings, entry.sha256)
+
+    @property
+    def scope(self) -> str | None:
+        """The owner whose view of the service it sees (None: every owner's)."""
+        return None if self.operator else self.owner
+
+    def allowed(self, spec: TaskSpec) -> TaskSpec:
+        """`spec`, when its key's ceilings allow it (else `OverCeiling`)."""
+        self.ceilings.check(spec)
+        return spec
 
 
 def event_stream(chunks) -> StreamingResponse:
@@ -98,7 +122,18 @@ TASK_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": {
         "type": "object", "required": ["input"], "additionalProperties": False,
         "properties": {"input": {"type": "string"},
-                       **{name: {"type": "string"} for name in FIELDS}}}}}}}
+                       **{name: {"type": "string"} for name in FIELDS}}}}}},
+    "responses": {"202": {"links": {  # what a client (and a stateful fuzzer) may do next
+        name: {"operationRef": f"#/paths/{path.replace('/', '~1')}/{method}",
+               "parameters": {"task_id": "$response.body#/task_id", **extra}}
+        for name, path, method, extra in [
+            ("get", "/v1/tasks/{task_id}", "get", {}),
+            ("cancel", "/v1/tasks/{task_id}", "delete", {}),
+            ("retry", "/v1/tasks/{task_id}/retry", "post", {}),
+            ("events", "/v1/tasks/{task_id}/events", "get", {}),
+            ("stem", "/v1/tasks/{task_id}/stems/{stem}", "get", {"stem": "vocals"}),
+            ("peaks", "/v1/tasks/{task_id}/stems/{stem}/peaks", "get", {"stem": "vocals"}),
+            ("zip", "/v1/tasks/{task_id}/stems.zip", "get", {})]}}}}
 
 
 # Every route awaits the scheduler or a stream (events, stems, uploads): a replica serves many at
@@ -113,9 +148,11 @@ class Ingress:
 
     def __init__(self, config: dict):
         self.config = Config.from_dict(config)
-        self.open_door = is_loopback(self.config.http.host)
+        self.allowed_hosts = allowed_hosts(self.config.http.allowed_hosts, self.config.http.host)
         self._scheduler = None
         self._keys, self._keys_at = KeyTable([]), float("-inf")
+        self._ready: bool | None = None  # the last answer of the scheduler's `ready` (None: none)
+        self._ready_at = float("-inf")
         self._service_config: Config | None = None
         self._peaks = PeaksCache()
 
@@ -133,22 +170,35 @@ class Ingress:
             self._service_config = Config.from_dict((await self.call("ping"))["config"])
         return self._service_config
 
-    async def caller(self, request: Request) -> Caller:
-        """Who asks: the owner of the request's API key (none needed on a loopback service
-        without keys). A missing or unknown key is one answer, with no hint which."""
+    async def keys(self) -> KeyTable:
+        """The API keys, as the scheduler read them at most KEYS_TTL_S ago."""
         if time.monotonic() - self._keys_at > KEYS_TTL_S:
             self._keys = KeyTable.from_list((await self.call("api_keys"))["keys"])
             self._keys_at = time.monotonic()
-        if not self._keys and self.open_door:
+        return self._keys
+
+    async def caller(self, request: Request) -> Caller:
+        """Who asks: the owner of the request's API key (none needed without keys, over
+        loopback only). A missing or unknown key is one answer, with no hint which."""
+        keys = await self.keys()
+        if not keys and came_over_loopback(request.scope):
             return Caller("")
         scheme, _, key = request.headers.get("authorization", "").partition(" ")
-        entry = self._keys.owner_of(key.strip()) if scheme.lower() == "bearer" else None
+        entry = keys.owner_of(key.strip()) if scheme.lower() == "bearer" else None
         if entry is None:
             raise Unauthenticated("this service needs an API key: Authorization: Bearer KEY")
-        return Caller(entry.name, entry.max_queued)
+        return Caller.of(entry)
+
+    async def still_allowed(self, caller: Caller) -> bool:
+        """Whether the caller's key is still known (an open stream's recheck on each turn)."""
+        keys = await self.keys()
+        if caller.sha256 is None:  # let in over loopback while the service had no keys
+            return not keys
+        return any(entry.sha256 == caller.sha256 for entry in keys.entries)
 
     async def task_of(self, caller: Caller, task_id: str) -> dict:
-        """A task the caller may see (another key's is as unknown as a missing one)."""
+        """A task the caller may see (another key's is as unknown as a missing one; an
+        operator's key sees its own tasks alone here too)."""
         view = await self.call("get_task", task_id)
         if view["owner"] != caller.owner:
             raise TaskNotFound(f"no task with id {task_id!r}")
@@ -190,10 +240,10 @@ class Ingress:
                 raise InvalidInput("the uploaded file is empty")
             name = PurePosixPath(form.file_name).name or "upload"
             duration_s = await asyncio.to_thread(spool.validate, name, config.input)
-            served = [model["name"] for model in await self.call("models")]
-            spec = task_spec(form.fields, config.separation, served, caller.owner,
-                             input_path=name, sha256=form.sha256, uploaded=True,
-                             duration_s=duration_s).to_dict()
+            served = {model["name"]: model["stems"] for model in await self.call("models")}
+            spec = caller.allowed(task_spec(form.fields, config.separation, served, caller.owner,
+                                            input_path=name, sha256=form.sha256, uploaded=True,
+                                            duration_s=duration_s)).to_dict()
             await self.call("check_tasks", [spec], caller.max_queued)  # before the bytes travel
             upload_id = await self.call("upload_open", name)
             try:
@@ -215,9 +265,10 @@ class Ingress:
         check_fields(fields)
         location = input_location(fields.get("input"), config.http.allow_paths)
         duration_s = await asyncio.to_thread(self._check_input, location, config)
-        served = [model["name"] for model in await self.call("models")]
-        spec = task_spec({k: v for k, v in fields.items() if k != "input"}, config.separation,
-                         served, caller.owner, input_path=location, duration_s=duration_s)
+        served = {model["name"]: model["stems"] for model in await self.call("models")}
+        spec = caller.allowed(task_spec({k: v for k, v in fields.items() if k != "input"},
+                                        config.separation, served, caller.owner,
+                                        input_path=location, duration_s=duration_s))
         records = await self.call("submit", [spec.to_dict()], None, caller.max_queued)
         return await self.call("get_task", records[0]["task_id"])
 
@@ -276,13 +327,14 @@ class Ingress:
     async def task_events(self, task_id: str, request: Request):
         caller = await self.caller(request)
         first = await self.task_of(caller, task_id)
-        return event_stream(self._events(first, self.base(request)))
+        return event_stream(self._events(caller, first, self.base(request)))
 
-    async def _events(self, view: dict, base: str):
+    async def _events(self, caller: Caller, view: dict, base: str):
         """One event per change (`state` when the state moved, else `progress`), the current
-        state first, the terminal one last; a comment line keeps an idle stream open."""
+        state first, the terminal one last; a comment line keeps an idle stream open. It ends
+        when the caller's key is revoked."""
         seen, number = None, 0
-        while True:
+        while await self.still_allowed(caller):
             if view != seen:
                 kind = "state" if seen is None or view["state"] != seen["state"] else "progress"
                 number += 1
@@ -298,15 +350,17 @@ class Ingress:
     @app.get("/v1/events", summary="Server-sent events: every change of the caller's tasks")
     async def caller_events(self, request: Request):
         caller = await self.caller(request)
-        return event_stream(self._changes(caller.owner, self.base(request)))
+        return event_stream(self._changes(caller, self.base(request)))
 
-    async def _changes(self, owner: str, base: str):
-        """A `task` event per change of the owner's tasks, its unfinished ones first; a comment
-        line at once, and whenever nothing changed for a while. It runs until the client goes."""
+    async def _changes(self, caller: Caller, base: str):
+        """A `task` event per change of the caller's tasks, its unfinished ones first; a comment
+        line at once, and whenever nothing changed for a while. It runs until the client goes,
+        or the caller's key is revoked."""
         seen, number, expired_after = {}, 0, None
         yield ": watching\n\n"
-        while True:
-            answer = await self.call("watch_tasks", owner, seen, EVENTS_WAIT_S, expired_after)
+        while await self.still_allowed(caller):
+            answer = await self.call("watch_tasks", caller.owner, seen, EVENTS_WAIT_S,
+                                     expired_after)
             views, expired_after = answer["views"], answer["expired_after"]
             for view in views:
                 number += 1
@@ -340,7 +394,7 @@ class Ingress:
             return RedirectResponse(signed, status_code=307)
         size, etag = entry["bytes"], f'"{entry["sha256"]}"'
         headers = {"ETag": etag, "Accept-Ranges": "bytes",
-                   "Content-Disposition": f'attachment; filename="{entry["file"]}"'}
+                   "Content-Disposition": attachment(entry["file"])}
         media = MEDIA_TYPES.get(entry["file"].rsplit(".", 1)[-1], "application/octet-stream")
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers=headers)
@@ -349,8 +403,11 @@ class Ingress:
         headers["Content-Length"] = str(stop - start)
         if span is not None:
             headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
-        return StreamingResponse(source.chunks(entry["file"], start, stop), media_type=media,
-                                 status_code=206 if span else 200, headers=headers)
+        chunks = source.chunks(entry["file"], start, stop)
+        if span is None:
+            chunks = verified(chunks, entry["sha256"], f"{task_id}/{stem}")
+        return StreamingResponse(chunks, media_type=media, status_code=206 if span else 200,
+                                 headers=headers)
 
     @app.get("/v1/tasks/{task_id}/stems/{stem}/peaks",
               summary="A stem's waveform: the lowest and highest sample of each of `points` spans")
@@ -377,33 +434,41 @@ class Ingress:
     async def get_zip(self, task_id: str, request: Request):
         caller = await self.caller(request)
         view, source, manifest = await self._stems(caller, task_id)
-        name = f"{view['project']}-{view['file_id']}"
+        name = f"{view['project']}-{view['file_id']}.zip"
         return StreamingResponse(zip_stream(source, manifest, view["file_id"]),
-                                 media_type="application/zip", headers={
-                                     "Content-Disposition": f'attachment; filename="{name}.zip"'})
+                                 media_type="application/zip",
+                                 headers={"Content-Disposition": attachment(name)})
 
     # -- the service ---------------------------------------------------------------------------
+    @app.get("/v1/webhooks/secret", summary="The secret the caller's tasks' webhooks are signed "
+             "with (Standard Webhooks, `whsec_...`): each key has its own")
+    async def webhook_secret(self, request: Request):
+        caller = await self.caller(request)
+        return {"secret": await self.call("webhook_secret", caller.owner)}
+
     @app.get("/v1/models", summary="The models this service serves")
     async def models(self, request: Request):
         await self.caller(request)
         return {"models": await self.call("models")}
 
-    @app.get("/v1/status", summary="The service: queue counts, pools, workers")
+    @app.get("/v1/status", summary="The service: queue counts, pools, workers (a tenant key: "
+             "its own counts and running tasks, the pools' sizes, the workers' states)")
     async def status(self, request: Request):
-        await self.caller(request)
-        return await self.call("status")
+        caller = await self.caller(request)
+        return await self.call("status", caller.scope)
 
     @app.get("/v1/status/events", summary="Server-sent events: the service's status as it changes")
     async def status_events(self, request: Request):
-        await self.caller(request)
-        return event_stream(self._statuses())
+        caller = await self.caller(request)
+        return event_stream(self._statuses(caller))
 
-    async def _statuses(self):
+    async def _statuses(self, caller: Caller):
         """A `status` event (what GET /v1/status answers) at once and whenever it changed, read
-        every STATUS_EVERY_S, else a comment line. It runs until the client goes."""
+        every STATUS_EVERY_S, else a comment line. It runs until the client goes, or the
+        caller's key is revoked."""
         sent = None
-        while True:
-            status = await self.call("status")
+        while await self.still_allowed(caller):
+            status = await self.call("status", caller.scope)
             changed = {key: value for key, value in status.items() if key != "uptime_s"}
             if changed != sent:
                 yield f"event: status\ndata: {json.dumps(status)}\n\n"
@@ -422,12 +487,17 @@ class Ingress:
     async def healthz(self):
         return {"ok": True}
 
-    @app.get("/readyz", summary="The scheduler answers and a worker is ready")
+    @app.get("/readyz", summary="The scheduler answers and a worker is ready (no key needed)")
     async def readyz(self):
-        try:
-            status = await asyncio.wait_for(self.call("status"), 5.0)
-        except (RayDemucsError, asyncio.TimeoutError):
+        """From the scheduler's `ready` (memory only), asked at most every READY_TTL_S."""
+        if time.monotonic() - self._ready_at > READY_TTL_S:
+            try:
+                self._ready = await asyncio.wait_for(self.call("ready"), 5.0)
+            except (RayDemucsError, asyncio.TimeoutError):
+                self._ready = None
+            self._ready_at = time.monotonic()
+        if self._ready is None:
             return errors.error_response(ServiceUnavailable("the scheduler does not answer"))
-        if not any(worker["state"] in ("idle", "busy") for worker in status["workers"]):
+        if not self._ready:
             return errors.error_response(ServiceUnavailable("no worker is ready yet"))
         return {"ok": True}

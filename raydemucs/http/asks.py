@@ -9,6 +9,7 @@ from ..core.errors import InvalidInput
 from ..core.names import check_task_names, name_from_filename, printable
 from ..core.public import OPTION_FIELDS
 from ..core.task import TaskSpec, new_task_id, parse_priority
+from ..models.catalogue import check_two_stems
 from ..storage.uris import is_uri
 from ..webhooks.targets import check_events, check_url
 
@@ -25,12 +26,14 @@ def _flag(name: str, value) -> bool:
     raise InvalidInput(f"field {name!r}={printable(value)} must be true or false")
 
 
-def _options(fields: dict, defaults: SeparationConfig, served: list[str]) -> SeparationConfig:
+def _options(fields: dict, defaults: SeparationConfig, served: dict) -> SeparationConfig:
+    """The separation options asked for, of a model in `served` ({name: its stems or None})."""
     options = {key: coerce("separation", key, fields[key], "field")
                for key in OPTION_FIELDS if key in fields}
     model = options.get("model", defaults.model)
     if model not in served:
         raise InvalidInput(f"model {printable(model)} is not served here; served: {', '.join(served)}")
+    check_two_stems(options.get("two_stems", defaults.two_stems), model, served[model])
     if model != defaults.model:
         options["repo"] = None  # a pool's model comes from the hub or the worker's caches
     return defaults.model_copy(update=options)
@@ -47,7 +50,7 @@ def check_fields(fields: dict) -> None:
         raise InvalidInput(f"unknown field {unknown[0]!r}; allowed: {', '.join(FIELDS)}")
 
 
-def task_spec(fields: dict, defaults: SeparationConfig, served: list[str], owner: str, *,
+def task_spec(fields: dict, defaults: SeparationConfig, served: dict, owner: str, *,
               input_path: str, sha256: str | None = None, uploaded: bool = False,
               duration_s: float | None = None) -> TaskSpec:
     """The spec a request asks for: `input_path` is the upload's file name, or the `input`

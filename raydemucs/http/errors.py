@@ -12,6 +12,7 @@ from ..core.errors import (
     InputTooLarge,
     InvalidInput,
     ModelNotFound,
+    OverCeiling,
     OverQuota,
     RayDemucsError,
     ServiceUnavailable,
@@ -21,10 +22,20 @@ from ..core.errors import (
     Unauthenticated,
 )
 
+
+class CrossOrigin(RayDemucsError):
+    """Raised when a browser sends a request from another site's page (HTTP 403)."""
+
+
+class MisdirectedRequest(RayDemucsError):
+    """Raised when a request names a `Host` this service does not answer for (HTTP 421)."""
+
+
 STATUS = [  # most specific first
     (InputTooLarge, 413), (TaskConflict, 409), (InvalidInput, 422), (ConfigError, 422),
-    (ModelNotFound, 422), (TaskNotFound, 404), (Unauthenticated, 401), (OverQuota, 429),
+    (ModelNotFound, 422), (TaskNotFound, 404), (Unauthenticated, 401), (OverQuota, 429), (OverCeiling, 403),
     (ServiceUnavailable, 503), (StorageUnavailable, 503), (Gone, 410),
+    (CrossOrigin, 403), (MisdirectedRequest, 421),
 ]
 RETRY_AFTER_S = {429: 10, 503: 5}
 

@@ -4,15 +4,22 @@ A local output folder lives on the node that wrote it (the worker's, or the sche
 stems the service keeps); a replica on another node reads it through a small Ray task pinned to
 that node, chunk by chunk, so a stem never sits whole in a replica's memory. A bucket's stems are
 answered with a redirect to a presigned URL where the storage can sign one.
+
+A download reads its file through one open handle, and a whole one is sent only if it hashes to
+the ETag (the manifest's sha256): a file replaced under it (a forced rerun, a purge, a sweep)
+ends the answer short, never mixes two versions under one ETag.
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
+import logging
 import re
 import zipfile
 from typing import AsyncIterator
+from urllib.parse import quote
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -22,23 +29,48 @@ from ..storage.folders import MANIFEST, RemoteFolder
 from .errors import RangeNotSatisfiable
 from .peaks import peaks, peaks_on_node
 
+logger = logging.getLogger(__name__)
 CHUNK_BYTES = 1 << 20
 SIGNED_URL_S = 3600
 RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 MEDIA_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg", "flac": "audio/flac"}
 
 
-def _read(path: str, start: int, stop: int) -> bytes:
+def _read(path: str, start: int, stop: int, chunk_bytes: int):
+    """The bytes [start, stop) of a file, chunk by chunk, through one open handle."""
     with open(path, "rb") as handle:
         handle.seek(start)
-        return handle.read(stop - start)
+        for offset in range(start, stop, chunk_bytes):
+            yield handle.read(min(stop, offset + chunk_bytes) - offset)
 
 
 @ray.remote(num_cpus=0)
 def _read_on_node(path: str, start: int, stop: int, chunk_bytes: int):
-    """The bytes [start, stop) of a file on the node this task runs on, chunk by chunk."""
-    for offset in range(start, stop, chunk_bytes):
-        yield _read(path, offset, min(stop, offset + chunk_bytes))
+    """`_read` on the node this task runs on."""
+    yield from _read(path, start, stop, chunk_bytes)
+
+
+def attachment(name: str) -> str:
+    """RFC 6266 `Content-Disposition` of a download named `name`: an ASCII fallback, and the
+    name itself, UTF-8 percent-encoded (a header holds Latin-1 at most)."""
+    fallback = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in name)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+async def verified(chunks: AsyncIterator[bytes], sha256: str, name: str) -> AsyncIterator[bytes]:
+    """`chunks`, the last held back until all of them hash to `sha256`: bytes of another version
+    end the answer short of its Content-Length (the client sees a broken download)."""
+    digest, held = hashlib.sha256(), None
+    async for chunk in chunks:
+        digest.update(chunk)
+        if held is not None:
+            yield held
+        held = chunk
+    if digest.hexdigest() != sha256:
+        logger.warning("stem %s changed during its download; the answer was cut short", name)
+        return
+    if held is not None:
+        yield held
 
 
 def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -77,8 +109,12 @@ class StemSource:
             return
         path = f"{self.location}/{name}"
         if self._here():
-            for offset in range(start, stop, CHUNK_BYTES):
-                yield await asyncio.to_thread(_read, path, offset, min(stop, offset + CHUNK_BYTES))
+            reader = _read(path, start, stop, CHUNK_BYTES)
+            try:
+                while (chunk := await asyncio.to_thread(next, reader, None)) is not None:
+                    yield chunk
+            finally:
+                reader.close()
             return
         strategy = NodeAffinitySchedulingStrategy(self.node, soft=False)
         async for ref in _read_on_node.options(scheduling_strategy=strategy).remote(

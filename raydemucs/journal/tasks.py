@@ -148,6 +148,11 @@ class TaskTable:
         counts.update(dict(self.db.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state")))
         return counts
 
+    def count_by_owner(self) -> list[tuple[str, str, int]]:
+        """`(owner, state, tasks)` rows."""
+        return self.db.execute("SELECT owner, state, COUNT(*) FROM tasks GROUP BY owner, state"
+                               ).fetchall()
+
     # -- batches ------------------------------------------------------------------------------
     def batch_task_ids(self, batch_id: str, states: tuple[TaskState, ...]) -> list[str]:
         """A batch's tasks in those states, in submission order."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from ..core.errors import ModelNotFound
+from ..core.errors import InvalidInput, ModelNotFound
 from ..core.names import printable
 
 OFFLINE_MODEL = "demucs_unittest"
@@ -140,6 +140,14 @@ def _check_repo_model(name: str, repo: Path) -> None:
 
 
 # -- names and sources ---------------------------------------------------------------------------
+def check_two_stems(stem: str | None, model: str, stems) -> None:
+    """Refuse a two-stems name that `model` does not make (`stems`: its stems; None: not known
+    yet, for the worker that loads it to judge)."""
+    if stem is not None and stems is not None and stem not in stems:
+        raise InvalidInput(f"two-stems {stem!r} is not a stem of model {model}; choose "
+                           f"one of {', '.join(stems)}")
+
+
 def remote_models() -> list[str]:
     """Names demucs can download (bags first); `demucs_unittest` ships inside the package."""
     bags = sorted(p.stem for p in remote_root().glob("*.yaml"))

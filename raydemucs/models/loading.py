@@ -10,7 +10,7 @@ from typing import Callable
 
 from ..core.errors import InvalidInput, ModelNotFound
 from ..core.names import printable
-from .catalogue import OFFLINE_MODEL, check_model_name, one_line
+from .catalogue import OFFLINE_MODEL, check_model_name, check_two_stems, one_line
 from .runtimes import check_device
 
 
@@ -61,9 +61,7 @@ def check_options(model, options) -> None:
     if options.segment is not None and options.segment > limit:
         raise InvalidInput(f"segment {options.segment:g} s is longer than this model allows "
                            f"({limit:g} s)")
-    if options.two_stems is not None and options.two_stems not in model.sources:
-        raise InvalidInput(f"two-stems {options.two_stems!r} is not a stem of this model; "
-                           f"choose one of {', '.join(model.sources)}")
+    check_two_stems(options.two_stems, options.model, list(model.sources))
 
 
 class ModelCache:

@@ -133,7 +133,7 @@ class Recovery:
 
     unfinished: list  # queued and running records, in submission order
     finished: dict = field(default_factory=dict)  # task id -> {stem: location} already complete
-    counts: dict = field(default_factory=dict)  # records by state
+    counts: list = field(default_factory=list)  # (owner, state, records)
     batches: list = field(default_factory=list)  # (batch id, state, tasks, audio seconds)
 
 
@@ -143,4 +143,4 @@ def read_recovery(journal: Journal, storage: StorageConfig) -> Recovery:
     finished = {record.task_id: open_folder(record.spec.output_location, storage).finished(
         record.task_id) for record in unfinished}
     return Recovery(unfinished, {k: v for k, v in finished.items() if v is not None},
-                    journal.tasks.count_by_state(), journal.tasks.batch_tallies())
+                    journal.tasks.count_by_owner(), journal.tasks.batch_tallies())

@@ -1,6 +1,6 @@
-"""Counts kept as tasks move, never counted from the journal per call: tasks by state, queued
-tasks by priority, and each unfinished batch's tasks and audio seconds by state, with its rate
-and ETA.
+"""Counts kept as tasks move, never counted from the journal per call: tasks by state (in all,
+and of each owner: what a tenant's status shows), queued tasks by priority, and each unfinished
+batch's tasks and audio seconds by state, with its rate and ETA.
 
 A batch is counted in memory while it has unfinished tasks, and for the last `FINISHED_BATCHES`
 batches that ended; an older one is read back from the journal (`read_batch`) when asked for, or
@@ -65,13 +65,17 @@ class TaskCounts:
                  read_batch: Callable[[str], list[tuple]] = lambda batch_id: []):
         self.clock, self.read_batch = clock, read_batch
         self.states: collections.Counter = collections.Counter()
+        self.owners: dict[str, collections.Counter] = {}  # owner -> its tasks by state
         self.priorities: collections.Counter = collections.Counter()  # queued tasks by priority
         self.batches: dict[str, BatchCounts] = {}  # unfinished batches, then recently ended ones
 
-    def load(self, states: dict, batches: list[tuple], queued: list[TaskRecord]) -> None:
-        """What a restarted scheduler read: counts by state, `(batch, state, tasks, audio s)`
-        rows of the unfinished batches, and the queued records."""
-        self.states = collections.Counter(states)
+    def load(self, owners: list[tuple], batches: list[tuple], queued: list[TaskRecord]) -> None:
+        """What a restarted scheduler read: `(owner, state, tasks)` rows, `(batch, state, tasks,
+        audio s)` rows of the unfinished batches, and the queued records."""
+        self.states, self.owners = collections.Counter(), {}
+        for owner, state, count in owners:
+            self.states[state] += count
+            self.owners.setdefault(owner, collections.Counter())[state] += count
         self.priorities = collections.Counter(priority_name(r.spec.priority) for r in queued
                                               if r.state is TaskState.QUEUED)
         by_batch = collections.defaultdict(list)
@@ -107,6 +111,7 @@ class TaskCounts:
 
     def _count(self, record: TaskRecord, state: TaskState, step: int) -> None:
         self.states[state.value] += step
+        self.owners.setdefault(record.spec.owner, collections.Counter())[state.value] += step
         if state is TaskState.QUEUED:
             self.priorities[priority_name(record.spec.priority)] += step
         batch = self.batches.get(record.spec.batch_id) if record.spec.batch_id else None
@@ -121,6 +126,11 @@ class TaskCounts:
         ended = [key for key, counts in self.batches.items() if not counts.unfinished()]
         for key in ended[:max(0, len(ended) - FINISHED_BATCHES)]:
             del self.batches[key]
+
+    def of_owner(self, owner: str) -> dict[str, int]:
+        """One owner's tasks by state."""
+        counts = self.owners.get(owner, {})
+        return {state.value: counts.get(state.value, 0) for state in TaskState}
 
     def queued_by_priority(self) -> dict[str, int]:
         return {name: count for name, count in self.priorities.items() if count}

@@ -19,6 +19,7 @@ from ..core.errors import Gone, InvalidInput, OutputWriteFailed, RayDemucsError,
 from ..core.keys import KeyStore, KeyTable
 from ..core.logs import configure_logging
 from ..core.public import public_task
+from ..core.statedir import private_dir
 from ..core.task import TaskRecord, TaskSpec, TaskState
 from ..journal import Journal
 from ..retention.sweeper import Sweeper
@@ -27,7 +28,7 @@ from ..storage.folders import open_folder
 from ..storage.uploads import UploadStore
 from ..webhooks.deliverer import Deliverer
 from ..webhooks.deliveries import Deliveries
-from ..webhooks.signing import load_secret
+from ..webhooks.signing import load_secret, owner_secret
 from .book import read_recovery
 from .intake import Intake
 from .metrics import ServiceMetrics
@@ -51,7 +52,7 @@ class SchedulerService:
     def __init__(self, config: dict, pool=None):
         self.config = Config.from_dict(config)
         configure_logging(self.config.service.log_level, self.config.service.log_format)
-        state = self.config.state_path
+        state = private_dir(self.config.state_path)
         self.journal = Journal(state / JOURNAL_FILE)
         self.uploads = UploadStore(state, self.config.input)
         self.keys, self._keys_table, self._keys_version = KeyStore(state), KeyTable([]), None
@@ -376,11 +377,16 @@ class SchedulerService:
             path.unlink(missing_ok=True)
 
     async def api_keys(self) -> dict:
-        """The known API keys' digests (and caps), reread when the keys file changes."""
+        """The known API keys' digests, ids, roles, caps and ceilings, reread when the keys file
+        changes."""
         version = self.keys.version()
         if version != self._keys_version:
             self._keys_table, self._keys_version = await asyncio.to_thread(self.keys.table), version
         return {"version": version, "keys": self._keys_table.to_list()}
+
+    async def webhook_secret(self, owner: str) -> str:
+        """The secret the webhooks of `owner`'s tasks are signed with."""
+        return owner_secret(self.deliverer.secret, owner)
 
     async def webhook_deliveries(self, failed: bool = False, limit: int = 100) -> list[dict]:
         """Webhook deliveries, newest first; `failed`: dead ones and those whose last attempt
@@ -393,18 +399,43 @@ class SchedulerService:
         await self._ready()
         return self.deliveries.retry(delivery_id)
 
-    async def status(self) -> dict:
+    async def status(self, owner: str | None = None) -> dict:
+        """The service as an operator sees it (`owner` None), or as the owner `owner` does: its
+        own counts and running tasks, the pools' sizes and the workers' states, nothing of other
+        owners, the journal or the machines. Both from memory, but the operator's delivery
+        counts."""
         await self._ready()
-        running = [self.core.active[task_id].to_dict() for task_id in self.core.running]
-        return {"service": self.config.service.name, "accepting": self.core.accepting,
+        if owner is not None:
+            return {"view": "tenant", "service": self.config.service.name,
+                    "accepting": self.core.accepting, "uptime_s": time.time() - self.started_at,
+                    "queue": self.core.book.counts.of_owner(owner),
+                    "pools": [{k: v for k, v in pool.items() if k != "queued"}
+                              for pool in self.core.pool_counts()],
+                    "workers": [{"pool": worker["pool"], "state": worker["state"]}
+                                for worker in self.pool.snapshot()],
+                    "running": self._running(owner)}
+        return {"view": "operator", "service": self.config.service.name,
+                "accepting": self.core.accepting,
                 "uptime_s": time.time() - self.started_at, "journal": self.journal.path,
                 "http": self.http_url, "queue": self.core.queue_counts(),
                 "pools": self.core.pool_counts(),
                 "queued_by_priority": self.core.queued_by_priority(),
                 "workers": self.pool.snapshot(), "retention": self.sweeper.view(),
                 "webhooks": self.journal.deliveries.count_by_state(),
-                "running": [{k: r[k] for k in ("task_id", "project", "file_id", "attempts",
-                                                "progress", "worker")} for r in running]}
+                "running": self._running()}
+
+    def _running(self, owner: str | None = None) -> list[dict]:
+        """The running tasks (of `owner` alone when given); a worker's id for an operator."""
+        shown = ("task_id", "project", "file_id", "attempts", "progress")
+        records = [self.core.active[task_id].to_dict() for task_id in self.core.running
+                   if owner is None or self.core.active[task_id].spec.owner == owner]
+        return [{k: r[k] for k in shown + (("worker",) if owner is None else ())}
+                for r in records]
+
+    async def ready(self) -> bool:
+        """Whether a worker is ready (what `/readyz` answers), from memory."""
+        await self._ready()
+        return any(worker["state"] in ("idle", "busy") for worker in self.pool.snapshot())
 
     def _deliveries_due(self) -> bool:
         """Whether the running deliverer has an attempt in flight, or one due now."""

@@ -22,6 +22,7 @@ from ..audio.checks import validate_input
 from ..core.config import InputConfig
 from ..core.errors import InputTooLarge, InvalidInput
 from ..core.names import stored_name
+from ..core.statedir import sync_dir
 from ..core.task import TaskSpec
 from .folders import LocalFolder, copy_output_bytes
 
@@ -116,8 +117,10 @@ class UploadStore:
                 return False
 
     def _place(self, source: Path, path: Path) -> None:
+        """Rename a synced file into place, and sync the directory that now names it."""
         with self.lock:
             os.replace(source, path)
+        sync_dir(path.parent)
 
     def retire_input(self, sha256: str, older_than: float, trash: Path) -> bool:
         """Move a stored input to `trash` unless it was kept or reused since `older_than`;

@@ -60,6 +60,7 @@ function showView() {
 }
 
 function showStatus(status) {
+  $('nav a[href="#operator"]').hidden = status.view !== "operator";  // a tenant sees its own counts
   const live = status.workers.filter((worker) => ["idle", "busy"].includes(worker.state)).length;
   $("#service-state").textContent = `${live} worker${live === 1 ? "" : "s"} · ${status.queue.queued} queued`;
   $("#service-state").dataset.state = live ? "ready" : "starting";

@@ -69,8 +69,9 @@ export class OperatorView {
   }
 
   async update(status) {
-    this.status = status;
     this.onStatus?.(status);
+    if (status.view !== "operator") return;  // a tenant key's status: its own counts alone
+    this.status = status;
     if (status.queue.failed !== this.failedCount) {
       this.failedCount = status.queue.failed;
       await this.readFailed();

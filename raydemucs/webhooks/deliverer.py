@@ -2,7 +2,8 @@
 and aiohttp session, so that no receiver (slow, hanging, refusing) can hold up the scheduler.
 
 Every attempt is journaled with its answer (a short excerpt of the body, never more), signed for
-its moment; a delivery is sent until a receiver answers 2xx or `webhooks.max_attempts` are spent.
+its moment with the secret of its task's owner; a delivery is sent until a receiver answers 2xx
+or `webhooks.max_attempts` are spent.
 Addresses are checked when a name resolves, at connection time. The thread restarts after an
 error (logged and counted): deliveries never stop for good while the service runs.
 """
@@ -22,7 +23,7 @@ from ..core.config import WebhooksConfig
 from ..core.task import TaskRecord
 from ..journal import Journal
 from .deliveries import Answer, Deliveries
-from .signing import sign
+from .signing import owner_secret, sign
 from .targets import literal_address, refusal
 
 logger = logging.getLogger(__name__)
@@ -154,10 +155,16 @@ class Deliverer:
             return None
         return deliveries.table.next_at(skip=list(self.in_flight))
 
+    def secret_of(self, deliveries: Deliveries, delivery: dict) -> str:
+        """The secret of the owner of the delivery's task (see `signing.owner_secret`)."""
+        record = deliveries.journal.tasks.get(delivery["task_id"])
+        return owner_secret(self.secret, record.spec.owner if record else "")
+
     async def _attempt(self, session, deliveries: Deliveries, delivery: dict) -> None:
         at = self.clock()
         try:
-            answer = await post(session, delivery, self.secret, self.config, at)
+            answer = await post(session, delivery, self.secret_of(deliveries, delivery),
+                                self.config, at)
             deliveries.attempted(delivery, answer, at)
         except Exception as exc:  # sent again once due: the attempt was not journaled
             self.on_error("webhook_attempt", exc)

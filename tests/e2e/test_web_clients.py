@@ -40,15 +40,17 @@ def service(serve_port, tmp_path_factory):
     service = HttpService(tmp_path_factory.mktemp("clients"), serve_port,
                           workers={"max_workers": 1, "prefetch": 0}, input={"max_file_mb": 3.0},
                           http={"allow_paths": True})  # (a dead letter's input, broken in place)
-    keys = {name: KeyStore(service.state).add(name) for name in ("page", "node")}
+    keys = {name: KeyStore(service.state).add(name, role="operator", max_priority="high")
+            for name in ("page", "node")}  # the operator's own: the whole status, any priority
     wait_for(lambda: service.client.get("/v1/models").status_code == 401, timeout_s=10)
     yield service, keys
     service.close()
 
 
-def stored_stem(service, owner: str, file_id: str, stem: str) -> Path:
-    """A stem as the service keeps it on disk."""
-    found = list(service.state.glob(f"results/*{owner}*/*/{file_id}/{stem}.*"))
+def stored_stem(service, key: str, file_id: str, stem: str) -> Path:
+    """A stem of a task of the key named `key`, as the service keeps it on disk."""
+    owner = KeyStore(service.state).table().named(key).owner
+    found = list(service.state.glob(f"results/@{owner}/*/{file_id}/{stem}.*"))
     assert len(found) == 1, found
     return found[0]
 

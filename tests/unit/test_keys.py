@@ -1,9 +1,18 @@
-"""API keys without a service: names and caps checked, no public address without a key."""
+"""API keys without a service: names, caps, roles and ceilings checked, ids as owners, no public
+address without a key; the state directory's modes and synced renames."""
 from __future__ import annotations
+
+import hashlib
+import json
+import os
 
 import pytest
 
-from raydemucs.core.errors import ConfigError
+from raydemucs.core.errors import ConfigError, InvalidInput
+from raydemucs.core.keys import Ceilings, KeyStore
+from raydemucs.core.task import TaskSpec
+from raydemucs.storage.uploads import UploadStore
+from raydemucs.webhooks.signing import load_secret
 
 from support import run_cli, service_config
 
@@ -26,3 +35,74 @@ def test_key_names_and_caps_are_checked(tmp_path):
     assert again.returncode == 2 and "exists" in again.stderr
     assert oct((tmp_path / "api-keys.json").stat().st_mode & 0o777) == "0o600"
 
+
+
+def test_a_key_has_an_id_a_role_and_ceilings_and_old_entries_keep_their_name_as_owner(tmp_path):
+    env = {"RAYDEMUCS_SERVICE_STATE_DIR": str(tmp_path)}
+    added = run_cli("keys", "add", "ops", "--role", "operator", "--max-priority", "high",
+                    "--max-shifts", "2", "--max-overlap", "0.5", "--input", "s3://songs/ops/",
+                    "--input", "gs://more/", env=env)
+    assert added.returncode == 0, added.stderr
+    (entry,) = KeyStore(tmp_path).table().entries
+    assert entry.owner == entry.id and entry.id.startswith("key_") and entry.role == "operator"
+    assert entry.ceilings == Ceilings("high", 2, 0.5)
+    assert entry.inputs == ["s3://songs/ops/", "gs://more/"]
+    listed = run_cli("keys", "list", "--json", env=env).stdout
+    (shown,) = [json.loads(line) for line in listed.splitlines()]
+    assert "sha256" not in shown and entry.sha256 not in listed
+    assert shown == {"name": "ops", "created_at": entry.created_at, "max_queued": None,
+                     "id": entry.id, "role": "operator", "max_priority": "high", "max_shifts": 2,
+                     "max_overlap": 0.5, "inputs": ["s3://songs/ops/", "gs://more/"]}
+    written = json.loads((tmp_path / "api-keys.json").read_text())
+    old = {key: written["keys"][0][key] for key in ("name", "sha256", "created_at")}
+    (tmp_path / "api-keys.json").write_text(json.dumps({"keys": [old]}))  # before ids
+    (before_ids,) = KeyStore(tmp_path).table().entries
+    assert before_ids.owner == "ops" and before_ids.role == "tenant"
+    assert before_ids.ceilings == Ceilings("normal")
+
+
+def test_key_options_out_of_range_are_refused(tmp_path):
+    for options, words in [({"role": "admin"}, "--role"), ({"max_shifts": 101}, "--max-shifts"),
+                           ({"max_overlap": 1.5}, "--max-overlap"), ({"inputs": [""]}, "--input"),
+                           ({"max_priority": "0"}, "--max-priority")]:
+        with pytest.raises(InvalidInput, match=words):
+            KeyStore(tmp_path).add("k", **options)
+    refused = run_cli("keys", "add", "k", "--max-priority", "urgent",
+                      env={"RAYDEMUCS_SERVICE_STATE_DIR": str(tmp_path)})
+    assert refused.returncode == 2 and "--max-priority" in refused.stderr, refused.stderr
+    assert not (tmp_path / "api-keys.json").exists()
+
+
+def test_the_state_directory_and_its_files_are_private_and_their_names_synced(tmp_path,
+                                                                               monkeypatch):
+    """Under umask 0o022: a fresh state directory is 0700 and the keys and secret files 0600;
+    each file's directory is synced after the file is renamed or linked into place."""
+    synced = []
+    fsync = os.fsync
+
+    def recording(descriptor):
+        synced.append(os.fstat(descriptor).st_ino)
+        fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    umask = os.umask(0o022)
+    try:
+        state = tmp_path / "fresh" / "state"
+        KeyStore(state).add("one")
+        assert oct(state.stat().st_mode & 0o777) == "0o700"
+        assert synced[-1] == state.stat().st_ino
+        synced.clear()
+        load_secret(state)
+        assert synced[-1] == state.stat().st_ino
+        assert oct((state / "webhook-secret").stat().st_mode & 0o777) == "0o600"
+        assert oct((state / "api-keys.json").stat().st_mode & 0o777) == "0o600"
+        data = b"RIFF" + b"\0" * 100
+        spec = TaskSpec(task_id="t", project="p", file_id="f", input_path="a.wav",
+                        output_dir="", uploaded=True, input_sha256=hashlib.sha256(data).hexdigest())
+        uploads = UploadStore(state)
+        synced.clear()
+        uploads.accept(spec, data)
+        assert synced[-1] == uploads.inputs.stat().st_ino
+        assert [p.name for p in uploads.inputs.iterdir()] == [spec.input_sha256]
+    finally:
+        os.umask(umask)

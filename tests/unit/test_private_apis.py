@@ -54,6 +54,23 @@ def test_present_auth_token_turns_token_mode_on_only_with_a_token(tmp_path, has_
     assert "Token authentication" not in done.stderr
 
 
+def test_serve_proxy_bind_asks_the_controller_serve_names_for_its_http_options():
+    """The call itself runs on a real Serve in tests/e2e/test_http_netns.py."""
+    import inspect
+
+    from ray.serve import context as serve_context
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+    from ray.serve._private.controller import ServeController
+    from ray.serve.config import HTTPOptions
+
+    assert ("ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)"
+            in inspect.getsource(serve_context))  # how Serve itself finds its controller
+    assert SERVE_NAMESPACE == "serve" and SERVE_CONTROLLER_NAME
+    assert inspect.signature(ServeController.get_http_config).return_annotation in (
+        HTTPOptions, "HTTPOptions")
+    assert {"host", "port"} <= set(HTTPOptions.model_fields)
+
+
 # -- demucs's model files, read without importing demucs (raydemucs/models/catalogue.py) -----------
 def test_remote_checkpoints_are_the_files_torch_hub_downloads():
     from demucs import pretrained

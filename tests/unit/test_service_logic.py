@@ -171,3 +171,31 @@ def test_background_work_runs_off_the_loop_and_its_failures_are_counted(tmp_path
         assert failures == ["probe"]
         await service.drain(0.0)
     asyncio.run(scenario())
+
+
+def test_a_tenants_status_and_readiness_come_from_memory(tmp_path):
+    """What /readyz and a tenant's /v1/status ask: answered without a journal read, a tenant's
+    counts and running tasks its own alone."""
+    class NoJournal:
+        def execute(self, *args):
+            pytest.fail("the journal was read")
+
+    async def scenario():
+        service = make_service(tmp_path, workers={"max_workers": 1, "prefetch": 0})
+        [theirs] = await service.submit([spec(tmp_path, "theirs", owner="key_b")])
+        await until(lambda: theirs["task_id"] in service.core.running)
+        await service.submit([spec(tmp_path, "mine", owner="key_a")])
+        db, service.journal.db = service.journal.db, NoJournal()
+        try:
+            assert await service.ready()
+            status = await service.status("key_a")
+        finally:
+            service.journal.db = db
+        assert status["queue"] == {"queued": 1, "running": 0, "succeeded": 0, "failed": 0,
+                                   "cancelled": 0}
+        assert status["running"] == [] and "journal" not in status
+        assert [r["task_id"] for r in (await service.status("key_b"))["running"]] == [
+            theirs["task_id"]]
+        assert (await service.status())["queue"]["queued"] == 1
+        await service.drain(0.0)
+    asyncio.run(scenario())
