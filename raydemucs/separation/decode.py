@@ -9,6 +9,7 @@ stops there (memory follows the model's rate and the limit, not the file's).
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Iterator
 
@@ -17,6 +18,7 @@ import torch as th
 from torch.nn import functional as F
 
 from ..audio.checks import (
+    DECODED_MARGIN_S,
     MIN_SAMPLES,
     DecodedLength,
     check_format,
@@ -194,13 +196,24 @@ def read_window(path, start: int, stop: int, samplerate: int, channels: int) -> 
     return th.cat(parts, -1) if parts else th.zeros(channels, 0)
 
 
-def decode(path: Path, samplerate: int, channels: int, limits: InputConfig = DEFAULT_LIMITS):
+class LongerThanHeader(Exception):
+    """Raised when a whole decode goes past the length it may hold in memory (its header said
+    less): the track is to be streamed instead."""
+
+
+def decode(path: Path, samplerate: int, channels: int, limits: InputConfig = DEFAULT_LIMITS,
+           most_s: float | None = None):
     """The whole file as a float32 `[channels, time]` tensor at the model's rate: `iter_audio`'s
-    blocks, each checked finite, joined (at most twice the track in memory, while joining)."""
-    blocks = []
+    blocks, each checked finite, joined (at most twice the track in memory, while joining);
+    `LongerThanHeader` past `most_s` seconds (plus `DECODED_MARGIN_S`)."""
+    most = math.inf if most_s is None else (most_s + DECODED_MARGIN_S) * samplerate
+    blocks, frames = [], 0
     for block in iter_audio(path, samplerate, channels, limits):
         if not th.isfinite(block).all():
             raise InvalidInput(f"input {printable(path)} holds NaN or infinite samples")
+        frames += block.shape[-1]
+        if frames > most:
+            raise LongerThanHeader(f"input {printable(path)} decodes to more than {most_s:g} s")
         blocks.append(block)
     wav = th.cat(blocks, -1) if blocks else th.zeros(channels, 0)
     blocks.clear()

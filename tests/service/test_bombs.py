@@ -4,6 +4,8 @@ to a worker anyway, fails its task at once with one line; so does a file that de
 than its header says. No retry, and the worker that met it stays and goes on with its other task."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from raydemucs.core.errors import InvalidInput
@@ -44,12 +46,17 @@ def test_bombs_fail_at_once_and_the_worker_goes_on(service, tmp_path):
     flac_bomb(swapped, 1)  # behind the client's back: the worker reads the header again
     expected[manager.submit([spec])[0]["task_id"]] = "input.max_samplerate"
     good = manager.add_task(write_audio(tmp_path / "good.wav", seconds=1.0), output_dir=out)
-    *bombs, done = manager.wait_all([*expected, good], timeout=180)
+    longer = manager.add_task(understated_mp3(tmp_path / "longer.mp3", seconds=LIMIT_S - 1),
+                              output_dir=out, stream_over_s=1)  # in memory, by its header
+    *bombs, done, streamed = manager.wait_all([*expected, good, longer], timeout=180)
     for record in bombs:
         assert record["state"] == "failed" and record["attempts"] == 1, record
         assert record["error"]["type"] == "InvalidInput"
         assert_one_line(record["error"]["message"], expected[record["task_id"]])
     assert done["state"] == "succeeded", done
+    assert streamed["state"] == "succeeded", streamed  # past 1 s as it decoded: streamed instead
+    manifest = json.loads((out / "default" / "longer" / "manifest.json").read_text())
+    assert manifest["streamed"] and manifest["input"]["duration_s"] < 1
     [after] = manager.get_status()["workers"]
     assert after["pid"] == worker["pid"] and after["restarts"] == 0
 

@@ -11,7 +11,7 @@ from raydemucs.audio.checks import DECODED_MARGIN_S, DecodedLength, check_format
 from raydemucs.core.config import InputConfig
 from raydemucs.core.errors import InvalidInput
 from raydemucs.separation import decode as decoding
-from raydemucs.separation.decode import decode, iter_audio, stream_stats
+from raydemucs.separation.decode import LongerThanHeader, decode, iter_audio, stream_stats
 
 from support import flac_bomb, understated_mp3, write_audio
 
@@ -96,3 +96,11 @@ def test_a_file_that_decodes_past_the_limit_stops_as_it_decodes(tmp_path, monkey
             whole()
         assert_one_line(refused.value, "(input.max_duration_s)")
     assert decode(path, RATE, 2).shape[-1] >= seconds * RATE  # the default limit lets it through
+
+
+def test_a_whole_decode_past_what_memory_may_hold_says_so(tmp_path):
+    """The worker streams such a file instead (its header said it was short enough)."""
+    path = understated_mp3(tmp_path / "a.mp3", 4.0)
+    with pytest.raises(LongerThanHeader):
+        decode(path, RATE, 2, most_s=1.0)
+    assert decode(path, RATE, 2, most_s=4.0).shape[-1] >= 4 * RATE
