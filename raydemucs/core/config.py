@@ -96,6 +96,10 @@ class InputConfig(Section):
     max_file_mb: Float = Field(100.0, ge=0.001, le=1 << 20, description="largest input file")
     max_duration_s: Float = Field(3 * 3600.0, ge=1.0, le=WEEK_S, description="longest input")
     min_duration_s: Float = Field(0.1, ge=0.0, le=3600.0, description="shortest input")
+    max_samplerate: Int = Field(192000, ge=8000, le=1 << 20, description="highest sample rate "
+                                "an input may declare (Hz)")
+    max_channels: Int = Field(8, ge=1, le=64, description="most channels an input may declare "
+                              "(the model takes the first two, as demucs does)")
 
 
 class SeparationConfig(Section):
