@@ -128,10 +128,10 @@ def serve_port(ray_cluster):
 @pytest.fixture(scope="module")
 def http_service(serve_port, s3_endpoint, tmp_path_factory):
     """One HTTP service for a test module: one worker holding one task at a time, uploads up to
-    2 MB (for the 413 cases), s3:// on the session's S3 server."""
+    2 MB (for the 413 cases), s3:// inputs (any bucket) on the session's S3 server."""
     service = HttpService(tmp_path_factory.mktemp("http"), serve_port, input={"max_file_mb": 2.0},
                           workers={"max_workers": 1, "prefetch": 0},
-                          storage={"endpoint_url": s3_endpoint})
+                          storage={"endpoint_url": s3_endpoint}, http={"inputs": ["s3://"]})
 
     yield service
     service.close()

@@ -60,6 +60,35 @@ def write_aac(path: Path, data: np.ndarray, samplerate: int) -> Path:
     return path
 
 
+MP3_BITRATES_KBPS = (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
+MP3_RATES = (44100, 48000, 32000)
+
+
+def understated_mp3(path: Path, seconds: float, frames: int = 20) -> Path:
+    """A `seconds` long MPEG-1 mp3 led by a Xing frame that says it holds `frames` frames (1,152
+    samples each): decoders trust it for the duration, and decode every frame that follows."""
+    data = write_mp3(path, make_signal(seconds), SAMPLERATE).read_bytes()
+    head = bytes([0xFF, 0xFB, data[2] & 0xFD, data[3]])  # MPEG-1 layer III, no padding
+    size = 144 * MP3_BITRATES_KBPS[head[2] >> 4] * 1000 // MP3_RATES[(head[2] >> 2) & 3]
+    side_info = 17 if head[3] >> 6 == 3 else 32  # mono, else two channels
+    xing = head + bytes(side_info) + b"Xing" + (1).to_bytes(4, "big") + frames.to_bytes(4, "big")
+    path.write_bytes(xing + bytes(size - len(xing)) + data)
+    return path
+
+
+FLAC_MAX_RATE = 655350  # the highest rate libsndfile writes (FLAC's frame headers, in tens of Hz)
+
+
+def flac_bomb(path: Path, seconds: float, channels: int = 8) -> Path:
+    """Silence at `FLAC_MAX_RATE` in `channels` channels: a few KB a second of FLAC that decodes
+    to about 21 MB a second of float32 at its own rate."""
+    second = np.zeros((FLAC_MAX_RATE, channels), np.int16)
+    with sf.SoundFile(path, "w", FLAC_MAX_RATE, channels, "PCM_16") as flac:
+        for _ in range(round(seconds)):
+            flac.write(second)
+    return path
+
+
 def write_audio(path: Path, seconds: float = 3.0, samplerate: int = SAMPLERATE,
                 channels: int = 2, seed: int = 0) -> Path:
     """Write a test clip as 16-bit wav or flac, Ogg Vorbis (soundfile), mp3 (lameenc) or m4a

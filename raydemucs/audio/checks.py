@@ -1,6 +1,7 @@
-"""Input checks made before a task is accepted (and again by its worker): the file, its header,
-its duration and the first samples, read as demucs reads audio (sphn first, then FFmpeg through
-PyAV where demucs runs the ffmpeg program).
+"""Input checks made before a task is accepted (and again by its worker): the file, its header
+(rate, channels, duration), the first samples, read as demucs reads audio (sphn first, then
+FFmpeg through PyAV where demucs runs the ffmpeg program); and the caps a decode keeps to
+whatever the header said (`check_format`, `DecodedLength`).
 
 Nothing here imports torch: the client runs these checks."""
 from __future__ import annotations
@@ -21,6 +22,8 @@ from ..core.names import printable
 MIN_SAMPLES = 441
 # A decoded start this much shorter than the minimum duration still counts as long enough.
 DURATION_SLACK_S = 0.005
+# A decode may give this much more than `input.max_duration_s` (padding, a header's rounding).
+DECODED_MARGIN_S = 1.0
 PROBE_RATE = 44100
 SCAN_BLOCK = 1 << 20
 FLOAT_WAV_DTYPES = {32: "<f4", 64: "<f8"}
@@ -163,16 +166,61 @@ def check_wav_header(path: Path) -> WavLayout | None:
     return layout
 
 
-def probe_duration_s(path: Path) -> float:
-    """Duration in seconds from the file's header (sphn, then PyAV); `InvalidInput` if not audio."""
+@dataclass(frozen=True)
+class Header:
+    """What a file's header declares."""
+
+    samplerate: int
+    channels: int
+    duration_s: float
+
+
+def read_header(path: Path, layout: WavLayout | None) -> Header:
+    """The header of a file (`layout`: its WAV layout, if it is one): a WAV's own when it tells
+    the duration, else sphn's reading, else PyAV's; `InvalidInput` if not audio."""
     import sphn
 
-    duration = sphn_or_none(lambda: sphn.durations([str(path)])[0])
+    duration = layout.duration_s(path.stat().st_size) if layout is not None else None
     if duration is not None:
-        return float(duration)
-    from .ffmpeg import duration_s
+        return Header(layout.samplerate, layout.channels, duration)
 
-    return duration_s(path)
+    def read():
+        reader = sphn.FileReader(str(path))
+        return Header(int(reader.sample_rate), int(reader.channels), float(reader.duration_sec))
+
+    header = sphn_or_none(read)
+    if header is not None:
+        return header
+    from .ffmpeg import stream_format
+
+    return Header(*stream_format(path))
+
+
+def check_format(path: Path, samplerate: int, channels: int, limits: InputConfig) -> None:
+    """A sample rate and channel count within `input.max_samplerate` and `input.max_channels`
+    (checked before anything is decoded at them)."""
+    if samplerate > limits.max_samplerate:
+        raise InvalidInput(f"input {printable(path)} is sampled at {samplerate} Hz, over the "
+                           f"{limits.max_samplerate} Hz limit (input.max_samplerate)")
+    if channels > limits.max_channels:
+        raise InvalidInput(f"input {printable(path)} holds {channels} channels, over the "
+                           f"{limits.max_channels} channel limit (input.max_channels)")
+
+
+class DecodedLength:
+    """Counts the frames a decode gives at `samplerate` and stops it (`InvalidInput`) past
+    `input.max_duration_s` plus `DECODED_MARGIN_S`, whatever the header said."""
+
+    def __init__(self, path: Path, samplerate: int, limits: InputConfig):
+        self.path, self.limit_s = path, limits.max_duration_s
+        self.max_frames = math.ceil((limits.max_duration_s + DECODED_MARGIN_S) * samplerate)
+        self.frames = 0
+
+    def add(self, frames: int) -> None:
+        self.frames += frames
+        if self.frames > self.max_frames:
+            raise InvalidInput(f"input {printable(self.path)} decodes to more than the "
+                               f"{self.limit_s:g} s limit (input.max_duration_s)")
 
 
 def _decode_start(path: Path, seconds: float):
@@ -211,11 +259,9 @@ def check_decodes(path: Path, min_duration_s: float) -> None:
 def validate_input(path: str | os.PathLike, limits: InputConfig) -> float:
     """Every check short of decoding the whole file; returns the duration in seconds."""
     path = check_input_file(path, limits.max_file_mb)
-    layout = check_wav_header(path)
-    # a WAV's header gives it without reading the file a third time
-    duration = layout.duration_s(path.stat().st_size) if layout is not None else None
-    if duration is None:
-        duration = probe_duration_s(path)
+    header = read_header(path, check_wav_header(path))
+    check_format(path, header.samplerate, header.channels, limits)
+    duration = header.duration_s
     if not duration >= limits.min_duration_s:
         raise InvalidInput(f"input {printable(path)} lasts {duration:.3f} s, shorter than the "
                            f"{limits.min_duration_s:g} s minimum")

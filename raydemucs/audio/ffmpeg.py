@@ -31,13 +31,16 @@ def _open(path: Path, failure: str):
     return container, container.streams.audio[0]
 
 
-def duration_s(path: Path) -> float:
-    """The container's duration in seconds, as `ffprobe -show_entries format=duration` reads it."""
-    container, _ = _open(path, "is not a decodable audio file")
+def stream_format(path: Path) -> tuple[int, int, float]:
+    """The first audio stream's sample rate and channels, and the container's duration in
+    seconds, as `ffprobe -show_entries stream=sample_rate,channels:format=duration` reads them."""
+    container, stream = _open(path, "is not a decodable audio file")
     with container:
         if container.duration is None:
             raise InvalidInput(f"input {printable(path)} is not a decodable audio file")
-        return container.duration / av.time_base
+        if stream.codec_context is None:  # a codec FFmpeg does not know
+            raise InvalidInput(f"input {printable(path)} could not be decoded as audio")
+        return stream.rate, stream.channels, container.duration / av.time_base
 
 
 class Decoder:
@@ -57,17 +60,17 @@ class Decoder:
 
     def blocks(self) -> Iterator[np.ndarray]:
         """Blocks of about `BLOCK_FRAMES` samples; the file is closed when they end."""
-        resampler = av.AudioResampler(format="fltp", layout=self.layout, rate=self.rate)
+        resampler = av.AudioResampler(format="flt", layout=self.layout, rate=self.rate)
         pending, count = [], 0
         try:
             for frame in self._frames():
                 for out in resampler.resample(frame):
-                    pending.append(out.to_ndarray())
+                    pending.append(_samples(out))
                     count += out.samples
                 if count >= BLOCK_FRAMES:
                     yield np.concatenate(pending, -1)
                     pending, count = [], 0
-            pending += [out.to_ndarray() for out in resampler.resample(None)]
+            pending += [_samples(out) for out in resampler.resample(None)]
         except (av.FFmpegError, ValueError):         # ValueError: a stream that changes layout
             raise InvalidInput(f"input {printable(self.path)} could not be decoded as audio") \
                 from None
@@ -95,6 +98,12 @@ class Decoder:
                 yield from packet.decode()
             except av.InvalidDataError:
                 continue
+
+
+def _samples(frame) -> np.ndarray:
+    """An interleaved float frame as `[channels, n]`. Planar frames are not read: PyAV reads one
+    plane past the last of 8 or more channels (a crash)."""
+    return frame.to_ndarray().reshape(-1, len(frame.layout.channels)).T
 
 
 def av_versions() -> str:

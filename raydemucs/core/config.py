@@ -10,18 +10,31 @@ import os
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+)
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from .config_errors import refusal
 from .config_types import Float, Int, MaybeFloat, MaybeText, Section, Text, Texts
 from .errors import ConfigError
+from .inputs import allowed_roots, check_prefix, check_root, listed
 from .pools import PoolConfig, Pools, worker_pools
 
 T = TypeVar("T", bound=BaseModel)
+InputPrefixes = Annotated[tuple[Annotated[str, AfterValidator(check_prefix)], ...],
+                          BeforeValidator(listed)]
+InputRoots = Annotated[tuple[Annotated[str, AfterValidator(check_root)], ...],
+                       BeforeValidator(allowed_roots)]
 WEEK_S, TEN_YEARS_S = 7 * 86400.0, 10 * 365 * 86400.0
 
 
@@ -83,6 +96,10 @@ class InputConfig(Section):
     max_file_mb: Float = Field(100.0, ge=0.001, le=1 << 20, description="largest input file")
     max_duration_s: Float = Field(3 * 3600.0, ge=1.0, le=WEEK_S, description="longest input")
     min_duration_s: Float = Field(0.1, ge=0.0, le=3600.0, description="shortest input")
+    max_samplerate: Int = Field(192000, ge=8000, le=1 << 20, description="highest sample rate "
+                                "an input may declare (Hz)")
+    max_channels: Int = Field(8, ge=1, le=64, description="most channels an input may declare "
+                              "(the model takes the first two, as demucs does)")
 
 
 class SeparationConfig(Section):
@@ -155,9 +172,14 @@ class HttpConfig(Section):
         "may give (any port), `host` besides; any other gets 421 (DNS rebinding): list the "
         "names clients use on a public address (in a variable: comma-separated)")
     num_replicas: Int = Field(1, ge=1, le=64, description="ingress replicas (they hold no state)")
-    allow_paths: bool = Field(False, description="let requests name an input path on the "
-                              "cluster's shared file system (`input`); URIs such as s3:// are "
-                              "always allowed")
+    inputs: InputPrefixes = Field((), description="storage a request's `input` may name: URI "
+                                  "prefixes such as s3://bucket/folder/, or a whole scheme such "
+                                  "as s3://, matched on whole segments (empty: uploads only); "
+                                  "http(s) ones are fetched from public addresses only")
+    allow_paths: InputRoots = Field((), description="root directories on the cluster's shared "
+                                    "file system a request's `input` may name a path under "
+                                    "(symlinks resolved; never the service's state or output "
+                                    "directories; empty: none)")
     chunk_mb: Float = Field(1.0, ge=0.0625, le=64.0, description="size of the chunks an upload "
                             "is streamed to the service's store in")
     max_json_kb: Float = Field(64.0, ge=1.0, le=4096.0, description="a JSON body's limit (413 "

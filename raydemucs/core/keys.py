@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import InvalidInput, OverCeiling
+from .inputs import PREFIX_FORM, uri_parts
 from .statedir import private_dir, write_private
 from .task import PRIORITIES, TaskSpec, priority_name
 
@@ -92,8 +93,9 @@ def checked_entry(entry: KeyEntry) -> KeyEntry:
     if entry.max_overlap is not None and not 0 <= entry.max_overlap <= MAX_OVERLAP:
         raise InvalidInput(f"--max-overlap {entry.max_overlap:g} must be between 0 and "
                            f"{MAX_OVERLAP:g}")
-    if entry.inputs is not None and not all(isinstance(p, str) and p for p in entry.inputs):
-        raise InvalidInput("--input takes a URI prefix such as s3://bucket/songs/")
+    if entry.inputs is not None and not all(isinstance(p, str) and uri_parts(p, prefix=True)
+                                            for p in entry.inputs):
+        raise InvalidInput(f"--input takes {PREFIX_FORM}")
     return entry
 
 

@@ -11,6 +11,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Sequence
 
 import ray
 from fastapi import FastAPI, Request
@@ -36,13 +37,14 @@ from ..core.errors import (
     TaskNotFound,
     Unauthenticated,
 )
+from ..core.inputs import check_input
 from ..core.keys import Ceilings, KeyEntry, KeyTable
 from ..core.public import public_task
 from ..core.task import TaskSpec, TaskState
 from ..scheduler.leases import STREAM, UPLOAD
 from ..storage.uris import input_size, is_uri
 from . import errors
-from .asks import FIELDS, check_fields, input_location, task_spec
+from .asks import FIELDS, check_fields, task_spec
 from .bodies import BodyLimits, read_json
 from .door import Door, allowed_hosts, came_over_loopback
 from .forms import Spool, form_limits, read_form
@@ -276,8 +278,9 @@ class Ingress:
         if not isinstance(fields, dict):
             raise InvalidInput("the body must be a JSON object with `input`")
         check_fields(fields)
-        location = input_location(fields.get("input"), config.http.allow_paths)
-        duration_s = await asyncio.to_thread(self._check_input, location, config)
+        allowed = config.http.inputs if caller.inputs is None else caller.inputs
+        location, duration_s = await asyncio.to_thread(self._check_input, fields.get("input"),
+                                                       allowed, config)
         served = {model["name"]: model["stems"] for model in await self.call("models")}
         spec = caller.allowed(task_spec({k: v for k, v in fields.items() if k != "input"},
                                         config.separation, served, caller.owner,
@@ -286,16 +289,19 @@ class Ingress:
         return await self.call("get_task", records[0]["task_id"])
 
     @staticmethod
-    def _check_input(location: str, config: Config) -> float | None:
-        """The input's checks short of decoding it all: its size (a URI) or the whole set of
-        submit's checks (a shared path); its duration when known."""
+    def _check_input(value, allowed: Sequence[str], config: Config) -> tuple[str, float | None]:
+        """The input a request names, if it may (`allowed`: the storage prefixes it may read;
+        `http.allow_paths`: the roots), checked short of decoding it all: its size (a URI) or
+        the whole set of submit's checks (a shared path); with its duration when known."""
+        location = check_input(value, allowed, config.http.allow_paths,
+                               private=(str(config.state_path), config.service.output_dir))
         if is_uri(location):
             size = input_size(location, config.storage)
             if size > config.input.max_file_mb * 2**20:
                 raise InputTooLarge(f"input {location} is {size / 2**20:.1f} MB, over the "
                                            f"{config.input.max_file_mb:g} MB limit")
-            return None
-        return validate_input(location, config.input)
+            return location, None
+        return location, validate_input(location, config.input)
 
     @app.get("/v1/tasks/{task_id}", summary="A task: state, progress, queue position, stems")
     async def get_task(self, task_id: str, request: Request):

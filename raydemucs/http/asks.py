@@ -10,7 +10,6 @@ from ..core.names import check_task_names, name_from_filename, printable
 from ..core.public import OPTION_FIELDS
 from ..core.task import TaskSpec, new_task_id, parse_priority
 from ..models.catalogue import check_two_stems
-from ..storage.uris import is_uri
 from ..webhooks.targets import check_events, check_url
 
 TASK_FIELDS = ("project", "file_id", "priority", "force", "webhook_url", "webhook_events")
@@ -70,18 +69,3 @@ def task_spec(fields: dict, defaults: SeparationConfig, served: dict, owner: str
                     input_sha256=sha256, uploaded=uploaded, kept=True, duration_s=duration_s,
                     webhook_url=check_url(fields["webhook_url"]) if fields.get("webhook_url")
                     else None, webhook_events=check_events(fields.get("webhook_events")))
-
-
-def input_location(value, allow_paths: bool) -> str:
-    """A JSON request's `input`: a URI the workers read, or (with `http.allow_paths`) an
-    absolute path on the cluster's shared file system."""
-    if not isinstance(value, str) or not value:
-        raise InvalidInput("field 'input' must be a URI such as s3://bucket/song.mp3")
-    if is_uri(value):
-        return value
-    if not allow_paths:
-        raise InvalidInput("field 'input' must be a URI such as s3://bucket/song.mp3 (paths on "
-                           "the cluster are off: http.allow_paths)")
-    if not value.startswith("/") or "\x00" in value:
-        raise InvalidInput(f"field 'input' {printable(value)} must be an absolute path")
-    return value

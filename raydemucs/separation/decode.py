@@ -1,10 +1,15 @@
 """Decoding samples, the way `demucs.api` reads audio: sphn (+ julius to resample), FFmpeg as the
-fallback (through PyAV, where demucs runs the ffmpeg program); a whole file at once (`decode`) or
-in windows of bounded memory (`iter_audio`, `read_window`, `stream_stats`), which give the samples
-of a whole decode.
+fallback (through PyAV, where demucs runs the ffmpeg program), in windows of bounded memory
+(`iter_audio`, `read_window`, `stream_stats`) or joined into a whole track (`decode`).
+
+Every decode keeps to the input limits whatever the header said: the rate and channels it
+decodes at are checked before the first window, and the samples it gives at the model's rate
+are counted as they come, so that a file that decodes to more than `input.max_duration_s`
+stops there (memory follows the model's rate and the limit, not the file's).
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Iterator
 
@@ -12,14 +17,23 @@ import numpy as np
 import torch as th
 from torch.nn import functional as F
 
-from ..audio.checks import MIN_SAMPLES, resamples_cheaply, sphn_or_none
+from ..audio.checks import (
+    DECODED_MARGIN_S,
+    MIN_SAMPLES,
+    DecodedLength,
+    check_format,
+    resamples_cheaply,
+    sphn_or_none,
+)
 from ..audio.ffmpeg import Decoder
+from ..core.config import InputConfig
 from ..core.errors import InvalidInput
 from ..core.names import printable
 from .engine import Moments
 
 SPHN_WINDOW_S = 10             # sphn decodes whole seconds: seeks to integer seconds are exact
 SPHN_PREROLL_S = 1             # decoded before each window and dropped (mp3 needs a warm-up)
+DEFAULT_LIMITS = InputConfig()
 
 # -- decoding in windows ----------------------------------------------------------------------
 def _sphn_seeks_exactly(path: Path) -> bool:
@@ -35,13 +49,11 @@ class _SphnSource:
     """Native-rate `[channels, n]` float32 blocks from sphn, windows of whole seconds.
 
     The first window is decoded on opening, so that a file sphn cannot read fails here and goes
-    to PyAV, as in `decode`.
+    to PyAV.
     """
 
-    def __init__(self, path: Path):
-        import sphn
-
-        self.reader = sphn.FileReader(str(path))
+    def __init__(self, reader):
+        self.reader = reader
         self.rate = int(self.reader.sample_rate)
         self.first = self.reader.decode(0.0, float(SPHN_WINDOW_S))
         if not self.first.size:
@@ -101,25 +113,53 @@ class _Resampler:
         return ys.transpose(1, 2).reshape(*x.shape[:-1], -1)
 
 
-def _pyav_blocks(path: Path, samplerate: int, channels: int) -> Iterator[th.Tensor]:
+def _pyav_blocks(path: Path, samplerate: int, channels: int,
+                 limits: InputConfig) -> Iterator[th.Tensor]:
     """Model-rate blocks decoded and resampled by FFmpeg (PyAV), channels as demucs converts."""
     from demucs.audio import convert_audio_channels
 
-    for block in Decoder(path, samplerate).blocks():
+    decoder = Decoder(path, samplerate)
+    check_format(path, decoder.stream.rate, decoder.stream.channels, limits)
+    for block in decoder.blocks():
         yield convert_audio_channels(th.from_numpy(block), channels)
 
 
-def iter_audio(path, samplerate: int, channels: int) -> Iterator[th.Tensor]:
-    """The file as model-rate `[channels, n]` float32 blocks, the samples `decode`
-    returns: sphn (+ julius) for WAV, FLAC and MP3; FFmpeg where the plain path uses it too
-    (files sphn cannot read, rates julius cannot convert cheaply) and for other formats (see
-    the docs)."""
+def iter_audio(path, samplerate: int, channels: int,
+               limits: InputConfig = DEFAULT_LIMITS) -> Iterator[th.Tensor]:
+    """The file as model-rate `[channels, n]` float32 blocks within `limits` (`InvalidInput`
+    past them): sphn (+ julius) for WAV, FLAC and MP3; FFmpeg for files sphn cannot read, rates
+    julius cannot convert cheaply, and other formats (see the docs)."""
+    path = Path(path)
+    length = DecodedLength(path, samplerate, limits)
+    for block in _model_rate_blocks(path, samplerate, channels, limits):
+        length.add(block.shape[-1])
+        yield block
+
+
+def _sphn_source(path: Path, samplerate: int, limits: InputConfig) -> _SphnSource | None:
+    """sphn's windows of the file, its rate and channels checked first; None where FFmpeg
+    decodes it (formats whose seeks are not exact, files sphn cannot read, rates julius cannot
+    convert cheaply)."""
+    import sphn
+
+    reader = sphn_or_none(lambda: sphn.FileReader(str(path))) if _sphn_seeks_exactly(path) \
+        else None
+    if reader is None:
+        return None
+    check_format(path, int(reader.sample_rate), int(reader.channels), limits)
+    if not resamples_cheaply(int(reader.sample_rate), samplerate):
+        return None
+    return sphn_or_none(lambda: _SphnSource(reader))
+
+
+def _model_rate_blocks(path: Path, samplerate: int, channels: int,
+                       limits: InputConfig) -> Iterator[th.Tensor]:
+    """`iter_audio`'s blocks, uncounted."""
     from demucs.audio import convert_audio_channels
 
-    path = Path(path)
-    source = sphn_or_none(lambda: _SphnSource(path)) if _sphn_seeks_exactly(path) else None
-    if source is None or not resamples_cheaply(source.rate, samplerate):
-        yield from _pyav_blocks(path, samplerate, channels)
+    source = _sphn_source(path, samplerate, limits)
+    if source is None:
+        yield from _pyav_blocks(path, samplerate, channels, limits)
         return
     blocks = (convert_audio_channels(th.from_numpy(np.ascontiguousarray(b)), channels)
               for b in source.blocks())
@@ -129,10 +169,11 @@ def iter_audio(path, samplerate: int, channels: int) -> Iterator[th.Tensor]:
         yield block.float()
 
 
-def stream_stats(path, samplerate: int, channels: int) -> tuple[th.Tensor, th.Tensor, int]:
+def stream_stats(path, samplerate: int, channels: int,
+                 limits: InputConfig = DEFAULT_LIMITS) -> tuple[th.Tensor, th.Tensor, int]:
     """`(mean, std, length)` of a file, one window at a time (the cheap first pass)."""
     moments = Moments()
-    for block in iter_audio(path, samplerate, channels):
+    for block in iter_audio(path, samplerate, channels, limits):
         if not th.isfinite(block).all():
             raise ValueError(f"{printable(path)} holds NaN or infinite samples")
         moments.add(block.mean(0))
@@ -155,30 +196,30 @@ def read_window(path, start: int, stop: int, samplerate: int, channels: int) -> 
     return th.cat(parts, -1) if parts else th.zeros(channels, 0)
 
 
-def _read_with_pyav(path: Path, samplerate: int, channels: int) -> th.Tensor:
-    blocks = list(_pyav_blocks(path, samplerate, channels))
-    return th.cat(blocks, -1) if blocks else th.zeros(channels, 0)
+class LongerThanHeader(Exception):
+    """Raised when a whole decode goes past the length it may hold in memory (its header said
+    less): the track is to be streamed instead."""
 
 
-def decode(path: Path, samplerate: int, channels: int):
-    """Decode to a float32 `[channels, time]` tensor at the model's rate, as `demucs.api` does."""
-    import sphn
-    from demucs.audio import convert_audio
-
-    def read():
-        data, rate = sphn.read(str(path))
-        if not data.size or not resamples_cheaply(int(rate), samplerate):
-            return None
-        return convert_audio(th.from_numpy(data), int(rate), samplerate, channels)
-
-    wav = sphn_or_none(read)
-    if wav is None:
-        wav = _read_with_pyav(path, samplerate, channels)
+def decode(path: Path, samplerate: int, channels: int, limits: InputConfig = DEFAULT_LIMITS,
+           most_s: float | None = None):
+    """The whole file as a float32 `[channels, time]` tensor at the model's rate: `iter_audio`'s
+    blocks, each checked finite, joined (at most twice the track in memory, while joining);
+    `LongerThanHeader` past `most_s` seconds (plus `DECODED_MARGIN_S`)."""
+    most = math.inf if most_s is None else (most_s + DECODED_MARGIN_S) * samplerate
+    blocks, frames = [], 0
+    for block in iter_audio(path, samplerate, channels, limits):
+        if not th.isfinite(block).all():
+            raise InvalidInput(f"input {printable(path)} holds NaN or infinite samples")
+        frames += block.shape[-1]
+        if frames > most:
+            raise LongerThanHeader(f"input {printable(path)} decodes to more than {most_s:g} s")
+        blocks.append(block)
+    wav = th.cat(blocks, -1) if blocks else th.zeros(channels, 0)
+    blocks.clear()
     if wav.shape[-1] == 0:
         raise InvalidInput(f"input {printable(path)} holds no audio samples")
     if wav.shape[-1] < MIN_SAMPLES:
         raise InvalidInput(f"input {printable(path)} holds {wav.shape[-1]} samples at "
                            f"{samplerate} Hz, too few to separate (at least {MIN_SAMPLES})")
-    if not th.isfinite(wav).all():
-        raise InvalidInput(f"input {printable(path)} holds NaN or infinite samples")
-    return wav.float()
+    return wav

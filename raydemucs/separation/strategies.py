@@ -4,8 +4,9 @@ the model.
 - in memory: decode the whole input, then demucs's segment plan through the engine, one segment
   per forward pass (`raydemucs.separation.engine.separate_track`), which equals
   `Separator.separate_tensor` within 1 LSB in fp32 and runs every precision and runtime;
-- streamed (inputs over `separation.stream_over_s`): windows in, stems streamed to scratch files,
-  so memory does not grow with the track (`raydemucs.separation.streaming`);
+- streamed (inputs over `separation.stream_over_s`, by their header or, where it said less, as
+  they decode): windows in, stems streamed to scratch files, so memory does not grow with the
+  track (`raydemucs.separation.streaming`);
 - split (when the scheduler lent idle workers): demucs's segment plan cut into pieces, run by
   those workers and joined (`raydemucs.separation.split`);
 - batched (`batch_size` > 1): segments of this worker's attempts share forward passes
@@ -25,11 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Protocol
 
+from ..core.config import InputConfig
 from ..core.task import TaskSpec
 from ..models.loading import default_segment_s
 from ..models.runtimes import runtime_of
 from .batching import SharedBatcher
-from .decode import decode
+from .decode import LongerThanHeader, decode
 from .engine import Runner, pick_stems, separate_track, sub_models
 from .split import Helper, separate_across_workers, separate_piece
 from .streaming import separate_file
@@ -162,10 +164,12 @@ class Separated:
 
 class Strategies:
     """Runs attempts on a worker's models: one at a time in arrival order, or batched; each
-    model's network on `runtime`."""
+    model's network on `runtime`; inputs decoded within `limits`."""
 
-    def __init__(self, device: str, batch_size: int, runtime: str, memory: MemoryMeter):
+    def __init__(self, device: str, batch_size: int, runtime: str, memory: MemoryMeter,
+                 limits: InputConfig):
         self.device = device
+        self.limits = limits
         self.batch_size = batch_size
         self.runtime = runtime
         self.memory = memory
@@ -183,7 +187,15 @@ class Strategies:
         current.segment_s = options.segment or default_segment_s(model)
         made = {"samplerate": separator.samplerate,
                 "runtime": runtime_of(sub_models(model)[0], self.device, self.runtime)}
-        if options.streams(duration_s):
+        streamed, batched = options.streams(duration_s), self.batch_size > 1 and not helpers
+        if not (streamed or batched):
+            try:
+                with current.timed("decode_s"):
+                    wav = decode(input_path, separator.samplerate, separator.audio_channels,
+                                 self.limits, options.stream_over_s)
+            except LongerThanHeader:  # its header said less: streamed, in bounded memory
+                streamed = True
+        if streamed:
             try:
                 stems = self._streamed(task, current, model, input_path, scratch).stems
                 yield Separated(stems, streamed=True, **made)
@@ -191,15 +203,12 @@ class Strategies:
                 shutil.rmtree(scratch, ignore_errors=True)
             return
         pieces = 1
-        if self.batch_size > 1 and not helpers:
+        if batched:
             stems = self._batched(task, current, separator, input_path)
+        elif helpers:
+            stems, pieces = self._split(task, current, model, wav, helpers)
         else:
-            with current.timed("decode_s"):
-                wav = decode(input_path, separator.samplerate, separator.audio_channels)
-            if helpers:
-                stems, pieces = self._split(task, current, model, wav, helpers)
-            else:
-                stems = self._in_memory(task, current, model, wav)
+            stems = self._in_memory(task, current, model, wav)
         yield Separated(pick_stems(stems, options.two_stems), pieces=pieces, **made)
 
     def runner(self, model, precision: str) -> Runner:
@@ -258,7 +267,8 @@ class Strategies:
         batcher.reserve(key)
         try:
             with current.timed("decode_s"):
-                wav = decode(input_path, separator.samplerate, separator.audio_channels)
+                wav = decode(input_path, separator.samplerate, separator.audio_channels,
+                             self.limits)
         except BaseException:
             batcher.withdraw(key)
             raise
@@ -278,7 +288,8 @@ class Strategies:
             return separate_file(model, input_path, scratch, segment=options.segment,
                                  overlap=options.overlap, shifts=options.shifts,
                                  runner=self.runner(model, options.precision),
-                                 two_stems=options.two_stems, callback=current.on_chunk)
+                                 two_stems=options.two_stems, callback=current.on_chunk,
+                                 limits=self.limits)
 
     def run_piece(self, model, precision: str, current: Attempt, plan, piece, window, mean, std):
         """One piece of a split track (the lead's own, or a lent helper's), counted as progress."""

@@ -19,7 +19,8 @@ import numpy as np
 import torch as th
 
 from ..audio.ffmpeg import BLOCK_FRAMES
-from .decode import iter_audio, stream_stats
+from ..core.config import InputConfig
+from .decode import DEFAULT_LIMITS, iter_audio, stream_stats
 from .engine import (
     OverlapAdd,
     Runner,
@@ -159,12 +160,13 @@ def separate_file(model, path, workdir=None, *, segment: float | None = None,
                   overlap: float = 0.25, shifts: int = 0, transition_power: float = 1.0,
                   device=None, runner=None, two_stems: str | None = None, callback=None,
                   callback_arg=None,
-                  shift_offsets=None, rng=random,
+                  shift_offsets=None, rng=random, limits: InputConfig = DEFAULT_LIMITS,
                   block_frames: int = BLOCK_FRAMES) -> StreamedStems:
-    """Separate a file in bounded memory: one pass for the mean and std, one to separate into
-    float32 temp files under `workdir` (which need 4 bytes x channels x samples per stem)."""
+    """Separate a file in bounded memory: one pass for the mean and std (which stops a file
+    past the input `limits`), one to separate into float32 temp files under `workdir` (which
+    need 4 bytes x channels x samples per stem)."""
     channels, samplerate = sub_models(model)[0].audio_channels, sub_models(model)[0].samplerate
-    mean, std, length = stream_stats(path, samplerate, channels)
+    mean, std, length = stream_stats(path, samplerate, channels, limits)
     plan = plan_separation(model, length, segment=segment, overlap=overlap, shifts=shifts,
                            transition_power=transition_power, shift_offsets=shift_offsets, rng=rng)
     if workdir is not None:
@@ -173,7 +175,8 @@ def separate_file(model, path, workdir=None, *, segment: float | None = None,
     try:
         sink = _TempStemSink(folder, plan.sources, samplerate, channels, two_stems)
         try:
-            stream_separate(model, plan, iter_audio(path, samplerate, channels), mean, std, sink,
+            stream_separate(model, plan, iter_audio(path, samplerate, channels, limits), mean,
+                            std, sink,
                             device=device, runner=runner, callback=callback,
                             callback_arg=callback_arg,
                             block_frames=block_frames)

@@ -2,15 +2,20 @@
 
 Workers read and write them directly (credentials come from each node's usual places: AWS_*
 variables, ~/.aws, GOOGLE_APPLICATION_CREDENTIALS). This module opens URIs and reads inputs;
-remote output folders are `raydemucs.storage.folders.RemoteFolder`s.
+remote output folders are `raydemucs.storage.folders.RemoteFolder`s. An http(s) input is fetched
+from public addresses only (`core.addresses`), its redirects not followed, and a failed fetch
+says no more than that (no fetch could probe the network through its messages).
 """
 from __future__ import annotations
 
 import re
+import urllib.parse
 from pathlib import Path
 
+from ..core.addresses import guarded_resolver, host_refusal
 from ..core.config import StorageConfig
 from ..core.errors import InvalidInput, OutputNotWritable, StorageUnavailable
+from ..core.inputs import WEB
 from ..core.names import printable
 
 SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -30,6 +35,30 @@ def local_path(location: str | Path) -> Path:
     return Path(text.split("://", 1)[1] if SCHEME.match(text) else text).expanduser().absolute()
 
 
+async def _refuse_redirects(response) -> None:
+    if 300 <= response.status < 400:
+        raise FileNotFoundError("redirects are not followed")
+
+
+async def guarded_session(**options):
+    """fsspec's aiohttp session for http(s) inputs: it connects to public addresses only and
+    follows no redirects."""
+    import aiohttp
+
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=guarded_resolver()),
+                                 raise_for_status=_refuse_redirects, **options)
+
+
+def not_fetched(uri: str) -> InvalidInput:
+    return InvalidInput(f"{printable(uri)} could not be fetched (missing, or not at a public "
+                        "address)")
+
+
+def missing(uri: str) -> InvalidInput:
+    """The refusal of an input that is not there (an http(s) one: or not reachable, unsaid)."""
+    return not_fetched(uri) if is_web(uri) else InvalidInput(f"{printable(uri)} does not exist")
+
+
 def open_uri(uri: str, storage: StorageConfig):
     """`(filesystem, path)` for `uri`, with a one-line error when its protocol is not installed."""
     import fsspec
@@ -38,6 +67,11 @@ def open_uri(uri: str, storage: StorageConfig):
     options = {"use_listings_cache": False}
     if storage.endpoint_url and protocol in ("s3", "s3a"):
         options["endpoint_url"] = storage.endpoint_url
+    if protocol in WEB:
+        host = urllib.parse.urlsplit(uri).hostname
+        if not host or host_refusal(host):  # an address: aiohttp asks no resolver
+            raise not_fetched(uri)
+        options.update(get_client=guarded_session, allow_redirects=False)
     try:
         return fsspec.core.url_to_fs(uri, **options)
     except ImportError:
@@ -53,7 +87,14 @@ def reason(exc: Exception) -> str:
     return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
+def is_web(uri: str) -> bool:
+    found = SCHEME.match(uri)
+    return bool(found) and found.group(1).lower() in WEB
+
+
 def unreachable(uri: str, exc: Exception) -> StorageUnavailable:
+    if is_web(uri):  # what failed (refused, no answer, a closed port) stays here
+        return StorageUnavailable(f"{printable(uri)} could not be fetched")
     return StorageUnavailable(f"storage at {printable(uri)} failed: {reason(exc)}")
 
 
@@ -63,7 +104,7 @@ def input_size(uri: str, storage: StorageConfig) -> int:
     try:
         info = fs.info(path)
     except FileNotFoundError:
-        raise InvalidInput(f"{printable(uri)} does not exist") from None
+        raise missing(uri) from None
     except PermissionError:
         raise InvalidInput(f"{printable(uri)} is not readable (permission denied)") from None
     except Exception as exc:
@@ -79,7 +120,7 @@ def download(uri: str, target: Path, storage: StorageConfig) -> Path:
     try:
         fs.get_file(path, str(target))
     except FileNotFoundError:
-        raise InvalidInput(f"{printable(uri)} does not exist") from None
+        raise missing(uri) from None
     except Exception as exc:
         raise unreachable(uri, exc) from None
     return target

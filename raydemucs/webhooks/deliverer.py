@@ -12,48 +12,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import threading
 import time
 import urllib.parse
 from typing import Callable
 
 from .. import __version__
+from ..core.addresses import guarded_resolver, host_refusal
 from ..core.config import WebhooksConfig
 from ..core.task import TaskRecord
 from ..journal import Journal
 from .deliveries import Answer, Deliveries
 from .signing import owner_secret, sign
-from .targets import literal_address, refusal
 
 logger = logging.getLogger(__name__)
 
 EXCERPT_BYTES = 200  # what is kept of a receiver's answer
 RESTART_S = 1.0  # the thread's loop starts again this long after an error
-
-
-def _guarded_resolver(allow_private: bool):
-    """An aiohttp resolver that refuses the addresses `refusal` refuses: checked on what a
-    name resolves to at connection time, so no later DNS answer can slip past the check."""
-    from aiohttp.abc import AbstractResolver
-    from aiohttp.resolver import ThreadedResolver
-
-    class GuardedResolver(AbstractResolver):
-        def __init__(self):
-            self.inner = ThreadedResolver()
-
-        async def resolve(self, host, port=0, family=socket.AF_INET):
-            found = await self.inner.resolve(host, port, family)
-            for entry in found:
-                why = refusal(entry["host"], allow_private)
-                if why:
-                    raise OSError(f"refused: {host} -> {why}")
-            return found
-
-        async def close(self):
-            await self.inner.close()
-
-    return GuardedResolver()
 
 
 class Deliverer:
@@ -125,8 +100,8 @@ class Deliverer:
         import aiohttp
 
         deliveries.reconcile()
-        connector = aiohttp.TCPConnector(resolver=_guarded_resolver(self.config.allow_private),
-                                         limit=self.config.max_in_flight)
+        resolver = None if self.config.allow_private else guarded_resolver()
+        connector = aiohttp.TCPConnector(resolver=resolver, limit=self.config.max_in_flight)
         async with aiohttp.ClientSession(connector=connector, trust_env=False, headers={
                 "User-Agent": f"raydemucs/{__version__}"}) as session:
             while not self._stopping:
@@ -190,9 +165,9 @@ async def post(session, delivery: dict, secret: str, config: WebhooksConfig,
                       time.monotonic() - started)
 
     host = urllib.parse.urlsplit(delivery["url"]).hostname or ""
-    why = literal_address(host) and refusal(host, config.allow_private)
+    why = None if config.allow_private else host_refusal(host)
     if why:
-        return answer(error=f"refused: {why}")
+        return answer(error=f"refused: {host} is {why}")
     try:
         async with session.post(delivery["url"], data=delivery["body"].encode(), headers=headers,
                                 allow_redirects=False,

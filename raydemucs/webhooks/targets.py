@@ -1,13 +1,12 @@
 """What a task may ask of webhooks: its events, and a URL the service would call (http or https,
-a public address unless `webhooks.allow_private`). Free of aiohttp and the journal: the client
-checks these before it queues."""
+a public address unless `webhooks.allow_private`). Free of aiohttp, the journal and DNS: the
+client and the scheduler check these before they queue."""
 from __future__ import annotations
 
-import ipaddress
-import socket
 import urllib.parse
 from typing import Iterable
 
+from ..core.addresses import host_refusal
 from ..core.errors import InvalidInput
 from ..core.names import printable
 from ..core.task import DEFAULT_WEBHOOK_EVENTS, WEBHOOK_EVENTS
@@ -48,37 +47,13 @@ def check_url(url) -> str:
     return url
 
 
-def refusal(address: str, allow_private: bool) -> str | None:
-    """Why a receiver at `address` is refused (None: it is not): loopback, link-local, private
-    and other addresses that are not globally routable, unless `allow_private`."""
-    ip = ipaddress.ip_address(address.split("%")[0])
-    ip = getattr(ip, "ipv4_mapped", None) or ip
-    if allow_private or (ip.is_global and not ip.is_multicast):
-        return None
-    kind = ("loopback" if ip.is_loopback else "link-local" if ip.is_link_local
-            else "private" if ip.is_private else "non-public")
-    return f"{address} is a {kind} address (webhooks.allow_private is off)"
-
-
-def literal_address(host: str) -> str | None:
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        return None
-
-
-def check_target(url: str, allow_private: bool, resolve=socket.getaddrinfo) -> None:
-    """Refuse a webhook URL the service would not call: its form (`check_url`), then every
-    address its host resolves to (`refusal`). Blocking: DNS."""
+def check_target(url: str, allow_private: bool) -> None:
+    """Refuse a webhook URL the service would not call, knowing no more than the URL (no DNS:
+    a slow resolver holds nothing up): its form (`check_url`), then its host when it is an
+    address or a loopback name (`core.addresses.host_refusal`). Names are checked on what they
+    resolve to when the call is made."""
     host = urllib.parse.urlsplit(check_url(url)).hostname
-    addresses = [literal_address(host)] if literal_address(host) else None
-    if addresses is None:
-        try:
-            addresses = [info[4][0] for info in resolve(host, None, type=socket.SOCK_STREAM)]
-        except (socket.gaierror, UnicodeError) as exc:
-            raise InvalidInput(f"webhook_url host {printable(host)} does not resolve "
-                               f"({exc})") from None
-    for address in addresses:
-        why = refusal(address, allow_private)
-        if why:
-            raise InvalidInput(f"webhook_url {printable(url)} refused: {host} -> {why}")
+    why = None if allow_private else host_refusal(host)
+    if why:
+        raise InvalidInput(f"webhook_url {printable(url)} names {why} (webhooks.allow_private "
+                           "is off)")

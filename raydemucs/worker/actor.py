@@ -124,7 +124,8 @@ class SeparatorWorker:
         self._process = psutil.Process()
         self.strategies = Strategies(self.device, workers.batch_size,
                                      worker_runtime(workers.runtime, self.device),
-                                     health.TurnMemory(self._process, workers.release_memory))
+                                     health.TurnMemory(self._process, workers.release_memory),
+                                     self.config.input)
         self.models = ModelCache(workers.max_models, self.device, self.strategies.forget)
         self.stamp = {"worker": worker_id, "node": node_id() or socket.gethostname(),
                       "device": self.device, "raydemucs_version": __version__}

@@ -86,7 +86,10 @@ def attempt_places(task: TaskSpec, config: StorageConfig, max_bytes: int,
                                           config)
         out = work / "out" if task.kept else task.output_dir
         folder = task_folder(out, task.project, task.file_id, config)
-        yield Places(input_path, folder, folder.scratch(), task.kept)
+        try:
+            yield Places(input_path, folder, folder.scratch(), task.kept)
+        except InvalidInput as exc:  # named as the task names its input, not by the local copy
+            raise type(exc)(str(exc).replace(str(input_path), task.input_path)) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

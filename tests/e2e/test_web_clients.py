@@ -39,7 +39,8 @@ def service(serve_port, tmp_path_factory):
     """A service with API keys for the page and for the Node.js module: `(service, keys)`."""
     service = HttpService(tmp_path_factory.mktemp("clients"), serve_port,
                           workers={"max_workers": 1, "prefetch": 0}, input={"max_file_mb": 3.0},
-                          http={"allow_paths": True})  # (a dead letter's input, broken in place)
+                          # a dead letter's input, broken in place, under the tests' temp root
+                          http={"allow_paths": [str(tmp_path_factory.getbasetemp())]})
     keys = {name: KeyStore(service.state).add(name, role="operator", max_priority="high")
             for name in ("page", "node")}  # the operator's own: the whole status, any priority
     wait_for(lambda: service.client.get("/v1/models").status_code == 401, timeout_s=10)

@@ -3,6 +3,7 @@ service runs, tasks private to their key, caps, and no start on a public address
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -62,6 +63,21 @@ def test_keys_gate_every_request_and_tasks_belong_to_their_key(service, tmp_path
     listing = run_cli("keys", "list", env={
         "RAYDEMUCS_SERVICE_STATE_DIR": service.config.service.state_dir})
     assert "bob" in listing.stdout and "alice" not in listing.stdout and bob not in listing.stdout
+    assert not files_holding(service, alice, bob, "rdk_wrong")  # no log, no state file
+    assert files_holding(service, task_id, "bob")  # what the scan reads: logs and the state dir
+
+
+def files_holding(service, *secrets) -> list[Path]:
+    """The files of this Ray session's logs and of the service's state directory that hold any
+    of `secrets`."""
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())  # the tests' own Ray
+    found = []
+    for path in [*logs.rglob("*"), *service.state.rglob("*")]:
+        if path.is_file() and any(secret.encode() in path.read_bytes() for secret in secrets):
+            found.append(path)
+    return found
 
 
 def test_a_key_past_its_cap_gets_429_with_retry_after(service, tmp_path):

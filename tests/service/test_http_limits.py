@@ -26,12 +26,12 @@ BOUNDARY = "limits-boundary"
 @pytest.fixture(scope="module")
 def service(serve_port, s3_endpoint, tmp_path_factory):
     """Keys on; one upload and two streams per key at once, three streams in all; a 2 s read
-    timeout; uploads up to 2 MB."""
+    timeout; uploads up to 2 MB; s3:// inputs (any bucket) on the session's S3 server."""
     service = HttpService(tmp_path_factory.mktemp("limits"), serve_port, input={"max_file_mb": 2.0},
                           workers={"max_workers": 1, "prefetch": 0},
                           storage={"endpoint_url": s3_endpoint},
                           http={"read_timeout_s": 2.0, "max_uploads_per_key": 1,
-                                "max_streams_per_key": 2, "max_streams": 3})
+                                "max_streams_per_key": 2, "max_streams": 3, "inputs": ["s3://"]})
     store = KeyStore(service.state)
     service.keys = {name: {"Authorization": f"Bearer {store.add(name, max_queued=cap)}"}
                     for name, cap in KEYS.items()}

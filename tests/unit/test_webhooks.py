@@ -3,6 +3,7 @@ journal side stepped with a fake clock, and the deliverer thread against real re
 127.0.0.1."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -12,6 +13,7 @@ import time
 import pytest
 from standardwebhooks.webhooks import Webhook
 
+from raydemucs.core.addresses import AddressRefused, guarded_resolver
 from raydemucs.core.config import WebhooksConfig
 from raydemucs.core.errors import InvalidInput, TaskNotFound
 from raydemucs.core.task import TaskRecord, TaskSpec, TaskState, new_task_id
@@ -58,8 +60,8 @@ def test_signatures_verify_with_the_standardwebhooks_package(tmp_path):
     ("ftp://example.com/hook", "only http:// and https://"),
     ("http:///no-host", "no host"),
     ("http://example.com:99999/", "bad port"),
-    ("http://127.0.0.1:8000/hook", "127.0.0.1 is a loopback address"),
-    ("http://[::1]/hook", "::1 is a loopback address"),
+    ("http://127.0.0.1:8000/hook", "names a loopback address"),
+    ("http://[::1]/hook", "names a loopback address"),
     ("http://169.254.169.254/latest/meta-data", "link-local"),
     ("http://192.168.1.10/", "private"),
     ("http://localhost:8000/hook", "loopback"),
@@ -69,15 +71,27 @@ def test_urls_refused_with_private_addresses_off(url, words):
         check_target(url, allow_private=False)
 
 
-def test_a_name_that_resolves_to_a_private_address_is_refused():
-    def resolve(host, port, type=0):
-        assert host == "hooks.internal.example"
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.1.2.3", 0))]
+def test_a_name_is_not_resolved_at_submit_but_when_a_delivery_connects(monkeypatch):
+    """No DNS at submit (a slow resolver would hold the scheduler); the connection's resolver
+    refuses a name that resolves to a private address, without saying which address."""
+    from aiohttp.resolver import ThreadedResolver
 
-    with pytest.raises(InvalidInput, match=r"hooks.internal.example -> 10.1.2.3 is a private"):
-        check_target("https://hooks.internal.example/x", allow_private=False, resolve=resolve)
-    check_target("https://hooks.internal.example/x", allow_private=True, resolve=resolve)
-    check_target("https://93.184.215.14/hook", allow_private=False)  # a public address: no DNS
+    def no_dns(*args, **kwargs):
+        raise AssertionError("resolved at submit")
+
+    async def private(self, host, port=0, family=socket.AF_INET):
+        return [{"hostname": host, "host": "10.1.2.3", "port": port, "family": family,
+                 "proto": 0, "flags": 0}]
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    check_target("https://hooks.internal.example/x", allow_private=False)
+    monkeypatch.setattr(ThreadedResolver, "resolve", private)
+    async def connect():
+        return await guarded_resolver().resolve("hooks.internal.example", 443)
+
+    with pytest.raises(AddressRefused, match="hooks.internal.example resolves to a private") as refused:
+        asyncio.run(connect())
+    assert "10.1.2.3" not in str(refused.value)
 
 
 def test_events_asked_for_are_checked():
