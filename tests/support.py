@@ -122,6 +122,16 @@ def save_leaky_model(repo: Path, name: str = "leaky") -> Path:
     return save_model(repo, name, LeakyHDemucs, {"channels": 4})
 
 
+def save_poison_model(repo: Path, name: str = "poison") -> Path:
+    """`tests.poison_model.PoisonHDemucs`, whose forward kills its service's scheduler."""
+    root = str(TESTS.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from tests.poison_model import PoisonHDemucs
+
+    return save_model(repo, name, PoisonHDemucs, {"channels": 4})
+
+
 def save_model(repo: Path, name: str, klass, kwargs: dict, seed: int = 0) -> Path:
     """`klass(sources=demucs's four, **kwargs)` with random weights in demucs's repo format."""
     import torch

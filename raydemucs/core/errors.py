@@ -70,6 +70,24 @@ class WorkerDied(RayDemucsError):
     retryable = True
 
 
+class ServiceRestarted(WorkerDied):
+    """An attempt cut off by the scheduler's restart; `restarts`: how many in a row cut this
+    task's attempts (a task that kills the service fails when they pass `tasks.max_retries`)."""
+
+    def __init__(self, message: str, restarts: int):
+        super().__init__(message)
+        self.restarts = restarts
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "restarts": self.restarts}
+
+    @staticmethod
+    def counted(error: dict | None) -> int:
+        """The restarts in a row a record's last error counts (0: it was not one)."""
+        return (error or {}).get("restarts", 0) if (error or {}).get("type") == "ServiceRestarted" \
+            else 0
+
+
 class OutOfMemory(RayDemucsError):
     """Raised when an attempt ran out of memory; `segment_s` is the segment length it used."""
 

@@ -19,10 +19,10 @@ from ..core.errors import (
     Gone,
     InvalidInput,
     RayDemucsError,
+    ServiceRestarted,
     ShuttingDown,
     TaskConflict,
     TaskNotFound,
-    WorkerDied,
 )
 from ..core.pools import route
 from ..core.task import TaskRecord, TaskSpec, TaskState, spec_differences
@@ -97,9 +97,21 @@ class Scheduler:
                 self.attempts.finish(record, TaskState.FAILED, error=exc.to_dict())
                 continue
             if record.state is TaskState.RUNNING:
-                record = self.book.change(record, TaskState.QUEUED, error=WorkerDied(
-                    "interrupted by a service restart").to_dict())
+                record = self._interrupted(record)
+                if record.state is TaskState.FAILED:
+                    continue
             self.attempts.enqueue(record, pool)
+
+    def _interrupted(self, record: TaskRecord) -> TaskRecord:
+        """A task whose attempt the restart cut off: queued again, its attempt counted; failed
+        once that was its last (a task that kills the service cannot do it forever)."""
+        restarts = ServiceRestarted.counted(record.error) + 1
+        if record.attempts > self.config.tasks.max_retries:
+            error = ServiceRestarted(f"the service restarted {restarts} times while this task ran",
+                                     restarts)
+            return self.attempts.finish(record, TaskState.FAILED, error=error.to_dict())
+        error = ServiceRestarted("interrupted by a service restart", restarts)
+        return self.book.change(record, TaskState.QUEUED, error=error.to_dict())
 
     # -- submission ---------------------------------------------------------------------------
     def check(self, spec: TaskSpec) -> TaskRecord | None:

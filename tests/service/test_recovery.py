@@ -11,7 +11,7 @@ import uuid
 from raydemucs import WorkerManager
 from raydemucs.journal import Journal
 
-from support import wait_for
+from support import save_poison_model, wait_for
 
 
 def test_a_killed_scheduler_restarts_and_finishes_every_task(make_service, audio, tmp_path):
@@ -30,6 +30,21 @@ def test_a_killed_scheduler_restarts_and_finishes_every_task(make_service, audio
         assert sorted(p.name for p in folder.iterdir()) == [
             "bass.wav", "drums.wav", "manifest.json", "other.wav", "vocals.wav"]
     assert not [p for p in (tmp_path / "out" / "default").iterdir() if p.name.startswith(".")]
+
+
+def test_a_task_that_kills_the_scheduler_fails_after_its_retries(make_service, audio, tmp_path):
+    """Each restart counts the attempt it cut off; past `tasks.max_retries` the task fails with
+    one line instead of killing the service on every restart."""
+    repo = save_poison_model(tmp_path / "models")
+    manager = make_service(workers={"max_workers": 1},
+                           separation={"model": "poison", "repo": str(repo)},
+                           tasks={"max_retries": 1, "retry_backoff_s": 0.0})
+    task_id = manager.add_task(audio("poison.wav", seconds=1.0), output_dir=tmp_path / "out")
+    record = manager.wait_all([task_id], timeout=180)[0]
+    assert record["state"] == "failed" and record["attempts"] == 2, record
+    assert record["error"]["message"] == "the service restarted 2 times while this task ran"
+    assert record["error"]["type"] == "ServiceRestarted"
+    assert manager.get_status()["workers"]  # the service runs on
 
 
 def test_sigterm_on_a_foreground_service_drains_and_the_next_start_resumes(ray_cluster, audio, tmp_path):
