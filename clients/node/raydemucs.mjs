@@ -14,6 +14,7 @@ const RENAMED = { fileId: "file_id", projectName: "project" };
 const NOT_FIELDS = new Set(["inputPath", "outputDir"]);
 const WEBHOOK_TOLERANCE_S = 5 * 60;
 const RECONNECT_MS = 1000;
+const POLL_MS = 2000;  // a task looked at while its key holds all its event streams
 
 /** Raised for every refusal of the service (`status`, `type` and the server's one-line
  *  `message`), an unreachable service, a failed or cancelled task (`task`), and a webhook that
@@ -128,26 +129,39 @@ export function createClient({ url = process.env.RAYDEMUCS_URL ?? "http://127.0.
     return task.task_id;
   }
 
+  /** The task once it succeeded; throws a RaydemucsError holding it when it failed or was
+   *  cancelled; null while it runs. */
+  function ended(id, task) {
+    if (task.state === "succeeded") return task;
+    if (!TERMINAL.has(task.state)) return null;
+    const why = task.error ? `${task.error.type}: ${task.error.message}` : task.state;
+    throw new RaydemucsError(`task ${id} ${task.state}: ${why}`,
+                             { type: task.error?.type ?? "TaskCancelled", task });
+  }
+
   /** Resolves with the task once it succeeded (rejects with a RaydemucsError holding `task`
    *  when it failed or was cancelled), following its server-sent events; `onProgress(task)`
-   *  on every change. Reconnects if the stream drops; `timeoutMs` gives up. */
+   *  on every change. Reconnects if the stream drops; while the key holds every event stream
+   *  it may (429), it looks at the task every POLL_MS instead; `timeoutMs` gives up. */
   async function waitFor(id, { onProgress, timeoutMs, signal } = {}) {
     const abort = new AbortController();
     const timer = timeoutMs ? setTimeout(() => abort.abort(), timeoutMs) : null;
     signal?.addEventListener("abort", () => abort.abort());
     closing.signal.addEventListener("abort", () => abort.abort());
+    let last = null;
+    const seen = (task) => {
+      const text = JSON.stringify(task);
+      if (text !== last) onProgress?.(task);
+      last = text;
+      return ended(id, task);
+    };
     try {
       for (;;) {
+        let pause = RECONNECT_MS;
         try {
           const response = await call(taskPath(id, "/events"), { signal: abort.signal });
           for await (const { data: task } of serverEvents(response.body)) {
-            onProgress?.(task);
-            if (task.state === "succeeded") return task;
-            if (TERMINAL.has(task.state)) {
-              const why = task.error ? `${task.error.type}: ${task.error.message}` : task.state;
-              throw new RaydemucsError(`task ${id} ${task.state}: ${why}`,
-                                       { type: task.error?.type ?? "TaskCancelled", task });
-            }
+            if (seen(task)) return task;
           }
         } catch (error) {
           if (signal?.aborted) throw error;
@@ -155,9 +169,15 @@ export function createClient({ url = process.env.RAYDEMUCS_URL ?? "http://127.0.
           if (abort.signal.aborted) {
             throw new RaydemucsError(`task ${id} did not end within ${timeoutMs} ms`, { type: "WaitTimedOut" });
           }
-          if (error instanceof RaydemucsError && (error.task || error.type !== "ServiceUnavailable")) throw error;
+          if (error instanceof RaydemucsError && error.status === 429 && !error.task) {
+            const task = await json(taskPath(id), { signal: abort.signal }).catch(() => null);
+            if (task && seen(task)) return task;
+            pause = POLL_MS;
+          } else if (error instanceof RaydemucsError && (error.task || error.type !== "ServiceUnavailable")) {
+            throw error;
+          }
         }
-        await new Promise((done) => setTimeout(done, RECONNECT_MS));
+        await new Promise((done) => setTimeout(done, pause));
       }
     } finally {
       clearTimeout(timer);

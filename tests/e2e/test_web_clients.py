@@ -40,7 +40,9 @@ def service(serve_port, tmp_path_factory):
     service = HttpService(tmp_path_factory.mktemp("clients"), serve_port,
                           workers={"max_workers": 1, "prefetch": 0}, input={"max_file_mb": 3.0},
                           # a dead letter's input, broken in place, under the tests' temp root
-                          http={"allow_paths": [str(tmp_path_factory.getbasetemp())]})
+                          http={"allow_paths": [str(tmp_path_factory.getbasetemp())],
+                                # fewer than the tasks the Node.js module waits for at once
+                                "max_streams_per_key": 3})
     keys = {name: KeyStore(service.state).add(name, role="operator", max_priority="high")
             for name in ("page", "node")}  # the operator's own: the whole status, any priority
     wait_for(lambda: service.client.get("/v1/models").status_code == 401, timeout_s=10)

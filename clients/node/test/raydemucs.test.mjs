@@ -90,6 +90,15 @@ describe("against the service at RAYDEMUCS_URL", () => {
     assert.equal(typeof status.queued_by_priority, "object");
   });
 
+  test("waitFor on more tasks at once than the key may hold event streams", async () => {
+    const ids = [];  // tests/e2e/test_web_clients.py's service lets a key hold 3 streams
+    for (let i = 0; i < 5; i += 1) {
+      ids.push(await client.addTask({ inputPath: song, projectName: `many ${run}`, fileId: `m${i}` }));
+    }
+    const done = await Promise.all(ids.map((id) => client.waitFor(id, { timeoutMs: 120_000 })));
+    assert.deepEqual(done.map((task) => task.state), Array(5).fill("succeeded"));
+  });
+
   test("cancel: waitFor rejects with the cancelled task", async () => {
     const id = await client.addTask({ inputPath: long, projectName: `cancelled ${run}` });
     const cancelled = await client.cancel(id);
