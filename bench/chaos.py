@@ -61,8 +61,12 @@ import benchlib  # noqa: E402
 FAULT_KINDS = ("worker_sigkill", "scheduler_kill", "node_removal", "ray_restart")
 TERMINAL = ("succeeded", "failed", "cancelled")
 # Error types a task may legitimately end `failed` with after using up its retries under chaos.
-RETRYABLE_TYPES = ("WorkerDied", "TaskTimeout", "OutOfMemory", "OutputWriteFailed", "InternalError")
-DOOMED_STEM = "piano"  # demucs_unittest has no such stem: fails at once in the worker, no retry
+RETRYABLE_TYPES = ("WorkerDied", "ServiceRestarted", "TaskTimeout", "OutOfMemory",
+                   "OutputWriteFailed", "InternalError")
+# The planted bad task: its clip is overwritten once accepted, so the worker's own check of the
+# input fails at once (InvalidInput, no retry); submit's checks would refuse it before.
+DOOMED_BYTES = b"not audio at all " * 64
+DOOMED_WORDS = "is not a decodable audio file"
 
 
 def log(message: str) -> None:
@@ -507,15 +511,16 @@ class ChaosRun:
 
     # -- steps ------------------------------------------------------------------------------
     def submit(self, task: dict) -> None:
-        options = {"two_stems": DOOMED_STEM} if task["doomed"] else {}
         try:
             task_id = self.manager.add_task(task["clip"], file_id=task["file_id"],
                                             output_dir=self.output_dir,
                                             project_name=task["project"],
-                                            priority=task["priority"], **options)
+                                            priority=task["priority"])
         except Exception as exc:  # a refused submit is not an accepted task; it is reported
             self.submit_errors.append(f"{task['project']}/{task['file_id']}: {exc}")
             return
+        if task["doomed"]:
+            task["clip"].write_bytes(DOOMED_BYTES)
         self.accepted[task_id] = task
 
     def wait_for_running(self, timeout_s: float = 120.0, fresh_s: float = 10.0) -> dict[str, int]:
@@ -727,7 +732,7 @@ class ChaosRun:
             if record["state"] == "cancelled":
                 legit = False  # nobody cancels in this run
             elif task["doomed"]:
-                legit = error.get("type") == "InvalidInput" and DOOMED_STEM in reason
+                legit = error.get("type") == "InvalidInput" and DOOMED_WORDS in reason
             else:
                 legit = (error.get("type") in RETRYABLE_TYPES
                          and record["attempts"] > self.args.max_retries)
@@ -828,7 +833,8 @@ DEFINITIONS = {
     "recovery_s": "from a fault's injection to the moment every task it interrupted is running "
                   "again (a later attempt dispatched to a live worker, journal started_at) or "
                   "terminal (finished_at); faults that interrupted no task have none",
-    "legitimate_failure": "the planted bad task (two_stems=piano -> InvalidInput, no retry), or a "
+    "legitimate_failure": "the planted bad task (its clip overwritten once accepted -> "
+                          "InvalidInput, no retry), or a "
                           "retryable error after max_retries + 1 attempts",
     "scheduler_stalls": "scheduler kills after which the interrupted tasks did not run again "
                         "within --unprompted-s seconds while no client called the scheduler",
