@@ -21,6 +21,7 @@ class BodyLimits:
     read_timeout_s: float
     total_s: float
     what: str
+    declared_max: int | None = None  # a declared length refused before reading (default max)
 
     @classmethod
     def json(cls, http: HttpConfig) -> BodyLimits:
@@ -28,9 +29,19 @@ class BodyLimits:
                    f"the {http.max_json_kb:g} KB limit (http.max_json_kb)")
 
     def check_declared(self, content_length: str | None) -> None:
-        """Refuse a body whose Content-Length is over the limit before reading any of it."""
-        if content_length and content_length.isdigit() and int(content_length) > self.max_bytes:
-            raise InputTooLarge(f"the body is {int(content_length)} bytes, over {self.what}")
+        """Refuse a body whose Content-Length is over the limit before reading any of it (a
+        client that sends its body whole before it reads an answer gets it at once)."""
+        limit = self.declared_max or self.max_bytes
+        if content_length and content_length.isdigit() and int(content_length) > limit:
+            raise InputTooLarge(f"the body is {size_text(int(content_length))}, over {self.what}")
+
+
+def size_text(size: int) -> str:
+    """`size` bytes for people: 3.4 MB, 70.0 KB, 512 bytes."""
+    for unit, scale in (("MB", 2**20), ("KB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
 
 
 async def read_chunks(stream: AsyncIterator[bytes], limits: BodyLimits) -> AsyncIterator[bytes]:

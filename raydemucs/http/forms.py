@@ -22,12 +22,14 @@ FIELD_BYTES = 4096  # a form field longer than this is no option of ours
 MAX_FIELDS = 64
 EPILOGUE_BYTES = 4096  # after the closing boundary (a client sends a line end, if anything)
 FORM_BYTES = 1 << 19  # a form's own bytes beside its file: fields, headers, boundaries
+DECLARED_FORM_BYTES = 1 << 16  # what a declared length may add to the file's cap (a real form's)
 
 
 def form_limits(max_file_bytes: int, http: HttpConfig) -> BodyLimits:
     """What a form whose file may be `max_file_bytes` may be, all of it."""
     return BodyLimits(max_file_bytes + FORM_BYTES, http.read_timeout_s, http.body_timeout_s,
-                      f"the {max_file_bytes / 2**20:g} MB limit (input.max_file_mb)")
+                      f"the {max_file_bytes / 2**20:g} MB limit (input.max_file_mb)",
+                      declared_max=max_file_bytes + DECLARED_FORM_BYTES)
 
 
 @dataclass

@@ -7,9 +7,10 @@ import asyncio
 
 import pytest
 
+from raydemucs.core.config import HttpConfig
 from raydemucs.core.errors import BodyTimeout, InputTooLarge, InvalidInput
 from raydemucs.http.bodies import BodyLimits, read_chunks, read_json
-from raydemucs.http.forms import EPILOGUE_BYTES, MAX_FIELDS, read_form
+from raydemucs.http.forms import EPILOGUE_BYTES, MAX_FIELDS, form_limits, read_form
 
 LIMITS = BodyLimits(1000, read_timeout_s=0.2, total_s=5.0, what="the test limit")
 
@@ -86,3 +87,13 @@ def test_a_forms_own_parts_are_capped(chunks, error, message):
 def test_a_form_and_a_line_end_after_it_are_read():
     form = parse(part("project", b"p") + part("file", b"RIFF") + END, b"\r\n")
     assert form.fields == {"project": "p"} and form.file_name == "upload"
+
+
+def test_a_declared_form_over_its_file_cap_is_refused_before_reading_in_megabytes():
+    """A browser sends its whole form before it reads an answer: a declared length gets it one
+    at once, in the units of the limit."""
+    limits = form_limits(3 * 2**20, HttpConfig())
+    limits.check_declared(str(3 * 2**20 + 2**15))  # a file at its cap and a form's few fields
+    with pytest.raises(InputTooLarge, match=r"^the body is 3\.4 MB, over the 3 MB limit "
+                                            r"\(input\.max_file_mb\)$"):
+        limits.check_declared(str(int(3.4 * 2**20)))
