@@ -39,7 +39,7 @@ from .leases import LEASE_TTL_S, STREAM, UPLOAD, Leases
 from .metrics import ServiceMetrics
 from .scheduling import Scheduler
 from .streams import Watchers
-from .supervision import Supervisor
+from .supervision import LoopLag, Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class SchedulerService:
         self.keys, self._keys_table, self._keys_version = KeyStore(state), KeyTable([]), None
         self.metrics = ServiceMetrics(self.config.service.name)
         self.supervisor = Supervisor(self.metrics.background_failed)
+        self.lag = LoopLag(self.metrics.lagged)
         self.pool = pool or self._worker_pool()
         self.deliverer = Deliverer(self.journal.path, self.config.webhooks, load_secret(state),
                                    self._task_data, on_error=self.supervisor.failed)
@@ -149,6 +150,7 @@ class SchedulerService:
             self.core.recover(found)
             self._recovered = True
             self.supervisor.spawn("retention_sweeper", self.sweeper.run())
+            self.supervisor.forever("loop_lag", self.lag.step)
         self.deliverer.start()
         if self.core.dispatching and not self._ticking:
             self.core.dispatch()
@@ -475,7 +477,7 @@ class SchedulerService:
                 "workers": self.pool.snapshot(), "retention": self.sweeper.view(),
                 "webhooks": self.journal.deliveries.count_by_state(),
                 "leases": {kind: self.leases.count(kind) for kind in (UPLOAD, STREAM)},
-                "running": self._running()}
+                "loop_lag": self.lag.summary(), "running": self._running()}
 
     def _running(self, owner: str | None = None) -> list[dict]:
         """The running tasks (of `owner` alone when given); a worker's id for an operator."""
