@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 RETRY_S = 1.0  # a failed loop goes on after this long
 LAG_PROBE_S = 0.1  # the loop-lag probe sleeps this long between samples
-LAG_SAMPLES = 600  # the samples `LoopLag.summary` is over (a minute, at LAG_PROBE_S)
+LAG_SAMPLES = 100  # the samples `LoopLag.summary` is over (the last 10 s, at LAG_PROBE_S)
 
 
 class Supervisor:
