@@ -174,7 +174,7 @@ class SchedulerService:
         for upload_id in self.uploads.idle():
             self.supervisor.offload("drop_idle_upload", functools.partial(self.uploads.abort,
                                                                           upload_id))
-        self.watchers.progressed(self.core.active[task_id] for task_id in self.core.running)
+        self.watchers.progressed(map(self.core.active.get, self.core.running))
         self.metrics.observe(self.core.queued_by_priority(), self.core.queue_counts(),
                              self.pool.snapshot(), [pool.name for pool in self.core.pools])
         return self.config.service.poll_interval_s

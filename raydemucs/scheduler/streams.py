@@ -35,6 +35,7 @@ class Watchers:
                  clock: Callable[[], float] = time.monotonic):
         self.view, self.owned, self.clock = view, owned, clock
         self._change = asyncio.Event()  # set, and replaced, whenever tasks may have changed
+        self._owner_change: dict[str, asyncio.Event] = {}  # set when one of an owner's was touched
         self.epoch = uuid.uuid4().hex  # a cursor of another scheduler (before a restart) resends
         self.version = 0  # the number of the last touch
         self.touched: dict[str, dict[str, int]] = {}  # owner -> task id -> its last touch
@@ -57,6 +58,9 @@ class Watchers:
             oldest = next(iter(log))
             self.forgotten[owner] = log.pop(oldest)
         self.changed()
+        waiting = self._owner_change.pop(owner, None)
+        if waiting is not None:
+            waiting.set()
 
     def on_transition(self, record: TaskRecord, previous: TaskState | None,
                       counted: bool = True) -> None:
@@ -69,7 +73,7 @@ class Watchers:
 
     def progressed(self, records: Iterable[TaskRecord]) -> None:
         """Running tasks, after a poll of the workers: those whose progress moved are touched."""
-        for record in records:
+        for record in filter(None, records):  # (one that ended is no longer held)
             now = (record.progress, record.started_at)
             if self._progress.get(record.task_id) != now:
                 self._progress[record.task_id] = now
@@ -79,9 +83,12 @@ class Watchers:
         """A finished task's files went: its watchers hear of it."""
         self.touch(task_id, owner)
 
-    async def _wait(self, deadline: float) -> None:
+    async def _wait(self, deadline: float, owner: str | None = None) -> None:
+        """Until a task changed (one of `owner`'s, when given), or `deadline`."""
+        change = (self._change if owner is None
+                  else self._owner_change.setdefault(owner, asyncio.Event()))
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._change.wait(), deadline - time.monotonic())
+            await asyncio.wait_for(change.wait(), deadline - time.monotonic())
 
     async def watch(self, task_id: str, seen: dict | None, timeout_s: float) -> dict:
         """The task's view as soon as it differs from `seen` (or is terminal), else after
@@ -106,8 +113,8 @@ class Watchers:
             if views or time.monotonic() >= deadline:
                 return {"views": sorted(views, key=lambda view: view["seq"]), "cursor": cursor}
             positions_due = cursor["positions_at"] + POSITIONS_EVERY_S
-            await self._wait(min(deadline, positions_due) if self.moved_at > cursor["positions_at"]
-                             else deadline)
+            moved = self.moved_at > cursor["positions_at"]
+            await self._wait(min(deadline, positions_due) if moved else deadline, owner)
 
     def _due(self, owner: str, cursor: dict | None) -> tuple[list[str], dict]:
         """The tasks to look at for `cursor`, and the next cursor."""
