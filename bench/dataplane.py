@@ -35,7 +35,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
-from servicelib import free_port, latency, report  # noqa: E402
+from servicelib import free_port, latency, ray_processes, report  # noqa: E402
 
 PARKED = {"name": "parked", "models": ["htdemucs"], "resources": {"nowhere": 1},
           "min_workers": 0, "max_workers": 1}
@@ -164,9 +164,19 @@ class Streams:
                 self.errors.append(f"{type(exc).__name__}: {exc}")
 
 
+def scheduler_cpu_s() -> float:
+    """CPU seconds the scheduler actor's process used so far (its work, whatever the load of
+    the machine: a busy machine's lag is also the time the process waited for a core)."""
+    times = ray_processes({"ray::SchedulerService": "scheduler"})["scheduler"].cpu_times()
+    return times.user + times.system
+
+
 def loaded(manager, url: str, key: str, ids: list[str], song: Path, phase_s: float) -> dict:
-    """One phase's latencies, then the loop lag over the last 10 s (the phase's end)."""
+    """One phase's latencies and the scheduler's CPU, then the loop lag over the last 10 s (the
+    phase's end)."""
+    cpu = scheduler_cpu_s()
     result = calls(url, key, ids, song, phase_s)
+    result["scheduler_cpu_s"] = scheduler_cpu_s() - cpu
     result["loop_lag"] = manager.get_status()["loop_lag"]
     return result
 
@@ -177,16 +187,18 @@ def cancel(manager, batch_id: str) -> dict:
 
     scheduler = manager.scheduler()
     time.sleep(LAG_WINDOW_S)  # the lag's window holds the cancel then, and what was idle
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), scheduler_cpu_s()
     cancelling = scheduler.cancel_batch.remote(batch_id)
     lags, answered = [], 0
     while not ray.wait([cancelling], timeout=0.5)[0]:
         lags.append(ray.get(scheduler.status.remote())["loop_lag"])
         answered += not ray.wait([cancelling], timeout=0)[0]
     cancelled, wall = ray.get(cancelling), time.perf_counter() - started
+    cpu = scheduler_cpu_s() - cpu
     lags.append(manager.get_status()["loop_lag"])
     worst = [lag for lag in lags if lag["samples"]]
-    return {"cancelled": cancelled, "wall_s": wall, "status_answered_during": answered,
+    return {"cancelled": cancelled, "wall_s": wall, "scheduler_cpu_s": cpu,
+            "status_answered_during": answered,
             "loop_lag_max_ms": max((lag["max_ms"] for lag in worst), default=None),
             "loop_lag_p99_ms": max((lag["p99_ms"] for lag in worst), default=None)}
 
@@ -207,7 +219,8 @@ def run_streams(args) -> dict:
             ids = [r["task_id"] for r in manager.list_tasks(batch_id="deep", limit=1000)]
             result = {"scale": {"queued": args.queued, "streams": args.streams,
                                 "stream_keys": args.keys, "phase_s": args.phase_s,
-                                "cpus": psutil.cpu_count()},
+                                "cpus": psutil.cpu_count(),
+                                "load_average_at_start": psutil.getloadavg()},
                       "queue_tasks_per_s": rate,
                       "without_streams": loaded(manager, url, bulk_key, ids, song, args.phase_s)}
             with Streams(url, [key for key, _ in keys.values()], args.streams) as streams:
@@ -225,20 +238,24 @@ def run_streams(args) -> dict:
 def print_streams(result: dict) -> None:
     scale = result["scale"]
     print(f"\n{scale['queued']} queued ({result['queue_tasks_per_s']:.0f} tasks/s to queue), "
-          f"{scale['streams']} streams over {scale['stream_keys']} keys, {scale['cpus']} CPUs")
+          f"{scale['streams']} streams over {scale['stream_keys']} keys, {scale['cpus']} CPUs, "
+          f"load average {scale['load_average_at_start'][0]:.1f} at the start, "
+          f"{result['load_average'][0]:.1f} at the end")
     print(f"{'':<16}{'GET p50':>9}{'GET p99':>9}{'POST p50':>10}{'POST p99':>10}"
-          f"{'lag p50':>9}{'lag p99':>9}{'lag max':>9}  (ms)")
+          f"{'lag p50':>9}{'lag p99':>9}{'lag max':>9}  (ms){'scheduler CPU':>15}")
     for name in ("without_streams", "with_streams"):
         row, lag = result[name], result[name]["loop_lag"]
         print(f"{name:<16}{row['get']['p50_ms']:9.1f}{row['get']['p99_ms']:9.1f}"
               f"{row['post']['p50_ms']:10.1f}{row['post']['p99_ms']:10.1f}"
-              f"{lag['p50_ms']:9.1f}{lag['p99_ms']:9.1f}{lag['max_ms']:9.1f}")
+              f"{lag['p50_ms']:9.1f}{lag['p99_ms']:9.1f}{lag['max_ms']:9.1f}"
+              f"{row['scheduler_cpu_s']:14.1f} s")
     ratio = {kind: result["with_streams"][kind]["p99_ms"] / result["without_streams"][kind]["p99_ms"]
              for kind in ("get", "post")}
     print(f"p99 with / without streams: GET {ratio['get']:.2f}x, POST {ratio['post']:.2f}x; "
           f"{result['stream_events']} events sent, {result['stream_errors']} streams failed")
     done = result["cancel"]
-    print(f"cancel --batch: {done['cancelled']} in {done['wall_s']:.1f} s, loop lag meanwhile "
+    print(f"cancel --batch: {done['cancelled']} in {done['wall_s']:.1f} s "
+          f"({done['scheduler_cpu_s']:.1f} s of the scheduler's CPU), loop lag meanwhile "
           f"p99 {done['loop_lag_p99_ms']:.1f} ms, max {done['loop_lag_max_ms']:.1f} ms; "
           f"{done['status_answered_during']} status calls answered during it")
 

@@ -7,6 +7,7 @@ lose anything by it. If the journal refuses a change, nothing in memory changed.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import time
@@ -56,13 +57,14 @@ class TaskBook:
         self.listeners = list(listeners)
         self.on_error = on_error or (lambda job, exc: logger.error("%s failed", job, exc_info=exc))
         self.active: dict[str, TaskRecord] = {}
-        self.owners: dict[str, dict[str, None]] = {}  # owner -> its unfinished tasks' ids
+        # owner -> its unfinished tasks' ids, oldest first (ordered: no holes to walk past)
+        self.owners: dict[str, collections.OrderedDict] = {}
         self.counts = TaskCounts(clock, lambda batch_id: journal.tasks.batch_tallies(batch_id))
 
     def hold(self, record: TaskRecord) -> None:
         """Hold an unfinished record in memory (a new one, or one recovered or changed)."""
         self.active[record.task_id] = record
-        self.owners.setdefault(record.spec.owner, {})[record.task_id] = None
+        self.owners.setdefault(record.spec.owner, collections.OrderedDict())[record.task_id] = None
 
     def _release(self, record: TaskRecord) -> None:
         self.active.pop(record.task_id, None)

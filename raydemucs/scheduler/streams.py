@@ -13,6 +13,7 @@ alone only for the owner's first `POSITIONS_SHOWN` queued tasks, at most every
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import time
@@ -38,7 +39,8 @@ class Watchers:
         self._owner_change: dict[str, asyncio.Event] = {}  # set when one of an owner's was touched
         self.epoch = uuid.uuid4().hex  # a cursor of another scheduler (before a restart) resends
         self.version = 0  # the number of the last touch
-        self.touched: dict[str, dict[str, int]] = {}  # owner -> task id -> its last touch
+        # owner -> task id -> its last touch, oldest first (ordered dicts: O(1) at both ends)
+        self.touched: dict[str, collections.OrderedDict] = {}
         self.forgotten: dict[str, int] = {}  # owner -> the last touch forgotten (TOUCHES_KEPT)
         self.moved_at = 0.0  # when a task last entered or left a queue
         self._progress: dict[str, tuple] = {}  # running task -> its progress last touched
@@ -51,12 +53,11 @@ class Watchers:
     def touch(self, task_id: str, owner: str) -> None:
         """A task's own fields changed: its owner's streams send its view."""
         self.version += 1
-        log = self.touched.setdefault(owner, {})
-        log.pop(task_id, None)
+        log = self.touched.setdefault(owner, collections.OrderedDict())
         log[task_id] = self.version
+        log.move_to_end(task_id)
         if len(log) > TOUCHES_KEPT:
-            oldest = next(iter(log))
-            self.forgotten[owner] = log.pop(oldest)
+            self.forgotten[owner] = log.popitem(last=False)[1]
         self.changed()
         waiting = self._owner_change.pop(owner, None)
         if waiting is not None:
