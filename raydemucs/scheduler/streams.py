@@ -8,7 +8,8 @@ touched after the caller's cursor, so its work is the changes since then, not th
 unfinished tasks, and a dispatch is not every queued task's change. A queue position (which moves
 for every queued task on each dispatch) comes with a task's view whenever it is sent, and is sent
 alone only for the owner's first `POSITIONS_SHOWN` queued tasks, at most every
-`POSITIONS_EVERY_S` while the queue moves (`GET /v1/tasks/{id}` has the exact one).
+`POSITIONS_EVERY_S` while the queue moves (a task left it, or a high-priority one went ahead;
+`GET /v1/tasks/{id}` has the exact one).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import uuid
 from typing import Callable, Iterable
 
 from ..core.errors import TaskNotFound
-from ..core.task import TaskRecord, TaskState
+from ..core.task import PRIORITIES, TaskRecord, TaskState
 
 TOUCHES_KEPT = 10_000  # an owner's most recently touched tasks remembered (older: a full resend)
 POSITIONS_EVERY_S = 5.0  # queue positions alone, at most this often per stream
@@ -66,8 +67,9 @@ class Watchers:
     def on_transition(self, record: TaskRecord, previous: TaskState | None,
                       counted: bool = True) -> None:
         """A committed state change (the book's `Listener`)."""
-        if TaskState.QUEUED in (record.state, previous):
-            self.moved_at = self.clock()
+        if previous is TaskState.QUEUED or (record.state is TaskState.QUEUED
+                                            and record.spec.priority < PRIORITIES["normal"]):
+            self.moved_at = self.clock()  # a task left a queue, or a high one went ahead
         if record.state.is_terminal():
             self._progress.pop(record.task_id, None)
         self.touch(record.task_id, record.spec.owner)
