@@ -155,8 +155,9 @@ def service_config(tmp_path: Path, **sections):
 
     overrides = {"service": {"name": f"t{uuid.uuid4().hex[:8]}",
                              "state_dir": str(tmp_path / "state")}, **TEST_PROFILE_OVERRIDES}
-    for section, values in sections.items():
-        overrides[section] = {**overrides.get(section, {}), **values}
+    for section, values in sections.items():  # a section merged, a list (`pools`) replaced
+        overrides[section] = ({**overrides.get(section, {}), **values}
+                              if isinstance(values, dict) else values)
     return load_config("test", overrides=overrides, environ={})
 
 

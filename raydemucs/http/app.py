@@ -374,23 +374,25 @@ class Ingress:
         return event_stream(lease.stream(self._changes(caller, self.base(request))))
 
     async def _changes(self, caller: Caller, base: str):
-        """A `task` event per change of the caller's tasks, its unfinished ones first; a comment
-        line at once, and whenever nothing changed for a while. It runs until the client goes,
-        or the caller's key is revoked."""
-        seen, number, expired_after = {}, 0, None
+        """A `task` event per change of the caller's tasks, its unfinished ones first (queue
+        positions coarsely: see `raydemucs.scheduler.streams`); a comment line at once, and
+        whenever nothing changed for a while. It runs until the client goes, or the caller's key
+        is revoked."""
+        sent, number, cursor = {}, 0, None  # sent: the unfinished tasks' views last sent
         yield ": watching\n\n"
         while await self.still_allowed(caller):
-            answer = await self.call("watch_tasks", caller.owner, seen, EVENTS_WAIT_S,
-                                     expired_after)
-            views, expired_after = answer["views"], answer["expired_after"]
+            answer = await self.call("watch_tasks", caller.owner, cursor, EVENTS_WAIT_S)
+            views = [view for view in answer["views"] if view != sent.get(view["task_id"])]
+            cursor = answer["cursor"]
             for view in views:
                 number += 1
                 yield f"id: {number}\nevent: task\ndata: {json.dumps(public_task(view, base))}\n\n"
-                seen[view["task_id"]] = view
+                if TaskState(view["state"]).is_terminal():
+                    sent.pop(view["task_id"], None)
+                else:
+                    sent[view["task_id"]] = view
             if not views:
                 yield ": waiting\n\n"
-            seen = {task_id: view for task_id, view in seen.items()
-                    if not TaskState(view["state"]).is_terminal()}
 
     # -- stems ---------------------------------------------------------------------------------
     async def _stems(self, caller: Caller, task_id: str) -> tuple[dict, StemSource, dict]:

@@ -2,7 +2,12 @@
 webhook asked for, pending until delivered or dead (`raydemucs.webhooks`)."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import sqlite3
+import time
+from typing import Callable
 
 from ..core.task import TaskRecord
 from .tasks import TERMINAL
@@ -39,6 +44,7 @@ CREATE INDEX IF NOT EXISTS delivery_attempts_of ON delivery_attempts (delivery_i
 COLUMNS = ("delivery_id", "task_id", "run_seq", "event", "url", "body", "state", "attempts",
            "created_at", "next_at", "last_status", "last_error", "ended_at")
 ATTEMPT_COLUMNS = ("at", "duration_s", "status", "error", "excerpt")
+COUNTS_MAX_AGE_S = 10.0  # deliveries by state are read again at most this often
 
 
 class DeliveryTable:
@@ -102,9 +108,6 @@ class DeliveryTable:
                                "WHERE delivery_id=? ORDER BY attempt_id", (delivery_id,))
         return [dict(zip(ATTEMPT_COLUMNS, row)) for row in rows]
 
-    def count_by_state(self) -> dict[str, int]:
-        return dict(self.db.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state"))
-
     def unannounced(self) -> list[TaskRecord]:
         """Finished tasks with a webhook whose run has no delivery of its end (a stop between
         the two commits)."""
@@ -122,3 +125,26 @@ class DeliveryTable:
             self.db.execute("DELETE FROM delivery_attempts WHERE delivery_id IN (SELECT "
                             "delivery_id FROM deliveries WHERE task_id=?)", (task_id,))
             self.db.execute("DELETE FROM deliveries WHERE task_id=?", (task_id,))
+
+
+class DeliveryCounts:
+    """Deliveries by state, as `status` shows them: counted at most every `max_age_s`, in a
+    thread, on a connection of its own, so that a status call never scans the table on the
+    scheduler's loop, and the scans do not grow with the operator views open."""
+
+    def __init__(self, path: str, max_age_s: float = COUNTS_MAX_AGE_S,
+                 clock: Callable[[], float] = time.monotonic):
+        self.path, self.max_age_s, self.clock = path, max_age_s, clock
+        self.counts: dict[str, int] = {}
+        self._read_at: float | None = None
+
+    async def get(self) -> dict[str, int]:
+        """The counts, read again first when older than `max_age_s` (by one caller at once)."""
+        if self._read_at is None or self.clock() - self._read_at >= self.max_age_s:
+            self._read_at = self.clock()
+            self.counts = await asyncio.to_thread(self._read)
+        return self.counts
+
+    def _read(self) -> dict[str, int]:
+        with contextlib.closing(sqlite3.connect(self.path)) as db:
+            return dict(db.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state"))

@@ -68,6 +68,10 @@ class TaskTable:
         self.journal, self.db = journal, journal.db
         self._seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM tasks").fetchone()[0]
 
+    def last_seq(self) -> int:
+        """The last submission number given."""
+        return self._seq
+
     def next_seq(self) -> int:
         """The next submission number (kept here: this process is the table's only writer)."""
         self._seq += 1
@@ -154,12 +158,15 @@ class TaskTable:
                                ).fetchall()
 
     # -- batches ------------------------------------------------------------------------------
-    def batch_task_ids(self, batch_id: str, states: tuple[TaskState, ...]) -> list[str]:
-        """A batch's tasks in those states, in submission order."""
+    def batch_records(self, batch_id: str, states: tuple[TaskState, ...], after_seq: int,
+                      through_seq: int, limit: int) -> list[TaskRecord]:
+        """A page of a batch's records in those states, in submission order: those with a
+        `seq` after `after_seq` and up to `through_seq`."""
         marks = ",".join("?" * len(states))
-        rows = self.db.execute(f"SELECT task_id FROM tasks WHERE batch_id=? AND state IN ({marks})"
-                               " ORDER BY seq", (batch_id, *(state.value for state in states)))
-        return [row[0] for row in rows]
+        return _records(self.db.execute(
+            f"SELECT record FROM tasks WHERE batch_id=? AND state IN ({marks}) AND seq>? AND "
+            "seq<=? ORDER BY seq LIMIT ?",
+            (batch_id, *(state.value for state in states), after_seq, through_seq, limit)))
 
     def batch_tallies(self, batch_id: str | None = None) -> list[tuple]:
         """`(batch id, state, tasks, audio seconds)` of every batch with an unfinished task (what

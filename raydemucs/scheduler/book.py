@@ -7,11 +7,12 @@ lose anything by it. If the journal refuses a change, nothing in memory changed.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, Iterable, Protocol
 
 from ..core.config import StorageConfig
 from ..core.errors import TaskNotFound
@@ -56,7 +57,25 @@ class TaskBook:
         self.listeners = list(listeners)
         self.on_error = on_error or (lambda job, exc: logger.error("%s failed", job, exc_info=exc))
         self.active: dict[str, TaskRecord] = {}
+        # owner -> its unfinished tasks' ids, oldest first (ordered: no holes to walk past)
+        self.owners: dict[str, collections.OrderedDict] = {}
         self.counts = TaskCounts(clock, lambda batch_id: journal.tasks.batch_tallies(batch_id))
+
+    def hold(self, record: TaskRecord) -> None:
+        """Hold an unfinished record in memory (a new one, or one recovered or changed)."""
+        self.active[record.task_id] = record
+        self.owners.setdefault(record.spec.owner, collections.OrderedDict())[record.task_id] = None
+
+    def _release(self, record: TaskRecord) -> None:
+        self.active.pop(record.task_id, None)
+        owned = self.owners.get(record.spec.owner, {})
+        owned.pop(record.task_id, None)
+        if not owned:
+            self.owners.pop(record.spec.owner, None)
+
+    def owned(self, owner: str) -> Iterable[str]:
+        """The ids of an owner's unfinished tasks, oldest first (by when they were held)."""
+        return self.owners.get(owner, {}).keys()
 
     def get(self, task_id: str) -> TaskRecord:
         record = self.active.get(task_id) or self.journal.tasks.get(task_id)
@@ -75,7 +94,7 @@ class TaskBook:
 
     def added(self, record: TaskRecord) -> None:
         """A new record the journal holds now: held, counted, told of."""
-        self.active[record.task_id] = record
+        self.hold(record)
         self.counts.add(record)
         self._tell(record, None, True)
         spec = record.spec
@@ -103,9 +122,9 @@ class TaskBook:
     def _apply(self, change: Change, record: TaskRecord) -> None:
         previous = change.record.state
         if record.state.is_terminal():
-            self.active.pop(record.task_id, None)
+            self._release(record)
         else:
-            self.active[record.task_id] = record
+            self.hold(record)
         self.counts.move(record, previous)
         self._tell(record, previous, change.counted)
         elapsed = self.clock() - record.submitted_at

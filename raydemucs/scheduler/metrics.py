@@ -14,6 +14,7 @@ from ..core.task import PRIORITIES, TaskRecord, TaskState
 
 RUN_BUCKETS_S = [1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 900, 1800, 3600]
 WAIT_BUCKETS_S = [0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600]
+LAG_BUCKETS_S = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
 WORKER_STATES = ("starting", "idle", "busy", "restarting", "dead")
 
 
@@ -54,6 +55,10 @@ class ServiceMetrics:
             Counter, "raydemucs_background_errors_total",
             "Failures of background work on the scheduler (a sweep, a listener, the webhook "
             "thread, ...), each logged with its traceback", "job")
+        self.loop_lag = self._metric(
+            Histogram, "raydemucs_scheduler_loop_lag_seconds",
+            "How late the scheduler's event loop woke a sleeper (the longest a call or a "
+            "background step held it, sampled)", boundaries=LAG_BUCKETS_S)
         self._priorities = set(PRIORITIES)
         self._restarts_seen: dict[str, int] = {}
 
@@ -65,6 +70,10 @@ class ServiceMetrics:
     def background_failed(self, job: str) -> None:
         """Count a failure of background work (`raydemucs.scheduler.supervision`)."""
         self.background_errors.inc(tags={"job": job})
+
+    def lagged(self, seconds: float) -> None:
+        """Record one loop-lag sample (`raydemucs.scheduler.supervision.LoopLag`)."""
+        self.loop_lag.observe(seconds)
 
     # -- the scheduler's Listener -----------------------------------------------------------
     def on_transition(self, record: TaskRecord, previous: TaskState | None,

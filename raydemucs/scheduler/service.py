@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import time
+from typing import Iterator
 
 import ray
 
@@ -26,6 +27,7 @@ from ..core.public import public_task
 from ..core.statedir import private_dir
 from ..core.task import TaskRecord, TaskSpec, TaskState
 from ..journal import Journal
+from ..journal.deliveries import DeliveryCounts
 from ..retention.sweeper import Sweeper
 from ..retention.sweeps import Retention
 from ..storage.folders import open_folder
@@ -39,7 +41,7 @@ from .leases import LEASE_TTL_S, STREAM, UPLOAD, Leases
 from .metrics import ServiceMetrics
 from .scheduling import Scheduler
 from .streams import Watchers
-from .supervision import Supervisor
+from .supervision import LoopLag, Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -64,18 +66,21 @@ class SchedulerService:
         self.keys, self._keys_table, self._keys_version = KeyStore(state), KeyTable([]), None
         self.metrics = ServiceMetrics(self.config.service.name)
         self.supervisor = Supervisor(self.metrics.background_failed)
+        self.lag = LoopLag(self.metrics.lagged)
         self.pool = pool or self._worker_pool()
         self.deliverer = Deliverer(self.journal.path, self.config.webhooks, load_secret(state),
                                    self._task_data, on_error=self.supervisor.failed)
         self.deliveries = Deliveries(self.journal, self.config.webhooks, self._task_data,
                                      wake=self.deliverer.wake)
+        self.delivery_counts = DeliveryCounts(self.journal.path)
         self.core = Scheduler(self.config, self.journal, self.pool, offload=self._offload,
                               listeners=(self.metrics, self.deliveries),
                               input_kept=self.uploads.holds_input, on_error=self.supervisor.failed)
         self.leases = Leases(LEASE_TTL_S)
         self.intake = Intake(self.core, self.uploads, self.config.webhooks.allow_private,
                              self.leases)
-        self.watchers = Watchers(self.core.view, self._owned)
+        self.watchers = Watchers(self.core.view, self.core.book.owned)
+        self.core.book.listeners.append(self.watchers)
         self.sweeper = Sweeper(self.config.retention,
                                Retention(self.config.retention, self.journal, self.uploads),
                                self.core.book, self.watchers, self.supervisor.failed)
@@ -149,6 +154,7 @@ class SchedulerService:
             self.core.recover(found)
             self._recovered = True
             self.supervisor.spawn("retention_sweeper", self.sweeper.run())
+            self.supervisor.forever("loop_lag", self.lag.step)
         self.deliverer.start()
         if self.core.dispatching and not self._ticking:
             self.core.dispatch()
@@ -168,7 +174,7 @@ class SchedulerService:
         for upload_id in self.uploads.idle():
             self.supervisor.offload("drop_idle_upload", functools.partial(self.uploads.abort,
                                                                           upload_id))
-        self.watchers.changed()
+        self.watchers.progressed(map(self.core.active.get, self.core.running))
         self.metrics.observe(self.core.queued_by_priority(), self.core.queue_counts(),
                              self.pool.snapshot(), [pool.name for pool in self.core.pools])
         return self.config.service.poll_interval_s
@@ -182,10 +188,6 @@ class SchedulerService:
         URLs), else its record (stems as paths or URIs)."""
         data = record.to_dict()
         return public_task(data, self.http_url) if self.http_url else data
-
-    def _owned(self, owner: str) -> list[str]:
-        return [task_id for task_id, record in self.core.active.items()
-                if record.spec.owner == owner]
 
     def core_dispatch(self) -> None:
         self.core.dispatch()
@@ -266,15 +268,22 @@ class SchedulerService:
 
     async def cancel_batch(self, batch_id: str) -> int:
         await self._ready()
-        count = self.core.cancel_batch(batch_id)
-        self._changed()
-        return count
+        return await self._in_steps(self.core.cancel_batch(batch_id))
 
     async def retry_batch(self, batch_id: str) -> int:
         await self._ready()
-        count = self.core.retry_batch(batch_id)
-        self._changed(dispatch=True)
-        return count
+        return await self._in_steps(self.core.retry_batch(batch_id), dispatch=True)
+
+    async def _in_steps(self, steps: Iterator[int], dispatch: bool = False) -> int:
+        """Run a batch operation a chunk at a time, letting every other call and background
+        step run between chunks (the loop is never held for the whole batch); how many tasks
+        it changed."""
+        changed = 0
+        for count in steps:
+            changed += count
+            self._changed(dispatch)
+            await asyncio.sleep(0)
+        return changed
 
     async def get_task(self, task_id: str) -> dict:
         """A task's view, with its webhook deliveries."""
@@ -301,11 +310,10 @@ class SchedulerService:
         return await self._on_own_loop(self.watchers.watch, task_id, seen, timeout_s)
 
     @ray.method(concurrency_group=STREAMS)
-    async def watch_tasks(self, owner: str, seen: dict[str, dict], timeout_s: float = 15.0,
-                          expired_after: int | None = None) -> dict:
-        """The changed views of an owner's tasks (see `Watchers.watch_tasks`)."""
-        return await self._on_own_loop(self.watchers.watch_tasks, owner, seen, timeout_s,
-                                       expired_after)
+    async def watch_tasks(self, owner: str, cursor: dict | None = None,
+                          timeout_s: float = 15.0) -> dict:
+        """The views of an owner's tasks changed since `cursor` (see `Watchers.watch_tasks`)."""
+        return await self._on_own_loop(self.watchers.watch_tasks, owner, cursor, timeout_s)
 
     # -- leases: what a key may hold a few of at once (the HTTP front door) ------------------
     async def take_lease(self, kind: str, owner: str, max_queued: int | None = None) -> dict:
@@ -455,7 +463,7 @@ class SchedulerService:
         """The service as an operator sees it (`owner` None), or as the owner `owner` does: its
         own counts and running tasks, the pools' sizes and the workers' states, nothing of other
         owners, the journal or the machines. Both from memory, but the operator's delivery
-        counts."""
+        counts (read at most every few seconds, off the loop: `DeliveryCounts`)."""
         await self._ready()
         if owner is not None:
             return {"view": "tenant", "service": self.config.service.name,
@@ -473,9 +481,9 @@ class SchedulerService:
                 "pools": self.core.pool_counts(),
                 "queued_by_priority": self.core.queued_by_priority(),
                 "workers": self.pool.snapshot(), "retention": self.sweeper.view(),
-                "webhooks": self.journal.deliveries.count_by_state(),
+                "webhooks": await self.delivery_counts.get(),
                 "leases": {kind: self.leases.count(kind) for kind in (UPLOAD, STREAM)},
-                "running": self._running()}
+                "loop_lag": self.lag.summary(), "running": self._running()}
 
     def _running(self, owner: str | None = None) -> list[dict]:
         """The running tasks (of `owner` alone when given); a worker's id for an operator."""

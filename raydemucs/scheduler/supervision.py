@@ -8,12 +8,16 @@ in the log and the `job` tag of `raydemucs_background_errors_total`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import time
 from typing import Awaitable, Callable, Coroutine
 
 logger = logging.getLogger(__name__)
 
 RETRY_S = 1.0  # a failed loop goes on after this long
+LAG_PROBE_S = 0.1  # the loop-lag probe sleeps this long between samples
+LAG_SAMPLES = 100  # the samples `LoopLag.summary` is over (the last 10 s, at LAG_PROBE_S)
 
 
 class Supervisor:
@@ -67,3 +71,33 @@ class Supervisor:
 
     def __len__(self) -> int:
         return len(self._tasks)
+
+
+class LoopLag:
+    """How late the event loop wakes a sleeper: a step of `Supervisor.forever` that sleeps
+    `interval_s` and records by how much more it slept (`record(seconds)`: a metric). A handler
+    that holds the loop shows here as the lag of the next wake."""
+
+    def __init__(self, record: Callable[[float], None], interval_s: float = LAG_PROBE_S,
+                 clock: Callable[[], float] = time.monotonic):
+        self.record, self.interval_s, self.clock = record, interval_s, clock
+        self.recent: collections.deque = collections.deque(maxlen=LAG_SAMPLES)
+        self._due: float | None = None
+
+    async def step(self) -> float:
+        now = self.clock()
+        if self._due is not None:
+            lag = max(0.0, now - self._due)
+            self.recent.append(lag)
+            self.record(lag)
+        self._due = now + self.interval_s
+        return self.interval_s
+
+    def summary(self) -> dict:
+        """The recent lags' p50, p99 and max, in milliseconds (None before a sample)."""
+        ordered = sorted(self.recent)
+        if not ordered:
+            return {"samples": 0, "p50_ms": None, "p99_ms": None, "max_ms": None}
+        p50, p99 = (ordered[min(len(ordered) - 1, int(q * len(ordered)))] for q in (0.5, 0.99))
+        return {"samples": len(ordered), "p50_ms": 1000 * p50, "p99_ms": 1000 * p99,
+                "max_ms": 1000 * ordered[-1]}

@@ -76,6 +76,7 @@ def test_metrics_count_tasks_retries_audio_queue_and_workers(make_service, audio
     samples = scrape_until(service, lambda s: (
         value(s, "ray_raydemucs_tasks_finished_total", state="succeeded") == 4
         and value(s, "ray_raydemucs_workers", state="idle") == 2
+        and value(s, "ray_raydemucs_scheduler_loop_lag_seconds_count")
         and all(value(s, "ray_raydemucs_queue_depth", priority=p) is not None
                 for p in ("high", "normal", "low"))
         and all(value(s, "ray_raydemucs_worker_cpu_percent", worker=w) is not None
@@ -96,6 +97,8 @@ def test_metrics_count_tasks_retries_audio_queue_and_workers(make_service, audio
     assert {p: value(samples, "ray_raydemucs_queue_depth", priority=p)
             for p in ("high", "normal", "low")} == {"high": 0, "normal": 0, "low": 0}
     assert value(samples, "ray_raydemucs_tasks", state="succeeded") == 4
+    assert value(samples, "ray_raydemucs_scheduler_loop_lag_seconds_count") > 0  # sampled
+    assert manager.get_status()["loop_lag"]["samples"] > 0
     assert value(samples, "ray_raydemucs_tasks", state="running") == 0
     assert value(samples, "ray_raydemucs_workers", state="busy") == 0
     for worker_id in ("worker-0", "worker-1"):

@@ -21,6 +21,7 @@ from raydemucs.core.config import SeparationConfig, StorageConfig
 from raydemucs.core.errors import InvalidInput, SeparationAborted, TaskConflict
 from raydemucs.core.task import TaskRecord, TaskSpec, TaskState, new_task_id
 from raydemucs.journal import Journal
+from raydemucs.scheduler import scheduling
 from raydemucs.scheduler.counts import TaskCounts
 
 from fakes import FakeClock
@@ -144,11 +145,11 @@ def test_a_batch_counts_audio_done_and_left_with_a_rate_and_an_eta(tmp_path):
     assert view["by_state"]["succeeded"] == 3 and view["audio_s_done"] == 30.0
     assert view["audio_s_left"] == 10.0 and view["audio_s_per_s"] == pytest.approx(2.0)
     assert view["eta_s"] == pytest.approx(5.0) and not view["done"]
-    assert scheduler.cancel_batch("b") == 1  # the last one runs: asked to stop
+    assert sum(scheduler.cancel_batch("b")) == 1  # the last one runs: asked to stop
     pool.free("worker-0")
     scheduler.attempt_ended(ids[3], 1, SeparationAborted("stopped"))
     assert scheduler.batch("b")["done"] and scheduler.batch("b")["by_state"]["cancelled"] == 1
-    assert scheduler.retry_batch("b") == 1 and scheduler.get(ids[3]).state is TaskState.QUEUED
+    assert sum(scheduler.retry_batch("b")) == 1 and scheduler.get(ids[3]).state is TaskState.QUEUED
     with pytest.raises(Exception, match="no batch with id 'nope'"):
         scheduler.batch("nope")
 
@@ -189,3 +190,28 @@ def test_counts_of_queued_tasks_by_priority():
     record.state = TaskState.RUNNING
     tally.move(record, TaskState.QUEUED)
     assert tally.queued_by_priority() == {} and tally.states["running"] == 1
+
+
+def test_a_batch_cancel_and_retry_step_a_chunk_at_a_time_taking_tasks_as_they_are_then(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(scheduling, "CHUNK", 2)
+    scheduler, pool, _ = make(tmp_path, workers=1)
+    ids = [scheduler.submit(spec(f"t{i}", batch_id="b")).task_id for i in range(5)]
+    commits = []
+    scheduler.journal.db.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT"
+                                           else None)
+    steps = scheduler.cancel_batch("b")
+    assert next(steps) == 2 and commits == ["COMMIT"]  # one chunk, one transaction
+    assert [scheduler.get(t).state for t in ids[:3]] == [TaskState.CANCELLED] * 2 + [
+        TaskState.QUEUED]
+    scheduler.dispatch()  # between steps, the next task starts: it is asked to stop instead
+    assert scheduler.get(ids[2]).state is TaskState.RUNNING
+    assert list(steps) == [2, 1] and pool.aborted == [("worker-0", ids[2])]
+    assert [scheduler.get(t).state for t in ids[3:]] == [TaskState.CANCELLED] * 2
+    pool.free("worker-0")
+    scheduler.attempt_ended(ids[2], 1, SeparationAborted("stopped"))
+    steps = scheduler.retry_batch("b")
+    assert next(steps) == 2 and scheduler.get(ids[1]).state is TaskState.QUEUED
+    scheduler.cancel(ids[0])  # it ended again meanwhile, after the retry began: left as it is
+    assert list(steps) == [2, 1] and scheduler.get(ids[0]).state is TaskState.CANCELLED
+    scheduler.journal.db.set_trace_callback(None)

@@ -69,13 +69,13 @@ def test_a_batch_cancel_that_fails_midway_leaves_memory_as_the_journal(tmp_path,
         save(record)
     monkeypatch.setattr(scheduler.journal.tasks, "save", fails_at_the_third)
     with pytest.raises(OSError):
-        scheduler.cancel_batch("b")
+        sum(scheduler.cancel_batch("b"))
     monkeypatch.undo()
     assert all(scheduler.journal.tasks.get(t).state is TaskState.QUEUED for t in ids)
     assert all(scheduler.active[t].state is TaskState.QUEUED for t in ids)
     assert len(scheduler.queue) == 5 and scheduler.queue_counts()["queued"] == 5
     assert scheduler.batch("b")["by_state"]["queued"] == 5
-    assert scheduler.cancel_batch("b") == 5 and len(scheduler.queue) == 0
+    assert sum(scheduler.cancel_batch("b")) == 5 and len(scheduler.queue) == 0
 
 
 def test_a_batch_retry_skips_tasks_whose_upload_is_gone_and_retry_says_so(tmp_path):
@@ -83,8 +83,8 @@ def test_a_batch_retry_skips_tasks_whose_upload_is_gone_and_retry_says_so(tmp_pa
     gone = {"t1"}
     scheduler.input_kept = lambda spec: spec.file_id not in gone
     ids = [scheduler.submit(spec(f"t{i}", batch_id="b")).task_id for i in range(3)]
-    scheduler.cancel_batch("b")
-    assert scheduler.retry_batch("b") == 2
+    sum(scheduler.cancel_batch("b"))
+    assert sum(scheduler.retry_batch("b")) == 2
     assert scheduler.get(ids[1]).state is TaskState.CANCELLED
     with pytest.raises(Gone, match="uploaded input was deleted"):
         scheduler.retry(ids[1])

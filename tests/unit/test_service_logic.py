@@ -13,10 +13,11 @@ import pytest
 from raydemucs.core.config import load_config
 from raydemucs.core.errors import OverQuota
 from raydemucs.core.task import TaskSpec, TaskState, new_task_id
+from raydemucs.journal.deliveries import DeliveryCounts
 from raydemucs.scheduler.service import SchedulerService
 from raydemucs.storage.folders import LocalFolder, write_outputs
 
-from fakes import FakeServicePool
+from fakes import FakeClock, FakeServicePool
 from support import write_audio
 
 STEMS = ("drums", "bass")
@@ -77,12 +78,16 @@ def test_short_ttls_with_the_default_sweep_interval_take_stems_then_records(tmp_
         uploaded = spec(tmp_path, uploaded=True, kept=True, input_sha256=sha)
         [record] = await service.submit([uploaded], {sha: data})
         await until(lambda: service.pool.workers["worker-0"].tasks)
-        cursor = (await service.watch_tasks("", {}, 0.0))["expired_after"]
+        answer = await service.watch_tasks("", None, 0.0)
+        assert [view["task_id"] for view in answer["views"]] == [record["task_id"]]
         task_id = run_attempt(service, tmp_path)
         await until(lambda: service.core.get(task_id).state is TaskState.SUCCEEDED)
         assert (await service.status())["queue"]["succeeded"] == 1
-        answer = await service.watch_tasks("", {}, 10.0, cursor)  # woken by the expiry
-        assert [view["task_id"] for view in answer["views"]] == [task_id]
+        for _ in range(5):  # its end, then its expiry: each wakes the stream with its view
+            answer = await service.watch_tasks("", answer["cursor"], 10.0)
+            assert [view["task_id"] for view in answer["views"]] == [task_id]
+            if answer["views"][0]["expired_at"] is not None:
+                break
         assert answer["views"][0]["expired_at"] is not None
         await until(lambda: service.journal.tasks.get(task_id) is None)
         status = await service.status()
@@ -197,5 +202,28 @@ def test_a_tenants_status_and_readiness_come_from_memory(tmp_path):
         assert [r["task_id"] for r in (await service.status("key_b"))["running"]] == [
             theirs["task_id"]]
         assert (await service.status())["queue"]["queued"] == 1
+        await service.drain(0.0)
+    asyncio.run(scenario())
+
+
+def test_status_scans_no_journal_table_and_counts_deliveries_at_most_every_few_seconds(tmp_path):
+    async def scenario():
+        service = make_service(tmp_path)
+        await service.submit([spec(tmp_path)])
+        await service.status()
+        statements = []
+        service.journal.db.set_trace_callback(statements.append)
+        status = await service.status()
+        service.journal.db.set_trace_callback(None)
+        assert statements == [] and status["queue"]["running"] + status["queue"]["queued"] == 1
+        clock = FakeClock()
+        counts = DeliveryCounts(service.journal.path, max_age_s=10.0, clock=clock)
+        assert await counts.get() == {}
+        service.journal.deliveries.add({"delivery_id": "d1", "task_id": "t", "run_seq": 1,
+                                        "event": "task.succeeded", "url": "https://x",
+                                        "body": "{}", "state": "pending", "created_at": 1.0})
+        assert await counts.get() == {}  # until it is `max_age_s` old
+        clock.advance(10.0)
+        assert await counts.get() == {"pending": 1}
         await service.drain(0.0)
     asyncio.run(scenario())

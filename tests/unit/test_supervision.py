@@ -4,7 +4,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from raydemucs.scheduler.supervision import Supervisor
+import pytest
+
+from raydemucs.scheduler.supervision import LoopLag, Supervisor
+
+from fakes import FakeClock
 
 
 def test_a_failed_task_and_a_failing_loop_are_logged_and_counted(caplog, monkeypatch):
@@ -37,3 +41,20 @@ def test_a_failed_task_and_a_failing_loop_are_logged_and_counted(caplog, monkeyp
     assert sorted(counted) == ["loop", "loop", "once"] and len(steps) == 3
     assert "background job once failed: boom" in caplog.text
     assert all(record.exc_info for record in caplog.records)  # each with its traceback
+
+
+def test_the_loop_lag_is_how_late_each_wake_came_and_its_recent_percentiles():
+    clock, recorded = FakeClock(), []
+    lag = LoopLag(recorded.append, interval_s=0.1, clock=clock)
+
+    async def wakes():
+        assert await lag.step() == 0.1  # the first wake only sets the next one's time
+        for late_s in (0.0, 0.002, 0.3):
+            clock.advance(0.1 + late_s)
+            await lag.step()
+
+    assert lag.summary()["samples"] == 0
+    asyncio.run(wakes())
+    assert recorded == [0.0, pytest.approx(0.002), pytest.approx(0.3)]
+    assert lag.summary() == {"samples": 3, "p50_ms": pytest.approx(2.0),
+                             "p99_ms": pytest.approx(300.0), "max_ms": pytest.approx(300.0)}

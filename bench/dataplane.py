@@ -1,0 +1,281 @@
+"""The scheduler's control plane under load, and (to come) its data plane: one command per half.
+
+    python bench/dataplane.py streams                      # 500 event streams, 100,000 queued
+    python bench/dataplane.py streams --queued 20000 --streams 100   # a smaller machine
+
+`streams`: a service whose only pool never starts a worker (it needs a resource no node has),
+so that every task stays queued; `--queued` tasks queued through the actor as a batch (a
+thousand to a call, as `submit --from` does), owned by one API key (`bulk`).
+1. Without streams: `GET /v1/tasks/{id}` (a random queued task) and `POST /v1/tasks` (a
+   half-second upload, queued behind the others), each called one after another for
+   `--phase-s` seconds; then the scheduler's loop lag (p50, p99, max over the last 10 s, from
+   `status`: `raydemucs_scheduler_loop_lag_seconds` on the dashboard).
+2. The same with `--streams` open `/v1/events` streams, spread over `--keys` other keys (a key
+   may hold `http.max_streams_per_key`), each key owning a few queued tasks; the events they got.
+3. `cancel --batch` of the queued batch, with `status` asked every half second meanwhile: its
+   time, the loop lag seen during it (its max: a chunk held the loop that long), and how many
+   status calls were answered before it ended.
+
+It starts its own local Ray (2 CPUs), service and Serve proxy on a free port, stops them at the
+end, prints a table and writes JSON (`--out`).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402
+from servicelib import free_port, latency, ray_processes, report  # noqa: E402
+
+PARKED = {"name": "parked", "models": ["htdemucs"], "resources": {"nowhere": 1},
+          "min_workers": 0, "max_workers": 1}
+TASKS_PER_KEY = 2  # queued tasks of each streaming key
+LAG_WINDOW_S = 10.5  # `status`'s loop lag is over the last 10 s
+
+
+# -- the service ----------------------------------------------------------------------------------
+def start(work: Path, streams: int):
+    import ray
+
+    from raydemucs import WorkerManager
+    from raydemucs.core.config import load_config
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             namespace="raydemucs")
+    config = load_config("test", environ={}, overrides={
+        "service": {"name": "bench-dataplane", "state_dir": str(work / "state")},
+        "workers": {"memory_mb": 0}, "pools": [PARKED],
+        "http": {"port": free_port(), "max_streams": max(1000, streams + 10)}})
+    manager = WorkerManager(config)
+    manager.scheduler(create=True)
+    return manager, manager.start_http()
+
+
+def add_keys(state: Path, names: list[str]) -> dict[str, tuple[str, str]]:
+    """name -> (key, owner)."""
+    from raydemucs.core.keys import KeyStore
+
+    store = KeyStore(state)
+    keys = {name: store.add(name) for name in names}
+    table = store.table()
+    return {name: (key, table.owner_of(key).owner) for name, key in keys.items()}
+
+
+def queue(manager, owner: str, count: int, batch_id: str | None, out: Path) -> float:
+    """Queue `count` tasks of `owner` for the parked pool, a thousand to a call; tasks/s."""
+    import ray
+
+    from raydemucs.core.config import SeparationConfig
+    from raydemucs.core.task import TaskSpec, new_task_id
+
+    scheduler, started = manager.scheduler(), time.perf_counter()
+    for first in range(0, count, 1000):
+        specs = [TaskSpec(task_id=new_task_id(), project="bench", file_id=f"{owner}-{i}",
+                          input_path="/absent.wav", output_dir=str(out), owner=owner,
+                          options=SeparationConfig(model="htdemucs"), cache=False,
+                          batch_id=batch_id).to_dict()
+                 for i in range(first, min(count, first + 1000))]
+        ray.get(scheduler.submit_batch.remote(specs))
+    return count / (time.perf_counter() - started)
+
+
+# -- 1 and 2: latency, with and without streams ---------------------------------------------------
+def calls(url: str, key: str, ids: list[str], song: Path, phase_s: float) -> dict:
+    """GET then POST, each one after another for `phase_s / 2` seconds."""
+    import httpx
+
+    pick, headers = random.Random(0).choice, {"Authorization": f"Bearer {key}"}
+    gets, posts = [], []
+    with httpx.Client(base_url=url, timeout=60, headers=headers) as client:
+        until = time.monotonic() + phase_s / 2
+        while time.monotonic() < until:
+            started = time.perf_counter()
+            client.get(f"/v1/tasks/{pick(ids)}").raise_for_status()
+            gets.append(time.perf_counter() - started)
+        until = time.monotonic() + phase_s / 2
+        while time.monotonic() < until:
+            started = time.perf_counter()
+            client.post("/v1/tasks", files={"file": (song.name, song.read_bytes())},
+                        data={"project": "posted", "file_id": uuid.uuid4().hex,
+                              "model": "htdemucs"}).raise_for_status()
+            posts.append(time.perf_counter() - started)
+    return {"get": latency(gets), "post": latency(posts)}
+
+
+class Streams:
+    """`count` open `/v1/events` streams over `keys` (round robin), read in a thread of their
+    own; the events they got."""
+
+    def __init__(self, url: str, keys: list[str], count: int):
+        self.url, self.keys, self.count = url, keys, count
+        self.opened = self.events = 0
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=asyncio.run, args=(self._all(),), daemon=True)
+
+    def __enter__(self) -> "Streams":
+        self._thread.start()
+        deadline = time.monotonic() + 300
+        while self.opened + len(self.errors) < self.count and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if self.opened < self.count:
+            raise RuntimeError(f"{self.opened} of {self.count} streams opened: {self.errors[:3]}")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    async def _all(self) -> None:
+        import httpx
+
+        limits = httpx.Limits(max_connections=self.count + 10)
+        async with httpx.AsyncClient(base_url=self.url, timeout=None, limits=limits) as client:
+            readers = [asyncio.create_task(self._one(client, self.keys[i % len(self.keys)]))
+                       for i in range(self.count)]
+            while not self._stop.is_set():
+                await asyncio.sleep(0.2)
+            for reader in readers:
+                reader.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+
+    async def _one(self, client, key: str) -> None:
+        try:
+            async with client.stream("GET", "/v1/events",
+                                     headers={"Authorization": f"Bearer {key}"}) as response:
+                response.raise_for_status()
+                async for line in response.aiter_lines():
+                    if line == ": watching":
+                        self.opened += 1
+                    elif line.startswith("event: "):
+                        self.events += 1
+        except Exception as exc:  # counted: the table says how many streams failed
+            if not isinstance(exc, asyncio.CancelledError):
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+
+
+def scheduler_cpu_s() -> float:
+    """CPU seconds the scheduler actor's process used so far (its work, whatever the load of
+    the machine: a busy machine's lag is also the time the process waited for a core)."""
+    times = ray_processes({"ray::SchedulerService": "scheduler"})["scheduler"].cpu_times()
+    return times.user + times.system
+
+
+def loaded(manager, url: str, key: str, ids: list[str], song: Path, phase_s: float) -> dict:
+    """One phase's latencies and the scheduler's CPU, then the loop lag over the last 10 s (the
+    phase's end)."""
+    cpu = scheduler_cpu_s()
+    result = calls(url, key, ids, song, phase_s)
+    result["scheduler_cpu_s"] = scheduler_cpu_s() - cpu
+    result["loop_lag"] = manager.get_status()["loop_lag"]
+    return result
+
+
+# -- 3: batch cancel ------------------------------------------------------------------------------
+def cancel(manager, batch_id: str) -> dict:
+    import ray
+
+    scheduler = manager.scheduler()
+    time.sleep(LAG_WINDOW_S)  # the lag's window holds the cancel then, and what was idle
+    started, cpu = time.perf_counter(), scheduler_cpu_s()
+    cancelling = scheduler.cancel_batch.remote(batch_id)
+    lags, answered = [], 0
+    while not ray.wait([cancelling], timeout=0.5)[0]:
+        lags.append(ray.get(scheduler.status.remote())["loop_lag"])
+        answered += not ray.wait([cancelling], timeout=0)[0]
+    cancelled, wall = ray.get(cancelling), time.perf_counter() - started
+    cpu = scheduler_cpu_s() - cpu
+    lags.append(manager.get_status()["loop_lag"])
+    worst = [lag for lag in lags if lag["samples"]]
+    return {"cancelled": cancelled, "wall_s": wall, "scheduler_cpu_s": cpu,
+            "status_answered_during": answered,
+            "loop_lag_max_ms": max((lag["max_ms"] for lag in worst), default=None),
+            "loop_lag_p99_ms": max((lag["p99_ms"] for lag in worst), default=None)}
+
+
+# -- the command ----------------------------------------------------------------------------------
+def run_streams(args) -> dict:
+    with tempfile.TemporaryDirectory(prefix="bench-dataplane-") as folder:
+        work = Path(folder)
+        song = benchlib.write_wav(work / "song.wav", benchlib.make_signal(0.5, seed=0))
+        manager, url = start(work, args.streams)
+        try:
+            state = Path(manager.config.service.state_dir)
+            keys = add_keys(state, ["bulk", *(f"s{i}" for i in range(args.keys))])
+            bulk_key, bulk = keys.pop("bulk")
+            rate = queue(manager, bulk, args.queued, "deep", work / "out")
+            for _, owner in keys.values():
+                queue(manager, owner, TASKS_PER_KEY, None, work / "out")
+            ids = [r["task_id"] for r in manager.list_tasks(batch_id="deep", limit=1000)]
+            result = {"scale": {"queued": args.queued, "streams": args.streams,
+                                "stream_keys": args.keys, "phase_s": args.phase_s,
+                                "cpus": psutil.cpu_count(),
+                                "load_average_at_start": psutil.getloadavg()},
+                      "queue_tasks_per_s": rate,
+                      "without_streams": loaded(manager, url, bulk_key, ids, song, args.phase_s)}
+            with Streams(url, [key for key, _ in keys.values()], args.streams) as streams:
+                result["with_streams"] = loaded(manager, url, bulk_key, ids, song,
+                                                args.phase_s)
+                result["stream_events"], result["stream_errors"] = (streams.events,
+                                                                    len(streams.errors))
+                result["cancel"] = cancel(manager, "deep")
+            result["load_average"] = psutil.getloadavg()
+        finally:
+            manager.shutdown(now=True)
+    return result
+
+
+def print_streams(result: dict) -> None:
+    scale = result["scale"]
+    print(f"\n{scale['queued']} queued ({result['queue_tasks_per_s']:.0f} tasks/s to queue), "
+          f"{scale['streams']} streams over {scale['stream_keys']} keys, {scale['cpus']} CPUs, "
+          f"load average {scale['load_average_at_start'][0]:.1f} at the start, "
+          f"{result['load_average'][0]:.1f} at the end")
+    print(f"{'':<16}{'GET p50':>9}{'GET p99':>9}{'POST p50':>10}{'POST p99':>10}"
+          f"{'lag p50':>9}{'lag p99':>9}{'lag max':>9}  (ms){'scheduler CPU':>15}")
+    for name in ("without_streams", "with_streams"):
+        row, lag = result[name], result[name]["loop_lag"]
+        print(f"{name:<16}{row['get']['p50_ms']:9.1f}{row['get']['p99_ms']:9.1f}"
+              f"{row['post']['p50_ms']:10.1f}{row['post']['p99_ms']:10.1f}"
+              f"{lag['p50_ms']:9.1f}{lag['p99_ms']:9.1f}{lag['max_ms']:9.1f}"
+              f"{row['scheduler_cpu_s']:14.1f} s")
+    ratio = {kind: result["with_streams"][kind]["p99_ms"] / result["without_streams"][kind]["p99_ms"]
+             for kind in ("get", "post")}
+    print(f"p99 with / without streams: GET {ratio['get']:.2f}x, POST {ratio['post']:.2f}x; "
+          f"{result['stream_events']} events sent, {result['stream_errors']} streams failed")
+    done = result["cancel"]
+    print(f"cancel --batch: {done['cancelled']} in {done['wall_s']:.1f} s "
+          f"({done['scheduler_cpu_s']:.1f} s of the scheduler's CPU), loop lag meanwhile "
+          f"p99 {done['loop_lag_p99_ms']:.1f} ms, max {done['loop_lag_max_ms']:.1f} ms; "
+          f"{done['status_answered_during']} status calls answered during it")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    streams = commands.add_parser("streams", help="event streams on a deep queue, batch cancel")
+    streams.add_argument("--queued", type=int, default=100_000)
+    streams.add_argument("--streams", type=int, default=500)
+    streams.add_argument("--keys", type=int, default=50, help="keys the streams are spread over")
+    streams.add_argument("--phase-s", type=float, default=LAG_WINDOW_S,
+                         help="seconds of GET then POST calls per phase (the loop lag is over "
+                         "the last 10 s)")
+    streams.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results"
+                         / "dataplane-streams.json")
+    args = parser.parse_args()
+    if args.command == "streams":
+        report(run_streams(args), args.out, print_streams)
+
+
+if __name__ == "__main__":
+    main()
