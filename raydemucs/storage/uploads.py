@@ -1,9 +1,10 @@
 """Inputs sent with their tasks and those tasks' stems, kept by the service.
 
 For clients that share no storage with the cluster (`submit --upload`, and every file posted over
-HTTP): the bytes are stored under the service's state directory on the head node by SHA-256,
-synced before the task is accepted, reach the worker with the task, and its stems come back to
-`STATE_DIR/results/[@OWNER/]PROJECT/FILE_ID`. Bytes arrive whole (`accept`) or in chunks, as an
+HTTP): the bytes are stored under the service's state directory on the scheduler's node by
+SHA-256, synced before the task is accepted; the worker reads them there itself (`UploadSource`),
+and writes the task's stems straight to `KEPT/[@OWNER/]PROJECT/FILE_ID`, where KEPT is
+`storage.kept_uri` or else `STATE_DIR/results` on the node that ran the task. Bytes arrive whole (`accept`) or in chunks, as an
 HTTP replica streams them (`open`, `write`, `close`), checked as audio before they are kept.
 """
 from __future__ import annotations
@@ -19,12 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..audio.checks import validate_input
-from ..core.config import InputConfig
+from ..core.actors import node_id
+from ..core.config import InputConfig, StorageConfig
 from ..core.errors import InputTooLarge, InvalidInput
 from ..core.names import stored_name
 from ..core.statedir import sync_dir
 from ..core.task import TaskSpec
-from .folders import LocalFolder, copy_output_bytes
+from . import nodes, uris
 
 IDLE_UPLOAD_S = 600.0  # an incoming upload no chunk reached for this long was abandoned
 
@@ -48,48 +50,59 @@ def _fsync_write(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
+def inputs_dir(state_dir: Path) -> Path:
+    """Where the service keeps uploaded inputs, by SHA-256."""
+    return state_dir / "uploads"
+
+
 @dataclass(frozen=True)
 class UploadSource:
-    """An uploaded input as a worker fetches it: from the service that keeps it, a chunk at a
-    time, so neither the scheduler nor the call to the worker holds the whole file."""
+    """An uploaded input as a worker fetches it: the file on the scheduler's node, read there a
+    chunk at a time by a Ray task pinned to it (`storage.nodes`), so that neither the scheduler's
+    process nor the call to the worker holds the file."""
 
-    service: str  # the service's name: its scheduler is `SERVICE:scheduler`
-    sha256: str
-    chunk_bytes: int = 1 << 22
+    node: str | None  # the scheduler's node
+    path: str
+
+    @classmethod
+    def of(cls, state_dir: Path, sha256: str) -> "UploadSource":
+        """The stored input `sha256` of the service whose state directory (on this node, the
+        scheduler's) is `state_dir`."""
+        return cls(node_id(), str(inputs_dir(state_dir.absolute()) / sha256))
 
     def write_to(self, path: Path) -> None:
-        import ray
-
-        from ..core.actors import get_scheduler
-
-        scheduler = get_scheduler(self.service)
-        with open(path, "wb") as handle:
-            offset = 0
-            while True:
-                try:
-                    chunk = ray.get(scheduler.read_upload.remote(self.sha256, offset,
-                                                                 self.chunk_bytes))
-                except ray.exceptions.RayTaskError as exc:
-                    raise exc.cause from None
-                if not chunk:
-                    return
-                handle.write(chunk)
-                offset += len(chunk)
+        try:
+            nodes.copy(self.path, self.node, path)
+        except FileNotFoundError:  # also raised through Ray, by the task that reads it there
+            raise InvalidInput("the uploaded input is gone from the service's state directory; "
+                               "submit the file again") from None
 
 
 class UploadStore:
-    def __init__(self, state_dir: Path, limits: InputConfig = InputConfig()):
-        self.inputs = state_dir / "uploads"
+    def __init__(self, state_dir: Path, limits: InputConfig = InputConfig(),
+                 storage: StorageConfig = StorageConfig()):
+        state_dir = state_dir.absolute()  # named to workers, whose working folders differ
+        self.inputs = inputs_dir(state_dir)
         self.incoming = self.inputs / ".incoming"
         self.results = state_dir / "results"
-        self.limits = limits
+        self.limits, self.storage, self.kept_uri = limits, storage, storage.kept_uri
         self._open: dict[str, Incoming] = {}
         self.lock = threading.Lock()  # keeping or reusing an input, against retention's removals
         shutil.rmtree(self.incoming, ignore_errors=True)  # what a stopped service left half-sent
 
-    def results_dir(self, owner: str) -> Path:
-        """Where the stems of an owner's uploaded tasks go (`@` cannot start a project name)."""
-        return self.results / f"@{owner}" if owner else self.results
+    def results_dir(self, owner: str) -> str:
+        """Where the stems of an owner's uploaded tasks go (`@` cannot start a project name):
+        under `storage.kept_uri`, else under the results folder (on the node that runs it)."""
+        root = self.kept_uri.rstrip("/") if self.kept_uri else str(self.results)
+        return f"{root}/@{owner}" if owner else root
+
+    def keeps(self, location: str) -> bool:
+        """Whether `location` is a task's folder under the service's results (those of
+        `storage.kept_uri`, or the local ones), never their root."""
+        if uris.is_uri(location):
+            return bool(self.kept_uri) and location.startswith(self.kept_uri.rstrip("/") + "/")
+        folder, results = Path(location).resolve(), self.results.resolve()
+        return folder.is_relative_to(results) and folder != results
 
     def accept(self, spec: TaskSpec, data: bytes | None = None) -> TaskSpec:
         """Keep an uploaded input (synced) and point the task's stems at the service's results;
@@ -137,25 +150,11 @@ class UploadStore:
 
     def keep(self, spec: TaskSpec) -> TaskSpec:
         """Point a task's stems at the service's results, where it keeps them."""
-        return dataclasses.replace(spec, output_dir=str(self.results_dir(spec.owner)), kept=True)
+        return dataclasses.replace(spec, output_dir=self.results_dir(spec.owner), kept=True)
 
     def holds_input(self, spec: TaskSpec) -> bool:
         """Whether an uploaded task's input is still stored (any other task's is not ours)."""
         return not spec.uploaded or (self.inputs / str(spec.input_sha256)).is_file()
-
-    def read_chunk(self, sha256: str, offset: int, size: int) -> bytes:
-        """Bytes [offset, offset + size) of a kept input; `InvalidInput` when it is gone."""
-        try:
-            with open(self.inputs / sha256, "rb") as handle:
-                handle.seek(offset)
-                return handle.read(size)
-        except FileNotFoundError:
-            raise InvalidInput("the uploaded input is gone from the service's state directory; "
-                               "submit the file again") from None
-
-    def keep_stems(self, spec: TaskSpec, result: dict) -> dict[str, str]:
-        """Write the stems a worker sent back into the task's folder; returns `{stem: path}`."""
-        return copy_output_bytes(LocalFolder(spec.output_location), result)
 
     # -- uploads in chunks -------------------------------------------------------------------
     def open(self, file_name: str) -> str:

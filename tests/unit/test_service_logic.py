@@ -34,12 +34,11 @@ def spec(tmp_path, file_id="song", **fields) -> dict:
                     output_dir=str(tmp_path / "out"), **fields).to_dict()
 
 
-def stems_bytes(tmp_path, task_id: str) -> dict:
-    """What a worker sends back for a kept task: `{"manifest", "files"}` of a written folder."""
-    folder = LocalFolder(tmp_path / "made" / task_id)
-    write_outputs(folder, {stem: b"x" * 100 for stem in STEMS}, "wav",
-                  lambda data, path: path.write_bytes(data), {"task_id": task_id})
-    return folder.read_files()
+def write_stems(record) -> dict[str, str]:
+    """What a worker writes for a kept task: its stems, in the folder the service keeps."""
+    return write_outputs(LocalFolder(record.spec.output_location),
+                         {stem: b"x" * 100 for stem in STEMS}, "wav",
+                         lambda data, path: path.write_bytes(data), {"task_id": record.task_id})
 
 
 def run_attempt(service, tmp_path, ok=True) -> str:
@@ -47,9 +46,7 @@ def run_attempt(service, tmp_path, ok=True) -> str:
     worker = service.pool.workers["worker-0"]
     task_id, attempt = worker.busy_with
     service.pool.free("worker-0")
-    record = service.core.get(task_id)
-    result = {"ok": True, "duration_s": 1.0, "outputs": {s: f"/x/{s}.wav" for s in STEMS},
-              **(stems_bytes(tmp_path, task_id) if record.spec.kept else {})}
+    result = {"ok": True, "duration_s": 1.0, "outputs": write_stems(service.core.get(task_id))}
     service._on_result(task_id, attempt, result if ok else {
         "ok": False, "error": {"type": "InvalidInput", "message": "bad"}})
     return task_id
@@ -80,6 +77,7 @@ def test_short_ttls_with_the_default_sweep_interval_take_stems_then_records(tmp_
         cursor = (await service.watch_tasks("", {}, 0.0))["expired_after"]
         task_id = run_attempt(service, tmp_path)
         await until(lambda: service.core.get(task_id).state is TaskState.SUCCEEDED)
+        assert (service.uploads.results / "p" / "song" / "manifest.json").is_file()
         assert (await service.status())["queue"]["succeeded"] == 1
         answer = await service.watch_tasks("", {}, 10.0, cursor)  # woken by the expiry
         assert [view["task_id"] for view in answer["views"]] == [task_id]
@@ -89,10 +87,36 @@ def test_short_ttls_with_the_default_sweep_interval_take_stems_then_records(tmp_
         assert status["queue"] == {**service.journal.tasks.count_by_state(), "waiting_retry": 0}
         assert status["queue"]["succeeded"] == 0
         assert not (service.uploads.results / "p" / "song").exists()
+        assert not list((service.uploads.results.parent / ".trash").iterdir())
         await service.drain(0.0)
     monkeypatch.setattr(logging.getLogger("raydemucs"), "propagate", False)  # restored after
     asyncio.run(scenario())
     assert not caplog.records, [r.getMessage() for r in caplog.records]
+
+
+def test_a_failure_while_a_result_is_handled_fails_the_attempt_in_one_line(tmp_path):
+    """A MemoryError (or any failure) while the scheduler takes in a result ends the attempt at
+    once, with one line, instead of leaving it running until its deadline."""
+    async def scenario():
+        service = make_service(tmp_path)
+        [record] = await service.submit([spec(tmp_path)])
+        await until(lambda: service.pool.workers["worker-0"].tasks)
+        attempt_ended = service.core.attempt_ended
+
+        def out_of_memory(task_id, attempt, error=None, **fields):
+            if error is None:
+                raise MemoryError("cannot allocate 9 GB\nsecond line")
+            attempt_ended(task_id, attempt, error, **fields)
+        service.core.attempt_ended, failed = out_of_memory, []
+        service.supervisor.on_error = failed.append
+        run_attempt(service, tmp_path)
+        ended = service.core.get(record["task_id"])
+        assert ended.state is TaskState.FAILED, ended
+        assert ended.error["message"] == ("handling the attempt's result failed: MemoryError: "
+                                          "cannot allocate 9 GB")
+        assert failed == ["attempt_result"]
+        await service.drain(0.0)
+    asyncio.run(scenario())
 
 
 def test_concurrent_uploads_of_one_key_respect_its_cap(tmp_path):
