@@ -86,7 +86,8 @@ class StemSource:
             fs, folder = self.remote.fs, self.remote.path
             for offset in range(start, stop, nodes.CHUNK_BYTES):
                 end = min(stop, offset + nodes.CHUNK_BYTES)
-                yield await asyncio.to_thread(fs.cat_file, f"{folder}/{name}", offset, end)
+                yield await asyncio.to_thread(fs.cat_file, f"{folder}/{name}", start=offset,
+                                              end=end)  # (s3fs's third positional: a version)
             return
         async for chunk in nodes.chunks(f"{self.location}/{name}", self.node, start, stop):
             yield chunk

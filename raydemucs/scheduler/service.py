@@ -369,13 +369,12 @@ class SchedulerService:
         outcome = await self.sweeper.purge(self.core.get(task_id))
         return {**outcome, "task": await self.get_task(task_id)}
 
-    # -- uploads streamed in chunks (the HTTP front door) -------------------------------------
-    async def upload_open(self, file_name: str) -> str:
+    # -- uploads written in chunks by the HTTP front door -------------------------------------
+    async def upload_open(self, file_name: str) -> dict:
+        """Open an upload: `{"id", "path", "node"}`, the file on this node its sender writes the
+        bytes to itself (`storage.nodes.append`), never through this process."""
         await self._ready()
         return await asyncio.to_thread(self.uploads.open, file_name)
-
-    async def upload_write(self, upload_id: str, chunk: bytes) -> None:
-        await asyncio.to_thread(self.uploads.write, upload_id, chunk)
 
     async def upload_abort(self, upload_id: str) -> None:
         await asyncio.to_thread(self.uploads.abort, upload_id)

@@ -1,9 +1,10 @@
-"""Files on one Ray node's own disk, reached from any process of the cluster: read a chunk at a
-time (through Ray's object store, never whole in the reader's memory) or removed, by a small Ray
-task pinned to that node; directly when the node is the caller's own (or None: no node named).
+"""Files on one Ray node's own disk, reached from any process of the cluster: read or written a
+chunk at a time (through Ray's object store, never whole in one process's memory) or removed, by
+a small Ray task pinned to that node; directly when the node is the caller's own (or None: no node named).
 
 Where the service keeps files on local disks (an upload on the scheduler's node, a kept task's
-stems on the node that ran it), every other process reads them through here.
+stems on the node that ran it), every other process reads and writes them through here: the
+scheduler's process never carries their bytes.
 """
 from __future__ import annotations
 
@@ -32,6 +33,14 @@ def read(path: str, start: int, stop: int, chunk_bytes: int = CHUNK_BYTES) -> It
 @ray.remote(num_cpus=0)
 def _read_there(path: str, start: int, stop: int, chunk_bytes: int):
     yield from read(path, start, stop, chunk_bytes)
+
+
+def _append(path: str, chunk: bytes) -> None:
+    with open(path, "ab") as handle:
+        handle.write(chunk)
+
+
+_append_there = ray.remote(num_cpus=0)(_append)
 
 
 @ray.remote(num_cpus=0)
@@ -64,6 +73,14 @@ async def chunks(path: str, node: str | None, start: int, stop: int,
     async for ref in _read_there.options(scheduling_strategy=pinned(node)).remote(
             path, start, stop, chunk_bytes):
         yield await ref
+
+
+async def append(path: str, node: str | None, chunk: bytes) -> None:
+    """Append `chunk` to a file on `node` (made when missing)."""
+    if is_here(node):
+        await asyncio.to_thread(_append, path, chunk)
+    else:
+        await _append_there.options(scheduling_strategy=pinned(node)).remote(path, chunk)
 
 
 def copy(path: str, node: str | None, target: Path, chunk_bytes: int = CHUNK_BYTES) -> None:

@@ -4,8 +4,9 @@ For clients that share no storage with the cluster (`submit --upload`, and every
 HTTP): the bytes are stored under the service's state directory on the scheduler's node by
 SHA-256, synced before the task is accepted; the worker reads them there itself (`UploadSource`),
 and writes the task's stems straight to `KEPT/[@OWNER/]PROJECT/FILE_ID`, where KEPT is
-`storage.kept_uri` or else `STATE_DIR/results` on the node that ran the task. Bytes arrive whole (`accept`) or in chunks, as an
-HTTP replica streams them (`open`, `write`, `close`), checked as audio before they are kept.
+`storage.kept_uri` or else `STATE_DIR/results` on the node that ran the task. Bytes arrive
+whole (`accept`) or in chunks, as an HTTP replica writes them (`open`, the replica's appends
+through `storage.nodes`, `close`), checked as audio before they are kept.
 """
 from __future__ import annotations
 
@@ -27,20 +28,19 @@ from ..core.names import stored_name
 from ..core.statedir import sync_dir
 from ..core.task import TaskSpec
 from . import nodes, uris
+from .folders import file_sha256
 
-IDLE_UPLOAD_S = 600.0  # an incoming upload no chunk reached for this long was abandoned
+IDLE_UPLOAD_S = 600.0  # an incoming upload not submitted this long after it opened was abandoned
 
 
 @dataclass
 class Incoming:
-    """An upload arriving in chunks: its partial file, running hash and size."""
+    """An upload arriving in chunks: its partial file, written by the HTTP replica itself."""
 
     path: Path
     name: str  # the file's name where it came from (its path here never reaches a message)
     max_bytes: int
-    digest: object = field(default_factory=hashlib.sha256)
-    size: int = 0
-    touched_at: float = field(default_factory=time.monotonic)
+    opened_at: float = field(default_factory=time.monotonic)
 
 
 def _fsync_write(path: Path, data: bytes) -> None:
@@ -157,48 +157,42 @@ class UploadStore:
         return not spec.uploaded or (self.inputs / str(spec.input_sha256)).is_file()
 
     # -- uploads in chunks -------------------------------------------------------------------
-    def open(self, file_name: str) -> str:
-        """Start an upload of a file called `file_name` (its suffix helps decoders); its id."""
+    def open(self, file_name: str) -> dict:
+        """Start an upload of a file called `file_name` (its suffix helps decoders):
+        `{"id", "path", "node"}`, the partial file its sender appends the bytes to, on this (the
+        scheduler's) node, through `storage.nodes` (never through the scheduler's process)."""
         upload_id = uuid.uuid4().hex
         folder = self.incoming / upload_id
         folder.mkdir(parents=True)
         name = stored_name("input", file_name)
         self._open[upload_id] = Incoming(folder / name, Path(file_name).name or "upload",
                                          int(self.limits.max_file_mb * 2**20))
-        return upload_id
-
-    def write(self, upload_id: str, chunk: bytes) -> None:
-        """Append a chunk; over `input.max_file_mb` the upload is dropped (`InputTooLarge`)."""
-        incoming = self._get(upload_id)
-        incoming.size += len(chunk)
-        if incoming.size > incoming.max_bytes:
-            self.abort(upload_id)
-            raise InputTooLarge(f"the upload is over the {self.limits.max_file_mb:g} MB limit "
-                                "(input.max_file_mb)")
-        with open(incoming.path, "ab") as handle:
-            handle.write(chunk)
-        incoming.digest.update(chunk)
-        incoming.touched_at = time.monotonic()
+        (folder / name).touch()
+        return {"id": upload_id, "path": str(folder / name), "node": node_id()}
 
     def close(self, upload_id: str) -> dict:
-        """Check the whole file as a submitted input is checked, sync it and keep it by SHA-256:
-        `{"sha256", "duration_s", "bytes"}`. A file that is not acceptable is dropped."""
+        """Check the whole file as a submitted input is checked (its size, its audio), sync it
+        and keep it by SHA-256: `{"sha256", "duration_s", "bytes"}`. A file that is not
+        acceptable is dropped."""
         incoming = self._get(upload_id)
         try:
-            if incoming.size == 0:
+            size = incoming.path.stat().st_size
+            if size == 0:
                 raise InvalidInput("the uploaded file is empty")
+            if size > incoming.max_bytes:
+                raise InputTooLarge(f"the upload is over the {self.limits.max_file_mb:g} MB "
+                                    "limit (input.max_file_mb)")
             try:
                 duration_s = validate_input(incoming.path, self.limits)
             except InvalidInput as exc:
                 raise type(exc)(str(exc).replace(str(incoming.path), incoming.name)) from None
-
-            sha256 = incoming.digest.hexdigest()
+            sha256 = file_sha256(incoming.path)
             with open(incoming.path, "rb+") as handle:
                 os.fsync(handle.fileno())
             target = self.inputs / sha256
             if not self._reuse(target):
                 self._place(incoming.path, target)
-            return {"sha256": sha256, "duration_s": duration_s, "bytes": incoming.size}
+            return {"sha256": sha256, "duration_s": duration_s, "bytes": size}
         finally:
             self.abort(upload_id)
 
@@ -209,10 +203,11 @@ class UploadStore:
             shutil.rmtree(incoming.path.parent, ignore_errors=True)
 
     def idle(self) -> list[str]:
-        """Uploads no chunk reached for `IDLE_UPLOAD_S` (their sender went away): `abort` them."""
+        """Uploads open for `IDLE_UPLOAD_S`, not submitted (their sender went away): `abort`
+        them."""
         now = time.monotonic()
         return [upload_id for upload_id, incoming in list(self._open.items())
-                if now - incoming.touched_at > IDLE_UPLOAD_S]
+                if now - incoming.opened_at > IDLE_UPLOAD_S]
 
     def _get(self, upload_id: str) -> Incoming:
         incoming = self._open.get(upload_id)

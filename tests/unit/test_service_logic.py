@@ -14,6 +14,7 @@ from raydemucs.core.config import load_config
 from raydemucs.core.errors import OverQuota
 from raydemucs.core.task import TaskSpec, TaskState, new_task_id
 from raydemucs.scheduler.service import SchedulerService
+from raydemucs.storage import nodes
 from raydemucs.storage.folders import LocalFolder, write_outputs
 
 from fakes import FakeServicePool
@@ -133,11 +134,11 @@ def test_concurrent_uploads_of_one_key_respect_its_cap(tmp_path):
         service.uploads.close = slow_close
         ids = []
         for name in ("a", "b"):
-            upload_id = await service.upload_open(f"{name}.wav")
+            upload = await service.upload_open(f"{name}.wav")
             path = write_audio(tmp_path / f"{name}.wav", seconds=0.5, seed=len(ids))
             data = path.read_bytes()
-            await service.upload_write(upload_id, data)
-            ids.append((upload_id, hashlib.sha256(data).hexdigest(), name))
+            await nodes.append(upload["path"], upload["node"], data)
+            ids.append((upload["id"], hashlib.sha256(data).hexdigest(), name))
         answers = [service.submit_upload(spec(tmp_path, name, owner="k", uploaded=True,
                                               kept=True, input_sha256=sha), upload_id, 1)
                    for upload_id, sha, name in ids]
@@ -181,7 +182,7 @@ def test_background_work_runs_off_the_loop_and_its_failures_are_counted(tmp_path
         service.supervisor.on_error = failures.append
         loop_thread, threads = threading.get_ident(), []
         await service.ping()
-        abandoned = await service.upload_open("gone.wav")
+        abandoned = (await service.upload_open("gone.wav"))["id"]
         pending = [abandoned]
         service.uploads.idle = lambda: [pending.pop()] if pending else []
         service.uploads.abort = lambda upload_id: threads.append(threading.get_ident())
