@@ -105,13 +105,13 @@ def test_a_kept_tasks_stems_are_written_by_the_worker_and_its_result_carries_no_
     import pickle
 
     source = audio("song.flac", seconds=1.5)
-    endpoint, kept_uri = None, None
+    endpoint, kept_uri, uploads = None, None, UploadStore(tmp_path / "state")
     if in_store:
         fs, root = request.getfixturevalue("bucket")
         endpoint, kept_uri = request.getfixturevalue("s3_endpoint"), f"{root}/kept"
+        uploads = UploadStore(tmp_path / "state", storage=StorageConfig(endpoint_url=endpoint,
+                                                                        kept_uri=kept_uri))
     worker = s3_worker(endpoint)
-    uploads = UploadStore(tmp_path / "state", storage=StorageConfig(endpoint_url=endpoint,
-                                                                    kept_uri=kept_uri))
     task = uploads.accept(spec(source.name, "uploaded", uploaded=True,
                                input_sha256=file_sha256(source)), source.read_bytes())
     assert task.output_dir == (f"{kept_uri}" if in_store else str(tmp_path / "state" / "results"))
