@@ -1,15 +1,20 @@
 """Stems kept in a store over real HTTP: with `storage.kept_uri` (here a bucket on the session's
 S3 server) the worker writes an uploaded task's stems there, and every route and the purge read
 or delete them there (the node-local variant is test_http.py's service; the sweep of a store's
-stems is tests/unit/test_retention.py's)."""
+stems is tests/unit/test_retention.py's); and the pinned Ray tasks that reach another node's
+files."""
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import uuid
 import zipfile
 
 import pytest
+import ray
+
+from raydemucs.storage import nodes
 
 from support import HttpService, write_audio
 
@@ -69,3 +74,24 @@ def test_stems_kept_in_a_store_download_zip_peak_and_purge(in_store, tmp_path):
     assert not fs.exists(f"{folder}/manifest.json") and not fs.exists(f"{folder}/drums.wav")
     gone = service.client.get(done["outputs"]["drums"])
     assert gone.status_code == 410, gone.text
+
+
+def test_files_on_another_node_are_read_written_and_removed_by_a_pinned_task(ray_cluster,
+                                                                            tmp_path,
+                                                                            monkeypatch):
+    """The path a file on another node takes (`storage.nodes`: a Ray task pinned to that node),
+    taken here on this node by telling this process it is elsewhere."""
+    here = ray.get_runtime_context().get_node_id()
+    monkeypatch.setattr(nodes, "is_here", lambda node: False)
+    path, data = tmp_path / "sent" / "file.bin", bytes(range(256)) * 9000
+    path.parent.mkdir()
+
+    async def write_and_read():
+        for offset in range(0, len(data), 1 << 20):
+            await nodes.append(str(path), here, data[offset:offset + (1 << 20)])
+        return b"".join([chunk async for chunk in nodes.chunks(str(path), here, 10, len(data))])
+    assert asyncio.run(write_and_read()) == data[10:]
+    nodes.copy(str(path), here, tmp_path / "copy.bin")
+    assert (tmp_path / "copy.bin").read_bytes() == data == nodes.content(str(path), here)
+    nodes.remove(str(path.parent), here)
+    assert not path.parent.exists()
