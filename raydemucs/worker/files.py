@@ -59,7 +59,7 @@ def attempt_places(task: TaskSpec, config: StorageConfig, max_bytes: int,
     remote_in = uris.is_uri(task.input_path)
     if not (remote_in or task.uploaded or uris.is_uri(task.output_dir)):
         folder = task_folder(task.output_dir, task.project, task.file_id, config)
-        yield Places(Path(task.input_path), folder, folder.scratch(), False)
+        yield Places(Path(task.input_path), folder, folder.scratch(), task.kept)
         return
     work = Path(tempfile.mkdtemp(prefix=f"raydemucs-{task.task_id}-"))
     try:
