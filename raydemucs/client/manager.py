@@ -25,10 +25,9 @@ from ..core.errors import (
 )
 from ..core.task import TaskSpec, TaskState, parse_priority
 from ..storage.folders import (
-    RemoteFolder,
     check_writable,
     copy_folder,
-    copy_output_bytes,
+    placed_folder,
     task_folder,
 )
 from ..storage.uris import is_uri, local_path
@@ -189,8 +188,8 @@ class WorkerManager:
 
     def fetch(self, task_id: str, output_dir: str | os.PathLike, force: bool = False) -> dict:
         """Copy a succeeded task's stems to `OUTPUT_DIR/PROJECT/FILE_ID` here; returns
-        `{stem: path}`. Works from any machine: remote folders are read directly, others
-        through the scheduler actor (which reads them on its node)."""
+        `{stem: path}`. Works from any machine: remote folders are read directly, others on
+        the node that holds them (by a Ray task pinned there)."""
         if is_uri(str(output_dir)):
             raise InvalidInput(f"fetch copies stems to a local directory, not to {output_dir}")
         root = local_path(output_dir)
@@ -199,10 +198,8 @@ class WorkerManager:
         if folder.complete() and not force:
             raise InvalidInput(f"{folder.location} already holds stems; pass --force to replace them")
         check_writable(root)
-        answer = self._call("fetch", task_id)
-        if "uri" in answer:
-            return copy_folder(RemoteFolder(answer["uri"], self.service_config().storage), folder)
-        return copy_output_bytes(folder, answer)
+        place = self._call("fetch", task_id)
+        return copy_folder(placed_folder(place, self.service_config().storage), folder)
 
     def get_status(self, task_id: str | None = None) -> dict:
         """One task's record, or the service: queue counts by state and every worker."""

@@ -158,6 +158,11 @@ class StorageConfig(Section):
 
     endpoint_url: MaybeText = Field(None, description="S3-compatible endpoint (MinIO, Ceph, R2); "
                                     "null: AWS")
+    kept_uri: MaybeText = Field(None, description="where the stems of uploaded tasks (every "
+                                "HTTP task) are kept: a URI (s3://bucket/prefix, any fsspec "
+                                "store) the workers write them to and the HTTP API reads them "
+                                "from; null: the results folder under the state directory on "
+                                "the node that ran the task, read there")
 
 
 class HttpConfig(Section):

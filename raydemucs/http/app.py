@@ -42,6 +42,7 @@ from ..core.keys import Ceilings, KeyEntry, KeyTable
 from ..core.public import public_task
 from ..core.task import TaskSpec, TaskState
 from ..scheduler.leases import STREAM, UPLOAD
+from ..storage import nodes
 from ..storage.uris import input_size, is_uri
 from . import errors
 from .asks import FIELDS, check_fields, task_spec
@@ -260,14 +261,14 @@ class Ingress:
                                             duration_s=duration_s)).to_dict()
             # before the bytes travel
             await self.call("check_tasks", [spec], caller.max_queued, lease.id)
-            upload_id = await self.call("upload_open", name)
+            upload = await self.call("upload_open", name)
             try:
-                async for chunk in spool.chunks(chunk_bytes):
-                    await self.call("upload_write", upload_id, chunk)
-                return await self.call("submit_upload", spec, upload_id, caller.max_queued,
+                async for chunk in spool.chunks(chunk_bytes):  # to the scheduler's node, not actor
+                    await nodes.append(upload["path"], upload["node"], chunk)
+                return await self.call("submit_upload", spec, upload["id"], caller.max_queued,
                                        lease.id)
             except BaseException:
-                await self.call("upload_abort", upload_id)
+                await self.call("upload_abort", upload["id"])
                 raise
 
     async def _from_input(self, request: Request, caller: Caller) -> dict:

@@ -1,8 +1,9 @@
 """Stem files for HTTP answers, read wherever they are: this node, another node, or a bucket.
 
-A local output folder lives on the node that wrote it (the worker's, or the scheduler's for the
-stems the service keeps); a replica on another node reads it through a small Ray task pinned to
-that node, chunk by chunk, so a stem never sits whole in a replica's memory. A bucket's stems are
+A local output folder lives on the node whose worker wrote it (the stems the service keeps too,
+unless `storage.kept_uri` names a store); a replica on another node reads it through a small Ray
+task pinned to that node (`storage.nodes`), chunk by chunk, so a stem never sits whole in a
+replica's memory. A bucket's stems are
 answered with a redirect to a presigned URL where the storage can sign one.
 
 A download reads its file through one open handle, and a whole one is sent only if it hashes to
@@ -21,33 +22,16 @@ import zipfile
 from typing import AsyncIterator
 from urllib.parse import quote
 
-import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
 from ..core.config import StorageConfig
+from ..storage import nodes
 from ..storage.folders import MANIFEST, RemoteFolder
 from .errors import RangeNotSatisfiable
 from .peaks import peaks, peaks_on_node
 
 logger = logging.getLogger(__name__)
-CHUNK_BYTES = 1 << 20
 SIGNED_URL_S = 3600
 RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 MEDIA_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg", "flac": "audio/flac"}
-
-
-def _read(path: str, start: int, stop: int, chunk_bytes: int):
-    """The bytes [start, stop) of a file, chunk by chunk, through one open handle."""
-    with open(path, "rb") as handle:
-        handle.seek(start)
-        for offset in range(start, stop, chunk_bytes):
-            yield handle.read(min(stop, offset + chunk_bytes) - offset)
-
-
-@ray.remote(num_cpus=0)
-def _read_on_node(path: str, start: int, stop: int, chunk_bytes: int):
-    """`_read` on the node this task runs on."""
-    yield from _read(path, start, stop, chunk_bytes)
 
 
 def attachment(name: str) -> str:
@@ -96,30 +80,17 @@ class StemSource:
         self.location, self.node = location, node
         self.remote = RemoteFolder(location, storage) if remote else None
 
-    def _here(self) -> bool:
-        return self.node is None or self.node == ray.get_runtime_context().get_node_id()
-
     async def chunks(self, name: str, start: int, stop: int) -> AsyncIterator[bytes]:
         """The bytes [start, stop) of file `name` of the folder, about a megabyte at a time."""
         if self.remote is not None:
             fs, folder = self.remote.fs, self.remote.path
-            for offset in range(start, stop, CHUNK_BYTES):
-                end = min(stop, offset + CHUNK_BYTES)
-                yield await asyncio.to_thread(fs.cat_file, f"{folder}/{name}", offset, end)
+            for offset in range(start, stop, nodes.CHUNK_BYTES):
+                end = min(stop, offset + nodes.CHUNK_BYTES)
+                yield await asyncio.to_thread(fs.cat_file, f"{folder}/{name}", start=offset,
+                                              end=end)  # (s3fs's third positional: a version)
             return
-        path = f"{self.location}/{name}"
-        if self._here():
-            reader = _read(path, start, stop, CHUNK_BYTES)
-            try:
-                while (chunk := await asyncio.to_thread(next, reader, None)) is not None:
-                    yield chunk
-            finally:
-                reader.close()
-            return
-        strategy = NodeAffinitySchedulingStrategy(self.node, soft=False)
-        async for ref in _read_on_node.options(scheduling_strategy=strategy).remote(
-                path, start, stop, CHUNK_BYTES):
-            yield await ref
+        async for chunk in nodes.chunks(f"{self.location}/{name}", self.node, start, stop):
+            yield chunk
 
     async def manifest(self) -> dict:
         if self.remote is not None:
@@ -135,10 +106,10 @@ class StemSource:
                     return peaks(handle, points)
             return await asyncio.to_thread(from_bucket)
         path = f"{self.location}/{name}"
-        if self._here():
+        if nodes.is_here(self.node):
             return await asyncio.to_thread(peaks, path, points)
-        strategy = NodeAffinitySchedulingStrategy(self.node, soft=False)
-        return await peaks_on_node.options(scheduling_strategy=strategy).remote(path, points)
+        return await peaks_on_node.options(scheduling_strategy=nodes.pinned(self.node)).remote(
+            path, points)
 
     def signed_url(self, name: str) -> str | None:
         """A presigned URL of a bucket's file, where the storage signs them; else None."""

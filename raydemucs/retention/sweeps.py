@@ -1,5 +1,6 @@
-"""Retention: what the service holds under its state directory (uploaded inputs, the stems it
-keeps for uploaded tasks) goes when it expires, finished journal rows after
+"""Retention: what the service holds (uploaded inputs under its state directory, the stems it
+keeps for uploaded tasks: there, on the node that ran each, or in the store of
+`storage.kept_uri`) goes when it expires, finished journal rows after
 `retention.records_ttl_s`, and a finished task's files at once when it is purged.
 
 A sweep reads the journal and the disk in a thread (`scan`), then retires what expired on the
@@ -24,6 +25,8 @@ from ..core.config import RetentionConfig
 from ..core.errors import InvalidInput, TaskConflict
 from ..core.task import TaskRecord
 from ..journal import Journal
+from ..storage import nodes, uris
+from ..storage.folders import RemoteFolder
 from ..storage.uploads import UploadStore
 
 logger = logging.getLogger(__name__)
@@ -70,6 +73,7 @@ class Retention:
                  clock: Callable[[], float] = time.time):
         self.config, self.journal, self.uploads, self.clock = config, journal, uploads, clock
         self.trash = uploads.inputs.parent / TRASH
+        self.leaving: list[tuple[str, str | None]] = []  # retired stems `(location, node)`
 
     # -- reading (a thread) --------------------------------------------------------------------
     def scan(self) -> Due:
@@ -135,7 +139,18 @@ class Retention:
         return {"uploads_bytes": uploads, "results_bytes": _size(self.uploads.results)}
 
     def empty_trash(self) -> None:
-        """Delete what was moved to the trash (the folder stays: a retire may be moving in)."""
+        """Delete what was moved to the trash (the folder stays: a retire may be moving in), and
+        the retired stems in a store or on other nodes."""
+        while self.leaving:
+            location, node = self.leaving.pop()
+            try:
+                if uris.is_uri(location):
+                    RemoteFolder(location, self.uploads.storage).remove()
+                else:
+                    nodes.remove(location, node)
+            except Exception as exc:  # a node gone, a store down: its stems went with it, or stay
+                logger.warning("retention: the expired stems at %s could not be deleted: %s",
+                               location, str(exc).splitlines()[0] if str(exc) else repr(exc))
         for path in self.trash.iterdir() if self.trash.is_dir() else ():
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
@@ -161,19 +176,20 @@ class Retention:
         return Retired(stems, inputs, dropped)
 
     def _retire_stems(self, record: TaskRecord) -> bool:
-        """Mark a finished run's stems expired and move them to the trash; False if the task
-        changed since it was read, or its folder is not one the service keeps."""
-        folder = Path(record.spec.output_location)
-        results = self.uploads.results.resolve()
-        if not record.spec.kept or not folder.resolve().is_relative_to(results) \
-                or folder.resolve() == results:
+        """Mark a finished run's stems expired and move them to the trash (those in a store or
+        on another node: to be deleted with it); False if the task changed since it was read,
+        or its folder is not one the service keeps."""
+        location = record.spec.output_location
+        if not record.spec.kept or not self.uploads.keeps(location):
             logger.warning("task %s: %s is not a folder the service keeps; left alone",
-                           record.task_id, folder)
+                           record.task_id, location)
             return False
         if not self.journal.tasks.mark_expired(record.task_id, record.seq, self.clock()):
             return False
-        if folder.exists():
-            os.replace(folder, self.trash / f"stems-{record.task_id}-{uuid.uuid4().hex[:8]}")
+        if uris.is_uri(location) or not nodes.is_here(record.node):
+            self.leaving.append((location, record.node))
+        elif os.path.exists(location):
+            os.replace(location, self.trash / f"stems-{record.task_id}-{uuid.uuid4().hex[:8]}")
         return True
 
     def purge(self, record: TaskRecord, users: list[TaskRecord], in_use: set[str],

@@ -172,7 +172,7 @@ class RayWorkerPool:
         slot.tasks[spec.task_id] = attempt
         for helper in map(self.slots.get, helpers):
             helper.state, helper.lent_to, helper.tasks[spec.task_id] = "busy", spec.task_id, attempt
-        upload = UploadSource(self.prefix, spec.input_sha256) if spec.uploaded else None
+        upload = UploadSource.of(self.config.state_path, spec.input_sha256) if spec.uploaded else None
         ref = slot.handle.separate.remote(spec.to_dict(), attempt, reuse_from, upload,
                                           [self.slots[h].handle for h in helpers])
         self.supervisor.spawn("attempt_result", self._run_attempt(slot, slot.handle, ref, spec.task_id, attempt))
@@ -324,8 +324,9 @@ class RayWorkerPool:
             if slot.handle is handle:
                 self.on_lost(slot.worker_id, str(exc).splitlines()[0])
             return None
-        except RayError as exc:
-            result = {"ok": False, "error": InternalError(str(exc).splitlines()[0]).to_dict()}
+        except Exception as exc:  # a RayError, or a result this process could not take in
+            message = str(exc) if isinstance(exc, RayError) else f"{type(exc).__name__}: {exc}"
+            result = {"ok": False, "error": InternalError(message.splitlines()[0]).to_dict()}
         return result
 
     def _finish_attempt(self, slot: WorkerSlot, task_id: str, attempt: int, result: dict) -> None:

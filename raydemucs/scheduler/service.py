@@ -20,12 +20,12 @@ import ray
 
 from ..core.actors import node_id
 from ..core.config import Config
-from ..core.errors import Gone, InvalidInput, OutputWriteFailed, RayDemucsError, error_from_dict
+from ..core.errors import Gone, InternalError, InvalidInput, error_from_dict
 from ..core.keys import KeyStore, KeyTable
 from ..core.logs import configure_logging
 from ..core.public import public_task
 from ..core.statedir import private_dir
-from ..core.task import TaskRecord, TaskSpec, TaskState
+from ..core.task import TaskRecord, TaskState
 from ..journal import Journal
 from ..journal.deliveries import DeliveryCounts
 from ..retention.sweeper import Sweeper
@@ -62,7 +62,7 @@ class SchedulerService:
         configure_logging(self.config.service.log_level, self.config.service.log_format)
         state = private_dir(self.config.state_path)
         self.journal = Journal(state / JOURNAL_FILE)
-        self.uploads = UploadStore(state, self.config.input)
+        self.uploads = UploadStore(state, self.config.input, self.config.storage)
         self.keys, self._keys_table, self._keys_version = KeyStore(state), KeyTable([]), None
         self.metrics = ServiceMetrics(self.config.service.name)
         self.supervisor = Supervisor(self.metrics.background_failed)
@@ -199,23 +199,15 @@ class SchedulerService:
         self.watchers.changed()
 
     def _on_result(self, task_id: str, attempt: int, result: dict) -> None:
-        record = self.core.active.get(task_id)
-        if result["ok"] and record is not None and record.spec.kept:
-            self.supervisor.spawn("keep_stems", self._keep_stems(task_id, attempt, record.spec,
-                                                                 result))
-        else:
-            self._ended(task_id, attempt, result)
-
-    async def _keep_stems(self, task_id: str, attempt: int, spec: TaskSpec, result: dict) -> None:
-        """Write a kept task's stems under the state directory (off the loop), then end it."""
+        """An attempt's result (its stems are where the task's folder is: only their locations
+        come here). Whatever fails while it is handled fails the attempt, in one line, rather
+        than leave it running until its deadline."""
         try:
-            outputs = await asyncio.to_thread(self.uploads.keep_stems, spec, result)
-            self._ended(task_id, attempt, {**result, "outputs": outputs})
-        except RayDemucsError as exc:
-            self._ended(task_id, attempt, {"ok": False, "error": exc.to_dict()})
-        except Exception as exc:  # out of memory, say: retried, never left running
-            self.supervisor.failed("keep_stems", exc)
-            error = OutputWriteFailed(f"keeping the stems failed: {type(exc).__name__}: {exc}")
+            self._ended(task_id, attempt, result)
+        except Exception as exc:
+            self.supervisor.failed("attempt_result", exc)
+            error = InternalError(f"handling the attempt's result failed: "
+                                  f"{type(exc).__name__}: {exc}".splitlines()[0])
             self._ended(task_id, attempt, {"ok": False, "error": error.to_dict()})
 
     def _ended(self, task_id: str, attempt: int, result: dict) -> None:
@@ -359,26 +351,24 @@ class SchedulerService:
         return record
 
     async def fetch(self, task_id: str) -> dict:
-        """A succeeded task's stems for a client that cannot read them where they are:
-        `{"uri": FOLDER}` for remote storage, else the files' bytes read on this node."""
+        """Where a succeeded task's stems are, for a client that cannot read them there: a
+        `stems_place` (`{"location", "node", "remote"}`), read by the client itself."""
         await self._ready()
         record = self._unexpired(task_id)
         if record.state is not TaskState.SUCCEEDED:
             raise InvalidInput(f"task {task_id} is {record.state.value}; only a succeeded task's "
                                "stems can be fetched")
-        folder = open_folder(record.spec.output_location, self.config.storage)
-        if folder.remote:
-            return {"uri": folder.location}
-        return await asyncio.to_thread(folder.read_files)
+        return self._place(record)
 
     async def stems_place(self, task_id: str) -> dict:
         """Where a task's stems are: `{"location", "node", "remote"}` (the node that holds a
-        local folder: the scheduler's for the stems it keeps, else the worker's)."""
+        local folder: the one whose worker ran the task; none for a store's)."""
         await self._ready()
-        record = self._unexpired(task_id)
+        return self._place(self._unexpired(task_id))
+
+    def _place(self, record: TaskRecord) -> dict:
         folder = open_folder(record.spec.output_location, self.config.storage)
-        node = self.node_id if record.spec.kept else record.node
-        return {"location": folder.location, "node": None if folder.remote else node,
+        return {"location": folder.location, "node": None if folder.remote else record.node,
                 "remote": folder.remote}
 
     async def purge(self, task_id: str) -> dict:
@@ -387,13 +377,12 @@ class SchedulerService:
         outcome = await self.sweeper.purge(self.core.get(task_id))
         return {**outcome, "task": await self.get_task(task_id)}
 
-    # -- uploads streamed in chunks (the HTTP front door) -------------------------------------
-    async def upload_open(self, file_name: str) -> str:
+    # -- uploads written in chunks by the HTTP front door -------------------------------------
+    async def upload_open(self, file_name: str) -> dict:
+        """Open an upload: `{"id", "path", "node"}`, the file on this node its sender writes the
+        bytes to itself (`storage.nodes.append`), never through this process."""
         await self._ready()
         return await asyncio.to_thread(self.uploads.open, file_name)
-
-    async def upload_write(self, upload_id: str, chunk: bytes) -> None:
-        await asyncio.to_thread(self.uploads.write, upload_id, chunk)
 
     async def upload_abort(self, upload_id: str) -> None:
         await asyncio.to_thread(self.uploads.abort, upload_id)
@@ -406,10 +395,6 @@ class SchedulerService:
         task_id = await self.intake.submit_upload(spec, upload_id, max_queued, lease)
         self._changed(dispatch=True)
         return self.core.view(task_id)
-
-    async def read_upload(self, sha256: str, offset: int, size: int) -> bytes:
-        """A chunk of a kept input, for the worker that separates it."""
-        return await asyncio.to_thread(self.uploads.read_chunk, sha256, offset, size)
 
     # -- the service --------------------------------------------------------------------------
     async def models(self) -> list[dict]:

@@ -2,7 +2,7 @@
 threads and arq its poll loop): every task's exception is logged and counted, never dropped with
 the task; a loop that fails logs, waits and goes on.
 
-`job` names the kind of work (`keep_stems`, `sweep`, `worker_ready`, ...): it is the task's name
+`job` names the kind of work (`attempt_result`, `sweep`, `worker_ready`, ...): it is the task's name
 in the log and the `job` tag of `raydemucs_background_errors_total`.
 """
 from __future__ import annotations

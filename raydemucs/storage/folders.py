@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 from ..core.config import StorageConfig
 from ..core.errors import InvalidInput, OutputNotWritable, OutputWriteFailed, StorageUnavailable
 from ..core.names import check_name, check_task_names, printable
-from . import uris
+from . import nodes, uris
 
 MANIFEST = "manifest.json"
 STAGING_SUFFIXES = ("tmp", "scratch")  # staging folders, and streaming's scratch files
@@ -172,16 +172,6 @@ class LocalFolder(Folder):
         them (what a killed attempt leaves goes with the next sweep)."""
         return self.path.parent / f".{self.path.name}.{uuid.uuid4().hex[:8]}.scratch"
 
-    def read_files(self) -> dict:
-        """`{"manifest", "files": {file name: bytes}}` of a complete folder (sent to a client)."""
-        manifest = self.manifest()
-        if not complete_stems(manifest, None, self.size_of):
-            raise InvalidInput(f"{printable(self.path)} holds no complete output here")
-        return {"manifest": manifest,
-                "files": {entry["file"]: (self.path / entry["file"]).read_bytes()
-                          for entry in manifest["stems"].values()}}
-
-
 class RemoteFolder(Folder):
     """A folder in object storage (`s3://bucket/prefix/PROJECT/FILE_ID`), through fsspec."""
 
@@ -243,11 +233,43 @@ class RemoteFolder(Folder):
             self.fs.put_file(str(staged / MANIFEST), f"{self.path}/{MANIFEST}")
         self._call(upload)
 
+    def remove(self) -> None:
+        """Delete the folder and everything in it."""
+        try:
+            self._call(lambda: self.fs.rm(self.path, recursive=True))
+        except FileNotFoundError:
+            pass
+
     def fetch_file(self, name: str, target: Path) -> None:
         try:
             self._call(lambda: self.fs.get_file(f"{self.path}/{name}", str(target)))
         except FileNotFoundError:
             raise uris.unreachable(self.location, FileNotFoundError(name)) from None
+
+
+class NodeFolder(LocalFolder):
+    """A local folder on the Ray node `node`, read from any process of the cluster (a kept
+    task's stems on the node that ran it)."""
+
+    def __init__(self, path: str | os.PathLike, node: str | None):
+        super().__init__(path)
+        self.node = node
+
+    def manifest(self) -> dict | None:
+        try:
+            return json.loads(nodes.content(str(self.path / MANIFEST), self.node))
+        except (OSError, ValueError):
+            return None
+
+    def fetch_file(self, name: str, target: Path) -> None:
+        nodes.copy(str(self.path / name), self.node, target)
+
+
+def placed_folder(place: dict, config: StorageConfig) -> Folder:
+    """The folder a scheduler's `stems_place` answer names."""
+    if place["remote"]:
+        return RemoteFolder(place["location"], config)
+    return NodeFolder(place["location"], place["node"])
 
 
 def open_folder(location: str, config: StorageConfig) -> Folder:
@@ -365,9 +387,3 @@ def copy_folder(source: Folder, target: Folder) -> dict[str, str]:
     if not manifest:
         raise InvalidInput(f"{printable(source.location)} holds no complete output (no {MANIFEST})")
     return copy_outputs(target, manifest, source.fetch_file)
-
-
-def copy_output_bytes(folder: Folder, output: dict) -> dict[str, str]:
-    """`copy_outputs` from what `LocalFolder.read_files` returns (bytes sent across processes)."""
-    files = output["files"]
-    return copy_outputs(folder, output["manifest"], lambda name, path: path.write_bytes(files[name]))

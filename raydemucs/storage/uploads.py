@@ -1,10 +1,12 @@
 """Inputs sent with their tasks and those tasks' stems, kept by the service.
 
 For clients that share no storage with the cluster (`submit --upload`, and every file posted over
-HTTP): the bytes are stored under the service's state directory on the head node by SHA-256,
-synced before the task is accepted, reach the worker with the task, and its stems come back to
-`STATE_DIR/results/[@OWNER/]PROJECT/FILE_ID`. Bytes arrive whole (`accept`) or in chunks, as an
-HTTP replica streams them (`open`, `write`, `close`), checked as audio before they are kept.
+HTTP): the bytes are stored under the service's state directory on the scheduler's node by
+SHA-256, synced before the task is accepted; the worker reads them there itself (`UploadSource`),
+and writes the task's stems straight to `KEPT/[@OWNER/]PROJECT/FILE_ID`, where KEPT is
+`storage.kept_uri` or else `STATE_DIR/results` on the node that ran the task. Bytes arrive
+whole (`accept`) or in chunks, as an HTTP replica writes them (`open`, the replica's appends
+through `storage.nodes`, `close`), checked as audio before they are kept.
 """
 from __future__ import annotations
 
@@ -19,26 +21,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..audio.checks import validate_input
-from ..core.config import InputConfig
+from ..core.actors import node_id
+from ..core.config import InputConfig, StorageConfig
 from ..core.errors import InputTooLarge, InvalidInput
 from ..core.names import stored_name
 from ..core.statedir import sync_dir
 from ..core.task import TaskSpec
-from .folders import LocalFolder, copy_output_bytes
+from . import nodes, uris
+from .folders import file_sha256
 
-IDLE_UPLOAD_S = 600.0  # an incoming upload no chunk reached for this long was abandoned
+IDLE_UPLOAD_S = 600.0  # an incoming upload not submitted this long after it opened was abandoned
 
 
 @dataclass
 class Incoming:
-    """An upload arriving in chunks: its partial file, running hash and size."""
+    """An upload arriving in chunks: its partial file, written by the HTTP replica itself."""
 
     path: Path
     name: str  # the file's name where it came from (its path here never reaches a message)
     max_bytes: int
-    digest: object = field(default_factory=hashlib.sha256)
-    size: int = 0
-    touched_at: float = field(default_factory=time.monotonic)
+    opened_at: float = field(default_factory=time.monotonic)
 
 
 def _fsync_write(path: Path, data: bytes) -> None:
@@ -48,48 +50,59 @@ def _fsync_write(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
+def inputs_dir(state_dir: Path) -> Path:
+    """Where the service keeps uploaded inputs, by SHA-256."""
+    return state_dir / "uploads"
+
+
 @dataclass(frozen=True)
 class UploadSource:
-    """An uploaded input as a worker fetches it: from the service that keeps it, a chunk at a
-    time, so neither the scheduler nor the call to the worker holds the whole file."""
+    """An uploaded input as a worker fetches it: the file on the scheduler's node, read there a
+    chunk at a time by a Ray task pinned to it (`storage.nodes`), so that neither the scheduler's
+    process nor the call to the worker holds the file."""
 
-    service: str  # the service's name: its scheduler is `SERVICE:scheduler`
-    sha256: str
-    chunk_bytes: int = 1 << 22
+    node: str | None  # the scheduler's node
+    path: str
+
+    @classmethod
+    def of(cls, state_dir: Path, sha256: str) -> "UploadSource":
+        """The stored input `sha256` of the service whose state directory (on this node, the
+        scheduler's) is `state_dir`."""
+        return cls(node_id(), str(inputs_dir(state_dir.absolute()) / sha256))
 
     def write_to(self, path: Path) -> None:
-        import ray
-
-        from ..core.actors import get_scheduler
-
-        scheduler = get_scheduler(self.service)
-        with open(path, "wb") as handle:
-            offset = 0
-            while True:
-                try:
-                    chunk = ray.get(scheduler.read_upload.remote(self.sha256, offset,
-                                                                 self.chunk_bytes))
-                except ray.exceptions.RayTaskError as exc:
-                    raise exc.cause from None
-                if not chunk:
-                    return
-                handle.write(chunk)
-                offset += len(chunk)
+        try:
+            nodes.copy(self.path, self.node, path)
+        except FileNotFoundError:  # also raised through Ray, by the task that reads it there
+            raise InvalidInput("the uploaded input is gone from the service's state directory; "
+                               "submit the file again") from None
 
 
 class UploadStore:
-    def __init__(self, state_dir: Path, limits: InputConfig = InputConfig()):
-        self.inputs = state_dir / "uploads"
+    def __init__(self, state_dir: Path, limits: InputConfig = InputConfig(),
+                 storage: StorageConfig = StorageConfig()):
+        state_dir = state_dir.absolute()  # named to workers, whose working folders differ
+        self.inputs = inputs_dir(state_dir)
         self.incoming = self.inputs / ".incoming"
         self.results = state_dir / "results"
-        self.limits = limits
+        self.limits, self.storage, self.kept_uri = limits, storage, storage.kept_uri
         self._open: dict[str, Incoming] = {}
         self.lock = threading.Lock()  # keeping or reusing an input, against retention's removals
         shutil.rmtree(self.incoming, ignore_errors=True)  # what a stopped service left half-sent
 
-    def results_dir(self, owner: str) -> Path:
-        """Where the stems of an owner's uploaded tasks go (`@` cannot start a project name)."""
-        return self.results / f"@{owner}" if owner else self.results
+    def results_dir(self, owner: str) -> str:
+        """Where the stems of an owner's uploaded tasks go (`@` cannot start a project name):
+        under `storage.kept_uri`, else under the results folder (on the node that runs it)."""
+        root = self.kept_uri.rstrip("/") if self.kept_uri else str(self.results)
+        return f"{root}/@{owner}" if owner else root
+
+    def keeps(self, location: str) -> bool:
+        """Whether `location` is a task's folder under the service's results (those of
+        `storage.kept_uri`, or the local ones), never their root."""
+        if uris.is_uri(location):
+            return bool(self.kept_uri) and location.startswith(self.kept_uri.rstrip("/") + "/")
+        folder, results = Path(location).resolve(), self.results.resolve()
+        return folder.is_relative_to(results) and folder != results
 
     def accept(self, spec: TaskSpec, data: bytes | None = None) -> TaskSpec:
         """Keep an uploaded input (synced) and point the task's stems at the service's results;
@@ -137,69 +150,49 @@ class UploadStore:
 
     def keep(self, spec: TaskSpec) -> TaskSpec:
         """Point a task's stems at the service's results, where it keeps them."""
-        return dataclasses.replace(spec, output_dir=str(self.results_dir(spec.owner)), kept=True)
+        return dataclasses.replace(spec, output_dir=self.results_dir(spec.owner), kept=True)
 
     def holds_input(self, spec: TaskSpec) -> bool:
         """Whether an uploaded task's input is still stored (any other task's is not ours)."""
         return not spec.uploaded or (self.inputs / str(spec.input_sha256)).is_file()
 
-    def read_chunk(self, sha256: str, offset: int, size: int) -> bytes:
-        """Bytes [offset, offset + size) of a kept input; `InvalidInput` when it is gone."""
-        try:
-            with open(self.inputs / sha256, "rb") as handle:
-                handle.seek(offset)
-                return handle.read(size)
-        except FileNotFoundError:
-            raise InvalidInput("the uploaded input is gone from the service's state directory; "
-                               "submit the file again") from None
-
-    def keep_stems(self, spec: TaskSpec, result: dict) -> dict[str, str]:
-        """Write the stems a worker sent back into the task's folder; returns `{stem: path}`."""
-        return copy_output_bytes(LocalFolder(spec.output_location), result)
-
     # -- uploads in chunks -------------------------------------------------------------------
-    def open(self, file_name: str) -> str:
-        """Start an upload of a file called `file_name` (its suffix helps decoders); its id."""
+    def open(self, file_name: str) -> dict:
+        """Start an upload of a file called `file_name` (its suffix helps decoders):
+        `{"id", "path", "node"}`, the partial file its sender appends the bytes to, on this (the
+        scheduler's) node, through `storage.nodes` (never through the scheduler's process)."""
         upload_id = uuid.uuid4().hex
         folder = self.incoming / upload_id
         folder.mkdir(parents=True)
         name = stored_name("input", file_name)
         self._open[upload_id] = Incoming(folder / name, Path(file_name).name or "upload",
                                          int(self.limits.max_file_mb * 2**20))
-        return upload_id
-
-    def write(self, upload_id: str, chunk: bytes) -> None:
-        """Append a chunk; over `input.max_file_mb` the upload is dropped (`InputTooLarge`)."""
-        incoming = self._get(upload_id)
-        incoming.size += len(chunk)
-        if incoming.size > incoming.max_bytes:
-            self.abort(upload_id)
-            raise InputTooLarge(f"the upload is over the {self.limits.max_file_mb:g} MB limit "
-                                "(input.max_file_mb)")
-        with open(incoming.path, "ab") as handle:
-            handle.write(chunk)
-        incoming.digest.update(chunk)
-        incoming.touched_at = time.monotonic()
+        (folder / name).touch()
+        return {"id": upload_id, "path": str(folder / name), "node": node_id()}
 
     def close(self, upload_id: str) -> dict:
-        """Check the whole file as a submitted input is checked, sync it and keep it by SHA-256:
-        `{"sha256", "duration_s", "bytes"}`. A file that is not acceptable is dropped."""
+        """Check the whole file as a submitted input is checked (its size, its audio), sync it
+        and keep it by SHA-256: `{"sha256", "duration_s", "bytes"}`. A file that is not
+        acceptable is dropped."""
         incoming = self._get(upload_id)
         try:
-            if incoming.size == 0:
+            size = incoming.path.stat().st_size
+            if size == 0:
                 raise InvalidInput("the uploaded file is empty")
+            if size > incoming.max_bytes:
+                raise InputTooLarge(f"the upload is over the {self.limits.max_file_mb:g} MB "
+                                    "limit (input.max_file_mb)")
             try:
                 duration_s = validate_input(incoming.path, self.limits)
             except InvalidInput as exc:
                 raise type(exc)(str(exc).replace(str(incoming.path), incoming.name)) from None
-
-            sha256 = incoming.digest.hexdigest()
+            sha256 = file_sha256(incoming.path)
             with open(incoming.path, "rb+") as handle:
                 os.fsync(handle.fileno())
             target = self.inputs / sha256
             if not self._reuse(target):
                 self._place(incoming.path, target)
-            return {"sha256": sha256, "duration_s": duration_s, "bytes": incoming.size}
+            return {"sha256": sha256, "duration_s": duration_s, "bytes": size}
         finally:
             self.abort(upload_id)
 
@@ -210,10 +203,11 @@ class UploadStore:
             shutil.rmtree(incoming.path.parent, ignore_errors=True)
 
     def idle(self) -> list[str]:
-        """Uploads no chunk reached for `IDLE_UPLOAD_S` (their sender went away): `abort` them."""
+        """Uploads open for `IDLE_UPLOAD_S`, not submitted (their sender went away): `abort`
+        them."""
         now = time.monotonic()
         return [upload_id for upload_id, incoming in list(self._open.items())
-                if now - incoming.touched_at > IDLE_UPLOAD_S]
+                if now - incoming.opened_at > IDLE_UPLOAD_S]
 
     def _get(self, upload_id: str) -> Incoming:
         incoming = self._open.get(upload_id)

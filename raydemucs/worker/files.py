@@ -36,20 +36,13 @@ logger = logging.getLogger(__name__)
 @dataclass
 class Places:
     input_path: Path  # a local file to decode
-    folder: Folder  # where the stems go (when the service keeps them, a local folder sent back)
+    folder: Folder  # where the stems go: the task's folder, local or remote
     scratch: Path  # a local path for scratch files (streamed stems), removed after the attempt
-    kept: bool  # the stems go back to the service as bytes
+    kept: bool  # the service keeps the stems: a later task of the same names replaces them
 
     def previous_manifest(self) -> dict | None:
-        """The manifest of an output already where this task's stems go."""
+        """The manifest of another task's output already where this task's stems go."""
         return None if self.kept else self.folder.manifest()
-
-    def deliver(self, outputs: dict[str, str]) -> dict:
-        """The result fields that describe the published stems (their bytes, when the service
-        keeps them)."""
-        if self.kept:
-            return {"outputs": outputs, **self.folder.read_files()}
-        return {"outputs": outputs}
 
 
 def _local_name(location: str) -> str:
@@ -60,11 +53,13 @@ def _local_name(location: str) -> str:
 def attempt_places(task: TaskSpec, config: StorageConfig, max_bytes: int,
                    upload: bytes | UploadSource | None = None) -> Iterator[Places]:
     """Local places for one attempt; what it downloads or writes there is removed at the end.
-    An uploaded input comes as its bytes, or as the `UploadSource` the worker fetches it from."""
+    An uploaded input comes as its bytes, or as the `UploadSource` the worker fetches it from.
+    The stems go straight to the task's folder (a kept task's too: on this node, or in the
+    store of `storage.kept_uri`), never back through the scheduler."""
     remote_in = uris.is_uri(task.input_path)
-    if not (remote_in or task.kept or uris.is_uri(task.output_dir)):
+    if not (remote_in or task.uploaded or uris.is_uri(task.output_dir)):
         folder = task_folder(task.output_dir, task.project, task.file_id, config)
-        yield Places(Path(task.input_path), folder, folder.scratch(), False)
+        yield Places(Path(task.input_path), folder, folder.scratch(), task.kept)
         return
     work = Path(tempfile.mkdtemp(prefix=f"raydemucs-{task.task_id}-"))
     try:
@@ -84,8 +79,7 @@ def attempt_places(task: TaskSpec, config: StorageConfig, max_bytes: int,
                                    f"{max_bytes / 2**20:g} MB (input.max_file_mb)")
             input_path = uris.download(task.input_path, work / _local_name(task.input_path),
                                           config)
-        out = work / "out" if task.kept else task.output_dir
-        folder = task_folder(out, task.project, task.file_id, config)
+        folder = task_folder(task.output_dir, task.project, task.file_id, config)
         try:
             yield Places(input_path, folder, folder.scratch(), task.kept)
         except InvalidInput as exc:  # named as the task names its input, not by the local copy
@@ -127,7 +121,7 @@ class AttemptFiles:
                                 link_or_copy, manifest)
         logger.info("task %s attempt %d: reused the stems of task %s", self.task.task_id, attempt,
                     previous["task_id"])
-        return {**self.places.deliver(outputs), "timings": {"write_s": time.time() - started},
+        return {"outputs": outputs, "timings": {"write_s": time.time() - started},
                 "duration_s": self.duration_s, "cached_from": previous["task_id"]}
 
     def publish(self, separated, current) -> dict:
@@ -141,7 +135,7 @@ class AttemptFiles:
         with current.timed("write_s"):
             outputs = write_outputs(self.places.folder, separated.stems, options.format,
                                     stem_saver(options, separated.samplerate), manifest)
-        return {**self.places.deliver(outputs), "timings": current.timings,
+        return {"outputs": outputs, "timings": current.timings,
                 "duration_s": self.duration_s}
 
     def _manifest(self, attempt: int) -> dict:

@@ -7,6 +7,9 @@ import json
 import zipfile
 
 import pytest
+import ray
+
+from raydemucs.core.actors import get_scheduler
 
 from support import write_audio
 
@@ -253,3 +256,31 @@ def test_a_stem_streams_from_the_store_with_its_sha256(http_service, tmp_path):
     with http_service.client.stream("GET", url) as answer:
         digest = hashlib.sha256(b"".join(answer.iter_bytes())).hexdigest()
     assert f'"{digest}"' == answer.headers["etag"]
+
+
+def test_the_scheduler_never_holds_the_stems_of_a_long_upload(http_service, tmp_path):
+    """A 30-second upload whose float32 stems are ~42 MB: the worker writes them on its node,
+    the scheduler hears their locations, and its peak RSS grows by far less than their bytes
+    (on main it held and wrote every one); they download byte-identical from the node."""
+    scheduler = get_scheduler(http_service.config.service.name)
+    pid = ray.get(scheduler.ping.remote())["pid"]
+    before = peak_rss(pid)
+    record = upload(http_service, write_audio(tmp_path / "long.mp3", seconds=30.0),
+                    project="long", wav_depth="float32").json()
+    done = http_service.wait(record["task_id"])
+    assert done["state"] == "succeeded", done["error"]
+    grown = peak_rss(pid) - before
+    folder = http_service.state / "results" / "long" / "long"
+    stems_bytes = sum((folder / f"{stem}.wav").stat().st_size for stem in STEMS)
+    assert stems_bytes > 36 * 2**20
+    assert grown < stems_bytes / 3, f"the scheduler's peak RSS grew {grown / 2**20:.0f} MB"
+    assert http_service.manager.get_status(record["task_id"])["node"] == \
+        ray.get_runtime_context().get_node_id()
+    answer = http_service.client.get(done["outputs"]["drums"])
+    assert answer.status_code == 200 and answer.content == (folder / "drums.wav").read_bytes()
+
+
+def peak_rss(pid: int) -> int:
+    """A process's peak resident memory so far (VmHWM), in bytes."""
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))

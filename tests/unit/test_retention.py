@@ -10,7 +10,7 @@ import time
 import pytest
 
 from raydemucs.client.render import held_lines
-from raydemucs.core.config import RetentionConfig
+from raydemucs.core.config import RetentionConfig, StorageConfig
 from raydemucs.core.errors import InvalidInput
 from raydemucs.core.task import TaskRecord, TaskSpec, TaskState, new_task_id
 from raydemucs.journal import Journal
@@ -94,6 +94,32 @@ def test_stems_expire_after_results_ttl_and_inputs_once_no_task_needs_them(tmp_p
     state.clock.advance(2)
     assert state.sweep()[0].inputs == [SHA] and not (state.uploads.inputs / SHA).exists()
     assert list(state.retention.trash.iterdir()) == []
+
+
+def test_stems_kept_in_a_store_expire_there(tmp_path, bucket, s3_endpoint):
+    """With `storage.kept_uri`, a sweep deletes a kept task's expired stems in the store (a
+    folder beside them, not the service's, stays)."""
+    fs, root = bucket
+    storage = StorageConfig(endpoint_url=s3_endpoint, kept_uri=f"{root}/kept")
+    journal = Journal(tmp_path / "state" / "journal.db")
+    uploads = UploadStore(tmp_path / "state", storage=storage)
+    clock = FakeClock(time.time())
+    retention = Retention(RetentionConfig(results_ttl_s=DAY), journal, uploads, clock=clock)
+    spec = uploads.keep(TaskSpec(task_id=new_task_id(), project="p", file_id="song",
+                                 input_path="song.wav", output_dir=""))
+    assert spec.output_location == f"{root}/kept/p/song"
+    record = journal.tasks.insert(TaskRecord(spec=spec, seq=journal.tasks.next_seq(),
+                                             submitted_at=clock(), state=TaskState.SUCCEEDED,
+                                             finished_at=clock()))
+    for name in ("kept/p/song/drums.wav", "kept/p/song/manifest.json", "other/drums.wav"):
+        fs.pipe_file(f"{root}/{name}", b"x" * 10)
+    clock.advance(DAY + 1)
+    due = retention.scan()
+    retention.retire(due, set(), set())
+    retention.empty_trash()
+    assert [r.task_id for r in due.stems] == [record.task_id]
+    assert journal.tasks.get(record.task_id).expired_at is not None
+    assert not fs.exists(f"{root}/kept/p/song/drums.wav") and fs.exists(f"{root}/other/drums.wav")
 
 
 def test_a_folder_named_with_o_is_never_touched(tmp_path):

@@ -15,6 +15,7 @@ from raydemucs.core.errors import OverQuota
 from raydemucs.core.task import TaskSpec, TaskState, new_task_id
 from raydemucs.journal.deliveries import DeliveryCounts
 from raydemucs.scheduler.service import SchedulerService
+from raydemucs.storage import nodes
 from raydemucs.storage.folders import LocalFolder, write_outputs
 
 from fakes import FakeClock, FakeServicePool
@@ -35,12 +36,11 @@ def spec(tmp_path, file_id="song", **fields) -> dict:
                     output_dir=str(tmp_path / "out"), **fields).to_dict()
 
 
-def stems_bytes(tmp_path, task_id: str) -> dict:
-    """What a worker sends back for a kept task: `{"manifest", "files"}` of a written folder."""
-    folder = LocalFolder(tmp_path / "made" / task_id)
-    write_outputs(folder, {stem: b"x" * 100 for stem in STEMS}, "wav",
-                  lambda data, path: path.write_bytes(data), {"task_id": task_id})
-    return folder.read_files()
+def write_stems(record) -> dict[str, str]:
+    """What a worker writes for a kept task: its stems, in the folder the service keeps."""
+    return write_outputs(LocalFolder(record.spec.output_location),
+                         {stem: b"x" * 100 for stem in STEMS}, "wav",
+                         lambda data, path: path.write_bytes(data), {"task_id": record.task_id})
 
 
 def run_attempt(service, tmp_path, ok=True) -> str:
@@ -48,9 +48,7 @@ def run_attempt(service, tmp_path, ok=True) -> str:
     worker = service.pool.workers["worker-0"]
     task_id, attempt = worker.busy_with
     service.pool.free("worker-0")
-    record = service.core.get(task_id)
-    result = {"ok": True, "duration_s": 1.0, "outputs": {s: f"/x/{s}.wav" for s in STEMS},
-              **(stems_bytes(tmp_path, task_id) if record.spec.kept else {})}
+    result = {"ok": True, "duration_s": 1.0, "outputs": write_stems(service.core.get(task_id))}
     service._on_result(task_id, attempt, result if ok else {
         "ok": False, "error": {"type": "InvalidInput", "message": "bad"}})
     return task_id
@@ -82,6 +80,7 @@ def test_short_ttls_with_the_default_sweep_interval_take_stems_then_records(tmp_
         assert [view["task_id"] for view in answer["views"]] == [record["task_id"]]
         task_id = run_attempt(service, tmp_path)
         await until(lambda: service.core.get(task_id).state is TaskState.SUCCEEDED)
+        assert (service.uploads.results / "p" / "song" / "manifest.json").is_file()
         assert (await service.status())["queue"]["succeeded"] == 1
         for _ in range(5):  # its end, then its expiry: each wakes the stream with its view
             answer = await service.watch_tasks("", answer["cursor"], 10.0)
@@ -94,10 +93,36 @@ def test_short_ttls_with_the_default_sweep_interval_take_stems_then_records(tmp_
         assert status["queue"] == {**service.journal.tasks.count_by_state(), "waiting_retry": 0}
         assert status["queue"]["succeeded"] == 0
         assert not (service.uploads.results / "p" / "song").exists()
+        assert not list((service.uploads.results.parent / ".trash").iterdir())
         await service.drain(0.0)
     monkeypatch.setattr(logging.getLogger("raydemucs"), "propagate", False)  # restored after
     asyncio.run(scenario())
     assert not caplog.records, [r.getMessage() for r in caplog.records]
+
+
+def test_a_failure_while_a_result_is_handled_fails_the_attempt_in_one_line(tmp_path):
+    """A MemoryError (or any failure) while the scheduler takes in a result ends the attempt at
+    once, with one line, instead of leaving it running until its deadline."""
+    async def scenario():
+        service = make_service(tmp_path)
+        [record] = await service.submit([spec(tmp_path)])
+        await until(lambda: service.pool.workers["worker-0"].tasks)
+        attempt_ended = service.core.attempt_ended
+
+        def out_of_memory(task_id, attempt, error=None, **fields):
+            if error is None:
+                raise MemoryError("cannot allocate 9 GB\nsecond line")
+            attempt_ended(task_id, attempt, error, **fields)
+        service.core.attempt_ended, failed = out_of_memory, []
+        service.supervisor.on_error = failed.append
+        run_attempt(service, tmp_path)
+        ended = service.core.get(record["task_id"])
+        assert ended.state is TaskState.FAILED, ended
+        assert ended.error["message"] == ("handling the attempt's result failed: MemoryError: "
+                                          "cannot allocate 9 GB")
+        assert failed == ["attempt_result"]
+        await service.drain(0.0)
+    asyncio.run(scenario())
 
 
 def test_concurrent_uploads_of_one_key_respect_its_cap(tmp_path):
@@ -114,11 +139,11 @@ def test_concurrent_uploads_of_one_key_respect_its_cap(tmp_path):
         service.uploads.close = slow_close
         ids = []
         for name in ("a", "b"):
-            upload_id = await service.upload_open(f"{name}.wav")
+            upload = await service.upload_open(f"{name}.wav")
             path = write_audio(tmp_path / f"{name}.wav", seconds=0.5, seed=len(ids))
             data = path.read_bytes()
-            await service.upload_write(upload_id, data)
-            ids.append((upload_id, hashlib.sha256(data).hexdigest(), name))
+            await nodes.append(upload["path"], upload["node"], data)
+            ids.append((upload["id"], hashlib.sha256(data).hexdigest(), name))
         answers = [service.submit_upload(spec(tmp_path, name, owner="k", uploaded=True,
                                               kept=True, input_sha256=sha), upload_id, 1)
                    for upload_id, sha, name in ids]
@@ -162,7 +187,7 @@ def test_background_work_runs_off_the_loop_and_its_failures_are_counted(tmp_path
         service.supervisor.on_error = failures.append
         loop_thread, threads = threading.get_ident(), []
         await service.ping()
-        abandoned = await service.upload_open("gone.wav")
+        abandoned = (await service.upload_open("gone.wav"))["id"]
         pending = [abandoned]
         service.uploads.idle = lambda: [pending.pop()] if pending else []
         service.uploads.abort = lambda upload_id: threads.append(threading.get_ident())

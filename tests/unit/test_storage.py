@@ -97,21 +97,32 @@ def test_a_remote_input_over_the_size_limit_is_refused_before_download(bucket, s
             pass
 
 
-def test_uploaded_bytes_in_and_stems_back_as_bytes(audio, tmp_path):
+@pytest.mark.parametrize("in_store", [False, True], ids=["node", "store"])
+def test_a_kept_tasks_stems_are_written_by_the_worker_and_its_result_carries_no_bytes(
+        in_store, audio, tmp_path, request):
+    """An uploaded (kept) task: the worker writes its stems where the service keeps them (the
+    results folder here, or the `storage.kept_uri` store) and sends back their locations only."""
+    import pickle
+
     source = audio("song.flac", seconds=1.5)
-    worker = s3_worker(None)
-    uploads = UploadStore(tmp_path / "state")
+    endpoint, kept_uri, uploads = None, None, UploadStore(tmp_path / "state")
+    if in_store:
+        fs, root = request.getfixturevalue("bucket")
+        endpoint, kept_uri = request.getfixturevalue("s3_endpoint"), f"{root}/kept"
+        uploads = UploadStore(tmp_path / "state", storage=StorageConfig(endpoint_url=endpoint,
+                                                                        kept_uri=kept_uri))
+    worker = s3_worker(endpoint)
     task = uploads.accept(spec(source.name, "uploaded", uploaded=True,
                                input_sha256=file_sha256(source)), source.read_bytes())
-    assert task.output_dir == str(tmp_path / "state" / "results")
-    kept = uploads.read_chunk(task.input_sha256, 0, 1 << 30)
-    result = worker.separate(task.to_dict(), 1, upload=kept)
+    assert task.output_dir == (f"{kept_uri}" if in_store else str(tmp_path / "state" / "results"))
+    result = worker.separate(task.to_dict(), 1, upload=source.read_bytes())
     assert result["ok"], result
-    assert sorted(result["files"]) == [f"{stem}.wav" for stem in STEMS]
-    outputs = uploads.keep_stems(task, result)
-    assert outputs == {stem: f"{task.output_location}/{stem}.wav" for stem in STEMS}
-    kept = LocalFolder(task.output_location).read_files()
-    assert kept["files"] == result["files"]
+    assert set(result) >= {"outputs", "duration_s"} and "files" not in result
+    assert len(pickle.dumps(result)) < 16_384  # metadata: no stem's bytes
+    folder = (RemoteFolder(task.output_location, StorageConfig(endpoint_url=endpoint)) if in_store
+              else LocalFolder(task.output_location))
+    assert folder.complete(task.task_id)
+    assert result["outputs"] == {stem: f"{task.output_location}/{stem}.wav" for stem in STEMS}
     with pytest.raises(InvalidInput, match="do not match"):
         uploads.accept(spec(source.name, "uploaded", uploaded=True, input_sha256="0" * 64),
                        source.read_bytes())

@@ -1,0 +1,111 @@
+"""Files on one Ray node's own disk, reached from any process of the cluster: read or written a
+chunk at a time (through Ray's object store, never whole in one process's memory) or removed, by
+a small Ray task pinned to that node; directly when the node is the caller's own (or None: no node named).
+
+Where the service keeps files on local disks (an upload on the scheduler's node, a kept task's
+stems on the node that ran it), every other process reads and writes them through here: the
+scheduler's process never carries their bytes.
+"""
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+from typing import AsyncIterator, Iterator
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+CHUNK_BYTES = 1 << 20
+
+
+def read(path: str, start: int, stop: int, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """The bytes [start, stop) of a file here, chunk by chunk, through one open handle."""
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        for offset in range(start, stop, chunk_bytes):
+            chunk = handle.read(min(stop, offset + chunk_bytes) - offset)
+            if not chunk:
+                return
+            yield chunk
+
+
+@ray.remote(num_cpus=0)
+def _read_there(path: str, start: int, stop: int, chunk_bytes: int):
+    yield from read(path, start, stop, chunk_bytes)
+
+
+def _append(path: str, chunk: bytes) -> None:
+    with open(path, "ab") as handle:
+        handle.write(chunk)
+
+
+_append_there = ray.remote(num_cpus=0)(_append)
+
+
+@ray.remote(num_cpus=0)
+def _remove_there(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def is_here(node: str | None) -> bool:
+    """Whether `node` is this process's node (None: any node, the file is where we are)."""
+    return node is None or not ray.is_initialized() or \
+        node == ray.get_runtime_context().get_node_id()
+
+
+def pinned(node: str):
+    """The scheduling strategy of a Ray task that must run on `node`."""
+    return NodeAffinitySchedulingStrategy(node, soft=False)
+
+
+async def chunks(path: str, node: str | None, start: int, stop: int,
+                 chunk_bytes: int = CHUNK_BYTES) -> AsyncIterator[bytes]:
+    """`read` of a file on `node`, awaited chunk by chunk (the disk read off the event loop)."""
+    if is_here(node):
+        reader = read(path, start, stop, chunk_bytes)
+        try:
+            while (chunk := await asyncio.to_thread(next, reader, None)) is not None:
+                yield chunk
+        finally:
+            reader.close()
+        return
+    async for ref in _read_there.options(scheduling_strategy=pinned(node)).remote(
+            path, start, stop, chunk_bytes):
+        yield await ref
+
+
+async def append(path: str, node: str | None, chunk: bytes) -> None:
+    """Append `chunk` to a file on `node` (made when missing)."""
+    if is_here(node):
+        await asyncio.to_thread(_append, path, chunk)
+    else:
+        await _append_there.options(scheduling_strategy=pinned(node)).remote(path, chunk)
+
+
+def copy(path: str, node: str | None, target: Path, chunk_bytes: int = CHUNK_BYTES) -> None:
+    """Copy a file on `node` to the local path `target`, a chunk at a time (blocking)."""
+    with open(target, "wb") as handle:
+        if is_here(node):
+            for chunk in read(path, 0, 1 << 62, chunk_bytes):
+                handle.write(chunk)
+            return
+        for ref in _read_there.options(scheduling_strategy=pinned(node)).remote(
+                path, 0, 1 << 62, chunk_bytes):
+            handle.write(ray.get(ref))
+
+
+def content(path: str, node: str | None) -> bytes:
+    """A small file on `node`, whole (a manifest)."""
+    if is_here(node):
+        return Path(path).read_bytes()
+    return b"".join(ray.get(list(_read_there.options(scheduling_strategy=pinned(node)).remote(
+        path, 0, 1 << 62, CHUNK_BYTES))))
+
+
+def remove(path: str, node: str | None) -> None:
+    """Remove a folder on `node` (blocking)."""
+    if is_here(node):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        ray.get(_remove_there.options(scheduling_strategy=pinned(node)).remote(path))
