@@ -148,21 +148,20 @@ def _title(proc: psutil.Process) -> str:
         return ""
 
 
-def start_service(work: Path, port: int, workers: int, kept_uri: str | None):
+def start(work: Path, cpus: int, **overrides):
+    """A local Ray of `cpus`, the test profile's service (`overrides`: its sections beside
+    `service`) and its HTTP API on a free port: `(manager, url)`."""
     import ray
 
     from raydemucs import WorkerManager
     from raydemucs.core.config import load_config
 
-    ray.init(address="local", num_cpus=max(2, workers), include_dashboard=False,
-             log_to_driver=False, namespace="raydemucs")
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+             namespace="raydemucs")
+    http = {"port": free_port(), **overrides.pop("http", {})}
     config = load_config("test", environ={}, overrides={
         "service": {"name": "bench-dataplane", "state_dir": str(work / "state")},
-        "workers": {"max_workers": workers, "memory_mb": 0},
-        "tasks": {"timeout_s": 7200.0},
-        "input": {"max_file_mb": 500.0, "max_duration_s": 4 * 3600.0},
-        "http": {"port": port, "body_timeout_s": 3600.0},
-        **({"storage": {"kept_uri": kept_uri}} if kept_uri else {})})
+        "http": http, **overrides})
     manager = WorkerManager(config)
     manager.scheduler(create=True)
     return manager, manager.start_http()
@@ -175,7 +174,12 @@ def run_uploads(args) -> dict:
         work = Path(folder)
         mp3s = {minutes: write_mp3(work / f"song-{minutes:g}min.mp3", minutes)
                 for minutes in args.minutes}
-        manager, url = start_service(work, free_port(), args.workers, args.kept_uri)
+        manager, url = start(
+            work, max(2, args.workers), workers={"max_workers": args.workers, "memory_mb": 0},
+            tasks={"timeout_s": 7200.0},
+            input={"max_file_mb": 500.0, "max_duration_s": 4 * 3600.0},
+            http={"body_timeout_s": 3600.0},
+            **({"storage": {"kept_uri": args.kept_uri}} if args.kept_uri else {}))
         try:
             with httpx.Client(base_url=url, timeout=3600) as client:
                 wait_ready(client)
@@ -205,23 +209,6 @@ def print_uploads(result: dict) -> None:
 
 
 # -- the service ----------------------------------------------------------------------------------
-def start(work: Path, streams: int):
-    import ray
-
-    from raydemucs import WorkerManager
-    from raydemucs.core.config import load_config
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             namespace="raydemucs")
-    config = load_config("test", environ={}, overrides={
-        "service": {"name": "bench-dataplane", "state_dir": str(work / "state")},
-        "workers": {"memory_mb": 0}, "pools": [PARKED],
-        "http": {"port": free_port(), "max_streams": max(1000, streams + 10)}})
-    manager = WorkerManager(config)
-    manager.scheduler(create=True)
-    return manager, manager.start_http()
-
-
 def add_keys(state: Path, names: list[str]) -> dict[str, tuple[str, str]]:
     """name -> (key, owner)."""
     from raydemucs.core.keys import KeyStore
@@ -369,7 +356,8 @@ def run_streams(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-dataplane-") as folder:
         work = Path(folder)
         song = benchlib.write_wav(work / "song.wav", benchlib.make_signal(0.5, seed=0))
-        manager, url = start(work, args.streams)
+        manager, url = start(work, 2, workers={"memory_mb": 0}, pools=[PARKED],
+                             http={"max_streams": max(1000, args.streams + 10)})
         try:
             state = Path(manager.config.service.state_dir)
             keys = add_keys(state, ["bulk", *(f"s{i}" for i in range(args.keys))])
@@ -410,8 +398,8 @@ def print_streams(result: dict) -> None:
               f"{row['post']['p50_ms']:10.1f}{row['post']['p99_ms']:10.1f}"
               f"{lag['p50_ms']:9.1f}{lag['p99_ms']:9.1f}{lag['max_ms']:9.1f}"
               f"{row['scheduler_cpu_s']:14.1f} s")
-    ratio = {kind: result["with_streams"][kind]["p99_ms"] / result["without_streams"][kind]["p99_ms"]
-             for kind in ("get", "post")}
+    with_, without = result["with_streams"], result["without_streams"]
+    ratio = {kind: with_[kind]["p99_ms"] / without[kind]["p99_ms"] for kind in ("get", "post")}
     print(f"p99 with / without streams: GET {ratio['get']:.2f}x, POST {ratio['post']:.2f}x; "
           f"{result['stream_events']} events sent, {result['stream_errors']} streams failed")
     done = result["cancel"]

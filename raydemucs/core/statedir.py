@@ -20,8 +20,8 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def sync_dir(path: Path) -> None:
-    """Sync a directory, so that a rename or link just made in it is on disk."""
+def sync_path(path: Path) -> None:
+    """Sync a file, or a directory so that a rename or link just made in it is on disk."""
     descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
@@ -49,5 +49,5 @@ def write_private(path: Path, text: str, replace: bool = True) -> bool:
         placed = False
     finally:
         partial.unlink(missing_ok=True)
-    sync_dir(path.parent)
+    sync_path(path.parent)
     return placed

@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 from ..core.config import StorageConfig
 from ..core.errors import InvalidInput, OutputNotWritable, OutputWriteFailed, StorageUnavailable
 from ..core.names import check_name, check_task_names, printable
+from ..core.statedir import sync_path
 from . import nodes, uris
 
 MANIFEST = "manifest.json"
@@ -36,14 +37,6 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Folder(abc.ABC):
@@ -146,14 +139,14 @@ class LocalFolder(Folder):
         """Sync the staged folder, then swap it into place; an old folder goes only after."""
         _refuse_symlinks(self.path.parent, self.path)  # one may have appeared since the start
         for path in staged.iterdir():
-            _fsync(path)
-        _fsync(staged)
+            sync_path(path)
+        sync_path(staged)
         old = None
         if self.path.exists():
             old = self.path.parent / f".{self.path.name}.{uuid.uuid4().hex[:8]}.tmp"
             os.rename(self.path, old)
         os.rename(staged, self.path)
-        _fsync(self.path.parent)
+        sync_path(self.path.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
 

@@ -25,7 +25,7 @@ from ..core.actors import node_id
 from ..core.config import InputConfig, StorageConfig
 from ..core.errors import InputTooLarge, InvalidInput
 from ..core.names import stored_name
-from ..core.statedir import sync_dir
+from ..core.statedir import sync_path
 from ..core.task import TaskSpec
 from . import nodes, uris
 from .folders import file_sha256
@@ -133,7 +133,7 @@ class UploadStore:
         """Rename a synced file into place, and sync the directory that now names it."""
         with self.lock:
             os.replace(source, path)
-        sync_dir(path.parent)
+        sync_path(path.parent)
 
     def retire_input(self, sha256: str, older_than: float, trash: Path) -> bool:
         """Move a stored input to `trash` unless it was kept or reused since `older_than`;
