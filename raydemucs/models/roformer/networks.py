@@ -166,7 +166,7 @@ class MelBandRoformer(Roformer):
             stft_win_length=stft_win_length, stft_normalized=stft_normalized, zero_dc=zero_dc,
             mask_hidden_layers=mask_estimator_depth, mlp_expansion_factor=mlp_expansion_factor)
         bins = membership.nonzero()[:, 1]  # band by band, ascending within a band
-        rows = (bins[:, None] * channels + torch.arange(channels)).flatten()
+        rows = (bins[:, None] * channels + torch.arange(channels, device=bins.device)).flatten()
         self.register_buffer("rows", rows, persistent=False)  # into [bins * channels]
         bands_per_row = membership.sum(dim=0).repeat_interleave(channels)
         self.register_buffer("bands_per_row", bands_per_row.float(), persistent=False)
