@@ -66,6 +66,7 @@ def test_the_architecture_is_the_training_repos_model_type_else_its_band_option(
     ({"hyper_connections": 4}, "'hyper_connections' is not one raydemucs knows"),
     ({"skip_connection": True}, "skip_connection: True is not supported"),
     ({"use_pope": True}, "use_pope"),
+    ({"linear_transformer_depth": 1}, "linear_transformer_depth: 1 is not supported for mel"),
 ])
 def test_options_the_networks_do_not_run_are_refused(option, message):
     data = {**MEL, "model": {**MEL["model"], **option}}

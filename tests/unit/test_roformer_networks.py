@@ -19,7 +19,8 @@ OPTION_SETS = {  # beyond the tiny network: the options published checkpoints se
                      "skip_connection": False, "use_torch_checkpoint": False}],
     "mel_band_roformer": [{}, {"mask_estimator_depth": 2, "zero_dc": False, "flash_attn": False,
                                "num_bands": 12, "match_input_audio_length": True},
-                          {"stereo": False, "num_stems": 1, "depth": 2, "heads": 1}],
+                          {"stereo": False, "num_stems": 1, "depth": 2, "heads": 1,
+                           "linear_transformer_depth": 0}],
 }
 CASES = [(arch, options) for arch, sets in OPTION_SETS.items() for options in sets]
 
