@@ -96,6 +96,10 @@ def test_stems_are_the_target_else_the_instruments_and_match_num_stems():
     one_line_refusal(lambda: parse_config(many, "m.yaml"), "num_stems is 1", "names 2 stems")
     one_line_refusal(lambda: parse_config({**MEL, "training": {}}, "e.yaml"),
                      "training.instruments")
+    for stems, message in ((["../etc"], "'../etc'"), (["a", "a"], "a stem twice")):
+        unsafe = {**MEL, "model": {**MEL["model"], "num_stems": len(stems)},
+                  "training": {"instruments": stems}}
+        one_line_refusal(lambda: parse_config(unsafe, "u.yaml"), message)
 
 
 def test_inference_settings_default_and_are_checked():

@@ -18,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from ...core.errors import ModelNotFound
+from ...core.errors import InvalidName, ModelNotFound
+from ...core.names import check_name
 
 BS_ROFORMER = "bs_roformer"
 MEL_BAND_ROFORMER = "mel_band_roformer"
@@ -226,6 +227,13 @@ def _stems(training: dict, model: dict, name: str) -> tuple[str, ...]:
     if not stems or not all(isinstance(stem, str) and stem for stem in stems):
         raise ModelNotFound(f"{name}: training.instruments (or training.target_instrument) "
                             "must name the stems")
+    try:  # each stem becomes a file name
+        for stem in stems:
+            check_name("stem", stem)
+    except InvalidName as exc:
+        raise ModelNotFound(f"{name}: {exc}") from None
+    if len(set(stems)) != len(stems):
+        raise ModelNotFound(f"{name}: training.instruments names a stem twice")
     if len(stems) != model.get("num_stems", 1):
         raise ModelNotFound(f"{name}: model.num_stems is {model.get('num_stems', 1)} but the "
                             f"training section names {len(stems)} stems")
