@@ -108,6 +108,8 @@ def test_inference_settings_default_and_are_checked():
     chunked = {**MEL, "inference": {"chunk_size": 4096, "num_overlap": 2}}
     assert parse_config(chunked, "c.yaml").chunk_size == 4096
     for bad in ({"inference": {"num_overlap": 0}}, {"audio": {}},
+                {"model": {**MEL["model"], "stft_hop_length": "x"}},
+                {"audio": {"chunk_size": 1000}},
                 {"audio": {"chunk_size": 8192, "num_channels": 1}}):
         one_line_refusal(lambda: parse_config({**MEL, **bad}, "b.yaml"), "b.yaml")
 

@@ -164,7 +164,9 @@ def parse_config(data: dict, name: str) -> RoformerConfig:
     stems = _stems(training, model, name)
     chunk_size = _positive(inference.get("chunk_size", audio.get("chunk_size")),
                            "audio.chunk_size", name)
-    if chunk_size % model.get("stft_hop_length", DEFAULT_HOP_LENGTH):
+    hop = _positive(model.get("stft_hop_length", DEFAULT_HOP_LENGTH), "model.stft_hop_length",
+                    name)
+    if chunk_size % hop:
         raise ModelNotFound(f"{name}: audio.chunk_size must be a multiple of "
                             "model.stft_hop_length")
     return RoformerConfig(
