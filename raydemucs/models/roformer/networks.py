@@ -47,6 +47,7 @@ class Roformer(nn.Module):
             for _ in range(num_stems))
 
     def forward(self, mix: torch.Tensor) -> torch.Tensor:
+        """`[batch, channels, time]` -> `[batch, stems, channels, time]`."""
         batch, channels, length = mix.shape
         if channels != self.channels:
             raise ValueError(f"this model separates {self.channels}-channel audio, "
