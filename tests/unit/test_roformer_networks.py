@@ -12,15 +12,15 @@ from raydemucs.models.roformer.loading import NETWORKS
 from roformer_reference import reference_class
 from support import TINY_ROFORMER, TINY_ROFORMER_OWN
 
-OPTION_SETS = {  # beyond the tiny network: the options published checkpoints set
-    "bs_roformer": [{}, {"linear_transformer_depth": 1, "mask_estimator_depth": 2,
-                         "mlp_expansion_factor": 2, "zero_dc": False, "flash_attn": False},
-                    {"stereo": False, "num_stems": 1, "depth": 2, "sage_attention": True,
-                     "skip_connection": False, "use_torch_checkpoint": False}],
-    "mel_band_roformer": [{}, {"mask_estimator_depth": 2, "zero_dc": False, "flash_attn": False,
-                               "num_bands": 12, "match_input_audio_length": True},
-                          {"stereo": False, "num_stems": 1, "depth": 2, "heads": 1,
-                           "linear_transformer_depth": 0}],
+OPTION_SETS = {  # the tiny network (stereo, two stems, zero_dc), then the other options in use
+    "bs_roformer": [{}, {"stereo": False, "num_stems": 1, "depth": 2, "linear_transformer_depth": 1,
+                         "mask_estimator_depth": 2, "mlp_expansion_factor": 2, "zero_dc": False,
+                         "flash_attn": False, "sage_attention": True, "skip_connection": False,
+                         "use_torch_checkpoint": False}],
+    "mel_band_roformer": [{}, {"stereo": False, "num_stems": 1, "depth": 2, "heads": 1,
+                               "num_bands": 12, "mask_estimator_depth": 2, "zero_dc": False,
+                               "flash_attn": False, "match_input_audio_length": True,
+                               "linear_transformer_depth": 0}],
 }
 CASES = [(arch, options) for arch, sets in OPTION_SETS.items() for options in sets]
 
