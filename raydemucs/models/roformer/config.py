@@ -124,9 +124,10 @@ class RoformerConfig:
         return self.chunk_size // 10
 
 
-def read_yaml(path: Path) -> dict:
+def read_yaml(path: Path | str) -> dict:
     """`path` parsed with `RoformerYamlLoader`; errors as one `ModelNotFound` line naming the file
     by its name only."""
+    path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -143,11 +144,10 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
-def load_config(path: Path) -> RoformerConfig:
+def load_config(path: Path | str) -> RoformerConfig:
     """The `RoformerConfig` of a checkpoint's YAML file; one `ModelNotFound` line when the file
     is missing, unsafe, or names an architecture or option raydemucs does not run."""
-    data = read_yaml(path)
-    return parse_config(data, path.name)
+    return parse_config(read_yaml(path), Path(path).name)
 
 
 def parse_config(data: dict, name: str) -> RoformerConfig:
