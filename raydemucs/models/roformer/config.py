@@ -3,8 +3,8 @@
 The community checkpoints (Music-Source-Separation-Training, UVR) carry the YAML their training
 ran with: `model:` holds the network's constructor arguments, `audio:` the sample rate and chunk
 length, `inference:` the overlap and batch of the reference chunked inference, `training:` the
-stems. The YAML is read with PyYAML's safe loader plus one tag, `!!python/tuple` (the files use it
-for `freqs_per_bands`); any other tag is refused.
+stems. The YAML is read with PyYAML's safe loader plus one Python tag, `!!python/tuple` (the files
+use it for `freqs_per_bands`); any other Python tag, or a tag YAML does not define, is refused.
 
 The architecture is chosen as the training repo chooses it when the config says so:
 `training.model_type` (`bs_roformer` or `mel_band_roformer`); else by the option only one of them
@@ -30,6 +30,7 @@ DEFAULT_SAMPLERATE = 44100
 # raydemucs takes the values most of its published configs carry.
 DEFAULT_NUM_OVERLAP = 4
 DEFAULT_BATCH_SIZE = 1
+DEFAULT_HOP_LENGTH = 512  # the networks' stft_hop_length when the YAML gives none
 
 # Constructor options that shape the weights or the forward pass, by architecture.
 SHARED_OPTIONS = frozenset({
@@ -50,7 +51,6 @@ INERT_OPTIONS = frozenset({
     "dim_freqs_in", "multi_stft_resolution_loss_weight", "multi_stft_resolutions_window_sizes",
     "multi_stft_hop_size", "multi_stft_normalized", "match_input_audio_length",
 })
-DEFAULT_HOP_LENGTH = 512  # the networks' stft_hop_length when the YAML gives none
 # Options accepted at this one value only: another changes the network in a way not built here
 # (or, for the mel-band's linear transformers, in a way no reference copy checks and no published
 # checkpoint uses).

@@ -6,7 +6,9 @@ checkpoints (Music-Source-Separation-Training's model code) key and shape them.
 is always `[batch, stems, channels, time]`, one stem included, the same length as the input.
 The STFT, the complex masks and the inverse STFT run in fp32 under `torch.autocast`.
 Options that change nothing at inference (dropout, losses, attention kernels) are not taken here:
-`config.RoformerConfig.network_kwargs` leaves them out.
+`config.RoformerConfig.network_kwargs` leaves them out. Where python-audio-separator's copy of the
+training code differs from the training repo, these follow the training repo: `zero_dc` (on by
+default: the DC bin zeroed before the inverse STFT) and the mel-band's `mlp_expansion_factor`.
 """
 from __future__ import annotations
 
