@@ -43,7 +43,7 @@ def randomized(network):
     with torch.no_grad():
         for parameter in network.parameters():
             if parameter.requires_grad:
-                parameter.copy_(torch.randn_like(parameter) * parameter.std().nan_to_num(0.1)
+                parameter.copy_(torch.randn_like(parameter) * parameter.std(correction=0)
                                 .clamp(min=0.1))
     return network
 
