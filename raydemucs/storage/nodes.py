@@ -17,6 +17,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 CHUNK_BYTES = 1 << 20
+SIZE_TIMEOUT_S = 30.0  # a node that does not answer in this time is not counted
 
 
 def read(path: str, start: int, stop: int, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
@@ -48,10 +49,27 @@ def _remove_there(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def _size(path: str) -> int:
+    root = Path(path)
+    if root.is_file():
+        return root.stat().st_size
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0
+
+
+_size_there = ray.remote(num_cpus=0)(_size)
+
+
 def is_here(node: str | None) -> bool:
     """Whether `node` is this process's node (None: any node, the file is where we are)."""
     return node is None or not ray.is_initialized() or \
         node == ray.get_runtime_context().get_node_id()
+
+
+def alive() -> list[str | None]:
+    """The live nodes of the cluster ([None]: this process's, without Ray)."""
+    if not ray.is_initialized():
+        return [None]
+    return [node["NodeID"] for node in ray.nodes() if node["Alive"]]
 
 
 def pinned(node: str):
@@ -101,6 +119,15 @@ def content(path: str, node: str | None) -> bytes:
         return Path(path).read_bytes()
     return b"".join(ray.get(list(_read_there.options(scheduling_strategy=pinned(node)).remote(
         path, 0, 1 << 62, CHUNK_BYTES))))
+
+
+def size(path: str, node: str | None) -> int:
+    """The bytes of a file, or of the files under a folder, on `node` (0 when missing;
+    blocking, at most `SIZE_TIMEOUT_S`)."""
+    if is_here(node):
+        return _size(path)
+    return ray.get(_size_there.options(scheduling_strategy=pinned(node)).remote(path),
+                   timeout=SIZE_TIMEOUT_S)
 
 
 def remove(path: str, node: str | None) -> None:
