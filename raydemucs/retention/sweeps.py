@@ -127,7 +127,7 @@ class Retention:
     def held_bytes(self) -> dict[str, int]:
         """What the service holds: its stored inputs and the stems it keeps, in bytes."""
         inputs = self.uploads.inputs
-        uploads = sum(nodes.size(str(p), None) for p in inputs.iterdir() if not p.name.startswith(".")) \
+        uploads = sum(nodes.size(str(p), None) or 0 for p in inputs.iterdir() if not p.name.startswith(".")) \
             if inputs.is_dir() else 0
         return {"uploads_bytes": uploads, "results_bytes": self._results_bytes()}
 
@@ -137,7 +137,7 @@ class Retention:
         total = 0
         for node in nodes.alive():
             try:
-                total += nodes.size(str(self.uploads.results), node)
+                total += nodes.size(str(self.uploads.results), node) or 0
             except Exception as exc:  # a node gone meanwhile, or one that does not answer
                 logger.warning("retention: the stems kept on node %s could not be counted: %s",
                                node, str(exc).splitlines()[0] if str(exc) else repr(exc))

@@ -17,7 +17,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 CHUNK_BYTES = 1 << 20
-SIZE_TIMEOUT_S = 30.0  # a node that does not answer in this time is not counted
+ANSWER_TIMEOUT_S = 30.0  # a node that does not answer a small read (a manifest, a size) in time
 
 
 def read(path: str, start: int, stop: int, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
@@ -49,14 +49,21 @@ def _remove_there(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _size(path: str) -> int:
+def _size(path: str) -> int | None:
     root = Path(path)
     if root.is_file():
         return root.stat().st_size
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.is_dir() else None
 
 
 _size_there = ray.remote(num_cpus=0)(_size)
+
+
+def _whole(path: str) -> bytes:
+    return Path(path).read_bytes()
+
+
+_whole_there = ray.remote(num_cpus=0)(_whole)
 
 
 def is_here(node: str | None) -> bool:
@@ -114,20 +121,20 @@ def copy(path: str, node: str | None, target: Path, chunk_bytes: int = CHUNK_BYT
 
 
 def content(path: str, node: str | None) -> bytes:
-    """A small file on `node`, whole (a manifest)."""
+    """A small file on `node`, whole (a manifest; at most `ANSWER_TIMEOUT_S`)."""
     if is_here(node):
-        return Path(path).read_bytes()
-    return b"".join(ray.get(list(_read_there.options(scheduling_strategy=pinned(node)).remote(
-        path, 0, 1 << 62, CHUNK_BYTES))))
+        return _whole(path)
+    return ray.get(_whole_there.options(scheduling_strategy=pinned(node)).remote(path),
+                   timeout=ANSWER_TIMEOUT_S)
 
 
-def size(path: str, node: str | None) -> int:
-    """The bytes of a file, or of the files under a folder, on `node` (0 when missing;
-    blocking, at most `SIZE_TIMEOUT_S`)."""
+def size(path: str, node: str | None) -> int | None:
+    """The bytes of a file, or of the files under a folder, on `node` (None when missing;
+    blocking, at most `ANSWER_TIMEOUT_S`)."""
     if is_here(node):
         return _size(path)
     return ray.get(_size_there.options(scheduling_strategy=pinned(node)).remote(path),
-                   timeout=SIZE_TIMEOUT_S)
+                   timeout=ANSWER_TIMEOUT_S)
 
 
 def remove(path: str, node: str | None) -> None:

@@ -112,15 +112,17 @@ class Node:
             return "Ray runtime started" in log.read_text()
         wait_for(started, timeout_s=60, step_s=0.2)
 
-    def pids(self, name: str | None = None) -> list[int]:
-        """The processes in this node's PID namespace (but its init), or those called `name`."""
+    def pids(self, name: str = "") -> list[int]:
+        """The processes in this node's PID namespace (but its init), or those called `name`
+        (their command, or the start of a Ray worker's title: `ray::SchedulerService`)."""
         own = os.readlink(f"/proc/{self.init}/ns/pid")
         found = []
         for entry in Path("/proc").iterdir():
             try:
                 if (entry.name.isdigit() and int(entry.name) != self.init
                         and os.readlink(entry / "ns/pid") == own
-                        and name in (None, (entry / "comm").read_text().strip())):
+                        and ((entry / "comm").read_text().strip() == name
+                             or (entry / "cmdline").read_text().startswith(name))):
                     found.append(int(entry.name))
             except OSError:  # gone meanwhile
                 pass
@@ -250,7 +252,7 @@ def test_two_nodes_that_share_no_disk_upload_separate_download_purge_and_survive
         two_nodes, tmp_path):
     head, far = two_nodes.head, two_nodes.far
     repo = save_tiny_htdemucs(tmp_path / "models")
-    songs = [write_audio(tmp_path / f"song{i}.wav", seconds=3.0, seed=i) for i in range(2)]
+    songs = [write_audio(tmp_path / f"song{i}.wav", seconds=3.0, seed=i) for i in range(3)]
     token = secrets.token_hex(32)
     for node in (head, far):  # what a `ray up` cluster installs on every node
         shutil.copytree(repo, node.path(f"{ROOT}/models"))
@@ -268,7 +270,7 @@ def test_two_nodes_that_share_no_disk_upload_separate_download_purge_and_survive
     driver.step("serving")  # the replica and the scheduler on the head: no other node yet
     far_ray = (f"--address={GCS}", "--num-cpus=1", '--resources={"far": 1}')
     far.start_ray(env, *far_ray)
-    expected = [demucs_stems(repo, song, tmp_path / f"ref{i}") for i, song in enumerate(songs)]
+    expected = [demucs_stems(repo, song, tmp_path / f"ref{i}") for i, song in enumerate(songs[:2])]
 
     first = driver.step("first")
     assert first["record"]["state"] == "succeeded" and first["record"]["attempts"] == 1
@@ -309,6 +311,21 @@ def test_two_nodes_that_share_no_disk_upload_separate_download_purge_and_survive
     assert second["purge"] == 200 and second["after"] == [410] * 4
     assert not far.path(f"{ROOT}/state/results/two/song1").exists()
 
+    # The scheduler dies after the worker wrote a third task's stems, before it heard of them:
+    # restarted, it finds them complete on the node that holds them, and runs nothing again.
+    worker = far.pids("ray::SeparatorWorker")
+    far.signal(signal.SIGSTOP, worker)
+    driver.go()
+    driver.step("running again")
+    scheduler = head.pids("ray::SchedulerService")
+    head.signal(signal.SIGSTOP, scheduler)
+    far.signal(signal.SIGCONT, worker)
+    wait_for(lambda: far.path(f"{ROOT}/state/results/two/song2/manifest.json").is_file(), 60)
+    head.signal(signal.SIGKILL, scheduler)
+    driver.go()
+    third = driver.step("third")
+    assert third["record"]["state"] == "succeeded" and third["record"]["attempts"] == 1
+
 
 def scenario(config: dict) -> None:
     """The driver, in the head's namespaces: the service, then each step over HTTP."""
@@ -346,12 +363,13 @@ def scenario(config: dict) -> None:
              peaks=len(peaks.json()["max"]), results_bytes=held)
         step("purged", **purge(client, first))
         task = posted(client, config["songs"][1])
-        running = wait_for(lambda: (lambda r: r if r["state"] == "running" else None)(
-            client.get(task["links"]["self"]).json()), timeout_s=60, step_s=0.05)
-        step("running", record=running)
+        step("running", record=running(client, task))
         second = finished(client, task, "second")
-        print("STEP " + json.dumps({"step": "second", "record": second, **purge(client, second),
-                                    **nodes(manager, second, head_node)}), flush=True)
+        step("second", record=second, **purge(client, second), **nodes(manager, second, head_node))
+        task = posted(client, config["songs"][2])
+        step("running again", record=running(client, task))
+        print("STEP " + json.dumps({"step": "third", "record": finished(client, task, "third")}),
+              flush=True)
     finally:
         client.close()
         manager.shutdown(now=True)
@@ -366,6 +384,11 @@ def nodes(manager, task: dict, head_node: str) -> dict:
             "far_node": far}
 
 
+def running(client, task: dict) -> dict:
+    return wait_for(lambda: (lambda r: r if r["state"] == "running" else None)(
+        client.get(task["links"]["self"]).json()), timeout_s=60, step_s=0.05)
+
+
 def posted(client, song: str) -> dict:
     with open(song, "rb") as handle:
         answer = client.post("/v1/tasks", files={"file": (Path(song).name, handle)},
@@ -376,8 +399,8 @@ def posted(client, song: str) -> dict:
 
 def finished(client, task: dict, name: str) -> dict:
     """Wait for `task` to end; download its stems to ROOT/got/NAME."""
-    record = wait_for(lambda: (lambda r: r if r["state"] in ("succeeded", "failed") else None)(
-        client.get(task["links"]["self"]).json()), timeout_s=180, step_s=0.2)
+    record = wait_for(lambda: (lambda r: r if r.get("state") in ("succeeded", "failed") else None)(
+        client.get(task["links"]["self"]).json()), timeout_s=180, step_s=0.2)  # 503: restarting
     got = Path(f"{ROOT}/got/{name}")
     got.mkdir(parents=True, exist_ok=True)
     for stem, url in (record["outputs"] or {}).items():
