@@ -23,7 +23,13 @@ from typing import Callable, Iterator
 from ray.exceptions import RayError
 
 from ..core.config import StorageConfig
-from ..core.errors import InvalidInput, OutputNotWritable, OutputWriteFailed, StorageUnavailable
+from ..core.errors import (
+    Gone,
+    InvalidInput,
+    OutputNotWritable,
+    OutputWriteFailed,
+    StorageUnavailable,
+)
 from ..core.names import check_name, check_task_names, printable
 from ..core.statedir import sync_path
 from . import nodes, uris
@@ -253,13 +259,13 @@ class NodeFolder(LocalFolder):
     def manifest(self) -> dict | None:
         try:
             return json.loads(nodes.content(str(self.path / MANIFEST), self.node))
-        except (OSError, ValueError, RayError):  # RayError: its node is gone, or not answering
+        except (OSError, ValueError, Gone, RayError):  # its node gone, or not answering
             return None
 
     def size_of(self, name: str) -> int | None:
         try:
             return nodes.size(str(self.path / name), self.node)
-        except (OSError, RayError):
+        except (OSError, Gone, RayError):
             return None
 
     def fetch_file(self, name: str, target: Path) -> None:

@@ -4,17 +4,22 @@ a small Ray task pinned to that node; directly when the node is the caller's own
 
 Where the service keeps files on local disks (an upload on the scheduler's node, a kept task's
 stems on the node that ran it), every other process reads and writes them through here: the
-scheduler's process never carries their bytes.
+scheduler's process never carries their bytes. A node is known by its Ray node id: once it left
+the cluster (died, or restarted: Ray gives it a new id), what it kept is `Gone` to the service.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 from pathlib import Path
 from typing import AsyncIterator, Iterator
 
 import ray
+from ray.exceptions import NodeDiedError, TaskUnschedulableError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from ..core.errors import Gone
 
 CHUNK_BYTES = 1 << 20
 ANSWER_TIMEOUT_S = 30.0  # a node that does not answer a small read (a manifest, a size) in time
@@ -84,6 +89,17 @@ def pinned(node: str):
     return NodeAffinitySchedulingStrategy(node, soft=False)
 
 
+@contextlib.contextmanager
+def _there():
+    """Around a call of a task pinned to a node: the node gone from the cluster (dead, or
+    restarted: a new node to Ray) is `Gone`, its files with it as far as the service knows."""
+    try:
+        yield
+    except (TaskUnschedulableError, NodeDiedError):
+        raise Gone("these files were kept on a Ray node that has left the cluster; run the "
+                   "task again to make them anew") from None
+
+
 async def chunks(path: str, node: str | None, start: int, stop: int,
                  chunk_bytes: int = CHUNK_BYTES) -> AsyncIterator[bytes]:
     """`read` of a file on `node`, awaited chunk by chunk (the disk read off the event loop)."""
@@ -95,9 +111,10 @@ async def chunks(path: str, node: str | None, start: int, stop: int,
         finally:
             reader.close()
         return
-    async for ref in _read_there.options(scheduling_strategy=pinned(node)).remote(
-            path, start, stop, chunk_bytes):
-        yield await ref
+    with _there():
+        async for ref in _read_there.options(scheduling_strategy=pinned(node)).remote(
+                path, start, stop, chunk_bytes):
+            yield await ref
 
 
 async def append(path: str, node: str | None, chunk: bytes) -> None:
@@ -105,7 +122,8 @@ async def append(path: str, node: str | None, chunk: bytes) -> None:
     if is_here(node):
         await asyncio.to_thread(_append, path, chunk)
     else:
-        await _append_there.options(scheduling_strategy=pinned(node)).remote(path, chunk)
+        with _there():
+            await _append_there.options(scheduling_strategy=pinned(node)).remote(path, chunk)
 
 
 def copy(path: str, node: str | None, target: Path, chunk_bytes: int = CHUNK_BYTES) -> None:
@@ -115,17 +133,19 @@ def copy(path: str, node: str | None, target: Path, chunk_bytes: int = CHUNK_BYT
             for chunk in read(path, 0, 1 << 62, chunk_bytes):
                 handle.write(chunk)
             return
-        for ref in _read_there.options(scheduling_strategy=pinned(node)).remote(
-                path, 0, 1 << 62, chunk_bytes):
-            handle.write(ray.get(ref))
+        with _there():
+            for ref in _read_there.options(scheduling_strategy=pinned(node)).remote(
+                    path, 0, 1 << 62, chunk_bytes):
+                handle.write(ray.get(ref))
 
 
 def content(path: str, node: str | None) -> bytes:
     """A small file on `node`, whole (a manifest; at most `ANSWER_TIMEOUT_S`)."""
     if is_here(node):
         return _whole(path)
-    return ray.get(_whole_there.options(scheduling_strategy=pinned(node)).remote(path),
-                   timeout=ANSWER_TIMEOUT_S)
+    with _there():
+        return ray.get(_whole_there.options(scheduling_strategy=pinned(node)).remote(path),
+                       timeout=ANSWER_TIMEOUT_S)
 
 
 def size(path: str, node: str | None) -> int | None:
@@ -133,8 +153,9 @@ def size(path: str, node: str | None) -> int | None:
     blocking, at most `ANSWER_TIMEOUT_S`)."""
     if is_here(node):
         return _size(path)
-    return ray.get(_size_there.options(scheduling_strategy=pinned(node)).remote(path),
-                   timeout=ANSWER_TIMEOUT_S)
+    with _there():
+        return ray.get(_size_there.options(scheduling_strategy=pinned(node)).remote(path),
+                       timeout=ANSWER_TIMEOUT_S)
 
 
 def remove(path: str, node: str | None) -> None:
@@ -142,4 +163,5 @@ def remove(path: str, node: str | None) -> None:
     if is_here(node):
         shutil.rmtree(path, ignore_errors=True)
     else:
-        ray.get(_remove_there.options(scheduling_strategy=pinned(node)).remote(path))
+        with _there():
+            ray.get(_remove_there.options(scheduling_strategy=pinned(node)).remote(path))

@@ -17,6 +17,7 @@ its reason.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import queue
@@ -27,8 +28,10 @@ import subprocess
 import sys
 import threading
 import uuid
+import zipfile
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import soundfile as sf
@@ -268,8 +271,8 @@ def test_two_nodes_that_share_no_disk_upload_separate_download_purge_and_survive
                    "--include-dashboard=false")
     driver = Driver(head, env, {"songs": [f"{ROOT}/songs/{song.name}" for song in songs]})
     driver.step("serving")  # the replica and the scheduler on the head: no other node yet
-    far_ray = (f"--address={GCS}", "--num-cpus=1", '--resources={"far": 1}')
-    far.start_ray(env, *far_ray)
+    far_ray = (env, f"--address={GCS}", "--num-cpus=1", '--resources={"far": 1}')
+    far.start_ray(*far_ray)
     expected = [demucs_stems(repo, song, tmp_path / f"ref{i}") for i, song in enumerate(songs[:2])]
 
     first = driver.step("first")
@@ -277,32 +280,15 @@ def test_two_nodes_that_share_no_disk_upload_separate_download_purge_and_survive
     assert [first["node"]] == first["far_node"] and first["node"] != first["head_node"]
     assert_within_one_lsb(head.path(f"{ROOT}/got/first"), expected[0])
     assert first["zip"] == sorted([f"song0/{stem}.wav" for stem in STEMS] + ["song0/manifest.json"])
-    assert first["peaks"] == 50
+    assert first["peaks"] == 50 and first["fetched"]
     assert first["results_bytes"] > 0  # the stems are counted on the node that holds them
-    stems_there = f"{ROOT}/state/results/two/song0"
-    assert far.path(f"{stems_there}/vocals.wav").is_file()
+    assert far.path(f"{ROOT}/state/results/two/song0/vocals.wav").is_file()
     assert not head.path(f"{ROOT}/state/results").exists()  # nothing kept on the head...
     assert [p.name for p in head.path(f"{ROOT}/state/uploads").iterdir()
             if not p.name.startswith(".")]  # ...but the upload, which the far node lacks
     assert not far.path(f"{ROOT}/state/uploads").exists()
 
-    driver.go()  # purge
-    purged = driver.step("purged")
-    assert purged["purge"] == 200 and purged["after"] == [410] * 4
-    assert not far.path(stems_there).exists()
-
-    far.signal(signal.SIGSTOP, far.pids())  # the second task reaches a worker that cannot run
-    driver.go()
-    running = driver.step("running")
-    assert running["record"]["state"] == "running" and running["record"]["attempts"] == 1
-    far.signal(signal.SIGKILL, far.pids("raylet"))
-    far.signal(signal.SIGKILL, far.pids())  # the node's other processes go with it
-    far.ray.send_signal(signal.SIGCONT)  # nsenter stopped with its child: now it reaps it
-    far.ray.wait(30)
-    wait_for(lambda: not far.pids(), timeout_s=30)
-    far.start_ray(env, *far_ray)  # the same namespaces, a new Ray node
-    driver.go()
-
+    lose_the_worker_node_mid_task(driver, far, far_ray)
     second = driver.step("second")
     assert second["record"]["state"] == "succeeded", second["record"]
     assert second["record"]["attempts"] == 2
@@ -310,9 +296,34 @@ def test_two_nodes_that_share_no_disk_upload_separate_download_purge_and_survive
     assert_within_one_lsb(head.path(f"{ROOT}/got/second"), expected[1])
     assert second["purge"] == 200 and second["after"] == [410] * 4
     assert not far.path(f"{ROOT}/state/results/two/song1").exists()
+    # the first task's stems were on the node that left: gone to the service, in one line
+    assert second["left_node"] == [410, "Gone"] and second["first_purge"] == 200
 
-    # The scheduler dies after the worker wrote a third task's stems, before it heard of them:
-    # restarted, it finds them complete on the node that holds them, and runs nothing again.
+    kill_the_scheduler_after_a_publish(driver, head, far)
+    third = driver.step("third")
+    assert third["record"]["state"] == "succeeded" and third["record"]["attempts"] == 1
+
+
+def lose_the_worker_node_mid_task(driver: Driver, far: Node, far_ray: tuple) -> None:
+    """The second task reaches the worker of a frozen node; that node's raylet is killed (its
+    other processes with it), and the node started again in the same namespaces: a new Ray
+    node on the same disk."""
+    far.signal(signal.SIGSTOP, far.pids())
+    driver.go()
+    running = driver.step("running")
+    assert running["record"]["state"] == "running" and running["record"]["attempts"] == 1
+    far.signal(signal.SIGKILL, far.pids("raylet"))
+    far.signal(signal.SIGKILL, far.pids())
+    far.ray.send_signal(signal.SIGCONT)  # nsenter stopped with its child: now it reaps it
+    far.ray.wait(30)
+    wait_for(lambda: not far.pids(), timeout_s=30)
+    far.start_ray(*far_ray)
+    driver.go()
+
+
+def kill_the_scheduler_after_a_publish(driver: Driver, head: Node, far: Node) -> None:
+    """The scheduler dies after the worker wrote a third task's stems, before it heard of them:
+    restarted, it must find them complete on the node that holds them, and run nothing again."""
     worker = far.pids("ray::SeparatorWorker")
     far.signal(signal.SIGSTOP, worker)
     driver.go()
@@ -323,25 +334,14 @@ def test_two_nodes_that_share_no_disk_upload_separate_download_purge_and_survive
     wait_for(lambda: far.path(f"{ROOT}/state/results/two/song2/manifest.json").is_file(), 60)
     head.signal(signal.SIGKILL, scheduler)
     driver.go()
-    third = driver.step("third")
-    assert third["record"]["state"] == "succeeded" and third["record"]["attempts"] == 1
 
 
 def scenario(config: dict) -> None:
     """The driver, in the head's namespaces: the service, then each step over HTTP."""
-    import io
-    import zipfile
-
-    import httpx
     import ray
 
     from raydemucs import WorkerManager
     from raydemucs.core.config import load_config
-
-    def step(name: str, **seen) -> None:
-        print("STEP " + json.dumps({"step": name, **seen}), flush=True)
-        if sys.stdin.readline().strip() != "go":
-            raise SystemExit(f"not told to go on after {name}")
 
     service = load_config("test", environ={}, overrides={
         "service": {"name": "two", "state_dir": f"{ROOT}/state"}, "workers": {"memory_mb": 0},
@@ -354,18 +354,15 @@ def scenario(config: dict) -> None:
     try:
         print("STEP " + json.dumps({"step": "serving"}), flush=True)
         first = separated(client, config["songs"][0], "first")
-        held = wait_for(lambda: client.get("/v1/status").json()["retention"]["results_bytes"],
-                        timeout_s=30, step_s=0.2)
-        archive = client.get(first["links"]["zip"])
-        names = sorted(zipfile.ZipFile(io.BytesIO(archive.content)).namelist())
-        peaks = client.get(f"{first['links']['self']}/stems/vocals/peaks", params={"points": 50})
-        step("first", record=first, **nodes(manager, first, head_node), zip=names,
-             peaks=len(peaks.json()["max"]), results_bytes=held)
-        step("purged", **purge(client, first))
+        step("first", record=first, **nodes(manager, first, head_node), **served(client, first),
+             fetched=fetched(manager, first))
         task = posted(client, config["songs"][1])
         step("running", record=running(client, task))
         second = finished(client, task, "second")
-        step("second", record=second, **purge(client, second), **nodes(manager, second, head_node))
+        left = client.get(first["outputs"]["vocals"])
+        step("second", record=second, **purge(client, second), **nodes(manager, second, head_node),
+             left_node=[left.status_code, error_type(left)],
+             first_purge=purge(client, first)["purge"])
         task = posted(client, config["songs"][2])
         step("running again", record=running(client, task))
         print("STEP " + json.dumps({"step": "third", "record": finished(client, task, "third")}),
@@ -373,6 +370,38 @@ def scenario(config: dict) -> None:
     finally:
         client.close()
         manager.shutdown(now=True)
+
+
+def step(name: str, **seen) -> None:
+    """Say what the driver saw; go on when told."""
+    print("STEP " + json.dumps({"step": name, **seen}), flush=True)
+    if sys.stdin.readline().strip() != "go":
+        raise SystemExit(f"not told to go on after {name}")
+
+
+def error_type(answer) -> str:
+    """The error type of a JSON error answer, else the start of its text."""
+    try:
+        return answer.json()["error"]["type"]
+    except (ValueError, KeyError, TypeError):
+        return answer.text[:80]
+
+
+def served(client, task: dict) -> dict:
+    """The zip's names, a stem's peaks and what the service says it holds."""
+    archive = zipfile.ZipFile(io.BytesIO(client.get(task["links"]["zip"]).content))
+    peaks = client.get(f"{task['links']['self']}/stems/vocals/peaks", params={"points": 50})
+    held = wait_for(lambda: client.get("/v1/status").json()["retention"]["results_bytes"],
+                    timeout_s=30, step_s=0.2)
+    return {"zip": sorted(archive.namelist()), "peaks": len(peaks.json()["max"]),
+            "results_bytes": held}
+
+
+def fetched(manager, task: dict) -> bool:
+    """`fetch` (the Python API) copies the stems here, as they were downloaded."""
+    outputs = manager.fetch(task["task_id"], f"{ROOT}/fetched")
+    return all(Path(path).read_bytes() == Path(f"{ROOT}/got/first/{stem}.wav").read_bytes()
+               for stem, path in outputs.items())
 
 
 def nodes(manager, task: dict, head_node: str) -> dict:
