@@ -126,6 +126,17 @@ async def append(path: str, node: str | None, chunk: bytes) -> None:
             await _append_there.options(scheduling_strategy=pinned(node)).remote(path, chunk)
 
 
+def send(source: Path, path: str, node: str | None, chunk_bytes: int = CHUNK_BYTES) -> None:
+    """Append the local file `source` to a file on `node`, a chunk at a time (blocking)."""
+    with open(source, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            if is_here(node):
+                _append(path, chunk)
+                continue
+            with _there():
+                ray.get(_append_there.options(scheduling_strategy=pinned(node)).remote(path, chunk))
+
+
 def copy(path: str, node: str | None, target: Path, chunk_bytes: int = CHUNK_BYTES) -> None:
     """Copy a file on `node` to the local path `target`, a chunk at a time (blocking)."""
     with open(target, "wb") as handle:
