@@ -127,8 +127,8 @@ class Retention:
     def held_bytes(self) -> dict[str, int]:
         """What the service holds: its stored inputs and the stems it keeps, in bytes."""
         inputs = self.uploads.inputs
-        uploads = sum(nodes.size(str(p), None) or 0 for p in inputs.iterdir() if not p.name.startswith(".")) \
-            if inputs.is_dir() else 0
+        uploads = sum(nodes.size(str(p), None) or 0 for p in inputs.iterdir()
+                      if not p.name.startswith(".")) if inputs.is_dir() else 0
         return {"uploads_bytes": uploads, "results_bytes": self._results_bytes()}
 
     def _results_bytes(self) -> int:
