@@ -4,10 +4,13 @@ here (a veth pair between them, private addresses, nothing routed anywhere else;
 
 The scheduler and the HTTP API run on the head; the workers only on the other node (their pool
 needs a resource only it offers). Over real HTTP, from the head: a song uploaded, separated,
-every stem downloaded (equal within 1 LSB to demucs's own `apply_model` here), the zip, a purge;
-then the worker node is frozen with a second task in its worker's hands and its raylet killed
-(with the rest of the node's processes): the task is retried, and succeeds once the node is
-started again in the same namespaces.
+every stem downloaded (equal within 1 LSB to demucs's own `apply_model` here), the zip, peaks,
+`fetch`, what `status` says is held. Then the worker node is frozen with a second task in its
+worker's hands and its raylet killed (with the rest of the node's processes): the task is
+retried, and succeeds once the node is started again in the same namespaces (a new Ray node);
+the first task's stems, on the node that left, answer 410; both are purged. Last, the scheduler
+is killed after a third task's stems were written but before it heard of them: restarted, it
+finds them on the worker's node and runs nothing again.
 
 The test drives the nodes (`ray start --block` through `nsenter`) and a driver, this file run as
 a script in the head's namespaces, step by step over its stdin and stdout. Whatever happens,
