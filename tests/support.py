@@ -231,6 +231,12 @@ def cli_env(service) -> dict:
             "RAYDEMUCS_SERVICE_STATE_DIR": str(service.config.service.state_dir)}
 
 
+def peak_rss(pid: int) -> int:
+    """A process's peak resident memory so far (VmHWM), in bytes."""
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+
+
 def free_port() -> int:
     import socket
 

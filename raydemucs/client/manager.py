@@ -24,6 +24,7 @@ from ..core.errors import (
     WaitTimedOut,
 )
 from ..core.task import TaskSpec, TaskState, parse_priority
+from ..storage import nodes
 from ..storage.folders import (
     check_writable,
     copy_folder,
@@ -170,11 +171,21 @@ class WorkerManager:
                 records[spec.task_id] = record
         for spec in specs:
             if spec.uploaded:
-                data = Path(spec.input_path).read_bytes()
-                records[spec.task_id] = self._call("submit", [spec.to_dict()],
-                                                   {spec.input_sha256: data}, create=create,
-                                                   preload=preload)[0]
+                records[spec.task_id] = self._send_upload(spec, create, preload)
         return [records[spec.task_id] for spec in specs]
+
+    def _send_upload(self, spec: TaskSpec, create: bool, preload) -> dict:
+        """An uploaded task: its file appended a chunk at a time to the one the scheduler opens
+        on its node (`storage.nodes`, as the HTTP API's uploads go), never through the
+        scheduler's process; then the task, checked and kept there. Its view."""
+        opened = self._call("upload_open", Path(spec.input_path).name, create=create,
+                            preload=preload)
+        try:
+            nodes.send(Path(spec.input_path), opened["path"], opened["node"])
+        except BaseException:
+            self._call("upload_abort", opened["id"])
+            raise
+        return self._call("submit_upload", spec.to_dict(), opened["id"])
 
     def add_task(self, input_path: str | os.PathLike, file_id: str | None = None,
                  output_dir: str | os.PathLike | None = None, project_name: str = "default",

@@ -18,7 +18,6 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 from ..core.config import RetentionConfig
@@ -58,12 +57,6 @@ class Retired:
     def expired(self) -> list[TaskRecord]:
         """The tasks whose watchers hear that their files (or records) went."""
         return list({record.task_id: record for record in self.stems + self.records}.values())
-
-
-def _size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
 
 
 class Retention:
@@ -134,9 +127,21 @@ class Retention:
     def held_bytes(self) -> dict[str, int]:
         """What the service holds: its stored inputs and the stems it keeps, in bytes."""
         inputs = self.uploads.inputs
-        uploads = sum(_size(p) for p in inputs.iterdir() if not p.name.startswith(".")) \
-            if inputs.is_dir() else 0
-        return {"uploads_bytes": uploads, "results_bytes": _size(self.uploads.results)}
+        uploads = sum(nodes.size(str(p), None) or 0 for p in inputs.iterdir()
+                      if not p.name.startswith(".")) if inputs.is_dir() else 0
+        return {"uploads_bytes": uploads, "results_bytes": self._results_bytes()}
+
+    def _results_bytes(self) -> int:
+        """The stems kept in the results folder of every live node, each counted there (a
+        node that does not answer is left out, with a warning)."""
+        total = 0
+        for node in nodes.alive():
+            try:
+                total += nodes.size(str(self.uploads.results), node) or 0
+            except Exception as exc:  # a node gone meanwhile, or one that does not answer
+                logger.warning("retention: the stems kept on node %s could not be counted: %s",
+                               node, str(exc).splitlines()[0] if str(exc) else repr(exc))
+        return total
 
     def empty_trash(self) -> None:
         """Delete what was moved to the trash (the folder stays: a retire may be moving in), and

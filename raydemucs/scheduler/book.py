@@ -18,7 +18,7 @@ from ..core.config import StorageConfig
 from ..core.errors import TaskNotFound
 from ..core.task import TaskRecord, TaskState
 from ..journal import Journal
-from ..storage.folders import open_folder
+from ..storage.folders import folder_on
 from .counts import TaskCounts
 
 logger = logging.getLogger(__name__)
@@ -159,7 +159,8 @@ class Recovery:
 def read_recovery(journal: Journal, storage: StorageConfig) -> Recovery:
     """Read what `Scheduler.recover` needs: blocking disk and object-store work."""
     unfinished = journal.tasks.unfinished()
-    finished = {record.task_id: open_folder(record.spec.output_location, storage).finished(
-        record.task_id) for record in unfinished}
+    finished = {record.task_id: folder_on(record.spec.output_location, record.node,
+                                          storage).finished(record.task_id)
+                for record in unfinished}  # read on the node whose worker wrote them
     return Recovery(unfinished, {k: v for k, v in finished.items() if v is not None},
                     journal.tasks.count_by_owner(), journal.tasks.batch_tallies())

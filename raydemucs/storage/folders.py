@@ -20,8 +20,16 @@ import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
+from ray.exceptions import RayError
+
 from ..core.config import StorageConfig
-from ..core.errors import InvalidInput, OutputNotWritable, OutputWriteFailed, StorageUnavailable
+from ..core.errors import (
+    Gone,
+    InvalidInput,
+    OutputNotWritable,
+    OutputWriteFailed,
+    StorageUnavailable,
+)
 from ..core.names import check_name, check_task_names, printable
 from ..core.statedir import sync_path
 from . import nodes, uris
@@ -251,7 +259,13 @@ class NodeFolder(LocalFolder):
     def manifest(self) -> dict | None:
         try:
             return json.loads(nodes.content(str(self.path / MANIFEST), self.node))
-        except (OSError, ValueError):
+        except (OSError, ValueError, Gone, RayError):  # its node gone, or not answering
+            return None
+
+    def size_of(self, name: str) -> int | None:
+        try:
+            return nodes.size(str(self.path / name), self.node)
+        except (OSError, Gone, RayError):
             return None
 
     def fetch_file(self, name: str, target: Path) -> None:
@@ -260,9 +274,13 @@ class NodeFolder(LocalFolder):
 
 def placed_folder(place: dict, config: StorageConfig) -> Folder:
     """The folder a scheduler's `stems_place` answer names."""
-    if place["remote"]:
-        return RemoteFolder(place["location"], config)
-    return NodeFolder(place["location"], place["node"])
+    return folder_on(place["location"], place["node"], config)
+
+
+def folder_on(location: str, node: str | None, config: StorageConfig) -> Folder:
+    """A task's output folder as any process reads it: a URI, or a local path on the node
+    whose worker wrote it (`node`; None: this one)."""
+    return RemoteFolder(location, config) if uris.is_uri(location) else NodeFolder(location, node)
 
 
 def open_folder(location: str, config: StorageConfig) -> Folder:

@@ -80,7 +80,7 @@ def test_files_on_another_node_are_read_written_and_removed_by_a_pinned_task(ray
                                                                             tmp_path,
                                                                             monkeypatch):
     """The path a file on another node takes (`storage.nodes`: a Ray task pinned to that node),
-    taken here on this node by telling this process it is elsewhere."""
+    taken here on this node by telling this process it is elsewhere; sizes are counted there."""
     here = ray.get_runtime_context().get_node_id()
     monkeypatch.setattr(nodes, "is_here", lambda node: False)
     path, data = tmp_path / "sent" / "file.bin", bytes(range(256)) * 9000
@@ -93,5 +93,7 @@ def test_files_on_another_node_are_read_written_and_removed_by_a_pinned_task(ray
     assert asyncio.run(write_and_read()) == data[10:]
     nodes.copy(str(path), here, tmp_path / "copy.bin")
     assert (tmp_path / "copy.bin").read_bytes() == data == nodes.content(str(path), here)
+    assert nodes.size(str(path.parent), here) == len(data) == nodes.size(str(path), here)
+    assert nodes.size(str(tmp_path / "none"), here) is None
     nodes.remove(str(path.parent), here)
     assert not path.parent.exists()

@@ -11,7 +11,7 @@ import ray
 
 from raydemucs.core.actors import get_scheduler
 
-from support import write_audio
+from support import peak_rss, write_audio
 
 STEMS = ["bass", "drums", "other", "vocals"]
 
@@ -278,9 +278,3 @@ def test_the_scheduler_never_holds_the_stems_of_a_long_upload(http_service, tmp_
         ray.get_runtime_context().get_node_id()
     answer = http_service.client.get(done["outputs"]["drums"])
     assert answer.status_code == 200 and answer.content == (folder / "drums.wav").read_bytes()
-
-
-def peak_rss(pid: int) -> int:
-    """A process's peak resident memory so far (VmHWM), in bytes."""
-    with open(f"/proc/{pid}/status") as status:
-        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))

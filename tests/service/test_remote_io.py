@@ -9,7 +9,7 @@ import pytest
 from raydemucs.core.errors import Gone, InvalidInput, OutputNotWritable
 from raydemucs.storage.folders import file_sha256
 
-from support import run_cli
+from support import peak_rss, run_cli, write_audio
 
 STEMS = {"drums", "bass", "other", "vocals"}
 
@@ -72,6 +72,27 @@ def test_upload_wait_and_fetch_round_trip_on_the_cli(ray_cluster, audio, tmp_pat
         run_cli("stop", "--now", env=env)
 
 
+def test_an_upload_goes_around_the_scheduler(make_service, tmp_path):
+    """`submit --upload` (`add_task(upload=True)`) appends the file a chunk at a time to the one
+    the scheduler opens on its node, as the HTTP API's uploads go: the scheduler's peak RSS
+    grows by far less than the file's bytes (before, they were an argument of its `submit`)."""
+    import ray
+
+    song = write_audio(tmp_path / "wide.wav", seconds=20.0, samplerate=192000, channels=8)
+    manager = make_service(workers={"max_workers": 1})
+    pid = ray.get(manager.scheduler().ping.remote())["pid"]
+    before = peak_rss(pid)
+    task_id = manager.add_task(song, upload=True)
+    grown = peak_rss(pid) - before
+    manager.cancel(task_id)
+    size = song.stat().st_size
+    assert size > 55 * 2**20
+    assert grown < size / 3, f"the scheduler's peak RSS grew {grown / 2**20:.0f} MB"
+    kept = tmp_path / "state" / "uploads" / file_sha256(song)
+    assert kept.stat().st_size == size
+    assert manager.get_status(task_id)["spec"]["input_sha256"] == kept.name
+
+
 def test_retrying_an_upload_whose_bytes_are_gone_fails_cleanly(make_service, audio, tmp_path):
     import shutil
 
@@ -104,7 +125,8 @@ def write_big_wav(path, megabytes: float):
 def test_status_answers_while_a_100_mb_upload_is_being_stored(make_service, ray_cluster, tmp_path):
     """The upload comes from another process (the CLI); here, `status` is asked again and again
     and counted when it was both asked and answered while the upload's partial file was on the
-    service's disk: a scheduler that stored the bytes on its event loop answers none then."""
+    service's disk: a scheduler that stored the bytes on its event loop answers none then (its
+    bytes now go around the scheduler, which only checks and keeps the file at the end)."""
     import os
     import subprocess
     import sys
@@ -121,8 +143,9 @@ def test_status_answers_while_a_100_mb_upload_is_being_stored(make_service, ray_
                               env={**os.environ, **env}, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
 
-    def storing() -> bool:
-        return uploads.is_dir() and any(p.name.endswith(".tmp") for p in uploads.iterdir())
+    def storing() -> bool:  # the file the upload is appended to, until the scheduler keeps it
+        incoming = uploads / ".incoming"
+        return incoming.is_dir() and any(p.is_file() for p in incoming.rglob("*"))
 
     answered_while_storing, slowest_s = 0, 0.0
     while upload.poll() is None:
