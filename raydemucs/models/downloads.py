@@ -66,8 +66,8 @@ def download(name: str, kind: str, spec: ModelFile, path: Path, timeout_s: float
         digest, size = _fetch(spec, partial, timeout_s)
         if digest != spec.sha256 or (spec.size is not None and size != spec.size):
             raise ModelNotFound(
-                f"the download of model {name!r}'s {kind} file does not match the catalogue "
-                f"({size} bytes, sha256 {digest[:12]}...; expected "
+                f"model {name!r}: its {kind} file downloaded from {spec.url} does not match the "
+                f"catalogue ({size} bytes, sha256 {digest[:12]}...; expected "
                 f"{spec.size if spec.size is not None else 'any size'}, {spec.sha256[:12]}...): "
                 "the file was deleted")
         os.replace(partial, path)
@@ -75,7 +75,7 @@ def download(name: str, kind: str, spec: ModelFile, path: Path, timeout_s: float
     except (OSError, http.client.HTTPException, ValueError) as exc:
         reason = f"HTTP {exc.code}" if isinstance(exc, urllib.error.HTTPError) else (
             getattr(exc, "reason", None) or type(exc).__name__)
-        raise ModelNotFound(f"model {name!r}'s {kind} file could not be downloaded from "
+        raise ModelNotFound(f"model {name!r}: its {kind} file could not be downloaded from "
                             f"{spec.url}: {reason}; the partial file was deleted") from None
     finally:
         partial.unlink(missing_ok=True)

@@ -125,7 +125,7 @@ def shipped() -> dict[str, ModelInfo]:
 
 
 @functools.lru_cache(maxsize=8)
-def _operator_catalogue(path: str, mtime_ns: int) -> dict[str, ModelInfo]:
+def _operator_catalogue(path: str, stamp: tuple[int, int]) -> dict[str, ModelInfo]:
     return read_catalogue(Path(path).read_text("utf-8"), f"models.catalogue {printable(path)}")
 
 
@@ -134,17 +134,15 @@ def catalogue(file: str | None = None) -> dict[str, ModelInfo]:
     if not file:
         return shipped()
     path = Path(file).expanduser()
-    try:
-        mtime_ns = path.stat().st_mtime_ns
-    except OSError as exc:
-        raise ModelNotFound(f"models.catalogue {printable(file)} cannot be read: "
-                            f"{exc.strerror}") from None
-    return {**shipped(), **_operator_catalogue(str(path), mtime_ns)}
+    stamp = _stamp(path)
+    if stamp is None:
+        raise ModelNotFound(f"models.catalogue {printable(file)} cannot be read")
+    return {**shipped(), **_operator_catalogue(str(path), stamp)}
 
 
 def check_architecture(name: str, architecture: Any, where: str) -> str:
     if architecture not in ARCHITECTURES:
-        raise ModelNotFound(f"{where}: model {name!r} has architecture {printable(architecture)}, "
+        raise ModelNotFound(f"{where}: model {name!r} has architecture {architecture!r}, "
                             f"which this engine does not run; known: {', '.join(ARCHITECTURES)}")
     return architecture
 
@@ -170,8 +168,9 @@ def read_checkpoint_yaml(path: Path) -> dict:
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=CheckpointYamlLoader)
     except yaml.constructor.ConstructorError as exc:
-        raise ModelNotFound(f"{printable(path.name)} holds {printable(exc.problem)}; only "
-                            "!!python/tuple is read (a config never runs code)") from None
+        tag = str(exc.problem).rpartition(" ")[2].strip("'").replace("tag:yaml.org,2002:", "!!")
+        raise ModelNotFound(f"{printable(path.name)} carries the tag {printable(tag)}, which is "
+                            "refused: only !!python/tuple is read (a config never runs code)") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else str(exc).splitlines()[0]
         raise ModelNotFound(f"{printable(path.name)} is not readable YAML: {reason}") from None
