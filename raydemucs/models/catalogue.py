@@ -20,7 +20,7 @@ import yaml
 from ..core.config import ModelsConfig
 from ..core.errors import InvalidInput, ModelNotFound
 from ..core.names import printable
-from .downloads import check_download
+from .downloads import check_download, fetch_model
 from .entries import (
     ModelInfo,
     catalogue,
@@ -213,6 +213,16 @@ def check_model_name(name: str, repo: str | None, models: ModelsConfig | None = 
     if info.files:
         check_download(info, models)
     return info
+
+
+def model_directory(name: str, repo: str | None, models: ModelsConfig) -> str | None:
+    """The directory a worker loads model `name` from: `repo` when given; for a downloadable
+    catalogue model, the one it is downloaded into on first use (each file verified by sha256
+    before it is used); else None (demucs's own sources)."""
+    if repo:
+        return repo
+    info = check_model_name(name, None, models)
+    return str(fetch_model(info, models)) if info.files else None
 
 
 def architecture_of(name: str, repo: str | None, catalogue_file: str | None = None) -> str | None:

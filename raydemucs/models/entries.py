@@ -19,13 +19,13 @@ import yaml
 
 from ..core.errors import InvalidInput, ModelNotFound
 from ..core.names import printable
+from .roformer.config import ARCHITECTURES as ROFORMERS
+from .roformer.config import parse_config, read_yaml
 
 DEMUCS_ARCHITECTURES = ("htdemucs", "hdemucs", "demucs", "demucs_bag")
-ROFORMERS = ("bs_roformer", "mel_band_roformer")
 ARCHITECTURES = DEMUCS_ARCHITECTURES + ROFORMERS
 UNKNOWN_LICENCE = "unknown"
 FILE_KINDS = ("ckpt", "yaml")
-TUPLE_TAG = "tag:yaml.org,2002:python/tuple"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,45 +155,6 @@ def check_licence(info: ModelInfo, allowed: tuple[str, ...]) -> None:
 
 
 # -- the community layout: NAME.ckpt with NAME.yaml beside it -------------------------------------
-class CheckpointYamlLoader(yaml.SafeLoader):
-    """YAML's safe loader plus the one Python tag community configs carry, `!!python/tuple`."""
-
-
-CheckpointYamlLoader.add_constructor(
-    TUPLE_TAG, lambda loader, node: tuple(loader.construct_sequence(node, deep=True)))
-
-
-def read_checkpoint_yaml(path: Path) -> dict:
-    """A checkpoint's YAML, loaded safely: any Python tag but `!!python/tuple` is refused."""
-    try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=CheckpointYamlLoader)
-    except yaml.constructor.ConstructorError as exc:
-        tag = str(exc.problem).rpartition(" ")[2].strip("'").replace("tag:yaml.org,2002:", "!!")
-        raise ModelNotFound(f"{printable(path.name)} carries the tag {printable(tag)}, which is "
-                            "refused: only !!python/tuple is read (a config never runs code)") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else str(exc).splitlines()[0]
-        raise ModelNotFound(f"{printable(path.name)} is not readable YAML: {reason}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
-        raise ModelNotFound(f"{printable(path.name)} must hold `model:`, the network's arguments")
-    return data
-
-
-def yaml_architecture(name: str, config: dict) -> str:
-    """The architecture a checkpoint's YAML describes: its `architecture:` key, else told by its
-    arguments (`freqs_per_bands`: BS-RoFormer; `num_bands`: Mel-Band RoFormer)."""
-    model = config["model"]
-    found = config.get("architecture") or (
-        "bs_roformer" if "freqs_per_bands" in model else
-        "mel_band_roformer" if "num_bands" in model else None)
-    return check_architecture(name, found, f"{name}.yaml")
-
-
-def _stems(config: dict) -> tuple[str, ...] | None:
-    instruments = (config.get("training") or {}).get("instruments")
-    return tuple(map(str, instruments)) if isinstance(instruments, (list, tuple)) else None
-
-
 def licence_note(note: Path, default: str = UNKNOWN_LICENCE) -> str:
     """The first line of a `NAME.licence` file beside a model, else `default`."""
     if not note.is_file():
@@ -219,15 +180,13 @@ def _stamp(path: Path) -> tuple[int, int] | None:
 
 @functools.lru_cache(maxsize=256)
 def _community_model(name: str, ckpt: Path, stamps: tuple) -> ModelInfo:
-    config = read_checkpoint_yaml(ckpt.with_suffix(".yaml"))
-    samplerate = (config.get("audio") or {}).get("sample_rate")
-    return ModelInfo(name=name, architecture=yaml_architecture(name, config),
-                     licence=licence_note(ckpt.with_suffix(".licence"), str(
-                         config.get("licence") or config.get("license") or UNKNOWN_LICENCE)),
-                     stems=_stems(config),
-                     sample_rate=int(samplerate) if samplerate else None,
-                     size=ckpt.stat().st_size, sha256=file_sha256(ckpt),
-                     directory=str(ckpt.parent))
+    data = read_yaml(ckpt.with_suffix(".yaml"))
+    config = parse_config(data, f"{name}.yaml")  # refuses an architecture or option not run here
+    licence = str(data.get("licence") or data.get("license") or UNKNOWN_LICENCE)
+    return ModelInfo(name=name, architecture=config.architecture,
+                     licence=licence_note(ckpt.with_suffix(".licence"), licence),
+                     stems=config.stems, sample_rate=config.samplerate,
+                     size=ckpt.stat().st_size, sha256=file_sha256(ckpt), directory=str(ckpt.parent))
 
 
 # -- hashes, cached by (path, mtime, size) --------------------------------------------------------

@@ -19,7 +19,7 @@ from support import save_tiny_htdemucs
 
 BS_YAML = """\
 audio:
-  chunk_size: 8820
+  chunk_size: 16384
   sample_rate: 44100
 model:
   dim: 8
@@ -76,7 +76,7 @@ def test_a_model_directory_reads_the_community_layout_beside_demucs_bags(tmp_pat
     (repo / "noted.licence").write_text("MIT\nthe text of the licence\n")
     assert model_names(str(repo)) == ["kim", "noted", "tiny", "tinysig", "viper"]
     kim = describe("kim", str(repo)).to_dict(public=True)
-    assert kim == {"name": "kim", "architecture": "mel_band_roformer", "stems": ["vocals", "other"],
+    assert kim == {"name": "kim", "architecture": "mel_band_roformer", "stems": ["vocals"],
                    "sample_rate": 44100, "licence": "unknown", "source": "local models",
                    "size": (repo / "kim.ckpt").stat().st_size, "sha256": sha, "score": None}
     assert describe("kim", str(repo)).to_dict()["source"] == f"local {repo}"
@@ -92,12 +92,14 @@ def test_a_model_directory_reads_the_community_layout_beside_demucs_bags(tmp_pat
 
 @pytest.mark.parametrize("text, refusal", [
     (BS_YAML.replace("!!python/tuple", "!!python/object/apply:os.system"),
-     "kim.yaml carries the tag !!python/object/apply:os.system, which is refused: only "
-     "!!python/tuple is read"),
-    (BS_YAML.replace("freqs_per_bands", "band_sizes"), "architecture None, which this engine does "
-     "not run"),
-    ("architecture: scnet\n" + BS_YAML, "architecture 'scnet', which this engine does not run"),
-    ("audio: {}\n", "kim.yaml must hold `model:`"),
+     "kim.yaml: tag !!python/object/apply:os.system is not allowed (of Python's tags, only "
+     "!!python/tuple)"),
+    (BS_YAML.replace("freqs_per_bands", "band_sizes"), "kim.yaml does not say its architecture"),
+    (BS_YAML.replace("training:", "training:\n  model_type: scnet"),
+     "kim.yaml: architecture 'scnet' is not one raydemucs runs"),
+    (BS_YAML.replace("depth: 1", "depth: 1\n  use_pope: true"),
+     "kim.yaml: model option use_pope: True is not supported"),
+    ("audio: {}\n", "kim.yaml has no `model:` section"),
 ])
 def test_a_bad_checkpoint_yaml_is_refused_at_submit_with_one_line(tmp_path, text, refusal):
     community(tmp_path, "kim", text)

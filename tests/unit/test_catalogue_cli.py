@@ -15,12 +15,12 @@ def test_models_lists_what_each_model_in_a_directory_is(tmp_path):
     listed = run_cli("models", "--repo", tmp_path / "models", "--json")
     assert listed.returncode == 0, listed.stderr
     [kim] = [json.loads(line) for line in listed.stdout.splitlines()]
-    assert kim == {"name": "kim", "architecture": "mel_band_roformer", "stems": ["vocals", "other"],
+    assert kim == {"name": "kim", "architecture": "mel_band_roformer", "stems": ["vocals"],
                    "sample_rate": 44100, "licence": "unknown",
                    "source": f"local {tmp_path / 'models'}", "sha256": sha, "score": None,
                    "size": (tmp_path / "models" / "kim.ckpt").stat().st_size, "servable": True}
     text = run_cli("models").stdout.splitlines()
-    assert any(line.startswith("mel_band_roformer_kj  mel_band_roformer, vocals/other, 44100 Hz, "
+    assert any(line.startswith("mel_band_roformer_kj  mel_band_roformer, vocals, 44100 Hz, "
                                "licence unknown: no licence granted, 913.1 MB, sha256 87201f4d31af, "
                                "SDR 10.98 dB vocals on MVSEP multisong, https://") for line in text)
 
@@ -34,8 +34,8 @@ def test_submit_refuses_what_the_catalogue_can_judge_with_exit_2(tmp_path, audio
            "RAYDEMUCS_MODELS_ALLOW_LICENCES": "MIT,GPL-3.0"}
     for name, line in [("kim", "error: model 'kim' is under licence 'unknown', which this service "
                         "does not serve (models.allow_licences: MIT, GPL-3.0)"),
-                       ("evil", "error: evil.yaml carries the tag !!python/object/apply:os.system, "
-                        "which is refused: only !!python/tuple is read (a config never runs code)")]:
+                       ("evil", "error: evil.yaml: tag !!python/object/apply:os.system is not "
+                        "allowed (of Python's tags, only !!python/tuple)")]:
         result = run_cli("submit", song, "-n", name, "--repo", tmp_path / "models", env=env)
         assert (result.returncode, result.stderr.strip()) == (2, line)
     assert not (tmp_path / "state").exists()  # nothing queued, no service started
