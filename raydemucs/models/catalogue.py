@@ -30,6 +30,7 @@ from .entries import (
     hub_repo_id,
     licence_note,
 )
+from .roformer.config import load_config
 
 OFFLINE_MODEL = "demucs_unittest"
 HUB_PROBE_TIMEOUT_S = 3.0
@@ -226,9 +227,12 @@ def model_directory(name: str, repo: str | None, models: ModelsConfig) -> str | 
 
 
 def architecture_of(name: str, repo: str | None, catalogue_file: str | None = None) -> str | None:
-    """Model `name`'s architecture, for routing; None when it cannot be described (the worker
-    that loads it reports why)."""
+    """Model `name`'s architecture, for routing (a checkpoint's YAML is read, the checkpoint is
+    not hashed); None when it cannot be told (the worker that loads it reports why)."""
     try:
+        ckpt = Path(repo).expanduser() / f"{name}.ckpt" if repo else None
+        if ckpt and ckpt.with_suffix(".yaml").is_file():
+            return load_config(ckpt.with_suffix(".yaml")).architecture
         return describe(name, repo, catalogue_file).architecture
     except ModelNotFound:
         return None

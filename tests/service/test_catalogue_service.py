@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+
 from support import HttpService, save_tiny_htdemucs, wait_for, write_audio, write_roformer
 
 
