@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import logging
 import os
 import urllib.error
 import urllib.request
@@ -17,6 +18,7 @@ from ..core.errors import ModelNotFound
 from ..core.statedir import sync_path
 from .entries import FILE_KINDS, ModelFile, ModelInfo, file_sha256
 
+log = logging.getLogger(__name__)
 CHUNK_BYTES = 1 << 20
 SCHEMES = ("https://", "http://")
 
@@ -30,14 +32,8 @@ def check_download(info: ModelInfo, models: ModelsConfig) -> None:
     """Refuse, before queueing, a downloadable model that cannot be verified: a file without a
     sha256 in the catalogue, or a copy already downloaded here that no longer matches it."""
     for kind in FILE_KINDS:
-        spec = info.files[kind]
-        if not spec.sha256:
-            raise ModelNotFound(
-                f"model {info.name!r}: the catalogue has no sha256 for its {kind} file, so it is "
-                "not downloaded; pin one in the models.catalogue file, or put "
-                f"{info.name}.ckpt and {info.name}.yaml in a --repo directory")
-        kept = model_dir(info, models) / f"{info.name}.{kind}"
-        if kept.is_file() and file_sha256(kept) != spec.sha256:
+        kept = _kept(info, models, kind)
+        if kept.is_file() and file_sha256(kept) != info.files[kind].sha256:
             raise ModelNotFound(f"the downloaded {kept.name} of model {info.name!r} does not match "
                                 "the catalogue's sha256; delete it from models.cache_dir to "
                                 "download it again")
@@ -45,15 +41,28 @@ def check_download(info: ModelInfo, models: ModelsConfig) -> None:
 
 def fetch_model(info: ModelInfo, models: ModelsConfig) -> Path:
     """The directory holding `NAME.ckpt` and `NAME.yaml` of catalogue model `info`, each file
-    downloaded and verified first if it is not here whole."""
-    check_download(info, models)
-    folder = model_dir(info, models)
-    folder.mkdir(parents=True, exist_ok=True)
+    downloaded and verified first if it is not here, or no longer matches the catalogue."""
+    model_dir(info, models).mkdir(parents=True, exist_ok=True)
     for kind in ("yaml", "ckpt"):
-        path = folder / f"{info.name}.{kind}"
+        path = _kept(info, models, kind)
+        if path.is_file() and file_sha256(path) != info.files[kind].sha256:
+            log.warning("%s no longer matches the catalogue's sha256: downloading it again",
+                        path.name)
+            path.unlink()
         if not path.is_file():
             download(info.name, kind, info.files[kind], path, models.download_timeout_s)
-    return folder
+    return model_dir(info, models)
+
+
+def _kept(info: ModelInfo, models: ModelsConfig, kind: str) -> Path:
+    """Where this node keeps file `kind` of `info`; `ModelNotFound` when the catalogue gives no
+    sha256 to check it against (it is never downloaded)."""
+    if not info.files[kind].sha256:
+        raise ModelNotFound(
+            f"model {info.name!r}: the catalogue has no sha256 for its {kind} file, so it is not "
+            f"downloaded; pin one in the models.catalogue file, or put {info.name}.ckpt and "
+            f"{info.name}.yaml in a --repo directory")
+    return model_dir(info, models) / f"{info.name}.{kind}"
 
 
 def download(name: str, kind: str, spec: ModelFile, path: Path, timeout_s: float) -> None:

@@ -85,6 +85,9 @@ def test_a_catalogue_model_is_downloaded_once_and_verified(tmp_path, server):
     with pytest.raises(ModelNotFound, match="^the downloaded kim.ckpt of model 'kim' does not "
                        "match the catalogue's sha256; delete it from models.cache_dir"):
         check_model_name("kim", None, models)
+    assert model_directory("htdemucs", None, models) is None  # demucs downloads its own
+    fetch_model(describe("kim", None, models.catalogue), models)  # a worker fetches it again
+    assert (folder / "kim.ckpt").read_bytes() == CKPT and server.hits.count("/kim.ckpt") == 2
 
 
 @pytest.mark.parametrize("change, refusal", [
