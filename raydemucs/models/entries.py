@@ -10,6 +10,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import json
+import logging
+import os
 import threading
 from importlib import resources
 from pathlib import Path
@@ -22,6 +25,7 @@ from ..core.names import printable
 from .roformer.config import ARCHITECTURES as ROFORMERS
 from .roformer.config import parse_config, read_yaml
 
+log = logging.getLogger(__name__)
 DEMUCS_ARCHITECTURES = ("htdemucs", "hdemucs", "demucs", "demucs_bag")
 ARCHITECTURES = DEMUCS_ARCHITECTURES + ROFORMERS
 UNKNOWN_LICENCE = "unknown"
@@ -190,19 +194,52 @@ def _community_model(name: str, ckpt: Path, stamps: tuple) -> ModelInfo:
 
 
 # -- hashes, cached by (path, mtime, size) --------------------------------------------------------
-_hashes: dict[tuple[str, int, int], str] = {}
+_hashes: dict[str, list] = {}  # real path -> [mtime_ns, size, sha256]; HASH_CACHE's, once read
 _hashing = threading.Lock()
 
 
+def hash_cache() -> Path:
+    """The file the hashes of model files are kept in between runs (under XDG_CACHE_HOME)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "raydemucs" / \
+        "sha256.json"
+
+
 def file_sha256(path: Path) -> str:
-    """The file's sha256, computed once per (path, mtime, size) in this process."""
+    """The file's sha256, computed once per (path, mtime, size) and kept in `hash_cache()`, so
+    that listing a model directory stays cheap."""
     stat = path.stat()
-    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    key, stamp = str(path.resolve()), [stat.st_mtime_ns, stat.st_size]
     with _hashing:
-        if key not in _hashes:
+        if not _hashes:
+            _hashes.update(_read_hashes())
+        if _hashes.get(key, [None, None])[:2] != stamp:
             digest = hashlib.sha256()
             with open(path, "rb") as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
-            _hashes[key] = digest.hexdigest()
-        return _hashes[key]
+            _hashes[key] = [*stamp, digest.hexdigest()]
+            _write_hashes()
+        return _hashes[key][2]
+
+
+def _read_hashes() -> dict:
+    try:
+        known = json.loads(hash_cache().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return known if isinstance(known, dict) else {}
+
+
+def _write_hashes() -> None:
+    """Keep the hashes of the files that still exist."""
+    for gone in [key for key in _hashes if not os.path.exists(key)]:
+        del _hashes[gone]
+    target = hash_cache()
+    partial = target.with_name(f".{target.name}.{os.getpid()}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(_hashes), encoding="utf-8")
+        os.replace(partial, target)
+    except OSError as exc:
+        log.warning("model file hashes not kept in %s (%s): they are computed again next run",
+                    target, exc.strerror)
