@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import pickletools
 import threading
 import urllib.error
 import urllib.request
@@ -37,6 +38,10 @@ HUB_PROBE_TIMEOUT_S = 3.0
 HUB_NAMESPACE = "adefossez"  # demucs.hf.DEFAULT_NAMESPACE
 ZIP_MAGIC = b"PK\x03\x04"
 PICKLE_MAGIC = b"\x80"
+DEMUCS_CLASSES = {"demucs.htdemucs HTDemucs": "htdemucs", "demucs.hdemucs HDemucs": "hdemucs",
+                  "demucs.demucs Demucs": "demucs"}
+STRING_OPS = ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8", "SHORT_BINSTRING",
+              "BINSTRING", "STRING")
 
 
 def one_line(exc: BaseException) -> str:
@@ -150,6 +155,42 @@ def _repo_model_files(name: str, repo: Path, community: dict[str, Path]) -> list
     return [checkpoints[sig] for sig in signatures]
 
 
+def checkpoint_architecture(path: Path) -> str | None:
+    """The architecture of the Demucs class a checkpoint names, told from its pickle's opcodes
+    (`pickletools.genops` parses, never runs); None when it names none of demucs's."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickled = next((name for name in archive.namelist() if name.endswith("/data.pkl")),
+                           None)
+            data = archive.read(pickled) if pickled else b""
+    except (OSError, zipfile.BadZipFile):
+        return None  # a legacy (non-zip) checkpoint: told once a worker loads it
+    strings, memo = [], {}
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in STRING_OPS:
+                strings.append(arg)
+            elif op.name in ("BINPUT", "LONG_BINPUT", "MEMOIZE") and strings:
+                memo[arg if op.name != "MEMOIZE" else len(memo)] = strings[-1]
+            elif op.name in ("BINGET", "LONG_BINGET") and arg in memo:
+                strings.append(memo[arg])
+            found = (arg if op.name == "GLOBAL" else " ".join(strings[-2:])
+                     if op.name == "STACK_GLOBAL" else None)
+            if found in DEMUCS_CLASSES:
+                return DEMUCS_CLASSES[found]
+    except ValueError:
+        return None
+    return None
+
+
+def _demucs_architecture(files: list[Path]) -> str:
+    """One class's architecture for a checkpoint or a bag of one kind; else `demucs_bag`."""
+    found = {checkpoint_architecture(file) for file in files}
+    if len(found) == 1 and None not in found:
+        return found.pop()
+    return "demucs" if len(files) == 1 else "demucs_bag"
+
+
 def _describe_local(name: str, repo: Path, entries: dict[str, ModelInfo]) -> ModelInfo:
     """Model `name` in directory `repo`: `NAME.ckpt` with `NAME.yaml` (checked against the
     catalogue's sha256 when it lists the name), else a Demucs checkpoint or bag."""
@@ -164,7 +205,7 @@ def _describe_local(name: str, repo: Path, entries: dict[str, ModelInfo]) -> Mod
                                 f"{pinned.sha256[:12]}...)")
         return info
     files = _repo_model_files(name, repo, community)
-    return ModelInfo(name=name, architecture="demucs" if len(files) == 1 else "demucs_bag",
+    return ModelInfo(name=name, architecture=_demucs_architecture(files),
                      licence=licence_note(repo / f"{name}.licence"), directory=str(repo),
                      size=sum(file.stat().st_size for file in files),
                      sha256=file_sha256(files[0]) if len(files) == 1 else None)

@@ -49,7 +49,7 @@ def test_models_say_what_each_model_is_and_never_a_server_path(service):
         "servable": True}
     assert (models["viper"]["pool"], models["viper"]["licence"]) == ("roformer", "GPL-3.0")
     assert models["viper"]["servable"] is False
-    assert (models["tiny"]["pool"], models["tiny"]["architecture"]) == ("main", "demucs")
+    assert (models["tiny"]["pool"], models["tiny"]["architecture"]) == ("main", "htdemucs")
     assert str(service.repo.parent) not in answer.text
 
 

@@ -84,7 +84,7 @@ def test_a_model_directory_reads_the_community_layout_beside_demucs_bags(tmp_pat
     assert describe("viper", str(repo)).licence == "GPL-3.0"
     assert describe("noted", str(repo)).licence == "MIT"
     tiny = describe("tiny", str(repo))
-    assert tiny.architecture == "demucs" and tiny.sha256 == hashlib.sha256(
+    assert tiny.architecture == "htdemucs" and tiny.sha256 == hashlib.sha256(
         next(repo.glob("tinysig*.th")).read_bytes()).hexdigest()
     listed = {model["name"]: model for model in list_models(str(repo))}
     assert listed["kim"]["servable"] and listed["tiny"]["source"] == f"local {repo}"
