@@ -35,7 +35,6 @@ from .roformer.config import load_config
 
 OFFLINE_MODEL = "demucs_unittest"
 HUB_PROBE_TIMEOUT_S = 3.0
-HUB_NAMESPACE = "adefossez"  # demucs.hf.DEFAULT_NAMESPACE
 ZIP_MAGIC = b"PK\x03\x04"
 PICKLE_MAGIC = b"\x80"
 DEMUCS_CLASSES = {"demucs.htdemucs HTDemucs": "htdemucs", "demucs.hdemucs HDemucs": "hdemucs",

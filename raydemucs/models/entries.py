@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 DEMUCS_ARCHITECTURES = ("htdemucs", "hdemucs", "demucs", "demucs_bag")
 ARCHITECTURES = DEMUCS_ARCHITECTURES + ROFORMERS
 UNKNOWN_LICENCE = "unknown"
+HUB_NAMESPACE = "adefossez"  # demucs.hf.DEFAULT_NAMESPACE
 FILE_KINDS = ("ckpt", "yaml")
 
 
@@ -84,7 +85,7 @@ def hub_repo_id(name: str) -> str:
         repo = "HTDemucs-" + short[len("htdemucs_"):]
     else:
         repo = "Demucs-" + short
-    return f"{namespace or 'adefossez'}/{repo}"
+    return f"{namespace or HUB_NAMESPACE}/{repo}"
 
 
 # -- the catalogue --------------------------------------------------------------------------------
