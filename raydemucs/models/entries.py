@@ -195,52 +195,55 @@ def _community_model(name: str, ckpt: Path, stamps: tuple) -> ModelInfo:
 
 
 # -- hashes, cached by (path, mtime, size) --------------------------------------------------------
-_hashes: dict[str, list] = {}  # real path -> [mtime_ns, size, sha256]; HASH_CACHE's, once read
-_hashing = threading.Lock()
+class HashCache:
+    """The sha256 of model files, computed once per (real path, mtime, size) and kept in `file`
+    (JSON) between runs, so that listing a model directory stays cheap."""
+
+    def __init__(self, file: Path):
+        self.file = file
+        self._known: dict[str, list] | None = None  # real path -> [mtime_ns, size, sha256]
+        self._lock = threading.Lock()
+
+    def sha256(self, path: Path) -> str:
+        stat = path.stat()
+        key, stamp = str(path.resolve()), [stat.st_mtime_ns, stat.st_size]
+        with self._lock:
+            if self._known is None:
+                self._known = self._read()
+            if self._known.get(key, [None, None])[:2] != stamp:
+                digest = hashlib.sha256()
+                with open(path, "rb") as handle:
+                    for block in iter(lambda: handle.read(1 << 20), b""):
+                        digest.update(block)
+                self._known[key] = [*stamp, digest.hexdigest()]
+                self._write()
+            return self._known[key][2]
+
+    def _read(self) -> dict:
+        try:
+            known = json.loads(self.file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return known if isinstance(known, dict) else {}
+
+    def _write(self) -> None:
+        """Keep the hashes of the files that still exist."""
+        known = {key: value for key, value in self._known.items() if os.path.exists(key)}
+        self._known = known
+        partial = self.file.with_name(f".{self.file.name}.{os.getpid()}")
+        try:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_text(json.dumps(known), encoding="utf-8")
+            os.replace(partial, self.file)
+        except OSError as exc:
+            log.warning("model file hashes not kept in %s (%s): they are computed again next run",
+                        self.file, exc.strerror)
 
 
-def hash_cache() -> Path:
-    """The file the hashes of model files are kept in between runs (under XDG_CACHE_HOME)."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "raydemucs" / \
-        "sha256.json"
+HASHES = HashCache(Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser()
+                   / "raydemucs" / "sha256.json")
 
 
 def file_sha256(path: Path) -> str:
-    """The file's sha256, computed once per (path, mtime, size) and kept in `hash_cache()`, so
-    that listing a model directory stays cheap."""
-    stat = path.stat()
-    key, stamp = str(path.resolve()), [stat.st_mtime_ns, stat.st_size]
-    with _hashing:
-        if not _hashes:
-            _hashes.update(_read_hashes())
-        if _hashes.get(key, [None, None])[:2] != stamp:
-            digest = hashlib.sha256()
-            with open(path, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-            _hashes[key] = [*stamp, digest.hexdigest()]
-            _write_hashes()
-        return _hashes[key][2]
-
-
-def _read_hashes() -> dict:
-    try:
-        known = json.loads(hash_cache().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return known if isinstance(known, dict) else {}
-
-
-def _write_hashes() -> None:
-    """Keep the hashes of the files that still exist."""
-    for gone in [key for key in _hashes if not os.path.exists(key)]:
-        del _hashes[gone]
-    target = hash_cache()
-    partial = target.with_name(f".{target.name}.{os.getpid()}")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text(json.dumps(_hashes), encoding="utf-8")
-        os.replace(partial, target)
-    except OSError as exc:
-        log.warning("model file hashes not kept in %s (%s): they are computed again next run",
-                    target, exc.strerror)
+    """The file's sha256 (`HASHES`: computed once per version of the file)."""
+    return HASHES.sha256(path)

@@ -157,24 +157,20 @@ def test_licences_the_operator_does_not_allow_are_refused_and_not_servable(tmp_p
     assert [m["servable"] for m in list_models(str(tmp_path))] == [True]  # default: every licence
 
 
-def test_a_checkpoint_is_hashed_once_per_version_across_runs(tmp_path, monkeypatch):
+def test_a_checkpoint_is_hashed_once_per_version_across_runs(tmp_path):
     import json
-    import subprocess
-    import sys
 
-    from raydemucs.models.entries import file_sha256, hash_cache
+    from raydemucs.models.entries import HashCache
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    ckpt = tmp_path / "kim.ckpt"
+    ckpt, kept = tmp_path / "kim.ckpt", tmp_path / "cache" / "sha256.json"
     ckpt.write_bytes(b"weights")
-    assert file_sha256(ckpt) == hashlib.sha256(b"weights").hexdigest()
-    kept = json.loads(hash_cache().read_text())
-    assert kept[str(ckpt)][2] == hashlib.sha256(b"weights").hexdigest()
-    kept[str(ckpt)][2] = "kept"  # what a later run reads instead of hashing the file again
-    hash_cache().write_text(json.dumps(kept))
-    run = [sys.executable, "-c", "import sys, pathlib; from raydemucs.models.entries import "
-           "file_sha256; print(file_sha256(pathlib.Path(sys.argv[1])))", str(ckpt)]
-    assert subprocess.run(run, capture_output=True, text=True).stdout.strip() == "kept"
-    ckpt.write_bytes(b"other weights")  # a new version: hashed again
-    assert file_sha256(ckpt) == hashlib.sha256(b"other weights").hexdigest()
-    assert json.loads(hash_cache().read_text())[str(ckpt)][2] == file_sha256(ckpt)
+    assert HashCache(kept).sha256(ckpt) == hashlib.sha256(b"weights").hexdigest()
+    known = json.loads(kept.read_text())
+    assert known[str(ckpt)][2] == hashlib.sha256(b"weights").hexdigest()
+    known[str(ckpt)][2] = "kept"  # what a later run reads instead of hashing the file again
+    kept.write_text(json.dumps(known))
+    later = HashCache(kept)
+    assert later.sha256(ckpt) == "kept"
+    ckpt.write_bytes(b"other weights")  # a new version: hashed again, and kept
+    assert later.sha256(ckpt) == hashlib.sha256(b"other weights").hexdigest()
+    assert HashCache(kept).sha256(ckpt) == hashlib.sha256(b"other weights").hexdigest()
