@@ -215,7 +215,8 @@ def keys_revoke(manager, name):
 
 
 @click.command()
-@click.option("--repo", type=click.Path(), help="List a local model folder instead.")
+@click.option("--repo", type=click.Path(), help="List a local model folder instead (default: "
+              "separation.repo, when the config sets one).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per model.")
 @config_options
 def models(repo, as_json, profile, config_file):
