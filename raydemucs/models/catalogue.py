@@ -142,6 +142,9 @@ def _repo_model_files(name: str, repo: Path, community: dict[str, Path]) -> list
         signatures = [name]
     elif name in bags:
         signatures = _bag_signatures(bags[name])
+    elif (repo / f"{name}.ckpt").is_file():
+        raise ModelNotFound(f"{name}.ckpt in repo {printable(repo)} has no {name}.yaml beside it "
+                            "(the training config it is read with)")
     else:
         available = ", ".join(sorted(set(checkpoints) | set(bags) | set(community))) or "none"
         raise ModelNotFound(f"unknown model {name!r} in repo {printable(repo)}; available: "

@@ -110,10 +110,13 @@ def test_a_bad_checkpoint_yaml_is_refused_at_submit_with_one_line(tmp_path, text
     assert {"name": "kim", "error": str(refused.value).rstrip(".")} in list_models(str(tmp_path))
 
 
-def test_a_truncated_checkpoint_is_refused_at_submit(tmp_path):
+def test_a_truncated_checkpoint_or_a_missing_yaml_is_refused_at_submit(tmp_path):
     community(tmp_path, "kim", MEL_YAML)
     (tmp_path / "kim.ckpt").write_bytes((tmp_path / "kim.ckpt").read_bytes()[:-20])
     with pytest.raises(ModelNotFound, match="kim.ckpt is not a PyTorch file"):
+        check_model_name("kim", str(tmp_path))
+    (tmp_path / "kim.yaml").unlink()
+    with pytest.raises(ModelNotFound, match="kim.ckpt in repo .* has no kim.yaml beside it"):
         check_model_name("kim", str(tmp_path))
 
 
