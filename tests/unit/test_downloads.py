@@ -113,3 +113,41 @@ def test_an_entry_without_a_sha256_is_refused_at_submit(tmp_path, server):
                        "ckpt file, so it is not downloaded; pin one in the models.catalogue file"):
         check_model_name("kim", None, models)
     assert server.hits == []
+
+
+def test_a_worker_downloads_a_catalogue_model_before_it_loads_it(tmp_path):
+    """The worker's model cache fetches the files (verified) and loads them from the download
+    directory; a file that does not match is never loaded."""
+    from raydemucs.models.loading import ModelCache
+
+    from support import write_roformer
+
+    write_roformer(tmp_path / "published", "kim", "mel_band_roformer")
+    served = {f"/kim.{kind}": (tmp_path / "published" / f"kim.{kind}").read_bytes()
+              for kind in ("ckpt", "yaml")}
+    files = Files(served)
+    try:
+        sha = {kind: hashlib.sha256(served[f"/kim.{kind}"]).hexdigest() for kind in ("ckpt", "yaml")}
+        entry = {"architecture": "mel_band_roformer", "licence": "MIT", "files": {
+            kind: {"url": files.url(f"/kim.{kind}"), "sha256": sha[kind]} for kind in sha}}
+        (tmp_path / "catalogue.yaml").write_text(yaml.safe_dump({"models": {"kim": entry}}))
+        models = ModelsConfig(catalogue=str(tmp_path / "catalogue.yaml"),
+                              cache_dir=str(tmp_path / "cache"))
+        try:
+            loaded = ModelCache(1, "cpu", catalogue=models).get("kim", None)
+        except ModelNotFound as exc:  # an engine that runs no RoFormer yet refuses it, loaded
+            assert "could not be loaded from repo" in str(exc)
+        else:
+            assert loaded.samplerate == 44100
+        assert sorted(files.hits) == ["/kim.ckpt", "/kim.yaml"]
+        assert (tmp_path / "cache" / "kim" / "kim.ckpt").read_bytes() == served["/kim.ckpt"]
+        entry["files"]["ckpt"]["sha256"] = "0" * 64  # another file than the catalogue's
+        (tmp_path / "catalogue.yaml").write_text(yaml.safe_dump({"models": {"kim": entry}}))
+        (tmp_path / "cache" / "kim" / "kim.ckpt").unlink()
+        with pytest.raises(ModelNotFound, match="does not match the catalogue .* the file was "
+                           "deleted"):
+            ModelCache(1, "cpu", catalogue=models).get("kim", None)
+        assert not (tmp_path / "cache" / "kim" / "kim.ckpt").exists()
+    finally:
+        files.shutdown()
+        files.server_close()
