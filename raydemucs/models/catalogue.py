@@ -263,10 +263,10 @@ def model_directory(name: str, repo: str | None, models: ModelsConfig) -> str | 
     """The directory a worker loads model `name` from: `repo` when given; for a downloadable
     catalogue model, the one it is downloaded into on first use (each file verified by sha256
     before it is used); else None (demucs's own sources)."""
-    if repo:
-        return repo
-    info = check_model_name(name, None, models)
-    return str(fetch_model(info, models)) if info.files else None
+    info = None if repo else catalogue(models.catalogue).get(name)
+    if info is None or not info.files:
+        return repo  # the loader judges the rest
+    return str(fetch_model(info, models))
 
 
 def architecture_of(name: str, repo: str | None, catalogue_file: str | None = None) -> str | None:
