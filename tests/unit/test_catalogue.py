@@ -177,3 +177,14 @@ def test_a_checkpoint_is_hashed_once_per_version_across_runs(tmp_path):
     ckpt.write_bytes(b"other weights")  # a new version: hashed again, and kept
     assert later.sha256(ckpt) == hashlib.sha256(b"other weights").hexdigest()
     assert HashCache(kept).sha256(ckpt) == hashlib.sha256(b"other weights").hexdigest()
+
+
+def test_a_stem_the_catalogue_says_the_model_lacks_is_refused_at_submit():
+    from raydemucs.client.checks import TaskChecks
+    from raydemucs.core.config import load_config
+
+    checks = TaskChecks(lambda: load_config("test", environ={}), lambda: {})
+    with pytest.raises(InvalidInput, match="two-stems 'piano' is not a stem of model "
+                       "demucs_unittest; choose one of drums, bass, other, vocals"):
+        checks.template(two_stems="piano")
+    assert checks.template(two_stems="vocals").separation.two_stems == "vocals"
