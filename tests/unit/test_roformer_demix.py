@@ -12,7 +12,7 @@ from raydemucs.models.roformer.config import parse_config
 
 from roformer_reference import linear_fade_window, reference_demix
 
-CONFIG = {"model": {"dim": 8, "depth": 1, "num_bands": 4, "num_stems": 2},
+CONFIG = {"model": {"dim": 8, "depth": 1, "num_bands": 4, "num_stems": 2, "stft_hop_length": 100},
           "training": {"instruments": ["a", "b"]}, "audio": {"chunk_size": 1000}}
 
 

@@ -64,10 +64,11 @@ def check_state_dict(network: nn.Module, state: dict[str, torch.Tensor], names: 
                                 f"{key} {list(state[key].shape)}")
 
 
-def load_roformer(ckpt: Path, yaml_path: Path, device: str | torch.device = "cpu"
+def load_roformer(ckpt: Path | str, yaml_path: Path | str, device: str | torch.device = "cpu"
                   ) -> tuple[nn.Module, RoformerConfig]:
     """The network of `yaml_path` with the weights of `ckpt`, strictly, on `device`, in eval
     mode; and its config."""
+    ckpt, yaml_path = Path(ckpt), Path(yaml_path)
     config = load_config(yaml_path)
     network = build_network(config, yaml_path.name)
     state = read_state_dict(ckpt)

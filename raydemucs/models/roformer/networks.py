@@ -6,7 +6,9 @@ checkpoints (Music-Source-Separation-Training's model code) key and shape them.
 is always `[batch, stems, channels, time]`, one stem included, the same length as the input.
 The STFT, the complex masks and the inverse STFT run in fp32 under `torch.autocast`.
 Options that change nothing at inference (dropout, losses, attention kernels) are not taken here:
-`config.RoformerConfig.network_kwargs` leaves them out.
+`config.RoformerConfig.network_kwargs` leaves them out. Where python-audio-separator's copy of the
+training code differs from the training repo, these follow the training repo: `zero_dc` (on by
+default: the DC bin zeroed before the inverse STFT) and the mel-band's `mlp_expansion_factor`.
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ class Roformer(nn.Module):
             for _ in range(num_stems))
 
     def forward(self, mix: torch.Tensor) -> torch.Tensor:
+        """`[batch, channels, time]` -> `[batch, stems, channels, time]`."""
         batch, channels, length = mix.shape
         if channels != self.channels:
             raise ValueError(f"this model separates {self.channels}-channel audio, "
@@ -149,9 +152,8 @@ class MelBandRoformer(Roformer):
 
     def __init__(self, *, dim: int, depth: int, num_bands: int = 60, sample_rate: int = 44100,
                  stereo: bool = False, num_stems: int = 1, time_transformer_depth: int = 2,
-                 freq_transformer_depth: int = 2, linear_transformer_depth: int = 0,
-                 dim_head: int = 64, heads: int = 8, stft_n_fft: int = 2048,
-                 stft_hop_length: int = 512, stft_win_length: int = 2048,
+                 freq_transformer_depth: int = 2, dim_head: int = 64, heads: int = 8,
+                 stft_n_fft: int = 2048, stft_hop_length: int = 512, stft_win_length: int = 2048,
                  stft_normalized: bool = False, zero_dc: bool = True,
                  mask_estimator_depth: int = 1, mlp_expansion_factor: int = 4):
         membership = torch.from_numpy(mel_band_membership(sample_rate, stft_n_fft, num_bands))
@@ -161,12 +163,12 @@ class MelBandRoformer(Roformer):
             widths=tuple(2 * channels * int(n) for n in membership.sum(dim=1)),
             stereo=stereo, num_stems=num_stems, time_transformer_depth=time_transformer_depth,
             freq_transformer_depth=freq_transformer_depth,
-            linear_transformer_depth=linear_transformer_depth, dim_head=dim_head, heads=heads,
+            linear_transformer_depth=0, dim_head=dim_head, heads=heads,
             norm_output=True, stft_n_fft=stft_n_fft, stft_hop_length=stft_hop_length,
             stft_win_length=stft_win_length, stft_normalized=stft_normalized, zero_dc=zero_dc,
             mask_hidden_layers=mask_estimator_depth, mlp_expansion_factor=mlp_expansion_factor)
         bins = membership.nonzero()[:, 1]  # band by band, ascending within a band
-        rows = (bins[:, None] * channels + torch.arange(channels)).flatten()
+        rows = (bins[:, None] * channels + torch.arange(channels, device=bins.device)).flatten()
         self.register_buffer("rows", rows, persistent=False)  # into [bins * channels]
         bands_per_row = membership.sum(dim=0).repeat_interleave(channels)
         self.register_buffer("bands_per_row", bands_per_row.float(), persistent=False)
