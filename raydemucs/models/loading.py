@@ -8,9 +8,16 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
+from ..core.config import ModelsConfig
 from ..core.errors import InvalidInput, ModelNotFound
 from ..core.names import printable
-from .catalogue import OFFLINE_MODEL, check_model_name, check_two_stems, one_line
+from .catalogue import (
+    OFFLINE_MODEL,
+    check_model_name,
+    check_two_stems,
+    model_directory,
+    one_line,
+)
 from .runtimes import check_device
 
 
@@ -69,14 +76,17 @@ class ModelCache:
 
     Thread-safe: attempts and `poll` run on threads of their own. One model loads at a time, and
     outside the lock that `keys` and `stems` take, so that a poll is answered during a load.
-    `on_drop(model)` is told of each model dropped (what was built for it can go too).
+    `on_drop(model)` is told of each model dropped (what was built for it can go too);
+    `catalogue` (the `models` section) says where a catalogue model is downloaded to.
     """
 
     def __init__(self, max_models: int, device: str,
-                 on_drop: Callable[[object], None] = lambda model: None):
+                 on_drop: Callable[[object], None] = lambda model: None,
+                 catalogue: ModelsConfig | None = None):
         self.max_models = max_models
         self.device = device
         self.on_drop = on_drop
+        self.catalogue = catalogue or ModelsConfig()
         self._separators: OrderedDict[tuple, object] = OrderedDict()
         self._lock = threading.Lock()
         self._loading = threading.Lock()
@@ -91,7 +101,8 @@ class ModelCache:
             with self._lock:
                 if key in self._separators:  # loaded by another thread while this one waited
                     return self._separators[key]
-            separator = load_separator(name, repo, self.device)
+            directory = model_directory(name, repo, self.catalogue)  # a download, verified
+            separator = load_separator(name, directory, self.device)
             with self._lock:
                 self._separators[key] = separator
                 dropped = [self._separators.popitem(last=False)[1]

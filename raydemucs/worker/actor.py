@@ -126,7 +126,8 @@ class SeparatorWorker:
                                      worker_runtime(workers.runtime, self.device),
                                      health.TurnMemory(self._process, workers.release_memory),
                                      self.config.input)
-        self.models = ModelCache(workers.max_models, self.device, self.strategies.forget)
+        self.models = ModelCache(workers.max_models, self.device, self.strategies.forget,
+                                 self.config.models)
         self.stamp = {"worker": worker_id, "node": node_id() or socket.gethostname(),
                       "device": self.device, "raydemucs_version": __version__}
         self._attempts: dict[str, Attempt] = {}

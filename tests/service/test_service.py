@@ -72,10 +72,11 @@ def test_bad_input_is_refused_before_queueing(make_service, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_failure_inside_the_worker_is_reported_with_its_type(make_service, audio, tmp_path):
-    manager = make_service()
+def test_a_failure_inside_the_worker_is_reported_with_its_type(make_service, audio, tmp_path,
+                                                              tiny_repo):
+    manager = make_service()  # a local model's stems are known once loaded: the worker judges
     task_id = manager.add_task(audio("song.wav", seconds=1.0), output_dir=tmp_path / "out",
-                               two_stems="piano")
+                               two_stems="piano", model="tiny", repo=str(tiny_repo))
     with pytest.raises(TaskFailed) as failure:
         manager.wait(task_id, timeout=120)
     record = failure.value.record
