@@ -11,8 +11,9 @@ walks those again.
 A frozen object is still freed when its last reference goes (a finished task's record, a
 stream's answered wait). What a full pass would find and a frozen heap keeps is a reference
 cycle that became garbage after it was frozen: `thaw` (a full pass over everything, as long as
-before) frees those. `step` thaws at most every `THAW_EVERY_S`, and only when the heap is near
-the smallest it has been (`THAW_NEAR` times), when a pass is short: the queue has drained.
+before) frees those. Every `THAW_EVERY_S` a step counts the frozen objects (a walk over them all:
+not at every step) and thaws when they are near the fewest counted so far (`THAW_NEAR` times):
+when a full pass is short again, e.g. once the queue has drained.
 """
 from __future__ import annotations
 
@@ -30,21 +31,22 @@ class FrozenHeap:
 
     def __init__(self, step_s: float = STEP_S, clock: Callable[[], float] = time.monotonic):
         self.step_s, self.clock = step_s, clock
-        self.smallest: int | None = None  # the fewest objects frozen after a step
-        self.thawed_at = float("-inf")
+        self.fewest: int | None = None  # the fewest objects counted frozen
+        self.counted_at = float("-inf")
 
     async def step(self) -> float:
         """Collect the objects not frozen and freeze those that survived, or thaw when due; the
         wait until the next step (a `Supervisor.forever` step)."""
-        frozen = gc.get_freeze_count()
-        if (self.clock() - self.thawed_at >= THAW_EVERY_S
-                and (self.smallest is None or frozen <= THAW_NEAR * self.smallest)):
-            self.thaw()
-        else:
+        if self.clock() - self.counted_at < THAW_EVERY_S:
             gc.collect()
             gc.freeze()
+            return self.step_s
+        self.counted_at = self.clock()
         frozen = gc.get_freeze_count()
-        self.smallest = frozen if self.smallest is None else min(self.smallest, frozen)
+        if self.fewest is None or frozen <= THAW_NEAR * self.fewest:
+            self.thaw()
+            frozen = gc.get_freeze_count()
+        self.fewest = frozen if self.fewest is None else min(self.fewest, frozen)
         return self.step_s
 
     def thaw(self) -> int:
@@ -53,5 +55,4 @@ class FrozenHeap:
         gc.unfreeze()
         freed = gc.collect()
         gc.freeze()
-        self.thawed_at = self.clock()
         return freed

@@ -50,7 +50,7 @@ from .asks import FIELDS, check_fields, task_spec
 from .bodies import BodyLimits, read_json
 from .door import Door, allowed_hosts, came_over_loopback
 from .forms import Spool, form_limits, read_form
-from .leases import Lease
+from .leases import HeldLeases, Lease
 from .peaks import PeaksCache, check_points
 from .stems import MEDIA_TYPES, StemSource, attachment, byte_range, verified, zip_stream
 from .streams import EventStreams, router
@@ -151,6 +151,7 @@ class Ingress(EventStreams):
         self.config = Config.from_dict(config)
         self.allowed_hosts = allowed_hosts(self.config.http.allowed_hosts, self.config.http.host)
         self._scheduler, self._background = None, Supervisor()
+        self.leases = HeldLeases(self.call)  # every lease this replica holds, renewed together
         self._keys, self._keys_at, self._keys_read = KeyTable([]), float("-inf"), asyncio.Lock()
         self._ready: bool | None = None  # the last answer of the scheduler's `ready` (None: none)
         self._ready_at, self._service_config = float("-inf"), None
@@ -225,7 +226,7 @@ class Ingress(EventStreams):
         max_bytes = int(config.input.max_file_mb * 2**20)
         limits = form_limits(max_bytes, config.http)
         limits.check_declared(request.headers.get("content-length"))
-        lease = await Lease.take(self.call, UPLOAD, caller.owner, caller.max_queued)
+        lease = await self.leases.take(UPLOAD, caller.owner, caller.max_queued)
         async with lease.held():
             return await self._upload(request, caller, kind, lease, limits)
 

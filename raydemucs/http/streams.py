@@ -4,7 +4,7 @@
 Each stream holds a lease at the scheduler (`http.max_streams_per_key`, `http.max_streams`),
 rechecks its caller's key on each turn (at most `EVENTS_WAIT_S` apart) and ends once the key is
 revoked. `EventStreams` is a part of the `Ingress` deployment (`raydemucs.http.app`), which
-gives it `call`, `keys`, `caller`, `task_of` and `base`.
+gives it `call`, `keys`, `leases`, `caller`, `task_of` and `base`.
 """
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from ..core.public import public_task
 from ..core.task import TaskState
 from ..scheduler.leases import STREAM
 from .feeds import Feeds
-from .leases import Lease
 
 EVENTS_WAIT_S = 5.0  # a stream's longest turn: it rechecks its key (revoked?) on each
 STATUS_EVERY_S = 2.0
@@ -56,7 +55,7 @@ class EventStreams:
     async def task_events(self, task_id: str, request: Request):
         caller = await self.caller(request)
         first = await self.task_of(caller, task_id)
-        lease = await Lease.take(self.call, STREAM, caller.owner)
+        lease = await self.leases.take(STREAM, caller.owner)
         return event_stream(lease.stream(self._events(caller, first, self.base(request))))
 
     async def _events(self, caller, view: dict, base: str):
@@ -79,7 +78,7 @@ class EventStreams:
     @router.get("/v1/events", summary="Server-sent events: every change of the caller's tasks")
     async def caller_events(self, request: Request):
         caller = await self.caller(request)
-        lease = await Lease.take(self.call, STREAM, caller.owner)
+        lease = await self.leases.take(STREAM, caller.owner)
         return event_stream(lease.stream(self._changes(caller, self.base(request))))
 
     async def _changes(self, caller, base: str):
@@ -116,7 +115,7 @@ class EventStreams:
                 summary="Server-sent events: the service's status as it changes")
     async def status_events(self, request: Request):
         caller = await self.caller(request)
-        lease = await Lease.take(self.call, STREAM, caller.owner)
+        lease = await self.leases.take(STREAM, caller.owner)
         return event_stream(lease.stream(self._statuses(caller)))
 
     async def _statuses(self, caller):

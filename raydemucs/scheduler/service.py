@@ -325,9 +325,10 @@ class SchedulerService:
             lease_id = self.intake.take_upload(owner, max_queued, http.max_uploads_per_key)
         return {"id": lease_id, "renew_s": self.leases.ttl_s / 3}
 
-    async def renew_lease(self, lease_id: str) -> bool:
-        """Keep a lease; False when it lapsed (its holder was silent too long) or ended."""
-        return self.leases.renew(lease_id)
+    async def renew_leases(self, lease_ids: list[str]) -> list[str]:
+        """Keep a replica's leases; the ids of those that lapsed (their holder was silent too
+        long) or ended."""
+        return [lease_id for lease_id in lease_ids if not self.leases.renew(lease_id)]
 
     async def release_lease(self, lease_id: str) -> None:
         self.leases.release(lease_id)
