@@ -48,12 +48,13 @@ class Inbox:
 
     async def next(self, timeout_s: float) -> list[dict]:
         """The answers come since the last call, waiting up to `timeout_s` for one ([]: none)."""
-        with contextlib.suppress(asyncio.TimeoutError):
-            answers = [await asyncio.wait_for(self._answers.get(), timeout_s)]
-            while not self._answers.empty():
-                answers.append(self._answers.get_nowait())
-            return answers
-        return []
+        answers = []
+        if self._answers.empty():
+            with contextlib.suppress(asyncio.TimeoutError):
+                answers.append(await asyncio.wait_for(self._answers.get(), timeout_s))
+        while not self._answers.empty():
+            answers.append(self._answers.get_nowait())
+        return answers
 
 
 def _newer(cursor: dict, than: dict) -> bool:
