@@ -9,7 +9,9 @@ unfinished tasks, and a dispatch is not every queued task's change. A queue posi
 for every queued task on each dispatch) comes with a task's view whenever it is sent, and is sent
 alone only for the owner's first `POSITIONS_SHOWN` queued tasks, at most every
 `POSITIONS_EVERY_S` while the queue moves (a task left it, or a high-priority one went ahead;
-`GET /v1/tasks/{id}` has the exact one).
+`GET /v1/tasks/{id}` has the exact one). A wait wakes for its own owner's touches only (a task's
+own stream also when a queue moves while its task is queued): another owner's change looks at
+none of its tasks.
 """
 from __future__ import annotations
 
