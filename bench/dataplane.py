@@ -18,6 +18,8 @@ Run it with PYTHONPATH pointing at a checkout to measure that checkout's code.
 `streams`: a service whose only pool never starts a worker (it needs a resource no node has),
 so that every task stays queued; `--queued` tasks queued through the actor as a batch (a
 thousand to a call, as `submit --from` does), owned by one API key (`bulk`).
+0. The CPU the scheduler, the HTTP replica and the Serve proxy use per second over 10 s with
+   no request, without and then with the streams open: the streams' own cost, per stream.
 1. Without streams: `GET /v1/tasks/{id}` (a random queued task) and `POST /v1/tasks` (a
    half-second upload, queued behind the others), each called one after another for
    `--phase-s` seconds; then the scheduler's loop lag (p50, p99, max over the last 10 s, from
@@ -312,6 +314,21 @@ class Streams:
                 self.errors.append(f"{type(exc).__name__}: {exc}")
 
 
+ROLES = {"ray::SchedulerService": "scheduler", "ray::ServeReplica": "replica",
+         "ray::ProxyActor": "proxy"}
+IDLE_S = 10.0  # the quiet window the streams' own CPU is measured over
+
+
+def idle_cpu(seconds: float = IDLE_S) -> dict[str, float]:
+    """CPU seconds per second of the scheduler, the HTTP replica and the Serve proxy over
+    `seconds` with no request: what the open streams (if any) cost them."""
+    processes = ray_processes(ROLES)
+    before = {role: sum(proc.cpu_times()[:2]) for role, proc in processes.items()}
+    time.sleep(seconds)
+    return {role: (sum(proc.cpu_times()[:2]) - before[role]) / seconds
+            for role, proc in processes.items()}
+
+
 def scheduler_cpu_s() -> float:
     """CPU seconds the scheduler actor's process used so far (its work, whatever the load of
     the machine: a busy machine's lag is also the time the process waited for a core)."""
@@ -371,8 +388,10 @@ def run_streams(args) -> dict:
                                 "cpus": psutil.cpu_count(),
                                 "load_average_at_start": psutil.getloadavg()},
                       "queue_tasks_per_s": rate,
+                      "idle_cpu_without": idle_cpu(),
                       "without_streams": loaded(manager, url, bulk_key, ids, song, args.phase_s)}
             with Streams(url, [key for key, _ in keys.values()], args.streams) as streams:
+                result["idle_cpu_with"] = idle_cpu()
                 result["with_streams"] = loaded(manager, url, bulk_key, ids, song,
                                                 args.phase_s)
                 result["stream_events"], result["stream_errors"] = (streams.events,
@@ -402,6 +421,10 @@ def print_streams(result: dict) -> None:
     ratio = {kind: with_[kind]["p99_ms"] / without[kind]["p99_ms"] for kind in ("get", "post")}
     print(f"p99 with / without streams: GET {ratio['get']:.2f}x, POST {ratio['post']:.2f}x; "
           f"{result['stream_events']} events sent, {result['stream_errors']} streams failed")
+    idle = {role: 1000 * (result["idle_cpu_with"][role] - result["idle_cpu_without"][role])
+            / scale["streams"] for role in result["idle_cpu_with"]}
+    print(f"open streams, idle: {', '.join(f'{role} {ms:.3f}' for role, ms in idle.items())} "
+          "ms of CPU per stream per second")
     done = result["cancel"]
     print(f"cancel --batch: {done['cancelled']} in {done['wall_s']:.1f} s "
           f"({done['scheduler_cpu_s']:.1f} s of the scheduler's CPU), loop lag meanwhile "

@@ -6,7 +6,6 @@ keys' digests. Errors are `{"error": {"type", "message"}}` (see `raydemucs.http.
 
 import asyncio
 import base64
-import json
 import tempfile
 import time
 from dataclasses import dataclass
@@ -37,11 +36,13 @@ from ..core.errors import (
     TaskNotFound,
     Unauthenticated,
 )
+from ..core.heap import FrozenHeap
 from ..core.inputs import check_input
 from ..core.keys import Ceilings, KeyEntry, KeyTable
 from ..core.public import public_task
 from ..core.task import TaskSpec, TaskState
-from ..scheduler.leases import STREAM, UPLOAD
+from ..scheduler.leases import UPLOAD
+from ..scheduler.supervision import Supervisor
 from ..storage import nodes
 from ..storage.uris import input_size, is_uri
 from . import errors
@@ -49,14 +50,13 @@ from .asks import FIELDS, check_fields, task_spec
 from .bodies import BodyLimits, read_json
 from .door import Door, allowed_hosts, came_over_loopback
 from .forms import Spool, form_limits, read_form
-from .leases import Lease
+from .leases import HeldLeases, Lease
 from .peaks import PeaksCache, check_points
 from .stems import MEDIA_TYPES, StemSource, attachment, byte_range, verified, zip_stream
+from .streams import EventStreams, router
 
 KEYS_TTL_S = 2.0
-EVENTS_WAIT_S = 5.0  # a stream's longest turn: it rechecks its key (revoked?) on each
 READY_TTL_S = 1.0  # /readyz answers from a copy this old at most
-STATUS_EVERY_S = 2.0
 WEB = Path(__file__).resolve().parent.parent / "web"  # the page, shipped in the package
 PAGE_POLICY = ("default-src 'self'; img-src 'self' data:; media-src 'self' blob:; "
                "object-src 'none'; frame-ancestors 'none'; base-uri 'none'")
@@ -66,6 +66,7 @@ app = FastAPI(title="raydemucs", version=__version__,
 errors.install(app)
 app.add_middleware(Door, hosts=lambda: serve.get_replica_context().servable_object.allowed_hosts)
 app.mount("/web", StaticFiles(directory=WEB), name="web")
+app.include_router(router)  # the event streams (`EventStreams`)
 
 
 @dataclass(frozen=True)
@@ -94,12 +95,6 @@ class Caller:
         """`spec`, when its key's ceilings allow it (else `OverCeiling`)."""
         self.ceilings.check(spec)
         return spec
-
-
-def event_stream(chunks) -> StreamingResponse:
-    """Server-sent events, sent as they come (no cache, no proxy buffering)."""
-    return StreamingResponse(chunks, media_type="text/event-stream",
-                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
 def _cursor(seq: int) -> str:
@@ -149,23 +144,24 @@ MAX_ONGOING_REQUESTS = 1000
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=MAX_ONGOING_REQUESTS)
 @serve.ingress(app)
-class Ingress:
+class Ingress(EventStreams):
     """The front door of one raydemucs service (its scheduler named `SERVICE:scheduler`)."""
 
     def __init__(self, config: dict):
         self.config = Config.from_dict(config)
         self.allowed_hosts = allowed_hosts(self.config.http.allowed_hosts, self.config.http.host)
-        self._scheduler = None
-        self._keys, self._keys_at = KeyTable([]), float("-inf")
+        self._scheduler, self._background = None, Supervisor()
+        self.leases = HeldLeases(self.call)  # every lease this replica holds, renewed together
+        self._keys, self._keys_at, self._keys_read = KeyTable([]), float("-inf"), asyncio.Lock()
         self._ready: bool | None = None  # the last answer of the scheduler's `ready` (None: none)
-        self._ready_at = float("-inf")
-        self._service_config: Config | None = None
+        self._ready_at, self._service_config = float("-inf"), None
         self._peaks = PeaksCache()
 
     # -- the scheduler, the keys ---------------------------------------------------------------
     async def call(self, method: str, *args, **kwargs):
         if self._scheduler is None:
             self._scheduler = get_scheduler(self.config.service.name)
+            self._background.forever("frozen_heap", FrozenHeap().step)  # see core.heap
         try:
             return await getattr(self._scheduler, method).remote(*args, **kwargs)
         except ray.exceptions.RayError as error:
@@ -178,9 +174,10 @@ class Ingress:
 
     async def keys(self) -> KeyTable:
         """The API keys, as the scheduler read them at most KEYS_TTL_S ago."""
-        if time.monotonic() - self._keys_at > KEYS_TTL_S:
-            self._keys = KeyTable.from_list((await self.call("api_keys"))["keys"])
-            self._keys_at = time.monotonic()
+        async with self._keys_read:  # one read at a time: streams that wake together share it
+            if time.monotonic() - self._keys_at > KEYS_TTL_S:
+                self._keys = KeyTable.from_list((await self.call("api_keys"))["keys"])
+                self._keys_at = time.monotonic()
         return self._keys
 
     async def caller(self, request: Request) -> Caller:
@@ -194,13 +191,6 @@ class Ingress:
         if entry is None:
             raise Unauthenticated("this service needs an API key: Authorization: Bearer KEY")
         return Caller.of(entry)
-
-    async def still_allowed(self, caller: Caller) -> bool:
-        """Whether the caller's key is still known (an open stream's recheck on each turn)."""
-        keys = await self.keys()
-        if caller.sha256 is None:  # let in over loopback while the service had no keys
-            return not keys
-        return any(entry.sha256 == caller.sha256 for entry in keys.entries)
 
     async def task_of(self, caller: Caller, task_id: str) -> dict:
         """A task the caller may see (another key's is as unknown as a missing one; an
@@ -236,7 +226,7 @@ class Ingress:
         max_bytes = int(config.input.max_file_mb * 2**20)
         limits = form_limits(max_bytes, config.http)
         limits.check_declared(request.headers.get("content-length"))
-        lease = await Lease.take(self.call, UPLOAD, caller.owner, caller.max_queued)
+        lease = await self.leases.take(UPLOAD, caller.owner, caller.max_queued)
         async with lease.held():
             return await self._upload(request, caller, kind, lease, limits)
 
@@ -343,58 +333,6 @@ class Ingress:
         await self.call("retry", task_id)
         return public_task(await self.call("get_task", task_id), self.base(request))
 
-    @app.get("/v1/tasks/{task_id}/events", summary="Server-sent events until the task ends")
-    async def task_events(self, task_id: str, request: Request):
-        caller = await self.caller(request)
-        first = await self.task_of(caller, task_id)
-        lease = await Lease.take(self.call, STREAM, caller.owner)
-        return event_stream(lease.stream(self._events(caller, first, self.base(request))))
-
-    async def _events(self, caller: Caller, view: dict, base: str):
-        """One event per change (`state` when the state moved, else `progress`), the current
-        state first, the terminal one last; a comment line keeps an idle stream open. It ends
-        when the caller's key is revoked."""
-        seen, number = None, 0
-        while await self.still_allowed(caller):
-            if view != seen:
-                kind = "state" if seen is None or view["state"] != seen["state"] else "progress"
-                number += 1
-                data = json.dumps(public_task(view, base))
-                yield f"id: {number}\nevent: {kind}\ndata: {data}\n\n"
-                if TaskState(view["state"]).is_terminal():
-                    return
-            else:
-                yield ": waiting\n\n"
-            seen = view
-            view = await self.call("watch", view["task_id"], seen, EVENTS_WAIT_S)
-
-    @app.get("/v1/events", summary="Server-sent events: every change of the caller's tasks")
-    async def caller_events(self, request: Request):
-        caller = await self.caller(request)
-        lease = await Lease.take(self.call, STREAM, caller.owner)
-        return event_stream(lease.stream(self._changes(caller, self.base(request))))
-
-    async def _changes(self, caller: Caller, base: str):
-        """A `task` event per change of the caller's tasks, its unfinished ones first (queue
-        positions coarsely: see `raydemucs.scheduler.streams`); a comment line at once, and
-        whenever nothing changed for a while. It runs until the client goes, or the caller's key
-        is revoked."""
-        sent, number, cursor = {}, 0, None  # sent: the unfinished tasks' views last sent
-        yield ": watching\n\n"
-        while await self.still_allowed(caller):
-            answer = await self.call("watch_tasks", caller.owner, cursor, EVENTS_WAIT_S)
-            views = [view for view in answer["views"] if view != sent.get(view["task_id"])]
-            cursor = answer["cursor"]
-            for view in views:
-                number += 1
-                yield f"id: {number}\nevent: task\ndata: {json.dumps(public_task(view, base))}\n\n"
-                if TaskState(view["state"]).is_terminal():
-                    sent.pop(view["task_id"], None)
-                else:
-                    sent[view["task_id"]] = view
-            if not views:
-                yield ": waiting\n\n"
-
     # -- stems ---------------------------------------------------------------------------------
     async def _stems(self, caller: Caller, task_id: str) -> tuple[dict, StemSource, dict]:
         view = await self.task_of(caller, task_id)
@@ -480,27 +418,6 @@ class Ingress:
     async def status(self, request: Request):
         caller = await self.caller(request)
         return await self.call("status", caller.scope)
-
-    @app.get("/v1/status/events", summary="Server-sent events: the service's status as it changes")
-    async def status_events(self, request: Request):
-        caller = await self.caller(request)
-        lease = await Lease.take(self.call, STREAM, caller.owner)
-        return event_stream(lease.stream(self._statuses(caller)))
-
-    async def _statuses(self, caller: Caller):
-        """A `status` event (what GET /v1/status answers) at once and whenever it changed, read
-        every STATUS_EVERY_S, else a comment line. It runs until the client goes, or the
-        caller's key is revoked."""
-        sent = None
-        while await self.still_allowed(caller):
-            status = await self.call("status", caller.scope)
-            changed = {key: value for key, value in status.items() if key != "uptime_s"}
-            if changed != sent:
-                yield f"event: status\ndata: {json.dumps(status)}\n\n"
-                sent = changed
-            else:
-                yield ": unchanged\n\n"
-            await asyncio.sleep(STATUS_EVERY_S)
 
     @app.get("/", include_in_schema=False)
     async def page(self):

@@ -1,6 +1,7 @@
 """A replica's side of the scheduler's leases (see `raydemucs.scheduler.leases`): one of a
 caller's few uploads or event streams at a time, renewed while the request runs, released when
-it ends, even when its client went away mid-way."""
+it ends, even when its client went away mid-way. A replica renews every lease it holds in one
+call (`HeldLeases`), not a call per lease: 500 open streams are one renewal every `renew_s`."""
 from __future__ import annotations
 
 import asyncio
@@ -13,36 +14,61 @@ logger = logging.getLogger(__name__)
 Call = Callable[..., Awaitable]  # the ingress's call to a scheduler method
 
 
-class Lease:
-    """A lease the scheduler granted: `await Lease.take(call, kind, owner)` (the scheduler's
+class HeldLeases:
+    """The leases this replica holds: `await leases.take(kind, owner)` (the scheduler's
     `OverQuota` past the caller's cap), then `async with lease.held():`."""
 
-    def __init__(self, call: Call, lease_id: str, renew_s: float):
-        self.call, self.id, self.renew_s = call, lease_id, renew_s
+    def __init__(self, call: Call):
+        self.call = call
+        self.held: set[str] = set()
+        self._renewing: asyncio.Task | None = None
 
-    @classmethod
-    async def take(cls, call: Call, kind: str, owner: str,
-                   max_queued: int | None = None) -> Lease:
-        answer = await call("take_lease", kind, owner, max_queued)
-        return cls(call, answer["id"], answer["renew_s"])
+    async def take(self, kind: str, owner: str, max_queued: int | None = None) -> Lease:
+        answer = await self.call("take_lease", kind, owner, max_queued)
+        return Lease(self, answer["id"], answer["renew_s"])
+
+    def hold(self, lease: Lease) -> None:
+        self.held.add(lease.id)
+        if self._renewing is None or self._renewing.done():
+            self._renewing = _logged(asyncio.create_task(self._renew(lease.renew_s)), "renewing")
+
+    def let_go(self, lease: Lease) -> None:
+        """Release `lease` (without awaiting: a request whose client went is cancelled, and so
+        would be each of its awaits)."""
+        self.held.discard(lease.id)
+        _logged(asyncio.create_task(self.call("release_lease", lease.id)), "releasing")
+
+    async def _renew(self, renew_s: float) -> None:
+        """Every `renew_s` while any is held: renew them all in one call (one that fails is
+        logged, and the next round tries again before they lapse)."""
+        while True:
+            await asyncio.sleep(renew_s)
+            if not self.held:
+                return
+            try:
+                lapsed = await self.call("renew_leases", sorted(self.held))
+            except Exception as exc:
+                logger.warning("renewing %d lease(s) failed: %s", len(self.held), exc)
+                continue
+            for lease_id in lapsed:
+                logger.warning("lease %s lapsed while its request ran", lease_id)
+                self.held.discard(lease_id)
+
+
+class Lease:
+    """A lease the scheduler granted, held by this replica's `HeldLeases`."""
+
+    def __init__(self, leases: HeldLeases, lease_id: str, renew_s: float):
+        self.leases, self.id, self.renew_s = leases, lease_id, renew_s
 
     @contextlib.asynccontextmanager
     async def held(self):
-        """Renewed while the block runs, released when it ends. Nothing here awaits on the way
-        out: a request whose client went is cancelled, and so would be each of its awaits."""
-        renewing = _logged(asyncio.create_task(self._renew()), "renewing")
+        """Renewed while the block runs, released when it ends."""
+        self.leases.hold(self)
         try:
             yield self
         finally:
-            renewing.cancel()
-            _logged(asyncio.create_task(self.call("release_lease", self.id)), "releasing")
-
-    async def _renew(self) -> None:
-        while True:
-            await asyncio.sleep(self.renew_s)
-            if not await self.call("renew_lease", self.id):
-                logger.warning("lease %s lapsed while its request ran", self.id)
-                return
+            self.leases.let_go(self)
 
     async def stream(self, chunks: AsyncIterator[str]) -> AsyncIterator[str]:
         """`chunks` (an event stream's) passed on while the lease is held."""

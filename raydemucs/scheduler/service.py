@@ -21,6 +21,7 @@ import ray
 from ..core.actors import node_id
 from ..core.config import Config
 from ..core.errors import Gone, InternalError, InvalidInput, error_from_dict
+from ..core.heap import FrozenHeap
 from ..core.keys import KeyStore, KeyTable
 from ..core.logs import configure_logging
 from ..core.public import public_task
@@ -68,6 +69,7 @@ class SchedulerService:
         self.supervisor = Supervisor(self.metrics.background_failed)
         self.lag = LoopLag(self.metrics.lagged)
         self.pool = pool or self._worker_pool()
+        self.heap = FrozenHeap() if pool is None else None  # the actor's process, not a test's
         self.deliverer = Deliverer(self.journal.path, self.config.webhooks, load_secret(state),
                                    self._task_data, on_error=self.supervisor.failed)
         self.deliveries = Deliveries(self.journal, self.config.webhooks, self._task_data,
@@ -155,6 +157,8 @@ class SchedulerService:
             self._recovered = True
             self.supervisor.spawn("retention_sweeper", self.sweeper.run())
             self.supervisor.forever("loop_lag", self.lag.step)
+            if self.heap is not None:
+                self.supervisor.forever("frozen_heap", self.heap.step)
         self.deliverer.start()
         if self.core.dispatching and not self._ticking:
             self.core.dispatch()
@@ -193,10 +197,10 @@ class SchedulerService:
         self.core.dispatch()
 
     def _changed(self, dispatch: bool = False) -> None:
-        """After a change made by a call: start what can start, and wake the event streams."""
+        """After a change made by a call: start what can start (the event streams heard of
+        each task's change from the book)."""
         if dispatch:
             self.core.dispatch()
-        self.watchers.changed()
 
     def _on_result(self, task_id: str, attempt: int, result: dict) -> None:
         """An attempt's result (its stems are where the task's folder is: only their locations
@@ -321,9 +325,10 @@ class SchedulerService:
             lease_id = self.intake.take_upload(owner, max_queued, http.max_uploads_per_key)
         return {"id": lease_id, "renew_s": self.leases.ttl_s / 3}
 
-    async def renew_lease(self, lease_id: str) -> bool:
-        """Keep a lease; False when it lapsed (its holder was silent too long) or ended."""
-        return self.leases.renew(lease_id)
+    async def renew_leases(self, lease_ids: list[str]) -> list[str]:
+        """Keep a replica's leases; the ids of those that lapsed (their holder was silent too
+        long) or ended."""
+        return [lease_id for lease_id in lease_ids if not self.leases.renew(lease_id)]
 
     async def release_lease(self, lease_id: str) -> None:
         self.leases.release(lease_id)
@@ -469,6 +474,7 @@ class SchedulerService:
                 "workers": self.pool.snapshot(), "retention": self.sweeper.view(),
                 "webhooks": await self.delivery_counts.get(),
                 "leases": {kind: self.leases.count(kind) for kind in (UPLOAD, STREAM)},
+                "stream_waits": self.watchers.waiting,
                 "loop_lag": self.lag.summary(), "running": self._running()}
 
     def _running(self, owner: str | None = None) -> list[dict]:

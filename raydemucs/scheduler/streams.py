@@ -9,7 +9,9 @@ unfinished tasks, and a dispatch is not every queued task's change. A queue posi
 for every queued task on each dispatch) comes with a task's view whenever it is sent, and is sent
 alone only for the owner's first `POSITIONS_SHOWN` queued tasks, at most every
 `POSITIONS_EVERY_S` while the queue moves (a task left it, or a high-priority one went ahead;
-`GET /v1/tasks/{id}` has the exact one).
+`GET /v1/tasks/{id}` has the exact one). A wait wakes for its own owner's touches only (a task's
+own stream also when a queue moves while its task is queued): another owner's change looks at
+none of its tasks.
 """
 from __future__ import annotations
 
@@ -36,8 +38,9 @@ class Watchers:
     def __init__(self, view: Callable[[str], dict], owned: Callable[[str], Iterable[str]],
                  clock: Callable[[], float] = time.monotonic):
         self.view, self.owned, self.clock = view, owned, clock
-        self._change = asyncio.Event()  # set, and replaced, whenever tasks may have changed
         self._owner_change: dict[str, asyncio.Event] = {}  # set when one of an owner's was touched
+        self._moved = asyncio.Event()  # set, and replaced, when a task entered or left a queue
+        self.waiting = 0  # the waits of event streams here now
         self.epoch = uuid.uuid4().hex  # a cursor of another scheduler (before a restart) resends
         self.version = 0  # the number of the last touch
         # owner -> task id -> its last touch, oldest first (ordered dicts: O(1) at both ends)
@@ -45,11 +48,6 @@ class Watchers:
         self.forgotten: dict[str, int] = {}  # owner -> the last touch forgotten (TOUCHES_KEPT)
         self.moved_at = 0.0  # when a task last entered or left a queue
         self._progress: dict[str, tuple] = {}  # running task -> its progress last touched
-
-    def changed(self) -> None:
-        """Wake every watcher: a task's view may have changed."""
-        self._change.set()
-        self._change = asyncio.Event()
 
     def touch(self, task_id: str, owner: str) -> None:
         """A task's own fields changed: its owner's streams send its view."""
@@ -59,7 +57,6 @@ class Watchers:
         log.move_to_end(task_id)
         if len(log) > TOUCHES_KEPT:
             self.forgotten[owner] = log.popitem(last=False)[1]
-        self.changed()
         waiting = self._owner_change.pop(owner, None)
         if waiting is not None:
             waiting.set()
@@ -70,6 +67,8 @@ class Watchers:
         if previous is TaskState.QUEUED or (record.state is TaskState.QUEUED
                                             and record.spec.priority < PRIORITIES["normal"]):
             self.moved_at = self.clock()  # a task left a queue, or a high one went ahead
+            self._moved.set()
+            self._moved = asyncio.Event()
         if record.state.is_terminal():
             self._progress.pop(record.task_id, None)
         self.touch(record.task_id, record.spec.owner)
@@ -86,23 +85,33 @@ class Watchers:
         """A finished task's files went: its watchers hear of it."""
         self.touch(task_id, owner)
 
-    async def _wait(self, deadline: float, owner: str | None = None) -> None:
-        """Until a task changed (one of `owner`'s, when given), or `deadline`."""
-        change = (self._change if owner is None
-                  else self._owner_change.setdefault(owner, asyncio.Event()))
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(change.wait(), deadline - time.monotonic())
+    async def _wait(self, deadline: float, owner: str, moved: bool = False) -> None:
+        """Until one of `owner`'s tasks changed (or, with `moved`, a queue moved), or
+        `deadline`."""
+        events = [self._owner_change.setdefault(owner, asyncio.Event())]
+        if moved:
+            events.append(self._moved)
+        waits = [asyncio.ensure_future(event.wait()) for event in events]
+        self.waiting += 1
+        try:
+            await asyncio.wait(waits, timeout=max(0.0, deadline - time.monotonic()),
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.waiting -= 1
+            for wait in waits:
+                wait.cancel()
 
     async def watch(self, task_id: str, seen: dict | None, timeout_s: float) -> dict:
         """The task's view as soon as it differs from `seen` (or is terminal), else after
-        `timeout_s`: a task's own stream, its queue position included as it moves."""
+        `timeout_s`: a task's own stream, its queue position included as it moves. It wakes
+        when its owner's tasks change, or a queue moves while it is queued."""
         deadline = time.monotonic() + timeout_s
         while True:
             view = self.view(task_id)
             if (view != seen or TaskState(view["state"]).is_terminal()
                     or time.monotonic() >= deadline):
                 return view
-            await self._wait(deadline)
+            await self._wait(deadline, view["owner"], moved=view["queue_position"] is not None)
 
     async def watch_tasks(self, owner: str, cursor: dict | None, timeout_s: float) -> dict:
         """`{"views", "cursor"}`: the views of `owner`'s tasks touched after `cursor` (None, or

@@ -5,6 +5,7 @@ every queued task on every dispatch. One service for the module: a pool of one w
 stay queued."""
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -79,3 +80,22 @@ def test_the_callers_stream_sends_what_changed_not_every_queued_task_on_each_dis
     # where resending every queued task on each dispatch is thousands
     assert events < 4 * count, events
     assert wait_for(lambda: service.manager.batch("moving")["done"])
+
+
+def test_the_streams_of_one_key_share_one_wait_at_the_scheduler(service):
+    """Three `/v1/events` streams of one key hold one wait at the scheduler between them (their
+    owner's feed on the replica), each gets every change, and the wait ends with the streams."""
+    status = service.manager.get_status
+    with contextlib.ExitStack() as opened:
+        streams = [opened.enter_context(service.client.stream("GET", "/v1/events", timeout=60))
+                   for _ in range(3)]
+        lines = [stream.iter_lines() for stream in streams]
+        assert all(next(stream_lines) == ": watching" for stream_lines in lines)
+        [task_id] = queue(service, 1, "htdemucs", batch_id="shared")  # parked: it stays queued
+        for stream_lines in lines:
+            assert any(task_id in line for line in stream_lines if line.startswith("data: "))
+        waits = []  # the streams' waits at the scheduler, sampled for 2 s
+        wait_for(lambda: waits.append(status()["stream_waits"]) or len(waits) == 20)
+        assert max(waits) == 1, waits
+    assert wait_for(lambda: status()["stream_waits"] == 0, timeout_s=30)
+    service.manager.cancel(task_id)

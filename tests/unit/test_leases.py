@@ -1,6 +1,6 @@
 """Leases on what an owner may hold a few of at once: caps per owner and in all, renewals, the
-lapse that frees a dead holder's slot, and a replica's side (renewed while it runs, released when
-it ends, also when its client went)."""
+lapse that frees a dead holder's slot, and a replica's side (all its leases renewed in one call
+while they run, each released when it ends, also when its client went)."""
 from __future__ import annotations
 
 import asyncio
@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from raydemucs.core.errors import OverQuota, ServiceUnavailable
-from raydemucs.http.leases import Lease
+from raydemucs.http.leases import HeldLeases
 from raydemucs.scheduler.leases import STREAM, UPLOAD, Leases
 
 
@@ -62,34 +62,43 @@ class Scheduler:
 
     def __init__(self):
         self.calls: list[tuple] = []
+        self.taken = 0
 
     async def __call__(self, method: str, *args):
         self.calls.append((method, *args))
-        return {"id": "stream-1", "renew_s": 0.02} if method == "take_lease" else True
+        if method == "take_lease":
+            self.taken += 1
+            return {"id": f"stream-{self.taken}", "renew_s": 0.02}
+        return [] if method == "renew_leases" else None
 
 
-def test_a_replica_renews_its_lease_while_it_runs_and_releases_it_even_when_cancelled():
+def test_a_replica_renews_its_leases_in_one_call_and_releases_each_even_when_cancelled():
     async def scenario():
         scheduler = Scheduler()
-        lease = await Lease.take(scheduler, STREAM, "alice")
-        started = asyncio.Event()
+        leases = HeldLeases(scheduler)
+        taken = [await leases.take(STREAM, "alice"), await leases.take(STREAM, "bob")]
+        started = [asyncio.Event(), asyncio.Event()]
 
-        async def stream():
+        async def stream(lease, started):
             async with lease.held():
                 started.set()
                 await asyncio.sleep(60)  # a client that stays, until it goes
 
-        running = asyncio.create_task(stream())
-        await started.wait()
-        while [call[0] for call in scheduler.calls].count("renew_lease") < 2:
+        running = [asyncio.create_task(stream(*pair)) for pair in zip(taken, started)]
+        await asyncio.gather(*(event.wait() for event in started))
+        while [call[0] for call in scheduler.calls].count("renew_leases") < 2:
             await asyncio.sleep(0.01)
-        running.cancel()  # the client went
-        await asyncio.gather(running, return_exceptions=True)
+        for task in running:
+            task.cancel()  # the clients went
+        await asyncio.gather(*running, return_exceptions=True)
         await asyncio.sleep(0.05)
         renewals = len(scheduler.calls)
         await asyncio.sleep(0.1)
         return scheduler.calls, renewals
 
     calls, seen = asyncio.run(scenario())
-    assert calls[0] == ("take_lease", STREAM, "alice", None)
-    assert calls[-1] == ("release_lease", "stream-1") and len(calls) == seen  # no more renewals
+    assert calls[:2] == [("take_lease", STREAM, "alice", None), ("take_lease", STREAM, "bob", None)]
+    renewals = [call for call in calls if call[0] == "renew_leases"]
+    assert renewals[0] == ("renew_leases", ["stream-1", "stream-2"])  # both in one call
+    assert sorted(calls[-2:]) == [("release_lease", "stream-1"), ("release_lease", "stream-2")]
+    assert len(calls) == seen  # no more renewals

@@ -3,6 +3,7 @@ only for an owner's first queued tasks, at most every few seconds after the queu
 from __future__ import annotations
 
 import asyncio
+import collections
 
 from raydemucs.core.task import TaskRecord, TaskSpec, TaskState
 from raydemucs.scheduler import streams
@@ -41,5 +42,38 @@ def test_a_stream_gets_what_changed_after_its_cursor_and_positions_coarsely():
         assert ids(await watchers.watch_tasks("a", answer["cursor"], 0.0)) == []
         other = Watchers(views.__getitem__, lambda owner: owned.get(owner, []), clock)
         assert len(ids(await other.watch_tasks("a", answer["cursor"], 0.0))) == 30  # restarted
+
+    asyncio.run(scenario())
+
+
+def test_a_change_of_one_owners_task_wakes_no_watcher_of_another_owner():
+    """A task's own stream and an owner's stream wait for their owner's changes: a hundred
+    changes of owner a's task look at none of owner b's tasks again (counted views)."""
+    viewed = collections.Counter()
+    views = {task_id: {"task_id": task_id, "seq": i, "owner": task_id[0], "state": "running",
+                       "queue_position": None, "progress": 0.0}
+             for i, task_id in enumerate(["a1", "b1"])}
+
+    def view(task_id: str) -> dict:
+        viewed[task_id] += 1
+        return views[task_id]
+
+    async def scenario():
+        watchers = Watchers(view, lambda owner: [t for t in views if t[0] == owner], FakeClock())
+        cursor = (await watchers.watch_tasks("b", None, 0.0))["cursor"]
+        own = asyncio.ensure_future(watchers.watch("b1", views["b1"], 30.0))
+        owners = asyncio.ensure_future(watchers.watch_tasks("b", cursor, 30.0))
+        await asyncio.sleep(0)
+        viewed.clear()
+        for _ in range(100):
+            watchers.touch("a1", "a")
+            await asyncio.sleep(0)
+        assert viewed["b1"] == 0 and not own.done() and not owners.done()
+        assert watchers.waiting == 2
+        views["b1"] = {**views["b1"], "progress": 0.5}
+        watchers.touch("b1", "b")
+        assert (await own)["progress"] == 0.5
+        assert [v["progress"] for v in (await owners)["views"]] == [0.5]
+        assert watchers.waiting == 0
 
     asyncio.run(scenario())
