@@ -238,18 +238,19 @@ class Scheduler:
         return view
 
     def cancel_batch(self, batch_id: str) -> Iterator[int]:
-        """Cancel a batch's queued and running tasks (a running one is asked to stop), `CHUNK`
-        to a step: each step is one journal transaction (all of its chunk, or none of it) and
-        yields how many it cancelled. The caller may do other work between steps: each chunk's
+        """Cancel a batch's queued and running tasks (a running one is asked to stop), looking at
+        `CHUNK` unfinished tasks a step (never all at once, however deep the queue): each step is
+        one journal transaction (all of its chunk, or none of it) and yields how many it
+        cancelled. The caller may do other work between steps: each chunk's
         tasks are taken as they are then (one that ended meanwhile is left as it is)."""
         self.batch(batch_id)
-        task_ids = [task_id for task_id, record in self.active.items()
-                    if record.spec.batch_id == batch_id]
+        task_ids = list(self.active)  # a copy at C speed; each step reads one slice of it
         for start in range(0, len(task_ids), CHUNK):
-            yield self._cancel_chunk(task_ids[start:start + CHUNK])
+            yield self._cancel_chunk(task_ids[start:start + CHUNK], batch_id)
 
-    def _cancel_chunk(self, task_ids: list[str]) -> int:
-        tasks = [self.active[task_id] for task_id in task_ids if task_id in self.active]
+    def _cancel_chunk(self, task_ids: list[str], batch_id: str) -> int:
+        tasks = [record for record in map(self.active.get, task_ids)
+                 if record is not None and record.spec.batch_id == batch_id]
         for task in tasks:
             if task.task_id in self.running:
                 self.attempts.abort(task.task_id)
@@ -281,6 +282,8 @@ class Scheduler:
         return self.input_kept(record.spec)
 
     def _cancel_queued(self, records: list[TaskRecord]) -> None:
+        if not records:
+            return
         now = self.clock()
         self.book.change_many([Change(record, TaskState.CANCELLED, {"finished_at": now})
                                for record in records])

@@ -215,3 +215,15 @@ def test_a_batch_cancel_and_retry_step_a_chunk_at_a_time_taking_tasks_as_they_ar
     scheduler.cancel(ids[0])  # it ended again meanwhile, after the retry began: left as it is
     assert list(steps) == [2, 1] and scheduler.get(ids[0]).state is TaskState.CANCELLED
     scheduler.journal.db.set_trace_callback(None)
+
+
+def test_a_batch_cancel_reads_one_chunk_of_the_unfinished_tasks_a_step(tmp_path, monkeypatch):
+    """However deep the queue, no step looks at more than `CHUNK` unfinished tasks (at 100,000
+    queued, filtering them all in one step held the scheduler's loop)."""
+    monkeypatch.setattr(scheduling, "CHUNK", 2)
+    scheduler, _, _ = make(tmp_path, workers=0)
+    others = [scheduler.submit(spec(f"o{i}", batch_id="other")).task_id for i in range(5)]
+    mine = scheduler.submit(spec("m", batch_id="b")).task_id
+    assert list(scheduler.cancel_batch("b")) == [0, 0, 1]  # three steps of two tasks each
+    assert scheduler.get(mine).state is TaskState.CANCELLED
+    assert {scheduler.get(t).state for t in others} == {TaskState.QUEUED}
