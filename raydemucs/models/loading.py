@@ -10,6 +10,7 @@ from typing import Callable
 
 from ..core.errors import InvalidInput, ModelNotFound
 from ..core.names import printable
+from ..separation.engine import architecture_of
 from .catalogue import OFFLINE_MODEL, check_model_name, check_two_stems, one_line
 from .runtimes import check_device
 
@@ -43,25 +44,16 @@ def load_separator(name: str, repo: str | None, device: str):
     return separator
 
 
-def max_segment_s(model) -> float:
-    """The longest segment a model accepts (transformer models are bounded by training)."""
-    from demucs.apply import BagOfModels
-    from demucs.htdemucs import HTDemucs
-
-    if isinstance(model, BagOfModels):
-        return model.max_allowed_segment
-    if isinstance(model, HTDemucs):
-        return float(model.segment)
-    return float("inf")
-
-
 def check_options(model, options) -> None:
-    """Options that only the loaded model can judge: segment length and the two-stems name."""
-    limit = max_segment_s(model)
+    """Options that only the loaded model can judge: segment length, the two-stems name, and
+    what its architecture cannot run."""
+    architecture = architecture_of(model)
+    limit = architecture.max_segment_s()
     if options.segment is not None and options.segment > limit:
         raise InvalidInput(f"segment {options.segment:g} s is longer than this model allows "
                            f"({limit:g} s)")
-    check_two_stems(options.two_stems, options.model, list(model.sources))
+    check_two_stems(options.two_stems, options.model, list(architecture.sources))
+    architecture.check_options(options)
 
 
 class ModelCache:
@@ -117,11 +109,3 @@ class ModelCache:
         with self._lock:
             return {name: list(separator.model.sources)
                     for (name, _), separator in self._separators.items()}
-
-
-def default_segment_s(model) -> float:
-    """The segment length `apply_model` uses when none is given."""
-    from demucs.apply import BagOfModels
-
-    first = model.models[0] if isinstance(model, BagOfModels) else model
-    return float(first.segment)

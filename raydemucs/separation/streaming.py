@@ -25,11 +25,13 @@ from .engine import (
     OverlapAdd,
     Runner,
     SeparationPlan,
+    architecture_of,
     finish,
+    mix_stats,
     pick_stems,
     plan_separation,
     run_segment,
-    sub_models,
+    source_span,
     take,
 )
 
@@ -37,20 +39,22 @@ from .engine import (
 class _InputBuffer:
     """The normalised mix, read forward on demand; samples no segment needs any more are dropped."""
 
-    def __init__(self, blocks: Iterator[th.Tensor], mean, std, channels: int, total: int):
+    def __init__(self, blocks: Iterator[th.Tensor], mean, std, channels: int, total: int,
+                 reflect: int = 0):
         self.blocks, self.mean, self.std, self.total = blocks, mean, std, total
+        self.reflect = reflect
         self.data = th.zeros(channels, 0)
         self.start = 0
 
     def take(self, start: int, length: int) -> th.Tensor:
-        need = min(start + length, self.total)
+        need = source_span(start, start + length, self.total, self.reflect)[1]
         while self.start + self.data.shape[-1] < need:
             block = next(self.blocks, None)
             if block is None:
                 raise ValueError(f"the file gave {self.start + self.data.shape[-1]} samples the "
                                  f"second time, {self.total} the first")
             self.data = th.cat([self.data, (block - self.mean) / self.std], -1)
-        return take(self.data[None], self.start, self.total, start, length)
+        return take(self.data[None], self.start, self.total, start, length, self.reflect)
 
     def drop_before(self, position: int) -> None:
         cut = min(max(0, position - self.start), self.data.shape[-1])
@@ -67,14 +71,14 @@ def stream_separate(model, plan: SeparationPlan, blocks: Iterator[th.Tensor], me
     `runner` (a `Runner`) says how the model runs; by default, eager fp32 on `device`."""
     segments = plan.segments
     runner = runner or Runner(model, device)
-    inputs = _InputBuffer(iter(blocks), mean, std, plan.channels, plan.length)
+    inputs = _InputBuffer(iter(blocks), mean, std, plan.channels, plan.length, plan.reflect)
     prefix = (1, len(plan.sources), plan.channels)
     sums = [OverlapAdd(prefix) for _ in plan.passes]
     waiting = [deque(s.start for s in segments if s.pass_index == p.index) for p in plan.passes]
     needed_from = [0] * (len(segments) + 1)
     needed_from[-1] = plan.length
     for i in range(len(segments) - 1, -1, -1):
-        needed_from[i] = min(needed_from[i + 1], max(0, segments[i].input_start))
+        needed_from[i] = min(needed_from[i + 1], plan.reads(segments[i])[0])
     released = 0
     for i, segment in enumerate(segments):
         x = inputs.take(segment.input_start, segment.input_length)
@@ -165,8 +169,10 @@ def separate_file(model, path, workdir=None, *, segment: float | None = None,
     """Separate a file in bounded memory: one pass for the mean and std (which stops a file
     past the input `limits`), one to separate into float32 temp files under `workdir` (which
     need 4 bytes x channels x samples per stem)."""
-    channels, samplerate = sub_models(model)[0].audio_channels, sub_models(model)[0].samplerate
+    architecture = architecture_of(model)
+    channels, samplerate = architecture.channels, architecture.samplerate
     mean, std, length = stream_stats(path, samplerate, channels, limits)
+    mean, std = mix_stats(model, mean, std)
     plan = plan_separation(model, length, segment=segment, overlap=overlap, shifts=shifts,
                            transition_power=transition_power, shift_offsets=shift_offsets, rng=rng)
     if workdir is not None:
