@@ -45,7 +45,7 @@ from .engine import (
     mix_stats,
     notify,
     plan_separation,
-    take,
+    segment_input,
     track_stats,
 )
 
@@ -176,8 +176,7 @@ class BatchedSeparator:
             th.cuda.reset_peak_memory_stats(self.runner.device)
             before = th.cuda.memory_allocated(self.runner.device)
         track, segment = chunk[0]
-        inputs = th.cat([take(t.mix, 0, t.plan.length, s.input_start, s.input_length,
-                              t.plan.reflect) for t, s in chunk])
+        inputs = th.cat([segment_input(t.mix, 0, t.plan, s) for t, s in chunk])
         out = self.runner.forward(track.plan.passes[segment.pass_index].model_index, inputs)
         outputs = [self.runner.weighted(out[i:i + 1], t.plan, s) for i, (t, s) in enumerate(chunk)]
         if measuring:

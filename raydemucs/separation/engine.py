@@ -27,6 +27,7 @@ import torch as th
 from torch.nn import functional as F
 
 STD_EPS = 1e-8                 # what Separator.separate_tensor adds to the std
+MIRROR_TAIL = 4                # a segment's kind: its input past the track is its own mirror
 
 
 # -- threads ----------------------------------------------------------------------------------
@@ -101,7 +102,7 @@ class Segment:
     length: int           # output samples (the segment length, shorter at the end)
     input_start: int      # first input sample fed to the model (filled outside the mix)
     input_length: int
-    kind: int = 0         # which of its architecture's weights it takes (a RoFormer's fades)
+    kind: int = 0         # MIRROR_TAIL, and which of its architecture's weights it takes
 
     @property
     def end(self) -> int:
@@ -129,6 +130,7 @@ class SeparationPlan:
     weights: tuple | None       # the bag's weights, None for a single model
     segments: tuple             # sorted by start: the order streaming runs them in
     reflect: int = 0            # inputs mirror this many samples past each end; zeros beyond
+    silent_unweighted: bool = False   # a sample no segment weighs is 0 (else: a piece is missing)
 
     @property
     def num_models(self) -> int:
@@ -136,7 +138,8 @@ class SeparationPlan:
 
     def reads(self, segment: Segment) -> tuple[int, int]:
         """The mix samples `[lo, hi)` that a segment's input is made of."""
-        return source_span(segment.input_start, segment.input_end, self.length, self.reflect)
+        stop = min(segment.input_end, self.length + self.reflect)
+        return source_span(segment.input_start, stop, self.length, self.reflect)
 
 
 def plan_separation(model, length: int, *, segment: float | None = None, overlap: float = 0.25,
@@ -225,6 +228,18 @@ def take(window: th.Tensor, window_start: int, total: int, start: int, length: i
     filled = (positions >= -reflect) & (positions < total + reflect)
     index = (mirrored.clamp(lo, max(lo, hi - 1)) - window_start)
     return window[..., index] * filled.to(window.dtype)
+
+
+def segment_input(window: th.Tensor, window_start: int, plan: SeparationPlan,
+                  segment: Segment) -> th.Tensor:
+    """A segment's input `[1, channels, input_length]` from a window `[1, channels, n]` of the
+    mix (`take`), past the (padded) track zeros or, where its kind says, its own tail mirrored."""
+    if not segment.kind & MIRROR_TAIL:
+        return take(window, window_start, plan.length, segment.input_start,
+                    segment.input_length, plan.reflect)
+    size = plan.length + plan.reflect - segment.input_start
+    x = take(window, window_start, plan.length, segment.input_start, size, plan.reflect)
+    return F.pad(x, (0, segment.input_length - size), mode="reflect")
 
 
 OOM_TEXTS = ("out of memory", "can't allocate memory")
@@ -357,6 +372,9 @@ def finish(plan, sums: list[tuple[th.Tensor, th.Tensor]], mean, std) -> th.Tenso
     """Per-pass sums -> separated stems `[1, sources, channels, n]` in the mix's scale."""
     outs = []
     for out, weight in sums:
+        if plan.silent_unweighted:
+            outs.append(th.nan_to_num(out / weight, nan=0.0))
+            continue
         if weight.numel() and not weight.min() > 0:
             raise ValueError("some samples got no segment: a piece is missing")
         outs.append(out / weight)
@@ -384,7 +402,7 @@ def separate_track(runner: Runner, wav: th.Tensor, *, segment: float | None = No
     sums = [OverlapAdd((1, len(plan.sources), plan.channels), 0, plan.length)
             for _ in plan.passes]
     for segment_ in sorted(plan.segments, key=lambda s: (s.pass_index, s.offset)):
-        x = take(mix, 0, plan.length, segment_.input_start, segment_.input_length, plan.reflect)
+        x = segment_input(mix, 0, plan, segment_)
         weighted, weight = run_segment(runner, plan, segment_, x, callback, None)
         sums[segment_.pass_index].add(segment_.start, weighted, weight)
     stems = finish(plan, [(acc.out, acc.weight) for acc in sums], mean, std)[0]

@@ -29,7 +29,7 @@ from .engine import (
     mix_stats,
     plan_separation,
     run_segment,
-    take,
+    segment_input,
     track_stats,
 )
 
@@ -79,8 +79,7 @@ def separate_piece(model, plan: SeparationPlan, piece: Piece, window: th.Tensor,
     sums: dict[int, OverlapAdd] = {}
     prefix = (1, len(plan.sources), plan.channels)
     for segment in piece.segments:
-        x = take(mix, window_start, plan.length, segment.input_start, segment.input_length,
-                 plan.reflect)
+        x = segment_input(mix, window_start, plan, segment)
         weighted, weight = run_segment(runner, plan, segment, x, callback, callback_arg)
         if segment.pass_index not in sums:
             runs = [s for s in piece.segments if s.pass_index == segment.pass_index]

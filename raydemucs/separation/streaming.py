@@ -31,30 +31,27 @@ from .engine import (
     pick_stems,
     plan_separation,
     run_segment,
-    source_span,
-    take,
+    segment_input,
 )
 
 
 class _InputBuffer:
     """The normalised mix, read forward on demand; samples no segment needs any more are dropped."""
 
-    def __init__(self, blocks: Iterator[th.Tensor], mean, std, channels: int, total: int,
-                 reflect: int = 0):
+    def __init__(self, blocks: Iterator[th.Tensor], mean, std, channels: int, total: int):
         self.blocks, self.mean, self.std, self.total = blocks, mean, std, total
-        self.reflect = reflect
         self.data = th.zeros(channels, 0)
         self.start = 0
 
-    def take(self, start: int, length: int) -> th.Tensor:
-        need = source_span(start, start + length, self.total, self.reflect)[1]
+    def take(self, plan: SeparationPlan, segment) -> th.Tensor:
+        need = plan.reads(segment)[1]
         while self.start + self.data.shape[-1] < need:
             block = next(self.blocks, None)
             if block is None:
                 raise ValueError(f"the file gave {self.start + self.data.shape[-1]} samples the "
                                  f"second time, {self.total} the first")
             self.data = th.cat([self.data, (block - self.mean) / self.std], -1)
-        return take(self.data[None], self.start, self.total, start, length, self.reflect)
+        return segment_input(self.data[None], self.start, plan, segment)
 
     def drop_before(self, position: int) -> None:
         cut = min(max(0, position - self.start), self.data.shape[-1])
@@ -71,7 +68,7 @@ def stream_separate(model, plan: SeparationPlan, blocks: Iterator[th.Tensor], me
     `runner` (a `Runner`) says how the model runs; by default, eager fp32 on `device`."""
     segments = plan.segments
     runner = runner or Runner(model, device)
-    inputs = _InputBuffer(iter(blocks), mean, std, plan.channels, plan.length, plan.reflect)
+    inputs = _InputBuffer(iter(blocks), mean, std, plan.channels, plan.length)
     prefix = (1, len(plan.sources), plan.channels)
     sums = [OverlapAdd(prefix) for _ in plan.passes]
     waiting = [deque(s.start for s in segments if s.pass_index == p.index) for p in plan.passes]
@@ -81,7 +78,7 @@ def stream_separate(model, plan: SeparationPlan, blocks: Iterator[th.Tensor], me
         needed_from[i] = min(needed_from[i + 1], plan.reads(segments[i])[0])
     released = 0
     for i, segment in enumerate(segments):
-        x = inputs.take(segment.input_start, segment.input_length)
+        x = inputs.take(plan, segment)
         weighted, weight = run_segment(runner, plan, segment, x, callback, callback_arg)
         sums[segment.pass_index].add(segment.start, weighted, weight)
         inputs.drop_before(needed_from[i + 1])
