@@ -152,8 +152,7 @@ def save_model(repo: Path, name: str, klass, kwargs: dict, seed: int = 0) -> Pat
 TINY_ROFORMER = {  # a forward pass on 2 s of stereo audio in well under a second on a CPU
     "dim": 16, "depth": 1, "stereo": True, "num_stems": 2, "time_transformer_depth": 1,
     "freq_transformer_depth": 1, "dim_head": 8, "heads": 2, "stft_n_fft": 256,
-    "stft_hop_length": 64, "stft_win_length": 256, "mask_estimator_depth": 1,
-    "mlp_expansion_factor": 1, "attn_dropout": 0.1, "ff_dropout": 0.1, "flash_attn": True,
+    "stft_hop_length": 64, "stft_win_length": 256, "mask_estimator_depth": 1, "attn_dropout": 0.1, "ff_dropout": 0.1, "flash_attn": True,
     "multi_stft_resolutions_window_sizes": (512, 256),
 }
 TINY_ROFORMER_OWN = {"bs_roformer": {"freqs_per_bands": (2, 2, 4, 4, 8, 8, 16, 16, 32, 37)},

@@ -39,15 +39,17 @@ SHARED_OPTIONS = frozenset({
 })
 OWN_OPTIONS = {
     BS_ROFORMER: frozenset({"freqs_per_bands"}),
-    MEL_BAND_ROFORMER: frozenset({"num_bands", "sample_rate", "match_input_audio_length"}),
+    MEL_BAND_ROFORMER: frozenset({"num_bands", "sample_rate"}),
 }
-# Options for training only (dropout, losses, gradient checkpoints, the attention kernel): read,
-# and without effect on the weights or on inference's output.
-TRAINING_OPTIONS = frozenset({
+# Options without effect on the weights or on inference's output (dropout, losses, gradient
+# checkpoints, the attention kernel, an output length that equals a chunk's anyway): accepted,
+# and not passed to raydemucs's networks.
+INERT_OPTIONS = frozenset({
     "attn_dropout", "ff_dropout", "flash_attn", "sage_attention", "use_torch_checkpoint",
     "dim_freqs_in", "multi_stft_resolution_loss_weight", "multi_stft_resolutions_window_sizes",
-    "multi_stft_hop_size", "multi_stft_normalized",
+    "multi_stft_hop_size", "multi_stft_normalized", "match_input_audio_length",
 })
+DEFAULT_HOP_LENGTH = 512  # the networks' stft_hop_length when the YAML gives none
 # Options accepted at this one value only: another changes the network in a way not built here.
 FIXED_OPTIONS = {"skip_connection": False, "use_pope": False, "stft_window_fn": None}
 
@@ -94,6 +96,12 @@ class RoformerConfig:
     def kwargs(self) -> dict[str, Any]:
         """The network's constructor arguments."""
         return dict(self.options)
+
+    @property
+    def network_kwargs(self) -> dict[str, Any]:
+        """The constructor arguments of raydemucs's network: the options that shape it."""
+        return {key: value for key, value in self.options
+                if key not in INERT_OPTIONS and key not in FIXED_OPTIONS}
 
     @property
     def step(self) -> int:
@@ -149,14 +157,18 @@ def parse_config(data: dict, name: str) -> RoformerConfig:
         raise ModelNotFound(f"{name}: audio.num_channels is {audio['num_channels']} but "
                             f"model.stereo is {bool(model.get('stereo', False))}")
     stems = _stems(training, model, name)
+    chunk_size = _positive(inference.get("chunk_size", audio.get("chunk_size")),
+                           "audio.chunk_size", name)
+    if chunk_size % model.get("stft_hop_length", DEFAULT_HOP_LENGTH):
+        raise ModelNotFound(f"{name}: audio.chunk_size must be a multiple of "
+                            "model.stft_hop_length")
     return RoformerConfig(
         architecture=architecture,
         options=tuple(sorted((key, _frozen(value)) for key, value in model.items())),
         samplerate=_positive(audio.get("sample_rate", DEFAULT_SAMPLERATE), "audio.sample_rate",
                              name),
         channels=channels,
-        chunk_size=_positive(inference.get("chunk_size", audio.get("chunk_size")),
-                             "audio.chunk_size", name),
+        chunk_size=chunk_size,
         num_overlap=_positive(inference.get("num_overlap", DEFAULT_NUM_OVERLAP),
                               "inference.num_overlap", name),
         batch_size=_positive(inference.get("batch_size", DEFAULT_BATCH_SIZE),
@@ -190,7 +202,7 @@ def _architecture(model: dict, training: dict, name: str) -> str:
 
 
 def _check_options(model: dict, architecture: str, name: str) -> None:
-    known = SHARED_OPTIONS | OWN_OPTIONS[architecture] | TRAINING_OPTIONS | set(FIXED_OPTIONS)
+    known = SHARED_OPTIONS | OWN_OPTIONS[architecture] | INERT_OPTIONS | set(FIXED_OPTIONS)
     for key, value in model.items():
         if key not in known:
             raise ModelNotFound(f"{name}: model option {str(key)[:40]!r} is not one raydemucs "
