@@ -48,7 +48,7 @@ def roformer_files(name: str, repo: str | Path | None) -> tuple[Path, Path] | No
 def load_roformer_model(checkpoint: Path, config: Path, device: str) -> Loaded:
     """A RoFormer checkpoint, loaded strictly, as the engine runs it."""
     from ..separation.architectures.roformer import RoformerModel
-    from .roformer import load_roformer
+    from .roformer.loading import load_roformer
 
     network, settings = load_roformer(checkpoint, config, device)
     model = RoformerModel(network, settings)

@@ -8,8 +8,8 @@ import torch
 
 from raydemucs.core.config import SeparationConfig
 from raydemucs.core.errors import InvalidInput
+from raydemucs.models import loading
 from raydemucs.models.loading import check_options
-from raydemucs.models.roformer.config import load_config
 from raydemucs.separation import split, streaming
 from raydemucs.separation.architectures.roformer import RoformerModel
 from raydemucs.separation.batching import BatchedSeparator
@@ -25,12 +25,13 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def roformer(repo, architecture: str, **written) -> tuple[RoformerModel, torch.nn.Module]:
-    """A tiny random RoFormer checkpoint, as the engine runs it and as the reference class."""
+    """A tiny random RoFormer checkpoint, as a worker loads it and as the reference class."""
     write_roformer(repo, architecture, architecture, **written)
-    config = load_config(repo / f"{architecture}.yaml")
-    network = reference_class(architecture)(**config.kwargs)
-    network.load_state_dict(torch.load(repo / f"{architecture}.ckpt", weights_only=True))
-    return RoformerModel(network.eval(), config), network
+    files = loading.roformer_files(architecture, repo)
+    loaded = loading.load_separator(architecture, str(repo), "cpu")
+    network = reference_class(architecture)(**loaded.model.config.kwargs)
+    network.load_state_dict(torch.load(files[0], weights_only=True))
+    return loaded.model, network.eval()
 
 
 @pytest.fixture(scope="module", params=ARCHITECTURES)

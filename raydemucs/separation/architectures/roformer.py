@@ -23,19 +23,6 @@ from ..engine import MIRROR_TAIL, Pass, Segment, SeparationPlan
 NO_FADE_IN, NO_FADE_OUT = 1, 2     # a segment's `kind`: which ends of its window stay at 1
 
 
-class StemsOf(nn.Module):
-    """A RoFormer network whose output always has a stems axis: `[n, stems, channels, t]` (a
-    one-stem network drops it)."""
-
-    def __init__(self, network: nn.Module):
-        super().__init__()
-        self.network = network
-
-    def forward(self, mix: th.Tensor) -> th.Tensor:
-        out = self.network(mix)
-        return out.unsqueeze(1) if out.dim() == mix.dim() else out
-
-
 def fade_window(chunk: int, fade: int, kind: int, device="cpu") -> th.Tensor:
     """The linear fade window of `demix`, with the ends `kind` says kept at 1."""
     window = th.ones(chunk)
@@ -48,10 +35,11 @@ def fade_window(chunk: int, fade: int, kind: int, device="cpu") -> th.Tensor:
 
 
 class RoformerModel:
-    """A loaded RoFormer network with its checkpoint's config, as the engine sees it."""
+    """A loaded RoFormer network (`raydemucs.models.roformer`: `[n, channels, t]` to
+    `[n, stems, channels, t]`) with its checkpoint's config, as the engine sees it."""
 
     def __init__(self, network: nn.Module, config):
-        self.network = StemsOf(network)
+        self.network = network
         self.config = config
         self.name = config.architecture
         self.sources = tuple(config.stems)
