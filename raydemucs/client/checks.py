@@ -68,12 +68,12 @@ class TaskChecks:
         if separation.repo:
             separation = separation.model_copy(
                 update={"repo": str(Path(separation.repo).expanduser().absolute())})
-        check_model_name(separation.model, separation.repo)
+        model = check_model_name(separation.model, separation.repo, config.models)
         route(config.worker_pools(), separation.model, separation.device,
-              separation.precision)  # no pool, or one that cannot run it: refused
-        if separation.two_stems is not None:  # judged here when the service's workers know it
+              separation.precision, model.architecture)  # no pool, or one that cannot run it
+        if separation.two_stems is not None:  # judged here when the catalogue or workers know it
             check_two_stems(separation.two_stems, separation.model,
-                            self.held_models().get(separation.model))
+                            self.held_models().get(separation.model) or model.stems)
         if upload:
             output_dir = "uploaded"  # the service puts the stems under its state directory
         else:
@@ -101,7 +101,7 @@ class TaskChecks:
             task_folder(output_dir, project_name, file_id, config.storage)  # names, symlinks
         priority = parse_priority(priority)
         separation = template.separation
-        self._model_source(separation.model, separation.repo)
+        self._model_source(separation.model, separation.repo, config)
         if not upload and output_dir not in self._outputs_writable:
             check_writable(output_dir, config.storage)
             self._outputs_writable.add(output_dir)
@@ -131,13 +131,13 @@ class TaskChecks:
                                f"{config.input.max_file_mb:g} MB limit (input.max_file_mb)")
         return location, None
 
-    def _model_source(self, name: str, repo: str | None) -> None:
+    def _model_source(self, name: str, repo: str | None, config: Config) -> None:
         """Refuse a model the workers could not load: not in a local cache and not downloadable
         from here (offline), unless the running service's workers already hold it."""
         if (name, repo) in self._models_found:
             return
         try:
-            model_source(name, repo)
+            model_source(name, repo, models=config.models)
         except ModelNotFound:
             if name not in self.held_models():
                 raise

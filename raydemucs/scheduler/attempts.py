@@ -16,7 +16,7 @@ from ..core.config import Config
 from ..core.errors import RayDemucsError, SeparationAborted, TaskTimeout, WorkerDied
 from ..core.pools import route
 from ..core.task import TaskRecord, TaskSpec, TaskState
-from ..models.catalogue import OFFLINE_MODEL
+from ..models.catalogue import OFFLINE_MODEL, architecture_of
 from ..storage.folders import open_folder
 from .autoscale import Autoscaler, Member
 from .book import TaskBook
@@ -200,7 +200,10 @@ class Attempts:
         """The name of the pool that serves the task's model on its device; InvalidInput when
         none does."""
         options = spec.options
-        return route(self.pools, options.model, options.device, options.precision).name
+        architecture = (architecture_of(options.model, options.repo, self.config.models.catalogue)
+                        if any(pool.architectures for pool in self.pools) else None)
+        return route(self.pools, options.model, options.device, options.precision,
+                     architecture).name
 
     def enqueue(self, record: TaskRecord, pool: str | None = None) -> None:
         pool = pool or self.pool_of(record.spec)
