@@ -1,7 +1,8 @@
 """Batching: segments of several tracks through one forward pass (for a GPU worker).
 
 `apply_model` runs one segment per forward pass, so a GPU sees batch 1. `BatchedSeparator`
-lays out each track's segments exactly as `apply_model` does (`raydemucs.separation.engine`), queues them,
+lays out each track's segments exactly as its model's architecture does (for demucs,
+`apply_model`: `raydemucs.separation.engine`), queues them,
 and runs up to `batch_size` at once: same model, same input length, from any tracks, oldest
 first. Outputs are scattered back into each track's own sums, so each track's stems equal
 `Separator.separate_tensor`'s within float tolerance (batched kernels round a little differently).

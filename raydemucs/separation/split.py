@@ -1,4 +1,4 @@
-"""One track on several workers: demucs's segment plan cut into contiguous pieces and joined.
+"""One track on several workers: its segment plan cut into contiguous pieces and joined.
 
 `split_plan` cuts a plan (`raydemucs.separation.engine`, any architecture's) into pieces; `separate_piece` runs one on the window
 of samples it reads (on any worker); `join_pieces` adds the pieces' un-normalised sums and divides,

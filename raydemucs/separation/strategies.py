@@ -1,13 +1,14 @@
 """The ways a worker separates one attempt, the rule that picks one, and the attempt's turn on
 the model.
 
-- in memory: decode the whole input, then demucs's segment plan through the engine, one segment
-  per forward pass (`raydemucs.separation.engine.separate_track`), which equals
-  `Separator.separate_tensor` within 1 LSB in fp32 and runs every precision and runtime;
+- in memory: decode the whole input, then the model's segment plan through the engine, one
+  segment per forward pass (`raydemucs.separation.engine.separate_track`), which equals
+  `Separator.separate_tensor` (a RoFormer: the training repo's `demix`) within 1 LSB in fp32 and
+  runs every precision and runtime;
 - streamed (inputs over `separation.stream_over_s`, by their header or, where it said less, as
   they decode): windows in, stems streamed to scratch files, so memory does not grow with the
   track (`raydemucs.separation.streaming`);
-- split (when the scheduler lent idle workers): demucs's segment plan cut into pieces, run by
+- split (when the scheduler lent idle workers): the segment plan cut into pieces, run by
   those workers and joined (`raydemucs.separation.split`);
 - batched (`batch_size` > 1): segments of this worker's attempts share forward passes
   (`raydemucs.separation.batching`).
@@ -221,7 +222,7 @@ class Strategies:
         return runner
 
     def _in_memory(self, task: TaskSpec, current: Attempt, model, wav) -> dict:
-        """demucs's segment plan for the one track, one segment per forward pass."""
+        """The model's segment plan for the one track, one segment per forward pass."""
         options = task.options
         with self.turns.turn(current), current.timed("separate_s"):
             return separate_track(self.runner(model, options.precision), wav,

@@ -1,6 +1,7 @@
 """Streamed separation: a long track in bounded memory, its stems streamed to disk.
 
-`separate_file` gives what `demucs.api.Separator.separate_tensor` gives for a whole file while
+`separate_file` gives what `demucs.api.Separator.separate_tensor` (a RoFormer: its `demix`) gives
+for a whole file while
 holding only a window of input and the sums later segments can still touch (the plan and the
 runner are `raydemucs.separation.engine`'s; the windows `raydemucs.separation.decode`'s); each stem streams to a
 float32 temp file (`StreamedStem`), which `raydemucs.separation.encode` writes in the final format.

@@ -122,7 +122,7 @@ def test_bf16_stays_close_to_fp32(model):
     fp32 = torch.stack(list(separate_track(Runner(model[0]), wav).values()))
     bf16 = torch.stack(list(separate_track(Runner(model[0], precision="bf16"), wav).values()))
     snr_db = 10 * torch.log10(fp32.pow(2).sum() / (fp32 - bf16).pow(2).sum()).item()
-    print(f"{model[0].name} bf16 SNR against fp32: {snr_db:.1f} dB")
+    print(f"{model[0].config.architecture} bf16 SNR against fp32: {snr_db:.1f} dB")
     assert snr_db > 20
 
 

@@ -21,7 +21,6 @@ import torch as th
 class Architecture(Protocol):
     """What the engine needs from a model, whatever its architecture."""
 
-    name: str                      # "htdemucs", "bs_roformer", ... (the manifest says it)
     sources: tuple
     samplerate: int
     channels: int

@@ -71,7 +71,6 @@ class DemucsArchitecture:
         self.model = model
         self.subs = sub_models(model)
         first = self.subs[0]
-        self.name = type(first).__name__.lower()
         self.sources = tuple(first.sources)
         self.samplerate = int(first.samplerate)
         self.channels = int(first.audio_channels)

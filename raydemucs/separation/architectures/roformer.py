@@ -41,7 +41,6 @@ class RoformerModel:
     def __init__(self, network: nn.Module, config):
         self.network = network
         self.config = config
-        self.name = config.architecture
         self.sources = tuple(config.stems)
         self.samplerate = int(config.samplerate)
         self.channels = self.audio_channels = int(config.channels)
