@@ -136,6 +136,15 @@ def test_options_a_roformer_cannot_run_are_refused(model):
     check_options(engine_model, SeparationConfig(model="m", segment=limit / 2))
 
 
+def test_two_stems_of_a_one_stem_model_is_refused(tmp_path):
+    one = roformer(tmp_path, "mel_band_roformer", num_stems=1,
+                   training={"instruments": ["vocals", "other"], "target_instrument": "vocals"})[0]
+    assert one.sources == ("vocals",)
+    with pytest.raises(InvalidInput, match="makes one stem"):
+        check_options(one, SeparationConfig(model="m", two_stems="vocals"))
+    assert list(separate_track(Runner(one), mix_of(0.5))) == ["vocals"]
+
+
 def test_the_out_of_memory_retry_runs_half_chunks(model):
     """The scheduler retries an attempt that ran out of memory with half its segment: for a
     RoFormer, chunks of half the checkpoint's length, at its overlap."""

@@ -112,3 +112,6 @@ class RoformerModel:
         if options.shifts > 1:
             raise InvalidInput(f"shifts {options.shifts}: shifts are Demucs's; a RoFormer model "
                                "runs its checkpoint's chunked inference (use --shifts 1 or 0)")
+        if options.two_stems is not None and len(self.sources) == 1:
+            raise InvalidInput(f"model {options.model} makes one stem ({self.sources[0]}): "
+                               "--two-stems needs a model with several")
