@@ -211,17 +211,17 @@ def take(window: th.Tensor, window_start: int, total: int, start: int, length: i
          reflect: int = 0) -> th.Tensor:
     """Mix samples [start, start + length) from a window of them: mirrored for `reflect`
     samples past each end of [0, total), zeros beyond."""
-    lo, hi = source_span(start, start + length, total, reflect)
+    inside = start >= 0 and start + length <= total
+    lo, hi = ((max(start, 0), min(start + length, total)) if not reflect or inside
+              else source_span(start, start + length, total, reflect))
+    if hi <= lo:
+        return window.new_zeros(*window.shape[:-1], length)
     if lo - window_start < 0 or hi - window_start > window.shape[-1]:
         raise ValueError(f"samples [{lo}, {hi}) are outside the window [{window_start}, "
                          f"{window_start + window.shape[-1]})")
-    inside = start >= 0 and start + length <= total
     if not reflect or inside:
-        a, b = max(start, 0), min(start + length, total)
-        if b <= a:
-            return window.new_zeros(*window.shape[:-1], length)
-        return F.pad(window[..., a - window_start:b - window_start],
-                     (a - start, start + length - b))
+        return F.pad(window[..., lo - window_start:hi - window_start],
+                     (lo - start, start + length - hi))
     positions = th.arange(start, start + length)
     mirrored = th.where(positions < 0, -positions,
                         th.where(positions >= total, 2 * (total - 1) - positions, positions))
