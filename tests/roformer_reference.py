@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import sys
 import types
 from pathlib import Path
@@ -21,6 +22,10 @@ import torch
 
 PACKAGE = "audio_separator"
 ROFORMER = f"{PACKAGE}.separator.uvr_lib_v5.roformer"
+# Options of the training repo's networks that this copy's constructors may not take, at the
+# value that makes them change nothing (the YAMLs of published checkpoints carry them so).
+NEUTRAL_OPTIONS = {"linear_transformer_depth": 0, "use_pope": False,
+                   "match_input_audio_length": False}
 MODULES = {"bs_roformer": ("bs_roformer", "BSRoformer"),
            "mel_band_roformer": ("mel_band_roformer", "MelBandRoformer")}
 
@@ -74,7 +79,14 @@ def reference_class(architecture: str) -> type:
         finally:
             module.torch = torch
 
-    return type(f"Reference{class_name}", (base,), {"forward": forward})
+    def __init__(self, *args, **options):
+        for key, neutral in NEUTRAL_OPTIONS.items():  # what this copy lacks, at no effect
+            if options.get(key, neutral) == neutral and key not in taken:
+                options.pop(key, None)
+        base.__init__(self, *args, **options)
+
+    taken = inspect.signature(base.__init__).parameters
+    return type(f"Reference{class_name}", (base,), {"__init__": __init__, "forward": forward})
 
 
 def linear_fade_window(chunk_size: int, fade_size: int) -> torch.Tensor:

@@ -66,6 +66,7 @@ def test_the_architecture_is_the_training_repos_model_type_else_its_band_option(
     ({"hyper_connections": 4}, "'hyper_connections' is not one raydemucs knows"),
     ({"skip_connection": True}, "skip_connection: True is not supported"),
     ({"use_pope": True}, "use_pope"),
+    ({"linear_transformer_depth": 1}, "linear_transformer_depth: 1 is not supported for mel"),
 ])
 def test_options_the_networks_do_not_run_are_refused(option, message):
     data = {**MEL, "model": {**MEL["model"], **option}}
@@ -95,6 +96,10 @@ def test_stems_are_the_target_else_the_instruments_and_match_num_stems():
     one_line_refusal(lambda: parse_config(many, "m.yaml"), "num_stems is 1", "names 2 stems")
     one_line_refusal(lambda: parse_config({**MEL, "training": {}}, "e.yaml"),
                      "training.instruments")
+    for stems, message in ((["../etc"], "'../etc'"), (["a", "a"], "a stem twice")):
+        unsafe = {**MEL, "model": {**MEL["model"], "num_stems": len(stems)},
+                  "training": {"instruments": stems}}
+        one_line_refusal(lambda: parse_config(unsafe, "u.yaml"), message)
 
 
 def test_inference_settings_default_and_are_checked():
@@ -103,6 +108,8 @@ def test_inference_settings_default_and_are_checked():
     chunked = {**MEL, "inference": {"chunk_size": 4096, "num_overlap": 2}}
     assert parse_config(chunked, "c.yaml").chunk_size == 4096
     for bad in ({"inference": {"num_overlap": 0}}, {"audio": {}},
+                {"model": {**MEL["model"], "stft_hop_length": "x"}},
+                {"audio": {"chunk_size": 1000}},
                 {"audio": {"chunk_size": 8192, "num_channels": 1}}):
         one_line_refusal(lambda: parse_config({**MEL, **bad}, "b.yaml"), "b.yaml")
 

@@ -18,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from ...core.errors import ModelNotFound
+from ...core.errors import InvalidName, ModelNotFound
+from ...core.names import check_name
 
 BS_ROFORMER = "bs_roformer"
 MEL_BAND_ROFORMER = "mel_band_roformer"
@@ -33,12 +34,12 @@ DEFAULT_BATCH_SIZE = 1
 # Constructor options that shape the weights or the forward pass, by architecture.
 SHARED_OPTIONS = frozenset({
     "dim", "depth", "stereo", "num_stems", "time_transformer_depth", "freq_transformer_depth",
-    "linear_transformer_depth", "dim_head", "heads", "stft_n_fft", "stft_hop_length",
+    "dim_head", "heads", "stft_n_fft", "stft_hop_length",
     "stft_win_length", "stft_normalized", "zero_dc", "mask_estimator_depth",
     "mlp_expansion_factor",
 })
 OWN_OPTIONS = {
-    BS_ROFORMER: frozenset({"freqs_per_bands"}),
+    BS_ROFORMER: frozenset({"freqs_per_bands", "linear_transformer_depth"}),
     MEL_BAND_ROFORMER: frozenset({"num_bands", "sample_rate"}),
 }
 # Options without effect on the weights or on inference's output (dropout, losses, gradient
@@ -50,8 +51,12 @@ INERT_OPTIONS = frozenset({
     "multi_stft_hop_size", "multi_stft_normalized", "match_input_audio_length",
 })
 DEFAULT_HOP_LENGTH = 512  # the networks' stft_hop_length when the YAML gives none
-# Options accepted at this one value only: another changes the network in a way not built here.
-FIXED_OPTIONS = {"skip_connection": False, "use_pope": False, "stft_window_fn": None}
+# Options accepted at this one value only: another changes the network in a way not built here
+# (or, for the mel-band's linear transformers, in a way no reference copy checks and no published
+# checkpoint uses).
+SHARED_FIXED_OPTIONS = {"skip_connection": False, "use_pope": False, "stft_window_fn": None}
+FIXED_OPTIONS = {BS_ROFORMER: SHARED_FIXED_OPTIONS,
+                 MEL_BAND_ROFORMER: {**SHARED_FIXED_OPTIONS, "linear_transformer_depth": 0}}
 
 
 class RoformerYamlLoader(yaml.SafeLoader):
@@ -101,7 +106,7 @@ class RoformerConfig:
     def network_kwargs(self) -> dict[str, Any]:
         """The constructor arguments of raydemucs's network: the options that shape it."""
         return {key: value for key, value in self.options
-                if key not in INERT_OPTIONS and key not in FIXED_OPTIONS}
+                if key not in INERT_OPTIONS and key not in FIXED_OPTIONS[self.architecture]}
 
     @property
     def step(self) -> int:
@@ -159,7 +164,9 @@ def parse_config(data: dict, name: str) -> RoformerConfig:
     stems = _stems(training, model, name)
     chunk_size = _positive(inference.get("chunk_size", audio.get("chunk_size")),
                            "audio.chunk_size", name)
-    if chunk_size % model.get("stft_hop_length", DEFAULT_HOP_LENGTH):
+    hop = _positive(model.get("stft_hop_length", DEFAULT_HOP_LENGTH), "model.stft_hop_length",
+                    name)
+    if chunk_size % hop:
         raise ModelNotFound(f"{name}: audio.chunk_size must be a multiple of "
                             "model.stft_hop_length")
     return RoformerConfig(
@@ -202,14 +209,15 @@ def _architecture(model: dict, training: dict, name: str) -> str:
 
 
 def _check_options(model: dict, architecture: str, name: str) -> None:
-    known = SHARED_OPTIONS | OWN_OPTIONS[architecture] | INERT_OPTIONS | set(FIXED_OPTIONS)
+    fixed = FIXED_OPTIONS[architecture]
+    known = SHARED_OPTIONS | OWN_OPTIONS[architecture] | INERT_OPTIONS | set(fixed)
     for key, value in model.items():
         if key not in known:
             raise ModelNotFound(f"{name}: model option {str(key)[:40]!r} is not one raydemucs "
                                 f"knows for {architecture}")
-        if key in FIXED_OPTIONS and value != FIXED_OPTIONS[key]:
+        if key in fixed and value != fixed[key]:
             raise ModelNotFound(f"{name}: model option {key}: {str(value)[:40]} is not supported "
-                                f"(only {FIXED_OPTIONS[key]})")
+                                f"for {architecture} (only {fixed[key]})")
     for key in ("dim", "depth"):
         if key not in model:
             raise ModelNotFound(f"{name}: model.{key} is missing")
@@ -221,6 +229,13 @@ def _stems(training: dict, model: dict, name: str) -> tuple[str, ...]:
     if not stems or not all(isinstance(stem, str) and stem for stem in stems):
         raise ModelNotFound(f"{name}: training.instruments (or training.target_instrument) "
                             "must name the stems")
+    try:  # each stem becomes a file name
+        for stem in stems:
+            check_name("stem", stem)
+    except InvalidName as exc:
+        raise ModelNotFound(f"{name}: {exc}") from None
+    if len(set(stems)) != len(stems):
+        raise ModelNotFound(f"{name}: training.instruments names a stem twice")
     if len(stems) != model.get("num_stems", 1):
         raise ModelNotFound(f"{name}: model.num_stems is {model.get('num_stems', 1)} but the "
                             f"training section names {len(stems)} stems")

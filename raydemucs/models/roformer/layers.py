@@ -21,31 +21,30 @@ class RMSNorm(nn.Module):
         self.gamma = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x.float(), dim=-1).to(x.dtype) * self.scale * self.gamma
+        return F.normalize(x.float(), dim=-1).to(x.dtype) * (self.gamma * self.scale)
 
 
 class Rotary(nn.Module):
-    """Rotary position embedding over the sequence axis: each pair of features `(2i, 2i+1)`
-    turned by `position * freqs[i]` (angles in fp32, outside autocast)."""
+    """Rotary position embedding over the sequence axis: each pair of features `(2i, 2i+1)`,
+    as a complex number, turned by `position * freqs[i]` (in fp32, outside autocast)."""
 
     def __init__(self, dim_head: int, theta: float = 10000.0):
         super().__init__()
         exponents = torch.arange(0, dim_head, 2)[:dim_head // 2].float() / dim_head
         self.freqs = nn.Parameter(1.0 / theta**exponents, requires_grad=False)
 
-    def angles(self, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(cos, sin)`, each `[length, dim_head]`, in fp32."""
+    def turns(self, length: int, device: torch.device) -> torch.Tensor:
+        """`exp(i * position * freqs)`: `[length, dim_head // 2]` complex64, computed in fp32."""
         with torch.autocast(device.type, enabled=False):
             positions = torch.arange(length, device=device, dtype=torch.float32)
-            turns = torch.outer(positions, self.freqs.float()).repeat_interleave(2, dim=-1)
-            return turns.cos(), turns.sin()
+            angles = torch.outer(positions, self.freqs.float())
+            return torch.polar(torch.ones_like(angles), angles)
 
     @staticmethod
-    def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """`x` (`[..., length, dim_head]`) rotated, in its own dtype."""
-        pairs = x.float().unflatten(-1, (-1, 2))
-        swapped = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
-        return (x.float() * cos + swapped * sin).to(x.dtype)
+    def rotate(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
+        """`x` (`[..., length, dim_head]`) rotated pair by pair, in fp32, back in its dtype."""
+        pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+        return torch.view_as_real(pairs * turns).flatten(-2).to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -65,8 +64,8 @@ class Attention(nn.Module):
         x = self.norm(x)
         batch, length, _ = x.shape
         q, k, v = self.to_qkv(x).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        cos, sin = self.rotary_embed.angles(length, x.device)
-        q, k = Rotary.rotate(q, cos, sin), Rotary.rotate(k, cos, sin)
+        turns = self.rotary_embed.turns(length, x.device)
+        q, k = Rotary.rotate(q, turns), Rotary.rotate(k, turns)
         out = F.scaled_dot_product_attention(q, k, v)
         out = out * self.to_gates(x).transpose(1, 2).unsqueeze(-1).sigmoid()
         return self.to_out(out.transpose(1, 2).reshape(batch, length, -1))

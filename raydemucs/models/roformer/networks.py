@@ -149,9 +149,8 @@ class MelBandRoformer(Roformer):
 
     def __init__(self, *, dim: int, depth: int, num_bands: int = 60, sample_rate: int = 44100,
                  stereo: bool = False, num_stems: int = 1, time_transformer_depth: int = 2,
-                 freq_transformer_depth: int = 2, linear_transformer_depth: int = 0,
-                 dim_head: int = 64, heads: int = 8, stft_n_fft: int = 2048,
-                 stft_hop_length: int = 512, stft_win_length: int = 2048,
+                 freq_transformer_depth: int = 2, dim_head: int = 64, heads: int = 8,
+                 stft_n_fft: int = 2048, stft_hop_length: int = 512, stft_win_length: int = 2048,
                  stft_normalized: bool = False, zero_dc: bool = True,
                  mask_estimator_depth: int = 1, mlp_expansion_factor: int = 4):
         membership = torch.from_numpy(mel_band_membership(sample_rate, stft_n_fft, num_bands))
@@ -161,12 +160,12 @@ class MelBandRoformer(Roformer):
             widths=tuple(2 * channels * int(n) for n in membership.sum(dim=1)),
             stereo=stereo, num_stems=num_stems, time_transformer_depth=time_transformer_depth,
             freq_transformer_depth=freq_transformer_depth,
-            linear_transformer_depth=linear_transformer_depth, dim_head=dim_head, heads=heads,
+            linear_transformer_depth=0, dim_head=dim_head, heads=heads,
             norm_output=True, stft_n_fft=stft_n_fft, stft_hop_length=stft_hop_length,
             stft_win_length=stft_win_length, stft_normalized=stft_normalized, zero_dc=zero_dc,
             mask_hidden_layers=mask_estimator_depth, mlp_expansion_factor=mlp_expansion_factor)
         bins = membership.nonzero()[:, 1]  # band by band, ascending within a band
-        rows = (bins[:, None] * channels + torch.arange(channels)).flatten()
+        rows = (bins[:, None] * channels + torch.arange(channels, device=bins.device)).flatten()
         self.register_buffer("rows", rows, persistent=False)  # into [bins * channels]
         bands_per_row = membership.sum(dim=0).repeat_interleave(channels)
         self.register_buffer("bands_per_row", bands_per_row.float(), persistent=False)
