@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import sys
 import time
+import traceback
 from pathlib import Path
 
+import benchlib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,7 +132,7 @@ def compare(rows: list[dict], outputs: list[dict], agreement) -> list[dict]:
     return rows
 
 
-def run(work: Path, wavs: dict, device: str, precisions, batch: int, agreement,
+def run(work: Path, wavs: dict, device: str, precisions, batch: int, agreement=benchlib.agreement,
         tiny: bool = False, refusal=None) -> dict:
     """Every row for the clips `wavs` (`{name: [channels, time]}` at 44.1 kHz)."""
     from raydemucs.models.loading import load_separator
@@ -156,6 +158,28 @@ def run(work: Path, wavs: dict, device: str, precisions, batch: int, agreement,
     compare([r for r in rows if "refused" not in r], outputs, agreement)
     report["rows"] = rows
     return report
+
+
+def cpu_row(work: Path, seconds: float) -> dict:
+    """bench/run.py's row: one clip on the CPU, the reference demix, then the engine in fp32 and
+    in bf16 (run even where a worker would refuse bf16 for want of bf16 units)."""
+    clip = benchlib.write_wav(work / "inputs" / "roformer.wav", benchlib.make_signal(seconds, 7))
+    try:
+        report = run(work, {"clip": benchlib.read_wav(clip)}, "cpu", ["fp32", "bf16"], 1,
+                     benchlib.agreement)
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+    return {**report, "audio_s": seconds}
+
+
+def cpu_lines(report: dict) -> list[str]:
+    """`cpu_row`'s table, and whether fp32 is within 1 LSB of the reference."""
+    if "error" in report:
+        return ["", f"RoFormer: failed: {report['error'].splitlines()[0]}"]
+    fp32 = next(row for row in report["rows"][1:] if row["precision"] == "fp32")
+    mark = "PASS" if fp32["max_diff_lsb"] <= 1 else "FAIL"
+    return ["", *render(report, report["audio_s"]),
+            f"  {mark}  RoFormer fp32 within 1 LSB of demix: measured {fp32['max_diff_lsb']} LSB"]
 
 
 def render(report: dict, audio_s: float) -> list[str]:

@@ -236,32 +236,6 @@ def evaluate_targets(contenders: dict, dispatch: dict | None, clips: int) -> lis
     return targets
 
 
-def roformer_row(work: Path, seconds: float) -> dict:
-    """bench/roformer.py on one clip, on the CPU: the reference demix, then the engine in fp32
-    and in bf16 (run even where a worker would refuse bf16 for want of bf16 units)."""
-    import roformer
-
-    clip = benchlib.write_wav(work / "inputs" / "roformer.wav", benchlib.make_signal(seconds, 7))
-    try:
-        report = roformer.run(work, {"clip": benchlib.read_wav(clip)}, "cpu", ["fp32", "bf16"],
-                              1, benchlib.agreement)
-    except Exception as exc:
-        return {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
-    return {**report, "audio_s": seconds}
-
-
-def roformer_lines(report: dict) -> list[str]:
-    import roformer
-
-    if "error" in report:
-        return ["", f"RoFormer: failed: {report['error'].splitlines()[0]}"]
-    lines = ["", *roformer.render(report, report["audio_s"])]
-    fp32 = next(row for row in report["rows"][1:] if row["precision"] == "fp32")
-    mark = "PASS" if fp32["max_diff_lsb"] <= 1 else "FAIL"
-    return lines + [f"  {mark}  RoFormer fp32 within 1 LSB of demix: measured "
-                    f"{fp32['max_diff_lsb']} LSB"]
-
-
 def ratios(contenders: dict) -> dict[str, float]:
     return {name: c["vs_cli"] for name, c in contenders.items() if c.get("vs_cli")}
 
@@ -373,7 +347,9 @@ def render(report: dict) -> str:
         value = fmt(t["value"], ".2f")
         lines.append(f"  {mark}  {t['target']:28} measured {value}{'  (' + t['note'] + ')' if t['note'] else ''}")
     if report.get("roformer"):
-        lines += roformer_lines(report["roformer"])
+        import roformer
+
+        lines += roformer.cpu_lines(report["roformer"])
     return "\n".join(lines)
 
 
@@ -443,7 +419,9 @@ def main(argv=None) -> int:
             shutil.rmtree(work / "out" / "dispatch", ignore_errors=True)
 
         if args.device == "cpu" and (not args.only or ROFORMER in wanted):
-            report["roformer"] = roformer_row(work, args.roformer_s)
+            import roformer
+
+            report["roformer"] = roformer.cpu_row(work, args.roformer_s)
 
         reference = ctx["outputs"].get("cli")
         against_cli = {name: compare(reference, folder) for name, folder in ctx["outputs"].items()
