@@ -43,7 +43,7 @@ class RoformerModel:
         self.config = config
         self.sources = tuple(config.stems)
         self.samplerate = int(config.samplerate)
-        self.channels = self.audio_channels = int(config.channels)
+        self.channels = int(config.channels)
         self._windows: dict = {}
 
     def networks(self) -> list:
