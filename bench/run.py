@@ -62,9 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="cuda: floor and demucs CLI on the GPU only, without Ray")
     parser.add_argument("--only", help="comma-separated subset of: "
                         + ",".join([*CONTENDERS_CPU, ROFORMER]))
-    parser.add_argument("--roformer-s", type=float, default=8.0,
-                        help="the RoFormer row's clip, seconds (default 8: one 8 s chunk "
-                             "with its overlap, two forward passes)")
+    parser.add_argument("--roformer-s", type=float, default=4.0,
+                        help="the RoFormer row's clip, seconds (default 4: one 8 s chunk, "
+                             "one forward pass per row)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="repeat the contenders, rotating their order; the median is reported")
     parser.add_argument("--floor-procs", type=int, help="floor processes (default 2 on cpu, 1 on cuda)")
