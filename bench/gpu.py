@@ -11,6 +11,11 @@ clip queued together and up to `--batch` segments per pass, sized down from free
 (cross-task batching). Each row reports the real-time factor, the GPU memory peak and its SNR
 against the fp32 row without batching; the fp32 rows also their largest difference from the
 CLI's stems in 16-bit LSB. A precision the device cannot run is reported as refused.
+
+Then the RoFormer rows (bench/roformer.py): a BS-RoFormer at a public checkpoint's settings
+(random weights; a tiny one with --tiny) on the first `--roformer-clips` clips, the training
+repo's `demix` on the device first, then the engine per precision, unbatched and batched, each
+against that reference (ratio, SNR, largest difference in LSB).
 """
 from __future__ import annotations
 
@@ -38,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, help="seconds per clip (default 180; 3 with --tiny)")
     parser.add_argument("--batch", type=int, default=64,
                         help="most segments per forward pass in the batched rows (default 64)")
+    parser.add_argument("--roformer-clips", type=int, default=4,
+                        help="clips the RoFormer rows run (default 4; 0 skips them)")
     parser.add_argument("--precisions", default=",".join(PRECISIONS),
                         help="comma-separated subset of fp32,bf16,fp16 (fp32 is always run)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results"
@@ -158,6 +165,13 @@ def run(args, work: Path) -> dict:
             row["realtime_x"] = audio_s / row["wall_s"]
             row["vs_cli"] = cli["wall_s"] / row["wall_s"]
     report["rows"] = rows
+    if args.roformer_clips > 0:
+        import roformer
+
+        clips = dict(list(wavs.items())[:args.roformer_clips])
+        report["roformer"] = roformer.run(work, clips, args.device, args.precisions, args.batch,
+                                          benchlib.agreement, args.tiny, refusal)
+        report["roformer"]["audio_s"] = args.seconds * len(clips)
     return report
 
 
@@ -178,6 +192,10 @@ def render(report: dict) -> str:
         lines.append(f"{row['row']:36} {row['wall_s']:8.2f} {row['realtime_x']:11.1f} "
                      f"{row['vs_cli']:6.2f}x {fmt(peak and peak / 2**30, '7.2f') + ' G' if peak else '        -'} "
                      f"{fmt(row.get('snr_db'), '7.1f')} {fmt(row.get('max_diff_lsb_vs_cli'), '7d')}")
+    if report.get("roformer"):
+        import roformer
+
+        lines += ["", *roformer.render(report["roformer"], report["roformer"]["audio_s"])]
     return "\n".join(lines)
 
 

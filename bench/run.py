@@ -4,6 +4,7 @@
     python bench/run.py                      # 8 clips of 10-20 s, 200 dispatch tasks
     python bench/run.py --quick              # 2 clips of 3 s, 20 dispatch tasks (development)
     python bench/run.py --device cuda        # floor + demucs CLI on the GPU; needs no Ray
+    python bench/run.py --only roformer      # the RoFormer row alone (engine vs reference demix)
 
 See bench/README.md for what each contender is and how to read the table.
 """
@@ -27,6 +28,7 @@ import benchlib  # noqa: E402
 CONTENDERS_CPU = ["floor", "cli", "old", "cold", "warm", "warm-unlent", "warm-bf16", "warm-ov",
                   "warm-ov-bf16"]
 CONTENDERS_CUDA = ["floor", "cli"]
+ROFORMER = "roformer"   # the RoFormer row (bench/roformer.py), on the CPU after the contenders
 LABELS = {"floor": "floor (apply_model, 2 procs)", "cli": "demucs CLI (1 process)",
           "old": "old design (1 process/file, 2 at a time)", "cold": "raydemucs cold (submit --wait)",
           "warm": "raydemucs warm fp32 (service running)",
@@ -58,7 +60,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="2 clips of 3 s and 20 dispatch tasks: a couple of minutes")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                         help="cuda: floor and demucs CLI on the GPU only, without Ray")
-    parser.add_argument("--only", help="comma-separated subset of: " + ",".join(CONTENDERS_CPU))
+    parser.add_argument("--only", help="comma-separated subset of: "
+                        + ",".join([*CONTENDERS_CPU, ROFORMER]))
+    parser.add_argument("--roformer-s", type=float, default=4.0,
+                        help="the RoFormer row's clip, seconds (default 4: one 8 s chunk, "
+                             "one forward pass per row)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="repeat the contenders, rotating their order; the median is reported")
     parser.add_argument("--floor-procs", type=int, help="floor processes (default 2 on cpu, 1 on cuda)")
@@ -340,6 +346,10 @@ def render(report: dict) -> str:
         mark = {True: "PASS", False: "FAIL", None: "n/a "}[t["pass"]]
         value = fmt(t["value"], ".2f")
         lines.append(f"  {mark}  {t['target']:28} measured {value}{'  (' + t['note'] + ')' if t['note'] else ''}")
+    if report.get("roformer"):
+        import roformer
+
+        lines += roformer.cpu_lines(report["roformer"])
     return "\n".join(lines)
 
 
@@ -348,7 +358,7 @@ def main(argv=None) -> int:
     names = CONTENDERS_CUDA if args.device == "cuda" else CONTENDERS_CPU
     if args.only:
         wanted = [n.strip() for n in args.only.split(",") if n.strip()]
-        unknown = set(wanted) - set(CONTENDERS_CPU)
+        unknown = set(wanted) - {*CONTENDERS_CPU, ROFORMER}
         if unknown:
             sys.exit(f"--only: unknown contender(s) {', '.join(sorted(unknown))}")
         names = [n for n in names if n in wanted]
@@ -408,6 +418,11 @@ def main(argv=None) -> int:
                 print(f"    FAILED: {dispatch['error']}", flush=True)
             shutil.rmtree(work / "out" / "dispatch", ignore_errors=True)
 
+        if args.device == "cpu" and (not args.only or ROFORMER in wanted):
+            import roformer
+
+            report["roformer"] = roformer.cpu_row(work, args.roformer_s)
+
         reference = ctx["outputs"].get("cli")
         against_cli = {name: compare(reference, folder) for name, folder in ctx["outputs"].items()
                        if reference is not None and name != "cli"}
@@ -425,6 +440,7 @@ def main(argv=None) -> int:
         args.out.write_text(json.dumps(report, indent=2, default=str))
         print(f"\nwrote {args.out} ({report['elapsed_s']:.0f} s in all)")
         failed = [n for n, c in report["contenders"].items() if "error" in c]
+        failed += [ROFORMER] if "error" in report.get("roformer", {}) else []
         if args.publish:
             publish(report)
             print(f"published the ratios to {PUBLISHED}")

@@ -1,7 +1,8 @@
 """Batching: segments of several tracks through one forward pass (for a GPU worker).
 
 `apply_model` runs one segment per forward pass, so a GPU sees batch 1. `BatchedSeparator`
-lays out each track's segments exactly as `apply_model` does (`raydemucs.separation.engine`), queues them,
+lays out each track's segments exactly as its model's architecture does (for demucs,
+`apply_model`: `raydemucs.separation.engine`), queues them,
 and runs up to `batch_size` at once: same model, same input length, from any tracks, oldest
 first. Outputs are scattered back into each track's own sums, so each track's stems equal
 `Separator.separate_tensor`'s within float tolerance (batched kernels round a little differently).
@@ -42,9 +43,10 @@ from .engine import (
     SeparationPlan,
     finish,
     is_out_of_memory,
+    mix_stats,
     notify,
     plan_separation,
-    take,
+    segment_input,
     track_stats,
 )
 
@@ -105,7 +107,7 @@ class BatchedSeparator:
         """
         if key in self._tracks:
             raise KeyError(f"track {key!r} is already queued")
-        mean, std = track_stats(wav)
+        mean, std = mix_stats(self.model, *track_stats(wav))
         plan = plan_separation(self.model, wav.shape[-1], segment=segment, overlap=overlap,
                                shifts=shifts, transition_power=transition_power, rng=self.rng)
         prefix = (1, len(plan.sources), plan.channels)
@@ -175,8 +177,7 @@ class BatchedSeparator:
             th.cuda.reset_peak_memory_stats(self.runner.device)
             before = th.cuda.memory_allocated(self.runner.device)
         track, segment = chunk[0]
-        inputs = th.cat([take(t.mix, 0, t.plan.length, s.input_start, s.input_length)
-                         for t, s in chunk])
+        inputs = th.cat([segment_input(t.mix, 0, t.plan, s) for t, s in chunk])
         out = self.runner.forward(track.plan.passes[segment.pass_index].model_index, inputs)
         outputs = [self.runner.weighted(out[i:i + 1], t.plan, s) for i, (t, s) in enumerate(chunk)]
         if measuring:

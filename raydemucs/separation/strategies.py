@@ -1,13 +1,14 @@
 """The ways a worker separates one attempt, the rule that picks one, and the attempt's turn on
 the model.
 
-- in memory: decode the whole input, then demucs's segment plan through the engine, one segment
-  per forward pass (`raydemucs.separation.engine.separate_track`), which equals
-  `Separator.separate_tensor` within 1 LSB in fp32 and runs every precision and runtime;
+- in memory: decode the whole input, then the model's segment plan through the engine, one
+  segment per forward pass (`raydemucs.separation.engine.separate_track`), which equals
+  `Separator.separate_tensor` (a RoFormer: the training repo's `demix`) within 1 LSB in fp32 and
+  runs every precision and runtime;
 - streamed (inputs over `separation.stream_over_s`, by their header or, where it said less, as
   they decode): windows in, stems streamed to scratch files, so memory does not grow with the
   track (`raydemucs.separation.streaming`);
-- split (when the scheduler lent idle workers): demucs's segment plan cut into pieces, run by
+- split (when the scheduler lent idle workers): the segment plan cut into pieces, run by
   those workers and joined (`raydemucs.separation.split`);
 - batched (`batch_size` > 1): segments of this worker's attempts share forward passes
   (`raydemucs.separation.batching`).
@@ -28,11 +29,9 @@ from typing import Iterator, Protocol
 
 from ..core.config import InputConfig
 from ..core.task import TaskSpec
-from ..models.loading import default_segment_s
-from ..models.runtimes import runtime_of
 from .batching import SharedBatcher
 from .decode import LongerThanHeader, decode
-from .engine import Runner, pick_stems, separate_track, sub_models
+from .engine import Runner, architecture_of, pick_stems, separate_track
 from .split import Helper, separate_across_workers, separate_piece
 from .streaming import separate_file
 
@@ -184,9 +183,10 @@ class Strategies:
         """Separate `input_path` the way that fits the task; a streamed track's stems stay in
         `scratch` as long as the context."""
         options, model = task.options, separator.model
-        current.segment_s = options.segment or default_segment_s(model)
+        architecture = architecture_of(model)
+        current.segment_s = options.segment or architecture.default_segment_s()
         made = {"samplerate": separator.samplerate,
-                "runtime": runtime_of(sub_models(model)[0], self.device, self.runtime)}
+                "runtime": architecture.runtime(self.device, self.runtime)}
         streamed, batched = options.streams(duration_s), self.batch_size > 1 and not helpers
         if not (streamed or batched):
             try:
@@ -222,7 +222,7 @@ class Strategies:
         return runner
 
     def _in_memory(self, task: TaskSpec, current: Attempt, model, wav) -> dict:
-        """demucs's segment plan for the one track, one segment per forward pass."""
+        """The model's segment plan for the one track, one segment per forward pass."""
         options = task.options
         with self.turns.turn(current), current.timed("separate_s"):
             return separate_track(self.runner(model, options.precision), wav,
@@ -237,7 +237,7 @@ class Strategies:
                 model, wav, task.options, helpers,
                 lambda *piece: self.run_piece(model, task.options.precision, current, *piece),
                 current.abort, task.task_id, current.number)
-        return dict(zip(model.sources, stems)), pieces
+        return dict(zip(architecture_of(model).sources, stems)), pieces
 
     def batcher(self, separator, options) -> SharedBatcher:
         """The batcher this worker's attempts with `options`' model and precision share."""

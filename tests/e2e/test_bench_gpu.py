@@ -33,3 +33,10 @@ def test_gpu_sh_runs_every_row_on_the_cpu_and_writes_the_table(tmp_path):
     bf16 = rows["raydemucs bf16"]
     assert "refused" in bf16 or bf16["snr_db"] >= 35.0
     assert report["table"] in proc.stdout and "x real time" in report["table"]
+    roformer = {row["row"]: row for row in report["roformer"]["rows"]}
+    assert list(roformer) == ["reference demix (MSST)", *list(rows)[1:]]
+    for label in ("raydemucs fp32", "raydemucs fp32, batches <= 4"):
+        assert roformer[label]["max_diff_lsb"] <= 1                  # the training repo's demix
+    assert roformer["raydemucs fp32, batches <= 4"]["forward_passes"] == 3  # 2 x 5 chunks
+    assert "needs a GPU" in roformer["raydemucs fp16"]["refused"]
+    assert "vs ref" in report["table"]
