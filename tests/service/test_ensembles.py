@@ -105,8 +105,6 @@ def test_a_chain_runs_b_on_the_rest_and_a_cached_part_runs_once(service, tmp_pat
     alone = stems(run(service, tmp_path / "rest.wav", tmp_path / "r", model="tiny2"))
     for stem in STEMS[:3]:
         assert np.abs(got[stem] - alone[stem]).max() <= LSB
-    voc = stems(run(service, song, tmp_path / "v", model="tiny"))["vocals"]
-    assert np.abs(got["vocals"] - voc).max() <= LSB
 
     before = settled(service, 0)
     other = {"parts": {"voc": {"model": "tiny"},
