@@ -161,6 +161,47 @@ def save_model(repo: Path, name: str, klass, kwargs: dict, seed: int = 0) -> Pat
     return repo
 
 
+TINY_ROFORMER = {  # a forward pass on 2 s of stereo audio in well under a second on a CPU
+    "dim": 16, "depth": 1, "stereo": True, "num_stems": 2, "time_transformer_depth": 1,
+    "freq_transformer_depth": 1, "dim_head": 8, "heads": 2, "stft_n_fft": 256,
+    "stft_hop_length": 64, "stft_win_length": 256, "mask_estimator_depth": 1, "attn_dropout": 0.1, "ff_dropout": 0.1, "flash_attn": True,
+    "multi_stft_resolutions_window_sizes": (512, 256),
+}
+TINY_ROFORMER_OWN = {"bs_roformer": {"freqs_per_bands": (2, 2, 4, 4, 8, 8, 16, 16, 32, 37)},
+                     "mel_band_roformer": {"num_bands": 8, "sample_rate": SAMPLERATE}}
+
+
+def write_roformer(repo: Path, name: str, architecture: str, seed: int = 0, audio=None,
+                   inference=None, training=None, **model_options) -> Path:
+    """A tiny `architecture` RoFormer (`bs_roformer`, `mel_band_roformer`) with random weights in
+    the community layout: `repo/NAME.ckpt` (a state dict, `torch.save`) and `repo/NAME.yaml` (its
+    training config, tuples tagged `!!python/tuple`). `model_options` override the network's
+    options, `audio`/`inference`/`training` update those sections. Returns `repo`."""
+    import torch
+    import yaml
+
+    from roformer_reference import reference_class
+
+    model = {**TINY_ROFORMER, **TINY_ROFORMER_OWN[architecture], **model_options}
+    stems = ["vocals", "other"][:model["num_stems"]] if model["num_stems"] <= 2 else \
+        ["drums", "bass", "other", "vocals", "piano", "guitar"][:model["num_stems"]]
+    config = {
+        "audio": {"chunk_size": 16384, "num_channels": 2 if model["stereo"] else 1,
+                  "sample_rate": SAMPLERATE, "n_fft": model["stft_n_fft"],
+                  "hop_length": model["stft_hop_length"], **(audio or {})},
+        "model": model,
+        "training": {"instruments": stems, "target_instrument": None, "use_amp": True,
+                     **(training or {})},
+        "inference": {"batch_size": 2, "num_overlap": 2, **(inference or {})},
+    }
+    torch.manual_seed(seed)
+    network = reference_class(architecture)(**model)
+    repo.mkdir(parents=True, exist_ok=True)
+    torch.save(network.state_dict(), repo / f"{name}.ckpt")
+    (repo / f"{name}.yaml").write_text(yaml.dump(config, Dumper=yaml.Dumper, sort_keys=False))
+    return repo
+
+
 def service_config(tmp_path: Path, **sections):
     """The test profile with a unique service name and its own journal, plus overrides."""
     from raydemucs.core.config import load_config

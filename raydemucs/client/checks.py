@@ -75,12 +75,12 @@ class TaskChecks:
         ensemble = ensemble_of(config.ensembles, preset, ensemble)
         if ensemble:
             separation = self._ensemble(config, separation, ensemble)
-        check_model_name(separation.model, separation.repo)
+        model = check_model_name(separation.model, separation.repo, config.models)
         route(config.worker_pools(), separation.model, separation.device,
-              separation.precision)  # no pool, or one that cannot run it: refused
-        if separation.two_stems is not None:  # judged here when the service's workers know it
+              separation.precision, model.architecture)  # no pool, or one that cannot run it
+        if separation.two_stems is not None:  # judged here when the catalogue or workers know it
             check_two_stems(separation.two_stems, separation.model,
-                            self.held_models().get(separation.model))
+                            self.held_models().get(separation.model) or model.stems)
         if upload:
             output_dir = "uploaded"  # the service puts the stems under its state directory
         else:
@@ -101,9 +101,10 @@ class TaskChecks:
         check_options(ensemble, separation.two_stems)
         held, served = self.held_models(), {}
         for part in ensemble["parts"]:
-            check_model_name(part["model"], separation.repo)
-            route(config.worker_pools(), part["model"], separation.device, separation.precision)
-            served[part["model"]] = held.get(part["model"])
+            model = check_model_name(part["model"], separation.repo, config.models)
+            route(config.worker_pools(), part["model"], separation.device, separation.precision,
+                  model.architecture)
+            served[part["model"]] = held.get(part["model"]) or model.stems
         check_models(ensemble, served)
         return separation.model_copy(update={"model": first_model(ensemble)})
 
@@ -123,7 +124,7 @@ class TaskChecks:
         separation = template.separation
         for model in [part["model"] for part in (template.ensemble or {}).get("parts", ())] or [
                 separation.model]:
-            self._model_source(model, separation.repo)
+            self._model_source(model, separation.repo, config)
         if not upload and output_dir not in self._outputs_writable:
             check_writable(output_dir, config.storage)
             self._outputs_writable.add(output_dir)
@@ -154,13 +155,13 @@ class TaskChecks:
                                f"{config.input.max_file_mb:g} MB limit (input.max_file_mb)")
         return location, None
 
-    def _model_source(self, name: str, repo: str | None) -> None:
+    def _model_source(self, name: str, repo: str | None, config: Config) -> None:
         """Refuse a model the workers could not load: not in a local cache and not downloadable
         from here (offline), unless the running service's workers already hold it."""
         if (name, repo) in self._models_found:
             return
         try:
-            model_source(name, repo)
+            model_source(name, repo, models=config.models)
         except ModelNotFound:
             if name not in self.held_models():
                 raise

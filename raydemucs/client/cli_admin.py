@@ -18,7 +18,7 @@ from ..core.task import PRIORITIES
 from ..webhooks.signing import load_secret, owner_secret
 from .cli_options import config_options, emit, service_options
 from .ray_head import DEFAULT_PORT, ensure_head, stop_head
-from .render import delivery_line
+from .render import delivery_line, model_line
 
 
 @click.group()
@@ -216,12 +216,16 @@ def keys_revoke(manager, name):
 
 @click.command()
 @click.option("--repo", type=click.Path(), help="List a local model folder instead.")
-def models(repo):
-    """List model names (demucs's pretrained ones, or those in --repo)."""
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per model.")
+@config_options
+def models(repo, as_json, profile, config_file):
+    """List the models and what each is: architecture, stems, sample rate, licence, source, size,
+    sha256, published score (the catalogue and demucs's names, or those in --repo)."""
     from ..models.catalogue import list_models
 
-    for name in list_models(repo):
-        click.echo(name)
+    config = load_config(profile, config_file)
+    for model in list_models(repo or config.separation.repo, config.models):
+        emit(model, as_json, model_line(model))
 
 
 @click.group("config")

@@ -174,3 +174,19 @@ def batch_bar(enabled: bool = True):
         yield update
     finally:
         bar.close()
+
+
+def model_line(model: dict) -> str:
+    """One model of `raydemucs models`: its name, then what it is (or why it cannot be used)."""
+    if "error" in model:
+        return f"{model['name']}  refused: {model['error']}"
+    score = model["score"]
+    parts = [model["architecture"], "/".join(model["stems"] or ["stems known once loaded"]),
+             f"{model['sample_rate']} Hz" if model["sample_rate"] else None,
+             f"licence {model['licence']}" + ("" if model["servable"] else " (not allowed here)"),
+             f"{model['size'] / 1e6:.1f} MB" if model["size"] is not None else None,
+             f"sha256 {model['sha256'][:12]}" if model["sha256"] else None,
+             score and (f"SDR {score['sdr']} dB" + (f" {score['stem']}" if score.get("stem")
+                                                     else "") + f" on {score['test_set']}"),
+             model["source"]]
+    return f"{model['name']}  " + ", ".join(part for part in parts if part)

@@ -134,6 +134,24 @@ class SeparationConfig(Section):
         return self.stream_over_s is not None and duration_s > self.stream_over_s
 
 
+class ModelsConfig(Section):
+    """The model catalogue: entries beyond the shipped ones, where downloads go, which licences
+    the service serves (docs/models.md)."""
+
+    catalogue: MaybeText = Field(None, description="a YAML file of catalogue entries laid over "
+                                 "the shipped ones by name (raydemucs/models/catalogue.yaml's "
+                                 "format): add a model, or pin a sha256")
+    cache_dir: Text = Field("~/.cache/raydemucs/models", description="where each node keeps the "
+                            "catalogue models it downloaded (a model's files are checked by "
+                            "sha256 before they are used)")
+    allow_licences: Texts = Field((), description="licences served, as the catalogue spells "
+                                  "them (MIT, GPL-3.0, unknown, ...): a model under another is "
+                                  "refused at submit and not listed as servable; empty: every "
+                                  "licence")
+    download_timeout_s: Float = Field(60.0, ge=0.1, le=3600.0, description="longest wait for the "
+                                      "next bytes of a model download")
+
+
 class ServiceConfig(Section):
     """The service itself: its name, where it keeps its state, logs, polling, shutdown."""
 
@@ -264,6 +282,7 @@ class Config(BaseModel):
     tasks: TasksConfig = Field(default_factory=TasksConfig)
     input: InputConfig = Field(default_factory=InputConfig)
     separation: SeparationConfig = Field(default_factory=SeparationConfig)
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)

@@ -1,6 +1,7 @@
-"""Worker pools: the models each serves and what each worker asks of Ray; the rules of the list
-(unique names, no model in two pools, one catch-all at most); sizes left out, taken from the
-`workers` section; and the route from a model to its pool."""
+"""Worker pools: the models (by name or by architecture) each serves and what each worker asks
+of Ray; the rules of the list (unique names, no model or architecture in two pools, one catch-all
+at most); sizes left out, taken from the `workers` section; and the route from a model to its
+pool."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any
@@ -8,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints
 from pydantic_core import PydanticCustomError
 
+from ..models.entries import ARCHITECTURES
 from ..models.runtimes import check_pool
 from .config_types import Float, Int, MaybeFloat, MaybeInt, Section
 from .errors import ConfigError, InvalidInput
@@ -32,6 +34,15 @@ def _model_names(models: Any) -> tuple[str, ...]:
     return tuple(models)
 
 
+def _architectures(names: Any) -> tuple[str, ...]:
+    names = _model_names(names)
+    unknown = next((name for name in names if name not in ARCHITECTURES), None)
+    if unknown:
+        raise PydanticCustomError("allowed", f" names architecture {unknown!r}; known: "
+                                  f"{', '.join(ARCHITECTURES)}")
+    return names
+
+
 def _custom_resource(name: str) -> str:
     if name in RAY_BUILTIN_RESOURCES:
         raise PydanticCustomError("ray_resource", "one of Ray's own resources",
@@ -54,7 +65,11 @@ class PoolConfig(Section):
                       "and '_', starting with a letter or digit (its workers are "
                       "SERVICE:NAME-worker-i)")
     models: Annotated[tuple[str, ...], BeforeValidator(_model_names)] = Field(
-        (), description="models routed here; empty: every model no other pool lists")
+        (), description="models routed here by name")
+    architectures: Annotated[tuple[str, ...], BeforeValidator(_architectures)] = Field(
+        (), description="models of these architectures routed here (htdemucs, hdemucs, demucs, "
+        "demucs_bag, bs_roformer, mel_band_roformer) unless another pool names them; with "
+        "`models` empty too: every model no other pool takes")
     num_cpus: MaybeFloat = Field(None, ge=0.0, le=256.0, description="as workers.num_cpus")
     num_gpus: MaybeFloat = Field(None, ge=0.0, le=16.0, description="as workers.num_gpus")
     memory_mb: MaybeInt = Field(None, ge=0, le=1 << 20, description="as workers.memory_mb")
@@ -89,20 +104,23 @@ def worker_threads(num_cpus: float) -> int:
 
 
 def _one_owner_per_model(pools: tuple[PoolConfig, ...]) -> tuple[PoolConfig, ...]:
-    """Unique names, no model in two pools, at most one pool that lists no models."""
+    """Unique names, no model or architecture in two pools, at most one pool that lists
+    neither."""
     names = [pool.name for pool in pools]
     twice = next((name for name in names if names.count(name) > 1), None)
     if twice:
         raise PydanticCustomError("refused", f"two pools are named {twice!r}; names must be unique")
-    owners: dict[str | None, str] = {}  # model -> pool; None -> the pool that lists none
+    owners: dict[tuple[str, str] | None, str] = {}  # (kind, name) -> pool; None -> catch-all
     for pool in pools:
-        for model in pool.models or (None,):
-            if model in owners:
+        keys = ([("model", model) for model in pool.models]
+                + [("architecture", arch) for arch in pool.architectures]) or [None]
+        for key in keys:
+            if key in owners:
                 raise PydanticCustomError("refused", (
-                    f"model {model!r} is listed by pools {owners[model]!r} and {pool.name!r}"
-                    if model else f"pools {owners[model]!r} and {pool.name!r} both list no "
+                    f"{key[0]} {key[1]!r} is listed by pools {owners[key]!r} and {pool.name!r}"
+                    if key else f"pools {owners[key]!r} and {pool.name!r} both list no "
                     "models; at most one pool may take every other model"))
-            owners[model] = pool.name
+            owners[key] = pool.name
     return pools
 
 
@@ -123,14 +141,17 @@ def worker_pools(declared: tuple[PoolConfig, ...], workers: WorkersConfig) -> tu
 
 
 def route(pools: tuple[PoolConfig, ...], model: str, device: str = "auto",
-          precision: str = "fp32") -> PoolConfig:
-    """The pool that serves `model`: the one listing it, else the one listing no models;
-    InvalidInput when there is neither, or when that pool does not run on `device` or cannot run
-    `precision` (fp16 on a CPU pool)."""
+          precision: str = "fp32", architecture: str | None = None) -> PoolConfig:
+    """The pool that serves `model`: the one listing it, else the one listing its
+    `architecture`, else the one listing neither models nor architectures; InvalidInput when
+    there is none, or when that pool does not run on `device` or cannot run `precision` (fp16 on
+    a CPU pool)."""
     pool = (next((pool for pool in pools if model in pool.models), None)
-            or next((pool for pool in pools if not pool.models), None))
+            or next((pool for pool in pools if architecture in pool.architectures), None)
+            or next((pool for pool in pools if not (pool.models or pool.architectures)), None))
     if pool is None:
-        served = "; ".join(f"{pool.name}: {', '.join(pool.models)}" for pool in pools)
+        served = "; ".join(f"{pool.name}: {', '.join(pool.models + pool.architectures)}"
+                           for pool in pools)
         raise InvalidInput(f"no worker pool serves model {model!r} (pools and their models: {served})")
     if device not in ("auto", pool.device):
         raise InvalidInput(f"model {model!r} runs on pool {pool.name!r}, whose workers use "

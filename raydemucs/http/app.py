@@ -255,7 +255,7 @@ class Ingress:
                 raise InvalidInput("the uploaded file is empty")
             name = PurePosixPath(form.file_name).name or "upload"
             duration_s = await asyncio.to_thread(spool.validate, name, config.input)
-            served = {model["name"]: model["stems"] for model in await self.call("models")}
+            served = {model["name"]: model for model in await self.call("models")}
             spec = caller.allowed(task_spec(form.fields, config, served, caller.owner,
                                             input_path=name, sha256=form.sha256, uploaded=True,
                                             duration_s=duration_s)).to_dict()
@@ -282,7 +282,7 @@ class Ingress:
         allowed = config.http.inputs if caller.inputs is None else caller.inputs
         location, duration_s = await asyncio.to_thread(self._check_input, fields.get("input"),
                                                        allowed, config)
-        served = {model["name"]: model["stems"] for model in await self.call("models")}
+        served = {model["name"]: model for model in await self.call("models")}
         spec = caller.allowed(task_spec({k: v for k, v in fields.items() if k != "input"},
                                         config, served, caller.owner,
                                         input_path=location, duration_s=duration_s))

@@ -30,15 +30,19 @@ def _flag(name: str, value) -> bool:
 
 
 def _options(fields: dict, defaults: SeparationConfig, served: dict) -> SeparationConfig:
-    """The separation options asked for, of a model in `served` ({name: its stems or None})."""
+    """The separation options asked for, of a model in `served` ({name: its entry in
+    GET /v1/models})."""
     options = {key: coerce("separation", key, fields[key], "field")
                for key in OPTION_FIELDS if key in fields}
     model = options.get("model", defaults.model)
     if model not in served:
         raise InvalidInput(f"model {printable(model)} is not served here; served: {', '.join(served)}")
-    check_two_stems(options.get("two_stems", defaults.two_stems), model, served[model])
-    if model != defaults.model:
-        options["repo"] = None  # a pool's model comes from the hub or the worker's caches
+    if not served[model].get("servable", True):
+        raise InvalidInput(f"model {model!r} is under licence {served[model]['licence']!r}, which "
+                           "this service does not serve (models.allow_licences)")
+    check_two_stems(options.get("two_stems", defaults.two_stems), model, served[model]["stems"])
+    if not served[model].get("local"):
+        options["repo"] = None  # not from the model directory: the catalogue's, or a cache's
     return defaults.model_copy(update=options)
 
 
@@ -54,7 +58,11 @@ def _ensemble(fields: dict, config: Config, served: dict) -> dict | None:
     ensemble = ensemble_of(config.ensembles, fields.get("preset"), spec)
     if ensemble:
         check_options(ensemble, fields.get("two_stems", config.separation.two_stems))
-        check_models(ensemble, served)
+        check_models(ensemble, {name: entry["stems"] for name, entry in served.items()})
+        for model in {part["model"] for part in ensemble["parts"]}:
+            if not served[model].get("servable", True):
+                raise InvalidInput(f"model {model!r} is under licence {served[model]['licence']!r}, "
+                                   "which this service does not serve (models.allow_licences)")
     return ensemble
 
 

@@ -17,8 +17,19 @@ from pathlib import Path
 
 import yaml
 
+from ..core.config import ModelsConfig
 from ..core.errors import InvalidInput, ModelNotFound
 from ..core.names import printable
+from .downloads import check_download, fetch_model
+from .entries import (
+    ModelInfo,
+    catalogue,
+    check_licence,
+    community_model,
+    file_sha256,
+    hub_repo_id,
+    licence_note,
+)
 
 OFFLINE_MODEL = "demucs_unittest"
 HUB_PROBE_TIMEOUT_S = 3.0
@@ -51,18 +62,6 @@ def remote_checkpoints() -> dict[str, str]:
     return found
 
 
-def hub_repo_id(name: str) -> str:
-    """The Hugging Face repository demucs downloads model `name` from (`demucs.hf`'s naming)."""
-    namespace, _, short = name.rpartition("/")
-    if short == "htdemucs":
-        repo = "HTDemucs"
-    elif short.startswith("htdemucs_"):
-        repo = "HTDemucs-" + short[len("htdemucs_"):]
-    else:
-        repo = "Demucs-" + short
-    return f"{namespace or HUB_NAMESPACE}/{repo}"
-
-
 def torch_hub_dir() -> Path:
     """Where `torch.hub` keeps downloads (`torch.hub.get_dir()`), without importing torch."""
     if os.environ.get("TORCH_HOME"):
@@ -73,24 +72,34 @@ def torch_hub_dir() -> Path:
 
 def repo_contents(repo: Path) -> tuple[dict[str, Path], dict[str, Path]]:
     """`(checkpoints by signature, bags by name)` of a local folder, as demucs's `LocalRepo` and
-    `BagOnlyRepo` see it (`SIG.th` or `SIG-CHECKSUM.th`, and `NAME.yaml`)."""
-    if not repo.is_dir():
-        raise ModelNotFound(f"model repo {printable(repo)} is not a directory")
+    `BagOnlyRepo` see it (`SIG.th` or `SIG-CHECKSUM.th`, and `NAME.yaml`); a `NAME.yaml` beside
+    a `NAME.ckpt` is that checkpoint's config, not a bag (`community_checkpoints`)."""
     checkpoints, bags = {}, {}
-    try:
-        files = sorted(repo.iterdir())
-    except OSError as exc:
-        raise ModelNotFound(f"model repo {printable(repo)} cannot be read: {one_line(exc)}") from None
-    for file in files:
+    for file in _files(repo):
         if file.suffix == ".th":
             signature = file.stem.rsplit("-", 1)[0]
             if signature in checkpoints:
                 raise ModelNotFound(f"model repo {printable(repo)} holds two checkpoints for "
                                     f"signature {signature!r}; keep one")
             checkpoints[signature] = file
-        elif file.suffix == ".yaml":
+        elif file.suffix == ".yaml" and not file.with_suffix(".ckpt").is_file():
             bags[file.stem] = file
     return checkpoints, bags
+
+
+def community_checkpoints(repo: Path) -> dict[str, Path]:
+    """`NAME.ckpt` files with their `NAME.yaml` beside them (the community layout), by name."""
+    return {file.stem: file for file in _files(repo)
+            if file.suffix == ".ckpt" and file.with_suffix(".yaml").is_file()}
+
+
+def _files(repo: Path) -> list[Path]:
+    if not repo.is_dir():
+        raise ModelNotFound(f"model repo {printable(repo)} is not a directory")
+    try:
+        return sorted(repo.iterdir())
+    except OSError as exc:
+        raise ModelNotFound(f"model repo {printable(repo)} cannot be read: {one_line(exc)}") from None
 
 
 def _bag_signatures(bag_file: Path) -> list[str]:
@@ -121,15 +130,15 @@ def _check_checkpoint(path: Path) -> None:
                             "truncated or something else)")
 
 
-def _check_repo_model(name: str, repo: Path) -> None:
-    """`name` is a checkpoint or a bag in `repo`, and every checkpoint it needs is there and whole."""
+def _repo_model_files(name: str, repo: Path, community: dict[str, Path]) -> list[Path]:
+    """The checkpoints of Demucs model `name` in `repo` (a checkpoint or a bag), each whole."""
     checkpoints, bags = repo_contents(repo)
     if name in checkpoints:
         signatures = [name]
     elif name in bags:
         signatures = _bag_signatures(bags[name])
     else:
-        available = ", ".join(sorted(set(checkpoints) | set(bags))) or "none"
+        available = ", ".join(sorted(set(checkpoints) | set(bags) | set(community))) or "none"
         raise ModelNotFound(f"unknown model {name!r} in repo {printable(repo)}; available: "
                             f"{available}")
     for sig in signatures:
@@ -137,6 +146,27 @@ def _check_repo_model(name: str, repo: Path) -> None:
             raise ModelNotFound(f"bag {name!r} in repo {printable(repo)} names checkpoint "
                                 f"{sig!r}, but there is no {printable(sig)}.th")
         _check_checkpoint(checkpoints[sig])
+    return [checkpoints[sig] for sig in signatures]
+
+
+def _describe_local(name: str, repo: Path, entries: dict[str, ModelInfo]) -> ModelInfo:
+    """Model `name` in directory `repo`: `NAME.ckpt` with `NAME.yaml` (checked against the
+    catalogue's sha256 when it lists the name), else a Demucs checkpoint or bag."""
+    community = community_checkpoints(repo)
+    if name in community:
+        _check_checkpoint(community[name])
+        info = community_model(name, community[name])
+        pinned = entries.get(name)
+        if pinned and pinned.sha256 and pinned.sha256 != info.sha256:
+            raise ModelNotFound(f"{name}.ckpt in repo {printable(repo)} is not the catalogue's "
+                                f"{name} (sha256 {info.sha256[:12]}..., the catalogue says "
+                                f"{pinned.sha256[:12]}...)")
+        return info
+    files = _repo_model_files(name, repo, community)
+    return ModelInfo(name=name, architecture="demucs" if len(files) == 1 else "demucs_bag",
+                     licence=licence_note(repo / f"{name}.licence"), directory=str(repo),
+                     size=sum(file.stat().st_size for file in files),
+                     sha256=file_sha256(files[0]) if len(files) == 1 else None)
 
 
 # -- names and sources ---------------------------------------------------------------------------
@@ -154,35 +184,92 @@ def remote_models() -> list[str]:
     return bags + [OFFLINE_MODEL]
 
 
-def list_models(repo: str | None = None) -> list[str]:
-    if not repo:
-        return remote_models()
-    checkpoints, bags = repo_contents(Path(repo).expanduser())
-    return sorted(set(checkpoints) | set(bags))
-
-
-def check_model_name(name: str, repo: str | None) -> None:
-    """Fail fast, before queueing, on a model that no source has or whose files are broken."""
+def describe(name: str, repo: str | None = None, catalogue_file: str | None = None) -> ModelInfo:
+    """What model `name` is: from directory `repo` when one is given, else from the catalogue
+    (the shipped entries and those of `catalogue_file`) or demucs's own list; `ModelNotFound`
+    when no source has it or its files are broken."""
     if not name:
         raise ModelNotFound("the model name is empty")
-    if name == OFFLINE_MODEL or (name.startswith("hf://") and not repo):
-        return
+    entries = catalogue(catalogue_file)
     if repo:
-        _check_repo_model(name, Path(repo).expanduser())
-        return
-    available = remote_models()
-    if name not in available:
-        raise ModelNotFound(f"unknown model {name!r} among demucs's pretrained models; "
-                            f"available: {', '.join(available)}")
+        return _describe_local(name, Path(repo).expanduser(), entries)
+    if name in entries:
+        return entries[name]
+    if name.startswith("hf://"):
+        return ModelInfo(name=name, architecture="demucs",
+                         source=f"https://huggingface.co/{hub_repo_id(name[len('hf://'):])}")
+    if name in remote_models():
+        return ModelInfo(name=name, architecture="demucs_bag", licence="MIT")
+    raise ModelNotFound(f"unknown model {name!r}; available: "
+                        f"{', '.join(sorted(set(entries) | set(remote_models())))}")
 
 
-def model_source(name: str, repo: str | None, hub_timeout_s: float = HUB_PROBE_TIMEOUT_S) -> str:
+def check_model_name(name: str, repo: str | None, models: ModelsConfig | None = None) -> ModelInfo:
+    """Fail fast, before queueing, on a model that no source has, whose files are broken or
+    whose licence `models.allow_licences` leaves out; what the model is."""
+    models = models or ModelsConfig()
+    info = describe(name, repo, models.catalogue)
+    check_licence(info, models.allow_licences)
+    if info.files:
+        check_download(info, models)
+    return info
+
+
+def model_directory(name: str, repo: str | None, models: ModelsConfig) -> str | None:
+    """The directory a worker loads model `name` from: `repo` when given; for a downloadable
+    catalogue model, the one it is downloaded into on first use (each file verified by sha256
+    before it is used); else None (demucs's own sources)."""
+    if repo:
+        return repo
+    info = check_model_name(name, None, models)
+    return str(fetch_model(info, models)) if info.files else None
+
+
+def architecture_of(name: str, repo: str | None, catalogue_file: str | None = None) -> str | None:
+    """Model `name`'s architecture, for routing; None when it cannot be described (the worker
+    that loads it reports why)."""
+    try:
+        return describe(name, repo, catalogue_file).architecture
+    except ModelNotFound:
+        return None
+
+
+def model_names(repo: str | None = None, catalogue_file: str | None = None) -> list[str]:
+    """The models of directory `repo`, else of the catalogue and demucs's list."""
+    if repo:
+        path = Path(repo).expanduser()
+        checkpoints, bags = repo_contents(path)
+        return sorted(set(checkpoints) | set(bags) | set(community_checkpoints(path)))
+    return list(dict.fromkeys([*catalogue(catalogue_file), *remote_models()]))
+
+
+def list_models(repo: str | None = None, models: ModelsConfig | None = None) -> list[dict]:
+    """Each model's description (`to_dict`) with `servable` (its licence allowed), or `error`:
+    why it cannot be served."""
+    models = models or ModelsConfig()
+    listed = []
+    for name in model_names(repo, models.catalogue):
+        try:
+            info = describe(name, repo, models.catalogue)
+        except ModelNotFound as exc:
+            listed.append({"name": name, "error": one_line(exc)})
+            continue
+        allowed = not models.allow_licences or info.licence in models.allow_licences
+        listed.append({**info.to_dict(), "servable": allowed})
+    return listed
+
+
+def model_source(name: str, repo: str | None, hub_timeout_s: float = HUB_PROBE_TIMEOUT_S,
+                 models: ModelsConfig | None = None) -> str:
     """Where a worker on this machine would load `name` from; `ModelNotFound` if from nowhere."""
-    check_model_name(name, repo)
+    info = check_model_name(name, repo, models)
     if name == OFFLINE_MODEL:
         return "ships inside demucs (untrained; for tests)"
     if repo:
         return f"found in {repo}"
+    if info.files:
+        return (f"downloaded on first use from {info.where()} into models.cache_dir on each "
+                "worker node, checked by sha256 before it is loaded")
     cache = cached_in(name)
     if cache:
         return f"in the local {cache}"

@@ -1,15 +1,19 @@
-"""Loaded models: demucs's `Separator` built once per worker, its weights on the worker's device,
-kept in a small LRU; and the checks only a loaded model can make (segment, two-stems, precision)."""
+"""Loaded models: demucs's `Separator`, or a RoFormer checkpoint (`NAME.ckpt` with its `NAME.yaml`
+in a model directory), built once per worker, its weights on the worker's device, kept in a small
+LRU; and the checks only a loaded model can make (segment, two-stems, precision, what its
+architecture runs)."""
 from __future__ import annotations
 
 import pickle
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from ..core.errors import InvalidInput, ModelNotFound
 from ..core.names import printable
+from ..separation.engine import architecture_of
 from .catalogue import OFFLINE_MODEL, check_model_name, check_two_stems, one_line
 from .runtimes import check_device
 
@@ -22,10 +26,42 @@ def _load_reason(exc: BaseException) -> str:
     return one_line(exc)
 
 
+@dataclass(frozen=True)
+class Loaded:
+    """A loaded model as a worker holds it (what `demucs.api.Separator` offers the engine)."""
+
+    model: object
+    samplerate: int
+    audio_channels: int
+
+
+def roformer_files(name: str, repo: str | Path | None) -> tuple[Path, Path] | None:
+    """`NAME.ckpt` and `NAME.yaml` in model directory `repo` (the community layout), when a
+    `NAME.ckpt` is there; else None (a Demucs model, or none)."""
+    if not repo or Path(name).name != name or name.startswith("."):
+        return None     # a name that is no plain file name is no checkpoint's
+    folder = Path(repo).expanduser()
+    checkpoint = folder / f"{name}.ckpt"
+    return (checkpoint, folder / f"{name}.yaml") if checkpoint.is_file() else None
+
+
+def load_roformer_model(checkpoint: Path, config: Path, device: str) -> Loaded:
+    """A RoFormer checkpoint, loaded strictly, as the engine runs it."""
+    from ..separation.architectures.roformer import RoformerModel
+    from .roformer.loading import load_roformer
+
+    network, settings = load_roformer(checkpoint, config, device)
+    model = RoformerModel(network, settings)
+    return Loaded(model, model.samplerate, model.channels)
+
+
 def load_separator(name: str, repo: str | None, device: str):
-    """A `demucs.api.Separator` holding the model, its weights moved to `device` once."""
+    """The model `name` with its weights moved to `device` once: a RoFormer from `repo`, else a
+    `demucs.api.Separator`."""
     from demucs.api import Separator
 
+    if found := roformer_files(name, repo):
+        return load_roformer_model(*found, device)
     check_model_name(name, repo)
     try:
         separator = Separator(model=name, repo=Path(repo).expanduser() if repo else None,
@@ -43,25 +79,16 @@ def load_separator(name: str, repo: str | None, device: str):
     return separator
 
 
-def max_segment_s(model) -> float:
-    """The longest segment a model accepts (transformer models are bounded by training)."""
-    from demucs.apply import BagOfModels
-    from demucs.htdemucs import HTDemucs
-
-    if isinstance(model, BagOfModels):
-        return model.max_allowed_segment
-    if isinstance(model, HTDemucs):
-        return float(model.segment)
-    return float("inf")
-
-
 def check_options(model, options) -> None:
-    """Options that only the loaded model can judge: segment length and the two-stems name."""
-    limit = max_segment_s(model)
+    """Options that only the loaded model can judge: segment length, the two-stems name, and
+    what its architecture cannot run."""
+    architecture = architecture_of(model)
+    limit = architecture.max_segment_s()
     if options.segment is not None and options.segment > limit:
         raise InvalidInput(f"segment {options.segment:g} s is longer than this model allows "
                            f"({limit:g} s)")
-    check_two_stems(options.two_stems, options.model, list(model.sources))
+    check_two_stems(options.two_stems, options.model, list(architecture.sources))
+    architecture.check_options(options)
 
 
 class ModelCache:
@@ -117,11 +144,3 @@ class ModelCache:
         with self._lock:
             return {name: list(separator.model.sources)
                     for (name, _), separator in self._separators.items()}
-
-
-def default_segment_s(model) -> float:
-    """The segment length `apply_model` uses when none is given."""
-    from demucs.apply import BagOfModels
-
-    first = model.models[0] if isinstance(model, BagOfModels) else model
-    return float(first.segment)

@@ -18,7 +18,7 @@ from ..core.errors import PartMissing, RayDemucsError, SeparationAborted, TaskTi
 from ..core.pools import route
 from ..core.task import TaskRecord, TaskSpec, TaskState
 from ..ensembles.plan import Step, part_folder, step_spec, steps
-from ..models.catalogue import OFFLINE_MODEL
+from ..models.catalogue import OFFLINE_MODEL, architecture_of
 from ..storage.folders import open_folder
 from .autoscale import Autoscaler, Member
 from .book import TaskBook
@@ -209,12 +209,16 @@ class Attempts:
         pool of its step's part, the first part's for the combination, once every part's model
         is served); InvalidInput when none does."""
         options = spec.options
-        if not spec.ensemble:
-            return route(self.pools, options.model, options.device, options.precision).name
-        pools = [route(self.pools, part["model"], options.device, options.precision).name
-                 for part in spec.ensemble["parts"]]
+        models = [part["model"] for part in spec.ensemble["parts"]] if spec.ensemble else [
+            options.model]
+        pools = [self._route(model, options) for model in models]
         step = self.steps.get(spec.task_id)
         return pools[step.index if step and step.part else 0]
+
+    def _route(self, model: str, options) -> str:
+        architecture = (architecture_of(model, options.repo, self.config.models.catalogue)
+                        if any(pool.architectures for pool in self.pools) else None)
+        return route(self.pools, model, options.device, options.precision, architecture).name
 
     def attempt_spec(self, record: TaskRecord) -> tuple[TaskSpec, Step | None]:
         """What the next attempt runs (`TaskRecord.attempt_spec`), and for an ensemble task,

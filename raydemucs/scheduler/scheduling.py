@@ -24,9 +24,9 @@ from ..core.errors import (
     TaskConflict,
     TaskNotFound,
 )
-from ..core.pools import route
 from ..core.task import TaskRecord, TaskSpec, TaskState, spec_differences
 from ..journal import Journal
+from ..models.served import served_models
 from .attempts import Attempts, Pool
 from .autoscale import LIVE_STATES
 from .book import Change, Recovery, TaskBook, read_recovery
@@ -345,19 +345,9 @@ class Scheduler:
         return sum(record.spec.owner == owner for record in self.active.values())
 
     def served_models(self) -> list[dict]:
-        """The models this service serves (its default and those its pools list), with the pool
-        and device of each; a client may ask for these only."""
-        default = self.config.separation
-        names = dict.fromkeys([default.model, *(m for p in self.pools for m in p.models)])
-        served = []
-        for name in names:
-            try:
-                pool = route(self.pools, name)
-            except InvalidInput:
-                continue
-            served.append({"name": name, "pool": pool.name, "device": pool.device,
-                           "default": name == default.model})
-        return served
+        """The models this service serves (see `models.served`); a client may ask for these
+        only."""
+        return served_models(self.config, self.pools)
 
     def queued_by_priority(self) -> dict[str, int]:
         """Tasks waiting to run (ready or awaiting a retry), by priority name."""

@@ -403,7 +403,8 @@ class SchedulerService:
         stems = {}
         for worker in self.pool.snapshot():
             stems.update(worker.get("stems") or {})
-        return [{**model, "stems": stems.get(model["name"])} for model in self.core.served_models()]
+        return [{**model, "stems": stems.get(model["name"]) or model["stems"]}
+                for model in self.core.served_models()]
 
     def _read_http_url(self) -> str | None:
         try:

@@ -42,9 +42,10 @@ from .engine import (
     SeparationPlan,
     finish,
     is_out_of_memory,
+    mix_stats,
     notify,
     plan_separation,
-    take,
+    segment_input,
     track_stats,
 )
 
@@ -105,7 +106,7 @@ class BatchedSeparator:
         """
         if key in self._tracks:
             raise KeyError(f"track {key!r} is already queued")
-        mean, std = track_stats(wav)
+        mean, std = mix_stats(self.model, *track_stats(wav))
         plan = plan_separation(self.model, wav.shape[-1], segment=segment, overlap=overlap,
                                shifts=shifts, transition_power=transition_power, rng=self.rng)
         prefix = (1, len(plan.sources), plan.channels)
@@ -175,8 +176,7 @@ class BatchedSeparator:
             th.cuda.reset_peak_memory_stats(self.runner.device)
             before = th.cuda.memory_allocated(self.runner.device)
         track, segment = chunk[0]
-        inputs = th.cat([take(t.mix, 0, t.plan.length, s.input_start, s.input_length)
-                         for t, s in chunk])
+        inputs = th.cat([segment_input(t.mix, 0, t.plan, s) for t, s in chunk])
         out = self.runner.forward(track.plan.passes[segment.pass_index].model_index, inputs)
         outputs = [self.runner.weighted(out[i:i + 1], t.plan, s) for i, (t, s) in enumerate(chunk)]
         if measuring:

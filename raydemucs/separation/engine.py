@@ -1,19 +1,19 @@
-"""The separation engine every path uses: demucs's own segment plan, and a runner for any subset.
+"""The separation engine every path uses: an architecture's segment plan, and a runner for any
+subset of it.
 
-`apply_model(model, mix, shifts, split=True)` cuts a mix of T samples into segments at
-`range(0, T, stride)`, runs the model on each one (padded with the real neighbouring samples,
-zeros past the track's ends), multiplies by a triangular weight, adds into a track-long sum and a
-track-long weight sum, and divides. Shifts repeat that on the mix delayed by a random amount and
-average; a bag of models repeats it per model and averages with the bag's weights. A *pass* here is
-one such split run (one model, one shift); this module lays out every segment of every pass
-exactly as `apply_model` does (`plan_separation`), runs any of them (`Runner`, `run_segment`),
-adds their weighted outputs (`OverlapAdd`) and turns the sums into stems (`finish`). The
-strategies build on it: `separate_track` (one track in memory), `raydemucs.separation.split` (one
-track on several workers), `raydemucs.separation.streaming` (bounded memory) and
-`raydemucs.separation.batching` (segments of several tracks per forward pass).
+An architecture (`raydemucs.separation.architectures`: Demucs's `apply_model`, the RoFormers'
+chunked `demix`) lays a mix of T samples out into passes of segments (`plan_separation`); each
+segment is one forward pass on a window of the mix (filled past the track's ends as the
+architecture says: zeros, or a mirror of the track), whose output is weighted and added into
+track-long sums and weight sums, then divided. This module runs any of the segments (`Runner`,
+`run_segment`), adds their weighted outputs (`OverlapAdd`) and turns the sums into stems
+(`finish`). The strategies build on it: `separate_track` (one track in memory),
+`raydemucs.separation.split` (one track on several workers), `raydemucs.separation.streaming`
+(bounded memory) and `raydemucs.separation.batching` (segments of several tracks per forward pass).
 
 The mix is normalised with the whole track's mean and std (`track_stats`, or `Moments` block by
-block), as `Separator.separate_tensor` does; every part of one track must use the same figures.
+block), as `Separator.separate_tensor` does (`mix_stats`: where the architecture normalises);
+every part of one track must use the same figures.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ import torch as th
 from torch.nn import functional as F
 
 STD_EPS = 1e-8                 # what Separator.separate_tensor adds to the std
+MIRROR_TAIL = 4                # a segment's kind: its input past the track is its own mirror
 
 
 # -- threads ----------------------------------------------------------------------------------
@@ -68,44 +69,19 @@ COMPUTE = ComputeThreads()
 
 
 # -- the plan ---------------------------------------------------------------------------------
-def sub_models(model) -> list:
-    """The models of a bag, or `[model]`."""
-    from demucs.apply import BagOfModels
+def architecture_of(model):
+    """A loaded model's `architectures.Architecture`: a RoFormer is its own, anything else is
+    Demucs's."""
+    from .architectures.demucs import DemucsArchitecture
 
-    return list(model.models) if isinstance(model, BagOfModels) else [model]
-
-
-def _bag_weights(model) -> tuple | None:
-    from demucs.apply import BagOfModels
-
-    if not isinstance(model, BagOfModels):
-        return None
-    return tuple(tuple(float(w) for w in weights) for weights in model.weights)
-
-
-def _input_length(sub, segment: float | None, length: int) -> int:
-    """What `apply_model(split=False)` pads a chunk of `length` samples to."""
-    from demucs.htdemucs import HTDemucs
-
-    if isinstance(sub, HTDemucs) and segment is not None:
-        return int(segment * sub.samplerate)
-    if hasattr(sub, "valid_length"):
-        return int(sub.valid_length(length))
-    return length
-
-
-def draw_shift_offsets(model, shifts: int, rng=random) -> list[list[int]]:
-    """Random shifts as `apply_model` draws them (`randint(0, samplerate // 2)`), per model.
-
-    After `random.seed(s)`, these equal the ones `apply_model` draws after the same seed.
-    """
-    return [[rng.randint(0, int(0.5 * sub.samplerate)) for _ in range(shifts)]
-            for sub in sub_models(model)]
+    if hasattr(model, "networks") and hasattr(model, "plan"):
+        return model
+    return DemucsArchitecture.of(model)
 
 
 @dataclass(frozen=True)
 class Pass:
-    """One split run of `apply_model`: one model of the bag, one shift (or none)."""
+    """One run over the whole track: for demucs, one model of the bag and one shift (or none)."""
 
     index: int
     model_index: int
@@ -124,8 +100,9 @@ class Segment:
     offset: int           # in the pass's positions: demucs's callback `segment_offset`
     start: int            # first output sample
     length: int           # output samples (the segment length, shorter at the end)
-    input_start: int      # first input sample fed to the model (zeros outside the mix)
+    input_start: int      # first input sample fed to the model (filled outside the mix)
     input_length: int
+    kind: int = 0         # MIRROR_TAIL, and which of its architecture's weights it takes
 
     @property
     def end(self) -> int:
@@ -138,7 +115,8 @@ class Segment:
 
 @dataclass(frozen=True)
 class SeparationPlan:
-    """Every segment `apply_model(model, mix, shifts, split=True)` runs on a mix of `length`."""
+    """Every segment an architecture runs on a mix of `length` (for demucs, every segment
+    `apply_model(model, mix, shifts, split=True)` runs)."""
 
     length: int
     samplerate: int
@@ -151,65 +129,44 @@ class SeparationPlan:
     passes: tuple
     weights: tuple | None       # the bag's weights, None for a single model
     segments: tuple             # sorted by start: the order streaming runs them in
+    reflect: int = 0            # inputs mirror this many samples past each end; zeros beyond
+    silent_unweighted: bool = False   # a sample no segment weighs is 0 (else: a piece is missing)
 
     @property
     def num_models(self) -> int:
         return 1 + max(p.model_index for p in self.passes)
+
+    def reads(self, segment: Segment) -> tuple[int, int]:
+        """The mix samples `[lo, hi)` that a segment's input is made of."""
+        stop = min(segment.input_end, self.length + self.reflect)
+        return source_span(segment.input_start, stop, self.length, self.reflect)
 
 
 def plan_separation(model, length: int, *, segment: float | None = None, overlap: float = 0.25,
                     shifts: int = 0, transition_power: float = 1.0,
                     shift_offsets: Sequence[Sequence[int]] | None = None,
                     rng=random) -> SeparationPlan:
-    """Lay out the segments as `apply_model` does for a mix of `length` samples.
+    """Lay out the segments of a mix of `length` samples as `model`'s architecture runs them.
 
-    With `shifts`, the random offsets are drawn here once (from `rng`, in `apply_model`'s order)
-    unless given, so that every piece of one track uses the same ones.
+    With demucs's `shifts`, the random offsets are drawn here once (from `rng`, in
+    `apply_model`'s order) unless given, so that every piece of one track uses the same ones.
     """
     if length <= 0:
         raise ValueError("the mix is empty")
-    models = sub_models(model)
-    if shifts and shift_offsets is None:
-        shift_offsets = draw_shift_offsets(model, shifts, rng)
-    passes = []
-    for index, sub in enumerate(models):
-        segment_length = int(sub.samplerate * (segment if segment is not None else sub.segment))
-        stride = int((1 - overlap) * segment_length)
-        if segment_length <= 0 or stride <= 0:
-            raise ValueError(f"segment {segment} s with overlap {overlap} leaves no stride")
-        if shifts:
-            max_shift = int(0.5 * sub.samplerate)
-            for shift_index, offset in enumerate(shift_offsets[index]):
-                delay = max_shift - offset
-                passes.append(Pass(len(passes), index, shift_index, delay, length + delay,
-                                   segment_length, stride))
-        else:
-            passes.append(Pass(len(passes), index, None, 0, length, segment_length, stride))
-    segments = []
-    for p in passes:
-        for offset in range(0, p.length, p.stride):
-            out_length = min(p.length - offset, p.segment_length)
-            in_length = _input_length(models[p.model_index], segment, out_length)
-            start = offset - p.delay
-            segments.append(Segment(p.index, offset, start, out_length,
-                                    start - (in_length - out_length) // 2, in_length))
-    segments.sort(key=lambda s: (s.start, s.pass_index))
-    return SeparationPlan(length, models[0].samplerate, models[0].audio_channels,
-                          tuple(models[0].sources), segment, overlap, transition_power, shifts,
-                          tuple(passes), _bag_weights(model), tuple(segments))
-
-
-def transition_weight(segment_length: int, power: float, device="cpu") -> th.Tensor:
-    """`apply_model`'s triangular weight, maximal in the middle of a segment."""
-    weight = th.cat([th.arange(1, segment_length // 2 + 1, device=device),
-                     th.arange(segment_length - segment_length // 2, 0, -1, device=device)])
-    return (weight / weight.max()) ** power
+    return architecture_of(model).plan(length, segment=segment, overlap=overlap, shifts=shifts,
+                                       transition_power=transition_power,
+                                       shift_offsets=shift_offsets, rng=rng)
 
 
 def track_stats(wav: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
     """`(mean, std)` of a `[channels, time]` mix, as `Separator.separate_tensor` takes them."""
     ref = wav.mean(0)
     return ref.mean(), ref.std() + STD_EPS
+
+
+def mix_stats(model, mean: th.Tensor, std: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+    """The `(mean, std)` `model`'s architecture normalises the mix with, from the track's."""
+    return architecture_of(model).stats(mean, std)
 
 
 class Moments:
@@ -238,16 +195,51 @@ class Moments:
 
 
 # -- running segments -------------------------------------------------------------------------
-def take(window: th.Tensor, window_start: int, total: int, start: int, length: int) -> th.Tensor:
-    """Mix samples [start, start + length) from a window of them; zeros outside [0, total)."""
-    lo, hi = max(start, 0), min(start + length, total)
-    if hi <= lo:
-        return window.new_zeros(*window.shape[:-1], length)
-    a, b = lo - window_start, hi - window_start
-    if a < 0 or b > window.shape[-1]:
+def source_span(start: int, stop: int, total: int, reflect: int = 0) -> tuple[int, int]:
+    """The samples of a mix of `total` that inputs `[start, stop)` read: those inside it, and
+    those mirrored into the `reflect` samples past each end (as `F.pad(mode="reflect")`)."""
+    lo, hi = max(start, 0), min(stop, total)
+    if start < 0 and reflect:
+        lo, hi = 0, max(hi, min(-start, reflect) + 1)
+    if stop > total and reflect:
+        lo = min(lo, total - 1 - min(stop - total, reflect))
+        hi = total
+    return lo, max(lo, hi)
+
+
+def take(window: th.Tensor, window_start: int, total: int, start: int, length: int,
+         reflect: int = 0) -> th.Tensor:
+    """Mix samples [start, start + length) from a window of them: mirrored for `reflect`
+    samples past each end of [0, total), zeros beyond."""
+    lo, hi = source_span(start, start + length, total, reflect)
+    if lo - window_start < 0 or hi - window_start > window.shape[-1]:
         raise ValueError(f"samples [{lo}, {hi}) are outside the window [{window_start}, "
                          f"{window_start + window.shape[-1]})")
-    return F.pad(window[..., a:b], (lo - start, start + length - hi))
+    inside = start >= 0 and start + length <= total
+    if not reflect or inside:
+        a, b = max(start, 0), min(start + length, total)
+        if b <= a:
+            return window.new_zeros(*window.shape[:-1], length)
+        return F.pad(window[..., a - window_start:b - window_start],
+                     (a - start, start + length - b))
+    positions = th.arange(start, start + length)
+    mirrored = th.where(positions < 0, -positions,
+                        th.where(positions >= total, 2 * (total - 1) - positions, positions))
+    filled = (positions >= -reflect) & (positions < total + reflect)
+    index = (mirrored.clamp(lo, max(lo, hi - 1)) - window_start)
+    return window[..., index] * filled.to(window.dtype)
+
+
+def segment_input(window: th.Tensor, window_start: int, plan: SeparationPlan,
+                  segment: Segment) -> th.Tensor:
+    """A segment's input `[1, channels, input_length]` from a window `[1, channels, n]` of the
+    mix (`take`), past the (padded) track zeros or, where its kind says, its own tail mirrored."""
+    if not segment.kind & MIRROR_TAIL:
+        return take(window, window_start, plan.length, segment.input_start,
+                    segment.input_length, plan.reflect)
+    size = plan.length + plan.reflect - segment.input_start
+    x = take(window, window_start, plan.length, segment.input_start, size, plan.reflect)
+    return F.pad(x, (0, segment.input_length - size), mode="reflect")
 
 
 OOM_TEXTS = ("out of memory", "can't allocate memory")
@@ -259,29 +251,22 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 class Runner:
-    """Runs segments through the models as `apply_model` does: weights, device, callbacks; at
-    `precision`, each model's network on `runtime` (`raydemucs.models.runtimes`)."""
+    """Runs segments through a model's networks as its architecture says: weights, device,
+    callbacks; at `precision`, each network on `runtime` (`raydemucs.models.runtimes`)."""
 
     def __init__(self, model, device=None, precision: str = "fp32", runtime: str = "eager"):
-        from ..models.runtimes import forward_for
-
         self.model = model
-        self.models = sub_models(model)
+        self.architecture = architecture_of(model)
+        self.models = self.architecture.networks()
         self.device = th.device(device) if device is not None else None
         self.precision = precision
-        self._weights: dict = {}
         for sub in self.models:
             if self.device is not None:
                 sub.to(self.device)
             sub.eval()
         where = self.device or next(iter(self.models[0].parameters())).device
-        self.forwards = [forward_for(sub, where.type, precision, runtime) for sub in self.models]
-
-    def weight(self, segment_length: int, power: float, device) -> th.Tensor:
-        key = (segment_length, power, str(device))
-        if key not in self._weights:
-            self._weights[key] = transition_weight(segment_length, power, device)
-        return self._weights[key]
+        self.forwards = [self.architecture.forward(index, where.type, precision, runtime)
+                         for index in range(len(self.models))]
 
     def forward(self, model_index: int, inputs: th.Tensor) -> th.Tensor:
         """One forward pass of `inputs` `[n, channels, input_length]`, on the compute device
@@ -296,13 +281,9 @@ class Runner:
             return self.forwards[model_index](inputs.to(device))
 
     def weighted(self, out: th.Tensor, plan: SeparationPlan, segment: Segment) -> tuple:
-        """One segment's `(weight * output, weight)` on the CPU, as `apply_model` adds them."""
-        from demucs.utils import center_trim
-
-        chunk = center_trim(out, segment.length)
-        p = plan.passes[segment.pass_index]
-        weight = self.weight(p.segment_length, plan.transition_power, out.device)
-        return (weight[:segment.length] * chunk).to("cpu"), weight[:segment.length].to("cpu")
+        """One segment's `(weight * output, weight)` on the CPU, as its architecture adds them."""
+        weighted, weight = self.architecture.weighted(out, plan, segment, out.device)
+        return weighted.to("cpu"), weight.to("cpu")
 
 
 def notify(callback, callback_arg, plan: SeparationPlan, segment: Segment, state: str) -> None:
@@ -391,6 +372,9 @@ def finish(plan, sums: list[tuple[th.Tensor, th.Tensor]], mean, std) -> th.Tenso
     """Per-pass sums -> separated stems `[1, sources, channels, n]` in the mix's scale."""
     outs = []
     for out, weight in sums:
+        if plan.silent_unweighted:
+            outs.append(th.nan_to_num(out / weight, nan=0.0))
+            continue
         if weight.numel() and not weight.min() > 0:
             raise ValueError("some samples got no segment: a piece is missing")
         outs.append(out / weight)
@@ -411,14 +395,14 @@ def separate_track(runner: Runner, wav: th.Tensor, *, segment: float | None = No
     """`{source: [channels, time]}` for a `[channels, time]` mix, one segment per forward pass
     in `apply_model`'s order (each pass's segments by offset): `Separator.separate_tensor`'s
     stems, at the runner's precision and on its runtime."""
-    mean, std = track_stats(wav)
+    mean, std = mix_stats(runner.model, *track_stats(wav))
     plan = plan_separation(runner.model, wav.shape[-1], segment=segment, overlap=overlap,
                            shifts=shifts, rng=rng)
     mix = ((wav - mean) / std)[None]
     sums = [OverlapAdd((1, len(plan.sources), plan.channels), 0, plan.length)
             for _ in plan.passes]
     for segment_ in sorted(plan.segments, key=lambda s: (s.pass_index, s.offset)):
-        x = take(mix, 0, plan.length, segment_.input_start, segment_.input_length)
+        x = segment_input(mix, 0, plan, segment_)
         weighted, weight = run_segment(runner, plan, segment_, x, callback, None)
         sums[segment_.pass_index].add(segment_.start, weighted, weight)
     stems = finish(plan, [(acc.out, acc.weight) for acc in sums], mean, std)[0]

@@ -1,6 +1,6 @@
 """One track on several workers: demucs's segment plan cut into contiguous pieces and joined.
 
-`split_plan` cuts a plan (`raydemucs.separation.engine`) into pieces; `separate_piece` runs one on the window
+`split_plan` cuts a plan (`raydemucs.separation.engine`, any architecture's) into pieces; `separate_piece` runs one on the window
 of samples it reads (on any worker); `join_pieces` adds the pieces' un-normalised sums and divides,
 which gives what `Separator.separate_tensor` gives for the whole track, within float tolerance.
 
@@ -26,9 +26,10 @@ from .engine import (
     Runner,
     SeparationPlan,
     finish,
+    mix_stats,
     plan_separation,
     run_segment,
-    take,
+    segment_input,
     track_stats,
 )
 
@@ -61,8 +62,9 @@ def split_plan(plan: SeparationPlan, pieces: int) -> list[Piece]:
     result = []
     for index in range(count):
         run = segments[bounds[index]:bounds[index + 1]]
-        result.append(Piece(index, tuple(run), max(0, min(s.input_start for s in run)),
-                            min(plan.length, max(s.input_end for s in run))))
+        reads = [plan.reads(s) for s in run]
+        result.append(Piece(index, tuple(run), min(lo for lo, _ in reads),
+                            max(hi for _, hi in reads)))
     return result
 
 
@@ -77,7 +79,7 @@ def separate_piece(model, plan: SeparationPlan, piece: Piece, window: th.Tensor,
     sums: dict[int, OverlapAdd] = {}
     prefix = (1, len(plan.sources), plan.channels)
     for segment in piece.segments:
-        x = take(mix, window_start, plan.length, segment.input_start, segment.input_length)
+        x = segment_input(mix, window_start, plan, segment)
         weighted, weight = run_segment(runner, plan, segment, x, callback, callback_arg)
         if segment.pass_index not in sums:
             runs = [s for s in piece.segments if s.pass_index == segment.pass_index]
@@ -102,7 +104,7 @@ def join_pieces(plan: SeparationPlan, results: Sequence[PieceResult], mean, std)
 
 def separate_in_pieces(model, wav: th.Tensor, pieces: int, **options) -> th.Tensor:
     """The whole round trip in one process (for tests and single-machine use)."""
-    mean, std = track_stats(wav)
+    mean, std = mix_stats(model, *track_stats(wav))
     device = options.pop("device", None)
     plan = plan_separation(model, wav.shape[-1], **options)
     results = [separate_piece(model, plan, piece, wav[:, piece.input_start:piece.input_stop],
@@ -153,7 +155,7 @@ def separate_across_workers(model, wav: th.Tensor, options: SeparationConfig,
                             attempt: int) -> tuple[th.Tensor, int]:
     """`[sources, channels, time]` for `wav`, computed with `helpers`; also returns the number
     of pieces."""
-    mean, std = track_stats(wav)
+    mean, std = mix_stats(model, *track_stats(wav))
     plan = plan_separation(model, wav.shape[-1], segment=options.segment, overlap=options.overlap,
                            shifts=options.shifts)
     pieces = split_plan(plan, 1 + len(helpers))

@@ -28,11 +28,9 @@ from typing import Iterator, Protocol
 
 from ..core.config import InputConfig
 from ..core.task import TaskSpec
-from ..models.loading import default_segment_s
-from ..models.runtimes import runtime_of
 from .batching import SharedBatcher
 from .decode import LongerThanHeader, decode
-from .engine import Runner, pick_stems, separate_track, sub_models
+from .engine import Runner, architecture_of, pick_stems, separate_track
 from .split import Helper, separate_across_workers, separate_piece
 from .streaming import separate_file
 
@@ -184,9 +182,10 @@ class Strategies:
         """Separate `input_path` the way that fits the task; a streamed track's stems stay in
         `scratch` as long as the context."""
         options, model = task.options, separator.model
-        current.segment_s = options.segment or default_segment_s(model)
+        architecture = architecture_of(model)
+        current.segment_s = options.segment or architecture.default_segment_s()
         made = {"samplerate": separator.samplerate,
-                "runtime": runtime_of(sub_models(model)[0], self.device, self.runtime)}
+                "runtime": architecture.runtime(self.device, self.runtime)}
         streamed, batched = options.streams(duration_s), self.batch_size > 1 and not helpers
         if not (streamed or batched):
             try:
@@ -237,7 +236,7 @@ class Strategies:
                 model, wav, task.options, helpers,
                 lambda *piece: self.run_piece(model, task.options.precision, current, *piece),
                 current.abort, task.task_id, current.number)
-        return dict(zip(model.sources, stems)), pieces
+        return dict(zip(architecture_of(model).sources, stems)), pieces
 
     def batcher(self, separator, options) -> SharedBatcher:
         """The batcher this worker's attempts with `options`' model and precision share."""

@@ -25,12 +25,13 @@ from .engine import (
     OverlapAdd,
     Runner,
     SeparationPlan,
+    architecture_of,
     finish,
+    mix_stats,
     pick_stems,
     plan_separation,
     run_segment,
-    sub_models,
-    take,
+    segment_input,
 )
 
 
@@ -42,15 +43,15 @@ class _InputBuffer:
         self.data = th.zeros(channels, 0)
         self.start = 0
 
-    def take(self, start: int, length: int) -> th.Tensor:
-        need = min(start + length, self.total)
+    def take(self, plan: SeparationPlan, segment) -> th.Tensor:
+        need = plan.reads(segment)[1]
         while self.start + self.data.shape[-1] < need:
             block = next(self.blocks, None)
             if block is None:
                 raise ValueError(f"the file gave {self.start + self.data.shape[-1]} samples the "
                                  f"second time, {self.total} the first")
             self.data = th.cat([self.data, (block - self.mean) / self.std], -1)
-        return take(self.data[None], self.start, self.total, start, length)
+        return segment_input(self.data[None], self.start, plan, segment)
 
     def drop_before(self, position: int) -> None:
         cut = min(max(0, position - self.start), self.data.shape[-1])
@@ -74,10 +75,10 @@ def stream_separate(model, plan: SeparationPlan, blocks: Iterator[th.Tensor], me
     needed_from = [0] * (len(segments) + 1)
     needed_from[-1] = plan.length
     for i in range(len(segments) - 1, -1, -1):
-        needed_from[i] = min(needed_from[i + 1], max(0, segments[i].input_start))
+        needed_from[i] = min(needed_from[i + 1], plan.reads(segments[i])[0])
     released = 0
     for i, segment in enumerate(segments):
-        x = inputs.take(segment.input_start, segment.input_length)
+        x = inputs.take(plan, segment)
         weighted, weight = run_segment(runner, plan, segment, x, callback, callback_arg)
         sums[segment.pass_index].add(segment.start, weighted, weight)
         inputs.drop_before(needed_from[i + 1])
@@ -165,8 +166,10 @@ def separate_file(model, path, workdir=None, *, segment: float | None = None,
     """Separate a file in bounded memory: one pass for the mean and std (which stops a file
     past the input `limits`), one to separate into float32 temp files under `workdir` (which
     need 4 bytes x channels x samples per stem)."""
-    channels, samplerate = sub_models(model)[0].audio_channels, sub_models(model)[0].samplerate
+    architecture = architecture_of(model)
+    channels, samplerate = architecture.channels, architecture.samplerate
     mean, std, length = stream_stats(path, samplerate, channels, limits)
+    mean, std = mix_stats(model, mean, std)
     plan = plan_separation(model, length, segment=segment, overlap=overlap, shifts=shifts,
                            transition_power=transition_power, shift_offsets=shift_offsets, rng=rng)
     if workdir is not None:

@@ -41,7 +41,7 @@ def test_profiles_only_override_known_keys(profile):
     load_config(profile, environ={})
 
 
-def test_the_profiles_live_in_configs_and_ship_in_the_wheel(tmp_path):
+def test_the_profiles_and_the_model_catalogue_ship_in_the_wheel(tmp_path):
     root = Path(__file__).resolve().parents[2]
     assert sorted(p.name for p in (root / "configs").glob("*.yaml")) == [
         "default.yaml", "dev.yaml", "prod.yaml", "test.yaml"]
@@ -49,7 +49,8 @@ def test_the_profiles_live_in_configs_and_ship_in_the_wheel(tmp_path):
                     "-w", str(tmp_path), str(root)], check=True, capture_output=True)
     wheel = next(tmp_path.glob("raydemucs-*.whl"))
     shipped = {name for name in zipfile.ZipFile(wheel).namelist() if name.endswith(".yaml")}
-    assert shipped == {f"raydemucs/configs/{name}.yaml" for name in ("default", "dev", "prod", "test")}
+    assert shipped == {f"raydemucs/configs/{name}.yaml" for name in ("default", "dev", "prod", "test")
+                       } | {"raydemucs/models/catalogue.yaml"}
 
 
 def test_dev_profile_is_one_worker_with_debug_logs():
