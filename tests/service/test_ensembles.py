@@ -19,6 +19,7 @@ from support import (
     save_tiny_htdemucs,
     wait_for,
     write_audio,
+    write_roformer,
 )
 
 LSB = 1 / 2**15
@@ -36,12 +37,13 @@ def service(serve_port, tmp_path_factory):
     save_tiny_htdemucs(repo, "tiny2", seed=1)
     save_ensemble_model(repo, "flaky", "Flaky", seed=2, marker=str(root / "flaky-failed"))
     save_ensemble_model(repo, "slow", "Slow", seed=3, delay_s=1.5)
+    write_roformer(repo, "mel", "mel_band_roformer", seed=4)
     service = HttpService(
         root, serve_port, separation={"model": "tiny", "repo": str(repo), "wav_depth": "float32",
                                       "clip_mode": "none"},
         workers={"prefetch": 0, "max_workers": 1}, tasks={"abort_grace_s": 30.0},
         pools=[{"name": "a", "models": ["tiny", "flaky"], "min_workers": 1},
-               {"name": "b", "models": ["tiny2", "slow"], "min_workers": 1}],
+               {"name": "b", "models": ["tiny2", "slow", "mel"], "min_workers": 1}],
         ensembles={"presets": {"chain": CHAIN}})
     wait_for(lambda: len([w for w in service.manager.get_status()["workers"]
                           if w["state"] == "idle"]) == 2)
@@ -114,6 +116,18 @@ def test_a_chain_runs_b_on_the_rest_and_a_cached_part_runs_once(service, tmp_pat
     assert settled(service, before + 2) == before + 2  # its new part and the combination
     first_part = manifest(second)["ensemble"]["parts"][0]
     assert first_part["made_by_task"] == chain["task_id"]
+
+
+def test_vocals_from_a_mel_band_roformer_and_the_rest_from_htdemucs(service, tmp_path):
+    song = write_audio(tmp_path / "song.wav", seconds=2.0, seed=10)
+    mel = stems(run(service, song, tmp_path / "m", model="mel"))
+    demucs = stems(run(service, song, tmp_path / "d", model="tiny"))
+    spec = {"parts": {"mel": {"model": "mel"}, "demucs": {"model": "tiny"}},
+            "stems": {"vocals": {"take": "mel"}, **{s: {"take": "demucs"} for s in STEMS[:3]}}}
+    got = stems(run(service, song, tmp_path / "e", ensemble=spec))
+    assert np.abs(got["vocals"] - mel["vocals"]).max() <= LSB
+    for stem in STEMS[:3]:
+        assert np.abs(got[stem] - demucs[stem]).max() <= LSB
 
 
 def test_a_failing_part_is_retried_and_the_others_are_not(service, tmp_path):
