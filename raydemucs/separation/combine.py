@@ -35,12 +35,9 @@ def part_stems(location: str) -> tuple[dict, dict]:
 
 
 @contextlib.contextmanager
-def part_input(source: dict | None, mix: Path, limits: InputConfig) -> Iterator[Path]:
-    """The file a part separates: the mix, or (a chain step) a stem of the part it reads, or
-    the mix without that stem (the mix decoded at that part's rate, minus the stem)."""
-    if source is None:
-        yield mix
-        return
+def part_input(source: dict, mix: Path, limits: InputConfig) -> Iterator[Path]:
+    """The file a chain step separates: a stem of the part it reads, or the mix without that
+    stem (the mix decoded at that part's rate, minus the stem)."""
     manifest, stems = part_stems(source["folder"])
     path = stems[source["stem"]]
     if not source["rest"]:

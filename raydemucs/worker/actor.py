@@ -13,6 +13,7 @@ call into the module that holds it, and control comes back here only between ste
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import socket
@@ -255,9 +256,12 @@ class SeparatorWorker:
                 return self._combine(task, current, files)
             separator = self.models.for_task(task.options)
             places = files.places
-            with part_input(step.get("source"), places.input_path, self.config.input) as path, \
-                    self.strategies.separate(task, current, separator, path, places.scratch,
-                                             files.duration_s, helpers) as separated:
+            source = step.get("source")  # a chain step's: a stem of the part it reads, or the rest
+            inputs = (part_input(source, places.input_path, self.config.input) if source
+                      else contextlib.nullcontext(places.input_path))
+            with inputs as path, self.strategies.separate(
+                    task, current, separator, path, places.scratch, files.duration_s,
+                    helpers) as separated:
                 current.phase = "writing"
                 result = files.publish(separated, current, {"ensemble_part": step or None})
         logger.info("task %s attempt %d: separated %.1f s of audio in %.2f s", task.task_id,
