@@ -92,8 +92,13 @@ def combine(ensemble: dict, limits: InputConfig) -> tuple[Separated, list[dict]]
         return decode(paths[stem], rate, channels, limits)
 
     stems = {stem: _rule_stem(rule, stem, read) for stem, rule in ensemble["stems"].items()}
-    parts = [{"name": part["name"], "model": part["model"], "input": part["input"],
-              "key": found[part["name"]][0]["file_id"], "options": {k: v for k, v in found[part["name"]][0]["options"].items() if k != "repo"},
-              "made_by_task": found[part["name"]][0]["task_id"],
-              "stems": sorted(found[part["name"]][1])} for part in ensemble["parts"]]
-    return Separated(stems, rate, runtime="ensemble"), parts
+    return Separated(stems, rate, runtime="ensemble"), [
+        _recorded(part, *found[part["name"]]) for part in ensemble["parts"]]
+
+
+def _recorded(part: dict, manifest: dict, stems: dict) -> dict:
+    """What the task's manifest says of one part (its options without the server's folder)."""
+    options = {key: value for key, value in manifest["options"].items() if key != "repo"}
+    return {"name": part["name"], "model": part["model"], "input": part["input"],
+            "key": manifest["file_id"], "options": options, "made_by_task": manifest["task_id"],
+            "stems": sorted(stems)}
