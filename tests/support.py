@@ -132,6 +132,18 @@ def save_poison_model(repo: Path, name: str = "poison") -> Path:
     return save_model(repo, name, PoisonHDemucs, {"channels": 4})
 
 
+def save_ensemble_model(repo: Path, name: str, kind: str, seed: int = 0, **options) -> Path:
+    """`tests.ensemble_models`' `FlakyHTDemucs` (`marker=`) or `SlowHTDemucs` (`delay_s=`), a
+    tiny HTDemucs like `save_tiny_htdemucs`'s, saved the same way."""
+    root = str(TESTS.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from tests import ensemble_models
+
+    klass = getattr(ensemble_models, f"{kind}HTDemucs")
+    return save_model(repo, name, klass, {"channels": 8, "t_layers": 1, **options}, seed)
+
+
 def save_model(repo: Path, name: str, klass, kwargs: dict, seed: int = 0) -> Path:
     """`klass(sources=demucs's four, **kwargs)` with random weights in demucs's repo format."""
     import torch

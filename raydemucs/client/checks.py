@@ -16,6 +16,8 @@ from ..core.errors import InputTooLarge, InvalidInput, ModelNotFound
 from ..core.names import check_task_names, name_from_filename
 from ..core.pools import route
 from ..core.task import TaskSpec, new_task_id, parse_priority
+from ..ensembles.plan import first_model
+from ..ensembles.spec import check_models, check_options, ensemble_of
 from ..models.catalogue import check_model_name, check_two_stems, model_source
 from ..storage import uris
 from ..storage.folders import check_writable, file_sha256, task_folder
@@ -39,6 +41,7 @@ class TaskTemplate:
     batch_id: str | None
     webhook_url: str | None
     webhook_events: tuple[str, ...]
+    ensemble: dict | None = None
 
 
 class TaskChecks:
@@ -56,7 +59,8 @@ class TaskChecks:
     def template(self, output_dir: str | os.PathLike | None = None, force: bool = False,
                       timeout_s: float | None = None, cache: bool = True, upload: bool = False,
                       batch_id: str | None = None, webhook_url: str | None = None,
-                      webhook_events=None, **options) -> TaskTemplate:
+                      webhook_events=None, preset: str | None = None,
+                      ensemble: dict | None = None, **options) -> TaskTemplate:
         """What the tasks of one call share, checked once: options, model and pool, output
         directory, webhook; nothing is read or written."""
         config = self.config()
@@ -68,6 +72,9 @@ class TaskChecks:
         if separation.repo:
             separation = separation.model_copy(
                 update={"repo": str(Path(separation.repo).expanduser().absolute())})
+        ensemble = ensemble_of(config.ensembles, preset, ensemble)
+        if ensemble:
+            separation = self._ensemble(config, separation, ensemble)
         model = check_model_name(separation.model, separation.repo, config.models)
         route(config.worker_pools(), separation.model, separation.device,
               separation.precision, model.architecture)  # no pool, or one that cannot run it
@@ -85,7 +92,21 @@ class TaskChecks:
         if timeout_s is not None:
             timeout_s = coerce("tasks", "timeout_s", timeout_s, "option")
         return TaskTemplate(config, separation, output_dir, force, timeout_s, cache, upload,
-                            batch_id, webhook_url, webhook_events)
+                            batch_id, webhook_url, webhook_events, ensemble)
+
+    def _ensemble(self, config: Config, separation: SeparationConfig,
+                  ensemble: dict) -> SeparationConfig:
+        """The options of an ensemble task (its first part's model), once every part's model
+        exists, a pool serves it and makes the stems the ensemble reads (where known)."""
+        check_options(ensemble, separation.two_stems)
+        held, served = self.held_models(), {}
+        for part in ensemble["parts"]:
+            model = check_model_name(part["model"], separation.repo, config.models)
+            route(config.worker_pools(), part["model"], separation.device, separation.precision,
+                  model.architecture)
+            served[part["model"]] = held.get(part["model"]) or model.stems
+        check_models(ensemble, served)
+        return separation.model_copy(update={"model": first_model(ensemble)})
 
     def spec(self, template: TaskTemplate, input_path: str | os.PathLike,
                   file_id: str | None, project_name: str, priority: str | int) -> TaskSpec:
@@ -101,7 +122,9 @@ class TaskChecks:
             task_folder(output_dir, project_name, file_id, config.storage)  # names, symlinks
         priority = parse_priority(priority)
         separation = template.separation
-        self._model_source(separation.model, separation.repo, config)
+        for model in [part["model"] for part in (template.ensemble or {}).get("parts", ())] or [
+                separation.model]:
+            self._model_source(model, separation.repo, config)
         if not upload and output_dir not in self._outputs_writable:
             check_writable(output_dir, config.storage)
             self._outputs_writable.add(output_dir)
@@ -113,6 +136,7 @@ class TaskChecks:
                         timeout_s=template.timeout_s, cache=cache, uploaded=upload, kept=upload,
                         duration_s=duration_s, batch_id=template.batch_id,
                         webhook_url=template.webhook_url, webhook_events=template.webhook_events,
+                        ensemble=template.ensemble,
                         input_sha256=None if is_uri(source) or not (template.cache or upload)
                         else file_sha256(Path(source)))
 

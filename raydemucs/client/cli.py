@@ -45,6 +45,8 @@ def cli():
 @click.option("--overlap", type=float, help="Overlap between segments (default 0.25).")
 @click.option("--segment", type=float, help="Segment length in seconds.")
 @click.option("--two-stems", metavar="STEM", help="Only STEM and no_STEM.")
+@click.option("--preset", metavar="NAME", help="Run the ensemble preset NAME (config "
+              "ensembles.presets: several models as one task, see docs/ensembles.md).")
 @click.option("--mp3", "fmt", flag_value="mp3", help="Write mp3 stems.")
 @click.option("--flac", "fmt", flag_value="flac", help="Write flac stems.")
 @click.option("--mp3-bitrate", type=int, help="mp3 bitrate in kbps (default 320).")

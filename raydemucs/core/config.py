@@ -22,11 +22,13 @@ from pydantic import (
     ValidationError,
     create_model,
 )
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
+from ..ensembles.presets import shipped_presets
 from .config_errors import refusal
 from .config_types import Float, Int, MaybeFloat, MaybeText, Section, Text, Texts
-from .errors import ConfigError
+from .errors import ConfigError, InvalidInput
 from .inputs import allowed_roots, check_prefix, check_root, listed
 from .pools import PoolConfig, Pools, worker_pools
 
@@ -246,6 +248,31 @@ class RetentionConfig(Section):
                                     description="longest wait between sweeps")
 
 
+def _presets(value: Any) -> Any:
+    """Each preset's spec well formed (its models are judged against the pools when used)."""
+    from ..ensembles.spec import MAX_PARTS, check_spec
+
+    for name, spec in (value or {}).items() if isinstance(value, Mapping) else ():
+        try:
+            check_spec(spec, MAX_PARTS)
+        except InvalidInput as exc:
+            raise PydanticCustomError("refused", f"ensembles.presets.{name}: {exc}") from None
+    return value
+
+
+class EnsemblesConfig(Section):
+    """Several models as one task: named specs a task may ask for (docs/ensembles.md)."""
+
+    presets: Annotated[dict[Text, dict], AfterValidator(_presets)] = Field(
+        default_factory=shipped_presets, description="name -> {parts, stems}: the presets a task may name "
+        "(`--preset`, the HTTP field `preset`, the page's select); shipped: blend, "
+        "vocals-then-rest (configs/default.yaml)")
+    max_parts: Int = Field(4, ge=1, le=16, description="most parts (model runs) in one ensemble")
+    parts_dir: MaybeText = Field(None, description="where ensemble parts' stems are cached, by "
+                                 "content hash; every worker must reach it (one node or a shared "
+                                 "filesystem); null: STATE_DIR/ensembles")
+
+
 class Config(BaseModel):
     """The whole configuration: one model per section, and the worker pools."""
 
@@ -261,6 +288,7 @@ class Config(BaseModel):
     http: HttpConfig = Field(default_factory=HttpConfig)
     webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    ensembles: EnsemblesConfig = Field(default_factory=EnsemblesConfig)
     pools: Pools = Field((), description="sets of workers, each serving some models on its own "
                          "resources; none: one pool of workers.max_workers takes every model")
 
@@ -275,6 +303,11 @@ class Config(BaseModel):
     @property
     def state_path(self) -> Path:
         return Path(self.service.state_dir).expanduser()
+
+    @property
+    def parts_root(self) -> str:
+        """Where ensemble parts' stems are cached (`ensembles.parts_dir`)."""
+        return str(Path(self.ensembles.parts_dir or self.state_path / "ensembles").expanduser())
 
     def worker_pools(self) -> tuple[PoolConfig, ...]:
         """The pools to run, sizes left out taken from `workers` (see `pools.worker_pools`)."""

@@ -73,8 +73,10 @@ def _allowed(spec: dict) -> str:
         return ", ".join(f"`{choice}`" for choice in value["enum"])
     if "minimum" in value:
         return f"{_number(value['minimum'])} to {_number(value['maximum'])}"
-    if "additionalProperties" in value:
+    if "minimum" in value.get("additionalProperties", {}):
         return f"names: numbers >= {value['additionalProperties']['minimum']}"
+    if "additionalProperties" in value:
+        return "names: mappings"
     if "minLength" in value:
         return "not empty"
     if "pattern" in value:

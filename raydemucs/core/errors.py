@@ -113,6 +113,13 @@ class StorageUnavailable(RayDemucsError):
     retryable = True
 
 
+class PartMissing(RayDemucsError):
+    """Raised when an ensemble part's cached stems are gone before they were combined: the
+    part is made again."""
+
+    retryable = True
+
+
 class SeparationAborted(RayDemucsError):
     """Raised inside a worker when the scheduler asked it to stop the current task."""
 
@@ -172,7 +179,8 @@ class InternalError(RayDemucsError):
 _BY_NAME = {cls.__name__: cls for cls in (
     ConfigError, InvalidInput, InvalidName, InputTooLarge, TaskConflict, OutputNotWritable,
     Unauthenticated, OverQuota, OverCeiling, ModelNotFound, TaskNotFound,
-    TaskTimeout, WorkerDied, OutOfMemory, OutputWriteFailed, StorageUnavailable, SeparationAborted,
+    TaskTimeout, WorkerDied, OutOfMemory, OutputWriteFailed, StorageUnavailable, PartMissing,
+    SeparationAborted,
     TaskCancelled, WaitTimedOut, ServiceUnavailable, ShuttingDown, Gone, InternalError,
 )}
 

@@ -88,6 +88,9 @@ class TaskSpec:
     batch_id: str | None = None  # the submit that created it with others (folders, lists, ...)
     webhook_url: str | None = None  # called (signed, retried) on each of `webhook_events`
     webhook_events: tuple = DEFAULT_WEBHOOK_EVENTS
+    # several models as one task (`raydemucs.ensembles`): its parts and stem rules, normal form;
+    # an attempt of one of its steps carries that step instead
+    ensemble: dict | None = None
 
     @property
     def output_location(self) -> str:
@@ -103,6 +106,8 @@ class TaskSpec:
         options = {k: v for k, v in self.options.model_dump().items() if k != "device"}
         if options["precision"] == "fp32":  # the default: keys made before the option stay valid
             del options["precision"]
+        if self.ensemble:  # absent otherwise: keys made before ensembles stay valid
+            options["ensemble"] = self.ensemble
         blob = json.dumps({"input": self.input_sha256, **options}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -131,6 +136,8 @@ def spec_differences(old: TaskSpec, new: TaskSpec) -> list[str]:
         differences.append(f"input: {old.input_path} changed since (its bytes differ)")
     if old.output_dir != new.output_dir:
         differences.append(f"output directory: {old.output_dir} -> {new.output_dir}")
+    if old.ensemble != new.ensemble:
+        differences.append("ensemble: its parts or stems differ")
     before, after = old.options.model_dump(), new.options.model_dump()
     differences += [f"{key}: {before[key]} -> {after[key]}" for key in before
                     if key not in RUN_ONLY_OPTIONS and before[key] != after[key]]

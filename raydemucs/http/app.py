@@ -46,7 +46,7 @@ from ..scheduler.supervision import Supervisor
 from ..storage import nodes
 from ..storage.uris import input_size, is_uri
 from . import errors
-from .asks import FIELDS, check_fields, task_spec
+from .asks import FIELDS, check_fields, presets, task_spec
 from .bodies import BodyLimits, read_json
 from .door import Door, allowed_hosts, came_over_loopback
 from .forms import Spool, form_limits, read_form
@@ -246,7 +246,7 @@ class Ingress(EventStreams):
             name = PurePosixPath(form.file_name).name or "upload"
             duration_s = await asyncio.to_thread(spool.validate, name, config.input)
             served = {model["name"]: model for model in await self.call("models")}
-            spec = caller.allowed(task_spec(form.fields, config.separation, served, caller.owner,
+            spec = caller.allowed(task_spec(form.fields, config, served, caller.owner,
                                             input_path=name, sha256=form.sha256, uploaded=True,
                                             duration_s=duration_s)).to_dict()
             # before the bytes travel
@@ -274,7 +274,7 @@ class Ingress(EventStreams):
                                                        allowed, config)
         served = {model["name"]: model for model in await self.call("models")}
         spec = caller.allowed(task_spec({k: v for k, v in fields.items() if k != "input"},
-                                        config.separation, served, caller.owner,
+                                        config, served, caller.owner,
                                         input_path=location, duration_s=duration_s))
         records = await self.call("submit", [spec.to_dict()], None, caller.max_queued)
         return await self.call("get_task", records[0]["task_id"])
@@ -412,6 +412,11 @@ class Ingress(EventStreams):
     async def models(self, request: Request):
         await self.caller(request)
         return {"models": await self.call("models")}
+
+    @app.get("/v1/presets", summary="The ensemble presets a task may name (field `preset`)")
+    async def presets(self, request: Request):
+        await self.caller(request)
+        return {"presets": presets(await self.service_config())}
 
     @app.get("/v1/status", summary="The service: queue counts, pools, workers (a tenant key: "
              "its own counts and running tasks, the pools' sizes, the workers' states)")

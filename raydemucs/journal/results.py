@@ -20,6 +20,10 @@ class ResultTable:
         self.db.execute("INSERT OR REPLACE INTO results (cache_key, task_id, folder) VALUES (?,?,?)",
                         (cache_key, task_id, folder))
 
+    def forget(self, cache_keys: list[str]) -> None:
+        """Forget the stems of `cache_keys` (their folders are gone)."""
+        self.db.executemany("DELETE FROM results WHERE cache_key=?", [(k,) for k in cache_keys])
+
     def find(self, cache_key: str) -> tuple[str, str] | None:
         """`(task_id, folder)` of stems made earlier for `cache_key`, if any."""
         return self.db.execute("SELECT task_id, folder FROM results WHERE cache_key=?",

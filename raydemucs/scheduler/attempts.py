@@ -6,6 +6,7 @@ changes task states only through the `TaskBook`.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
@@ -13,9 +14,10 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from ..core.config import Config
-from ..core.errors import RayDemucsError, SeparationAborted, TaskTimeout, WorkerDied
+from ..core.errors import PartMissing, RayDemucsError, SeparationAborted, TaskTimeout, WorkerDied
 from ..core.pools import route
 from ..core.task import TaskRecord, TaskSpec, TaskState
+from ..ensembles.plan import Step, part_folder, step_spec, steps
 from ..models.catalogue import OFFLINE_MODEL, architecture_of
 from ..storage.folders import open_folder
 from .autoscale import Autoscaler, Member
@@ -61,6 +63,7 @@ class Running:
     step_back: str = ""  # why it was asked back to the queue (a better priority, a drain)
     helpers: tuple = ()  # idle workers lent to split a long track across
     pool: str = ""  # the pool of the task's model (routed once, at dispatch)
+    step: Step | None = None  # the step of an ensemble task this attempt runs
 
 
 def model_key(options) -> tuple:
@@ -78,6 +81,7 @@ class Attempts:
         self.pools = config.worker_pools()
         self.running: dict[str, Running] = {}
         self.delayed = DelayedTasks()
+        self.steps: dict[str, Step] = {}  # each unfinished ensemble task's next or current step
         self.autoscaler = Autoscaler(clock)
         self.dispatching = True
 
@@ -105,19 +109,23 @@ class Attempts:
             if not free:
                 break
             record = self.book.active[queue.pop()]
+            spec, step = self.attempt_spec(record)
             least = [w for w in free if w.load == free[0].load]
-            key = model_key(record.spec.options)
+            key = model_key(spec.options)
             worker = next((w for w in least if key in w.models), least[0])
             now = self.clock()
             record = self.book.change(record, TaskState.RUNNING, attempts=record.attempts + 1,
                                       worker=worker.worker_id, node=worker.node, started_at=now,
-                                      progress=0.0, retry_at=None)
-            helpers = self._helpers_for(record.spec, worker, free, len(queue))
+                                      progress=step.index / step.total if step else 0.0,
+                                      retry_at=None)
+            combine = step is not None and step.part is None
+            helpers = () if combine else self._helpers_for(spec, worker, free, len(queue))
             self.running[record.task_id] = Running(
                 worker.worker_id, record.attempts, now + self.timeout_s(record),
-                behind=worker.load > 0, helpers=helpers, pool=pool)
-            self.pool.start(worker.worker_id, record.attempt_spec(), record.attempts,
-                            reuse_from=self.cached_folder(record.spec), helpers=helpers)
+                behind=worker.load > 0, helpers=helpers, pool=pool, step=step)
+            reuse = self.cached_folder(record.spec) if step is None or combine else None
+            self.pool.start(worker.worker_id, spec, record.attempts, reuse_from=reuse,
+                            helpers=helpers)
             started += 1
         return started
 
@@ -197,15 +205,46 @@ class Attempts:
         return found[1]
 
     def pool_of(self, spec: TaskSpec) -> str:
-        """The name of the pool that serves the task's model on its device; InvalidInput when
-        none does."""
+        """The name of the pool that serves the task's model on its device (an ensemble's: the
+        pool of its step's part, the first part's for the combination, once every part's model
+        is served); InvalidInput when none does."""
         options = spec.options
-        architecture = (architecture_of(options.model, options.repo, self.config.models.catalogue)
+        models = [part["model"] for part in spec.ensemble["parts"]] if spec.ensemble else [
+            options.model]
+        pools = [self._route(model, options) for model in models]
+        step = self.steps.get(spec.task_id)
+        return pools[step.index if step and step.part else 0]
+
+    def _route(self, model: str, options) -> str:
+        architecture = (architecture_of(model, options.repo, self.config.models.catalogue)
                         if any(pool.architectures for pool in self.pools) else None)
-        return route(self.pools, options.model, options.device, options.precision,
-                     architecture).name
+        return route(self.pools, model, options.device, options.precision, architecture).name
+
+    def attempt_spec(self, record: TaskRecord) -> tuple[TaskSpec, Step | None]:
+        """What the next attempt runs (`TaskRecord.attempt_spec`), and for an ensemble task,
+        its step (a part, or the combination) as a spec of its own."""
+        step = self.steps.get(record.task_id)
+        if step is None:
+            return record.attempt_spec(), None
+        # the parts' keys are the task's as asked; a retry's shorter segment is the step's own
+        stepped = dataclasses.replace(record, spec=step_spec(record.spec, step, self.parts_root))
+        return stepped.attempt_spec(), step
+
+    @property
+    def parts_root(self) -> str:
+        return self.config.parts_root
+
+    def _next_step(self, spec: TaskSpec) -> Step:
+        """An ensemble task's first step not done yet: a part the result cache has no stems for
+        (another task's, or an earlier attempt's), else the combination."""
+        results = self.book.journal.results
+        return next(step for step in steps(spec) if step.part is None
+                    or results.find(step.key) is None)
 
     def enqueue(self, record: TaskRecord, pool: str | None = None) -> None:
+        if record.spec.ensemble:
+            self.steps[record.task_id] = self._next_step(record.spec)
+            pool = None  # its step's
         pool = pool or self.pool_of(record.spec)
         self.queue[pool].push(record.task_id, record.spec.priority, record.seq)
 
@@ -247,7 +286,10 @@ class Attempts:
         if run.behind and phase == "separating" and not run.step_back:
             self._start_clock(task_id, run)
         record = self.book.active[task_id]
-        record.progress = max(record.progress, min(1.0, float(progress)))
+        progress = min(1.0, float(progress))
+        if run.step is not None:  # an ensemble's steps share one number
+            progress = (run.step.index + progress) / run.step.total
+        record.progress = max(record.progress, progress)
 
     # -- results ------------------------------------------------------------------------------
     def attempt_ended(self, task_id: str, attempt: int, error: RayDemucsError | None = None,
@@ -260,7 +302,7 @@ class Attempts:
         record = self.book.active[task_id]
         outcome = decide(record.attempts, run, error, self.timeout_s(record), self.config.tasks,
                          self.rng)
-        self._carry_out(record, outcome, outputs, audio_duration_s, run.pool)
+        self._carry_out(record, outcome, outputs, audio_duration_s, run)
         self._run_ended(task_id, run)  # after the journal took it: else it stays on its worker
 
     def worker_lost(self, worker_id: str, reason: str) -> None:
@@ -295,9 +337,13 @@ class Attempts:
             self._start_clock(*waiting[0])
 
     def _carry_out(self, record: TaskRecord, outcome: Outcome, outputs: dict | None,
-                   audio_duration_s: float | None, pool: str) -> None:
-        decision, now = outcome.decision, self.clock()
-        if decision is Decision.SUCCEED:
+                   audio_duration_s: float | None, run: Running) -> None:
+        decision, now, pool = outcome.decision, self.clock(), run.pool
+        if isinstance(outcome.error, PartMissing):  # made again: forget the parts' folders
+            self.book.journal.results.forget([step.key for step in steps(record.spec)])
+        if decision is Decision.SUCCEED and run.step and run.step.part:
+            self._part_done(record, run.step, run.cancel_requested)
+        elif decision is Decision.SUCCEED:
             if record.spec.cache_key:
                 self.book.journal.results.remember(record.spec.cache_key, record.task_id,
                                                    record.spec.output_location)
@@ -319,8 +365,22 @@ class Attempts:
         else:
             self.finish(record, TaskState.FAILED, error=outcome.error.to_dict())
 
+    def _part_done(self, record: TaskRecord, step: Step, cancelled: bool) -> None:
+        """An ensemble's part made its stems: cached, and the task queued for its next step
+        (the attempt not counted: a step is not a retry), unless a cancel came meanwhile."""
+        self.book.journal.results.remember(step.key, record.task_id,
+                                           part_folder(self.parts_root, step.key))
+        if cancelled:
+            self.finish(record, TaskState.CANCELLED)
+            return
+        record = self.book.change(record, TaskState.QUEUED, note=f"ensemble part {step.name} done",
+                                  counted=False, attempts=record.attempts - 1,
+                                  queued_at=self.clock(), progress=(step.index + 1) / step.total)
+        self.enqueue(record)
+
     def finish(self, record: TaskRecord, state: TaskState, **fields) -> TaskRecord:
         """End a task: succeeded (with its outputs), cancelled or failed (with its error)."""
+        self.steps.pop(record.task_id, None)
         fields["finished_at"] = self.clock()
         if state is TaskState.SUCCEEDED:
             fields.update(error=None, progress=1.0)

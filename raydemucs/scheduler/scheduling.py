@@ -290,6 +290,7 @@ class Scheduler:
         for record in records:
             self.queue.remove(record.task_id)
             self.delayed.remove(record.task_id)
+            self.attempts.steps.pop(record.task_id, None)
             if record.attempts:  # a retry's wait: the failed attempt may have left staging files
                 self.attempts.sweep_folder(record)
 

@@ -12,6 +12,7 @@ export class Uploader {
     this.onTask = onTask;
     this.rows = form.querySelector("#uploads");
     this.models = [];
+    this.presets = [];
     const drop = form.querySelector("#drop");
     const picker = form.querySelector("#files");
     picker.addEventListener("change", () => { this.send([...picker.files]); picker.value = ""; });
@@ -23,21 +24,36 @@ export class Uploader {
       this.send([...event.dataTransfer.files]);
     });
     this.field("model").addEventListener("change", () => this.showStems());
+    this.field("preset").addEventListener("change", () => this.showStems());
   }
 
   field(name) {
     return this.form.querySelector(`[name="${name}"]`);
   }
 
-  /** Fill the model choice from /v1/models (the service's default first). */
+  /** Fill the model choice from /v1/models (the service's default first), and the ensemble
+   * presets from /v1/presets (several models as one task). */
   async loadModels() {
-    this.models = (await request("v1/models")).models;
+    const [models, presets] = await Promise.all([request("v1/models"), request("v1/presets")]);
+    this.models = models.models;
+    this.presets = presets.presets;
     this.field("model").replaceChildren(...this.models.map((model) =>
       el("option", { value: model.name, title: model.device ? `runs on ${model.device}` : null }, model.name)));
+    this.field("preset").replaceChildren(el("option", { value: "" }, "None: one model"),
+      ...this.presets.map((preset) =>
+        el("option", { value: preset.name, title: `models: ${preset.models.join(", ")}` }, preset.name)));
     this.showStems();
   }
 
+  /** The stems choice: the model's (all, or one and the rest); a preset makes its own stems. */
   showStems() {
+    const preset = this.field("preset").value;
+    this.field("model").disabled = this.field("two_stems").disabled = Boolean(preset);
+    if (preset) {
+      const stems = this.presets.find((p) => p.name === preset)?.stems ?? [];
+      this.field("two_stems").replaceChildren(el("option", { value: "" }, `Its ${stems.length} stems`));
+      return;
+    }
     const model = this.models.find((m) => m.name === this.field("model").value);
     const stems = model?.stems ?? FOUR_STEMS;
     this.field("two_stems").replaceChildren(
@@ -46,7 +62,9 @@ export class Uploader {
   }
 
   fields() {
-    const names = ["model", "two_stems", "format", "priority", "project"];
+    const preset = this.field("preset").value;
+    const names = preset ? ["preset", "format", "priority", "project"]
+      : ["model", "two_stems", "format", "priority", "project"];
     return Object.fromEntries(names.map((name) => [name, this.field(name).value.trim()]));
   }
 

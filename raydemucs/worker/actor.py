@@ -13,6 +13,7 @@ call into the module that holds it, and control comes back here only between ste
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import socket
@@ -38,6 +39,7 @@ from ..core.pools import worker_threads
 from ..core.task import TaskSpec
 from ..models.loading import ModelCache
 from ..models.runtimes import check_device, worker_runtime
+from ..separation.combine import combine, part_input
 from ..separation.engine import COMPUTE, is_out_of_memory
 from ..separation.split import HelperLost
 from ..separation.strategies import Attempt, Strategies
@@ -250,15 +252,32 @@ class SeparatorWorker:
         with attempt_files(task, self.config, self.stamp, upload) as files:
             if reuse_from and (reused := files.reuse(reuse_from, current.number)):
                 return reused
+            step = task.ensemble or {}
+            if step.get("step") == "combine":
+                return self._combine(task, current, files)
             separator = self.models.for_task(task.options)
             places = files.places
-            with self.strategies.separate(task, current, separator, places.input_path,
-                                          places.scratch, files.duration_s, helpers) as separated:
+            source = step.get("source")  # a chain step's: a stem of the part it reads, or the rest
+            inputs = (part_input(source, places.input_path, self.config.input) if source
+                      else contextlib.nullcontext(places.input_path))
+            with inputs as path, self.strategies.separate(
+                    task, current, separator, path, places.scratch, files.duration_s,
+                    helpers) as separated:
                 current.phase = "writing"
-                result = files.publish(separated, current)
+                result = files.publish(separated, current, {"ensemble_part": step or None})
         logger.info("task %s attempt %d: separated %.1f s of audio in %.2f s", task.task_id,
                     current.number, files.duration_s, sum(current.timings.values()))
         return result
+
+    def _combine(self, task: TaskSpec, current: Attempt, files) -> dict:
+        """An ensemble's last step: its parts' stems combined into the task's
+        (`separation.combine`), published with what each part was."""
+        with current.timed("combine_s"):
+            separated, parts = combine(task.ensemble, self.config.input)
+        current.phase = "writing"
+        ensemble = {"preset": task.ensemble.get("preset"), "parts": parts,
+                    "stems": task.ensemble["stems"]}
+        return files.publish(separated, current, {"ensemble": ensemble})
 
     def _settle(self, current: Attempt) -> dict:
         """The worker's memory after an attempt (what the pool's recycle rule judges): its RSS,

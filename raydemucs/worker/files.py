@@ -124,11 +124,12 @@ class AttemptFiles:
         return {"outputs": outputs, "timings": {"write_s": time.time() - started},
                 "duration_s": self.duration_s, "cached_from": previous["task_id"]}
 
-    def publish(self, separated, current) -> dict:
+    def publish(self, separated, current, extra: dict | None = None) -> dict:
         """Write `separated`'s stems (a `separation.strategies.Separated`) in the task's format
-        and publish them with the manifest of the attempt `current`."""
+        and publish them with the manifest of the attempt `current` (and `extra`'s entries)."""
         options = self.task.options
-        manifest = {**self._manifest(current.number), "samplerate": separated.samplerate,
+        manifest = {**self._manifest(current.number), **(extra or {}),
+                    "samplerate": separated.samplerate,
                     "streamed": separated.streamed, "runtime": separated.runtime,
                     "pieces": separated.pieces, "peak_rss_bytes": current.peak_rss_bytes,
                     "timings": current.timings}

@@ -26,6 +26,9 @@ ARTIFACTS = Path(os.environ.get("RAYDEMUCS_TEST_ARTIFACTS", ROOT / "build" / "te
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 STEMS = ["bass", "drums", "other", "vocals"]
+CHAIN = {"parts": {"voc": {"model": "demucs_unittest"},  # an ensemble of the offline model
+                   "rest": {"model": "demucs_unittest", "input": {"part": "voc", "without": "vocals"}}},
+         "stems": {"vocals": {"take": "voc"}, "drums": {"take": "rest"}}}
 
 
 def system_program(name: str, package: str) -> str:
@@ -42,7 +45,8 @@ def service(serve_port, tmp_path_factory):
                           # a dead letter's input, broken in place, under the tests' temp root
                           http={"allow_paths": [str(tmp_path_factory.getbasetemp())],
                                 # fewer than the tasks the Node.js module waits for at once
-                                "max_streams_per_key": 3})
+                                "max_streams_per_key": 3},
+                          ensembles={"presets": {"chain": CHAIN}})
     keys = {name: KeyStore(service.state).add(name, role="operator", max_priority="high")
             for name in ("page", "node")}  # the operator's own: the whole status, any priority
     wait_for(lambda: service.client.get("/v1/models").status_code == 401, timeout_s=10)
@@ -231,6 +235,18 @@ def test_refused_uploads_show_the_servers_message(page, tmp_path):
     assert page.locator(".upload", has_text="notes.wav").count() == 0
 
 
+def test_a_preset_from_the_select_runs_as_one_task(page, service, tmp_path):
+    service, keys = service
+    page.select_option("select[name=preset]", "chain")
+    assert page.locator("select[name=model]").is_disabled()
+    page.set_input_files("#files", str(write_audio(tmp_path / "Preset Song.wav", seconds=2.0)))
+    page.locator(".task[data-state=succeeded]", has_text="Preset Song").wait_for(timeout=120_000)
+    page.select_option("select[name=preset]", "")
+    tasks = service.client.get("/v1/tasks", headers={"Authorization": f"Bearer {keys['page']}"})
+    done = next(t for t in tasks.json()["tasks"] if t["file_id"] == "Preset Song")
+    assert sorted(done["outputs"]) == ["drums", "vocals"]
+
+
 def test_cancel_and_retry_from_the_list(page, tmp_path):
     page.set_input_files("#files", str(write_audio(tmp_path / "Long Song.wav", seconds=10.0)))
     row = page.locator(".task", has_text="Long Song")
@@ -337,7 +353,7 @@ def test_every_control_is_named_and_reached_by_tab(page):
         reached.add(page.evaluate("""(() => { const node = document.activeElement;
             return node.getAttribute('aria-label') || node.name || node.innerText.trim(); })()"""))
     expected = {"Play", "Position", "Close player", "Download all (zip)", "Listen Browser Song",
-                "files", "model", "two_stems", "format", "priority", "project", "Forget API key",
+                "files", "model", "preset", "two_stems", "format", "priority", "project", "Forget API key",
                 "Operator"}  # (Long Song's stems were purged above: nothing to listen to)
     for stem in STEMS:
         expected |= {f"Mute {stem}", f"Solo {stem}", f"Volume of {stem}", f"Download {stem}"}
