@@ -1,5 +1,6 @@
-"""What the tests share besides fixtures: audio files made here, a random-weight model repo,
-a service with its HTTP API, webhook receivers, multi-node scenarios, the CLI in a subprocess."""
+"""What the tests share besides fixtures: audio files made here (and kept as uploads), a
+random-weight model repo, a service with its HTTP API, webhook receivers, multi-node scenarios,
+the CLI in a subprocess."""
 from __future__ import annotations
 
 import os
@@ -200,6 +201,17 @@ def write_roformer(repo: Path, name: str, architecture: str, seed: int = 0, audi
     torch.save(network.state_dict(), repo / f"{name}.ckpt")
     (repo / f"{name}.yaml").write_text(yaml.dump(config, Dumper=yaml.Dumper, sort_keys=False))
     return repo
+
+
+def store_upload(store, source: Path) -> dict:
+    """Keep the file `source` in an `UploadStore` as an upload reaches it: `open`, its bytes
+    appended a chunk at a time on this node (`storage.nodes`), `close` (checked as audio, kept
+    by SHA-256); `close`'s answer, `{"sha256", "duration_s", "bytes"}`."""
+    from raydemucs.storage import nodes
+
+    opened = store.open(source.name)
+    nodes.send(source, opened["path"], opened["node"])
+    return store.close(opened["id"])
 
 
 def service_config(tmp_path: Path, **sections):

@@ -276,7 +276,7 @@ class Ingress(EventStreams):
         spec = caller.allowed(task_spec({k: v for k, v in fields.items() if k != "input"},
                                         config, served, caller.owner,
                                         input_path=location, duration_s=duration_s))
-        records = await self.call("submit", [spec.to_dict()], None, caller.max_queued)
+        records = await self.call("submit", [spec.to_dict()], caller.max_queued)
         return await self.call("get_task", records[0]["task_id"])
 
     @staticmethod

@@ -83,15 +83,13 @@ class Intake:
             if not self._accepting[owner]:
                 del self._accepting[owner]
 
-    async def submit(self, specs: list[dict], uploads: dict[str, bytes] | None,
-                     max_queued: int | None) -> list[dict]:
-        """Accept tasks, each committed before this returns; an uploaded task's bytes (in
-        `uploads`, by SHA-256, or stored already) are kept first."""
+    async def submit(self, specs: list[dict], max_queued: int | None) -> list[dict]:
+        """Accept tasks, each committed before this returns; an uploaded task's input must be
+        stored already (see `submit_upload`)."""
         checked = await self.check(specs)
         with self.quota(checked, max_queued):
-            tasks = [await asyncio.to_thread(self.uploads.accept, spec,
-                                             (uploads or {}).get(spec.input_sha256))
-                     if spec.uploaded else spec for spec, _ in checked]
+            tasks = [await asyncio.to_thread(self.uploads.accept, spec) if spec.uploaded else spec
+                     for spec, _ in checked]
             return [self.core.submit(task).to_dict() for task in tasks]
 
     async def submit_upload(self, spec: dict, upload_id: str, max_queued: int | None,

@@ -233,13 +233,12 @@ class SchedulerService:
                 "accepting": self.core.accepting, "journal": self.journal.path,
                 "config": self.config.to_dict()}
 
-    async def submit(self, specs: list[dict], uploads: dict[str, bytes] | None = None,
-                     max_queued: int | None = None) -> list[dict]:
-        """Accept tasks, each committed to the journal before this returns. `uploads` maps an
-        uploaded task's input SHA-256 to its bytes; with `max_queued`, their owner may not have
-        more unfinished tasks than that."""
+    async def submit(self, specs: list[dict], max_queued: int | None = None) -> list[dict]:
+        """Accept tasks, each committed to the journal before this returns; with `max_queued`,
+        their owner may not have more unfinished tasks than that. An uploaded input comes
+        through `upload_open` and `submit_upload`, never here."""
         await self._ready()
-        records = await self.intake.submit(specs, uploads, max_queued)
+        records = await self.intake.submit(specs, max_queued)
         self._changed(dispatch=True)
         return records
 

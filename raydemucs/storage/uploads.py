@@ -4,14 +4,13 @@ For clients that share no storage with the cluster (`submit --upload`, and every
 HTTP): the bytes are stored under the service's state directory on the scheduler's node by
 SHA-256, synced before the task is accepted; the worker reads them there itself (`UploadSource`),
 and writes the task's stems straight to `KEPT/[@OWNER/]PROJECT/FILE_ID`, where KEPT is
-`storage.kept_uri` or else `STATE_DIR/results` on the node that ran the task. Bytes arrive
-whole (`accept`) or in chunks, as an HTTP replica writes them (`open`, the replica's appends
+`storage.kept_uri` or else `STATE_DIR/results` on the node that ran the task. Bytes arrive in
+chunks, as an HTTP replica or `submit --upload` writes them (`open`, the sender's appends
 through `storage.nodes`, `close`), checked as audio before they are kept.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import shutil
 import threading
@@ -41,13 +40,6 @@ class Incoming:
     name: str  # the file's name where it came from (its path here never reaches a message)
     max_bytes: int
     opened_at: float = field(default_factory=time.monotonic)
-
-
-def _fsync_write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def inputs_dir(state_dir: Path) -> Path:
@@ -104,20 +96,12 @@ class UploadStore:
         folder, results = Path(location).resolve(), self.results.resolve()
         return folder.is_relative_to(results) and folder != results
 
-    def accept(self, spec: TaskSpec, data: bytes | None = None) -> TaskSpec:
-        """Keep an uploaded input (synced) and point the task's stems at the service's results;
-        without `data`, the input must already be here (sent in chunks, or by an earlier task)."""
-        path = self.inputs / str(spec.input_sha256)
-        if data is not None:
-            if hashlib.sha256(data).hexdigest() != spec.input_sha256:
-                raise InvalidInput(f"the uploaded bytes of {spec.file_id!r} do not match their SHA-256")
-            if not self._reuse(path):
-                self.inputs.mkdir(parents=True, exist_ok=True)
-                partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-                _fsync_write(partial, data)
-                self._place(partial, path)
-        elif not self._reuse(path):
-            raise InvalidInput(f"task {spec.file_id!r} says it was uploaded, but no bytes came")
+    def accept(self, spec: TaskSpec) -> TaskSpec:
+        """Point an uploaded task's stems at the service's results; its input must be stored
+        here already (sent in chunks, or by an earlier task), and its time is renewed."""
+        if not self._reuse(self.inputs / str(spec.input_sha256)):
+            raise InvalidInput(f"task {spec.file_id!r} says it was uploaded, but its input is not "
+                               "stored here")
         return self.keep(spec)
 
     def _reuse(self, path: Path) -> bool:

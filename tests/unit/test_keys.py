@@ -2,7 +2,6 @@
 address without a key; the state directory's modes and synced renames."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
@@ -10,11 +9,10 @@ import pytest
 
 from raydemucs.core.errors import ConfigError, InvalidInput
 from raydemucs.core.keys import Ceilings, KeyStore
-from raydemucs.core.task import TaskSpec
 from raydemucs.storage.uploads import UploadStore
 from raydemucs.webhooks.signing import load_secret
 
-from support import run_cli, service_config
+from support import run_cli, service_config, store_upload, write_audio
 
 
 def test_no_start_on_a_public_address_without_keys(tmp_path):
@@ -96,13 +94,11 @@ def test_the_state_directory_and_its_files_are_private_and_their_names_synced(tm
         assert synced[-1] == state.stat().st_ino
         assert oct((state / "webhook-secret").stat().st_mode & 0o777) == "0o600"
         assert oct((state / "api-keys.json").stat().st_mode & 0o777) == "0o600"
-        data = b"RIFF" + b"\0" * 100
-        spec = TaskSpec(task_id="t", project="p", file_id="f", input_path="a.wav",
-                        output_dir="", uploaded=True, input_sha256=hashlib.sha256(data).hexdigest())
+        source = write_audio(tmp_path / "a.wav", seconds=0.5)
         uploads = UploadStore(state)
         synced.clear()
-        uploads.accept(spec, data)
+        kept = store_upload(uploads, source)
         assert synced[-1] == uploads.inputs.stat().st_ino
-        assert [p.name for p in uploads.inputs.iterdir()] == [spec.input_sha256]
+        assert (uploads.inputs / kept["sha256"]).is_file()
     finally:
         os.umask(umask)

@@ -3,7 +3,6 @@ state directory made here, and a folder a user named with -o that must never be 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import time
 
@@ -15,13 +14,13 @@ from raydemucs.core.errors import InvalidInput
 from raydemucs.core.task import TaskRecord, TaskSpec, TaskState, new_task_id
 from raydemucs.journal import Journal
 from raydemucs.retention.sweeps import Retention
+from raydemucs.storage.folders import file_sha256
 from raydemucs.storage.uploads import UploadStore
 
 from fakes import FakeClock
+from support import store_upload, write_audio
 
 DAY = 86400.0
-INPUT = b"RIFF-not-really-audio" * 100
-SHA = hashlib.sha256(INPUT).hexdigest()
 
 
 class State:
@@ -33,6 +32,8 @@ class State:
         self.journal = Journal(root / "state" / "journal.db")
         self.store = self.journal.tasks
         self.uploads = UploadStore(root / "state")
+        self.source = write_audio(root / "song.wav", seconds=0.5)  # the input its tasks upload
+        self.sha = file_sha256(self.source)
         config = RetentionConfig(**{"uploads_ttl_s": 2 * DAY, "results_ttl_s": DAY, **ttls})
         self.retention = Retention(config, self.journal, self.uploads, clock=self.clock)
 
@@ -40,11 +41,11 @@ class State:
         """A task of the journal (ended now unless queued or running) with its files: the stored
         input when `uploaded`, stems in the service's results, or in `output_dir` (a -o folder)."""
         spec = TaskSpec(task_id=new_task_id(), project="p", file_id=file_id, input_path="song.wav",
-                        output_dir=output_dir or "", input_sha256=SHA, uploaded=uploaded)
+                        output_dir=output_dir or "", input_sha256=self.sha, uploaded=uploaded)
         if output_dir is None:
             spec = self.uploads.keep(spec)
         if uploaded:
-            self.uploads.accept(spec, INPUT)
+            store_upload(self.uploads, self.source)
         record = self.store.insert(TaskRecord(spec=spec, seq=self.store.next_seq(),
                                               submitted_at=self.clock()))
         self.end(record, state)
@@ -69,7 +70,7 @@ class State:
         """Make the stored input look stored `seconds` before the fake clock's now (files are
         stored, or reused, at the real time: after the fake clock's now)."""
         then = self.clock() - seconds
-        os.utime(self.uploads.inputs / SHA, (then, then))
+        os.utime(self.uploads.inputs / self.sha, (then, then))
 
     def stems(self, record):
         return os.path.exists(record.spec.output_location)
@@ -87,12 +88,12 @@ def test_stems_expire_after_results_ttl_and_inputs_once_no_task_needs_them(tmp_p
     assert [r.task_id for r in due.stems] == [done.task_id] and due.inputs == []
     expired_at = state.store.get(done.task_id).expired_at
     assert not state.stems(done) and expired_at == pytest.approx(state.clock(), abs=1e-3)
-    assert (state.uploads.inputs / SHA).is_file()  # the queued task still needs it
+    assert (state.uploads.inputs / state.sha).is_file()  # the queued task still needs it
     state.end(waiting, TaskState.FAILED)
     state.clock.advance(2 * DAY - 1)
-    assert state.sweep()[0].inputs == [] and (state.uploads.inputs / SHA).is_file()
+    assert state.sweep()[0].inputs == [] and (state.uploads.inputs / state.sha).is_file()
     state.clock.advance(2)
-    assert state.sweep()[0].inputs == [SHA] and not (state.uploads.inputs / SHA).exists()
+    assert state.sweep()[0].inputs == [state.sha] and not (state.uploads.inputs / state.sha).exists()
     assert list(state.retention.trash.iterdir()) == []
 
 
@@ -140,18 +141,18 @@ def test_what_changed_since_the_scan_is_kept(tmp_path):
     state.age_input(10)
     state.clock.advance(DAY + 1)
     due = state.retention.scan()
-    assert len(due.stems) == 2 and due.inputs == [SHA]
+    assert len(due.stems) == 2 and due.inputs == [state.sha]
     rerun.seq, rerun.state = state.store.next_seq(), TaskState.QUEUED  # run again: a new run
     state.store.save(rerun)
-    state.uploads.accept(rerun.spec, INPUT)  # its input sent again: reused, its time renewed
+    store_upload(state.uploads, state.source)  # its input sent again: reused, its time renewed
     state.retention.retire(due, set(), set())  # its input reused after the scan: kept
     assert state.stems(rerun) and state.store.get(rerun.task_id).expired_at is None
     assert not state.stems(other)
-    assert (state.uploads.inputs / SHA).is_file()
+    assert (state.uploads.inputs / state.sha).is_file()
     state.age_input(10)
     due = state.retention.scan()
-    state.retention.retire(due, {SHA}, set())  # an unfinished task holds it now
-    assert (state.uploads.inputs / SHA).is_file()
+    state.retention.retire(due, {state.sha}, set())  # an unfinished task holds it now
+    assert (state.uploads.inputs / state.sha).is_file()
 
 
 def test_records_ttl_drops_finished_rows_with_their_deliveries(tmp_path):
@@ -178,17 +179,17 @@ def test_purge_deletes_now_and_keeps_an_input_another_task_needs(tmp_path):
     state = State(tmp_path)
     first, second = state.task("first"), state.task("second")
     running = state.task("running", TaskState.RUNNING)
-    users = state.store.held_records(SHA)
+    users = state.store.held_records(state.sha)
     with pytest.raises(InvalidInput, match="cancel it first"):
-        state.retention.purge(running, users, {SHA}, time.time())
+        state.retention.purge(running, users, {state.sha}, time.time())
     state.end(running, TaskState.CANCELLED)
-    outcome = state.retention.purge(first, state.store.held_records(SHA), set(), time.time())
+    outcome = state.retention.purge(first, state.store.held_records(state.sha), set(), time.time())
     assert outcome["stems_deleted"] and not outcome["input_deleted"]
     assert outcome["input_kept_for"] == 2 and not state.stems(first) and state.stems(second)
     for record in (second, running):
-        state.retention.purge(state.store.get(record.task_id), state.store.held_records(SHA),
+        state.retention.purge(state.store.get(record.task_id), state.store.held_records(state.sha),
                               set(), time.time())  # read now: after the input was stored
-    assert not (state.uploads.inputs / SHA).exists()
+    assert not (state.uploads.inputs / state.sha).exists()
     again = state.retention.purge(state.store.get(first.task_id), [], set(), time.time())
     assert not again["stems_deleted"] and not again["input_deleted"]
     assert state.retention.held_bytes() == {"uploads_bytes": 0, "results_bytes": 0}

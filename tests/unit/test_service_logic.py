@@ -54,6 +54,15 @@ def run_attempt(service, tmp_path, ok=True) -> str:
     return task_id
 
 
+async def send_upload(service, path) -> tuple[str, str]:
+    """Send a file as the HTTP front door does: an upload opened on the scheduler's node, its
+    bytes appended there; the upload's id and the file's SHA-256."""
+    upload = await service.upload_open(path.name)
+    data = path.read_bytes()
+    await nodes.append(upload["path"], upload["node"], data)
+    return upload["id"], hashlib.sha256(data).hexdigest()
+
+
 async def until(predicate, timeout_s: float = 20.0):
     deadline = time.monotonic() + timeout_s
     while not predicate():
@@ -66,15 +75,15 @@ def test_short_ttls_with_the_default_sweep_interval_take_stems_then_records(tmp_
     """Expiries a task's end starts are swept on time (not at the next 10-minute sweep); the
     stream hears of expired stems; a dropped record leaves the counts right; no sweep error."""
     caplog.set_level(logging.ERROR, logger="raydemucs")
-    data = b"RIFF" + b"\0" * 2000
-    sha = hashlib.sha256(data).hexdigest()
+    source = write_audio(tmp_path / "song.wav", seconds=0.5)
 
     async def scenario():
         service = make_service(tmp_path, retention={"results_ttl_s": 1.0, "records_ttl_s": 3.0})
         logging.getLogger("raydemucs").propagate = True  # (configure_logging turned it off)
         assert service.config.retention.sweep_interval_s == 600.0
-        uploaded = spec(tmp_path, uploaded=True, kept=True, input_sha256=sha)
-        [record] = await service.submit([uploaded], {sha: data})
+        upload_id, sha = await send_upload(service, source)
+        record = await service.submit_upload(
+            spec(tmp_path, uploaded=True, kept=True, input_sha256=sha), upload_id)
         await until(lambda: service.pool.workers["worker-0"].tasks)
         answer = await service.watch_tasks("", None, 0.0)
         assert [view["task_id"] for view in answer["views"]] == [record["task_id"]]
@@ -139,11 +148,8 @@ def test_concurrent_uploads_of_one_key_respect_its_cap(tmp_path):
         service.uploads.close = slow_close
         ids = []
         for name in ("a", "b"):
-            upload = await service.upload_open(f"{name}.wav")
             path = write_audio(tmp_path / f"{name}.wav", seconds=0.5, seed=len(ids))
-            data = path.read_bytes()
-            await nodes.append(upload["path"], upload["node"], data)
-            ids.append((upload["id"], hashlib.sha256(data).hexdigest(), name))
+            ids.append((*await send_upload(service, path), name))
         answers = [service.submit_upload(spec(tmp_path, name, owner="k", uploaded=True,
                                               kept=True, input_sha256=sha), upload_id, 1)
                    for upload_id, sha, name in ids]

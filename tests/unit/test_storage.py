@@ -22,6 +22,8 @@ from raydemucs.storage.uploads import UploadStore
 from raydemucs.worker.actor import SeparatorWorker
 from raydemucs.worker.files import attempt_places
 
+from support import store_upload
+
 STEMS = ["bass", "drums", "other", "vocals"]
 
 
@@ -112,8 +114,9 @@ def test_a_kept_tasks_stems_are_written_by_the_worker_and_its_result_carries_no_
         uploads = UploadStore(tmp_path / "state", storage=StorageConfig(endpoint_url=endpoint,
                                                                         kept_uri=kept_uri))
     worker = s3_worker(endpoint)
+    kept = store_upload(uploads, source)
     task = uploads.accept(spec(source.name, "uploaded", uploaded=True,
-                               input_sha256=file_sha256(source)), source.read_bytes())
+                               input_sha256=kept["sha256"]))
     assert task.output_dir == (f"{kept_uri}" if in_store else str(tmp_path / "state" / "results"))
     result = worker.separate(task.to_dict(), 1, upload=source.read_bytes())
     assert result["ok"], result
@@ -123,9 +126,8 @@ def test_a_kept_tasks_stems_are_written_by_the_worker_and_its_result_carries_no_
               else LocalFolder(task.output_location))
     assert folder.complete(task.task_id)
     assert result["outputs"] == {stem: f"{task.output_location}/{stem}.wav" for stem in STEMS}
-    with pytest.raises(InvalidInput, match="do not match"):
-        uploads.accept(spec(source.name, "uploaded", uploaded=True, input_sha256="0" * 64),
-                       source.read_bytes())
+    with pytest.raises(InvalidInput, match="not stored here"):
+        uploads.accept(spec(source.name, "uploaded", uploaded=True, input_sha256="0" * 64))
 
 
 def test_a_copied_output_is_whole_or_absent(tmp_path):
