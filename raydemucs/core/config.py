@@ -264,9 +264,9 @@ class EnsemblesConfig(Section):
     """Several models as one task: named specs a task may ask for (docs/ensembles.md)."""
 
     presets: Annotated[dict[Text, dict], AfterValidator(_presets)] = Field(
-        default_factory=shipped_presets, description="name -> {parts, stems}: the presets a task may name "
-        "(`--preset`, the HTTP field `preset`, the page's select); shipped: blend, "
-        "vocals-then-rest (configs/default.yaml)")
+        default_factory=shipped_presets, description="name -> {parts, stems}: the presets a task "
+        "may name (`--preset`, the HTTP field `preset`, the page's select); shipped: blend, "
+        "vocals-then-rest, roformer-vocals (configs/default.yaml)")
     max_parts: Int = Field(4, ge=1, le=16, description="most parts (model runs) in one ensemble")
     parts_dir: MaybeText = Field(None, description="where ensemble parts' stems are cached, by "
                                  "content hash; every worker must reach it (one node or a shared "

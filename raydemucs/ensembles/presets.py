@@ -15,6 +15,11 @@ SHIPPED_PRESETS = {
                   "rest": {"model": "htdemucs_ft", "input": {"part": "voc", "without": "vocals"}}},
         "stems": {"vocals": {"take": "voc"},
                   **{stem: {"take": "rest"} for stem in FOUR_STEMS[1:]}}},
+    # vocals from a Mel-Band RoFormer (downloaded on first use), the other stems from htdemucs
+    "roformer-vocals": {
+        "parts": {"mel": {"model": "mel_band_roformer_kj"}, "demucs": {"model": "htdemucs"}},
+        "stems": {"vocals": {"take": "mel"},
+                  **{stem: {"take": "demucs"} for stem in FOUR_STEMS[1:]}}},
 }
 
 

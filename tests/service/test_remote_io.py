@@ -93,11 +93,13 @@ def test_an_upload_goes_around_the_scheduler(make_service, tmp_path):
     assert manager.get_status(task_id)["spec"]["input_sha256"] == kept.name
 
 
-def test_retrying_an_upload_whose_bytes_are_gone_fails_cleanly(make_service, audio, tmp_path):
+def test_retrying_an_upload_whose_bytes_are_gone_fails_cleanly(make_service, audio, tmp_path,
+                                                               tiny_repo):
     import shutil
 
-    manager = make_service()
-    task_id = manager.add_task(audio("song.wav", seconds=1.0), upload=True, two_stems="piano")
+    manager = make_service()  # a local model's stems are known once loaded: the worker judges
+    task_id = manager.add_task(audio("song.wav", seconds=1.0), upload=True, two_stems="piano",
+                               model="tiny", repo=str(tiny_repo))
     assert manager.wait_all([task_id], timeout=60)[0]["state"] == "failed"  # no such stem
     failed = manager.get_status(task_id)
     shutil.rmtree(tmp_path / "state" / "uploads")
@@ -122,7 +124,8 @@ def write_big_wav(path, megabytes: float):
     return path
 
 
-def test_status_answers_while_a_100_mb_upload_is_being_stored(make_service, ray_cluster, tmp_path):
+def test_status_answers_while_a_100_mb_upload_is_being_stored(make_service, ray_cluster, tmp_path,
+                                                              tiny_repo):
     """The upload comes from another process (the CLI); here, `status` is asked again and again
     and counted when it was both asked and answered while the upload's partial file was on the
     service's disk: a scheduler that stored the bytes on its event loop answers none then (its
@@ -139,7 +142,8 @@ def test_status_answers_while_a_100_mb_upload_is_being_stored(make_service, ray_
            "RAYDEMUCS_SERVICE_STATE_DIR": manager.config.service.state_dir,
            "RAYDEMUCS_INPUT_MAX_FILE_MB": "101", "RAY_ADDRESS": ray_cluster}
     upload = subprocess.Popen([sys.executable, "-m", "raydemucs", "submit", str(big), "--upload",
-                               "--two-stems", "piano", "--json"],  # fails at once in the worker
+                               "--two-stems", "piano", "-n", "tiny", "--repo", str(tiny_repo),
+                               "--json"],  # fails at once in the worker
                               env={**os.environ, **env}, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
 
