@@ -70,3 +70,7 @@ def test_a_roformer_task_runs_on_the_roformer_pool(service, tmp_path):
     task_id = answer.json()["task_id"]
     worker = wait_for(lambda: service.manager.get_status(task_id)["worker"], timeout_s=120)
     assert worker == "roformer-worker-0"  # the pool that takes RoFormers, before any load
+    record = service.manager.wait(task_id, timeout=120)
+    assert sorted(record["outputs"]) == ["other", "vocals"]  # the YAML's instruments
+    stem = service.client.get(f"/v1/tasks/{task_id}/stems/vocals")
+    assert stem.status_code == 200 and stem.content[:4] == b"RIFF"
