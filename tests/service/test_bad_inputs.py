@@ -369,8 +369,7 @@ def test_an_existing_output_of_another_task_is_kept_unless_forced(worker, place,
 
 # -- models -------------------------------------------------------------------------------------
 BAD_MODELS = {
-    "unknown_name": (None, "no_such_model", "unknown model 'no_such_model' among demucs's "
-                     "pretrained models; available: "),
+    "unknown_name": (None, "no_such_model", "unknown model 'no_such_model'; available: "),
     "unknown_in_repo": ("good", "nope", "unknown model 'nope' in repo"),
     "repo_is_not_a_folder": ("file", "tiny", "is not a directory"),
     "garbage_checkpoint": ("garbage_checkpoint", "tiny", "tinysig.th is not a PyTorch file"),

@@ -55,14 +55,16 @@ def scrape_until(service: str, settled) -> list:
         time.sleep(0.5)
 
 
-def test_metrics_count_tasks_retries_audio_queue_and_workers(make_service, audio, tmp_path):
+def test_metrics_count_tasks_retries_audio_queue_and_workers(make_service, audio, tmp_path,
+                                                             tiny_repo):
     manager = make_service()
     service = manager.config.service.name
     out = tmp_path / "out"
     # no task arrives with a better priority than one already waiting: nothing steps back
     quick = [manager.add_task(audio(f"{p}.wav", seconds=1.0), output_dir=out, priority=p)
              for p in ("high", "normal")]
-    bad = manager.add_task(audio("bad.wav", seconds=1.0), output_dir=out, two_stems="piano")
+    bad = manager.add_task(audio("bad.wav", seconds=1.0), output_dir=out, two_stems="piano",
+                           model="tiny", repo=str(tiny_repo))  # the worker judges: it fails
     long = manager.add_task(audio("long.wav", seconds=30.0), output_dir=out, segment=2.0)
     quick.append(manager.add_task(audio("low.wav", seconds=1.0), output_dir=out, priority="low"))
     wait_for(lambda: manager.get_status(long)["progress"] > 0.05)
