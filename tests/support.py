@@ -392,3 +392,18 @@ def expected_peaks(data: np.ndarray, points: int, frames: int | None = None) -> 
     spans = [data[start:stop] for start, stop in zip(edges, edges[1:])]
     return ([round(float(s.min()), 4) if len(s) else 0.0 for s in spans],
             [round(float(s.max()), 4) if len(s) else 0.0 for s in spans])
+
+
+def fit_passes_of(batcher, most: int) -> list[int]:
+    """Make `batcher`'s passes of more than `most` segments fail as CUDA's out-of-memory error
+    does; the sizes of the passes it tries, as it tries them."""
+    forward, sizes = batcher.runner.forward, []
+
+    def fits(model_index, inputs):
+        sizes.append(inputs.shape[0])
+        if inputs.shape[0] > most:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return forward(model_index, inputs)
+
+    batcher.runner.forward = fits
+    return sizes

@@ -269,13 +269,23 @@ def model_directory(name: str, repo: str | None, models: ModelsConfig) -> str | 
     return str(fetch_model(info, models))
 
 
+def roformer_files(name: str, repo: str | Path | None) -> tuple[Path, Path] | None:
+    """`NAME.ckpt` and `NAME.yaml` in model directory `repo` (the community layout), when a
+    `NAME.ckpt` is there; else None (a Demucs model, or none)."""
+    if not repo or Path(name).name != name or name.startswith("."):
+        return None     # a name that is no plain file name is no checkpoint's
+    folder = Path(repo).expanduser()
+    checkpoint = folder / f"{name}.ckpt"
+    return (checkpoint, folder / f"{name}.yaml") if checkpoint.is_file() else None
+
+
 def architecture_of(name: str, repo: str | None, catalogue_file: str | None = None) -> str | None:
     """Model `name`'s architecture, for routing (a checkpoint's YAML is read, the checkpoint is
     not hashed); None when it cannot be told (the worker that loads it reports why)."""
     try:
-        ckpt = Path(repo).expanduser() / f"{name}.ckpt" if repo else None
-        if ckpt and ckpt.with_suffix(".yaml").is_file():
-            return load_config(ckpt.with_suffix(".yaml")).architecture
+        found = roformer_files(name, repo)
+        if found and found[1].is_file():
+            return load_config(found[1]).architecture
         return describe(name, repo, catalogue_file).architecture
     except ModelNotFound:
         return None

@@ -21,6 +21,7 @@ from .catalogue import (
     check_two_stems,
     model_directory,
     one_line,
+    roformer_files,
 )
 from .runtimes import check_device
 
@@ -40,16 +41,6 @@ class Loaded:
     model: object
     samplerate: int
     audio_channels: int
-
-
-def roformer_files(name: str, repo: str | Path | None) -> tuple[Path, Path] | None:
-    """`NAME.ckpt` and `NAME.yaml` in model directory `repo` (the community layout), when a
-    `NAME.ckpt` is there; else None (a Demucs model, or none)."""
-    if not repo or Path(name).name != name or name.startswith("."):
-        return None     # a name that is no plain file name is no checkpoint's
-    folder = Path(repo).expanduser()
-    checkpoint = folder / f"{name}.ckpt"
-    return (checkpoint, folder / f"{name}.yaml") if checkpoint.is_file() else None
 
 
 def load_roformer_model(checkpoint: Path, config: Path, device: str) -> Loaded:

@@ -14,7 +14,7 @@ from raydemucs.separation.batching import BatchedSeparator, SharedBatcher, fit_b
 from raydemucs.separation.engine import plan_separation, track_stats
 from raydemucs.separation.strategies import Attempt
 
-from support import make_signal, wait_for
+from support import fit_passes_of, make_signal, wait_for
 
 TOL = 1e-4
 
@@ -270,15 +270,7 @@ def test_a_pass_that_runs_out_of_memory_is_split_and_later_passes_stay_smaller(t
     """An injected out-of-memory error for passes of more than 2 segments: the pass is halved
     until it fits, the batch size stays at what fitted, and every track's stems are right."""
     batcher = BatchedSeparator(tiny, batch_size=8)
-    forward, sizes = batcher.runner.forward, []
-
-    def fits_two(model_index, inputs):
-        sizes.append(inputs.shape[0])
-        if inputs.shape[0] > 2:
-            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return forward(model_index, inputs)
-
-    batcher.runner.forward = fits_two
+    sizes = fit_passes_of(batcher, 2)
     results = batcher.separate(tracks)
     for key, wav in tracks.items():
         assert_same_stems(results[key], plain(tiny, wav, shifts=0))

@@ -8,7 +8,7 @@ import torch
 
 from raydemucs.core.config import SeparationConfig
 from raydemucs.core.errors import InvalidInput
-from raydemucs.models import loading
+from raydemucs.models import catalogue, loading
 from raydemucs.models.loading import check_options
 from raydemucs.separation import split, streaming
 from raydemucs.separation.architectures.roformer import RoformerModel
@@ -16,7 +16,7 @@ from raydemucs.separation.batching import BatchedSeparator
 from raydemucs.separation.engine import Runner, plan_separation, separate_track
 
 from roformer_reference import reference_class, reference_demix
-from support import make_signal, write_audio, write_roformer
+from support import fit_passes_of, make_signal, write_audio, write_roformer
 
 ARCHITECTURES = ["bs_roformer", "mel_band_roformer"]
 LSB = 1 / 32768
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def roformer(repo, architecture: str, **written) -> tuple[RoformerModel, torch.nn.Module]:
     """A tiny random RoFormer checkpoint, as a worker loads it and as the reference class."""
     write_roformer(repo, architecture, architecture, **written)
-    files = loading.roformer_files(architecture, repo)
+    files = catalogue.roformer_files(architecture, repo)
     loaded = loading.load_separator(architecture, str(repo), "cpu")
     network = reference_class(architecture)(**loaded.model.config.kwargs)
     network.load_state_dict(torch.load(files[0], weights_only=True))
@@ -93,15 +93,7 @@ def test_batched_tracks_equal_the_reference_and_share_passes(model):
 
 def test_a_pass_out_of_memory_steps_back_and_the_stems_stay_right(model):
     batcher = BatchedSeparator(model[0], batch_size=8)
-    forward, sizes = batcher.runner.forward, []
-
-    def fits_two(model_index, inputs):
-        sizes.append(inputs.shape[0])
-        if inputs.shape[0] > 2:
-            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return forward(model_index, inputs)
-
-    batcher.runner.forward = fits_two
+    sizes = fit_passes_of(batcher, 2)
     wav = mix_of(1.0)
     assert_within_one_lsb(batcher.separate({"a": wav})["a"], reference(model, wav))
     chunks = len(plan_separation(model[0], wav.shape[-1]).segments)
