@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Collection, Protocol
 
 from ..core.config import StorageConfig
 from ..core.errors import TaskNotFound
@@ -73,7 +73,7 @@ class TaskBook:
         if not owned:
             self.owners.pop(record.spec.owner, None)
 
-    def owned(self, owner: str) -> Iterable[str]:
+    def owned(self, owner: str) -> Collection[str]:
         """The ids of an owner's unfinished tasks, oldest first (by when they were held)."""
         return self.owners.get(owner, {}).keys()
 

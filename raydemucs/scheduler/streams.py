@@ -29,6 +29,7 @@ from ..core.task import PRIORITIES, TaskRecord, TaskState
 TOUCHES_KEPT = 10_000  # an owner's most recently touched tasks remembered (older: a full resend)
 POSITIONS_EVERY_S = 5.0  # queue positions alone, at most this often per stream
 POSITIONS_SHOWN = 10  # an owner's first queued tasks whose positions are sent alone
+VIEWS_PER_STEP = 100  # views built between yields of the loop (a first answer may be 100,000)
 
 
 class Watchers:
@@ -121,7 +122,7 @@ class Watchers:
         deadline = time.monotonic() + timeout_s
         while True:
             task_ids, cursor = self._due(owner, cursor)
-            views = self._views(task_ids)
+            views = await self._views(task_ids)
             if views or time.monotonic() >= deadline:
                 return {"views": sorted(views, key=lambda view: view["seq"]), "cursor": cursor}
             positions_due = cursor["positions_at"] + POSITIONS_EVERY_S
@@ -152,10 +153,14 @@ class Watchers:
                   if self.view(task_id)["queue_position"] is not None)
         return list(itertools.islice(queued, POSITIONS_SHOWN))
 
-    def _views(self, task_ids) -> list[dict]:
-        """The views of those tasks still in the journal (old rows go, `records_ttl_s`)."""
+    async def _views(self, task_ids: list[str]) -> list[dict]:
+        """The views of those tasks still in the journal (old rows go, `records_ttl_s`),
+        `VIEWS_PER_STEP` a step: a change meanwhile comes after the answer's cursor, so the next
+        answer has it."""
         views = []
-        for task_id in task_ids:
+        for number, task_id in enumerate(task_ids, 1):
             with contextlib.suppress(TaskNotFound):
                 views.append(self.view(task_id))
+            if number % VIEWS_PER_STEP == 0:
+                await asyncio.sleep(0)
         return views

@@ -14,6 +14,7 @@ from raydemucs.core.config import load_config
 from raydemucs.core.errors import OverQuota
 from raydemucs.core.task import TaskSpec, TaskState, new_task_id
 from raydemucs.journal.deliveries import DeliveryCounts
+from raydemucs.scheduler import service as service_module
 from raydemucs.scheduler.service import SchedulerService
 from raydemucs.storage import nodes
 from raydemucs.storage.folders import LocalFolder, write_outputs
@@ -256,5 +257,31 @@ def test_status_scans_no_journal_table_and_counts_deliveries_at_most_every_few_s
         assert await counts.get() == {}  # until it is `max_age_s` old
         clock.advance(10.0)
         assert await counts.get() == {"pending": 1}
+        await service.drain(0.0)
+    asyncio.run(scenario())
+
+
+def test_a_batch_submit_goes_a_chunk_at_a_time_letting_other_calls_in(tmp_path, monkeypatch):
+    """A chunk of a batch (a thousand specs from `submit --from`) is accepted `CHUNK` specs a
+    step: other calls run between steps (a thousand at once held the loop 150 ms at 100,000
+    queued)."""
+    monkeypatch.setattr(service_module, "CHUNK", 2)
+    specs = [spec(tmp_path, f"f{i}", batch_id="b") for i in range(5)]
+
+    async def scenario():
+        service = make_service(tmp_path)
+        await service.ping()
+        seen = []
+
+        async def other_call():
+            while True:
+                seen.append(len(service.core.active))
+                await asyncio.sleep(0)
+        other = asyncio.create_task(other_call())
+        await asyncio.sleep(0)
+        replies = await service.submit_batch(specs)
+        other.cancel()
+        assert [reply["outcome"] for reply in replies] == ["queued"] * 5
+        assert {2, 4} <= set(seen)  # what the other call saw between steps
         await service.drain(0.0)
     asyncio.run(scenario())

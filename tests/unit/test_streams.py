@@ -77,3 +77,33 @@ def test_a_change_of_one_owners_task_wakes_no_watcher_of_another_owner():
         assert watchers.waiting == 0
 
     asyncio.run(scenario())
+
+
+def test_a_first_answer_of_many_tasks_is_built_a_step_at_a_time(monkeypatch):
+    """An owner's stream starts with every unfinished task (100,000 of a deep batch): their views
+    are built `VIEWS_PER_STEP` a step, other calls running between steps."""
+    monkeypatch.setattr(streams, "VIEWS_PER_STEP", 10)
+    views = {f"t{i}": {"task_id": f"t{i}", "seq": i, "state": "queued", "queue_position": i}
+             for i in range(35)}
+    viewed = []
+
+    def view(task_id: str) -> dict:
+        viewed.append(task_id)
+        return views[task_id]
+
+    async def scenario():
+        watchers = Watchers(view, lambda owner: list(views), FakeClock())
+        seen = []
+
+        async def other_call():
+            while True:
+                seen.append(len(viewed))
+                await asyncio.sleep(0)
+        other = asyncio.create_task(other_call())
+        await asyncio.sleep(0)
+        answer = await watchers.watch_tasks("a", None, 0.0)
+        other.cancel()
+        assert ids(answer) == list(views)
+        assert {10, 20, 30} <= set(seen)
+
+    asyncio.run(scenario())
