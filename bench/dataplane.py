@@ -24,8 +24,9 @@ thousand to a call, as `submit --from` does), owned by one API key (`bulk`).
    half-second upload, queued behind the others), each called one after another for
    `--phase-s` seconds; then the scheduler's loop lag (p50, p99, max over the last 10 s, from
    `status`: `raydemucs_scheduler_loop_lag_seconds` on the dashboard).
-2. The same with `--streams` open `/v1/events` streams, spread over `--keys` other keys (a key
-   may hold `http.max_streams_per_key`), each key owning a few queued tasks; the events they got.
+2. The same with `--streams` open `/v1/events` streams (read by a process of their own), spread
+   over `--keys` other keys (a key may hold `http.max_streams_per_key`), each key owning a few
+   queued tasks; the events they got.
 3. `cancel --batch` of the queued batch, with `status` asked every half second meanwhile: its
    time, the loop lag seen during it (its max: a chunk held the loop that long), and how many
    status calls were answered before it ended.
@@ -263,55 +264,84 @@ def calls(url: str, key: str, ids: list[str], song: Path, phase_s: float) -> dic
 
 
 class Streams:
-    """`count` open `/v1/events` streams over `keys` (round robin), read in a thread of their
-    own; the events they got."""
+    """`count` open `/v1/events` streams over `keys` (round robin), read in a process of their
+    own (not a thread of this one: reading 500 streams would hold this process's GIL while it
+    times calls); how many opened, the events they got, the first errors."""
 
     def __init__(self, url: str, keys: list[str], count: int):
-        self.url, self.keys, self.count = url, keys, count
-        self.opened = self.events = 0
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self.count = count
+        self._opened, self._events = context.Value("i", 0), context.Value("i", 0)
+        self._errors, self._stop = context.Queue(), context.Event()
         self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=asyncio.run, args=(self._all(),), daemon=True)
+        self._process = context.Process(target=read_streams, daemon=True, args=(
+            url, keys, count, self._opened, self._events, self._errors, self._stop))
+
+    @property
+    def opened(self) -> int:
+        return self._opened.value
+
+    @property
+    def events(self) -> int:
+        return self._events.value
 
     def __enter__(self) -> "Streams":
-        self._thread.start()
+        self._process.start()
         deadline = time.monotonic() + 300
-        while self.opened + len(self.errors) < self.count and time.monotonic() < deadline:
+        while (self.opened + self._take_errors() < self.count and time.monotonic() < deadline
+               and self._process.is_alive()):
             time.sleep(0.2)
         if self.opened < self.count:
+            self.__exit__()
             raise RuntimeError(f"{self.opened} of {self.count} streams opened: {self.errors[:3]}")
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        self._thread.join(30)
+        self._process.join(30)
+        if self._process.is_alive():
+            self._process.kill()
+        self._take_errors()
 
-    async def _all(self) -> None:
-        import httpx
+    def _take_errors(self) -> int:
+        while not self._errors.empty():
+            self.errors.append(self._errors.get())
+        return len(self.errors)
 
-        limits = httpx.Limits(max_connections=self.count + 10)
-        async with httpx.AsyncClient(base_url=self.url, timeout=None, limits=limits) as client:
-            readers = [asyncio.create_task(self._one(client, self.keys[i % len(self.keys)]))
-                       for i in range(self.count)]
-            while not self._stop.is_set():
-                await asyncio.sleep(0.2)
-            for reader in readers:
-                reader.cancel()
-            await asyncio.gather(*readers, return_exceptions=True)
 
-    async def _one(self, client, key: str) -> None:
+def read_streams(url: str, keys: list[str], count: int, opened, events, errors, stop) -> None:
+    """The streams' process: read them all until `stop` is set."""
+    async def one(client, key: str) -> None:
         try:
             async with client.stream("GET", "/v1/events",
                                      headers={"Authorization": f"Bearer {key}"}) as response:
                 response.raise_for_status()
                 async for line in response.aiter_lines():
-                    if line == ": watching":
-                        self.opened += 1
-                    elif line.startswith("event: "):
-                        self.events += 1
+                    counter = (opened if line == ": watching"
+                               else events if line.startswith("event: ") else None)
+                    if counter is not None:
+                        with counter.get_lock():
+                            counter.value += 1
         except Exception as exc:  # counted: the table says how many streams failed
             if not isinstance(exc, asyncio.CancelledError):
-                self.errors.append(f"{type(exc).__name__}: {exc}")
+                errors.put(f"{type(exc).__name__}: {exc}")
+
+    async def run() -> None:
+        import httpx
+
+        limits = httpx.Limits(max_connections=count + 10)
+        async with httpx.AsyncClient(base_url=url, timeout=None, limits=limits) as client:
+            readers = [asyncio.create_task(one(client, keys[i % len(keys)]))
+                       for i in range(count)]
+            while not stop.is_set():
+                await asyncio.sleep(0.2)
+            for reader in readers:
+                reader.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+
+    asyncio.run(run())
 
 
 ROLES = {"ray::SchedulerService": "scheduler", "ray::ServeReplica": "replica",
