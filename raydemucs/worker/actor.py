@@ -43,6 +43,7 @@ from ..separation.combine import combine, part_input
 from ..separation.engine import COMPUTE, is_out_of_memory
 from ..separation.split import HelperLost
 from ..separation.strategies import Attempt, Strategies
+from ..storage.uploads import UploadSource
 from . import health
 from .files import attempt_files
 
@@ -196,12 +197,12 @@ class SeparatorWorker:
                 **health.sample(self._process, self.device)}
 
     def separate(self, spec: dict, attempt: int, reuse_from: str | None = None,
-                 upload: bytes | None = None, helpers: list | None = None) -> dict:
+                 upload: UploadSource | None = None, helpers: list | None = None) -> dict:
         """Run one attempt; never raises: returns `{"ok": True, "outputs", ...}` or an error.
 
         `reuse_from` names another task's folder with stems for the same input, model and
-        options (the result cache): they are linked in instead of separating again. `upload`
-        holds the input's bytes for a task submitted with them; its stems come back as bytes.
+        options (the result cache): they are linked in instead of separating again. `upload` is
+        where an uploaded input is fetched from (a chunk at a time, never through the scheduler).
         `helpers` are idle workers lent for this attempt: the track is split across them.
         """
         task = TaskSpec.from_dict(spec)
@@ -248,7 +249,7 @@ class SeparatorWorker:
         self._attempts.pop(current.task_id, None)
 
     def _pipeline(self, task: TaskSpec, current: Attempt, reuse_from: str | None,
-                  upload: bytes | None, helpers: list[LentWorker]) -> dict:
+                  upload: UploadSource | None, helpers: list[LentWorker]) -> dict:
         with attempt_files(task, self.config, self.stamp, upload) as files:
             if reuse_from and (reused := files.reuse(reuse_from, current.number)):
                 return reused

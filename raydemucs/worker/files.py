@@ -3,7 +3,7 @@ then checked again), its output folder (swept of what killed attempts left), the
 identical earlier task linked in, and the stems published with their manifest.
 
 A task may name a local file and folder (one machine, or a shared filesystem), URIs read and
-written through fsspec, or bytes uploaded with it. The worker always decodes a local file;
+written through fsspec, or an upload the service keeps. The worker always decodes a local file;
 `attempt_places` provides it, the `Folder` the stems are published to, and a local place for
 scratch files; `attempt_files` checks them for one attempt, which the worker then separates.
 """
@@ -51,9 +51,9 @@ def _local_name(location: str) -> str:
 
 @contextlib.contextmanager
 def attempt_places(task: TaskSpec, config: StorageConfig, max_bytes: int,
-                   upload: bytes | UploadSource | None = None) -> Iterator[Places]:
+                   upload: UploadSource | None = None) -> Iterator[Places]:
     """Local places for one attempt; what it downloads or writes there is removed at the end.
-    An uploaded input comes as its bytes, or as the `UploadSource` the worker fetches it from.
+    An uploaded input comes as the `UploadSource` the worker fetches it from.
     The stems go straight to the task's folder (a kept task's too: on this node, or in the
     store of `storage.kept_uri`), never back through the scheduler."""
     remote_in = uris.is_uri(task.input_path)
@@ -68,10 +68,7 @@ def attempt_places(task: TaskSpec, config: StorageConfig, max_bytes: int,
             if upload is None:
                 raise InternalError("the task's uploaded input did not arrive with it")
             input_path = work / _local_name(task.input_path)
-            if isinstance(upload, bytes):
-                input_path.write_bytes(upload)
-            else:
-                upload.write_to(input_path)
+            upload.write_to(input_path)
         elif remote_in:
             size = uris.input_size(task.input_path, config)
             if size > max_bytes:
@@ -150,7 +147,7 @@ class AttemptFiles:
 
 @contextlib.contextmanager
 def attempt_files(task: TaskSpec, config: Config, stamp: dict,
-                  upload: bytes | UploadSource | None = None) -> Iterator[AttemptFiles]:
+                  upload: UploadSource | None = None) -> Iterator[AttemptFiles]:
     """An attempt's files, checked: the input again (it may have changed since submit), and that
     the output folder holds no other task's stems (unless forced); what killed attempts of this
     task left beside it is swept."""

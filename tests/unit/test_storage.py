@@ -18,7 +18,7 @@ from raydemucs.storage.folders import (
     file_sha256,
     task_folder,
 )
-from raydemucs.storage.uploads import UploadStore
+from raydemucs.storage.uploads import UploadSource, UploadStore
 from raydemucs.worker.actor import SeparatorWorker
 from raydemucs.worker.files import attempt_places
 
@@ -118,7 +118,8 @@ def test_a_kept_tasks_stems_are_written_by_the_worker_and_its_result_carries_no_
     task = uploads.accept(spec(source.name, "uploaded", uploaded=True,
                                input_sha256=kept["sha256"]))
     assert task.output_dir == (f"{kept_uri}" if in_store else str(tmp_path / "state" / "results"))
-    result = worker.separate(task.to_dict(), 1, upload=source.read_bytes())
+    result = worker.separate(task.to_dict(), 1,
+                             upload=UploadSource.of(tmp_path / "state", kept["sha256"]))
     assert result["ok"], result
     assert set(result) >= {"outputs", "duration_s"} and "files" not in result
     assert len(pickle.dumps(result)) < 16_384  # metadata: no stem's bytes
