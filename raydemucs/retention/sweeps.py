@@ -22,6 +22,7 @@ from typing import Callable
 
 from ..core.config import RetentionConfig
 from ..core.errors import InvalidInput, TaskConflict
+from ..core.names import printable
 from ..core.task import TaskRecord
 from ..journal import Journal
 from ..storage import nodes, uris
@@ -132,9 +133,10 @@ class Retention:
         return {"uploads_bytes": uploads, "results_bytes": self._results_bytes()}
 
     def _results_bytes(self) -> int:
-        """The stems kept in the results folder of every live node, each counted there (a
-        node that does not answer is left out, with a warning)."""
-        total = 0
+        """The stems kept in the results folder of every live node, each counted there, and in
+        the `storage.kept_uri` store (a node or store that does not answer is left out, with a
+        warning)."""
+        total = self._store_bytes()
         for node in nodes.alive():
             try:
                 total += nodes.size(str(self.uploads.results), node) or 0
@@ -142,6 +144,18 @@ class Retention:
                 logger.warning("retention: the stems kept on node %s could not be counted: %s",
                                node, str(exc).splitlines()[0] if str(exc) else repr(exc))
         return total
+
+    def _store_bytes(self) -> int:
+        kept_uri = self.uploads.kept_uri
+        if not kept_uri:
+            return 0
+        try:
+            fs, path = uris.open_uri(kept_uri, self.uploads.storage)
+            return fs.du(path) if fs.exists(path) else 0
+        except Exception as exc:  # a store down: counted at the next sweep
+            logger.warning("retention: the stems kept in %s could not be counted: %s",
+                           printable(kept_uri), uris.reason(exc))
+            return 0
 
     def empty_trash(self) -> None:
         """Delete what was moved to the trash (the folder stays: a retire may be moving in), and

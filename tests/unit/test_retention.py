@@ -98,8 +98,8 @@ def test_stems_expire_after_results_ttl_and_inputs_once_no_task_needs_them(tmp_p
 
 
 def test_stems_kept_in_a_store_expire_there(tmp_path, bucket, s3_endpoint):
-    """With `storage.kept_uri`, a sweep deletes a kept task's expired stems in the store (a
-    folder beside them, not the service's, stays)."""
+    """With `storage.kept_uri`, the stems held there are counted, and a sweep deletes a kept
+    task's expired stems in the store (a folder beside them, not the service's, stays)."""
     fs, root = bucket
     storage = StorageConfig(endpoint_url=s3_endpoint, kept_uri=f"{root}/kept")
     journal = Journal(tmp_path / "state" / "journal.db")
@@ -114,6 +114,7 @@ def test_stems_kept_in_a_store_expire_there(tmp_path, bucket, s3_endpoint):
                                              finished_at=clock()))
     for name in ("kept/p/song/drums.wav", "kept/p/song/manifest.json", "other/drums.wav"):
         fs.pipe_file(f"{root}/{name}", b"x" * 10)
+    assert retention.held_bytes()["results_bytes"] == 20  # the store's, not the folder beside
     clock.advance(DAY + 1)
     due = retention.scan()
     retention.retire(due, set(), set())
@@ -121,6 +122,7 @@ def test_stems_kept_in_a_store_expire_there(tmp_path, bucket, s3_endpoint):
     assert [r.task_id for r in due.stems] == [record.task_id]
     assert journal.tasks.get(record.task_id).expired_at is not None
     assert not fs.exists(f"{root}/kept/p/song/drums.wav") and fs.exists(f"{root}/other/drums.wav")
+    assert retention.held_bytes()["results_bytes"] == 0
 
 
 def test_a_folder_named_with_o_is_never_touched(tmp_path):
