@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.checks import not_a_server_error
 
 from support import write_audio
@@ -55,9 +55,12 @@ def test_no_sequence_of_linked_requests_gets_a_server_error(http_service, tmp_pa
         def get_call_kwargs(self, case):
             return {"timeout": 60}
 
+    # no shrinking: a live service answers a replay differently, and hypothesis would report
+    # that (FlakyStrategyDefinition) instead of the server error it found
     run_state_machine_as_test(Calls, settings=settings(
         max_examples=STATEFUL_EXAMPLES, stateful_step_count=6, deadline=None,
-        suppress_health_check=list(HealthCheck), database=None))
+        suppress_health_check=list(HealthCheck), database=None,
+        phases=[Phase.explicit, Phase.generate]))
     assert any(path.startswith("/v1/tasks/{task_id}") for path in made), made
     tasks = http_service.client.get("/v1/tasks", params={"limit": 500}).json()["tasks"]
     assert any(task["state"] == "succeeded" for task in tasks)  # the song's tasks ran
