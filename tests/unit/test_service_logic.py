@@ -285,3 +285,17 @@ def test_a_batch_submit_goes_a_chunk_at_a_time_letting_other_calls_in(tmp_path, 
         assert {2, 4} <= set(seen)  # what the other call saw between steps
         await service.drain(0.0)
     asyncio.run(scenario())
+
+
+def test_a_task_list_is_read_a_page_of_chunk_records_at_a_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(service_module, "CHUNK", 2)
+
+    async def scenario():
+        service = make_service(tmp_path)
+        await service.submit_batch([spec(tmp_path, f"f{i}") for i in range(5)])
+        views = await service.list_tasks(limit=4)
+        assert [view["file_id"] for view in views] == ["f4", "f3", "f2", "f1"]
+        older = await service.list_tasks(limit=10, before_seq=views[1]["seq"])
+        assert [view["file_id"] for view in older] == ["f2", "f1", "f0"]
+        await service.drain(0.0)
+    asyncio.run(scenario())
