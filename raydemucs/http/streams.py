@@ -3,9 +3,10 @@
 
 Each stream holds a lease at the scheduler (`http.max_streams_per_key`, `http.max_streams`),
 rechecks its caller's key on each turn (at most `EVENTS_WAIT_S` apart) and ends once the key is
-revoked. An idle stream sends a comment line only every `KEEPALIVE_S` (`sparse`), and its turns
-are spread (`turn_s`): 500 streams opened at once do not wake, nor send, together. `EventStreams` is a part of the `Ingress` deployment (`raydemucs.http.app`), which
-gives it `call`, `keys`, `leases`, `caller`, `task_of` and `base`.
+revoked. An idle stream sends a comment line only every `KEEPALIVE_S` (`sparse`), and its
+turns are spread (`turn_s`): 500 streams opened at once do not wake, nor send, together.
+`EventStreams` is a part of the `Ingress` deployment (`raydemucs.http.app`), which gives it
+`call`, `keys`, `leases`, `caller`, `task_of` and `base`.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def event_stream(chunks) -> StreamingResponse:
 
 async def sparse(chunks, clock=time.monotonic):
     """`chunks` with a comment line passed on only when nothing was sent for `KEEPALIVE_S` (the
-    first chunk always): each chunk sent costs the replica and the proxy about a millisecond."""
+    first chunk always): every chunk is relayed by the replica and the proxy."""
     sent = float("-inf")
     async for chunk in chunks:
         if not chunk.startswith(":") or clock() - sent >= KEEPALIVE_S:
