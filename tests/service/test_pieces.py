@@ -12,9 +12,16 @@ from raydemucs.core.task import TaskSpec, new_task_id
 from raydemucs.scheduler.pool import WORKER_ACTOR
 from raydemucs.worker.actor import CONTROL, SeparatorWorker
 
-from support import wait_for
+from support import save_tiny_htdemucs, wait_for
 
 STEMS = ["drums", "bass", "other", "vocals"]
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory):
+    """A tiny HTDemucs trained on 1 s segments: these tests' 1 s segments are each one second
+    of work, not the 10 s of the default training length that apply_model pads them to."""
+    return save_tiny_htdemucs(tmp_path_factory.mktemp("models"), segment=1)
 
 
 def start_workers(tiny_repo, count: int, max_concurrency: int) -> list:
@@ -77,13 +84,15 @@ def test_a_helper_killed_during_its_piece_costs_time_not_the_task(workers, tiny_
     import ray
 
     lead, helper, _ = workers
-    song = audio("song.wav", seconds=8.0)
+    song = audio("song.wav", seconds=60.0)  # a piece of 30 one-second segments: killed inside it
     plain = ray.get(lead.separate.remote(spec(song, tmp_path, "plain", repo=tiny_repo).to_dict(), 1))
     split = lead.separate.remote(spec(song, tmp_path, "split", repo=tiny_repo).to_dict(), 1,
                                  None, None, [helper])
-    wait_for(lambda: [t for t in ray.get(helper.poll.remote())["tasks"] if t["progress"] > 0],
-             timeout_s=60, step_s=0.05)  # the helper is computing its piece
+    progress = []
+    wait_for(lambda: progress.extend(t["progress"] for t in ray.get(helper.poll.remote())["tasks"])
+             or (progress and progress[-1] > 0), timeout_s=60, step_s=0.05)
     ray.kill(helper)
+    assert progress[-1] < 0.5, progress  # the helper was computing its piece
     split = ray.get(split)
     assert plain["ok"] and split["ok"], split
     assert_same_stems(tmp_path / "p" / "plain", tmp_path / "p" / "split")
@@ -144,7 +153,7 @@ def test_the_service_splits_a_long_track_across_its_idle_workers(make_service, t
 
 def test_cancelling_a_split_track_stops_its_helpers_and_frees_them(make_service, tiny_repo, audio,
                                                                    tmp_path):
-    manager, _, task_id = split_long_track(make_service, tiny_repo, audio, tmp_path, 60.0)
+    manager, _, task_id = split_long_track(make_service, tiny_repo, audio, tmp_path, 120.0)
     wait_for(lambda: any(w["lent_to"] == task_id for w in manager.get_status()["workers"]))
     manager.cancel(task_id)
     assert manager.wait_all([task_id], timeout=60)[0]["state"] == "cancelled"
