@@ -66,7 +66,9 @@ RETRYABLE_TYPES = ("WorkerDied", "ServiceRestarted", "TaskTimeout", "OutOfMemory
 # The planted bad task: its clip is overwritten once accepted, so the worker's own check of the
 # input fails at once (InvalidInput, no retry); submit's checks would refuse it before.
 DOOMED_BYTES = b"not audio at all " * 64
-DOOMED_WORDS = "is not a decodable audio file"
+# What its failure says: the header check found no audio, or (overwritten after the worker checked
+# it) the decoder failed.
+DOOMED_WORDS = ("is not a decodable audio file", "could not be decoded as audio")
 
 
 def log(message: str) -> None:
@@ -732,7 +734,8 @@ class ChaosRun:
             if record["state"] == "cancelled":
                 legit = False  # nobody cancels in this run
             elif task["doomed"]:
-                legit = error.get("type") == "InvalidInput" and DOOMED_WORDS in reason
+                legit = (error.get("type") == "InvalidInput"
+                         and any(words in reason for words in DOOMED_WORDS))
             else:
                 legit = (error.get("type") in RETRYABLE_TYPES
                          and record["attempts"] > self.args.max_retries)
