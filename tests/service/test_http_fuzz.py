@@ -7,7 +7,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.checks import not_a_server_error
 
-from support import write_audio
+from support import wait_for, write_audio
 
 pytestmark = pytest.mark.slow
 EXAMPLES = 25  # per operation
@@ -62,5 +62,5 @@ def test_no_sequence_of_linked_requests_gets_a_server_error(http_service, tmp_pa
         suppress_health_check=list(HealthCheck), database=None,
         phases=[Phase.explicit, Phase.generate]))
     assert any(path.startswith("/v1/tasks/{task_id}") for path in made), made
-    tasks = http_service.client.get("/v1/tasks", params={"limit": 500}).json()["tasks"]
-    assert any(task["state"] == "succeeded" for task in tasks)  # the song's tasks ran
+    wait_for(lambda: any(task["state"] == "succeeded" for task in http_service.client.get(
+        "/v1/tasks", params={"limit": 500}).json()["tasks"]), 120)  # the song's tasks ran
