@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from typing import Iterator
 
 from ..core.task import TaskRecord, TaskState
 
@@ -146,6 +147,18 @@ class TaskTable:
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         return _records(self.db.execute(
             f"SELECT record FROM tasks {clause} ORDER BY seq DESC LIMIT ?", (*values, limit)))
+
+    def pages(self, state: TaskState | None, limit: int, page: int,
+              **filters) -> Iterator[list[TaskRecord]]:
+        """`list`'s records (`filters`: its keywords), `page` of them a query, newest first."""
+        left, before_seq = limit, filters.pop("before_seq", None)
+        while left > 0:
+            records = self.list(state, min(page, left), before_seq=before_seq, **filters)
+            if records:
+                yield records
+            if len(records) < min(page, left):
+                return
+            left, before_seq = left - len(records), records[-1].seq
 
     def count_by_state(self) -> dict[str, int]:
         counts = {state.value: 0 for state in TaskState}

@@ -300,14 +300,10 @@ class SchedulerService(HoldingCalls):
         a step (a thousand at once held the loop 60 ms)."""
         await self._ready()
         views = []
-        while len(views) < limit:
-            page = self.journal.tasks.list(TaskState(state) if state else None,
-                                           min(CHUNK, limit - len(views)), project=project,
-                                           owner=owner, batch_id=batch_id, before_seq=before_seq)
+        for page in self.journal.tasks.pages(TaskState(state) if state else None, limit, CHUNK,
+                                             project=project, owner=owner, batch_id=batch_id,
+                                             before_seq=before_seq):
             views += [self.core.active.get(r.task_id, r).to_dict() for r in page]
-            if len(page) < CHUNK:
-                break
-            before_seq = page[-1].seq
             await asyncio.sleep(0)
         return views
 
